@@ -1,0 +1,58 @@
+"""The one exception family every reader, writer and command raises for bad input."""
+
+from __future__ import annotations
+
+import os
+
+
+class FormatError(ValueError):
+    """A file is not what it claims to be: says where (file, offset, field), expected and found."""
+
+    def __init__(
+        self,
+        msg: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        offset: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.msg = msg
+        self.path = None if path is None else os.fspath(path)
+        self.offset = offset
+        self.field = field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = [self.path, None if self.offset is None else f"offset {self.offset:#x}", self.field]
+        return ": ".join([w for w in where if w] + [self.msg])
+
+    def with_path(self, path: str | os.PathLike[str]) -> FormatError:
+        """Return this error with the file name filled in (parsers see bytes, callers know names)."""
+        if self.path is None:
+            self.path = os.fspath(path)
+            self.args = (str(self),)
+        return self
+
+
+class BadMagic(FormatError):
+    """The first four bytes are not a model magic we read."""
+
+
+class UnsupportedVersion(FormatError):
+    """A known magic with a version number we do not read."""
+
+
+class Truncated(FormatError):
+    """The file ends before a field or a tensor's data does."""
+
+
+class BadValue(FormatError):
+    """A field holds a value outside what the format allows (count, dim, type code, length)."""
+
+
+class BadLayout(FormatError):
+    """Tensor data is misaligned, overlaps, has non-zero padding, or names repeat."""
+
+
+class IncompleteWrite(FormatError):
+    """A writer was closed before every byte of the planned data region was written exactly once."""

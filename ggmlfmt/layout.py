@@ -1,0 +1,467 @@
+"""Byte layout of ggml/ggmf/ggjt files: decode an index from a buffer, plan a file to write.
+
+Pure functions over bytes and records; no file I/O here (reader.py and writer.py do that).
+Every count, length and size read from a buffer is checked against the bytes that remain
+before anything is allocated or looped over.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .constants import (
+    BLOCK_LAYOUTS,
+    DEFAULT_ALIGNMENT,
+    HPARAMS,
+    MAGIC_OF,
+    MAGICS,
+    MAX_DIMS,
+    MAX_NAME_LEN,
+    MAX_TOKEN_LEN,
+    NOT_A_MODEL,
+    RECORD,
+    TOKEN_LEN,
+    TOKEN_SCORE,
+    U32,
+    VERSIONS,
+    BlockLayout,
+    FileVersion,
+    FType,
+    GGMLType,
+)
+from .errors import BadLayout, BadMagic, BadValue, FormatError, Truncated, UnsupportedVersion
+
+
+def align_up(pos: int, align: int = DEFAULT_ALIGNMENT) -> int:
+    """Smallest multiple of `align` that is >= pos."""
+    return (pos + align - 1) // align * align
+
+
+@dataclass(frozen=True, slots=True)
+class HParams:
+    """The seven LLaMA header fields, in file order."""
+
+    n_vocab: int
+    n_embd: int
+    n_mult: int
+    n_head: int
+    n_layer: int
+    n_rot: int
+    ftype: int
+
+    @property
+    def n_ff(self) -> int:
+        """Feed-forward width the 2023 loader derived: 8*n_embd/3 rounded up to n_mult."""
+        if self.n_mult <= 0:
+            raise BadValue(f"n_mult must be positive to derive n_ff, found {self.n_mult}", field="n_mult")
+        return (2 * (4 * self.n_embd) // 3 + self.n_mult - 1) // self.n_mult * self.n_mult
+
+    def astuple(self) -> tuple[int, ...]:
+        return (self.n_vocab, self.n_embd, self.n_mult, self.n_head, self.n_layer, self.n_rot, self.ftype)
+
+
+@dataclass(frozen=True, slots=True)
+class Vocab:
+    """Token texts (raw bytes, token id = index) and their scores (None in unversioned 'ggml')."""
+
+    tokens: tuple[bytes, ...]
+    scores: np.ndarray | None = None  # float32, one per token
+
+    def __post_init__(self) -> None:
+        if self.scores is not None and len(self.scores) != len(self.tokens):
+            raise ValueError(f"{len(self.tokens)} tokens but {len(self.scores)} scores")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def nbytes(self, with_scores: bool) -> int:
+        """Encoded size of the vocabulary section."""
+        per_entry = TOKEN_LEN.size + (TOKEN_SCORE.size if with_scores else 0)
+        return len(self.tokens) * per_entry + sum(len(t) for t in self.tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """One tensor record: where its data lives and how to view it."""
+
+    name: str
+    type: GGMLType
+    ne: tuple[int, ...]  # ggml order: ne[0] is the innermost (contiguous) dimension
+    offset: int  # absolute file offset of the data
+    nbytes: int
+    record_offset: int  # absolute file offset of the record header
+    block: BlockLayout = field(repr=False, compare=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """PyTorch/numpy order of the dimensions (ne reversed)."""
+        return tuple(reversed(self.ne))
+
+    @property
+    def view_shape(self) -> tuple[int, ...]:
+        """Shape of the numpy view: `shape`, with the last axis counted in blocks for quantized types."""
+        return (*self.shape[:-1], self.ne[0] // self.block.elements)
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row (ne[0] elements)."""
+        return self.ne[0] // self.block.elements * self.block.nbytes
+
+    @property
+    def n_rows(self) -> int:
+        return math.prod(self.ne[1:])
+
+    @property
+    def quantized(self) -> bool:
+        return self.block.elements > 1
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """Everything a file says about itself, with absolute offsets; no tensor data."""
+
+    version: FileVersion
+    hparams: HParams
+    vocab: Vocab
+    tensors: tuple[TensorInfo, ...]
+    header_size: int  # bytes before the vocabulary
+    vocab_end: int  # offset of the first tensor record
+    file_size: int
+
+    def by_name(self) -> dict[str, TensorInfo]:
+        return {t.name: t for t in self.tensors}
+
+
+def block_layout(ggml_type: int, generation: int) -> BlockLayout:
+    """Block layout of a type code in a block-layout generation (1, 2 or 3).
+
+    Raises:
+        BadValue: the code is unknown, or the type does not exist in that generation.
+    """
+    try:
+        t = GGMLType(ggml_type)
+    except ValueError:
+        raise BadValue(f"unknown tensor type code {ggml_type}; expected one of {_codes(generation)}") from None
+    layouts = BLOCK_LAYOUTS[generation]
+    if t not in layouts:
+        raise BadValue(f"tensor type {t.name} does not exist in block layout generation {generation}; "
+                       f"expected one of {_codes(generation)}")
+    return layouts[t]
+
+
+def _codes(generation: int) -> str:
+    return ", ".join(f"{int(t)} ({t.name})" for t in BLOCK_LAYOUTS[generation])
+
+
+def tensor_nbytes(ne: Sequence[int], block: BlockLayout) -> int:
+    """Data size of a tensor with ggml dims `ne` (Python ints, so no overflow)."""
+    return math.prod(ne[1:]) * (ne[0] // block.elements) * block.nbytes
+
+
+class _Cursor:
+    """Sequential little-endian reads over a buffer; every read is bounds-checked."""
+
+    __slots__ = ("buf", "pos", "size")
+
+    def __init__(self, buf: memoryview, pos: int = 0) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.size = len(buf)
+
+    def left(self) -> int:
+        return self.size - self.pos
+
+    def need(self, n: int, what: str) -> None:
+        if n > self.size - self.pos:
+            raise Truncated(f"need {n} bytes, {max(self.size - self.pos, 0)} left", offset=self.pos, field=what)
+
+    def unpack(self, st, what: str) -> tuple:
+        self.need(st.size, what)
+        values = st.unpack_from(self.buf, self.pos)
+        self.pos += st.size
+        return values
+
+    def take(self, n: int, what: str) -> memoryview:
+        self.need(n, what)
+        out = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+
+def decode_version(buf: memoryview) -> tuple[FileVersion, int]:
+    """Classify a file by magic and version; return it and the header size before the hparams.
+
+    Raises:
+        Truncated, BadMagic, UnsupportedVersion.
+    """
+    cur = _Cursor(buf)
+    (magic,) = cur.unpack(U32, "magic")
+    name = MAGICS.get(magic)
+    if name is None:
+        known = NOT_A_MODEL.get(magic)
+        found = f"{known} file" if known else f"{magic:#010x} ({bytes(buf[:4])!r})"
+        raise BadMagic(f"expected a model magic 'ggml', 'ggmf' or 'ggjt' (bytes b'lmgg', b'fmgg', b'tjgg'), "
+                       f"found {found}", offset=0, field="magic")
+    if name == "ggml":
+        return FileVersion.GGML, cur.pos
+    (number,) = cur.unpack(U32, "version")
+    version = VERSIONS.get((name, number))
+    if version is None:
+        allowed = sorted(v.number for v in FileVersion if v.magic_name == name)
+        raise UnsupportedVersion(f"'{name}' version {number} is not one we read; expected one of {allowed}",
+                                 offset=4, field="version")
+    return version, cur.pos
+
+
+def decode_hparams(cur: _Cursor) -> HParams:
+    """Read and range-check the seven header fields.
+
+    Raises:
+        Truncated, BadValue.
+    """
+    start = cur.pos
+    hp = HParams(*cur.unpack(HPARAMS, "hparams"))
+    for i, (name, value) in enumerate(zip(HParams.__slots__, hp.astuple())):
+        if value < 0:
+            raise BadValue(f"expected a non-negative value, found {value}", offset=start + 4 * i, field=name)
+    if hp.ftype not in FType._value2member_map_:
+        raise BadValue(f"unknown file type {hp.ftype}; expected 0..{max(FType)} ({', '.join(f.name for f in FType)})",
+                       offset=start + 24, field="ftype")
+    return hp
+
+
+def decode_vocab(cur: _Cursor, n_vocab: int, with_scores: bool) -> Vocab:
+    """Read `n_vocab` entries (len, bytes[, f32 score]) after checking the count against the file.
+
+    Raises:
+        Truncated, BadValue.
+    """
+    min_entry = TOKEN_LEN.size + (TOKEN_SCORE.size if with_scores else 0)
+    if n_vocab * min_entry > cur.left():
+        raise Truncated(f"n_vocab {n_vocab} needs at least {n_vocab * min_entry} bytes, {cur.left()} left",
+                        offset=cur.pos, field="vocab")
+    buf, pos, size = cur.buf, cur.pos, cur.size
+    unpack_len = TOKEN_LEN.unpack_from
+    tokens: list[bytes] = []
+    score_at = np.empty(n_vocab, dtype=np.int64) if with_scores else None
+    for i in range(n_vocab):  # the one per-entry loop: entries have variable length
+        if pos + min_entry > size:
+            raise Truncated(f"need {min_entry} bytes, {size - pos} left", offset=pos, field=f"vocab[{i}].len")
+        (n,) = unpack_len(buf, pos)
+        if not 0 <= n <= min(MAX_TOKEN_LEN, size - pos - min_entry):
+            if n < 0 or n > MAX_TOKEN_LEN:
+                raise BadValue(f"expected a token length 0..{MAX_TOKEN_LEN}, found {n}", offset=pos,
+                               field=f"vocab[{i}].len")
+            raise Truncated(f"need {n + min_entry - 4} bytes, {size - pos - 4} left", offset=pos + 4,
+                            field=f"vocab[{i}].text")
+        pos += 4
+        tokens.append(bytes(buf[pos : pos + n]))
+        pos += n
+        if score_at is not None:
+            score_at[i] = pos
+            pos += 4
+    scores = None
+    if score_at is not None:
+        raw = np.frombuffer(buf, dtype=np.uint8)
+        idx = score_at[:, None] + np.arange(4)
+        scores = raw[idx].reshape(-1).view("<f4").astype(np.float32) if n_vocab else np.zeros(0, np.float32)
+    cur.pos = pos
+    return Vocab(tuple(tokens), scores)
+
+
+def decode_record(cur: _Cursor, i: int, version: FileVersion) -> TensorInfo:
+    """Read one tensor record header, skip its padding and data; check bounds and padding.
+
+    Raises:
+        Truncated, BadValue, BadLayout.
+    """
+    record_offset = cur.pos
+    what = f"tensor[{i}]"
+    n_dims, name_len, type_code = cur.unpack(RECORD, f"{what} record header")
+    if not 1 <= n_dims <= MAX_DIMS:
+        raise BadValue(f"expected 1..{MAX_DIMS} dims, found {n_dims}", offset=record_offset, field=f"{what}.n_dims")
+    if not 0 < name_len <= MAX_NAME_LEN:
+        raise BadValue(f"expected a name length 1..{MAX_NAME_LEN}, found {name_len}", offset=record_offset + 4,
+                       field=f"{what}.name_len")
+    try:
+        block = block_layout(type_code, version.block_generation)
+    except BadValue as e:
+        raise BadValue(f"{e.msg} in a {version} file", offset=record_offset + 8, field=f"{what}.type") from None
+    dims_at = cur.pos
+    ne = cur.unpack(_dims_struct(n_dims), f"{what}.ne")
+    for d, n in enumerate(ne):
+        if n < 0:
+            raise BadValue(f"expected a non-negative size, found {n}", offset=dims_at + 4 * d, field=f"{what}.ne[{d}]")
+    raw_name = cur.take(name_len, f"{what}.name")
+    try:
+        name = bytes(raw_name).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadValue(f"expected a UTF-8 tensor name, found {bytes(raw_name)!r}", offset=cur.pos - name_len,
+                       field=f"{what}.name") from None
+    what = f"tensor {name!r}"
+    if ne[0] % block.elements:
+        raise BadValue(f"ne[0] = {ne[0]} is not a multiple of the {GGMLType(type_code).name} block size "
+                       f"{block.elements}", offset=dims_at, field=f"{what}.ne[0]")
+    if version.aligned:
+        data_offset = align_up(cur.pos)
+        pad = cur.take(data_offset - cur.pos, f"{what} padding")
+        if any(pad):
+            raise BadLayout(f"expected {len(pad)} zero bytes of alignment padding, found {bytes(pad).hex()}",
+                            offset=data_offset - len(pad), field=f"{what} padding")
+    data_offset = cur.pos
+    nbytes = tensor_nbytes(ne, block)
+    cur.need(nbytes, f"{what} data ({GGMLType(type_code).name} {list(ne)})")
+    cur.pos += nbytes
+    return TensorInfo(name, GGMLType(type_code), tuple(ne), data_offset, nbytes, record_offset, block)
+
+
+_DIMS = {n: struct.Struct(f"<{n}i") for n in range(1, MAX_DIMS + 1)}  # ne[0..n_dims-1]
+
+
+def _dims_struct(n_dims: int) -> struct.Struct:
+    return _DIMS[n_dims]
+
+
+def decode_index(buf: memoryview | bytes, *, path: str | None = None) -> Index:
+    """Parse a whole model file (header, vocabulary, every tensor record) from a buffer.
+
+    Raises:
+        FormatError (BadMagic, UnsupportedVersion, Truncated, BadValue, BadLayout), with `path` filled in.
+    """
+    buf = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf
+    try:
+        version, header_size = decode_version(buf)
+        cur = _Cursor(buf, header_size)
+        hparams = decode_hparams(cur)
+        vocab_start = cur.pos
+        vocab = decode_vocab(cur, hparams.n_vocab, version.has_scores)
+        vocab_end = cur.pos
+        tensors: list[TensorInfo] = []
+        seen: dict[str, int] = {}
+        while cur.pos < cur.size:  # no tensor count in these formats: records run to EOF
+            info = decode_record(cur, len(tensors), version)
+            if info.name in seen:
+                raise BadLayout(f"duplicate tensor name {info.name!r} (first at offset {seen[info.name]:#x})",
+                                offset=info.record_offset, field=f"tensor[{len(tensors)}].name")
+            seen[info.name] = info.record_offset
+            tensors.append(info)
+    except FormatError as e:
+        raise e.with_path(path) if path else e
+    return Index(version, hparams, vocab, tuple(tensors), vocab_start, vocab_end, len(buf))
+
+
+# ---------------------------------------------------------------- planning a file to write
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """What a writer needs to know of a tensor before any data: name, type and ggml dims."""
+
+    name: str
+    type: GGMLType
+    ne: tuple[int, ...]
+
+    @classmethod
+    def from_shape(cls, name: str, ggml_type: GGMLType, shape: Sequence[int]) -> TensorSpec:
+        """Spec from a PyTorch/numpy shape (reversed into ggml order)."""
+        return cls(name, GGMLType(ggml_type), tuple(int(n) for n in reversed(shape)))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A complete file layout: the bytes before the tensor data, and where every tensor goes."""
+
+    version: FileVersion
+    hparams: HParams
+    prefix: bytes  # header + vocabulary
+    tensors: tuple[TensorInfo, ...]
+    record_headers: tuple[bytes, ...]  # per tensor: record header + name + padding
+    size: int
+
+    def by_name(self) -> dict[str, TensorInfo]:
+        return {t.name: t for t in self.tensors}
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+def encode_prefix(version: FileVersion, hparams: HParams, vocab: Vocab) -> bytes:
+    """Header and vocabulary bytes.
+
+    Raises:
+        ValueError: n_vocab disagrees with the vocabulary, or scores are missing where needed.
+    """
+    if hparams.n_vocab != len(vocab):
+        raise ValueError(f"hparams.n_vocab is {hparams.n_vocab} but the vocabulary has {len(vocab)} entries")
+    parts = [U32.pack(MAGIC_OF[version.magic_name])]
+    if version.has_version_field:
+        parts.append(U32.pack(version.number))
+    parts.append(HPARAMS.pack(*hparams.astuple()))
+    if version.has_scores:
+        if vocab.scores is None:
+            raise ValueError(f"a {version} file needs a score for every token; the vocabulary has none")
+        scores = np.asarray(vocab.scores, dtype="<f4")
+        for text, score in zip(vocab.tokens, scores):
+            parts += [TOKEN_LEN.pack(len(text)), text, score.tobytes()]
+    else:
+        for text in vocab.tokens:
+            parts += [TOKEN_LEN.pack(len(text)), text]
+    return b"".join(parts)
+
+
+def plan(version: FileVersion, hparams: HParams, vocab: Vocab, specs: Iterable[TensorSpec]) -> Plan:
+    """Lay out a whole file: every record and data offset, before the first byte is written.
+
+    Raises:
+        ValueError: a spec cannot be stored (dims, name, block size, duplicate).
+    """
+    prefix = encode_prefix(version, hparams, vocab)
+    pos = len(prefix)
+    infos: list[TensorInfo] = []
+    headers: list[bytes] = []
+    seen: set[str] = set()
+    for spec in specs:
+        block, name = _check_spec(spec, version, seen)
+        head = RECORD.pack(len(spec.ne), len(name), int(spec.type)) + _dims_struct(len(spec.ne)).pack(*spec.ne) + name
+        data_offset = pos + len(head)
+        if version.aligned:
+            data_offset = align_up(data_offset)
+        head += bytes(data_offset - pos - len(head))  # zero padding up to the aligned data offset
+        nbytes = tensor_nbytes(spec.ne, block)
+        infos.append(TensorInfo(spec.name, GGMLType(spec.type), spec.ne, data_offset, nbytes, pos, block))
+        headers.append(head)
+        pos = data_offset + nbytes
+    return Plan(version, hparams, prefix, tuple(infos), tuple(headers), pos)
+
+
+def _check_spec(spec: TensorSpec, version: FileVersion, seen: set[str]) -> tuple[BlockLayout, bytes]:
+    """Validate one spec for writing; return its block layout and encoded name.
+
+    Raises:
+        ValueError.
+    """
+    if not 1 <= len(spec.ne) <= MAX_DIMS:
+        raise ValueError(f"tensor {spec.name!r}: the format stores 1..{MAX_DIMS} dims, not {len(spec.ne)} "
+                         "(reshape a scalar to (1,))")
+    if any(n < 0 or n > 0x7FFFFFFF for n in spec.ne):
+        raise ValueError(f"tensor {spec.name!r}: every dim must fit a signed 32-bit field, got {list(spec.ne)}")
+    name = spec.name.encode("utf-8")
+    if not 0 < len(name) <= MAX_NAME_LEN:
+        raise ValueError(f"tensor name must be 1..{MAX_NAME_LEN} UTF-8 bytes, got {len(name)}: {spec.name[:60]!r}")
+    if spec.name in seen:
+        raise ValueError(f"duplicate tensor name {spec.name!r}")
+    seen.add(spec.name)
+    try:
+        block = block_layout(spec.type, version.block_generation)
+    except BadValue as e:
+        raise ValueError(f"tensor {spec.name!r}: {e.msg}") from None
+    if spec.ne[0] % block.elements:
+        raise ValueError(f"tensor {spec.name!r}: ne[0] = {spec.ne[0]} is not a multiple of the "
+                         f"{GGMLType(spec.type).name} block size {block.elements}")
+    return block, name

@@ -1,0 +1,160 @@
+"""Open any 2023 llama.cpp model file as one read-only numpy.memmap with zero-copy tensor views."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from .constants import FileVersion
+from .errors import FormatError, Truncated
+from .layout import HParams, Index, TensorInfo, Vocab, decode_index
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+def tensor_view(data: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """A view of one tensor's bytes in `data` (the whole file), typed and shaped, no copy.
+
+    F32/F16 views have the PyTorch-order shape; quantized views are arrays of block records
+    (structured dtype, fields d / m / qh / qs) whose last axis counts blocks.
+    """
+    raw = data[info.offset : info.offset + info.nbytes]
+    return raw.view(info.block.dtype).reshape(info.view_shape)
+
+
+class _Views(Mapping[str, np.ndarray]):
+    """name -> array, created on first access (opening stays O(number of tensors))."""
+
+    def __init__(self, data: np.ndarray, infos: Mapping[str, TensorInfo]) -> None:
+        self._data = data
+        self._infos = infos
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        view = self._cache.get(name)
+        if view is None:
+            view = self._cache[name] = tensor_view(self._data, self._infos[name])
+        return view
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._infos)
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+
+class Model:
+    """An opened model file: its format, header, vocabulary and memory-mapped tensors."""
+
+    def __init__(self, path: str, index: Index, data: np.ndarray) -> None:
+        self.path = path
+        self.index = index
+        self._data = data
+        self.info: Mapping[str, TensorInfo] = index.by_name()
+        self.tensors: Mapping[str, np.ndarray] = _Views(data, self.info)
+
+    @property
+    def version(self) -> FileVersion:
+        return self.index.version
+
+    @property
+    def format(self) -> str:
+        """'ggml', 'ggmf' or 'ggjt'."""
+        return self.index.version.magic_name
+
+    @property
+    def hparams(self) -> HParams:
+        return self.index.hparams
+
+    @property
+    def vocab(self) -> Vocab:
+        return self.index.vocab
+
+    @property
+    def data(self) -> np.ndarray:
+        """The whole file as one read-only uint8 memmap; every tensor view points into it."""
+        return self._data
+
+    def torch_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor as a torch.Tensor sharing memory with a private (copy-on-write) map of the file.
+
+        Reads share the page cache like the read-only map; a write to a tensor copies just that
+        page into this process and never reaches the file. F32/F16 only; quantized tensors come as
+        uint8 tensors of their raw block bytes.
+
+        Raises:
+            ImportError: torch is not installed.
+        """
+        import torch  # only when asked: the core runs with numpy alone
+
+        private = np.memmap(self.path, dtype=np.uint8, mode="c")
+        out = {}
+        for name, info in self.info.items():
+            view = tensor_view(private, info)
+            if info.quantized:
+                view = private[info.offset : info.offset + info.nbytes].reshape(*info.shape[:-1], info.row_bytes)
+            if not view.flags.aligned:  # ggml/ggmf data is unaligned; torch needs aligned storage
+                log.debug("copying unaligned tensor %s for torch", name)
+                view = view.copy()
+            out[name] = torch.from_numpy(view)
+        return out
+
+    def close(self) -> None:
+        """Drop this object's reference to the map (views handed out keep it alive until freed)."""
+        self.tensors = _Views(np.zeros(0, np.uint8), {})
+        self._data = np.zeros(0, np.uint8)
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Model {self.path!r} {self.version} {len(self.info)} tensors>"
+
+
+def map_file(path: str | os.PathLike[str], mode: Literal["r", "c"] = "r") -> np.ndarray:
+    """The whole file as a uint8 memmap (read-only shared, or copy-on-write private).
+
+    Raises:
+        Truncated: the file is empty (nothing can be mapped). OSError: it cannot be opened.
+    """
+    if os.path.getsize(path) == 0:
+        raise Truncated("empty file; expected a model header", path=path, offset=0, field="magic")
+    return np.memmap(path, dtype=np.uint8, mode=mode)
+
+
+def read_index(path: str | os.PathLike[str]) -> Index:
+    """Parse a file's structure (header, vocabulary, tensor records) without keeping a map.
+
+    Raises:
+        FormatError, OSError.
+    """
+    return decode_index(memoryview(map_file(path)), path=os.fspath(path))
+
+
+def load(path: str | os.PathLike[str], *, mode: Literal["r", "c"] = "r") -> Model:
+    """Open a ggml, ggmf or ggjt (v1-v3) file; tensors are views into one memmap, nothing is copied.
+
+    mode "r" maps read-only (writes to a view raise); "c" maps copy-on-write (writable views,
+    changes stay in this process).
+
+    Raises:
+        FormatError: the file is malformed (names the file, offset, field, expected and found).
+        OSError: the file cannot be opened or mapped.
+    """
+    data = map_file(path, mode)
+    try:
+        index = decode_index(memoryview(data), path=os.fspath(path))
+    except FormatError:
+        del data
+        raise
+    return Model(os.fspath(path), index, data)

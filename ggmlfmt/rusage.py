@@ -1,0 +1,75 @@
+"""What the kernel accounted for this process: wall and CPU time, peak RSS, faults, switches, I/O."""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """getrusage(2) of this process and its waited-for children, plus wall time since `start`."""
+
+    wall_s: float
+    user_s: float
+    sys_s: float
+    max_rss_kib: int  # Linux reports ru_maxrss in KiB
+    major_faults: int  # a page had to come from disk
+    minor_faults: int  # the page was in memory already (page cache, zero page, copy-on-write)
+    voluntary_switches: int  # waited (I/O, locks)
+    involuntary_switches: int  # preempted
+    in_blocks: int  # 512-byte blocks read from storage
+    out_blocks: int
+
+
+def measure(start: float) -> Usage:
+    """Usage since `start` (a time.perf_counter() value) for this process and its children."""
+    wall = time.perf_counter() - start
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return Usage(
+        wall_s=wall,
+        user_s=me.ru_utime + kids.ru_utime,
+        sys_s=me.ru_stime + kids.ru_stime,
+        max_rss_kib=max(me.ru_maxrss, kids.ru_maxrss),
+        major_faults=me.ru_majflt + kids.ru_majflt,
+        minor_faults=me.ru_minflt + kids.ru_minflt,
+        voluntary_switches=me.ru_nvcsw + kids.ru_nvcsw,
+        involuntary_switches=me.ru_nivcsw + kids.ru_nivcsw,
+        in_blocks=me.ru_inblock + kids.ru_inblock,
+        out_blocks=me.ru_oublock + kids.ru_oublock,
+    )
+
+
+def _duration(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:,.0f} µs"
+    if s < 1:
+        return f"{s * 1e3:,.1f} ms"
+    return f"{s:,.2f} s"
+
+
+def _size(kib: int) -> str:
+    for unit, scale in (("GiB", 1 << 20), ("MiB", 1 << 10)):
+        if kib >= scale:
+            return f"{kib / scale:,.1f} {unit}"
+    return f"{kib:,} KiB"
+
+
+def _share(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "0%"
+
+
+def report(u: Usage) -> str:
+    """Readable lines, one fact each."""
+    cpu = u.user_s + u.sys_s
+    faults = u.major_faults + u.minor_faults
+    switches = u.voluntary_switches + u.involuntary_switches
+    return "\n".join([
+        f"rusage: wall time      {_duration(u.wall_s)}",
+        f"rusage: peak RSS       {_size(u.max_rss_kib)}",
+        f"rusage: CPU time       {_duration(cpu)} ({_share(u.sys_s, cpu)} in the kernel)",
+        f"rusage: page faults    {faults:,} ({u.major_faults:,} major from disk, {u.minor_faults:,} minor in memory)",
+        f"rusage: ctx switches   {switches:,} ({_share(u.voluntary_switches, switches)} voluntary)",
+        f"rusage: block I/O      {u.in_blocks:,} in, {u.out_blocks:,} out (512-byte blocks)",
+    ])

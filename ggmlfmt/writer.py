@@ -1,0 +1,300 @@
+"""Write planned files: temp file beside the target, regions filled in any order, checked, renamed.
+
+The streaming writer lays the whole file out first (header, vocabulary, every record header and
+its padding), then accepts tensor data as rectangles of (rows x byte-columns) at their final
+places. Writing past the end of the file leaves a hole that a later write fills; at the end the
+writer proves that every byte of every tensor was written exactly once before the file gets its
+final name.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .constants import FileVersion, GGMLType
+from .errors import IncompleteWrite
+from .layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
+
+log = logging.getLogger(__name__)
+
+# numpy dtype -> type code for arrays handed to save(); anything else is refused (no silent casts)
+NUMPY_TYPES = {np.dtype("<f4"): GGMLType.F32, np.dtype("<f2"): GGMLType.F16}
+
+
+class Coverage:
+    """Rectangles written into one tensor's (rows x row_bytes) region; proves an exact tiling."""
+
+    __slots__ = ("n_rows", "row_bytes", "rects")
+
+    def __init__(self, n_rows: int, row_bytes: int) -> None:
+        self.n_rows = n_rows
+        self.row_bytes = row_bytes
+        self.rects: list[tuple[int, int, int, int]] = []  # row0, row1, col0, col1 (bytes)
+
+    def add(self, row0: int, row1: int, col0: int, col1: int) -> None:
+        if row1 > row0 and col1 > col0:
+            self.rects.append((row0, row1, col0, col1))
+
+    def problem(self) -> str | None:
+        """None when the rectangles tile the region exactly; else what is wrong and where."""
+        if not self.rects:
+            return None if self.n_rows * self.row_bytes == 0 else "no bytes written"
+        r = np.array(self.rects, dtype=np.int64)
+        bands = np.unique(np.concatenate([r[:, 0], r[:, 1], [0, self.n_rows]]))
+        for lo, hi in zip(bands[:-1], bands[1:]):  # rows [lo, hi) are covered by the same rectangles
+            cols = r[(r[:, 0] <= lo) & (r[:, 1] >= hi)][:, 2:]
+            cols = cols[np.argsort(cols[:, 0], kind="stable")]
+            if len(cols) == 0:
+                return f"rows {lo}..{hi - 1} never written"
+            if cols[0, 0] > 0:
+                return f"rows {lo}..{hi - 1}, bytes 0..{cols[0, 0] - 1} of each row never written"
+            gaps = np.nonzero(cols[1:, 0] != cols[:-1, 1])[0]
+            if len(gaps):
+                j = gaps[0]
+                a, b = cols[j, 1], cols[j + 1, 0]
+                kind = "written twice" if b < a else "never written"
+                return f"rows {lo}..{hi - 1}, bytes {min(a, b)}..{max(a, b) - 1} of each row {kind}"
+            if cols[-1, 1] != self.row_bytes:
+                return f"rows {lo}..{hi - 1}, bytes {cols[-1, 1]}..{self.row_bytes - 1} of each row never written"
+        return None
+
+
+def _free_bytes(directory: Path) -> int:
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.ggmlfmt-(?P<pid>\d+)-[^.]+\.tmp$")
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Remove temp files of `target` left by writers that were killed (their pid no longer runs)."""
+    removed = []
+    for p in target.parent.glob(f".{target.name}.ggmlfmt-*.tmp"):
+        m = _TMP_RE.match(p.name)
+        if not m or m["name"] != target.name:
+            continue
+        try:
+            os.kill(int(m["pid"]), 0)
+            continue  # that writer is still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's live process
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+class FileWriter:
+    """Fill a planned file in any order; on `commit`, check coverage, fsync and rename into place.
+
+    Use as a context manager: leaving the block normally commits, an exception (including
+    KeyboardInterrupt) removes the temporary file. The target is never opened for writing.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        layout: Plan,
+        *,
+        overwrite: bool = False,
+        check_space: bool = True,
+        progress: Callable[[int], Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.plan = layout
+        self._infos = layout.by_name()
+        self._progress = progress
+        self.written = 0
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(errno.EEXIST, "output exists (use --force / overwrite=True to replace it)",
+                                  str(self.path))
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "output is a directory", str(self.path))
+        for stale in remove_stale_temps(self.path):
+            log.info("removed %s, left by an interrupted run", stale)
+        if check_space:
+            free = _free_bytes(self.path.parent)
+            if free < layout.size:
+                raise OSError(errno.ENOSPC, f"not enough free space: the output needs {layout.size:,} bytes, "
+                              f"{free:,} are free", str(self.path.parent))
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.ggmlfmt-{os.getpid()}-",
+                                   suffix=".tmp")
+        self.tmp_path = Path(tmp)
+        self._fd: int | None = fd
+        self._coverage = {t.name: Coverage(t.n_rows, t.row_bytes) for t in layout.tensors}
+        try:
+            self._write_skeleton()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _write_skeleton(self) -> None:
+        self._pwrite(self.plan.prefix, 0)
+        for info, head in zip(self.plan.tensors, self.plan.record_headers):
+            self._pwrite(head, info.record_offset)
+
+    def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        view = memoryview(data).cast("B")
+        while view:  # pwrite may write less than asked (signals, some filesystems)
+            n = os.pwrite(self._fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def info(self, name: str) -> TensorInfo:
+        return self._infos[name]
+
+    def write_region(self, name: str, data: np.ndarray | bytes | memoryview, *, row: int = 0, col_byte: int = 0,
+                     n_rows: int | None = None) -> None:
+        """Write a rectangle of `name`'s data: rows [row, row+n_rows) x bytes [col_byte, col_byte+w) of each row.
+
+        `data` holds the rectangle row by row (C order); its width w is len(data) / n_rows, and
+        n_rows defaults to data.shape[0] for a 2-D array, or to 1 for 1-D data / raw bytes.
+
+        Raises:
+            ValueError: the rectangle does not fit the tensor, or data is not contiguous.
+        """
+        info = self._infos[name]
+        if isinstance(data, np.ndarray):
+            if n_rows is None:
+                n_rows = data.shape[0] if data.ndim >= 2 else 1
+            if not data.flags.c_contiguous:
+                raise ValueError(f"tensor {name!r}: data must be C-contiguous")
+        elif n_rows is None:
+            n_rows = 1
+        buf = memoryview(data).cast("B")
+        if n_rows <= 0 or len(buf) % n_rows:
+            raise ValueError(f"tensor {name!r}: {len(buf)} bytes do not split into {n_rows} rows")
+        width = len(buf) // n_rows
+        if row < 0 or col_byte < 0 or row + n_rows > info.n_rows or col_byte + width > info.row_bytes:
+            raise ValueError(f"tensor {name!r}: rows {row}..{row + n_rows - 1} x bytes {col_byte}..{col_byte + width - 1}"
+                             f" do not fit its {info.n_rows} rows of {info.row_bytes} bytes")
+        base = info.offset + row * info.row_bytes + col_byte
+        if width == info.row_bytes:  # whole rows are one contiguous run
+            self._pwrite(buf, base)
+        else:
+            for r in range(n_rows):  # a column slice: one piece per row, each at its final place
+                self._pwrite(buf[r * width : (r + 1) * width], base + r * info.row_bytes)
+        self._coverage[name].add(row, row + n_rows, col_byte, col_byte + width)
+        self.written += len(buf)
+        if self._progress:
+            self._progress(len(buf))
+
+    def write_tensor(self, name: str, array: np.ndarray | bytes | memoryview) -> None:
+        """Write a whole tensor's data (its bytes in C order).
+
+        Raises:
+            ValueError: the size differs from the planned one.
+        """
+        info = self._infos[name]
+        nbytes = memoryview(array).nbytes
+        if nbytes != info.nbytes:
+            raise ValueError(f"tensor {name!r}: planned {info.nbytes} bytes, got {nbytes}")
+        if info.nbytes:
+            self.write_region(name, np.ascontiguousarray(array) if isinstance(array, np.ndarray) else array,
+                              n_rows=info.n_rows)
+
+    def problems(self) -> list[str]:
+        """Tensors whose data is not yet written exactly once, with what is wrong."""
+        out = []
+        for name, cov in self._coverage.items():
+            problem = cov.problem()
+            if problem:
+                out.append(f"tensor {name!r}: {problem}")
+        return out
+
+    def commit(self) -> None:
+        """Check every byte was written once, flush to disk, rename over the target.
+
+        Raises:
+            IncompleteWrite: some tensor data was never written or written twice (the temp file is removed).
+        """
+        problems = self.problems()
+        if problems:
+            self.abort()
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise IncompleteWrite(problems[0] + more, path=str(self.path))
+        os.ftruncate(self._fd, self.plan.size)  # a no-op unless the last tensor is empty
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+        os.replace(self.tmp_path, self.path)  # atomic; a process that mapped the old file keeps it
+        _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Close and remove the temporary file; the target is untouched."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        try:
+            self.tmp_path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> FileWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, np.ndarray],
+    *,
+    hparams: HParams,
+    vocab: Vocab,
+    version: FileVersion = FileVersion.GGJT_V1,
+    overwrite: bool = True,
+) -> Plan:
+    """Write f32/f16 arrays (PyTorch-order shapes) as one aligned ggjt file; return its plan.
+
+    Every offset is planned before the first byte; data goes to a temp file beside `path` that is
+    renamed into place only when complete.
+
+    Raises:
+        ValueError: a dtype other than float32/float16, a 0-dim array, a bad name, or
+            hparams.n_vocab not matching the vocabulary.
+    """
+    specs = []
+    for name, arr in tensors.items():
+        dtype = np.dtype(arr.dtype).newbyteorder("<")
+        if dtype not in NUMPY_TYPES:
+            raise ValueError(f"tensor {name!r}: dtype {arr.dtype} is not stored; cast to float32 or float16")
+        if arr.ndim == 0:
+            raise ValueError(f"tensor {name!r}: 0-dim arrays are not stored (the format needs 1 to 4 dims); "
+                             "reshape to (1,)")
+        specs.append(TensorSpec.from_shape(name, NUMPY_TYPES[dtype], arr.shape))
+    layout = plan(version, hparams, vocab, specs)
+    with FileWriter(path, layout, overwrite=overwrite) as w:
+        for name, arr in tensors.items():
+            w.write_tensor(name, np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")))
+    return layout

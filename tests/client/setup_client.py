@@ -1,0 +1,126 @@
+"""Build a pinned llama-cpp-python (pre-GGUF llama.cpp) in its own venv; stdlib only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Versions we know how to build, with extra pins installed into their venv first.
+# numpy<2: the 2023 wheels/ctypes code predates numpy 2; 0.1.48/0.1.78 also pull
+# typing-extensions and diskcache, which pip resolves from their own metadata.
+EXTRA_PINS: dict[str, list[str]] = {
+    "0.1.48": ["numpy<2"],
+    "0.1.78": ["numpy<2"],
+}
+MARKER = ".ggmlfmt-client-ok"
+
+
+def log(msg: str) -> None:
+    """Print a progress line to stderr."""
+    print(f"[setup_client] {msg}", file=sys.stderr, flush=True)
+
+
+def venv_python(venv: Path) -> Path:
+    """Return the interpreter path inside a venv."""
+    return venv / "bin" / "python"
+
+
+def is_ready(venv: Path, version: str) -> bool:
+    """True if the venv was completed earlier and still imports the right llama_cpp."""
+    marker = venv / MARKER
+    if not marker.is_file() or marker.read_text().strip() != version:
+        return False
+    py = venv_python(venv)
+    if not py.exists():
+        return False
+    probe = subprocess.run(
+        [str(py), "-c", "import llama_cpp, importlib.metadata as m; print(m.version('llama_cpp_python'))"],
+        capture_output=True,
+        text=True,
+    )
+    return probe.returncode == 0 and probe.stdout.strip() == version
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> None:
+    """Run a command, streaming its output to our stderr; raise on failure."""
+    log("$ " + " ".join(cmd))
+    subprocess.run(cmd, check=True, stdout=sys.stderr, stderr=sys.stderr, env=env)
+
+
+def _fix_paths(venv: Path, old: str, new: str) -> None:
+    """Rewrite the build-time venv path in bin/ scripts (shebangs, activate) after renaming."""
+    for f in (venv / "bin").iterdir():
+        if f.is_symlink() or not f.is_file():
+            continue
+        try:
+            text = f.read_text()
+        except (UnicodeDecodeError, OSError):
+            continue
+        if old in text:
+            f.write_text(text.replace(old, new))
+    cfg = venv / "pyvenv.cfg"
+    if cfg.is_file():
+        cfg.write_text(cfg.read_text().replace(old, new))
+
+
+def ensure_client(version: str, root: Path) -> Path:
+    """Create root/llama-cpp-python-<version> (idempotent) and return its python path."""
+    root = Path(root).resolve()
+    final = root / f"llama-cpp-python-{version}"
+    if is_ready(final, version):
+        log(f"{final} already built")
+        return venv_python(final)
+    root.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        log(f"removing incomplete {final}")
+        shutil.rmtree(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".building-{version}-", dir=root))
+    venv = tmp / "venv"
+    t0 = time.monotonic()
+    try:
+        _run([sys.executable, "-m", "venv", str(venv)])
+        py = str(venv_python(venv))
+        env = dict(os.environ)
+        # Portable, deterministic CPU build; never let a GPU backend sneak in.
+        env.setdefault("CMAKE_ARGS", "-DLLAMA_CUBLAS=OFF -DLLAMA_METAL=OFF -DLLAMA_CLBLAST=OFF")
+        env["FORCE_CMAKE"] = "1"
+        env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
+        env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+        pins = EXTRA_PINS.get(version, [])
+        if pins:
+            _run([py, "-m", "pip", "install", *pins], env=env)
+        _run(
+            [py, "-m", "pip", "install", "--no-cache-dir", "--no-binary", "llama-cpp-python",
+             f"llama-cpp-python=={version}", *pins],
+            env=env,
+        )
+        (venv / MARKER).write_text(version + "\n")
+        if final.exists():  # another process finished first
+            shutil.rmtree(final)
+        os.rename(venv, final)
+        _fix_paths(final, str(venv), str(final))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not is_ready(final, version):
+        raise RuntimeError(f"llama-cpp-python {version} built but does not import from {final}")
+    log(f"built llama-cpp-python {version} in {time.monotonic() - t0:.0f} s -> {final}")
+    return venv_python(final)
+
+
+def main(argv: list[str]) -> int:
+    """CLI: setup_client.py VERSION [ROOT] -> prints the venv python path."""
+    if len(argv) not in (2, 3):
+        print("usage: setup_client.py VERSION [ROOT=.cache/clients]", file=sys.stderr)
+        return 2
+    root = Path(argv[2]) if len(argv) == 3 else Path(".cache/clients")
+    print(ensure_client(argv[1], root))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
