@@ -1,0 +1,152 @@
+"""Structure-aware fuzzing: mutated files of every format give a FormatError or a consistent model, nothing else.
+
+The mutations know where every field is (tests/builders.py's field map): counts, dims, type codes,
+name and token lengths get boundary values, files are cut at field edges, records are duplicated,
+bytes are inserted, deleted or appended. For every mutant the decoder must either raise
+ggmlfmt.FormatError or return an index whose every tensor lies inside the file, within bounded
+time (hypothesis deadline) and bounded memory (tracemalloc peak against the file size).
+
+The default run is part of the suite; the long campaign is the same test with
+`HYPOTHESIS_PROFILE=fuzz` (see docs/safety.md for its command and result).
+"""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import builders
+from ggmlfmt import FormatError
+from ggmlfmt.layout import decode_index
+
+FUZZ_EXAMPLES = {"fuzz": 100_000}.get(os.environ.get("HYPOTHESIS_PROFILE", ""), 400)
+
+INTERESTING_I32 = [0, 1, 2, 3, 4, 5, 31, 32, 33, 255, 4096, 65535, 65536, 0x7FFFFFFF, -1, -2, -32, -0x80000000]
+
+
+@dataclass(frozen=True)
+class Sample:
+    data: bytes
+    fields: tuple[builders.Field, ...]
+
+
+def _sample(fmt: str, version: int | None) -> Sample:
+    """A small valid file with 1-D, 2-D and (where the version has them) quantized tensors."""
+    layout = builders.layout_of(fmt, version)
+    rng = np.random.default_rng(7)
+    hp = builders.llama_hparams(n_vocab=5, dim=64, n_mult=32, n_head=2, n_layer=1, ftype=1)
+    vocab = [(b" \xe2\x81\x87 ", 0.0), (b"", 0.0), (b"", 0.0), (b"\n", -1.5), (b" the", -2.25)]
+    vocab = [(t, s if fmt != "ggml" else None) for t, s in vocab]
+    tensors = [
+        ("tok_embeddings.weight", 1, (64, 5), rng.standard_normal((5, 64)).astype("<f2").tobytes()),
+        ("norm.weight", 0, (64,), rng.standard_normal(64).astype("<f4").tobytes()),
+        ("layers.0.attention.wq.weight", 2, (64, 2), builders.quantize(rng.standard_normal((2, 64)), "Q4_0", layout)),
+        ("layers.0.attention.wk.weight", 8, (32, 3, 1, 1),
+         builders.quantize(rng.standard_normal((3, 32)), "Q8_0", layout)),
+    ]
+    data, fields = builders.build_file_with_fields(fmt, version, hp, vocab, tensors)
+    return Sample(data, tuple(fields))
+
+
+FORMATS = [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3)]
+SAMPLES = {f"{fmt}{version or ''}": _sample(fmt, version) for fmt, version in FORMATS}
+
+
+def _set_field(data: bytes, field: builders.Field, value: int) -> bytes:
+    """Overwrite a 32-bit integer field with `value` as two's complement (so -1 and 0xFFFFFFFF are one bit pattern)."""
+    return data[: field.offset] + (value & 0xFFFFFFFF).to_bytes(4, "little") + data[field.offset + 4 :]
+
+
+@st.composite
+def mutants(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A valid file of some format, mutated 1-3 times in a way that knows the structure."""
+    key = draw(st.sampled_from(sorted(SAMPLES)))
+    sample = SAMPLES[key]
+    data = sample.data
+    numeric = [f for f in sample.fields if f.fmt and f.fmt[-1] in "iI"]
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["int", "int", "int", "cut", "bytes", "insert", "delete", "append", "dup"]))
+        if kind == "int":
+            field = draw(st.sampled_from(numeric))
+            value = draw(st.one_of(st.sampled_from(INTERESTING_I32), st.integers(-(2**31), 2**32 - 1)))
+            data = _set_field(data, field, value)
+        elif kind == "cut":
+            edges = sorted({f.offset for f in sample.fields} | {f.offset + f.size for f in sample.fields})
+            cut = draw(st.one_of(st.sampled_from(edges), st.integers(0, len(data))))
+            data = data[: min(cut, len(data))]
+        elif kind == "bytes" and data:
+            pos = draw(st.integers(0, len(data) - 1))
+            data = data[:pos] + draw(st.binary(min_size=1, max_size=8)) + data[pos + 8 :]
+        elif kind == "insert":
+            pos = draw(st.integers(0, len(data)))
+            data = data[:pos] + draw(st.binary(min_size=1, max_size=40)) + data[pos:]
+        elif kind == "delete" and data:
+            pos = draw(st.integers(0, len(data) - 1))
+            data = data[:pos] + data[pos + draw(st.integers(1, 40)) :]
+        elif kind == "append":
+            data = data + draw(st.binary(min_size=1, max_size=64))
+        elif kind == "dup":  # repeat the whole tensor section: duplicate names, misaligned copies
+            first = next(f.offset for f in sample.fields if f.name.startswith("tensor[0]"))
+            data = data + data[first:]
+    return key, data
+
+
+def _check_consistent(index, data: bytes) -> None:
+    names = [t.name for t in index.tensors]
+    assert len(names) == len(set(names))
+    pos = index.vocab_end
+    for t in index.tensors:
+        assert t.record_offset == pos
+        assert t.record_offset < t.offset <= t.offset + t.nbytes <= len(data)
+        if index.version.aligned:
+            assert t.offset % 32 == 0
+        pos = t.offset + t.nbytes
+    assert pos == len(data)
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(mutants())
+def test_mutated_files_give_format_error_or_consistent_index(case):
+    key, data = case
+    tracemalloc.start()
+    try:
+        index = decode_index(data, path=f"{key}.bin")
+    except FormatError as e:
+        assert str(e).startswith(f"{key}.bin: "), str(e)
+        assert "\n" not in str(e)
+        return
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 64 * len(data) + (1 << 20), f"decoding {len(data)} bytes allocated {peak}"
+    _check_consistent(index, data)
+
+
+@pytest.mark.parametrize("key", sorted(SAMPLES))
+def test_every_truncation_is_a_format_error(key):
+    data = SAMPLES[key].data
+    boundaries = {t["record_offset"] for t in builders.parse_file(data)["tensors"]}
+    for cut in range(len(data)):
+        if cut in boundaries:
+            continue  # a file may legitimately end after any whole record
+        with pytest.raises(FormatError):
+            decode_index(data[:cut])
+
+
+@pytest.mark.parametrize("value", [0x7FFFFFFF, 0x40000000, -1])
+def test_huge_counts_are_refused_before_allocation(value):
+    sample = SAMPLES["ggjt1"]
+    for name in ("n_vocab", "vocab[0].len", "tensor[0].name_len", "tensor[0].ne[1]", "tensor[0].n_dims"):
+        field = next(f for f in sample.fields if f.name == name)
+        tracemalloc.start()
+        with pytest.raises(FormatError):
+            decode_index(_set_field(sample.data, field, value))
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 1 << 20, f"{name}={value} allocated {peak} bytes before failing"
