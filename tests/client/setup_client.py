@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -11,8 +13,8 @@ import time
 from pathlib import Path
 
 # Versions we know how to build, with extra pins installed into their venv first.
-# numpy<2: the 2023 wheels/ctypes code predates numpy 2; 0.1.48/0.1.78 also pull
-# typing-extensions and diskcache, which pip resolves from their own metadata.
+# numpy<2: keep the numpy of the era (1.26) next to 2023 ctypes code; pip resolves the
+# rest (typing-extensions; diskcache for 0.1.78) from the sdist's own metadata.
 EXTRA_PINS: dict[str, list[str]] = {
     "0.1.48": ["numpy<2"],
     "0.1.78": ["numpy<2"],
@@ -68,25 +70,38 @@ def _fix_paths(venv: Path, old: str, new: str) -> None:
         cfg.write_text(cfg.read_text().replace(old, new))
 
 
-def ensure_client(version: str, root: Path) -> Path:
-    """Create root/llama-cpp-python-<version> (idempotent) and return its python path."""
-    root = Path(root).resolve()
-    final = root / f"llama-cpp-python-{version}"
-    if is_ready(final, version):
-        log(f"{final} already built")
-        return venv_python(final)
-    root.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        log(f"removing incomplete {final}")
-        shutil.rmtree(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".building-{version}-", dir=root))
+def _pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_builds(root: Path, version: str) -> None:
+    """Delete temp build dirs left behind by killed builders of this version."""
+    for d in root.glob(f".building-{version}-*"):
+        try:
+            pid = int(d.name.split("-")[2])
+        except (IndexError, ValueError):
+            pid = -1
+        if pid != os.getpid() and not (pid > 0 and _pid_alive(pid)):
+            log(f"removing stale build dir {d}")
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _build(version: str, root: Path, final: Path) -> None:
+    """Build the venv in a temp dir under root, then rename it to final."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".building-{version}-{os.getpid()}-", dir=root))
     venv = tmp / "venv"
-    t0 = time.monotonic()
     try:
         _run([sys.executable, "-m", "venv", str(venv)])
         py = str(venv_python(venv))
         env = dict(os.environ)
-        # Portable, deterministic CPU build; never let a GPU backend sneak in.
+        # Portable CPU build; never let a GPU backend sneak in from the caller's environment.
         env.setdefault("CMAKE_ARGS", "-DLLAMA_CUBLAS=OFF -DLLAMA_METAL=OFF -DLLAMA_CLBLAST=OFF")
         env["FORCE_CMAKE"] = "1"
         env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
@@ -100,16 +115,48 @@ def ensure_client(version: str, root: Path) -> Path:
             env=env,
         )
         (venv / MARKER).write_text(version + "\n")
-        if final.exists():  # another process finished first
-            shutil.rmtree(final)
         os.rename(venv, final)
         _fix_paths(final, str(venv), str(final))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if not is_ready(final, version):
-        raise RuntimeError(f"llama-cpp-python {version} built but does not import from {final}")
-    log(f"built llama-cpp-python {version} in {time.monotonic() - t0:.0f} s -> {final}")
+
+
+def ensure_client(version: str, root: Path) -> Path:
+    """Create root/llama-cpp-python-<version> (idempotent, process-safe) and return its python path."""
+    root = Path(root).resolve()
+    final = root / f"llama-cpp-python-{version}"
+    if is_ready(final, version):
+        return venv_python(final)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".lock-{version}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per version; others wait, then reuse
+        if is_ready(final, version):
+            log(f"{final} was built by another process")
+            return venv_python(final)
+        _remove_stale_builds(root, version)
+        if final.exists():
+            log(f"removing incomplete {final}")
+            shutil.rmtree(final)
+        log(f"building llama-cpp-python {version} from source (~20-35 s on 2 cores)")
+        t0 = time.monotonic()
+        _build(version, root, final)
+        if not is_ready(final, version):
+            raise RuntimeError(f"llama-cpp-python {version} built but does not import from {final}")
+        log(f"built llama-cpp-python {version} in {time.monotonic() - t0:.0f} s -> {final}")
     return venv_python(final)
+
+
+def run_client(python: Path, model: Path, tokens: list[int], n_ctx: int = 64, vocab_only: bool = False,
+               extra: list[str] | None = None, timeout: float = 600) -> dict:
+    """Run run_client.py under a client venv's python; return its JSON, raise RuntimeError with stderr on failure."""
+    script = Path(__file__).with_name("run_client.py")
+    cmd = [str(python), str(script), str(model), json.dumps(list(tokens)), str(n_ctx)]
+    if vocab_only:
+        cmd.append("vocab_only")
+    proc = subprocess.run(cmd + list(extra or []), capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{python} run_client.py {model} exited {proc.returncode}:\n{proc.stderr}")
+    return json.loads(proc.stdout)
 
 
 def main(argv: list[str]) -> int:
