@@ -12,7 +12,7 @@ def _nibbles(qs: np.ndarray, order: str) -> np.ndarray:
     """4-bit values per element, from (..., n_bytes) packed bytes in the generation's order."""
     lo, hi = qs & 0x0F, qs >> 4
     if order == "interleaved":  # byte j = elements 2j (low), 2j+1 (high)
-        return np.stack([lo, hi], axis=-1).reshape(*qs.shape[:-1], -1)
+        return np.stack([lo, hi], axis=-1).reshape(*qs.shape[:-1], 2 * qs.shape[-1])  # not -1: zero blocks
     return np.concatenate([lo, hi], axis=-1)  # byte j = elements j (low), j + n_bytes (high)
 
 
@@ -44,7 +44,7 @@ def dequantize_blocks(blocks: np.ndarray, ggml_type: GGMLType, generation: int) 
         else:
             offset = 16 if "qh" in blocks.dtype.names else 8
             x = (q - offset).astype(np.float32) * d
-    return x.reshape(*blocks.shape[:-1], -1)
+    return x.reshape(*blocks.shape[:-1], blocks.shape[-1] * layout.elements)  # not -1: zero blocks are legal
 
 
 def dequantize(array: np.ndarray, info: TensorInfo, generation: int) -> np.ndarray:

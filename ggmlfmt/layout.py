@@ -79,10 +79,22 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def __eq__(self, other: object) -> bool:
+        """Same tokens and the same score bits (the generated __eq__ raised: an array has no single truth)."""
+        if not isinstance(other, Vocab):
+            return NotImplemented
+        if self.tokens != other.tokens or (self.scores is None) != (other.scores is None):
+            return False
+        return self.scores is None or _f32_bytes(self.scores) == _f32_bytes(other.scores)
+
     def nbytes(self, with_scores: bool) -> int:
         """Encoded size of the vocabulary section."""
         per_entry = TOKEN_LEN.size + (TOKEN_SCORE.size if with_scores else 0)
         return len(self.tokens) * per_entry + sum(len(t) for t in self.tokens)
+
+
+def _f32_bytes(scores: np.ndarray) -> bytes:
+    return np.asarray(scores, dtype="<f4").tobytes()
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,37 +253,47 @@ def decode_vocab(cur: _Cursor, n_vocab: int, with_scores: bool) -> Vocab:
     Raises:
         Truncated, BadValue.
     """
-    min_entry = TOKEN_LEN.size + (TOKEN_SCORE.size if with_scores else 0)
-    if n_vocab * min_entry > cur.left():
+    score_size = TOKEN_SCORE.size if with_scores else 0
+    min_entry = TOKEN_LEN.size + score_size
+    buf, start = cur.buf, cur.pos
+    # Bytes left for token texts once every entry's fixed fields are counted; each text spends from
+    # it, so `room >= 0` keeps every later length field inside the buffer without a second check.
+    room = cur.left() - n_vocab * min_entry
+    if room < 0:
         raise Truncated(f"n_vocab {n_vocab} needs at least {n_vocab * min_entry} bytes, {cur.left()} left",
-                        offset=cur.pos, field="vocab")
-    buf, pos, size = cur.buf, cur.pos, cur.size
+                        offset=start, field="vocab")
+    body = buf[start:]
     unpack_len = TOKEN_LEN.unpack_from
-    tokens: list[bytes] = []
-    score_at = np.empty(n_vocab, dtype=np.int64) if with_scores else None
+    ends = [0]  # entry i spans body[ends[i]:ends[i + 1]]
+    append_end = ends.append
+    pos = 0
     for i in range(n_vocab):  # the one per-entry loop: entries have variable length
-        if pos + min_entry > size:
-            raise Truncated(f"need {min_entry} bytes, {size - pos} left", offset=pos, field=f"vocab[{i}].len")
-        (n,) = unpack_len(buf, pos)
-        if not 0 <= n <= min(MAX_TOKEN_LEN, size - pos - min_entry):
-            if n < 0 or n > MAX_TOKEN_LEN:
-                raise BadValue(f"expected a token length 0..{MAX_TOKEN_LEN}, found {n}", offset=pos,
-                               field=f"vocab[{i}].len")
-            raise Truncated(f"need {n + min_entry - 4} bytes, {size - pos - 4} left", offset=pos + 4,
-                            field=f"vocab[{i}].text")
-        pos += 4
-        tokens.append(bytes(buf[pos : pos + n]))
-        pos += n
-        if score_at is not None:
-            score_at[i] = pos
-            pos += 4
+        (n,) = unpack_len(body, pos)
+        if not 0 <= n <= room or n > MAX_TOKEN_LEN:
+            raise _token_len_error(n, room, i, start + pos, n_vocab - i - 1, (n_vocab - i) * min_entry)
+        room -= n
+        pos += min_entry + n
+        append_end(pos)
+    # One copy of the section, then bytes slices of it: much cheaper than a memoryview slice per token.
+    section = bytes(body[:pos])
+    text_start = TOKEN_LEN.size
+    tokens = tuple([section[a + text_start : b - score_size] for a, b in zip(ends, ends[1:])])
     scores = None
-    if score_at is not None:
-        raw = np.frombuffer(buf, dtype=np.uint8)
-        idx = score_at[:, None] + np.arange(4)
-        scores = raw[idx].reshape(-1).view("<f4").astype(np.float32) if n_vocab else np.zeros(0, np.float32)
-    cur.pos = pos
-    return Vocab(tuple(tokens), scores)
+    if with_scores:
+        at = np.fromiter(ends, dtype=np.int64, count=len(ends))[1:] - score_size  # a score ends each entry
+        raw = np.frombuffer(section, dtype=np.uint8)
+        scores = raw[at[:, None] + np.arange(score_size)].reshape(-1).view("<f4").astype(np.float32)
+    cur.pos = start + pos
+    return Vocab(tokens, scores)
+
+
+def _token_len_error(n: int, room: int, i: int, pos: int, n_left: int, fixed_left: int) -> FormatError:
+    """The error for a vocabulary length field that is out of range or runs past the end."""
+    if n < 0 or n > MAX_TOKEN_LEN:
+        return BadValue(f"expected a token length 0..{MAX_TOKEN_LEN}, found {n}", offset=pos, field=f"vocab[{i}].len")
+    # room + fixed_left is what remains from `pos`; the text starts after the 4-byte length
+    return Truncated(f"a {n}-byte token and the {n_left} entries after it need {n + fixed_left - 4} bytes, "
+                     f"{room + fixed_left - 4} left", offset=pos + 4, field=f"vocab[{i}].text")
 
 
 def decode_record(cur: _Cursor, i: int, version: FileVersion) -> TensorInfo:
@@ -292,6 +314,7 @@ def decode_record(cur: _Cursor, i: int, version: FileVersion) -> TensorInfo:
         block = block_layout(type_code, version.block_generation)
     except BadValue as e:
         raise BadValue(f"{e.msg} in a {version} file", offset=record_offset + 8, field=f"{what}.type") from None
+    ggml_type = GGMLType(type_code)
     dims_at = cur.pos
     ne = cur.unpack(_dims_struct(n_dims), f"{what}.ne")
     for d, n in enumerate(ne):
@@ -305,7 +328,7 @@ def decode_record(cur: _Cursor, i: int, version: FileVersion) -> TensorInfo:
                        field=f"{what}.name") from None
     what = f"tensor {name!r}"
     if ne[0] % block.elements:
-        raise BadValue(f"ne[0] = {ne[0]} is not a multiple of the {GGMLType(type_code).name} block size "
+        raise BadValue(f"ne[0] = {ne[0]} is not a multiple of the {ggml_type.name} block size "
                        f"{block.elements}", offset=dims_at, field=f"{what}.ne[0]")
     if version.aligned:
         data_offset = align_up(cur.pos)
@@ -315,9 +338,10 @@ def decode_record(cur: _Cursor, i: int, version: FileVersion) -> TensorInfo:
                             offset=data_offset - len(pad), field=f"{what} padding")
     data_offset = cur.pos
     nbytes = tensor_nbytes(ne, block)
-    cur.need(nbytes, f"{what} data ({GGMLType(type_code).name} {list(ne)})")
+    if nbytes > cur.left():  # not cur.need(): its field text would be formatted for every record
+        cur.need(nbytes, f"{what} data ({ggml_type.name} {list(ne)})")
     cur.pos += nbytes
-    return TensorInfo(name, GGMLType(type_code), tuple(ne), data_offset, nbytes, record_offset, block)
+    return TensorInfo(name, ggml_type, tuple(ne), data_offset, nbytes, record_offset, block)
 
 
 _DIMS = {n: struct.Struct(f"<{n}i") for n in range(1, MAX_DIMS + 1)}  # ne[0..n_dims-1]

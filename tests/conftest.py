@@ -1,0 +1,33 @@
+"""Shared pytest set-up: hypothesis profiles and small fixtures used across the test modules.
+
+Hypothesis profiles: "ci" (the default) keeps every property test to a modest number of examples so the
+whole suite stays fast; "long" runs many more. Pick one with HYPOTHESIS_PROFILE=long pytest ...
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:  # `import builders` / `import strategies` also under --import-mode=importlib
+    sys.path.insert(0, str(TESTS))
+
+# Writing files per example is slow next to pure functions; deadlines would only make CI flaky.
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", max_examples=2000, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """tests/data: tiny golden files pinned by sha256."""
+    return TESTS / "data"

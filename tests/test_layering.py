@@ -1,0 +1,186 @@
+"""Imports point left only (STYLE.md): checked by parsing every module of the project with ast.
+
+ggmlfmt.constants, errors <- ggmlfmt.layout <- ggmlfmt.reader, writer, parts <- convert.*, migrate.* <- */cli.py
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("ggmlfmt", "convert", "migrate")
+
+# Rank of each ggmlfmt module: a module may import only modules of a lower rank. A new module must be
+# given a rank here on purpose, which is the point of this table.
+GGMLFMT_RANKS = {
+    "ggmlfmt.constants": 0,
+    "ggmlfmt.errors": 0,
+    "ggmlfmt.rusage": 0,  # stdlib only: what the kernel accounted
+    "ggmlfmt.layout": 1,
+    "ggmlfmt.pagecache": 1,  # how the bytes of a file are brought into memory (no format knowledge)
+    "ggmlfmt.reader": 2,
+    "ggmlfmt.writer": 2,
+    "ggmlfmt.parts": 2,
+    "ggmlfmt.dequant": 2,
+    "ggmlfmt.summary": 2,
+    "ggmlfmt": 3,  # the package's public surface re-exports the rank-2 modules
+}
+APP_RANK = 4  # convert.*, migrate.*
+CLI_RANK = 5  # ggmlfmt.cli, convert.cli, migrate.cli
+MAIN_RANK = 6  # package __main__ modules run a cli
+SHARED_RUNNER = "ggmlfmt.cli"  # every command's cli.py shares its runner and options
+
+# Third-party modules allowed in one place only (the lazy torch hand-off is the one documented exception).
+ONLY_IN = {
+    "torch": {"convert.checkpoint", "ggmlfmt.reader"},
+    "sentencepiece": {"convert.vocab"},
+}
+LAZY_ONLY = {("torch", "ggmlfmt.reader")}  # inside a function or under TYPE_CHECKING, never at import time
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # the importing module
+    target: str  # what it imports, resolved to a module name
+    line: int
+    executed_on_import: bool  # at module level (not in a function, not under `if TYPE_CHECKING:`)
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def project_files() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> list[str]:
+    """Absolute module names an ImportFrom brings in (`from . import x` imports the submodule x)."""
+    if node.level:
+        base = module.split(".") if is_package else module.split(".")[:-1]
+        base = base[: len(base) - (node.level - 1)]
+        prefix = ".".join(base + ([node.module] if node.module else []))
+    else:
+        prefix = node.module or ""
+    out = []
+    for alias in node.names:
+        candidate = f"{prefix}.{alias.name}"
+        top = candidate.split(".")[0]
+        sub = ROOT.joinpath(*candidate.split("."))
+        if top in PACKAGES and (sub.with_suffix(".py").exists() or (sub / "__init__.py").exists()):
+            out.append(candidate)
+        else:
+            out.append(prefix)
+    return sorted(set(out))
+
+
+def imports_of(path: Path) -> list[Import]:
+    module = module_name(path)
+    is_package = path.name == "__init__.py"
+    found: list[Import] = []
+
+    def visit(node: ast.AST, executed: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                visit(child, False)
+            elif isinstance(child, ast.If) and _is_type_checking(child):
+                for sub in child.body:
+                    visit(ast.Module(body=[sub], type_ignores=[]), False)
+                for sub in child.orelse:
+                    visit(ast.Module(body=[sub], type_ignores=[]), executed)
+            elif isinstance(child, ast.Import):
+                found.extend(Import(module, a.name, child.lineno, executed) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                if child.module == "__future__":
+                    continue
+                found.extend(Import(module, t, child.lineno, executed) for t in _resolve(module, is_package, child))
+            else:
+                visit(child, executed)
+
+    visit(ast.parse(path.read_text(), filename=str(path)), True)
+    return found
+
+
+def rank(module: str) -> int:
+    top, _, rest = module.partition(".")
+    if rest == "__main__" or rest.endswith(".__main__"):
+        return MAIN_RANK
+    if rest == "cli":
+        return CLI_RANK
+    if top == "ggmlfmt":
+        if module not in GGMLFMT_RANKS:
+            pytest.fail(f"{module} has no rank in tests/test_layering.py GGMLFMT_RANKS; give it one on purpose")
+        return GGMLFMT_RANKS[module]
+    return APP_RANK
+
+
+ALL_IMPORTS = [imp for path in project_files() for imp in imports_of(path)]
+
+
+def _project(imp: Import) -> bool:
+    return imp.target.split(".")[0] in PACKAGES
+
+
+def test_the_parser_sees_the_known_imports():
+    # guards the guard: if parsing silently found nothing, every rule below would pass vacuously
+    pairs = {(i.module, i.target) for i in ALL_IMPORTS}
+    assert ("ggmlfmt.layout", "ggmlfmt.constants") in pairs
+    assert ("ggmlfmt.reader", "ggmlfmt.layout") in pairs
+    assert ("ggmlfmt", "ggmlfmt.reader") in pairs
+    assert ("ggmlfmt.cli", "ggmlfmt.rusage") in pairs  # `from . import rusage` resolves to the module
+    assert any(i.target == "torch" and not i.executed_on_import for i in ALL_IMPORTS)
+
+
+def test_project_imports_point_left_only():
+    bad = []
+    for imp in filter(_project, ALL_IMPORTS):
+        src, dst = rank(imp.module), rank(imp.target)
+        same_app_package = src == dst == APP_RANK and imp.module.split(".")[0] == imp.target.split(".")[0]
+        shared_runner = src >= CLI_RANK and imp.target == SHARED_RUNNER and imp.module != SHARED_RUNNER
+        own_cli = src == MAIN_RANK and dst == CLI_RANK and imp.module.split(".")[0] == imp.target.split(".")[0]
+        if dst >= src and not (same_app_package or shared_runner or own_cli):
+            bad.append(f"{imp.module}:{imp.line} imports {imp.target} (rank {src} -> {dst})")
+    assert bad == []
+
+
+def test_convert_and_migrate_never_import_each_other_and_the_core_imports_neither():
+    bad = [f"{i.module}:{i.line} imports {i.target}" for i in ALL_IMPORTS
+           if (i.module.split(".")[0], i.target.split(".")[0]) in
+           {("convert", "migrate"), ("migrate", "convert"), ("ggmlfmt", "convert"), ("ggmlfmt", "migrate")}]
+    assert bad == []
+
+
+@pytest.mark.parametrize("library", sorted(ONLY_IN))
+def test_heavy_libraries_are_imported_in_one_place_only(library):
+    users = {i.module for i in ALL_IMPORTS if i.target.split(".")[0] == library}
+    assert users <= ONLY_IN[library], f"{library} imported by {sorted(users - ONLY_IN[library])}"
+    eager = {i.module for i in ALL_IMPORTS
+             if i.target.split(".")[0] == library and i.executed_on_import and (library, i.module) in LAZY_ONLY}
+    assert eager == set(), f"{library} must be imported lazily in {sorted(eager)}"
+
+
+def test_nothing_in_ggmlfmt_or_migrate_imports_torch_when_imported():
+    eager = [f"{i.module}:{i.line}" for i in ALL_IMPORTS
+             if i.module.split(".")[0] in ("ggmlfmt", "migrate") and i.target.split(".")[0] == "torch"
+             and i.executed_on_import]
+    assert eager == []
+
+
+def test_the_core_needs_numpy_alone():
+    allowed = set(sys.stdlib_module_names) | {"numpy", "ggmlfmt"}
+    bad = [f"{i.module}:{i.line} imports {i.target}" for i in ALL_IMPORTS
+           if i.module.split(".")[0] == "ggmlfmt" and i.executed_on_import and i.target.split(".")[0] not in allowed]
+    assert bad == []
