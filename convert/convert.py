@@ -1,0 +1,307 @@
+"""Meta LLaMA shards -> one ggjt v1 file, byte for byte what the post-#613 converter wrote (FORMATS.md §7).
+
+Two phases. Planning reads params.json, the tokenizer and every shard's metadata, checks that the
+shards agree, and lays out every byte of the output. Writing opens one shard at a time and puts each
+of its slices at the final place through ggmlfmt's FileWriter (row split: one block of whole rows;
+column split: a piece of every row), casting a few MB of rows at a time, so private memory does not
+grow with the model. The writer proves every data byte was written exactly once before renaming.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ggmlfmt.constants import FileVersion, FType, GGMLType
+from ggmlfmt.errors import FormatError
+from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, plan
+from ggmlfmt.parts import full_shape, n_parts_for_dim, shard_region, split_axis
+from ggmlfmt.writer import FileWriter
+
+from .checkpoint import FLOAT_DTYPES, Shard, TensorMeta, describe_shard, find_shards, iter_row_chunks
+from .params import Params, read_params
+from .vocab import load_vocab
+
+log = logging.getLogger(__name__)
+
+OUTTYPES = {"f32": (FType.ALL_F32, GGMLType.F32), "f16": (FType.MOSTLY_F16, GGMLType.F16)}
+CHUNK_BYTES = 4 << 20  # rows cast and written per step: bounds the private memory of a cast
+TOKENIZER = "tokenizer.model"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
+    """One output tensor: its shapes, how the shards split it, and its planned place in the file."""
+
+    name: str
+    shape: tuple[int, ...]  # full PyTorch shape
+    shard_shape: tuple[int, ...]
+    axis: int | None  # PyTorch axis the shards split; None: replicated (1-D)
+    source_dtype: str
+    info: TensorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionPlan:
+    """Everything known before the first byte is written."""
+
+    model_dir: Path
+    outfile: Path
+    outtype: str
+    vocab_path: Path
+    shards: tuple[Path, ...]
+    params: Params
+    layout: Plan
+    entries: tuple[TensorEntry, ...]
+    skipped: tuple[str, ...]  # checkpoint keys not written (rope.freqs)
+
+
+def default_outfile(model_dir: str | os.PathLike[str], outtype: str) -> Path:
+    """MODEL_DIR/ggml-model-<outtype>.bin, the 2023 converter's name."""
+    return Path(model_dir) / f"ggml-model-{outtype}.bin"
+
+
+def refuse_existing(out: Path, force: bool) -> None:
+    """Fail fast, before any other work, when the output exists and may not be replaced.
+
+    Raises:
+        FileExistsError.
+    """
+    if out.exists() and not force:
+        raise FileExistsError(errno.EEXIST, "output exists (use --force to replace it)", str(out))
+
+
+def find_vocab(model_dir: Path, vocab: str | os.PathLike[str] | None) -> Path:
+    """The tokenizer: `vocab` if given, else tokenizer.model in MODEL_DIR, else in its parent (Meta's layout).
+
+    Raises:
+        FileNotFoundError: none of those exists.
+    """
+    if vocab is not None:
+        return Path(vocab)
+    for candidate in (model_dir / TOKENIZER, model_dir.parent / TOKENIZER):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(errno.ENOENT, f"no {TOKENIZER} here or in the parent directory (use --vocab PATH)",
+                            str(model_dir / TOKENIZER))
+
+
+def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
+                    outtype: str = "f16", vocab: str | os.PathLike[str] | None = None) -> ConversionPlan:
+    """Check every input and lay out the output file; reads shard metadata only, writes nothing.
+
+    Raises:
+        FormatError: bad params.json, tokenizer or shards (names the file, and the field or tensor).
+        ValueError: an unknown outtype, or an output path that is one of the inputs.
+        OSError: an input cannot be read.
+    """
+    if outtype not in OUTTYPES:
+        raise ValueError(f"outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a model directory", str(model_dir))
+    params = read_params(model_dir / "params.json")  # first: absurd values stop everything
+    out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype)
+    vocab_path = find_vocab(model_dir, vocab)
+    shards = find_shards(model_dir)
+    _refuse_input_as_output(out, [model_dir / "params.json", vocab_path, *shards])
+    tokens = load_vocab(vocab_path)
+    if params.vocab_size > 0 and params.vocab_size != len(tokens):
+        raise FormatError(f"{params.vocab_size} does not match the {len(tokens)} pieces of {vocab_path}",
+                          path=str(model_dir / "params.json"), field="vocab_size")
+    metas = check_shards(shards)
+    hparams = _hparams(params, len(tokens), outtype)
+    pending, skipped = _specs(metas, shards, params, hparams)
+    layout = plan(FileVersion.GGJT_V1, hparams, tokens, [spec for *_, spec in pending])
+    placed = layout.by_name()
+    entries = [TensorEntry(m.name, shape, m.shape, axis, m.dtype, placed[m.name]) for m, axis, shape, _ in pending]
+    _log_plan(shards, params, layout)
+    return ConversionPlan(model_dir, out, outtype, vocab_path, tuple(shards), params, layout, tuple(entries),
+                          tuple(skipped))
+
+
+def _refuse_input_as_output(out: Path, inputs: list[Path]) -> None:
+    """Raises: ValueError when the output would replace an input file."""
+    if not out.exists():
+        return
+    for p in inputs:
+        if p.exists() and os.path.samefile(out, p):
+            raise ValueError(f"{out}: the output would replace an input ({p}); choose another --outfile")
+
+
+def _hparams(params: Params, n_vocab: int, outtype: str) -> HParams:
+    ftype = OUTTYPES[outtype][0]
+    return HParams(n_vocab, params.dim, params.multiple_of, params.n_heads, params.n_layers, params.n_rot, int(ftype))
+
+
+def _log_plan(shards: list[Path], params: Params, layout: Plan) -> None:
+    expected = n_parts_for_dim(params.dim)
+    if expected is not None and expected != len(shards):
+        log.warning("dim %d was released as %d shards; found %d", params.dim, expected, len(shards))
+    log.debug("planned %d tensors, %s bytes", len(layout.tensors), f"{layout.size:,}")
+
+
+# ------------------------------------------------------------------ checking the shards
+
+
+def check_shards(shards: list[Path]) -> list[TensorMeta]:
+    """Shard 0's tensors in key order, after checking every shard against it.
+
+    Each shard must hold the same names with the same shapes and dtypes, floating-point data, and
+    byte-identical copies of the replicated 1-D tensors. Shards are opened one at a time.
+
+    Raises:
+        FormatError: names the shard and the tensor.
+    """
+    first = describe_shard(shards[0])
+    for meta in first:
+        _check_tensor(meta, shards[0])
+    for path in shards[1:]:
+        _compare_shard(first, describe_shard(path), shards[0], path)
+    return first
+
+
+def skipped_name(name: str) -> bool:
+    """rope.freqs is a training leftover every 2023 converter dropped (by this very suffix test)."""
+    return name.endswith("freqs")
+
+
+def _check_tensor(meta: TensorMeta, path: Path) -> None:
+    """Raises: FormatError for a tensor that cannot go into the file."""
+    if skipped_name(meta.name):
+        return
+    if meta.dtype not in FLOAT_DTYPES:
+        raise FormatError(f"expected floating-point data ({', '.join(FLOAT_DTYPES)}), found {meta.dtype}",
+                          path=str(path), field=f"tensor {meta.name!r}")
+    if len(meta.shape) not in (1, 2):
+        raise FormatError(f"expected 1 or 2 dimensions like every LLaMA tensor, found shape {list(meta.shape)}",
+                          path=str(path), field=f"tensor {meta.name!r}")
+
+
+def _compare_shard(first: list[TensorMeta], other: list[TensorMeta], first_path: Path, path: Path) -> None:
+    """Raises: FormatError at the first difference between shard `path` and shard 0."""
+    theirs = {m.name: m for m in other}
+    ours = {m.name for m in first}
+    for m in other:
+        if m.name not in ours:
+            raise FormatError(f"tensor not in {first_path.name}", path=str(path), field=f"tensor {m.name!r}")
+    for m in first:
+        where = {"path": str(path), "field": f"tensor {m.name!r}"}
+        t = theirs.get(m.name)
+        if t is None:
+            raise FormatError(f"missing (present in {first_path.name})", **where)
+        if t.shape != m.shape or t.dtype != m.dtype:
+            raise FormatError(f"{t.dtype} {list(t.shape)} differs from {m.dtype} {list(m.shape)} in "
+                              f"{first_path.name}; every shard of a tensor has the same shape and dtype", **where)
+        if m.digest is not None and t.digest != m.digest and not skipped_name(m.name):
+            raise FormatError(f"differs from the copy in {first_path.name}; a replicated 1-D tensor must be "
+                              "identical in every shard", **where)
+
+
+# ------------------------------------------------------------------ what goes into the file
+
+
+def llama_shapes(params: Params, n_vocab: int) -> dict[str, tuple[int, ...]]:
+    """Full PyTorch shape of every LLaMA tensor the header implies (§6.2), in Meta key order."""
+    dim, hidden = params.dim, params.n_ff
+    shapes: dict[str, tuple[int, ...]] = {
+        "tok_embeddings.weight": (n_vocab, dim), "norm.weight": (dim,), "output.weight": (n_vocab, dim)}
+    per_layer = {"attention.wq": (dim, dim), "attention.wk": (dim, dim), "attention.wv": (dim, dim),
+                 "attention.wo": (dim, dim), "feed_forward.w1": (hidden, dim), "feed_forward.w2": (dim, hidden),
+                 "feed_forward.w3": (hidden, dim), "attention_norm": (dim,), "ffn_norm": (dim,)}
+    for n in range(params.n_layers):
+        shapes.update({f"layers.{n}.{k}.weight": v for k, v in per_layer.items()})
+    return shapes
+
+
+_Pending = tuple[TensorMeta, int | None, tuple[int, ...], TensorSpec]  # meta, split axis, full shape, spec
+
+
+def _specs(metas: list[TensorMeta], shards: list[Path], params: Params,
+           hparams: HParams) -> tuple[list[_Pending], list[str]]:
+    """Output tensors in checkpoint key order, with their types, checked against the shapes params.json implies.
+
+    Raises:
+        FormatError: a LLaMA tensor is missing or has another shape than the header says.
+    """
+    n_parts = len(shards)
+    two_d_type = GGMLType.F32 if hparams.ftype == FType.ALL_F32 else GGMLType.F16
+    expected = llama_shapes(params, hparams.n_vocab)
+    pending: list[_Pending] = []
+    skipped: list[str] = []
+    for m in metas:
+        if skipped_name(m.name):
+            skipped.append(m.name)
+            continue
+        axis = split_axis(m.name, len(m.shape))
+        shape = full_shape(m.shape, axis, n_parts)
+        want = expected.pop(m.name, None)
+        if want is None:
+            log.warning("%s: tensor %r is not part of LLaMA; writing it anyway, as the 2023 converter did",
+                        shards[0], m.name)
+        elif shape != want:
+            raise FormatError(f"full shape {list(shape)} ({n_parts} shard(s) of {list(m.shape)}) differs from "
+                              f"{list(want)} implied by params.json and the tokenizer", path=str(shards[0]),
+                              field=f"tensor {m.name!r}")
+        ggml_type = GGMLType.F32 if len(shape) == 1 else two_d_type  # 1-D always f32 (§4.4)
+        pending.append((m, axis, shape, TensorSpec.from_shape(m.name, ggml_type, shape)))
+    if expected:
+        name = next(iter(expected))
+        raise FormatError(f"missing; params.json (n_layers {params.n_layers}) implies {len(expected)} more "
+                          "tensor(s)", path=str(shards[0]), field=f"tensor {name!r}")
+    return pending, skipped
+
+
+# ------------------------------------------------------------------ writing
+
+
+def write_conversion(cp: ConversionPlan, *, force: bool = False, progress: Callable[[int], Any] | None = None) -> None:
+    """Write the planned file: one shard at a time, every slice at its final place, then commit.
+
+    Raises:
+        FileExistsError: the output exists and force is False.
+        IncompleteWrite: the shards did not cover every data byte exactly once.
+        FormatError, OSError: a shard changed since planning, disk full, ...
+    """
+    with FileWriter(cp.outfile, cp.layout, overwrite=force, progress=progress) as writer:
+        for k, path in enumerate(cp.shards):
+            log.debug("shard %d/%d: %s", k + 1, len(cp.shards), path)
+            with Shard(path) as shard:
+                _write_shard(writer, shard, cp, k)
+
+
+def _write_shard(writer: FileWriter, shard: Shard, cp: ConversionPlan, k: int) -> None:
+    """Write shard k's part of every tensor (replicated tensors come from shard 0 only)."""
+    n_parts = len(cp.shards)
+    for e in cp.entries:
+        region = shard_region(e.info, e.axis, n_parts, k)
+        if region is None:
+            continue
+        row0, col_byte, n_rows = region
+        piece_row_bytes = e.info.row_bytes // n_parts if e.axis == 1 else e.info.row_bytes
+        for start, stop in iter_row_chunks(n_rows, piece_row_bytes, CHUNK_BYTES):
+            rows = shard.rows(e.name, start, stop, e.info.block.dtype)
+            writer.write_region(e.name, rows, row=row0 + start, col_byte=col_byte, n_rows=stop - start)
+
+
+def convert_checkpoint(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
+                       outtype: str = "f16", vocab: str | os.PathLike[str] | None = None, force: bool = False,
+                       progress: Callable[[int], Any] | None = None) -> ConversionPlan:
+    """Convert Meta's consolidated.NN.pth shards in `model_dir` into one ggjt v1 file; return the plan.
+
+    Raises:
+        FileExistsError: the output exists and force is False (checked before any other work).
+        FormatError, ValueError, OSError: as plan_conversion and write_conversion.
+    """
+    out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype)
+    refuse_existing(out, force)
+    cp = plan_conversion(model_dir, out, outtype=outtype, vocab=vocab)
+    write_conversion(cp, force=force, progress=progress)
+    log.info("wrote %s: %d tensors from %d shard(s), %s bytes", cp.outfile, len(cp.entries), len(cp.shards),
+             f"{cp.layout.size:,}")
+    return cp

@@ -1,0 +1,163 @@
+"""A tiny Meta-layout checkpoint, built, converted and checked in a few seconds (`convert-model --demo`).
+
+The builders here are also what the tests and the benchmark use to make checkpoints: random
+weights in Meta's key order (with rope.freqs), split into shards, saved with torch, plus a small
+SentencePiece tokenizer with byte fallback.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ggmlfmt.parts import split_axis
+from ggmlfmt.reader import load
+from ggmlfmt.rusage import measure
+
+from .checkpoint import cat_shards, save_shard
+from .convert import TOKENIZER, convert_checkpoint, llama_shapes
+from .params import Params
+from .vocab import train_tokenizer
+
+LAYER_KEYS = ("attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1",
+              "feed_forward.w2", "feed_forward.w3", "attention_norm", "ffn_norm")
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """Shape of the demo model: LLaMA's structure at toy size."""
+
+    dim: int = 64
+    n_heads: int = 4
+    n_layers: int = 2
+    multiple_of: int = 32
+    n_shards: int = 2
+    vocab_size: int = 320  # a multiple of 8, so output.weight splits into up to 8 row shards
+    seed: int = 0
+
+    @property
+    def params(self) -> Params:
+        return Params(self.dim, self.multiple_of, self.n_heads, self.n_layers, -1)
+
+
+def params_json(p: Params) -> dict[str, float | int]:
+    """The params.json Meta shipped, for these sizes."""
+    return {"dim": p.dim, "multiple_of": p.multiple_of, "n_heads": p.n_heads, "n_layers": p.n_layers,
+            "norm_eps": 1e-06, "vocab_size": p.vocab_size}
+
+
+# Standard deviations that keep a forward pass tame yet sensitive to layout bugs (a wrong RoPE or a
+# transposed matrix moves the logits by >5%); measured with llama.cpp in tests/client/README.md.
+WEIGHT_STD = {"tok_embeddings.weight": 1.0, "output.weight": 0.1, "attention.wq.weight": 0.1,
+              "attention.wk.weight": 0.1}
+OTHER_MATRIX_STD = 0.05
+NORM_STD = 0.1  # around 1
+
+
+def make_weights(p: Params, n_vocab: int, *, seed: int = 0, dtype: str = "float16") -> dict[str, np.ndarray]:
+    """Random full tensors in Meta's key order, then rope.freqs (which converters skip)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, np.ndarray] = {}
+    for name, shape in llama_shapes(p, n_vocab).items():
+        if len(shape) == 1:
+            a = 1.0 + NORM_STD * rng.standard_normal(shape)
+        else:
+            suffix = name.split(".", 2)[-1] if name.startswith("layers.") else name
+            a = WEIGHT_STD.get(suffix, OTHER_MATRIX_STD) * rng.standard_normal(shape)
+        out[name] = a.astype(dtype)
+    half = p.n_rot // 2  # Meta's RoPE inverse frequencies, theta 10000
+    out["rope.freqs"] = (1.0 / 10000 ** (np.arange(half) * 2 / p.n_rot)).astype(dtype)
+    return out
+
+
+def split_weights(full: dict[str, np.ndarray], n_shards: int) -> list[dict[str, np.ndarray]]:
+    """Meta's shards of full tensors (§6.2 rule from ggmlfmt.parts); 1-D tensors are copied into every shard.
+
+    Raises:
+        ValueError: a split axis does not divide by n_shards.
+    """
+    shards: list[dict[str, np.ndarray]] = [{} for _ in range(n_shards)]
+    for name, a in full.items():
+        axis = split_axis(name, a.ndim)
+        if axis is not None and a.shape[axis] % n_shards:
+            raise ValueError(f"tensor {name!r}: axis {axis} of {a.shape} does not split into {n_shards} shards")
+        pieces = [a] * n_shards if axis is None else np.split(a, n_shards, axis=axis)
+        for shard, piece in zip(shards, pieces, strict=True):
+            shard[name] = np.ascontiguousarray(piece)
+    return shards
+
+
+def write_checkpoint(model_dir: str | os.PathLike[str], params: dict[str, object],
+                     shards: Sequence[dict[str, np.ndarray]]) -> list[Path]:
+    """params.json and consolidated.00.pth, .01, ... in `model_dir` (created); return the shard paths."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "params.json").write_text(json.dumps(params))
+    paths = []
+    for k, tensors in enumerate(shards):
+        path = model_dir / f"consolidated.{k:02d}.pth"
+        save_shard(path, tensors)
+        paths.append(path)
+    return paths
+
+
+def build_checkpoint(root: str | os.PathLike[str], cfg: DemoConfig = DemoConfig(), *,
+                     name: str = "tiny") -> Path:
+    """Meta's layout under `root`: tokenizer.model at the top, params.json and shards in root/name."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    train_tokenizer(root / TOKENIZER, cfg.vocab_size)
+    full = make_weights(cfg.params, cfg.vocab_size, seed=cfg.seed)
+    model_dir = root / name
+    write_checkpoint(model_dir, params_json(cfg.params), split_weights(full, cfg.n_shards))
+    return model_dir
+
+
+@dataclass(frozen=True, slots=True)
+class DemoReport:
+    """What the demo built, what the converted file holds, and what it cost."""
+
+    root: Path
+    model_dir: Path
+    outfile: Path
+    n_shards: int
+    file_format: str
+    hparams: dict[str, int]
+    n_vocab: int
+    tokens: tuple[bytes, ...]  # the first few, as stored
+    tensors: tuple[tuple[str, tuple[int, ...], str], ...]  # name, shape, type
+    mismatched: tuple[str, ...]  # tensors that differ from torch.cat of the shards
+    file_size: int
+    wall_s: float
+    peak_rss_kib: int
+
+
+def run_demo(root: str | os.PathLike[str], *, force: bool = False, cfg: DemoConfig = DemoConfig()) -> DemoReport:
+    """Build the tiny checkpoint in `root`, convert it, load the result and compare it with the shards.
+
+    Raises:
+        FileExistsError: `root` is not empty and force is False.
+    """
+    start = time.perf_counter()
+    root = Path(root)
+    if root.exists() and any(root.iterdir()) and not force:
+        raise FileExistsError(errno.EEXIST, "demo directory is not empty (use --force to reuse it)", str(root))
+    model_dir = build_checkpoint(root, cfg)
+    cp = convert_checkpoint(model_dir, force=force)
+    expected = cat_shards(list(cp.shards), {e.name: e.axis for e in cp.entries})
+    model = load(cp.outfile)
+    mismatched = tuple(e.name for e in cp.entries
+                       if not np.array_equal(model.tensors[e.name], expected[e.name].astype(e.info.block.dtype)))
+    usage = measure(start)
+    return DemoReport(root, model_dir, cp.outfile, len(cp.shards), str(model.version),
+                      asdict(model.hparams),
+                      len(model.vocab), model.vocab.tokens[:8],
+                      tuple((n, model.info[n].shape, model.info[n].type.name) for n in model.info),
+                      mismatched, os.path.getsize(cp.outfile), usage.wall_s, usage.max_rss_kib)

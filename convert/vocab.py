@@ -1,0 +1,116 @@
+"""The vocabulary from a SentencePiece tokenizer.model, as the 2023 converter wrote it (FORMATS.md §3.1).
+
+The only module that imports sentencepiece (lazily, so `convert-model --help` stays fast).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ggmlfmt.errors import FormatError
+from ggmlfmt.layout import Vocab
+
+UNKNOWN_TEXT = " \u2047 ".encode()  # space, DOUBLE QUESTION MARK, space: what llama.cpp shows for <unk>
+SPACE_MARKER = "\u2581"  # SentencePiece's "▁", written as an ASCII space
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+MAX_VOCAB = 1 << 24  # LLaMA has 32,000; a larger count is a broken or hostile model
+
+# Byte fallback adds 256 byte pieces and <unk>, <s>, </s>: the least a demo tokenizer holds.
+MIN_DEMO_VOCAB = 256 + 3
+DEMO_CORPUS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Il était une fois une marquise très élégante.",
+    "Hello, world! 1234567890 is a number, and so is 42.",
+    "A tiny model converted from Meta's layout to one aligned ggjt file.",
+)
+
+
+def _processor(path: str) -> Any:
+    """A loaded SentencePieceProcessor.
+
+    Raises:
+        FormatError: the file is not a SentencePiece model. OSError: it cannot be read.
+    """
+    import sentencepiece
+
+    with open(path, "rb") as f:  # read ourselves: OSErrors keep their errno and file name
+        proto = f.read()
+    try:
+        return sentencepiece.SentencePieceProcessor(model_proto=proto)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise FormatError(f"not a SentencePiece model: {' '.join(str(e).split())[:200]}", path=path) from None
+
+
+def piece_text(piece: str, *, unknown: bool, control: bool, byte: bool, path: str, token_id: int) -> bytes:
+    """The bytes the 2023 converter stored for one piece: rules checked in the order unknown, control, byte, normal.
+
+    Raises:
+        FormatError: a byte piece that is not exactly '<0xHH>'.
+    """
+    if unknown:
+        return UNKNOWN_TEXT
+    if control:
+        return b""
+    if byte:
+        m = _BYTE_PIECE.fullmatch(piece)
+        if m is None:
+            raise FormatError(f"byte piece {piece!r} is not of the form '<0xHH>'", path=path,
+                              field=f"token {token_id}")
+        return bytes([int(m[1], 16)])
+    return piece.replace(SPACE_MARKER, " ").encode("utf-8")
+
+
+def load_vocab(path: str | os.PathLike[str]) -> Vocab:
+    """Every token's text and score, in id order.
+
+    Raises:
+        FormatError: not a SentencePiece model, an empty or absurd vocabulary, a malformed byte piece.
+        OSError: the file cannot be read.
+    """
+    path = os.fspath(path)
+    sp = _processor(path)
+    n = sp.vocab_size()
+    if not 0 < n <= MAX_VOCAB:
+        raise FormatError(f"expected 1..{MAX_VOCAB:,} pieces, found {n:,}", path=path, field="vocab size")
+    ids = list(range(n))  # the batched calls are ~30x faster than one call per id
+    kinds = zip(sp.id_to_piece(ids), sp.is_unknown(ids), sp.is_control(ids), sp.is_byte(ids), strict=True)
+    tokens = [piece_text(piece, unknown=u, control=c, byte=b, path=path, token_id=i)
+              for i, (piece, u, c, b) in enumerate(kinds)]
+    scores = np.array(sp.get_score(ids), dtype=np.float32)
+    return Vocab(tuple(tokens), scores)
+
+
+def train_tokenizer(path: str | os.PathLike[str], vocab_size: int, *, corpus: Iterable[str] = DEMO_CORPUS,
+                    control_symbols: Sequence[str] = ("<ctl>",), user_symbols: Sequence[str] = ()) -> None:
+    """Train a small BPE tokenizer.model with byte fallback (for the demo, tests and benchmarks).
+
+    Sizes past what the corpus can merge are filled with user-defined pieces "▁w0", "▁w1", ...
+
+    Raises:
+        ValueError: vocab_size is below the byte pieces + specials, or training gave another size.
+    """
+    import sentencepiece
+
+    if vocab_size < MIN_DEMO_VOCAB + len(control_symbols) + len(user_symbols) + 8:
+        raise ValueError(f"vocab_size {vocab_size} leaves no room for merges after {MIN_DEMO_VOCAB} byte/special "
+                         "pieces")
+    corpus = list(corpus)
+    # A handful of sentences yields ~60 merges; past that, pad with user pieces so the size is exact.
+    filler = [f"{SPACE_MARKER}w{i}" for i in range(max(0, vocab_size - MIN_DEMO_VOCAB - 64))]
+    out = io.BytesIO()
+    # minloglevel silences the trainer; its `logstream` option would dup2 over fd 2 (needs a real sys.stderr)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus * 4), model_writer=out, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, num_threads=1, control_symbols=list(control_symbols),
+        user_defined_symbols=[*user_symbols, *filler], hard_vocab_limit=False, minloglevel=2)
+    got = sentencepiece.SentencePieceProcessor(model_proto=out.getvalue()).vocab_size()
+    if got != vocab_size:
+        raise ValueError(f"the training corpus gave {got} pieces, not {vocab_size}")
+    with open(path, "wb") as f:
+        f.write(out.getvalue())

@@ -1,0 +1,242 @@
+"""convert-model against torch.cat of the shards, an independent parser, and a restatement of the 2023 converter."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import convert.convert as conv
+from builders import parse_file
+from convert import convert_checkpoint, plan_conversion
+from convert.cli import main
+from convert.vocab import UNKNOWN_TEXT, load_vocab, piece_text
+from ggmlfmt import FormatError, load
+from ggmlfmt.errors import IncompleteWrite
+from meta import reset_logging  # noqa: F401  (autouse fixture)
+from meta import VOCAB_SIZE, build, load_shards, meta_axis, reference_file, vocab_entries
+
+SHARDS = [1, 2, 4, 8]
+
+
+def expected_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """torch.cat of every tensor over the shards along its Meta axis (1-D: shard 0's copy), rope.freqs dropped."""
+    shards = load_shards(paths)
+    out = {}
+    for name, t in shards[0].items():
+        if name == "rope.freqs":
+            continue
+        axis = meta_axis(name, t.dim()) if len(shards) > 1 else None
+        out[name] = t if axis is None else torch.cat([s[name] for s in shards], dim=axis)
+    return out
+
+
+@pytest.mark.parametrize("n_shards", SHARDS)
+def test_every_tensor_equals_torch_cat_of_the_shards(tmp_path: Path, n_shards: int) -> None:
+    ck = build(tmp_path, n_shards)
+    cp = convert_checkpoint(ck.model_dir)
+    assert cp.outfile == ck.model_dir / "ggml-model-f16.bin"
+    want = expected_tensors(ck.paths)
+    with load(cp.outfile) as model:
+        assert list(model.tensors) == list(want)  # checkpoint key order, rope.freqs skipped
+        for name, t in want.items():
+            got = model.tensors[name]
+            assert got.dtype == (np.float32 if t.dim() == 1 else np.float16), name
+            np.testing.assert_array_equal(got, t.numpy().astype(got.dtype), err_msg=name)
+
+
+@pytest.mark.parametrize("n_shards", SHARDS)
+@pytest.mark.parametrize("outtype, ftype", [("f16", 1), ("f32", 0)])
+def test_bytes_equal_the_2023_algorithm(tmp_path: Path, n_shards: int, outtype: str, ftype: int) -> None:
+    ck = build(tmp_path, n_shards)
+    cp = convert_checkpoint(ck.model_dir, outtype=outtype)
+    assert cp.outfile.name == f"ggml-model-{outtype}.bin"
+    assert cp.outfile.read_bytes() == reference_file(ck.tokenizer, ck.params, ck.paths, ftype)
+
+
+def test_small_chunks_give_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ck = build(tmp_path, 2)
+    monkeypatch.setattr(conv, "CHUNK_BYTES", 100)  # several chunks per tensor, ragged last chunk
+    cp = convert_checkpoint(ck.model_dir, outtype="f32")
+    assert cp.outfile.read_bytes() == reference_file(ck.tokenizer, ck.params, ck.paths, 0)
+
+
+def test_header_vocab_and_records_by_independent_parser(tmp_path: Path) -> None:
+    ck = build(tmp_path, 4)
+    cp = convert_checkpoint(ck.model_dir)
+    parsed = parse_file(cp.outfile.read_bytes())
+    assert (parsed["magic"], parsed["version"]) == ("ggjt", 1)
+    assert parsed["hparams"] == {"n_vocab": VOCAB_SIZE, "n_embd": 64, "n_mult": 32, "n_head": 4, "n_layer": 2,
+                                 "n_rot": 16, "ftype": 1}
+    assert parsed["vocab"] == vocab_entries(ck.tokenizer)
+    texts = [t for t, _ in parsed["vocab"]]
+    assert texts[0] == b" \xe2\x81\x87 " and texts[1] == texts[2] == b""  # <unk>, <s>, </s>
+    assert texts[texts.index(b"\n")] == b"\n" and b"<0x0A>" not in texts  # byte pieces are raw bytes
+    names = [t["name"] for t in parsed["tensors"]]
+    assert names == [n for n in ck.shards[0] if n != "rope.freqs"]
+    end = None
+    for t in parsed["tensors"]:
+        assert t["data_offset"] % 32 == 0
+        assert end is None or t["record_offset"] == end  # records back to back, no gap
+        end = t["data_offset"] + t["nbytes"]
+        full = ck.full[t["name"]]
+        assert t["ne"] == tuple(reversed(full.shape))
+        assert t["type"] == (0 if full.ndim == 1 else 1)
+    assert end == cp.outfile.stat().st_size
+
+
+def test_vocab_rules() -> None:
+    kw = {"path": "tok.model", "token_id": 7}
+    assert piece_text("<unk>", unknown=True, control=False, byte=False, **kw) == UNKNOWN_TEXT == b" \xe2\x81\x87 "
+    assert piece_text("<s>", unknown=False, control=True, byte=False, **kw) == b""
+    assert piece_text("<0x0A>", unknown=False, control=False, byte=True, **kw) == b"\n"
+    assert piece_text("<0xff>", unknown=False, control=False, byte=True, **kw) == b"\xff"
+    assert piece_text("\u2581h\u00e9\u2581", unknown=False, control=False, byte=False, **kw) == " hé ".encode()
+    with pytest.raises(FormatError, match=r"tok\.model: token 7: byte piece '<0x0AB>'"):
+        piece_text("<0x0AB>", unknown=False, control=False, byte=True, **kw)
+
+
+def test_not_a_tokenizer_is_a_format_error(tmp_path: Path) -> None:
+    bad = tmp_path / "tokenizer.model"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(FormatError, match="tokenizer.model: not a SentencePiece model"):
+        load_vocab(bad)
+
+
+def test_tokenizer_in_model_dir_wins_then_parent_then_vocab_flag(tmp_path: Path) -> None:
+    ck = build(tmp_path, 1)
+    assert plan_conversion(ck.model_dir).vocab_path == ck.tokenizer  # parent (Meta's layout)
+    local = ck.model_dir / "tokenizer.model"
+    local.write_bytes(ck.tokenizer.read_bytes())
+    assert plan_conversion(ck.model_dir).vocab_path == local
+    other = tmp_path / "elsewhere.model"
+    other.write_bytes(ck.tokenizer.read_bytes())
+    assert plan_conversion(ck.model_dir, vocab=other).vocab_path == other
+    local.unlink()
+    ck.tokenizer.unlink()
+    with pytest.raises(FileNotFoundError, match="no tokenizer.model"):
+        plan_conversion(ck.model_dir)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_other_checkpoint_dtypes_are_cast_explicitly(tmp_path: Path, dtype: str) -> None:
+    ck = build(tmp_path, 2, dtype=dtype)
+    cp = convert_checkpoint(ck.model_dir)
+    with load(cp.outfile) as model:
+        for name, t in expected_tensors(ck.paths).items():
+            want = t.float() if t.dim() == 1 else t.to(torch.float16)
+            np.testing.assert_array_equal(model.tensors[name], want.numpy(), err_msg=name)
+
+
+def test_a_shard_missing_from_the_writes_is_an_error_not_a_hole(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    ck = build(tmp_path, 2)
+    real = conv._write_shard
+    monkeypatch.setattr(conv, "_write_shard", lambda w, s, cp, k: real(w, s, cp, k) if k == 0 else None)
+    with pytest.raises(IncompleteWrite, match="tok_embeddings.weight.*never written"):
+        convert_checkpoint(ck.model_dir)
+    assert sorted(p.name for p in ck.model_dir.iterdir()) == ["consolidated.00.pth", "consolidated.01.pth",
+                                                              "params.json"]
+
+
+# ------------------------------------------------------------------ the command
+
+
+def test_cli_converts_and_refuses_to_overwrite_without_force(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ck = build(tmp_path, 2)
+    out = tmp_path / "out.bin"
+    assert main([str(ck.model_dir), "--outfile", str(out), "--quiet"]) == 0
+    first = out.read_bytes()
+    capsys.readouterr()
+    out.write_bytes(b"keep me")
+    assert main([str(ck.model_dir), "--outfile", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "out.bin: output exists (use --force" in err
+    assert out.read_bytes() == b"keep me"
+    assert main([str(ck.model_dir), "--outfile", str(out), "--force", "--quiet"]) == 0
+    assert out.read_bytes() == first
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cli_progress_bar_and_rusage_go_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ck = build(tmp_path, 2)
+    assert main([str(ck.model_dir), "--rusage"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ""  # stdout carries results only; a conversion has none
+    assert "B/s" in captured.err or "it/s" in captured.err  # tqdm's rate
+    assert "wrote" in captured.err and "rusage: peak RSS" in captured.err
+    assert main([str(ck.model_dir), "--force", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_cli_refuses_to_replace_an_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ck = build(tmp_path, 2)
+    before = ck.paths[1].read_bytes()
+    assert main([str(ck.model_dir), "--outfile", str(ck.paths[1]), "--force"]) == 1
+    assert "would replace an input" in capsys.readouterr().err
+    assert ck.paths[1].read_bytes() == before
+
+
+def _listing(d: Path) -> list[tuple[str, int, int]]:
+    return sorted((str(p.relative_to(d)), p.stat().st_size, p.stat().st_mtime_ns) for p in d.rglob("*"))
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ck = build(tmp_path, 2)
+    before = _listing(tmp_path)
+    assert main([str(ck.model_dir), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert _listing(tmp_path) == before
+    assert "tok_embeddings.weight" in out and "rope.freqs" in out.splitlines()[-1]
+    row = next(line for line in out.splitlines() if line.startswith("layers.1.feed_forward.w2.weight"))
+    assert row.split()[1:4] == ["64x192", "F16", "1"]
+    assert main([str(ck.model_dir), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert _listing(tmp_path) == before
+    assert plan["file_size"] == plan_conversion(ck.model_dir).layout.size
+    by_name = {t["name"]: t for t in plan["tensors"]}
+    assert by_name["output.weight"]["split_axis"] == 0 and by_name["norm.weight"]["split_axis"] is None
+    assert all(t["offset"] % 32 == 0 for t in plan["tensors"])
+
+
+def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    assert main([str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("convert-model: error: ") and err.count("\n") == 1 and "nope" in err
+    with pytest.raises(NotADirectoryError):
+        main([str(tmp_path / "nope"), "--debug"])
+
+
+def test_demo_builds_converts_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["--demo", str(tmp_path / "demo"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "format  ggjt v1" in out and "21/21 tensors equal torch.cat of the 2 shards" in out
+    assert "peak RSS" in out and "vocab   320 tokens" in out
+    assert main(["--demo", str(tmp_path / "demo"), "--quiet"]) == 1  # not empty: needs --force
+    assert "not empty" in capsys.readouterr().err
+    assert main(["--demo", str(tmp_path / "demo"), "--quiet", "--force"]) == 0
+
+
+def test_demo_and_model_dir_are_exclusive(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--demo"])
+    with pytest.raises(SystemExit):
+        main([])
+
+
+def test_reference_restatement_matches_section_12_layout() -> None:
+    """Sanity of the test's own reference: the record arithmetic of FORMATS.md §12 (tok_embeddings at 65, data 128)."""
+    from meta import _write_record
+
+    buf = io.BytesIO(bytes(65))
+    buf.seek(65)
+    _write_record(buf, "tok_embeddings.weight", torch.zeros(3, 64, dtype=torch.float16), 0, 1, 1)
+    data = buf.getvalue()
+    assert struct.unpack_from("<5i", data, 65) == (2, 21, 1, 64, 3) and data[85:106] == b"tok_embeddings.weight"
+    assert data[106:128] == bytes(22) and len(data) == 128 + 384
