@@ -13,7 +13,7 @@ import errno
 import logging
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -131,16 +131,30 @@ class FileWriter:
             if free < layout.size:
                 raise OSError(errno.ENOSPC, f"not enough free space: the output needs {layout.size:,} bytes, "
                               f"{free:,} are free", str(self.path.parent))
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.ggmlfmt-{os.getpid()}-",
-                                   suffix=".tmp")
-        self.tmp_path = Path(tmp)
-        self._fd: int | None = fd
         self._coverage = {t.name: Coverage(t.n_rows, t.row_bytes) for t in layout.tensors}
+        self.tmp_path: Path | None = None
+        self._fd: int | None = None
         try:
+            self._create_temp()
             self._write_skeleton()
         except BaseException:
             self.abort()
             raise
+
+    def _create_temp(self) -> None:
+        """Create the temp file beside the target, its name recorded first so abort() finds it after any signal.
+
+        (mkstemp returns the name only after creating the file: a Ctrl-C in between leaked it.) abort() may
+        unlink a recorded name whose open never ran: it holds our pid, so such a file is a dead process's leftover.
+        """
+        for _ in range(100):
+            self.tmp_path = self.path.with_name(f".{self.path.name}.ggmlfmt-{os.getpid()}-{secrets.token_hex(6)}.tmp")
+            try:
+                self._fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                return
+            except FileExistsError:
+                continue
+        raise FileExistsError(errno.EEXIST, "could not create a unique temporary file", str(self.path.parent))
 
     def _write_skeleton(self) -> None:
         self._pwrite(self.plan.prefix, 0)
@@ -239,7 +253,8 @@ class FileWriter:
             os.close(self._fd)
             self._fd = None
         try:
-            self.tmp_path.unlink()
+            if self.tmp_path is not None:
+                self.tmp_path.unlink()
         except FileNotFoundError:
             pass
 
@@ -248,7 +263,11 @@ class FileWriter:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:  # e.g. Ctrl-C during the fsync: still remove the temp file
+                self.abort()
+                raise
         else:
             self.abort()
 
