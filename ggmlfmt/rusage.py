@@ -9,7 +9,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """getrusage(2) of this process and its waited-for children, plus wall time since `start`."""
+    """getrusage(2) of this process and its waited-for children, plus wall time since `start`.
+
+    Peak RSS is this process's alone (children's peaks are not comparable; see _peak_rss_kib).
+    """
 
     wall_s: float
     user_s: float
@@ -23,6 +26,22 @@ class Usage:
     out_blocks: int
 
 
+def _peak_rss_kib(fallback: int) -> int:
+    """This process's peak resident set (VmHWM).
+
+    ru_maxrss is not used for it because Linux carries a parent's RSS into the child across fork
+    and exec, so a small command started from a large process would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return fallback
+
+
 def measure(start: float) -> Usage:
     """Usage since `start` (a time.perf_counter() value) for this process and its children."""
     wall = time.perf_counter() - start
@@ -31,7 +50,7 @@ def measure(start: float) -> Usage:
         wall_s=wall,
         user_s=me.ru_utime + kids.ru_utime,
         sys_s=me.ru_stime + kids.ru_stime,
-        max_rss_kib=max(me.ru_maxrss, kids.ru_maxrss),
+        max_rss_kib=_peak_rss_kib(me.ru_maxrss),
         major_faults=me.ru_majflt + kids.ru_majflt,
         minor_faults=me.ru_minflt + kids.ru_minflt,
         voluntary_switches=me.ru_nvcsw + kids.ru_nvcsw,

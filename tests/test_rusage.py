@@ -1,0 +1,33 @@
+"""--rusage reports this process's own peak, in readable units, on stderr only."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+import ggmlfmt
+from ggmlfmt import rusage
+
+
+def test_report_has_every_quantity_with_units():
+    text = rusage.report(rusage.measure(0.0))
+    for word in ("wall time", "peak RSS", "CPU time", "in the kernel", "major from disk", "minor in memory",
+                 "voluntary", "block I/O"):
+        assert word in text
+    assert text.count("\n") == 5
+
+
+def test_peak_is_the_command_s_own_not_its_parent_s(tmp_path):
+    path = tmp_path / "m.bin"
+    hp = ggmlfmt.HParams(1, 32, 32, 1, 1, 32, 1)
+    ggmlfmt.save(path, {"w": np.zeros((4, 32), np.float16)}, hparams=hp, vocab=ggmlfmt.Vocab((b"a",), np.zeros(1, np.float32)))
+    ballast = np.ones(600 << 20, np.uint8)  # this test process now has > 600 MiB resident
+    r = subprocess.run([sys.executable, "-m", "ggmlfmt.cli", "verify", str(path), "--rusage"], capture_output=True,
+                       text=True, check=True)
+    assert r.stdout == "OK\n"  # the report goes to stderr, results alone to stdout
+    peak = next(line for line in r.stderr.splitlines() if "peak RSS" in line)
+    value, unit = peak.split()[-2:]
+    assert unit == "MiB" and float(value.replace(",", "")) < 300, peak
+    del ballast
