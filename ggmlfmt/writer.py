@@ -150,7 +150,8 @@ class FileWriter:
         for _ in range(100):
             self.tmp_path = self.path.with_name(f".{self.path.name}.ggmlfmt-{os.getpid()}-{secrets.token_hex(6)}.tmp")
             try:
-                self._fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                # 0o666 less the umask: the finished model gets the permissions any new file would (mkstemp's 0o600 did not)
+                self._fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
                 return
             except FileExistsError:
                 continue

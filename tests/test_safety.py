@@ -121,3 +121,12 @@ def test_replacing_a_file_another_process_has_mapped_does_not_change_what_it_see
         reader.kill()
     assert float(ggmlfmt.load(path).tensors["tok_embeddings.weight"][0, 0]) == 2.0
     assert _leftovers(tmp_path) == []
+
+
+def test_output_gets_ordinary_permissions_not_the_temp_file_s(tmp_path):
+    old = os.umask(0o022)
+    try:
+        ggmlfmt.save(tmp_path / "m.bin", _tensors(4, 1.0), hparams=HP, vocab=VOCAB)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.bin").stat().st_mode & 0o777 == 0o644
