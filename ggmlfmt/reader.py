@@ -12,6 +12,7 @@ import numpy as np
 from .constants import FileVersion
 from .errors import FormatError, Truncated
 from .layout import HParams, Index, TensorInfo, Vocab, decode_index
+from .pagecache import Advice, LoadOptions, open_data
 
 if TYPE_CHECKING:
     import torch
@@ -141,17 +142,34 @@ def read_index(path: str | os.PathLike[str]) -> Index:
     return decode_index(memoryview(map_file(path)), path=os.fspath(path))
 
 
-def load(path: str | os.PathLike[str], *, mode: Literal["r", "c"] = "r") -> Model:
-    """Open a ggml, ggmf or ggjt (v1-v3) file; tensors are views into one memmap, nothing is copied.
+def load(
+    path: str | os.PathLike[str],
+    *,
+    mode: Literal["r", "c"] = "r",
+    prefault: bool = False,
+    advice: Advice | None = None,
+    lock: bool = False,
+    hugepages: bool = False,
+    method: Literal["mmap", "pread"] = "mmap",
+    threads: int = 0,
+) -> Model:
+    """Open a ggml, ggmf or ggjt (v1-v3) file; tensors are views into one array of the whole file.
 
-    mode "r" maps read-only (writes to a view raise); "c" maps copy-on-write (writable views,
-    changes stay in this process).
+    By default that array is one memmap and nothing is copied. mode "r" maps read-only (writes
+    to a view raise); "c" maps copy-on-write (writable views, changes stay in this process).
+    The page-cache levers (docs/loading.md, measured there): prefault faults every page in now
+    (MADV_POPULATE_READ); advice is the map's readahead policy ("normal", "sequential", "random",
+    "willneed"); lock mlocks the data; hugepages asks for 2 MiB pages (MADV_HUGEPAGE); method
+    "pread" reads the file into anonymous memory with large preads on `threads` threads (0 picks)
+    instead of mapping it. With none of them: one np.memmap, exactly as without the options.
 
     Raises:
         FormatError: the file is malformed (names the file, offset, field, expected and found).
-        OSError: the file cannot be opened or mapped.
+        ValueError: a meaningless option combination. MemoryLockError: mlock refused (RLIMIT_MEMLOCK).
+        OSError: the file cannot be opened, mapped or read.
     """
-    data = map_file(path, mode)
+    options = LoadOptions(prefault, advice, lock, hugepages, method, threads)
+    data = map_file(path, mode) if options.is_default else open_data(path, mode, options)
     try:
         index = decode_index(memoryview(data), path=os.fspath(path))
     except FormatError:
