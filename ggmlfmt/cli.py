@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -34,6 +35,18 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes each record to whatever sys.stderr is at that moment (tests and tools swap it)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def add_common_options(p: argparse.ArgumentParser) -> None:
     """Options every command has."""
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -47,10 +60,13 @@ def run(prog: str, args: argparse.Namespace, body: Callable[[argparse.Namespace]
     """Run a command body: errors become one line on stderr and exit status 1, Ctrl-C 130, SIGTERM 143."""
     start = time.perf_counter()
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format=f"{prog}: %(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(level=level, format=f"{prog}: %(message)s", handlers=[_StderrHandler()], force=True)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return body(args)
+    except BrokenPipeError:  # stdout's reader left (`| head`): not an error of ours, say nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail
+        return 141  # 128 + SIGPIPE, what a program killed by the signal reports
     except (FormatError, OSError, ValueError) as e:
         if args.debug:
             raise
