@@ -1,7 +1,7 @@
 """Shared pytest set-up: hypothesis profiles and small fixtures used across the test modules.
 
 Hypothesis profiles: "ci" (the default) keeps every property test to a modest number of examples so the
-whole suite stays fast; "long" runs many more. Pick one with HYPOTHESIS_PROFILE=long pytest ...
+whole suite stays fast; "long" runs many more; "fuzz" is the long fuzz campaign of docs/safety.md. Pick one with HYPOTHESIS_PROFILE=long pytest ...
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ settings.register_profile(
 )
 settings.register_profile(
     "long", max_examples=2000, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+# The fuzz campaign (docs/safety.md): test_fuzz.py sizes its own runs to 100,000 cases under this profile.
+settings.register_profile(
+    "fuzz", max_examples=2000, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

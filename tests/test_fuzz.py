@@ -150,3 +150,44 @@ def test_huge_counts_are_refused_before_allocation(value):
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert peak < 1 << 20, f"{name}={value} allocated {peak} bytes before failing"
+
+
+def _two_part_set() -> tuple[list[bytes], list[builders.Field]]:
+    """A valid 2-part ggmf q4_0/f16/f32 model, and the field map of part 1 (the one the mutants change)."""
+    rng = np.random.default_rng(3)
+    hp = builders.llama_hparams(n_vocab=4, dim=64, n_mult=32, n_head=2, n_layer=1, ftype=2)
+    vocab = [(b"a", 0.0), (b"", -1.0), (b"bc", -2.0), (b"\xff", -3.0)]
+    full = {"tok_embeddings.weight": ("F16", rng.standard_normal((4, 64)).astype(np.float32)),
+            "norm.weight": ("F32", rng.standard_normal(64).astype(np.float32)),
+            "output.weight": ("Q4_0", rng.standard_normal((4, 64)).astype(np.float32)),
+            "layers.0.attention.wo.weight": ("Q4_1", rng.standard_normal((64, 64)).astype(np.float32))}
+    parts = builders.build_parts("ggmf", hp, vocab, full, 2)
+    shard = {n: (t, builders.split_for_parts(n, a, 2)[1]) for n, (t, a) in full.items()}
+    specs = [(n, builders.TYPE_CODES[t], tuple(reversed(a.shape)), builders.quantize(a, t, 1)) for n, (t, a) in shard.items()]
+    data, fields = builders.build_file_with_fields("ggmf", 1, hp, vocab, specs)
+    assert data == parts[1]
+    return parts, fields
+
+
+PARTS, PART1_FIELDS = _two_part_set()
+
+
+@settings(max_examples=FUZZ_EXAMPLES // 4, deadline=5000,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from([f for f in PART1_FIELDS if f.fmt and f.fmt[-1] in "iI"]),
+       value=st.one_of(st.sampled_from(INTERESTING_I32), st.integers(-(2**31), 2**32 - 1)),
+       cut=st.none() | st.integers(0, len(PARTS[1])))
+def test_migrate_answers_a_mutated_part_with_format_error_only(tmp_path_factory, field, value, cut):
+    from migrate import migrate_file
+
+    d = tmp_path_factory.mktemp("fz")
+    part1 = _set_field(PARTS[1], field, value)[:cut]
+    (d / "m.bin").write_bytes(PARTS[0])
+    (d / "m.bin.1").write_bytes(part1)
+    try:
+        migrate_file(d / "m.bin", d / "out.bin")
+    except FormatError as e:
+        assert "\n" not in str(e) and "m.bin" in str(e)
+        assert sorted(p.name for p in d.iterdir()) == ["m.bin", "m.bin.1"]  # nothing written, no temp left
+        return
+    decode_index((d / "out.bin").read_bytes())  # a mutation that changed nothing structural: output is valid
