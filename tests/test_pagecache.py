@@ -334,3 +334,22 @@ def test_parse_smaps_finds_the_mapping_holding_an_address() -> None:
     anon = pagecache._parse_smaps(text, 0x7F0000200000)
     assert anon is not None and anon.path is None and anon.anonymous == 4096
     assert pagecache._parse_smaps(text, 0x1000) is None
+
+
+def test_opening_a_cold_file_reads_the_index_not_the_weights(tmp_path):
+    """Records sit before each tensor's data: parsing them must not drag the weights in by readahead."""
+    import ggmlfmt
+
+    path = tmp_path / "m.bin"
+    hp = ggmlfmt.HParams(1, 4096, 256, 32, 1, 128, 1)
+    tensors = {f"layers.{i}.attention.wq.weight": np.zeros((1024, 4096), np.float16) for i in range(24)}  # 192 MiB
+    ggmlfmt.save(path, tensors, hparams=hp, vocab=ggmlfmt.Vocab((b"a",), np.zeros(1, np.float32)))
+    pagecache.evict(path)
+    before = pagecache.residency(path)
+    assert before.fraction < 0.01, f"eviction did not work on this filesystem: {before.fraction:.1%} cached"
+    model = ggmlfmt.load(path)
+    after_open = pagecache.residency(path).fraction
+    assert after_open < 0.05, f"opening read {after_open:.1%} of a cold file"
+    assert len(model.tensors) == 24
+    sum(int(v.view(np.uint8)[::4096].sum()) for v in model.tensors.values())  # touching still works, and
+    assert pagecache.residency(path).fraction > 0.95  # readahead is back to normal for the data
