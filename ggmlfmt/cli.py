@@ -19,10 +19,10 @@ from types import FrameType
 from typing import Any
 
 from . import pagecache, rusage
+from .atomic import remove_stale_temps
 from .errors import FormatError
 from .reader import load, read_index
 from .summary import describe, render
-from .writer import remove_stale_temps
 
 log = logging.getLogger("ggmlfmt")
 

@@ -15,7 +15,6 @@ import mmap
 import os
 import resource
 import stat
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from .atomic import create_exclusive, fsync_dir, temp_path_beside
 from .errors import Truncated
 
 PAGE = mmap.PAGESIZE
@@ -427,12 +427,6 @@ class CopyResult:
     src_cached_before: float
 
 
-def _temp_beside(dst: Path) -> tuple[int, Path]:
-    # The writer's naming (".NAME.ggmlfmt-PID-XXXX.tmp"), so writer.remove_stale_temps cleans up after a kill.
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.ggmlfmt-{os.getpid()}-", suffix=".tmp")
-    return fd, Path(tmp)
-
-
 def _write_back(fd: int, offset: int, length: int, *, wait: bool) -> None:
     """Start writeback of a range (wait=False), or wait until it is on disk (wait=True).
 
@@ -552,15 +546,18 @@ def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overw
     try:
         size = os.fstat(fin).st_size
         os.posix_fadvise(fin, 0, 0, os.POSIX_FADV_NOREUSE)  # Linux 6.3+: do not promote these pages
-        fout, tmp = _temp_beside(dst)
+        tmp = temp_path_beside(dst)  # recorded before the file exists: cleanup below always knows it
+        fout = -1
         try:
+            fout = create_exclusive(tmp)
             os.fchmod(fout, stat.S_IMODE(os.fstat(fin).st_mode))
             _copy_data(fin, fout, size, before.pages, chunk)
             os.fsync(fout)
             digest = _verify(src, tmp, before.pages, chunk)
             os.replace(tmp, dst)  # atomic; a process that mapped the old dst keeps its pages
         except BaseException as e:
-            os.close(fout)
+            if fout >= 0:
+                os.close(fout)
             tmp.unlink(missing_ok=True)
             if isinstance(e, Truncated):
                 e.with_path(src)  # the range copier knows offsets, not names
@@ -568,7 +565,7 @@ def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overw
         os.close(fout)
     finally:
         os.close(fin)
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
     return CopyResult(size, digest, before.fraction)
 
 
@@ -585,13 +582,3 @@ def _verify(src: Path, copy: Path, keep_src: npt.NDArray[np.bool_], chunk: int) 
     if want != got:
         raise OSError(errno.EIO, f"copy verification failed: source sha256 {want}, copy {got}", str(copy))
     return want
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories; the rename itself has happened
-    finally:
-        os.close(fd)

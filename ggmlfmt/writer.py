@@ -12,14 +12,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
-import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import create_exclusive, fsync_dir, remove_stale_temps, temp_path_beside
 from .constants import FileVersion, GGMLType
 from .errors import IncompleteWrite
 from .layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
@@ -73,31 +72,6 @@ def _free_bytes(directory: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-_TMP_RE = re.compile(r"^\.(?P<name>.+)\.ggmlfmt-(?P<pid>\d+)-[^.]+\.tmp$")
-
-
-def remove_stale_temps(target: Path) -> list[Path]:
-    """Remove temp files of `target` left by writers that were killed (their pid no longer runs)."""
-    removed = []
-    for p in target.parent.glob(f".{target.name}.ggmlfmt-*.tmp"):
-        m = _TMP_RE.match(p.name)
-        if not m or m["name"] != target.name:
-            continue
-        try:
-            os.kill(int(m["pid"]), 0)
-            continue  # that writer is still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # another user's live process
-        try:
-            p.unlink()
-            removed.append(p)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
 class FileWriter:
     """Fill a planned file in any order; on `commit`, check coverage, fsync and rename into place.
 
@@ -147,15 +121,8 @@ class FileWriter:
         (mkstemp returns the name only after creating the file: a Ctrl-C in between leaked it.) abort() may
         unlink a recorded name whose open never ran: it holds our pid, so such a file is a dead process's leftover.
         """
-        for _ in range(100):
-            self.tmp_path = self.path.with_name(f".{self.path.name}.ggmlfmt-{os.getpid()}-{secrets.token_hex(6)}.tmp")
-            try:
-                # 0o666 less the umask: the finished model gets the permissions any new file would (mkstemp's 0o600 did not)
-                self._fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-                return
-            except FileExistsError:
-                continue
-        raise FileExistsError(errno.EEXIST, "could not create a unique temporary file", str(self.path.parent))
+        self.tmp_path = temp_path_beside(self.path)
+        self._fd = create_exclusive(self.tmp_path)
 
     def _write_skeleton(self) -> None:
         self._pwrite(self.plan.prefix, 0)
@@ -246,7 +213,7 @@ class FileWriter:
         os.close(self._fd)
         self._fd = None
         os.replace(self.tmp_path, self.path)  # atomic; a process that mapped the old file keeps it
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def abort(self) -> None:
         """Close and remove the temporary file; the target is untouched."""
@@ -271,19 +238,6 @@ class FileWriter:
                 raise
         else:
             self.abort()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save(

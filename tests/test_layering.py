@@ -21,6 +21,7 @@ GGMLFMT_RANKS = {
     "ggmlfmt.constants": 0,
     "ggmlfmt.errors": 0,
     "ggmlfmt.rusage": 0,  # stdlib only: what the kernel accounted
+    "ggmlfmt.atomic": 0,  # stdlib only: temp file beside the target, then rename
     "ggmlfmt.layout": 1,
     "ggmlfmt.pagecache": 1,  # how the bytes of a file are brought into memory (no format knowledge)
     "ggmlfmt.reader": 2,
