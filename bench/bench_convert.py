@@ -37,11 +37,11 @@ from convert.demo import params_json
 from convert.params import Params
 from convert.vocab import train_tokenizer
 from ggmlfmt.parts import split_axis
+from _sampling import peak_rss  # bench/ is sys.path[0] when a bench script runs
 
 REPO = Path(__file__).resolve().parents[1]
 DIM, N_HEADS, MULTIPLE_OF, N_VOCAB, N_SHARDS = 5120, 40, 256, 32000, 2  # LLaMA-13B
 MiB = 1 << 20
-SAMPLE_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -128,26 +128,11 @@ def time_import_torch() -> float:
     return time.perf_counter() - start
 
 
-def _status_kib(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return {k: int(line.split()[1]) for line in f for k in keys if line.startswith(k + ":")}
-    except (FileNotFoundError, ProcessLookupError):
-        return {}
-
-
 def peak_memory(model_dir: Path, out: Path) -> tuple[int, int]:
     """Run the converter once, sampling /proc/PID/status; peak RssAnon and RssFile in KiB."""
-    proc = subprocess.Popen(convert_cmd(model_dir, out), cwd=REPO)
-    anon = file = 0
-    while proc.poll() is None:
-        s = _status_kib(proc.pid, ("RssAnon", "RssFile"))
-        anon, file = max(anon, s.get("RssAnon", 0)), max(file, s.get("RssFile", 0))
-        time.sleep(SAMPLE_S)
-    if proc.returncode:
-        raise RuntimeError(f"convert-model failed with status {proc.returncode}")
+    peak = peak_rss(convert_cmd(model_dir, out), REPO)
     out.unlink()
-    return anon, file
+    return peak
 
 
 def baseline_anon() -> int:

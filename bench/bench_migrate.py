@@ -32,11 +32,11 @@ from ggmlfmt.constants import FileVersion
 from ggmlfmt.layout import plan
 from ggmlfmt.parts import split_axis
 from ggmlfmt.writer import FileWriter
+from _sampling import peak_rss  # bench/ is sys.path[0] when a bench script runs
 
 REPO = Path(__file__).resolve().parents[1]
 N_VOCAB, DIM, N_MULT, N_HEAD = 32000, 1024, 256, 8
 MiB = 1 << 20
-SAMPLE_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -134,26 +134,11 @@ def time_migrate(src: Path, dst: Path) -> float:
     return elapsed
 
 
-def _status_kib(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return {k: int(line.split()[1]) for line in f for k in keys if line.startswith(k + ":")}
-    except (FileNotFoundError, ProcessLookupError):
-        return {}
-
-
 def peak_memory(src: Path, dst: Path) -> tuple[int, int]:
-    """Run migrate once, sampling /proc/PID/status; return the peak RssAnon and RssFile in KiB."""
-    proc = subprocess.Popen(migrate_cmd(src, dst), cwd=REPO)
-    anon = file = 0
-    while proc.poll() is None:
-        s = _status_kib(proc.pid, ("RssAnon", "RssFile"))
-        anon, file = max(anon, s.get("RssAnon", 0)), max(file, s.get("RssFile", 0))
-        time.sleep(SAMPLE_S)
-    if proc.returncode:
-        raise RuntimeError(f"migrate failed with status {proc.returncode}")
+    """Run migrate once, sampling /proc/PID/status; peak RssAnon and RssFile in KiB."""
+    peak = peak_rss(migrate_cmd(src, dst), REPO)
     dst.unlink()
-    return anon, file
+    return peak
 
 
 def baseline_anon() -> int:
