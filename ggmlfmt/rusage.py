@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -42,9 +43,25 @@ def _peak_rss_kib(fallback: int) -> int:
     return fallback
 
 
+def _process_age_s() -> float | None:
+    """Seconds since this process started (/proc; 10 ms resolution), or None where /proc is missing."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, after the command name
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def measure(start: float) -> Usage:
-    """Usage since `start` (a time.perf_counter() value) for this process and its children."""
-    wall = time.perf_counter() - start
+    """Usage of this process (and its children) since it started, like getrusage itself.
+
+    `start` (a time.perf_counter() value) is the fallback for the wall time where /proc is missing.
+    """
+    age = _process_age_s()
+    wall = max(age, time.perf_counter() - start) if age is not None else time.perf_counter() - start
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return Usage(
         wall_s=wall,

@@ -31,3 +31,10 @@ def test_peak_is_the_command_s_own_not_its_parent_s(tmp_path):
     value, unit = peak.split()[-2:]
     assert unit == "MiB" and float(value.replace(",", "")) < 300, peak
     del ballast
+
+
+def test_wall_time_covers_the_whole_process_like_the_cpu_time():
+    r = subprocess.run([sys.executable, "-c", "import time; t = time.time(); exec('while time.time() - t < 0.3: pass'); "
+                        "from ggmlfmt import rusage; print(rusage.measure(time.perf_counter()).wall_s)"],
+                       capture_output=True, text=True, check=True)
+    assert float(r.stdout) >= 0.3  # the busy 0.3 s before measure() was called count, as they do for CPU time
