@@ -807,3 +807,24 @@ def section12_model() -> tuple[dict[str, int], list[tuple[bytes, float]], list[T
         ("output.weight", TYPE_CODES["F16"], (64, 3), out.tobytes()),
     ]
     return hp, vocab, tensors
+
+
+# The hex dump printed in FORMATS.md §12, verbatim ("tok_embeddings data omitted"): offset, 16 bytes a line.
+SECTION12_HEX = """
+00000000: 746a 6767 0100 0000 0300 0000 4000 0000
+00000010: 2000 0000 0200 0000 0100 0000 2000 0000
+00000020: 0100 0000 0500 0000 20e2 8187 2000 0000
+00000030: 0000 0000 0000 0000 0000 0000 0000 0000
+00000040: 0002 0000 0015 0000 0001 0000 0040 0000
+00000050: 0003 0000 0074 6f6b 5f65 6d62 6564 6469
+00000060: 6e67 732e 7765 6967 6874 0000 0000 0000
+00000070: 0000 0000 0000 0000 0000 0000 0000 0000
+00000200: 0100 0000 0b00 0000 0000 0000 4000 0000
+00000210: 6e6f 726d 2e77 6569 6768 7400 0000 0000
+"""
+
+
+def section12_hexdump() -> dict[int, bytes]:
+    """FORMATS.md §12's hex dump as {file offset: the 16 bytes printed there}."""
+    lines = [line.split(":", 1) for line in SECTION12_HEX.strip().splitlines()]
+    return {int(addr, 16): bytes.fromhex(hexes.replace(" ", "")) for addr, hexes in lines}

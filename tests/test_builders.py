@@ -28,6 +28,7 @@ from builders import (
     llama_vocab,
     parse_file,
     quantize,
+    section12_hexdump,
     section12_model,
     shard_shape,
     split_axis,
@@ -37,29 +38,6 @@ from builders import (
 
 # ---------------------------------------------------------------------------------------------------------------
 # §12 worked example
-
-# The hex dump printed in FORMATS.md §12, verbatim (offset: 16 bytes per line)
-SECTION12_HEX = """
-00000000: 746a 6767 0100 0000 0300 0000 4000 0000
-00000010: 2000 0000 0200 0000 0100 0000 2000 0000
-00000020: 0100 0000 0500 0000 20e2 8187 2000 0000
-00000030: 0000 0000 0000 0000 0000 0000 0000 0000
-00000040: 0002 0000 0015 0000 0001 0000 0040 0000
-00000050: 0003 0000 0074 6f6b 5f65 6d62 6564 6469
-00000060: 6e67 732e 7765 6967 6874 0000 0000 0000
-00000070: 0000 0000 0000 0000 0000 0000 0000 0000
-00000200: 0100 0000 0b00 0000 0000 0000 4000 0000
-00000210: 6e6f 726d 2e77 6569 6768 7400 0000 0000
-"""
-
-
-def _hexdump_lines() -> list[tuple[int, bytes]]:
-    out = []
-    for line in SECTION12_HEX.strip().splitlines():
-        offset, hexpart = line.split(":")
-        out.append((int(offset, 16), bytes.fromhex(hexpart.replace(" ", ""))))
-    return out
-
 
 def _fields(data_fields: list[Field]) -> dict[str, Field]:
     return {f.name: f for f in data_fields}
@@ -91,7 +69,7 @@ def test_section12_ggjt_offsets() -> None:
 def test_section12_hexdump() -> None:
     hp, vocab, tensors = section12_model()
     data = build_file("ggjt", 1, hp, vocab, tensors)
-    for offset, expected in _hexdump_lines():
+    for offset, expected in section12_hexdump().items():
         assert data[offset : offset + 16] == expected, f"line {offset:#010x}"
 
 

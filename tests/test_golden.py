@@ -145,30 +145,12 @@ def _check_view_layout(view: np.ndarray, type_name: str, ne: tuple[int, ...], ge
 
 # ---------------------------------------------------------------- the worked example of FORMATS.md §12
 
-SPEC_HEX = """
-00000000: 746a 6767 0100 0000 0300 0000 4000 0000
-00000010: 2000 0000 0200 0000 0100 0000 2000 0000
-00000020: 0100 0000 0500 0000 20e2 8187 2000 0000
-00000030: 0000 0000 0000 0000 0000 0000 0000 0000
-00000040: 0002 0000 0015 0000 0001 0000 0040 0000
-00000050: 0003 0000 0074 6f6b 5f65 6d62 6564 6469
-00000060: 6e67 732e 7765 6967 6874 0000 0000 0000
-00000070: 0000 0000 0000 0000 0000 0000 0000 0000
-00000200: 0100 0000 0b00 0000 0000 0000 4000 0000
-00000210: 6e6f 726d 2e77 6569 6768 7400 0000 0000
-"""  # copied from FORMATS.md §12 ("tok_embeddings data omitted")
-
 # (record offsets, data offsets, file size) per format, from the table and the two bullet lists of §12
 SECTION12_OFFSETS = {
     FileVersion.GGJT_V1: ([65, 512, 800], [128, 544, 864], 1248),
     FileVersion.GGMF_V1: ([65, 490, 773], [106, 517, 806], 1190),
     FileVersion.GGML: ([49, 474, 757], [90, 501, 790], 1174),
 }
-
-
-def _spec_hex() -> dict[int, bytes]:
-    lines = [line.split(":", 1) for line in SPEC_HEX.strip().splitlines()]
-    return {int(addr, 16): bytes.fromhex(hexes.replace(" ", "")) for addr, hexes in lines}
 
 
 def _section12_inputs() -> tuple[HParams, Any, dict[str, np.ndarray], tuple]:
@@ -191,7 +173,7 @@ def test_section12_worked_example_is_reproduced_byte_exactly(tmp_path, version):
     bvocab = [(t, None if fmt == "ggml" else s) for t, s in bvocab]
     assert raw == builders.build_file(fmt, number, hp, bvocab, records)
     if version is FileVersion.GGJT_V1:
-        for offset, expected in _spec_hex().items():
+        for offset, expected in builders.section12_hexdump().items():
             assert raw[offset : offset + len(expected)].hex() == expected.hex(), f"line {offset:#010x}"
     model = load(path)
     assert [(t.record_offset, t.offset) for t in model.index.tensors] == list(zip(records_at, data_at))
