@@ -202,6 +202,6 @@ def load(
         else:
             index = decode_index(memoryview(data), path=os.fspath(path))
     except FormatError:
-        del data
+        del data  # the traceback keeps this frame alive; do not keep the file mapped with it
         raise
     return Model(os.fspath(path), index, data)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import io
-import logging
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -17,20 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import sentencepiece
 import torch
 
 from convert.demo import make_weights, params_json, write_checkpoint
 from convert.params import Params
 from convert.vocab import train_tokenizer
-
-@pytest.fixture(autouse=True)
-def reset_logging() -> Any:
-    """Drop the stderr handler a CLI run installs: it points at pytest's capture, closed after the test."""
-    yield
-    logging.getLogger().handlers.clear()
-
 
 VOCAB_SIZE = 320  # divisible by 8: output.weight (V, dim) splits by rows into up to 8 shards
 

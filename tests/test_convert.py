@@ -18,7 +18,6 @@ from convert.cli import main
 from convert.vocab import UNKNOWN_TEXT, load_vocab, piece_text
 from ggmlfmt import FormatError, load
 from ggmlfmt.errors import IncompleteWrite
-from meta import reset_logging  # noqa: F401  (autouse fixture)
 from meta import VOCAB_SIZE, build, load_shards, meta_axis, reference_file, vocab_entries
 
 SHARDS = [1, 2, 4, 8]

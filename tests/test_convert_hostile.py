@@ -17,7 +17,6 @@ from convert import convert_checkpoint, plan_conversion
 from convert.cli import main
 from convert.params import parse_params
 from ggmlfmt import FormatError
-from meta import reset_logging  # noqa: F401  (autouse fixture)
 from meta import build
 
 GOOD = {"dim": 64, "multiple_of": 32, "n_heads": 4, "n_layers": 2, "norm_eps": 1e-06, "vocab_size": -1}
