@@ -153,8 +153,10 @@ def _drop_runs(fd: int, keep: npt.NDArray[np.bool_] | None, offset: int, length:
 # Mapping with options
 
 
-def map_file(path: str | os.PathLike[str], *, mode: Literal["r", "c"] = "r") -> mmap.mmap:
-    """The whole file as an mmap: shared read-only ("r") or private copy-on-write ("c").
+def mmap_file(path: str | os.PathLike[str], *, mode: Literal["r", "c"] = "r") -> mmap.mmap:
+    """The whole file as a bare mmap.mmap, shared read-only ("r") or private copy-on-write ("c").
+
+    (reader.map_file is the np.memmap of the default load path.)
 
     Raises:
         Truncated: the file is empty. OSError: it cannot be opened or mapped.
@@ -350,7 +352,7 @@ def open_data(path: str | os.PathLike[str], mode: Literal["r", "c"], options: Lo
     if options.method == "pread":
         data = read_file(path, writable=mode == "c", hugepages=options.hugepages, threads=options.threads)
     else:
-        m = map_file(path, mode=mode)
+        m = mmap_file(path, mode=mode)
         if options.advice:
             advise(m, options.advice)
         if options.hugepages:
