@@ -7,6 +7,7 @@ medians. Separately, sample RssAnon (private memory) and RssFile of the migrate 
 /proc/PID/status every millisecond; the peak must not grow with the model.
 
     python bench/bench_migrate.py --sizes 256,1024,4096 --parts 2 --runs 9 [--dir /dev/shm]
+    python bench/bench_migrate.py --dim 5120 --layers 2 --runs 5   # the 13B-shaped slice of bench_convert
 
 Works in a fresh directory under --dir (default: the system temp directory), removed at the end.
 """
@@ -149,7 +150,7 @@ def baseline_anon() -> int:
 
 
 def bench_size(workdir: Path, size_mib: int, n_parts: int, runs: int) -> Result:
-    n_layer = layers_for(size_mib)
+    n_layer = -size_mib if size_mib < 0 else layers_for(size_mib)  # negative: a layer count (--layers)
     src = workdir / "model.bin"
     paths = write_parts(src, n_layer, n_parts)
     total = sum(p.stat().st_size for p in paths)
@@ -187,15 +188,19 @@ def report(results: list[Result], n_parts: int, runs: int, base_kib: int) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DIM, N_HEAD
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="256,1024", help="model sizes in MiB, comma-separated")
     ap.add_argument("--parts", type=int, default=2)
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--dim", type=int, default=DIM, help="n_embd (5120 with --layers 2: the 13B-shaped slice)")
+    ap.add_argument("--layers", type=int, help="a model of this many layers instead of --sizes")
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
                     help="parent of the private working directory (its filesystem is what is measured)")
     args = ap.parse_args(argv)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    need = 3 * max(sizes) * MiB
+    DIM, N_HEAD = args.dim, args.dim // 128  # LLaMA's head size is 128
+    sizes = [int(s) for s in args.sizes.split(",")] if args.layers is None else [-args.layers]
+    need = 3 * max(max(sizes), 2048) * MiB
     free = shutil.disk_usage(args.dir).free
     if free < need:
         print(f"bench_migrate: need {need / MiB:,.0f} MiB free in {args.dir}, have {free / MiB:,.0f}", file=sys.stderr)

@@ -25,6 +25,10 @@ from .layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
 
 log = logging.getLogger(__name__)
 
+COPY_BYTES = 1 << 30  # largest single copy_file_range request (the kernel may copy less)
+# errno values meaning "this pair of files cannot be copied in the kernel" (other filesystem, old kernel, ...)
+_NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
+
 # numpy dtype -> type code for arrays handed to save(); anything else is refused (no silent casts)
 NUMPY_TYPES = {np.dtype("<f4"): GGMLType.F32, np.dtype("<f2"): GGMLType.F16}
 
@@ -65,6 +69,28 @@ class Coverage:
             if cols[-1, 1] != self.row_bytes:
                 return f"rows {lo}..{hi - 1}, bytes {cols[-1, 1]}..{self.row_bytes - 1} of each row never written"
         return None
+
+
+def copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, nbytes: int) -> bool:
+    """Copy bytes between files inside the kernel; False, with nothing copied, where the system cannot.
+
+    Raises:
+        OSError: a real I/O error, or the source ended early.
+    """
+    fn = getattr(os, "copy_file_range", None)  # Linux; absent on macOS and Windows
+    done = 0
+    while fn is not None and done < nbytes:
+        try:
+            n = fn(src_fd, dst_fd, min(nbytes - done, COPY_BYTES), src_offset + done, dst_offset + done)
+        except OSError as e:
+            if done == 0 and e.errno in _NO_COPY_RANGE:
+                return False
+            raise
+        if n == 0:
+            raise OSError(errno.EIO, f"copy_file_range: the source ended {nbytes - done} bytes before the "
+                                     f"run at offset {src_offset} did")
+        done += n
+    return fn is not None
 
 
 def _free_bytes(directory: Path) -> int:
@@ -173,6 +199,44 @@ class FileWriter:
         self.written += len(buf)
         if self._progress:
             self._progress(len(buf))
+
+    def copy_rows(self, name: str, src_fd: int, src_offset: int, *, row: int, n_rows: int,
+                  fallback: np.ndarray) -> None:
+        """Copy whole rows [row, row+n_rows) of `name` from a run of bytes in another file.
+
+        The bytes move inside the kernel (copy_file_range) where it can; elsewhere they are written
+        from `fallback`, a view of the same bytes (e.g. a read-only map of the source).
+
+        Raises:
+            ValueError: the rows do not fit the tensor. OSError: reading or writing failed.
+        """
+        info = self._infos[name]
+        self.copy_span(name, src_fd, src_offset, row=row, col_byte=0, nbytes=n_rows * info.row_bytes,
+                       fallback=fallback, n_rows=n_rows)
+
+    def copy_span(self, name: str, src_fd: int, src_offset: int, *, row: int, col_byte: int, nbytes: int,
+                  fallback: np.ndarray, n_rows: int = 1) -> None:
+        """Copy `nbytes` from another file to one run of `name`: whole rows, or a piece of one row.
+
+        Raises:
+            ValueError: the run does not fit the tensor or is not contiguous in it. OSError.
+        """
+        info = self._infos[name]
+        width = nbytes // n_rows if n_rows > 0 else 0
+        if n_rows <= 0 or nbytes % n_rows or (n_rows > 1 and width != info.row_bytes) \
+                or row < 0 or col_byte < 0 or row + n_rows > info.n_rows or col_byte + width > info.row_bytes:
+            raise ValueError(f"tensor {name!r}: {nbytes} bytes at row {row}, byte {col_byte} are not a run of its "
+                             f"{info.n_rows} rows of {info.row_bytes} bytes")
+        if memoryview(fallback).nbytes != nbytes:
+            raise ValueError(f"tensor {name!r}: the fallback view holds {memoryview(fallback).nbytes} bytes, "
+                             f"expected {nbytes}")
+        dst = info.offset + row * info.row_bytes + col_byte
+        if not copy_range(src_fd, src_offset, self._fd, dst, nbytes):
+            self._pwrite(memoryview(np.ascontiguousarray(fallback)).cast("B"), dst)
+        self._coverage[name].add(row, row + n_rows, col_byte, col_byte + width)
+        self.written += nbytes
+        if self._progress:
+            self._progress(nbytes)
 
     def write_tensor(self, name: str, array: np.ndarray | bytes | memoryview) -> None:
         """Write a whole tensor's data (its bytes in C order).

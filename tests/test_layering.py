@@ -29,11 +29,12 @@ GGMLFMT_RANKS = {
     "ggmlfmt.parts": 2,
     "ggmlfmt.dequant": 2,
     "ggmlfmt.summary": 2,
-    "ggmlfmt": 3,  # the package's public surface re-exports the rank-2 modules
+    "ggmlfmt.unshard": 3,  # n parts of each tensor -> their places in one output (convert and migrate)
+    "ggmlfmt": 4,  # the package's public surface re-exports the modules below it
 }
-APP_RANK = 4  # convert.*, migrate.*
-CLI_RANK = 5  # ggmlfmt.cli, convert.cli, migrate.cli
-MAIN_RANK = 6  # package __main__ modules run a cli
+APP_RANK = 5  # convert.*, migrate.*
+CLI_RANK = 6  # ggmlfmt.cli, convert.cli, migrate.cli
+MAIN_RANK = 7  # package __main__ modules run a cli
 SHARED_RUNNER = "ggmlfmt.cli"  # every command's cli.py shares its runner and options
 
 # Third-party modules allowed in one place only (the lazy torch hand-off is the one documented exception).

@@ -1,0 +1,167 @@
+"""Put n parts of each tensor at their planned places in one output file (docs/format.md §6).
+
+convert-model (shards of .pth files) and migrate-old-weights (parts of ggml/ggmf files) do the
+same thing from two kinds of source, so both hand this module a `Source` per tensor: where each
+part's bytes lie in its file, and a typed read-only view of them. Every part is mapped at once
+(maps cost no private memory), tensors go out in file order, and each output byte is written once:
+
+- unchanged bytes of a row split or replicated tensor (one contiguous run in source and output)
+  move inside the kernel with `os.copy_file_range`, no trip through Python objects;
+- column splits (each part holds a slice of every row) are gathered into blocks of whole output
+  rows, a few MB at a time, and written with one `pwrite` each;
+- casts and block repacking (f16 -> f32, bf16 -> f16/f32, old quantized blocks -> new ones) go
+  through the same bounded buffer, so private memory stays flat whatever the model size.
+
+The writer's coverage proof at commit still checks that every byte was written exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .layout import TensorInfo
+from .parts import shard_region
+from .writer import FileWriter
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 4 << 20  # bytes of output rows gathered or cast per pwrite; bounds the private buffer
+
+# fill(src, out): write the converted elements of `src` (R source units per row) into `out` (R output units)
+Convert = Callable[[np.ndarray, np.ndarray], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One part's share of a tensor as it lies in its file: a contiguous run of (rows x units).
+
+    `array` is a read-only (rows, units) view of those bytes in the source's element or block
+    dtype; `fd` and `offset` locate the same bytes for in-kernel copies.
+    """
+
+    fd: int
+    offset: int
+    array: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Everything needed to write one output tensor: its planned place, split axis and parts."""
+
+    info: TensorInfo  # the output tensor, as planned
+    axis: int | None  # PyTorch axis the parts split (None: replicated, taken from part 0)
+    pieces: Sequence[Piece]  # one per part, in part order
+    convert: Convert | None = None  # None: the bytes pass unchanged
+
+
+def write_tensors(writer: FileWriter, sources: Iterable[Source], *, chunk_bytes: int = CHUNK_BYTES) -> None:
+    """Write every source tensor at its planned place in `writer`'s file.
+
+    Raises:
+        ValueError: a part does not fit the planned tensor (shape or byte size).
+        OSError: reading a part or writing the output failed.
+    """
+    buffer = _Buffer(chunk_bytes)
+    for src in sources:
+        if src.info.nbytes:
+            _write_one(writer, src, buffer)
+
+
+class _Buffer:
+    """One private byte buffer, grown only when a single output row needs more (then kept)."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.data = np.empty(nbytes, dtype=np.uint8)
+
+    def rows(self, row_bytes: int, limit: int) -> int:
+        """How many whole rows of `row_bytes` fit (at least one, growing the buffer if needed), at most limit."""
+        if row_bytes > len(self.data):
+            self.data = np.empty(row_bytes, dtype=np.uint8)
+        return max(1, min(limit, len(self.data) // max(row_bytes, 1)))
+
+
+def _write_one(w: FileWriter, src: Source, buf: _Buffer) -> None:
+    info, n = src.info, len(src.pieces)
+    regions = [shard_region(info, src.axis, n, k) for k in range(n)]
+    for k, (piece, region) in enumerate(zip(src.pieces, regions)):
+        if region is not None:
+            _check_piece(info, piece, region[2], src.convert is None, n if src.axis == 1 else 1, k)
+    if src.axis == 1 and n > 1:
+        cols = [region[1] for region in regions]
+        if src.convert is None and info.row_bytes > len(buf.data):
+            _copy_row_pieces(w, info, src.pieces, cols)  # rows too long to gather: each row piece is a run
+        else:
+            _convert_rows(w, info, src.pieces, cols, 0, info.n_rows, src.convert, buf)
+        return
+    for piece, region in zip(src.pieces, regions):
+        if region is None:
+            continue
+        row, _, n_rows = region
+        if src.convert is None:
+            w.copy_rows(info.name, piece.fd, piece.offset, row=row, n_rows=n_rows, fallback=piece.array)
+        else:
+            _convert_rows(w, info, [piece], [0], row, n_rows, src.convert, buf)
+
+
+def _check_piece(info: TensorInfo, piece: Piece, n_rows: int, same_bytes: bool, n_cols: int, k: int) -> None:
+    """Raises: ValueError when part k's view cannot fill its planned region (n_rows x 1/n_cols of each row)."""
+    a = piece.array
+    if a.ndim != 2 or a.shape[0] != n_rows:
+        raise ValueError(f"tensor {info.name!r}: part {k} has shape {list(a.shape)}, expected {n_rows} rows")
+    width = info.row_bytes // n_cols
+    if same_bytes and a.shape[1] * a.itemsize != width:
+        raise ValueError(f"tensor {info.name!r}: part {k} rows are {a.shape[1] * a.itemsize} bytes, "
+                         f"expected {width}")
+
+
+def _copy_row_pieces(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece], cols: list[int]) -> None:
+    """Column split with rows longer than the buffer: each part's slice of each row is its own run."""
+    for r in range(info.n_rows):
+        for piece, col in zip(pieces, cols):
+            width = piece.array.shape[1] * piece.array.itemsize
+            w.copy_span(info.name, piece.fd, piece.offset + r * width, row=r, col_byte=col, nbytes=width,
+                        fallback=piece.array[r : r + 1])
+
+
+def _convert_rows(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece], cols: list[int], row: int,
+                  n_rows: int, convert: Convert | None, buf: _Buffer) -> None:
+    """Rows [row, row+n_rows) of the output, built block by block in the buffer from every piece.
+
+    One piece with cols [0]: a row split or replicated tensor being cast. Several: a column split,
+    each piece filling its byte columns of every output row. One pwrite per block of rows.
+    """
+    width = info.row_bytes // len(pieces)  # output bytes of each row that one piece fills
+    step = buf.rows(info.row_bytes, n_rows)
+    for r in range(0, n_rows, step):
+        m = min(step, n_rows - r)
+        out = buf.data[: m * info.row_bytes].reshape(m, info.row_bytes)
+        for piece, col in zip(pieces, cols):
+            src, dst = piece.array[r : r + m], out[:, col : col + width]
+            if convert is None:
+                dst[...] = src.view(np.uint8).reshape(m, width)
+            else:
+                convert(src, dst.view(info.block.dtype))
+        w.write_region(info.name, out, row=row + r)
+
+
+# ------------------------------------------------------------------ element conversions
+
+
+def cast_into(src: np.ndarray, out: np.ndarray) -> None:
+    """Convert float elements (f16 <-> f32), rounding to nearest even where the target is narrower."""
+    np.copyto(out, src, casting="unsafe")
+
+
+def bf16_to_f32(src: np.ndarray, out: np.ndarray) -> None:
+    """bfloat16 bit patterns (uint16) -> float32: the 16 bits become the high half, exactly."""
+    np.left_shift(src, np.uint32(16), out=out.view(np.uint32), dtype=np.uint32)
+
+
+def bf16_to_f16(src: np.ndarray, out: np.ndarray) -> None:
+    """bfloat16 -> float16: exact widening to f32, then one round to nearest even (as torch's .to(float16))."""
+    wide = (src.astype(np.uint32) << 16).view(np.float32)  # bounded: one chunk of rows
+    np.copyto(out, wide, casting="unsafe")
