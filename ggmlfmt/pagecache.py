@@ -442,6 +442,12 @@ def _write_back(fd: int, offset: int, length: int, *, wait: bool) -> None:
         raise OSError(e, f"sync_file_range: {os.strerror(e)}")
 
 
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the file's dirty pages now, without waiting (best effort:
+    an error here resurfaces at the fsync that makes the file durable)."""
+    _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
 def _copy_range(fin: int, fout: int, offset: int, length: int) -> None:
     """Copy [offset, offset + length) from fin to the same place in fout, in the kernel where it can.
 
