@@ -733,7 +733,10 @@ def bf16_to_f16(bits: npt.NDArray[np.uint16], out: npt.NDArray[np.float16] | Non
 
 
 def f32_to_bf16(a: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
-    """float32 -> bfloat16 bit patterns, round to nearest even; NaN -> 0x7fc0 (torch's canonical bf16 NaN)."""
+    """float32 -> bfloat16 bit patterns, round to nearest even, as torch; NaN -> 0x7fc0.
+
+    (torch's scalar cast gives 0x7fc0 for NaN, its vectorised one 0xffff; only our writers use this.)
+    """
     bits = np.ascontiguousarray(a, dtype="<f4").view(np.uint32)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     rounded[np.isnan(a)] = 0x7FC0

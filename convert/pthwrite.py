@@ -71,10 +71,11 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarr
 def _as_stored(name: str, a: np.ndarray | BF16) -> tuple[str, np.ndarray]:
     """(dtype name, C-contiguous little-endian array). Raises: ValueError for another dtype."""
     if isinstance(a, BF16):
-        return "bfloat16", np.ascontiguousarray(a.bits, dtype="<u2")
+        return "bfloat16", np.asarray(a.bits).astype("<u2", order="C", copy=False)
     for dtype, (_, np_dtype, _) in DTYPES.items():
-        if dtype != "bfloat16" and a.dtype == np.dtype(np_dtype).newbyteorder("="):
-            return dtype, np.ascontiguousarray(a, dtype=np_dtype)
+        if dtype != "bfloat16" and a.dtype.kind == "f" and a.dtype.itemsize == np.dtype(np_dtype).itemsize:
+            # either byte order in, little-endian out; astype, not ascontiguousarray, which makes 0-d 1-d
+            return dtype, a.astype(np_dtype, order="C", copy=False)
     raise ValueError(f"tensor {name!r}: expected float16 or float32 (or BF16 bits), found {a.dtype}")
 
 
