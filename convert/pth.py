@@ -136,10 +136,11 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             (names the file, and the offset, record or tensor). OSError: the file cannot be read.
     """
     path = os.fspath(path)
-    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(len(LEGACY_PREFIX))
     if size < EOCD.size:
-        raise FormatError(f"need at least {EOCD.size} bytes for a zip archive, found {size}: truncated or "
-                          "not a zip-format PyTorch checkpoint", path=path)
+        raise _not_a_zip(head, size).with_path(path)
     data = np.memmap(path, dtype=np.uint8, mode="r")
     try:
         tensors = parse_checkpoint(memoryview(data))
@@ -203,16 +204,21 @@ def _find_eocd(buf: memoryview) -> int:
             if pos + EOCD.size + comment_len == len(tail):
                 return tail_start + pos
         pos = tail.rfind(EOCD_SIG, 0, pos)
-    head = bytes(buf[: len(LEGACY_PREFIX)])
+    raise _not_a_zip(bytes(buf[: len(LEGACY_PREFIX)]), len(buf))
+
+
+def _not_a_zip(head: bytes, size: int) -> FormatError:
+    """The error for a file without a zip end record, naming the legacy torch format when it is that."""
     if head == LEGACY_PREFIX:
-        raise FormatError("legacy (pre-1.6) torch.save format, not a zip archive; re-save it with torch >= 1.6: "
-                          "torch.save(torch.load(path), path, _use_new_zipfile_serialization=True)", offset=0,
-                          field="magic")
+        return FormatError("legacy (pre-1.6) torch.save format, not a zip archive; re-save it with torch >= 1.6: "
+                           "torch.save(torch.load(path), path, _use_new_zipfile_serialization=True)", offset=0,
+                           field="magic")
     if head[:1] == b"\x80":
-        raise FormatError("a bare pickle, not a zip-format PyTorch checkpoint (torch.save >= 1.6 writes a zip)",
-                          offset=0, field="magic")
-    raise FormatError("no zip end-of-central-directory record at the end: truncated, or not a zip-format "
-                      "PyTorch checkpoint", offset=len(buf), field="end of central directory")
+        return FormatError("a bare pickle, not a zip-format PyTorch checkpoint (torch.save >= 1.6 writes a zip)",
+                           offset=0, field="magic")
+    return FormatError(f"no zip end-of-central-directory record in the last {min(size, EOCD.size + MAX_COMMENT)} "
+                       "bytes: truncated, or not a zip-format PyTorch checkpoint", offset=size,
+                       field="end of central directory")
 
 
 def _directory_bounds(buf: memoryview, eocd_pos: int) -> tuple[int, int, int]:
@@ -547,6 +553,16 @@ def _is_int_tuple(v: object) -> bool:
     return isinstance(v, tuple) and len(v) <= MAX_NDIM and all(_is_int(x) for x in v)
 
 
+def _allowed_global(module: str, name: str) -> bool:
+    return (module == "torch" and name in STORAGE_DTYPE) or (module, name) in (REBUILD_TENSOR, ORDERED_DICT)
+
+
+def _global_refused(module: str, name: str, field: str) -> FormatError:
+    return FormatError(f"global {module}.{name} is not allowed: a checkpoint may name only "
+                       f"{'.'.join(REBUILD_TENSOR)}, {'/'.join(f'torch.{s}' for s in STORAGE_DTYPE)} and "
+                       f"{'.'.join(ORDERED_DICT)}", field=field)
+
+
 class _Unpickler(pickle.Unpickler):
     """Knows the globals of a state dict only, each as an inert local stand-in; imports nothing."""
 
@@ -562,9 +578,7 @@ class _Unpickler(pickle.Unpickler):
             return _Global(_rebuild_tensor_v2)
         if (module, name) == ORDERED_DICT:
             return _Global(_new_state_dict)
-        raise FormatError(f"global {module}.{name} is not allowed: a checkpoint may name only "
-                          f"{'.'.join(REBUILD_TENSOR)}, {'/'.join(f'torch.{s}' for s in STORAGE_DTYPE)} and "
-                          f"{'.'.join(ORDERED_DICT)}", field=self.field)
+        raise _global_refused(module, name, self.field)
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -582,7 +596,8 @@ class _Unpickler(pickle.Unpickler):
 
 
 def check_opcodes(data: bytes, field: str) -> None:
-    """Refuse any opcode outside ALLOWED_OPCODES, and memo indices that would make the unpickler allocate.
+    """Refuse any opcode outside ALLOWED_OPCODES, any global but ours, and memo indices that would make the
+    unpickler allocate. The first refused thing in stream order is the one named.
 
     The C unpickler sizes its memo table by the largest index a PUT names, so a PUT of 2**31 would
     allocate and clear 16 GiB; indices are bounded by the number of opcodes instead.
@@ -595,6 +610,8 @@ def check_opcodes(data: bytes, field: str) -> None:
             if op.name not in ALLOWED_OPCODES:
                 raise FormatError(f"pickle opcode {op.name} at byte {pos} is not one torch.save writes for a "
                                   "state dict", field=field)
+            if op.name == "GLOBAL" and not _allowed_global(*(str(arg).split(" ", 1) + [""])[:2]):
+                raise _global_refused(*(str(arg).split(" ", 1) + [""])[:2], field)
             if op.name.endswith("PUT") and not 0 <= arg <= n_ops:
                 raise FormatError(f"memo index {arg} at byte {pos} is larger than the {n_ops} opcodes before it",
                                   field=field)
