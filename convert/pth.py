@@ -299,15 +299,15 @@ def _central_entry(buf: memoryview, pos: int, end: int) -> tuple[_Member, int]:
     extra = bytes(buf[pos + CENTRAL.size + name_len : pos + CENTRAL.size + name_len + extra_len])
     wanted = [v == ZIP64_MARK32 for v in (usize, csize, header_offset)] + [disk == ZIP64_MARK16]
     values = _zip64_extra(extra, wanted, where)
-    usize, csize, header_offset = (v if v is not None else d for v, d in zip(values, (usize, csize, header_offset),
-                                                                          strict=False))
+    usize, csize, header_offset, disk = (d if v is None else v for v, d in zip(values, (usize, csize, header_offset,
+                                                                                     disk), strict=True))
     where["field"] = f"record {name!r}"
     if flags & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION):
         raise FormatError("record is encrypted", **where)
     if method != METHOD_STORED or csize != usize:
         raise FormatError(f"record is compressed (method {method}, {csize} bytes for {usize}); torch.save stores "
                           "records uncompressed, so they can be memory-mapped", **where)
-    if disk not in (0, ZIP64_MARK16):
+    if disk != 0:
         raise FormatError(f"record on disk {disk}", **where)
     return _Member(name, header_offset, usize, crc, flags, any(wanted), pos), after
 
@@ -412,24 +412,29 @@ def _local_sizes(extra: bytes, crc: int, csize: int, usize: int, where: dict[str
 def _check_descriptor(buf: memoryview, m: _Member, pos: int, cd_offset: int) -> int:
     """Check the data descriptor after record `m`'s data; return where it ends.
 
-    It is an optional signature, the CRC, then both sizes: 4 bytes each, or 8 for a zip64 record.
+    It is an optional signature, the CRC, then both sizes: 4 bytes each, or 8 (zip64; either is accepted).
 
     Raises:
         FormatError: missing, or its CRC or sizes differ from the central directory's.
     """
-    width = 8 if m.zip64 else 4
     start = pos + (4 if bytes(buf[pos : pos + 4]) == DESCRIPTOR_SIG else 0)
-    end = start + 4 + 2 * width
     where = {"offset": pos, "field": f"data descriptor of {m.name!r}"}
-    if end > cd_offset:
-        raise FormatError(f"need {end - pos} bytes before the central directory at {cd_offset:#x}", **where)
-    crc = int.from_bytes(buf[start : start + 4], "little")
-    csize = int.from_bytes(buf[start + 4 : start + 4 + width], "little")
-    usize = int.from_bytes(buf[start + 4 + width : end], "little")
-    if (crc, csize, usize) != (m.crc, m.size, m.size):
-        raise FormatError(f"CRC {crc:#x}, sizes {csize}/{usize} differ from the central directory's CRC "
-                          f"{m.crc:#x}, size {m.size}", **where)
-    return end
+    found = None
+    for width in (8, 4) if m.zip64 else (4, 8):  # writers differ on when they use 8-byte sizes; both must agree
+        end = start + 4 + 2 * width
+        if end > cd_offset:
+            continue
+        values = tuple(int.from_bytes(buf[a : a + n], "little")
+                       for a, n in ((start, 4), (start + 4, width), (start + 4 + width, width)))
+        if values == (m.crc, m.size, m.size):
+            return end
+        found = found or values  # the message shows the layout this record should have used
+    if found is None:
+        raise FormatError(f"need {start + 12 - pos} bytes or more before the central directory at "
+                          f"{cd_offset:#x}", **where)
+    crc, csize, usize = found
+    raise FormatError(f"CRC {crc:#x}, sizes {csize}/{usize} differ from the central directory's CRC "
+                      f"{m.crc:#x}, size {m.size}", **where)
 
 
 def _data_offset(buf: memoryview, m: _Member) -> int:

@@ -93,7 +93,8 @@ def test_module_state_dict_with_metadata(tmp_path: Path) -> None:
 def test_non_contiguous_views_are_refused(tmp_path: Path) -> None:
     big = _random((4, 6), torch.float32, 0)
     torch.save({"ok": big, "cols": big[:, 1:3]}, tmp_path / "m.pth")
-    with pytest.raises(FormatError, match=r"m\.pth: tensor 'cols': stride \[6, 1\] for size \[4, 2\] is not contiguous"):
+    with pytest.raises(FormatError, match=r"m\.pth: tensor 'cols': stride \[6, 1\] for size \[4, 2\] is not "
+                                          r"contiguous"):
         open_checkpoint(tmp_path / "m.pth")
     torch.save({"t": big.t()}, tmp_path / "t.pth")
     with pytest.raises(FormatError, match="not contiguous"):
@@ -119,6 +120,27 @@ def test_property_any_state_dict_reads_as_torch_loads_it(tmp_path_factory, state
     path = tmp_path_factory.mktemp("p") / "c.pth"
     torch.save(state, path)
     assert_same_as_torch(path)
+
+
+@given(dtype=st.sampled_from(sorted(TORCH_DTYPES)), n_shards=st.integers(1, 4), rows=st.integers(0, 3),
+       cols=st.integers(1, 3), axis=st.sampled_from([0, 1, None]), out=st.sampled_from(["<f2", "<f4"]))
+def test_property_shards_concatenate_and_cast_as_torch_does(tmp_path_factory, dtype, n_shards, rows, cols, axis,
+                                                             out) -> None:
+    """cat_shards equals torch.cat of the shards; Shard.rows equals torch's Tensor.to of the rows."""
+    from convert.checkpoint import Shard, cat_shards
+
+    d = tmp_path_factory.mktemp("s")
+    full = _random((rows * n_shards, cols * n_shards), TORCH_DTYPES[dtype], rows + 7 * cols)
+    pieces = [full] * n_shards if axis is None else torch.tensor_split(full, n_shards, dim=axis)
+    paths = [d / f"consolidated.{k:02d}.pth" for k in range(n_shards)]
+    for path, piece in zip(paths, pieces, strict=True):
+        torch.save({"w": piece.clone(), "n": full[0].clone() if rows else torch.ones(2)}, path)
+    want = full.float() if axis is not None else pieces[0].float()
+    assert np.array_equal(cat_shards(paths, {"w": axis})["w"].astype(np.float32), want.numpy())
+    target = torch.float16 if out == "<f2" else torch.float32
+    with Shard(paths[-1]) as shard:
+        got = shard.rows("w", 0, pieces[-1].shape[0], np.dtype(out))
+        assert got.tobytes() == torch_bytes(pieces[-1].to(target))
 
 
 # ---------------------------------------------------------------- casts, against torch
