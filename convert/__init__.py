@@ -1,6 +1,7 @@
 """convert-model: Meta LLaMA consolidated.NN.pth shards -> one aligned ggjt v1 file (FORMATS.md §7).
 
-Importing this package does not import torch or sentencepiece; converting does.
+Nothing here imports torch; importing this package does not import sentencepiece either (reading the
+tokenizer does).
 """
 
 from .convert import ConversionPlan, TensorEntry, convert_checkpoint, plan_conversion, write_conversion

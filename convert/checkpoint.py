@@ -1,8 +1,7 @@
 """Meta consolidated.NN.pth shards: find them, open them safely one at a time, read rows in bounded chunks.
 
-The only module that imports torch, lazily (so `convert-model --help` and params checks stay fast).
-Every load is `torch.load(path, map_location="cpu", weights_only=True, mmap=True)`: no code in a
-pickle runs, and tensor data stays in the page cache (file-backed pages, not private memory).
+Shards are read by convert.pth (our zip reader and restricted unpickler, no torch): no code in a
+pickle runs, and tensor data stays in the page cache (views of a read-only map of each file).
 """
 
 from __future__ import annotations
@@ -14,24 +13,22 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ggmlfmt.errors import FormatError
 
-from .pthcheck import check_storage_bounds
-
-if TYPE_CHECKING:
-    import torch
+from .pth import Checkpoint, bf16_to_f16, bf16_to_f32, f32_to_f16, open_checkpoint
+from .pthwrite import BF16, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 SHARD_GLOB = "consolidated.*.pth"
 _SHARD_NAME = re.compile(r"consolidated\.(\d{2,})\.pth")
 MAX_SHARDS = 64  # Meta's largest LLaMA-1 has 8; more is a wrong directory, not a checkpoint
-DIGEST_CHUNK = 1 << 20  # elements hashed per step
-FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")  # what a cast to f16/f32 makes sense from
+DIGEST_CHUNK = 1 << 20  # bytes hashed per step
+FLOAT_DTYPES = ("float16", "bfloat16", "float32")  # every dtype convert.pth reads; all cast to f16/f32
 
 
 def find_shards(model_dir: str | os.PathLike[str]) -> list[Path]:
@@ -59,63 +56,13 @@ def find_shards(model_dir: str | os.PathLike[str]) -> list[Path]:
     return [numbered[k] for k in range(len(numbered))]
 
 
-def _torch() -> Any:
-    import torch
-
-    return torch
-
-
-def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Open one shard without running code from it: tensors are views of a private read-only map.
-
-    Raises:
-        FormatError: not a zip-format checkpoint, a pickle that would run code or load other objects,
-            or not a mapping of names to tensors. OSError: the file cannot be read.
-    """
-    torch = _torch()
-    path = os.fspath(path)
-    check_storage_bounds(path)  # mmap=True trusts the pickle's sizes; see pthcheck
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except OSError:
-        raise
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ValueError... for hostile files
-        raise FormatError(f"refused to load: {_first_line(e)}", path=path) from None
-    return _check_state_dict(obj, path)
-
-
-def _first_line(e: BaseException) -> str:
-    """The informative line of a torch.load error (weights_only's first paragraph is boilerplate)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    if lines and lines[0].startswith("Weights only load failed") and len(lines) > 1:
-        return f"{type(e).__name__}: weights_only refused it: {lines[1][:300]}"
-    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
-
-
-def _check_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
-    """The loaded object as a name -> tensor dict.
-
-    Raises:
-        FormatError: it is not a mapping of str to tensors.
-    """
-    torch = _torch()
-    if not isinstance(obj, Mapping):
-        raise FormatError(f"expected a state dict (name -> tensor), found {type(obj).__name__}", path=path)
-    for name, value in obj.items():
-        if not isinstance(name, str):
-            raise FormatError(f"expected tensor names, found key {name!r}", path=path)
-        if not isinstance(value, torch.Tensor):
-            raise FormatError(f"expected a tensor, found {type(value).__name__}", path=path, field=f"tensor {name!r}")
-    return dict(obj)
-
-
 @dataclass(frozen=True, slots=True)
 class TensorMeta:
     """What the checks need of one shard tensor, without keeping its data."""
 
     name: str
     shape: tuple[int, ...]
-    dtype: str  # torch dtype name without "torch.", e.g. "float16"
+    dtype: str  # "float16", "bfloat16" or "float32"
     digest: bytes | None  # sha256 of the data of 1-D tensors (replicated ones must agree across shards)
 
 
@@ -123,36 +70,35 @@ def describe_shard(path: str | os.PathLike[str]) -> list[TensorMeta]:
     """Names, shapes and dtypes of a shard in key order, plus a digest of each 1-D tensor.
 
     Raises:
-        FormatError, OSError: as load_state_dict.
+        FormatError: not a checkpoint convert.pth reads (names the file and the field).
+        OSError: the file cannot be read.
     """
-    state = load_state_dict(path)
-    return [_meta(name, t) for name, t in state.items()]
+    with open_checkpoint(path) as ck:
+        return [_meta(ck, t.name) for t in ck.tensors.values()]
 
 
-def _meta(name: str, t: torch.Tensor) -> TensorMeta:
-    dtype = str(t.dtype).removeprefix("torch.")
-    digest = _digest(t) if t.dim() == 1 else None  # a hash: the check need not hold two shards at once
-    return TensorMeta(name, tuple(int(n) for n in t.shape), dtype, digest)
+def _meta(ck: Checkpoint, name: str) -> TensorMeta:
+    t = ck.tensors[name]
+    digest = _digest(ck.array(name)) if len(t.shape) == 1 else None  # a hash: no need to hold two shards at once
+    return TensorMeta(name, t.shape, t.dtype, digest)
 
 
-def _digest(t: torch.Tensor) -> bytes:
-    """sha256 of a 1-D tensor's bytes, copied a bounded chunk at a time (its strides may be anything)."""
+def _digest(a: np.ndarray) -> bytes:
+    """sha256 of a contiguous tensor's bytes, a bounded chunk at a time (the pages stay file-backed)."""
     h = hashlib.sha256()
-    for start in range(0, t.numel(), DIGEST_CHUNK):
-        h.update(t[start : start + DIGEST_CHUNK].contiguous().view(_torch().uint8).numpy())
+    raw = a.reshape(-1).view(np.uint8)
+    for start in range(0, raw.size, DIGEST_CHUNK):
+        h.update(raw[start : start + DIGEST_CHUNK])
     return h.digest()
 
 
-_NP_TO_TORCH = {np.dtype("<f4"): "float32", np.dtype("<f2"): "float16"}
-
-
 class Shard:
-    """One loaded shard; rows of its tensors come out cast to the output dtype, a bounded chunk at a time."""
+    """One opened shard; rows of its tensors come out cast to the output dtype, a bounded chunk at a time."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self._tensors = load_state_dict(path)
-        self._scratch: dict[Any, torch.Tensor] = {}  # output dtype -> reused cast buffer
+        self._ck = open_checkpoint(path)
+        self._scratch: dict[str, np.ndarray] = {}  # numpy dtype str -> reused cast buffer
 
     def rows(self, name: str, start: int, stop: int, dtype: np.dtype) -> np.ndarray:
         """Rows [start, stop) of `name` (a 1-D tensor counts as one row), as a C-contiguous array of `dtype`.
@@ -160,25 +106,33 @@ class Shard:
         Without a cast this is a view of the mapped file. With one, it is a view of a buffer reused
         by the next call (one allocation per shard instead of one per chunk: the allocator would
         otherwise keep several chunks' worth of freed memory), so consume it before calling again.
+        Casts round as torch's Tensor.to does (docs/format.md §10.5).
         """
-        t = self._tensors[name]
-        chunk = (t.reshape(1, -1) if t.dim() == 1 else t)[start:stop]
-        target = getattr(_torch(), _NP_TO_TORCH[np.dtype(dtype)])
-        if chunk.dtype == target and chunk.is_contiguous():
-            return chunk.numpy()
-        out = self._buffer(target, chunk.numel()).view(chunk.shape)
-        out.copy_(chunk)
-        return out.numpy()
+        t = self._ck.tensors[name]
+        a = self._ck.array(name)
+        chunk = (a.reshape(1, -1) if a.ndim == 1 else a)[start:stop]
+        target = np.dtype(dtype).newbyteorder("<")
+        if t.dtype != "bfloat16" and chunk.dtype == target:
+            return chunk
+        out = self._buffer(target, chunk.size).reshape(chunk.shape)
+        if t.dtype == "bfloat16" and target == np.dtype("<f4"):
+            return bf16_to_f32(chunk, out)
+        if t.dtype == "bfloat16":
+            return bf16_to_f16(chunk, out, scratch=self._buffer(np.dtype("<f4"), chunk.size))
+        if target == np.dtype("<f2"):
+            return f32_to_f16(chunk, out)
+        out[...] = chunk  # f16 -> f32: exact
+        return out
 
-    def _buffer(self, dtype: Any, numel: int) -> torch.Tensor:
-        buf = self._scratch.get(dtype)
-        if buf is None or buf.numel() < numel:
-            buf = self._scratch[dtype] = _torch().empty(numel, dtype=dtype)
+    def _buffer(self, dtype: np.dtype, numel: int) -> np.ndarray:
+        buf = self._scratch.get(dtype.str)
+        if buf is None or buf.size < numel:
+            buf = self._scratch[dtype.str] = np.empty(numel, dtype)
         return buf[:numel]
 
     def close(self) -> None:
-        """Drop the tensors and buffers (the map goes away once no array handed out refers to it)."""
-        self._tensors = {}
+        """Drop the map and buffers (the map goes away once no array handed out refers to it)."""
+        self._ck.close()
         self._scratch = {}
 
     def __enter__(self) -> Shard:
@@ -198,23 +152,31 @@ def iter_row_chunks(n_rows: int, row_bytes: int, chunk_bytes: int) -> Iterator[t
 # ------------------------------------------------------------------ building checkpoints (demo, tests, bench)
 
 
-def save_shard(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray]) -> None:
-    """Write arrays as a Meta-style shard (torch.save of an ordered name -> tensor dict, in the given order)."""
-    torch = _torch()
-    torch.save({name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in tensors.items()}, os.fspath(path))
+def save_shard(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray | BF16]) -> None:
+    """Write arrays as a Meta-style shard (what torch.save of an ordered name -> tensor dict writes)."""
+    save_checkpoint(path, tensors)
 
 
 def cat_shards(paths: list[Path], axes: Mapping[str, int | None]) -> dict[str, np.ndarray]:
-    """torch.cat of each named tensor over the shards along its axis (None: shard 0's copy), as numpy copies.
+    """Each named tensor concatenated over the shards along its axis (None: shard 0's copy), as numpy copies.
 
-    Loads every shard at once: for small checkpoints (demo, tests), not for real models.
+    bf16 comes back as float32 (exact). Opens every shard at once: for small checkpoints (demo, tests).
+
+    Raises:
+        FormatError, OSError: as convert.pth.open_checkpoint.
     """
-    torch = _torch()
-    shards = [load_state_dict(p) for p in paths]
-    out = {}
-    for name, axis in axes.items():
-        full = shards[0][name] if axis is None else torch.cat([s[name] for s in shards], dim=axis)
-        if full.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
-            full = full.float()
-        out[name] = full.numpy().copy()
-    return out
+    shards = [open_checkpoint(p) for p in paths]
+    try:
+        out = {}
+        for name, axis in axes.items():
+            parts = [_as_float(s, name) for s in (shards[:1] if axis is None else shards)]
+            out[name] = parts[0].copy() if axis is None else np.concatenate(parts, axis=axis)
+        return out
+    finally:
+        for s in shards:
+            s.close()
+
+
+def _as_float(ck: Checkpoint, name: str) -> np.ndarray:
+    a = ck.array(name)
+    return bf16_to_f32(a) if ck.tensors[name].dtype == "bfloat16" else a

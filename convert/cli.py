@@ -118,7 +118,7 @@ def render_plan(cp: ConversionPlan, out_exists: bool) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo  # builds checkpoints with torch: only when asked
+    from .demo import run_demo  # trains a tokenizer and builds shards: only when asked
 
     root = Path(args.demo) if args.demo else Path(tempfile.mkdtemp(prefix="convert-model-demo-"))
     report = run_demo(root, force=args.force)

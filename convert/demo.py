@@ -1,8 +1,8 @@
 """A tiny Meta-layout checkpoint, built, converted and checked in a few seconds (`convert-model --demo`).
 
 The builders here are also what the tests and the benchmark use to make checkpoints: random
-weights in Meta's key order (with rope.freqs), split into shards, saved with torch, plus a small
-SentencePiece tokenizer with byte fallback.
+weights in Meta's key order (with rope.freqs), split into shards, saved as torch.save would save
+them (convert.pthwrite: no torch), plus a small SentencePiece tokenizer with byte fallback.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class DemoReport:
     n_vocab: int
     tokens: tuple[bytes, ...]  # the first few, as stored
     tensors: tuple[tuple[str, tuple[int, ...], str], ...]  # name, shape, type
-    mismatched: tuple[str, ...]  # tensors that differ from torch.cat of the shards
+    mismatched: tuple[str, ...]  # tensors that differ from the shards concatenated (what torch.cat gives)
     file_size: int
     wall_s: float
     peak_rss_kib: int

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import pickle
+import re
+import struct
+import subprocess
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -69,98 +74,110 @@ def test_broken_params_json(tmp_path: Path, text: str, message: str) -> None:
         plan_conversion(ck.model_dir)
 
 
-MARKER_ENV = "CONVERT_TEST_MARKER"
-
-
 class RunsCode:
-    """Unpickling this runs os.system: what a malicious checkpoint does."""
+    """Unpickling this calls `func(*args)`: what a malicious checkpoint does (os.system pickles as posix.system)."""
 
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.func, self.args = func, args
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return os.system, (f"touch {self.marker}",)
+        return self.func, self.args
+
+
+def _evil(name: str, marker: Path) -> RunsCode:
+    return {"os.system": RunsCode(os.system, f"touch {marker}"),
+            "builtins.eval": RunsCode(builtins.eval, f"open({str(marker)!r}, 'w')"),
+            "subprocess.Popen": RunsCode(subprocess.Popen, ["touch", str(marker)])}[name]
+
+
+GLOBAL_NAMES = {"os.system": r"(posix|os)\.system", "builtins.eval": r"(__builtin__|builtins)\.eval",
+                "subprocess.Popen": r"(commands|subprocess)\.Popen"}  # protocol 2 writes Python 2's names
 
 
 def _tensors(shard: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v) for k, v in shard.items()}
 
 
+def _cli_refuses(ck: Any, capsys: pytest.CaptureFixture, pattern: str) -> str:
+    """convert-model on the checkpoint: exit status 1, one stderr line matching `pattern`, no output file."""
+    assert main([str(ck.model_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("convert-model: error: "), err
+    assert re.search(pattern, err), err
+    assert sorted(p.name for p in ck.model_dir.iterdir() if "ggml-model" in p.name) == []  # nor a temp file
+    return err
+
+
 def test_params_are_checked_before_any_shard_is_opened(tmp_path: Path) -> None:
     ck = build(tmp_path, 2)
     marker = tmp_path / "pwned"
-    torch.save({"tok_embeddings.weight": RunsCode(marker)}, ck.paths[0])
+    torch.save({"tok_embeddings.weight": _evil("os.system", marker)}, ck.paths[0])
     (ck.model_dir / "params.json").write_text(json.dumps({**GOOD, "dim": -1}))
     with pytest.raises(FormatError, match="params.json: dim"):
         convert_checkpoint(ck.model_dir)
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("func", sorted(GLOBAL_NAMES))
 @pytest.mark.parametrize("where", ["whole object", "inside the state dict"])
-def test_a_pickle_that_runs_code_is_refused_and_does_not_run(tmp_path: Path, where: str) -> None:
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_pickle_that_runs_code_is_refused_and_does_not_run(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                             func: str, where: str, protocol: int) -> None:
     ck = build(tmp_path, 2)
     marker = tmp_path / "pwned"
-    evil = RunsCode(marker)
-    torch.save(evil if where == "whole object" else {**_tensors(ck.shards[1]), "x": evil}, ck.paths[1])
-    with pytest.raises(FormatError, match=r"consolidated\.01\.pth: refused to load: UnpicklingError"):
-        convert_checkpoint(ck.model_dir)
-    assert not marker.exists()
-    assert not (ck.model_dir / "ggml-model-f16.bin").exists()
-    pickle.loads(pickle.dumps(0))  # (pickle itself still works; only torch.load refused)
-
-
-def test_weights_only_refuses_it_even_without_our_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import convert.checkpoint
-
-    monkeypatch.setattr(convert.checkpoint, "check_storage_bounds", lambda path: None)
-    ck = build(tmp_path, 2)
-    marker = tmp_path / "pwned"
-    torch.save({**_tensors(ck.shards[0]), "x": RunsCode(marker)}, ck.paths[0])
-    with pytest.raises(FormatError, match=r"consolidated\.00\.pth: refused to load: UnpicklingError: weights_only "
-                                          r"refused it: .*GLOBAL (posix|os)\.system"):
-        plan_conversion(ck.model_dir)
-    assert not marker.exists()
-
-
-def test_malicious_shard_via_cli_is_one_line_and_runs_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    ck = build(tmp_path, 1)
-    marker = tmp_path / "pwned"
-    torch.save(RunsCode(marker), ck.paths[0])
-    assert main([str(ck.model_dir)]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "consolidated.00.pth: refused to load" in err
+    evil = _evil(func, marker)
+    pickle.loads(pickle.dumps(_evil(func, tmp_path / "proof")))  # the payload works when unpickled for real
+    for _ in range(50):
+        if (tmp_path / "proof").exists():
+            break
+        time.sleep(0.05)  # Popen runs touch in the background
+    assert (tmp_path / "proof").exists()
+    torch.save(evil if where == "whole object" else {**_tensors(ck.shards[1]), "x": evil}, ck.paths[1],
+               pickle_protocol=protocol)
+    _cli_refuses(ck, capsys, r"consolidated\.01\.pth: record 'consolidated\.01/data\.pkl': global "
+                             f"{GLOBAL_NAMES[func]} is not allowed")
+    time.sleep(0.1)
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"", "refused to load"),
-    (b"PK\x03\x04 not really a zip", "refused to load"),
-    (b"\x80\x02}q\x00.", "refused to load"),  # a legacy (non-zip) pickle: cannot be memory-mapped
+    (b"", "no zip end-of-central-directory record in the last 0 bytes"),
+    (b"PK\x03\x04 not really a zip", "no zip end-of-central-directory record"),
+    (b"\x80\x02}q\x00.", "a bare pickle, not a zip-format PyTorch checkpoint"),
 ])
 def test_garbage_shards_are_format_errors(tmp_path: Path, content: bytes, message: str) -> None:
     ck = build(tmp_path, 2)
     ck.paths[1].write_bytes(content)
-    with pytest.raises(FormatError, match=f"consolidated.01.pth: {message}"):
+    with pytest.raises(FormatError, match=f"consolidated.01.pth: .*{_re(message)}"):
         plan_conversion(ck.model_dir)
 
 
-def test_truncated_shard_is_a_format_error(tmp_path: Path) -> None:
+def test_truncated_shard(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ck = build(tmp_path, 2)
     data = ck.paths[0].read_bytes()
     ck.paths[0].write_bytes(data[: len(data) // 2])
-    with pytest.raises(FormatError, match="consolidated.00.pth: refused to load"):
-        plan_conversion(ck.model_dir)
+    _cli_refuses(ck, capsys, r"consolidated\.00\.pth: offset 0x[0-9a-f]+: end of central directory: no zip "
+                             "end-of-central-directory record")
+
+
+def test_legacy_torch_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ck = build(tmp_path, 1)
+    torch.save(_tensors(ck.shards[0]), ck.paths[0], _use_new_zipfile_serialization=False)
+    _cli_refuses(ck, capsys, r"consolidated\.00\.pth: offset 0x0: magic: legacy \(pre-1\.6\) torch\.save format, "
+                             "not a zip archive; re-save it")
 
 
 @pytest.mark.parametrize("obj, message", [
-    ([1, 2, 3], "expected a state dict"),
-    ({"a": 1}, "tensor 'a': expected a tensor, found int"),
+    ((1, 2, 3), "expected a state dict (name -> tensor), found tuple"),
+    ([1, 2, 3], "pickle opcode EMPTY_LIST at byte 2 is not one torch.save writes"),
+    ({"a": 1, "b": 2}, "expected a tensor, found int"),
     ({1: torch.zeros(2)}, "expected tensor names"),
 ])
 def test_shard_that_is_not_a_state_dict(tmp_path: Path, obj: Any, message: str) -> None:
     ck = build(tmp_path, 1)
     torch.save(obj, ck.paths[0])
-    with pytest.raises(FormatError, match=f"consolidated.00.pth: {_re(message)}"):
+    field = "tensor 'a'" if "tensor, found" in message else "record 'consolidated.00/data.pkl'"
+    with pytest.raises(FormatError, match=rf"consolidated\.00\.pth: {_re(field)}: {_re(message)}"):
         plan_conversion(ck.model_dir)
 
 
@@ -220,7 +237,7 @@ def test_replicated_tensor_that_differs_between_shards(tmp_path: Path) -> None:
 def test_integer_or_3d_tensors_are_refused(tmp_path: Path) -> None:
     ck = build(tmp_path, 1)
     _resave(ck.paths[0], ck.shards[0], norm__weight=torch.zeros(64, dtype=torch.int32))
-    with pytest.raises(FormatError, match=r"tensor 'norm\.weight': expected floating-point data"):
+    with pytest.raises(FormatError, match=r"global torch\.IntStorage is not allowed"):
         plan_conversion(ck.model_dir)
     _resave(ck.paths[0], ck.shards[0], norm__weight=torch.zeros(4, 4, 4))
     with pytest.raises(FormatError, match=r"tensor 'norm\.weight': expected 1 or 2 dimensions"):
@@ -266,22 +283,18 @@ def _rewrite_zip(src: Path, change: Any, compress: int = zipfile.ZIP_STORED) -> 
             z.writestr(n, data)
 
 
-def test_storage_larger_than_its_record_is_refused_before_torch_maps_it(tmp_path: Path) -> None:
-    """torch.load(mmap=True) does not compare a storage with its record: it would read the next records."""
+def test_storage_larger_than_its_record(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ck = build(tmp_path, 1)
 
     def shorten(entries: dict[str, bytes]) -> None:
         entries["consolidated.00/data/0"] = entries["consolidated.00/data/0"][:2]
 
     _rewrite_zip(ck.paths[0], shorten)
-    with pytest.raises(FormatError, match=r"consolidated\.00\.pth: record 'consolidated\.00/data/0': refused to "
-                                          r"load: the pickle claims 40,960 bytes, the record holds 2"):
-        convert_checkpoint(ck.model_dir)
-    assert not (ck.model_dir / "ggml-model-f16.bin").exists()
+    _cli_refuses(ck, capsys, r"consolidated\.00\.pth: tensor 'tok_embeddings\.weight': storage '0' claims 20,480 x 2 "
+                             r"bytes, its record 'consolidated\.00/data/0' holds 2")
 
 
-def test_last_storage_past_the_end_of_the_file_is_refused(tmp_path: Path) -> None:
-    """The same lie on the last record would fault (SIGBUS) when the mapped pages past EOF are read."""
+def test_last_storage_past_the_end_of_its_record(tmp_path: Path) -> None:
     ck = build(tmp_path, 1)
     last = max(int(n.rsplit("/", 1)[1]) for n in _names(ck.paths[0]) if "/data/" in n and n[-1].isdigit())
 
@@ -289,7 +302,7 @@ def test_last_storage_past_the_end_of_the_file_is_refused(tmp_path: Path) -> Non
         entries[f"consolidated.00/data/{last}"] = b""
 
     _rewrite_zip(ck.paths[0], shorten)
-    with pytest.raises(FormatError, match="refused to load: the pickle claims"):
+    with pytest.raises(FormatError, match=f"storage '{last}' claims .* holds 0"):
         plan_conversion(ck.model_dir)
 
 
@@ -298,20 +311,71 @@ def _names(path: Path) -> list[str]:
         return z.namelist()
 
 
-def test_compressed_storage_records_are_refused(tmp_path: Path) -> None:
+def _patch_pickle(path: Path, old: bytes, new: bytes) -> None:
+    """Replace bytes in the shard's data.pkl (the first occurrence), rewriting the zip with fresh CRCs."""
+    def change(entries: dict[str, bytes]) -> None:
+        pkl = next(n for n in entries if n.endswith("/data.pkl"))
+        assert old in entries[pkl], (old, entries[pkl][:200])
+        entries[pkl] = entries[pkl].replace(old, new, 1)
+
+    _rewrite_zip(path, change)
+
+
+def _pickled_int(n: int) -> bytes:
+    """How a protocol-2 pickle writes a non-negative int (BININT1, BININT2, BININT or LONG1)."""
+    return pickle.dumps(n, protocol=2)[2:-1]
+
+
+def test_strides_reaching_past_the_storage(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ck = build(tmp_path, 1)  # tok_embeddings.weight: size (320, 64), stride (64, 1), 20,480 elements
+    size, stride = _pickled_int(320) + _pickled_int(64) + b"\x86", _pickled_int(64) + _pickled_int(1) + b"\x86"
+    _patch_pickle(ck.paths[0], size + stride, size + _pickled_int(65) + _pickled_int(1) + b"\x86")
+    _cli_refuses(ck, capsys, r"tensor 'tok_embeddings\.weight': size \[320, 64\], stride \[65, 1\] from offset 0 "
+                             r"reach element 20,798 of a 20,480-element storage '0'")
+
+
+def test_huge_numel(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ck = build(tmp_path, 1)
+    cpu = b"X" + struct.pack("<I", 3) + b"cpu"
+    _patch_pickle(ck.paths[0], cpu + _pickled_int(20480) + b"tQ", cpu + _pickled_int(1 << 62) + b"tQ")
+    _cli_refuses(ck, capsys, r"tensor 'tok_embeddings\.weight': storage '0' claims 4,611,686,018,427,387,904 x 2 bytes")
+
+
+def test_compressed_storage_records_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ck = build(tmp_path, 1)
     _rewrite_zip(ck.paths[0], lambda entries: None, zipfile.ZIP_DEFLATED)
-    with pytest.raises(FormatError, match="a storage record is compressed"):
-        plan_conversion(ck.model_dir)
+    _cli_refuses(ck, capsys, r"consolidated\.00\.pth: offset 0x[0-9a-f]+: record 'consolidated\.00/data\.pkl': "
+                             r"record is compressed \(method 8")
 
 
-def test_pickle_with_a_foreign_global_is_refused_by_the_scan(tmp_path: Path) -> None:
+def _central_entry(data: bytes, name: bytes) -> int:
+    """Offset of the central directory entry for `name`, found by its signature and name field."""
+    pos = data.index(b"PK\x01\x02")
+    while data[pos + 46 : pos + 46 + len(name)] != name:
+        pos = data.index(b"PK\x01\x02", pos + 4)
+    return pos
+
+
+@pytest.mark.parametrize("writer", ["convert.pthwrite", "torch.save"])
+def test_central_directory_lying_about_sizes(tmp_path: Path, capsys: pytest.CaptureFixture, writer: str) -> None:
     ck = build(tmp_path, 1)
+    if writer == "torch.save":  # torch puts sizes in a data descriptor after the data, not in the local header
+        torch.save(_tensors(ck.shards[0]), ck.paths[0])
+    data = bytearray(ck.paths[0].read_bytes())
+    at = _central_entry(bytes(data), b"consolidated.00/data/1")
+    real = struct.unpack_from("<I", data, at + 24)[0]
+    struct.pack_into("<II", data, at + 20, real + 64, real + 64)  # compressed and uncompressed size
+    ck.paths[0].write_bytes(bytes(data))
+    what = "data descriptor" if writer == "torch.save" else "local header"  # (read 64 bytes too far: garbage)
+    found = r"\d+/\d+" if writer == "torch.save" else f"{real}/{real}"
+    _cli_refuses(ck, capsys, rf"consolidated\.00\.pth: offset 0x[0-9a-f]+: {what} of 'consolidated\.00/data/1': "
+                             rf"CRC 0x[0-9a-f]+, sizes {found} differ from the central directory's CRC "
+                             rf"0x[0-9a-f]+, size {real + 64}")
 
-    def swap(entries: dict[str, bytes]) -> None:
-        pkl = "consolidated.00/data.pkl"
-        entries[pkl] = entries[pkl].replace(b"collections\nOrderedDict", b"subprocess\nPopen")
 
-    _rewrite_zip(ck.paths[0], swap)
-    with pytest.raises(FormatError, match="refused to load: UnpicklingError: global 'subprocess.Popen' is not"):
+def test_pickle_with_a_foreign_global_is_refused(tmp_path: Path) -> None:
+    ck = build(tmp_path, 1)
+    _patch_pickle(ck.paths[0], b"collections\nOrderedDict", b"subprocess\nPopen")
+    with pytest.raises(FormatError, match=r"global subprocess\.Popen is not allowed: a checkpoint may name only "
+                                          r"torch\._utils\._rebuild_tensor_v2"):
         plan_conversion(ck.model_dir)

@@ -39,7 +39,7 @@ SHARED_RUNNER = "ggmlfmt.cli"  # every command's cli.py shares its runner and op
 
 # Third-party modules allowed in one place only (the lazy torch hand-off is the one documented exception).
 ONLY_IN = {
-    "torch": {"convert.checkpoint", "ggmlfmt.reader"},
+    "torch": {"ggmlfmt.reader"},  # convert.pth reads checkpoints natively
     "sentencepiece": {"convert.vocab"},
 }
 LAZY_ONLY = {("torch", "ggmlfmt.reader")}  # inside a function or under TYPE_CHECKING, never at import time
