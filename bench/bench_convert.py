@@ -6,10 +6,11 @@ tokenizer.model. With the page cache warm, time N interleaved runs (order altern
 
     cat consolidated.00.pth consolidated.01.pth > out                 (plain, as a user would)
     cat ... > out; fsync(out)                                         (the same durability as convert-model)
-    python -m convert.cli MODEL_DIR --outfile out --force --quiet     (a fresh process: imports torch)
+    python -m convert.cli MODEL_DIR --outfile out --force --quiet     (a fresh process, numpy only)
 
-and report medians and ratios. Separately, sample RssAnon (private memory) of the converter from
-/proc/PID/status every millisecond and compare its peak with a bare `python -c "import torch"`.
+and report medians and ratios, plus the start-up: `convert-model --help`, and a conversion of the
+tiny demo checkpoint. Separately, sample RssAnon (private memory) of the converter from
+/proc/PID/status every millisecond and compare its peak with a bare `python -c "import numpy"`.
 
     python bench/bench_convert.py --runs 5
 
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.checkpoint import save_shard
-from convert.demo import params_json
+from convert.demo import build_checkpoint, params_json
 from convert.params import Params
 from convert.vocab import train_tokenizer
 from ggmlfmt.parts import split_axis
@@ -51,7 +52,8 @@ class Result:
     cat_s: list[float]
     cat_fsync_s: list[float]
     convert_s: list[float]
-    import_torch_s: list[float]
+    help_s: list[float]
+    tiny_s: list[float]
     rss_anon_kib: int
     rss_file_kib: int
     baseline_anon_kib: int
@@ -104,6 +106,7 @@ def convert_cmd(model_dir: Path, out: Path) -> list[str]:
 
 
 def time_cat(paths: list[Path], out: Path, fsync: bool) -> float:
+    os.sync()  # untimed: no dirty pages of an earlier step are written back during this one
     start = time.perf_counter()
     with open(out, "wb") as f:
         subprocess.run(["cat", *map(str, paths)], stdout=f, check=True)
@@ -115,6 +118,7 @@ def time_cat(paths: list[Path], out: Path, fsync: bool) -> float:
 
 
 def time_convert(model_dir: Path, out: Path) -> float:
+    os.sync()
     start = time.perf_counter()
     subprocess.run(convert_cmd(model_dir, out), check=True, cwd=REPO)
     elapsed = time.perf_counter() - start
@@ -122,9 +126,9 @@ def time_convert(model_dir: Path, out: Path) -> float:
     return elapsed
 
 
-def time_import_torch() -> float:
+def time_help() -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    subprocess.run([sys.executable, "-m", "convert.cli", "--help"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
@@ -136,8 +140,8 @@ def peak_memory(model_dir: Path, out: Path) -> tuple[int, int]:
 
 
 def baseline_anon() -> int:
-    """RssAnon (KiB) of a bare `python -c "import torch"`, read by the process itself after the import."""
-    code = "import torch; print(open('/proc/self/status').read())"
+    """RssAnon (KiB) of a bare `python -c "import numpy"`, read by the process itself after the import."""
+    code = "import numpy; print(open('/proc/self/status').read())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return next(int(line.split()[1]) for line in out.splitlines() if line.startswith("RssAnon:"))
 
@@ -147,24 +151,26 @@ def run(workdir: Path, n_layers: int, runs: int, reuse: bool) -> Result:
     paths = sorted(model_dir.glob("consolidated.*.pth"))
     if not (reuse and len(paths) == N_SHARDS):
         model_dir, paths = build(workdir, n_layers)
+    tiny = build_checkpoint(workdir / "tiny-root")
     read_through(paths)
     out = workdir / "out.bin"
     time_cat(paths, out, True)  # warm-up, not measured
     time_convert(model_dir, out)
     os.sync()
     output_bytes = _output_size(model_dir, out)
-    cat_s, cat_fsync_s, convert_s, torch_s = [], [], [], []
+    cat_s, cat_fsync_s, convert_s, help_s, tiny_s = [], [], [], [], []
     for i in range(runs):  # interleaved, alternating order, so drift hits all alike
         steps = [lambda: cat_s.append(time_cat(paths, out, False)),
                  lambda: cat_fsync_s.append(time_cat(paths, out, True)),
                  lambda: convert_s.append(time_convert(model_dir, out)),
-                 lambda: torch_s.append(time_import_torch())]
+                 lambda: help_s.append(time_help()),
+                 lambda: tiny_s.append(time_convert(tiny, workdir / "tiny.bin"))]
         for step in steps if i % 2 == 0 else steps[::-1]:
             step()
             os.sync()  # quiesce: no step pays for the write-back of the one before
     anon, file = max(peak_memory(model_dir, out) for _ in range(3))
-    return Result([p.stat().st_size for p in paths], output_bytes, cat_s, cat_fsync_s, convert_s, torch_s, anon,
-                  file, baseline_anon())
+    return Result([p.stat().st_size for p in paths], output_bytes, cat_s, cat_fsync_s, convert_s, help_s, tiny_s,
+                  anon, file, baseline_anon())
 
 
 def _output_size(model_dir: Path, out: Path) -> int:
@@ -175,7 +181,8 @@ def _output_size(model_dir: Path, out: Path) -> int:
 
 
 def report(r: Result, n_layers: int, runs: int) -> str:
-    med = {k: statistics.median(getattr(r, k)) for k in ("cat_s", "cat_fsync_s", "convert_s", "import_torch_s")}
+    keys = ("cat_s", "cat_fsync_s", "convert_s", "help_s", "tiny_s")
+    med = {k: statistics.median(getattr(r, k)) for k in keys}
     mb = sum(r.shard_bytes) / 1e6
     lines = [
         f"13B-shaped slice: dim {DIM}, {N_HEADS} heads, {n_layers} layers, vocab {N_VOCAB}, {N_SHARDS} f16 shards "
@@ -188,14 +195,13 @@ def report(r: Result, n_layers: int, runs: int) -> str:
         f"| cat shards > out; fsync | {med['cat_fsync_s']:.3f} s | {mb / med['cat_fsync_s']:,.0f} | "
         f"{med['convert_s'] / med['cat_fsync_s']:.2f}x |",
         f"| convert-model (fsyncs) | {med['convert_s']:.3f} s | {mb / med['convert_s']:,.0f} | 1.00x |",
-        f"| python -c 'import torch' | {med['import_torch_s']:.3f} s | | |",
-        f"| convert-model minus the torch import | {med['convert_s'] - med['import_torch_s']:.3f} s | "
-        f"{mb / (med['convert_s'] - med['import_torch_s']):,.0f} | |", "",
-        f"Peak RssAnon of convert-model: {r.rss_anon_kib / 1024:.1f} MiB; bare `python -c \"import torch\"`: "
+        f"| convert-model --help (start-up) | {med['help_s']:.3f} s | | |",
+        f"| convert-model of the tiny demo checkpoint | {med['tiny_s']:.3f} s | | |", "",
+        f"Peak RssAnon of convert-model: {r.rss_anon_kib / 1024:.1f} MiB; bare `python -c \"import numpy\"`: "
         f"{r.baseline_anon_kib / 1024:.1f} MiB; difference {(r.rss_anon_kib - r.baseline_anon_kib) / 1024:+.1f} MiB. "
         f"Peak RssFile (page cache mapped from the shards, shared, not private): {r.rss_file_kib / 1024:,.0f} MiB.",
         "", "Raw times (s): " + json.dumps({k: [round(x, 3) for x in getattr(r, k)]
-                                           for k in ("cat_s", "cat_fsync_s", "convert_s", "import_torch_s")}),
+                                           for k in keys}),
     ]
     return "\n".join(lines)
 
@@ -224,10 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
-    import torch
-
     print(f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"torch {torch.__version__}, numpy {np.__version__}\n")
+          f"numpy {np.__version__}\n")
     print(report(result, args.layers, args.runs))
     if args.json:
         args.json.write_text(json.dumps(asdict(result), indent=2))

@@ -1,4 +1,4 @@
-"""Meta consolidated.NN.pth shards: find them, open them safely one at a time, read rows in bounded chunks.
+"""Meta consolidated.NN.pth shards: find them, and describe what each holds.
 
 Shards are read by convert.pth (our zip reader and restricted unpickler, no torch): no code in a
 pickle runs, and tensor data stays in the page cache (views of a read-only map of each file).
@@ -10,16 +10,16 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ggmlfmt.errors import FormatError
+from ggmlfmt.floats import bf16_to_f32
 
-from .pth import Checkpoint, bf16_to_f16, bf16_to_f32, f32_to_f16, open_checkpoint
+from .pth import Checkpoint, open_checkpoint
 from .pthwrite import BF16, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -90,63 +90,6 @@ def _digest(a: np.ndarray) -> bytes:
     for start in range(0, raw.size, DIGEST_CHUNK):
         h.update(raw[start : start + DIGEST_CHUNK])
     return h.digest()
-
-
-class Shard:
-    """One opened shard; rows of its tensors come out cast to the output dtype, a bounded chunk at a time."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        self._ck = open_checkpoint(path)
-        self._scratch: dict[str, np.ndarray] = {}  # numpy dtype str -> reused cast buffer
-
-    def rows(self, name: str, start: int, stop: int, dtype: np.dtype) -> np.ndarray:
-        """Rows [start, stop) of `name` (a 1-D tensor counts as one row), as a C-contiguous array of `dtype`.
-
-        Without a cast this is a view of the mapped file. With one, it is a view of a buffer reused
-        by the next call (one allocation per shard instead of one per chunk: the allocator would
-        otherwise keep several chunks' worth of freed memory), so consume it before calling again.
-        Casts round as torch's Tensor.to does (docs/format.md §10.5).
-        """
-        t = self._ck.tensors[name]
-        a = self._ck.array(name)
-        chunk = (a.reshape(1, -1) if a.ndim == 1 else a)[start:stop]
-        target = np.dtype(dtype).newbyteorder("<")
-        if t.dtype != "bfloat16" and chunk.dtype == target:
-            return chunk
-        out = self._buffer(target, chunk.size).reshape(chunk.shape)
-        if t.dtype == "bfloat16" and target == np.dtype("<f4"):
-            return bf16_to_f32(chunk, out)
-        if t.dtype == "bfloat16":
-            return bf16_to_f16(chunk, out, scratch=self._buffer(np.dtype("<f4"), chunk.size))
-        if target == np.dtype("<f2"):
-            return f32_to_f16(chunk, out)
-        out[...] = chunk  # f16 -> f32: exact
-        return out
-
-    def _buffer(self, dtype: np.dtype, numel: int) -> np.ndarray:
-        buf = self._scratch.get(dtype.str)
-        if buf is None or buf.size < numel:
-            buf = self._scratch[dtype.str] = np.empty(numel, dtype)
-        return buf[:numel]
-
-    def close(self) -> None:
-        """Drop the map and buffers (the map goes away once no array handed out refers to it)."""
-        self._ck.close()
-        self._scratch = {}
-
-    def __enter__(self) -> Shard:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-def iter_row_chunks(n_rows: int, row_bytes: int, chunk_bytes: int) -> Iterator[tuple[int, int]]:
-    """[start, stop) row ranges of about chunk_bytes each (at least one row)."""
-    step = max(1, chunk_bytes // max(row_bytes, 1))
-    for start in range(0, n_rows, step):
-        yield start, min(start + step, n_rows)
 
 
 # ------------------------------------------------------------------ building checkpoints (demo, tests, bench)

@@ -12,25 +12,29 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ggmlfmt.constants import FileVersion, FType, GGMLType
+from ggmlfmt.floats import CASTS
 from ggmlfmt.errors import FormatError
 from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, plan
-from ggmlfmt.parts import full_shape, n_parts_for_dim, shard_region, split_axis
+from ggmlfmt.parts import full_shape, n_parts_for_dim, split_axis
+from ggmlfmt.unshard import Piece, Source, write_tensors
 from ggmlfmt.writer import FileWriter
 
-from .checkpoint import FLOAT_DTYPES, Shard, TensorMeta, describe_shard, find_shards, iter_row_chunks
+from .checkpoint import FLOAT_DTYPES, TensorMeta, describe_shard, find_shards
+from .pth import Checkpoint, open_checkpoint
 from .params import Params, read_params
 from .vocab import load_vocab
 
 log = logging.getLogger(__name__)
 
 OUTTYPES = {"f32": (FType.ALL_F32, GGMLType.F32), "f16": (FType.MOSTLY_F16, GGMLType.F16)}
-CHUNK_BYTES = 4 << 20  # rows cast and written per step: bounds the private memory of a cast
+CHUNK_BYTES = 4 << 20  # output rows cast or gathered per pwrite: bounds the one private buffer
 TOKENIZER = "tokenizer.model"
 
 
@@ -121,6 +125,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     placed = layout.by_name()
     entries = [TensorEntry(m.name, shape, m.shape, axis, m.dtype, placed[m.name]) for m, axis, shape, _ in pending]
     _log_plan(shards, params, layout)
+    _warn_rounding(entries, outtype)
     return ConversionPlan(model_dir, out, outtype, vocab_path, tuple(shards), params, layout, tuple(entries),
                           tuple(skipped))
 
@@ -144,6 +149,15 @@ def _log_plan(shards: list[Path], params: Params, layout: Plan) -> None:
     if expected is not None and expected != len(shards):
         log.warning("dim %d was released as %d shards; found %d", params.dim, expected, len(shards))
     log.debug("planned %d tensors, %s bytes", len(layout.tensors), f"{layout.size:,}")
+
+
+def _warn_rounding(entries: list[TensorEntry], outtype: str) -> None:
+    """Say so before writing when a cast rounds (f32 or bf16 weights to f16): never silently lossy."""
+    narrowed = [e.name for e in entries if e.info.type == GGMLType.F16 and e.source_dtype != "float16"]
+    if narrowed:
+        dtypes = sorted({e.source_dtype for e in entries if e.name in set(narrowed)})
+        log.warning("%d tensor(s) are %s in the checkpoint and are rounded to float16 (to nearest even); "
+                    "--outtype f32 keeps every value exact", len(narrowed), "/".join(dtypes))
 
 
 # ------------------------------------------------------------------ checking the shards
@@ -261,32 +275,42 @@ def _specs(metas: list[TensorMeta], shards: list[Path], params: Params,
 
 
 def write_conversion(cp: ConversionPlan, *, force: bool = False, progress: Callable[[int], Any] | None = None) -> None:
-    """Write the planned file: one shard at a time, every slice at its final place, then commit.
+    """Write the planned file: every shard mapped at once, each tensor's pieces at their final places, then commit.
 
     Raises:
         FileExistsError: the output exists and force is False.
         IncompleteWrite: the shards did not cover every data byte exactly once.
         FormatError, OSError: a shard changed since planning, disk full, ...
     """
-    with FileWriter(cp.outfile, cp.layout, overwrite=force, progress=progress) as writer:
-        for k, path in enumerate(cp.shards):
-            log.debug("shard %d/%d: %s", k + 1, len(cp.shards), path)
-            with Shard(path) as shard:
-                _write_shard(writer, shard, cp, k)
+    with ExitStack() as stack:
+        shards = [stack.enter_context(open_checkpoint(p)) for p in cp.shards]
+        fds = [_open_read_only(stack, p) for p in cp.shards]
+        writer = stack.enter_context(FileWriter(cp.outfile, cp.layout, overwrite=force, progress=progress))
+        write_tensors(writer, _sources(cp, shards, fds), chunk_bytes=CHUNK_BYTES)
 
 
-def _write_shard(writer: FileWriter, shard: Shard, cp: ConversionPlan, k: int) -> None:
-    """Write shard k's part of every tensor (replicated tensors come from shard 0 only)."""
-    n_parts = len(cp.shards)
+def _open_read_only(stack: ExitStack, path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    stack.callback(os.close, fd)
+    return fd
+
+
+def _sources(cp: ConversionPlan, shards: list[Checkpoint], fds: list[int]) -> Iterator[Source]:
+    """Each planned tensor with its piece in every shard, and the cast from the shard's dtype if any.
+
+    Raises:
+        FormatError: a shard no longer holds the tensor as planned (it changed since planning).
+    """
     for e in cp.entries:
-        region = shard_region(e.info, e.axis, n_parts, k)
-        if region is None:
-            continue
-        row0, col_byte, n_rows = region
-        piece_row_bytes = e.info.row_bytes // n_parts if e.axis == 1 else e.info.row_bytes
-        for start, stop in iter_row_chunks(n_rows, piece_row_bytes, CHUNK_BYTES):
-            rows = shard.rows(e.name, start, stop, e.info.block.dtype)
-            writer.write_region(e.name, rows, row=row0 + start, col_byte=col_byte, n_rows=stop - start)
+        pieces = []
+        for path, shard, fd in zip(cp.shards, shards, fds):
+            t = shard.tensors.get(e.name)
+            if t is None or t.shape != e.shard_shape or t.dtype != e.source_dtype:
+                raise FormatError("changed since it was checked: re-run the conversion", path=str(path),
+                                  field=f"tensor {e.name!r}")
+            rows = shard.array(e.name)
+            pieces.append(Piece(fd, t.offset, rows.reshape(1, -1) if rows.ndim == 1 else rows))
+        yield Source(e.info, e.axis, pieces, CASTS.get((e.source_dtype, e.info.type)))
 
 
 def convert_checkpoint(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,

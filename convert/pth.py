@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from ggmlfmt.errors import FormatError
 
@@ -714,52 +713,3 @@ def _numel(size: tuple[int, ...]) -> int:
     for n in size:
         out *= n
     return out
-
-
-# ---------------------------------------------------------------- casts (docs/format.md §10)
-
-F16_QUIET_NAN = 0x7E00  # exponent all ones + quiet bit: what torch's cast gives a NaN, with the top payload bits
-
-
-def bf16_to_f32(bits: npt.NDArray[np.uint16], out: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
-    """bfloat16 bit patterns as float32: exact (bf16 is the top half of an f32)."""
-    if out is None:
-        out = np.empty(bits.shape, np.float32)
-    wide = out.view(np.uint32)
-    np.copyto(wide, bits, casting="safe")
-    wide <<= 16
-    return out
-
-
-def f32_to_f16(a: npt.NDArray[np.float32], out: npt.NDArray[np.float16] | None = None) -> npt.NDArray[np.float16]:
-    """float32 -> float16, round to nearest even, bit-identical to torch's Tensor.to(torch.float16).
-
-    numpy rounds every number the same way; NaNs differ: torch keeps the top 10 payload bits and sets
-    the quiet bit, numpy keeps them without it. So NaNs are redone the torch way.
-    """
-    if out is None:
-        out = np.empty(a.shape, np.float16)
-    np.copyto(out, a, casting="unsafe")
-    nan = np.isnan(a)
-    if nan.any():
-        bits = a.view(np.uint32)[nan]
-        out.view(np.uint16)[nan] = ((bits >> 16) & 0x8000) | F16_QUIET_NAN | ((bits >> 13) & 0x3FF)
-    return out
-
-
-def bf16_to_f16(bits: npt.NDArray[np.uint16], out: npt.NDArray[np.float16] | None = None, *,
-                scratch: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float16]:
-    """bfloat16 bit patterns -> float16, round to nearest even, bit-identical to torch (via exact float32)."""
-    wide = bf16_to_f32(bits, scratch[: bits.size].reshape(bits.shape) if scratch is not None else None)
-    return f32_to_f16(wide, out)
-
-
-def f32_to_bf16(a: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
-    """float32 -> bfloat16 bit patterns, round to nearest even, as torch; NaN -> 0x7fc0.
-
-    (torch's scalar cast gives 0x7fc0 for NaN, its vectorised one 0xffff; only our writers use this.)
-    """
-    bits = np.ascontiguousarray(a, dtype="<f4").view(np.uint32)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    rounded[np.isnan(a)] = 0x7FC0
-    return rounded

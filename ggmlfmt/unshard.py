@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 4 << 20  # bytes of output rows gathered or cast per pwrite; bounds the private buffer
 
-# fill(src, out): write the converted elements of `src` (R source units per row) into `out` (R output units)
-Convert = Callable[[np.ndarray, np.ndarray], None]
+# fill(src, out): write the converted elements of `src` (R rows of source units) into `out` (R rows of output units)
+Convert = Callable[[np.ndarray, np.ndarray], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +62,20 @@ def write_tensors(writer: FileWriter, sources: Iterable[Source], *, chunk_bytes:
     """Write every source tensor at its planned place in `writer`'s file.
 
     Raises:
-        ValueError: a part does not fit the planned tensor (shape or byte size).
+        ValueError: a part does not fit the planned tensor (shape or byte size), or a cast would
+            turn a finite value into infinity.
         OSError: reading a part or writing the output failed.
     """
     buffer = _Buffer(chunk_bytes)
     for src in sources:
-        if src.info.nbytes:
-            _write_one(writer, src, buffer)
+        if not src.info.nbytes:
+            continue
+        with np.errstate(over="raise"):  # a finite value that a narrowing cast would turn into infinity
+            try:
+                _write_one(writer, src, buffer)
+            except FloatingPointError:
+                raise ValueError(f"tensor {src.info.name!r}: a value is beyond the range of {src.info.type.name} "
+                                 "and would become infinity; choose a wider output type") from None
 
 
 class _Buffer:
@@ -146,22 +153,3 @@ def _convert_rows(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece], cols
             else:
                 convert(src, dst.view(info.block.dtype))
         w.write_region(info.name, out, row=row + r)
-
-
-# ------------------------------------------------------------------ element conversions
-
-
-def cast_into(src: np.ndarray, out: np.ndarray) -> None:
-    """Convert float elements (f16 <-> f32), rounding to nearest even where the target is narrower."""
-    np.copyto(out, src, casting="unsafe")
-
-
-def bf16_to_f32(src: np.ndarray, out: np.ndarray) -> None:
-    """bfloat16 bit patterns (uint16) -> float32: the 16 bits become the high half, exactly."""
-    np.left_shift(src, np.uint32(16), out=out.view(np.uint32), dtype=np.uint32)
-
-
-def bf16_to_f16(src: np.ndarray, out: np.ndarray) -> None:
-    """bfloat16 -> float16: exact widening to f32, then one round to nearest even (as torch's .to(float16))."""
-    wide = (src.astype(np.uint32) << 16).view(np.float32)  # bounded: one chunk of rows
-    np.copyto(out, wide, casting="unsafe")

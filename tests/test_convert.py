@@ -135,9 +135,9 @@ def test_other_checkpoint_dtypes_are_cast_explicitly(tmp_path: Path, dtype: str)
 def test_a_shard_missing_from_the_writes_is_an_error_not_a_hole(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     ck = build(tmp_path, 2)
-    real = conv._write_shard
-    monkeypatch.setattr(conv, "_write_shard", lambda w, s, cp, k: real(w, s, cp, k) if k == 0 else None)
-    with pytest.raises(IncompleteWrite, match="tok_embeddings.weight.*never written"):
+    real = conv._sources
+    monkeypatch.setattr(conv, "_sources", lambda *a: (s for s in real(*a) if s.info.name != "tok_embeddings.weight"))
+    with pytest.raises(IncompleteWrite, match="tok_embeddings.weight.*no bytes written"):
         convert_checkpoint(ck.model_dir)
     assert sorted(p.name for p in ck.model_dir.iterdir()) == ["consolidated.00.pth", "consolidated.01.pth",
                                                               "params.json"]

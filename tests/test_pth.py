@@ -23,10 +23,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from convert.pth import (
-    PthTensor, bf16_to_f16, bf16_to_f32, f32_to_bf16, f32_to_f16, open_checkpoint, parse_checkpoint,
+    PthTensor, open_checkpoint, parse_checkpoint,
 )
 from convert.pthwrite import BF16, save_checkpoint
-from ggmlfmt import FormatError
+from ggmlfmt import FormatError, GGMLType
+from ggmlfmt.floats import CASTS, bf16_to_f16, bf16_to_f32, f32_to_bf16, f32_to_f16
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -126,8 +127,8 @@ def test_property_any_state_dict_reads_as_torch_loads_it(tmp_path_factory, state
        cols=st.integers(1, 3), axis=st.sampled_from([0, 1, None]), out=st.sampled_from(["<f2", "<f4"]))
 def test_property_shards_concatenate_and_cast_as_torch_does(tmp_path_factory, dtype, n_shards, rows, cols, axis,
                                                              out) -> None:
-    """cat_shards equals torch.cat of the shards; Shard.rows equals torch's Tensor.to of the rows."""
-    from convert.checkpoint import Shard, cat_shards
+    """cat_shards equals torch.cat of the shards; the engine's cast of a shard equals torch's Tensor.to."""
+    from convert.checkpoint import cat_shards
 
     d = tmp_path_factory.mktemp("s")
     full = _random((rows * n_shards, cols * n_shards), TORCH_DTYPES[dtype], rows + 7 * cols)
@@ -138,8 +139,11 @@ def test_property_shards_concatenate_and_cast_as_torch_does(tmp_path_factory, dt
     want = full.float() if axis is not None else pieces[0].float()
     assert np.array_equal(cat_shards(paths, {"w": axis})["w"].astype(np.float32), want.numpy())
     target = torch.float16 if out == "<f2" else torch.float32
-    with Shard(paths[-1]) as shard:
-        got = shard.rows("w", 0, pieces[-1].shape[0], np.dtype(out))
+    with open_checkpoint(paths[-1]) as ck:
+        got = ck.array("w")
+        fill = CASTS.get((ck.tensors["w"].dtype, GGMLType.F16 if out == "<f2" else GGMLType.F32))
+        if fill is not None:
+            got = fill(got, np.empty(got.shape, out))
         assert got.tobytes() == torch_bytes(pieces[-1].to(target))
 
 

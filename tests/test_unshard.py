@@ -18,7 +18,8 @@ import torch
 
 from ggmlfmt import FileVersion, GGMLType, HParams, TensorSpec, Vocab
 from ggmlfmt.layout import plan
-from ggmlfmt.unshard import Piece, Source, bf16_to_f16, bf16_to_f32, cast_into, write_tensors
+from ggmlfmt.floats import bf16_to_f16, bf16_to_f32, f16_to_f32, f32_to_f16
+from ggmlfmt.unshard import Piece, Source, write_tensors
 from ggmlfmt.writer import FileWriter
 
 VOCAB = Vocab((b"a", b"b"), np.zeros(2, np.float32))
@@ -123,7 +124,7 @@ def test_a_real_io_error_during_copy_is_not_swallowed(tmp_path, monkeypatch):
 @pytest.mark.parametrize("n", [1, 2])
 @pytest.mark.parametrize("chunk_bytes", [20, 1 << 20])
 def test_f16_to_f32_cast_equals_torch(tmp_path, n, chunk_bytes):
-    full, out, infos = _run(tmp_path, n, GGMLType.F32, chunk_bytes, convert=cast_into)
+    full, out, infos = _run(tmp_path, n, GGMLType.F32, chunk_bytes, convert=f16_to_f32)
     for name, a in full.items():
         expect = torch.from_numpy(a).to(torch.float32).numpy()
         np.testing.assert_array_equal(_read_back(out, infos[name], "<f4"), expect)
@@ -166,6 +167,22 @@ def test_a_part_of_the_wrong_shape_is_refused(tmp_path):
         with pytest.raises(ValueError, match="part 0 has shape \\[3, 12\\], expected 4 rows"):
             with FileWriter(tmp_path / "out.bin", layout) as w:
                 write_tensors(w, [too_few])
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "out.bin").exists()
+
+
+def test_a_cast_that_would_overflow_to_infinity_is_refused(tmp_path):
+    layout = plan(FileVersion.GGJT_V1, HP, VOCAB, [TensorSpec.from_shape("w.weight", GGMLType.F16, (2, 4))])
+    src = tmp_path / "p.raw"
+    values = np.array([[1, 2, 3, 4], [5, 6, 7e5, 8]], np.float32)  # 7e5 > 65504, the largest f16
+    src.write_bytes(values.tobytes())
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        view = np.memmap(src, dtype="<f4", mode="r").reshape(2, 4)
+        with pytest.raises(ValueError, match="'w.weight': a value is beyond the range of F16"):
+            with FileWriter(tmp_path / "out.bin", layout) as w:
+                write_tensors(w, [Source(layout.tensors[0], None, [Piece(fd, 0, view)], f32_to_f16)])
     finally:
         os.close(fd)
     assert not (tmp_path / "out.bin").exists()
