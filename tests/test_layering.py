@@ -29,6 +29,8 @@ GGMLFMT_RANKS = {
     "ggmlfmt.parts": 2,
     "ggmlfmt.dequant": 2,
     "ggmlfmt.summary": 2,
+    "ggmlfmt.llama": 2,  # what GGUF says about a LLaMA model (names, metadata, vocabulary); pure
+    "ggmlfmt.requant": 3,  # old blocks -> GGUF blocks; imports dequant for the F32 targets
     "ggmlfmt": 3,  # the package's public surface re-exports the rank-2 modules
 }
 APP_RANK = 4  # convert.*, migrate.*
