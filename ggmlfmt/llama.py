@@ -162,6 +162,8 @@ def llama_hparams(shapes: Mapping[str, Sequence[int]], *, n_vocab: int, n_embd: 
         raise FormatError(f"n_rot {n_rot} is not the head size {head}; today's llama.cpp rotates whole heads "
                           "only (llama.rope.dimension_count must equal it)", field="n_rot")
     _expect(shapes, "tok_embeddings.weight", (n_vocab, n_embd), "n_vocab x n_embd")
+    _expect(shapes, "output.weight", (n_vocab, n_embd), "n_vocab x n_embd")
+    _expect(shapes, "norm.weight", (n_embd,), "n_embd")
     n_ff = _shape(shapes, "layers.0.feed_forward.w1.weight")[0]
     kv_rows = _shape(shapes, "layers.0.attention.wk.weight")[0]
     if kv_rows <= 0 or kv_rows % head or n_head % (kv_rows // head):
