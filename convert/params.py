@@ -49,6 +49,11 @@ class Params:
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
 
     @property
+    def kv_dim(self) -> int:
+        """Rows of wk and wv: n_head_kv heads of dim // n_heads rows (dim without grouped-query attention)."""
+        return self.n_head_kv * (self.dim // self.n_heads)
+
+    @property
     def n_ff(self) -> int:
         """Feed-forward width by Meta's FeedForward (docs/format.md §14): int(8*dim/3), times
         ffn_dim_multiplier if given, rounded up to multiple_of. Without the multiplier this is §2's formula."""

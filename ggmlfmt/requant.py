@@ -58,6 +58,13 @@ class Rounding:
         """True when the converted blocks dequantize to exactly the source values."""
         return self.rounded == 0
 
+    def __str__(self) -> str:
+        if not self.scales:
+            return "no f32 scales"
+        text = (f"{self.rounded:,} of {self.scales:,} f32 scales change in f16, largest relative change "
+                f"{self.max_rel_change:.3g}")
+        return text + (f", {self.overflow:,} beyond f16's range" if self.overflow else "")
+
 
 def _layouts(generation: int, ggml_type: GGMLType) -> tuple[np.dtype, np.dtype | None]:
     """Source block dtype and GGUF block dtype (None: the type has no GGUF block).
@@ -147,6 +154,21 @@ def scale_rounding(blocks: np.ndarray, generation: int, ggml_type: GGMLType) -> 
         ok = changed & ~overflow & (s64 != 0)
         rel = np.abs(back[ok] - s64[ok]) / np.abs(s64[ok])
         total += Rounding(int(s.size), int(changed.sum()), int(overflow.sum()), float(rel.max()) if rel.size else 0.0)
+    return total
+
+
+def scan(blocks: np.ndarray, generation: int, ggml_type: GGMLType, *, chunk_blocks: int = 1 << 20) -> Rounding:
+    """`scale_rounding` of a whole tensor view (a memory map, say), `chunk_blocks` blocks at a time (flat memory).
+
+    Raises:
+        BadValue: unknown type. ValueError: wrong dtype or a chunk size below 1.
+    """
+    if chunk_blocks < 1:
+        raise ValueError(f"chunk_blocks must be positive, got {chunk_blocks}")
+    flat = blocks.reshape(-1)  # a view for any C-contiguous tensor view
+    total = scale_rounding(flat[:0], generation, ggml_type)  # checks the dtype even for an empty tensor
+    for start in range(0, flat.size, chunk_blocks):
+        total += scale_rounding(flat[start:start + chunk_blocks], generation, ggml_type)
     return total
 
 

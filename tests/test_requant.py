@@ -16,7 +16,7 @@ import builders
 from ggmlfmt.constants import BLOCK_LAYOUTS, GGMLType
 from ggmlfmt.dequant import dequantize_blocks
 from ggmlfmt.errors import BadValue
-from ggmlfmt.requant import Rounding, ScaleOverflow, convert_blocks, gguf_target, scale_rounding
+from ggmlfmt.requant import Rounding, ScaleOverflow, convert_blocks, gguf_target, scale_rounding, scan
 
 QUANTIZED = [(gen, t) for gen in (1, 2, 3) for t in builders.BLOCKS[gen] if t not in ("F32", "F16")]
 IDS = [f"v{gen}-{t}" for gen, t in QUANTIZED]
@@ -143,6 +143,9 @@ def test_chunks_give_the_whole():
     parts = [convert_blocks(src[i:i + 2], 1, GGMLType.Q4_1) for i in range(0, 6, 2)]
     assert np.concatenate([p for p, _ in parts]).tobytes() == whole.tobytes()
     assert sum((r for _, r in parts), Rounding()) == whole_rounding
+    assert scan(src, 1, GGMLType.Q4_1, chunk_blocks=5) == whole_rounding == scan(src, 1, GGMLType.Q4_1)
+    assert str(whole_rounding).startswith(f"{whole_rounding.rounded} of 36 f32 scales change in f16")
+    assert str(scan(src[:0], 1, GGMLType.Q4_1)) == "no f32 scales"
 
 
 # ------------------------------------------------------------------ the reported rounding
