@@ -1,4 +1,4 @@
-"""ggmlfmt.llama and the GGUF parts of convert.vocab / convert.params, against gguf-py, sentencepiece and hand values."""
+"""ggmlfmt.llama and the GGUF parts of convert.vocab and convert.params, against gguf-py, sentencepiece, hand values."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from gguf import MODEL_ARCH, MODEL_TENSOR_SKIP, GGUFReader, GGUFWriter, Keys, ge
 from gguf import GGUFValueType as TheirValueType
 from gguf import TokenType as TheirTokenType
 from gguf.vocab import SentencePieceVocab
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import builders
 from convert.params import gguf_hparams, parse_params
-from convert.vocab import load_gguf_vocab, load_vocab, train_tokenizer, vocab_for_old_file
+from convert.vocab import load_gguf_vocab, load_vocab, piece_text, train_tokenizer, vocab_for_old_file
 from ggmlfmt.constants import FType, GGMLType, GGUFValueType, TokenType
 from ggmlfmt.errors import FormatError
 from ggmlfmt.layout import Vocab
@@ -124,7 +126,8 @@ def test_a_layer_that_disagrees_is_named():
 
 @pytest.mark.parametrize(("kw", "match"), [
     ({"n_rot": 8}, "n_rot: n_rot 8 is not the head size 16"), ({"n_head": 5}, "5 heads do not divide"),
-    ({"n_vocab": 301}, "tok_embeddings.weight"), ({"n_embd": 128, "n_rot": 32}, "tok_embeddings.weight"), ({"rms_eps": 0.0}, "rms_eps"), ({"rms_eps": 1e-50}, "rms_eps"),
+    ({"n_vocab": 301}, "tok_embeddings.weight"), ({"n_embd": 128, "n_rot": 32}, "tok_embeddings.weight"),
+    ({"rms_eps": 0.0}, "rms_eps"), ({"rms_eps": 1e-50}, "rms_eps"),
     ({"context_length": 0}, "context_length"), ({"rope_freq_base": float("nan")}, "rope_freq_base"),
 ])
 def test_bad_hparams(kw, match):
@@ -248,6 +251,24 @@ def test_the_builders_llama_vocab_and_the_ggml_no_score_case():
     assert got.scores.tolist() == [0.0] * 262 and (got.unk_id, got.bos_id, got.eos_id) == (0, 1, 2)
 
 
+piece = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=" "), min_size=1, max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(words=st.lists(piece, max_size=20), seed=st.integers(0, 2**32 - 1))
+def test_reconstruction_inverts_the_2023_rules_for_any_pieces(words, seed):
+    pieces = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *words]
+    kinds = [(True, False, False), (False, True, False), (False, True, False)] + [(False, False, True)] * 256
+    kinds += [(False, False, False)] * len(words)
+    texts = tuple(piece_text(p, unknown=u, control=c, byte=b, path="t", token_id=i)
+                  for i, (p, (u, c, b)) in enumerate(zip(pieces, kinds, strict=True)))
+    values = np.random.default_rng(seed).standard_normal(len(texts)).astype(np.float32)
+    got = reconstruct_vocab(Vocab(texts, values))
+    assert list(got.pieces) == pieces
+    assert got.types.tolist() == [2, 3, 3] + [6] * 256 + [1] * len(words)
+    assert got.scores.tobytes() == values.tobytes()
+
+
 def test_no_byte_run_means_no_byte_tokens():
     got = reconstruct_vocab(Vocab((b" \xe2\x81\x87 ", b"", b"", b"a", b"\x00"), np.zeros(5, np.float32)))
     assert got.pieces[3:] == ("a", "\x00") and got.types.tolist() == [2, 3, 3, 1, 1]
@@ -311,7 +332,8 @@ def test_metadata_reads_back_through_gguf_py(tokenizers, tmp_path):
     assert fields[Keys.Tokenizer.LIST].contents() == list(vocab.pieces)
     assert fields[Keys.Tokenizer.SCORES].contents() == vocab.scores.tolist()
     assert fields[Keys.Tokenizer.TOKEN_TYPE].contents() == vocab.types.tolist()
-    assert {k for k in fields if not k.startswith("GGUF.")} == set(want) | {Keys.Tokenizer.LIST, Keys.Tokenizer.SCORES, Keys.Tokenizer.TOKEN_TYPE}
+    arrays = {Keys.Tokenizer.LIST, Keys.Tokenizer.SCORES, Keys.Tokenizer.TOKEN_TYPE}
+    assert {k for k in fields if not k.startswith("GGUF.")} == set(want) | arrays
     for key, vtype, value in meta:  # the value types gguf-py reads back are the ones we chose
         assert [int(t) for t in fields[key].types] == ([vtype, value[0]] if vtype == GGUFValueType.ARRAY else [vtype])
     assert {int(t) for t in TokenType} == {int(t) for t in TheirTokenType}

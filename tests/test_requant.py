@@ -1,4 +1,4 @@
-"""ggmlfmt.requant against gguf-py's dequantizer, a struct-based restatement of the conversion, and hand-built blocks."""
+"""ggmlfmt.requant against gguf-py's dequantizer, a struct-based restatement of the conversion, hand-built blocks."""
 
 from __future__ import annotations
 
