@@ -55,26 +55,27 @@ class Params:
 
     @property
     def n_ff(self) -> int:
+        """Feed-forward width a ggjt header implies: 8*dim/3 rounded up to multiple_of (§2). It is Meta's
+        `hidden_dim` unless params.json has ffn_dim_multiplier (ggjt_problem says when they differ)."""
+        return (2 * (4 * self.dim) // 3 + self.multiple_of - 1) // self.multiple_of * self.multiple_of
+
+    @property
+    def hidden_dim(self) -> int:
         """Feed-forward width by Meta's FeedForward (docs/format.md §14): int(8*dim/3), times
-        ffn_dim_multiplier if given, rounded up to multiple_of. Without the multiplier this is §2's formula."""
+        ffn_dim_multiplier if given, rounded up to multiple_of."""
         hidden = 2 * (4 * self.dim) // 3
         if self.ffn_dim_multiplier is not None:
             hidden = int(self.ffn_dim_multiplier * hidden)  # float product truncated, as Meta's int() does
         return (hidden + self.multiple_of - 1) // self.multiple_of * self.multiple_of
-
-    @property
-    def ggjt_n_ff(self) -> int:
-        """The feed-forward width a ggjt header (n_mult = multiple_of) makes the 2023 loader derive."""
-        return (2 * (4 * self.dim) // 3 + self.multiple_of - 1) // self.multiple_of * self.multiple_of
 
     def ggjt_problem(self) -> str | None:
         """Why a ggjt file cannot describe this model (None: it can): GQA, or an n_ff n_mult cannot produce."""
         if self.n_head_kv != self.n_heads:
             return (f"n_kv_heads {self.n_head_kv} < n_heads {self.n_heads} (grouped-query attention) cannot be "
                     "described by a ggjt file; use --format gguf")
-        if self.n_ff != self.ggjt_n_ff:
-            return (f"feed-forward size {self.n_ff} (ffn_dim_multiplier {self.ffn_dim_multiplier}) is not the "
-                    f"{self.ggjt_n_ff} a ggjt header's n_mult {self.multiple_of} produces; use --format gguf")
+        if self.hidden_dim != self.n_ff:
+            return (f"feed-forward size {self.hidden_dim} (ffn_dim_multiplier {self.ffn_dim_multiplier}) is not the "
+                    f"{self.n_ff} a ggjt header's n_mult {self.multiple_of} produces; use --format gguf")
         return None
 
 
@@ -172,9 +173,12 @@ def gguf_hparams(params: Params, n_vocab: int, shapes: Mapping[str, Sequence[int
     hp = llama_hparams(shapes, n_vocab=n_vocab, n_embd=params.dim, n_head=params.n_heads,
                        n_layer=params.n_layers, n_rot=params.n_rot, context_length=context_length,
                        rms_eps=params.norm_eps, rope_freq_base=params.rope_theta)
-    for field, ours, theirs in (("n_ff", params.n_ff, hp.n_ff), ("n_kv_heads", params.n_head_kv, hp.n_head_kv)):
+    for field, ours, theirs in (("ffn_dim_multiplier", params.hidden_dim, hp.n_ff),
+                                ("n_kv_heads", params.n_head_kv, hp.n_head_kv)):
         if ours != theirs:
-            raise FormatError(f"params.json implies {ours}, the tensors have {theirs}", path=path, field=field)
+            what = "feed-forward size" if field == "ffn_dim_multiplier" else "key/value heads"
+            raise FormatError(f"params.json implies {what} {ours}, the tensors have {theirs}", path=path,
+                              field=field)
     return hp
 
 

@@ -144,7 +144,7 @@ LLAMA2_70B = {"dim": 8192, "multiple_of": 4096, "ffn_dim_multiplier": 1.3, "n_he
 def test_llama2_70b_params():
     p = parse_params(LLAMA2_70B)
     # by hand, Meta's FeedForward: int(2 * 4 * 8192 / 3) = 21845; int(1.3 * 21845) = 28398; up to 4096 -> 28672
-    assert (p.n_ff, p.n_head_kv, p.norm_eps, p.rope_theta) == (28672, 8, 1e-05, None)
+    assert (p.hidden_dim, p.n_head_kv, p.norm_eps, p.rope_theta) == (28672, 8, 1e-05, None)
     assert "grouped-query" in p.ggjt_problem() and "--format gguf" in p.ggjt_problem()
 
 
@@ -152,7 +152,7 @@ def test_a_multiplier_ggjt_cannot_express():
     p = parse_params({**LLAMA2_70B, "n_kv_heads": None, "dim": 64, "n_heads": 4, "multiple_of": 32,
                       "ffn_dim_multiplier": 1.5})  # JSON null = absent, as in Meta's ModelArgs
     # by hand: int(2 * 256 / 3) = 170; int(1.5 * 170) = 255; up to 32 -> 256. ggjt's n_mult rule: 170 -> 192
-    assert (p.n_ff, p.ggjt_n_ff, p.n_head_kv) == (256, 192, 4)
+    assert (p.hidden_dim, p.n_ff, p.n_head_kv) == (256, 192, 4)
     assert "feed-forward size 256" in p.ggjt_problem() and "--format gguf" in p.ggjt_problem()
 
 
@@ -160,7 +160,7 @@ def test_llama1_and_llama2_7b_fit_ggjt():
     for eps in (1e-06, 1e-05):
         p = parse_params({"dim": 4096, "multiple_of": 256, "n_heads": 32, "n_layers": 32, "norm_eps": eps,
                           "vocab_size": -1})
-        assert (p.n_ff, p.ggjt_n_ff, p.ggjt_problem(), p.norm_eps) == (11008, 11008, None, eps)
+        assert (p.hidden_dim, p.n_ff, p.ggjt_problem(), p.norm_eps) == (11008, 11008, None, eps)
 
 
 @pytest.mark.parametrize(("extra", "match"), [
@@ -180,8 +180,13 @@ def test_gguf_hparams_checks_params_against_the_tensors():
     p = parse_params({"dim": 64, "multiple_of": 32, "n_heads": 4, "n_layers": 2, "n_kv_heads": 1, "rope_theta": 5e5})
     hp = gguf_hparams(p, 300, _shapes(kv_rows=16))
     assert (hp.n_head_kv, hp.rope_freq_base, hp.defaults) == (1, 5e5, ("context_length", "rms_eps"))
-    with pytest.raises(FormatError, match="params.json: n_kv_heads: params.json implies 1, the tensors have 4"):
+    with pytest.raises(FormatError, match="params.json: n_kv_heads: params.json implies key/value heads 1, the tensors"
+                                          " have 4"):
         gguf_hparams(p, 300, _shapes())
+    wide = parse_params({"dim": 64, "multiple_of": 32, "n_heads": 4, "n_layers": 2, "ffn_dim_multiplier": 1.5})
+    with pytest.raises(FormatError, match="ffn_dim_multiplier: params.json implies feed-forward size 256, the "
+                                          "tensors have 192"):
+        gguf_hparams(wide, 300, _shapes())
 
 
 # ------------------------------------------------------------------ vocabulary
