@@ -143,6 +143,14 @@ def _expect(shapes: Mapping[str, Sequence[int]], name: str, want: tuple[int, ...
         raise FormatError(f"shape {list(got)}, expected {list(want)} ({why})", field=f"tensor {name!r}")
 
 
+def _rows(shapes: Mapping[str, Sequence[int]], name: str) -> int:
+    """Rows of a 2-D tensor. Raises: FormatError when it is missing or not 2-D."""
+    shape = _shape(shapes, name)
+    if len(shape) != 2:
+        raise FormatError(f"shape {list(shape)}, expected 2 dimensions", field=f"tensor {name!r}")
+    return shape[0]
+
+
 def llama_hparams(shapes: Mapping[str, Sequence[int]], *, n_vocab: int, n_embd: int, n_head: int, n_layer: int,
                   n_rot: int, context_length: int | None = None, rms_eps: float | None = None,
                   rope_freq_base: float | None = None) -> LlamaHParams:
@@ -164,8 +172,8 @@ def llama_hparams(shapes: Mapping[str, Sequence[int]], *, n_vocab: int, n_embd: 
     _expect(shapes, "tok_embeddings.weight", (n_vocab, n_embd), "n_vocab x n_embd")
     _expect(shapes, "output.weight", (n_vocab, n_embd), "n_vocab x n_embd")
     _expect(shapes, "norm.weight", (n_embd,), "n_embd")
-    n_ff = _shape(shapes, "layers.0.feed_forward.w1.weight")[0]
-    kv_rows = _shape(shapes, "layers.0.attention.wk.weight")[0]
+    n_ff = _rows(shapes, "layers.0.feed_forward.w1.weight")
+    kv_rows = _rows(shapes, "layers.0.attention.wk.weight")
     if kv_rows <= 0 or kv_rows % head or n_head % (kv_rows // head):
         raise FormatError(f"{kv_rows} rows are not a whole number of {head}-row heads dividing {n_head}",
                           field="tensor 'layers.0.attention.wk.weight'")
@@ -195,7 +203,9 @@ def _check_layer(shapes: Mapping[str, Sequence[int]], n: int, n_embd: int, n_ff:
 
 def _check_positive_float(field: str, value: float) -> None:
     """Raises: FormatError unless value is a finite positive number that f32 represents as non-zero."""
-    if not (math.isfinite(value) and value > 0 and np.float32(value) > 0 and np.isfinite(np.float32(value))):
+    with np.errstate(over="ignore", under="ignore"):
+        as_f32 = np.float32(value) if math.isfinite(value) else np.float32(0)
+    if not (value > 0 and 0 < as_f32 < np.inf):
         raise FormatError(f"expected a positive finite f32, found {value!r}", field=field)
 
 

@@ -116,6 +116,8 @@ def test_grouped_query_attention_from_the_key_rows():
 
 def test_a_layer_that_disagrees_is_named():
     shapes = _shapes()
+    with pytest.raises(FormatError, match=r"'layers.0.feed_forward.w1.weight': shape \[\], expected 2 dimensions"):
+        _hp({**shapes, "layers.0.feed_forward.w1.weight": ()})
     shapes["layers.1.feed_forward.w3.weight"] = (8, 64)
     with pytest.raises(FormatError, match=r"'layers.1.feed_forward.w3.weight': shape \[8, 64\], expected \[192, 64\]"):
         _hp(shapes)
@@ -128,6 +130,7 @@ def test_a_layer_that_disagrees_is_named():
     ({"n_rot": 8}, "n_rot: n_rot 8 is not the head size 16"), ({"n_head": 5}, "5 heads do not divide"),
     ({"n_vocab": 301}, "tok_embeddings.weight"), ({"n_embd": 128, "n_rot": 32}, "tok_embeddings.weight"),
     ({"rms_eps": 0.0}, "rms_eps"), ({"rms_eps": 1e-50}, "rms_eps"),
+    ({"rms_eps": 1e300}, "rms_eps"), ({"rms_eps": float("inf")}, "rms_eps"),
     ({"context_length": 0}, "context_length"), ({"rope_freq_base": float("nan")}, "rope_freq_base"),
 ])
 def test_bad_hparams(kw, match):
