@@ -226,3 +226,27 @@ def test_bad_calls():
         convert_blocks(np.zeros(1, BLOCK_LAYOUTS[1][GGMLType.Q4_2].dtype), 1, GGMLType.Q4_2)
     with pytest.raises(ValueError, match="dtype"):
         gguf_target(1, GGMLType.Q4_0).convert(np.zeros(1, BLOCK_LAYOUTS[3][GGMLType.Q4_0].dtype))
+
+
+@pytest.mark.parametrize(("fmt", "version", "type_name"), [("ggmf", 1, "Q4_0"), ("ggjt", 1, "Q5_1"),
+                                                          ("ggjt", 2, "Q8_0"), ("ggjt", 1, "Q4_2")])
+def test_a_mapped_file_tensor_converts_in_row_chunks(tmp_path, fmt, version, type_name):
+    from ggmlfmt import dequantize, load
+    gen = builders.layout_of(fmt, version)
+    x = np.random.default_rng(3).standard_normal((5, 64)).astype(np.float32)
+    rec = ("t", builders.TYPE_CODES[type_name], (64, 5), builders.quantize(x, type_name, gen))
+    raw = builders.build_file(fmt, version, builders.llama_hparams(1, 64, 32, 2, 1, 2), [(b"a", 0.0)], [rec])
+    (tmp_path / "m.bin").write_bytes(raw)
+    model = load(tmp_path / "m.bin")
+    view = model.tensors["t"]  # read-only blocks in the map
+    rounding = scan(view, gen, GGMLType[type_name], chunk_blocks=3)
+    target = gguf_target(gen, GGMLType[type_name], rounding=rounding)
+    chunks = [target.convert(view[r:r + 2]) for r in range(0, 5, 2)]
+    out = np.concatenate(chunks)
+    source = dequantize(view, model.info["t"], gen)
+    if target.type == GGMLType.F32:
+        np.testing.assert_array_equal(out, source)
+    else:
+        got = _gguf_values(out, type_name)
+        assert (got == source).all() == rounding.exact
+        np.testing.assert_allclose(got, source, rtol=0, atol=float(np.abs(source).max()) * 2.0 ** -10)
