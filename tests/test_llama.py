@@ -9,7 +9,7 @@ from gguf import MODEL_ARCH, MODEL_TENSOR_SKIP, GGUFReader, GGUFWriter, Keys, ge
 from gguf import GGUFValueType as TheirValueType
 from gguf import TokenType as TheirTokenType
 from gguf.vocab import SentencePieceVocab
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import builders
@@ -262,7 +262,6 @@ def test_the_builders_llama_vocab_and_the_ggml_no_score_case():
 piece = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=" "), min_size=1, max_size=8)
 
 
-@settings(max_examples=200, deadline=None)
 @given(words=st.lists(piece, max_size=20), seed=st.integers(0, 2**32 - 1))
 def test_reconstruction_inverts_the_2023_rules_for_any_pieces(words, seed):
     pieces = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *words]

@@ -9,7 +9,7 @@ import gguf
 import numpy as np
 import pytest
 from gguf import quants
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import builders
@@ -154,7 +154,6 @@ def test_chunks_give_the_whole():
 finite_scale = st.floats(min_value=-65000, max_value=65000, width=32, allow_subnormal=True)
 
 
-@settings(max_examples=150, deadline=None)
 @given(case=st.sampled_from(sorted(F32_SCALES)), scales=st.lists(finite_scale, min_size=1, max_size=12),
        seed=st.integers(0, 2**32 - 1))
 def test_reported_rounding_is_what_struct_gives(case, scales, seed):
@@ -180,7 +179,6 @@ def test_reported_rounding_is_what_struct_gives(case, scales, seed):
     np.testing.assert_array_equal(ours, _gguf_values(out.reshape(1, -1), type_name)[0])
 
 
-@settings(max_examples=60, deadline=None)
 @given(case=st.sampled_from([c for c in QUANTIZED if c not in F32_SCALES]), seed=st.integers(0, 2**32 - 1),
        n=st.integers(1, 8))
 def test_lossless_repacks_keep_every_value(case, seed, n):
