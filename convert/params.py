@@ -1,13 +1,16 @@
-"""Read and bound-check Meta's params.json before any other work (FORMATS.md §10.1)."""
+"""Read and bound-check Meta's params.json before any other work (docs/format.md §8, §14)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ggmlfmt.errors import FormatError
+from ggmlfmt.llama import LlamaHParams, llama_hparams
 
 # Upper bounds: far above any 2023 model (LLaMA-65B: dim 8192, 80 layers, 64 heads), far below what
 # would overflow the header's i32 fields or make the derived shapes absurd.
@@ -15,19 +18,25 @@ MAX_DIM = 1 << 16
 MAX_LAYERS = 1 << 12
 MAX_MULTIPLE_OF = 1 << 16
 MAX_PARAMS_BYTES = 1 << 20  # a params.json is ~100 bytes; do not read a huge file into memory
+MAX_FFN_MULTIPLIER = 16.0  # Meta's largest is 1.3 (LLaMA-2 70B); a larger factor is a typo or hostile
+MAX_ROPE_THETA = 1e12  # Meta: 10,000 (LLaMA-1/2), 500,000 (LLaMA-3); beyond f32's comfortable range is nonsense
 
 REQUIRED = ("dim", "multiple_of", "n_heads", "n_layers")
 
 
 @dataclass(frozen=True, slots=True)
 class Params:
-    """The fields of params.json the 2023 header uses."""
+    """The fields of params.json: those the 2023 header uses, then the LLaMA-2 ones (None: absent)."""
 
     dim: int
     multiple_of: int
     n_heads: int
     n_layers: int
     vocab_size: int  # -1: "defined by the tokenizer" (every Meta release)
+    n_kv_heads: int | None = None  # grouped-query attention (LLaMA-2 70B: 8)
+    ffn_dim_multiplier: float | None = None  # LLaMA-2 70B: 1.3
+    norm_eps: float | None = None  # every Meta release has it (1e-06 LLaMA-1, 1e-05 LLaMA-2)
+    rope_theta: float | None = None
 
     @property
     def n_rot(self) -> int:
@@ -35,9 +44,39 @@ class Params:
         return self.dim // self.n_heads
 
     @property
+    def n_head_kv(self) -> int:
+        """Key/value heads: n_kv_heads, or n_heads when absent (no grouped-query attention)."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def kv_dim(self) -> int:
+        """Rows of wk and wv: n_head_kv heads of dim // n_heads rows (dim without grouped-query attention)."""
+        return self.n_head_kv * (self.dim // self.n_heads)
+
+    @property
     def n_ff(self) -> int:
-        """Feed-forward width: 8*dim/3 rounded up to multiple_of (Meta's FeedForward, §2.3)."""
+        """Feed-forward width a ggjt header implies: 8*dim/3 rounded up to multiple_of (§2). It is Meta's
+        `hidden_dim` unless params.json has ffn_dim_multiplier (ggjt_problem says when they differ)."""
         return (2 * (4 * self.dim) // 3 + self.multiple_of - 1) // self.multiple_of * self.multiple_of
+
+    @property
+    def hidden_dim(self) -> int:
+        """Feed-forward width by Meta's FeedForward (docs/format.md §14): int(8*dim/3), times
+        ffn_dim_multiplier if given, rounded up to multiple_of."""
+        hidden = 2 * (4 * self.dim) // 3
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)  # float product truncated, as Meta's int() does
+        return (hidden + self.multiple_of - 1) // self.multiple_of * self.multiple_of
+
+    def ggjt_problem(self) -> str | None:
+        """Why a ggjt file cannot describe this model (None: it can): GQA, or an n_ff n_mult cannot produce."""
+        if self.n_head_kv != self.n_heads:
+            return (f"n_kv_heads {self.n_head_kv} < n_heads {self.n_heads} (grouped-query attention) cannot be "
+                    "described by a ggjt file; use --format gguf")
+        if self.hidden_dim != self.n_ff:
+            return (f"feed-forward size {self.hidden_dim} (ffn_dim_multiplier {self.ffn_dim_multiplier}) is not the "
+                    f"{self.n_ff} a ggjt header's n_mult {self.multiple_of} produces; use --format gguf")
+        return None
 
 
 def read_params(path: str | os.PathLike[str]) -> Params:
@@ -81,7 +120,66 @@ def parse_params(obj: Any, *, path: str = "params.json") -> Params:
     if vocab_size == 0:
         raise FormatError("expected -1 (from the tokenizer) or a positive size, found 0", path=path,
                           field="vocab_size")
-    return Params(dim, multiple_of, n_heads, n_layers, vocab_size)
+    return Params(dim, multiple_of, n_heads, n_layers, vocab_size, *_llama2_fields(obj, n_heads, path))
+
+
+def _llama2_fields(obj: dict[str, Any], n_heads: int, path: str) -> tuple[Any, ...]:
+    """n_kv_heads, ffn_dim_multiplier, norm_eps, rope_theta (None when absent or JSON null).
+
+    Raises:
+        FormatError: a value of the wrong kind or out of range, or n_kv_heads not dividing n_heads.
+    """
+    present = {k: obj[k] for k in ("n_kv_heads", "ffn_dim_multiplier", "norm_eps", "rope_theta")
+               if obj.get(k) is not None}
+    n_kv = _int_field(present, "n_kv_heads", 1, n_heads, path) if "n_kv_heads" in present else None
+    if n_kv is not None and n_heads % n_kv:
+        raise FormatError(f"{n_kv} key/value heads do not divide n_heads {n_heads}", path=path, field="n_kv_heads")
+    mult = _float_field(present, "ffn_dim_multiplier", MAX_FFN_MULTIPLIER, path)
+    eps = _float_field(present, "norm_eps", 1.0, path)
+    theta = _float_field(present, "rope_theta", MAX_ROPE_THETA, path)
+    return n_kv, mult, eps, theta
+
+
+def _float_field(obj: dict[str, Any], key: str, hi: float, path: str) -> float | None:
+    """A positive finite number below hi (integers allowed), or None when absent.
+
+    Raises:
+        FormatError: not a number (JSON true/false included), not finite, or out of (0, hi).
+    """
+    if key not in obj:
+        return None
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FormatError(f"expected a number, found {json.dumps(value)[:40]}", path=path, field=key)
+    try:
+        value = float(value)
+    except OverflowError:  # a JSON integer with hundreds of digits
+        value = math.inf
+    if not (math.isfinite(value) and 0 < value < hi):
+        raise FormatError(f"expected a number in (0, {hi:g}), found {value!r}", path=path, field=key)
+    return value
+
+
+def gguf_hparams(params: Params, n_vocab: int, shapes: Mapping[str, Sequence[int]], *,
+                 context_length: int | None = None, path: str = "params.json") -> LlamaHParams:
+    """GGUF hyper-parameters of a checkpoint: params.json's values, checked against the full tensor shapes.
+
+    context_length None: LLaMA-1's 2048 (named in the result's `defaults`, for the caller to log); norm_eps
+    absent: 1e-6, likewise.
+
+    Raises:
+        FormatError: the tensors disagree with params.json (n_ff, n_kv_heads), or a bad shape.
+    """
+    hp = llama_hparams(shapes, n_vocab=n_vocab, n_embd=params.dim, n_head=params.n_heads,
+                       n_layer=params.n_layers, n_rot=params.n_rot, context_length=context_length,
+                       rms_eps=params.norm_eps, rope_freq_base=params.rope_theta)
+    for field, ours, theirs in (("ffn_dim_multiplier", params.hidden_dim, hp.n_ff),
+                                ("n_kv_heads", params.n_head_kv, hp.n_head_kv)):
+        if ours != theirs:
+            what = "feed-forward size" if field == "ffn_dim_multiplier" else "key/value heads"
+            raise FormatError(f"params.json implies {what} {ours}, the tensors have {theirs}", path=path,
+                              field=field)
+    return hp
 
 
 def _int_field(obj: dict[str, Any], key: str, lo: int, hi: int, path: str) -> int:

@@ -1,4 +1,5 @@
-"""The vocabulary from a SentencePiece tokenizer.model, as the 2023 converter wrote it (FORMATS.md §3.1).
+"""The vocabulary from a SentencePiece tokenizer.model: as the 2023 converter wrote it (docs/format.md §3), and as
+GGUF stores it (docs/format.md §13).
 
 The only module that imports sentencepiece (lazily, so `convert-model --help` stays fast).
 """
@@ -13,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from ggmlfmt.constants import TokenType
 from ggmlfmt.errors import FormatError
 from ggmlfmt.layout import Vocab
+from ggmlfmt.llama import GGUFVocab, check_vocab_matches
 
 UNKNOWN_TEXT = " \u2047 ".encode()  # space, DOUBLE QUESTION MARK, space: what llama.cpp shows for <unk>
 SPACE_MARKER = "\u2581"  # SentencePiece's "▁", written as an ASCII space
@@ -75,15 +78,58 @@ def load_vocab(path: str | os.PathLike[str]) -> Vocab:
     """
     path = os.fspath(path)
     sp = _processor(path)
-    n = sp.vocab_size()
-    if not 0 < n <= MAX_VOCAB:
-        raise FormatError(f"expected 1..{MAX_VOCAB:,} pieces, found {n:,}", path=path, field="vocab size")
-    ids = list(range(n))  # the batched calls are ~30x faster than one call per id
+    ids = list(range(_size(sp, path)))  # the batched calls are ~30x faster than one call per id
     kinds = zip(sp.id_to_piece(ids), sp.is_unknown(ids), sp.is_control(ids), sp.is_byte(ids), strict=True)
     tokens = [piece_text(piece, unknown=u, control=c, byte=b, path=path, token_id=i)
               for i, (piece, u, c, b) in enumerate(kinds)]
     scores = np.array(sp.get_score(ids), dtype=np.float32)
     return Vocab(tuple(tokens), scores)
+
+
+def _size(sp: Any, path: str) -> int:
+    """Raises: FormatError for an empty or absurd vocabulary."""
+    n = sp.vocab_size()
+    if not 0 < n <= MAX_VOCAB:
+        raise FormatError(f"expected 1..{MAX_VOCAB:,} pieces, found {n:,}", path=path, field="vocab size")
+    return n
+
+
+def load_gguf_vocab(path: str | os.PathLike[str]) -> GGUFVocab:
+    """Every piece unmodified, its score and token type, and the special ids, as GGUF stores them.
+
+    Types are checked in the order unknown, control, unused, byte, else normal (user-defined pieces are
+    normal, as in today's converters).
+
+    Raises:
+        FormatError: not a SentencePiece model, an empty or absurd vocabulary. OSError: unreadable.
+    """
+    path = os.fspath(path)
+    sp = _processor(path)
+    ids = list(range(_size(sp, path)))
+    kinds = zip(sp.is_unknown(ids), sp.is_control(ids), sp.is_unused(ids), sp.is_byte(ids), strict=True)
+    types = [_token_type(*k) for k in kinds]
+    special = [None if i < 0 else i for i in (sp.unk_id(), sp.bos_id(), sp.eos_id())]
+    return GGUFVocab(tuple(sp.id_to_piece(ids)), np.array(sp.get_score(ids), dtype=np.float32),
+                     np.array(types, dtype=np.int32), *special)
+
+
+def _token_type(unknown: bool, control: bool, unused: bool, byte: bool) -> TokenType:
+    for flag, kind in ((unknown, TokenType.UNKNOWN), (control, TokenType.CONTROL), (unused, TokenType.UNUSED),
+                       (byte, TokenType.BYTE)):
+        if flag:
+            return kind
+    return TokenType.NORMAL
+
+
+def vocab_for_old_file(path: str | os.PathLike[str], file_vocab: Vocab) -> GGUFVocab:
+    """The GGUF vocabulary of a tokenizer.model given for an old file, after checking it is that file's.
+
+    Raises:
+        FormatError: the tokenizer's old-style texts or scores differ from the file's (names the first id),
+            or it is not a SentencePiece model. OSError: unreadable.
+    """
+    check_vocab_matches(file_vocab, load_vocab(path), model_path=os.fspath(path))
+    return load_gguf_vocab(path)
 
 
 def train_tokenizer(path: str | os.PathLike[str], vocab_size: int, *, corpus: Iterable[str] = DEMO_CORPUS,

@@ -175,3 +175,44 @@ FTYPE_2D_TYPE = {
 
 # The multi-part table of the 2023 tools: n_embd -> number of parts (Meta shards).
 N_PARTS_BY_DIM = {4096: 1, 5120: 2, 6656: 4, 8192: 8}
+
+# GGUF
+
+
+class GGUFValueType(IntEnum):
+    """GGUF metadata value type codes (u32 on disk), docs/format.md §12."""
+
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
+
+# GGUF for LLaMA: what llama.cpp reads besides the bytes (docs/format.md §12-§14)
+
+
+class TokenType(IntEnum):
+    """tokenizer.ggml.token_type codes (the i32 array beside the pieces)."""
+
+    NORMAL = 1
+    UNKNOWN = 2
+    CONTROL = 3
+    USER_DEFINED = 4
+    UNUSED = 5
+    BYTE = 6
+
+
+GGUF_QUANTIZATION_VERSION = 2  # general.quantization_version: the ggjt v3 / GGUF block layouts
+LLAMA1_CONTEXT_LENGTH = 2048  # no 2023 file or params.json stores it; LLaMA-1 was trained with 2048
+LLAMA1_RMS_EPS = 1e-6  # what the 2023 llama.cpp hard-coded; old files do not store it
+LLAMA_BYTE_TOKENS = 256  # SentencePiece byte fallback: pieces <0x00> .. <0xFF>, consecutive ids
+F16_MAX = 65504.0  # largest finite IEEE binary16

@@ -30,6 +30,8 @@ GGMLFMT_RANKS = {
     "ggmlfmt.parts": 2,
     "ggmlfmt.dequant": 2,
     "ggmlfmt.summary": 2,
+    "ggmlfmt.llama": 2,  # what GGUF says about a LLaMA model (names, metadata, vocabulary); pure
+    "ggmlfmt.requant": 3,  # old blocks -> GGUF blocks; imports dequant for the F32 targets
     "ggmlfmt.unshard": 3,  # n parts of each tensor -> their places in one output (convert and migrate)
     "ggmlfmt": 4,  # the package's public surface re-exports the modules below it
 }

@@ -1,0 +1,373 @@
+"""What a GGUF file says about a LLaMA model: tensor names, hyper-parameters, vocabulary, metadata.
+
+Pure functions from what we read (hparams, tensor shapes, the old files' vocabulary) to GGUF content;
+no I/O, no GGUF bytes (the GGUF layer encodes what this returns). Rules: docs/format.md §11-§14.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .constants import (
+    GGUF_QUANTIZATION_VERSION,
+    LLAMA1_CONTEXT_LENGTH,
+    LLAMA1_RMS_EPS,
+    LLAMA_BYTE_TOKENS,
+    FType,
+    GGMLType,
+    GGUFValueType,
+    TokenType,
+)
+from .errors import BadValue, FormatError
+from .layout import Vocab
+
+# ------------------------------------------------------------------ tensor names (§11)
+
+_GLOBAL_NAMES = {
+    "tok_embeddings.weight": "token_embd.weight",
+    "norm.weight": "output_norm.weight",
+    "output.weight": "output.weight",
+}
+_LAYER_NAMES = {
+    "attention_norm": "attn_norm",
+    "attention.wq": "attn_q",
+    "attention.wk": "attn_k",
+    "attention.wv": "attn_v",
+    "attention.wo": "attn_output",
+    "ffn_norm": "ffn_norm",
+    "feed_forward.w1": "ffn_gate",
+    "feed_forward.w2": "ffn_down",
+    "feed_forward.w3": "ffn_up",
+}
+_LAYER_RE = re.compile(r"layers\.(0|[1-9][0-9]{0,5})\.(.+)\.weight")
+# RoPE frequency tables: recomputed by every loader, so not part of the model (today's converters skip them)
+_SKIPPED_RE = re.compile(r"rope\.freqs|layers\.(0|[1-9][0-9]{0,5})\.attention\.inner_attention\.rope\.freqs")
+
+
+class UnknownTensor(BadValue):
+    """A tensor name that is not part of the LLaMA model GGUF describes."""
+
+
+def skipped_tensor(name: str) -> bool:
+    """True for the RoPE frequency tables a checkpoint may carry (`rope.freqs`), which GGUF does not hold."""
+    return _SKIPPED_RE.fullmatch(name) is not None
+
+
+def gguf_tensor_name(name: str, n_layer: int | None = None) -> str:
+    """The GGUF name of a Meta/ggjt tensor name (`layers.3.attention.wq.weight` -> `blk.3.attn_q.weight`).
+
+    Raises:
+        UnknownTensor: a name outside the LLaMA set (rope.freqs included: ask `skipped_tensor` first),
+            or a layer number not below n_layer.
+    """
+    if name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[name]
+    m = _LAYER_RE.fullmatch(name)
+    if m is not None and m[2] in _LAYER_NAMES:
+        block = int(m[1])
+        if n_layer is not None and block >= n_layer:
+            raise UnknownTensor(f"layer {block} is not below n_layer {n_layer}", field=f"tensor {name!r}")
+        return f"blk.{block}.{_LAYER_NAMES[m[2]]}.weight"
+    what = "skipped (RoPE frequencies)" if skipped_tensor(name) else "not a LLaMA tensor"
+    raise UnknownTensor(f"{what}; today's llama.cpp refuses a file with tensors it does not expect",
+                        field=f"tensor {name!r}")
+
+
+# ------------------------------------------------------------------ file type (§12)
+
+_FTYPE_OF = {
+    GGMLType.F32: FType.ALL_F32,
+    GGMLType.F16: FType.MOSTLY_F16,
+    GGMLType.Q4_0: FType.MOSTLY_Q4_0,
+    GGMLType.Q4_1: FType.MOSTLY_Q4_1,
+    GGMLType.Q5_0: FType.MOSTLY_Q5_0,
+    GGMLType.Q5_1: FType.MOSTLY_Q5_1,
+    GGMLType.Q8_0: FType.MOSTLY_Q8_0,
+}
+
+
+def llama_file_type(types_2d: Iterable[GGMLType]) -> FType:
+    """general.file_type from the GGUF types of the 2-D tensors: the most common one (ties: the first seen).
+
+    Raises:
+        BadValue: a type with no GGUF llama_ftype (Q4_2, Q4_3 never reach GGUF).
+    """
+    counts = Counter(GGMLType(t) for t in types_2d)
+    if not counts:
+        return FType.ALL_F32
+    dominant = counts.most_common(1)[0][0]
+    if dominant not in _FTYPE_OF:
+        raise BadValue(f"{dominant.name} has no GGUF file type; expected one of "
+                       f"{', '.join(t.name for t in _FTYPE_OF)}", field="general.file_type")
+    return _FTYPE_OF[dominant]
+
+
+# ------------------------------------------------------------------ hyper-parameters (§12, §14)
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaHParams:
+    """The llama.* values of a GGUF file; `defaults` names the ones not found in the input."""
+
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    n_rot: int
+    context_length: int
+    rms_eps: float
+    rope_freq_base: float | None = None
+    defaults: tuple[str, ...] = ()  # "context_length", "rms_eps": the LLaMA-1 values were used
+
+
+def _shape(shapes: Mapping[str, Sequence[int]], name: str) -> tuple[int, ...]:
+    """Raises: FormatError when a tensor the model needs is missing."""
+    if name not in shapes:
+        raise FormatError("missing; every LLaMA model has it", field=f"tensor {name!r}")
+    return tuple(int(d) for d in shapes[name])
+
+
+def _expect(shapes: Mapping[str, Sequence[int]], name: str, want: tuple[int, ...], why: str) -> None:
+    """Raises: FormatError when a tensor's (PyTorch-order) shape is not `want`."""
+    got = _shape(shapes, name)
+    if got != want:
+        raise FormatError(f"shape {list(got)}, expected {list(want)} ({why})", field=f"tensor {name!r}")
+
+
+def _rows(shapes: Mapping[str, Sequence[int]], name: str) -> int:
+    """Rows of a 2-D tensor. Raises: FormatError when it is missing or not 2-D."""
+    shape = _shape(shapes, name)
+    if len(shape) != 2:
+        raise FormatError(f"shape {list(shape)}, expected 2 dimensions", field=f"tensor {name!r}")
+    return shape[0]
+
+
+def llama_hparams(shapes: Mapping[str, Sequence[int]], *, n_vocab: int, n_embd: int, n_head: int, n_layer: int,
+                  n_rot: int, context_length: int | None = None, rms_eps: float | None = None,
+                  rope_freq_base: float | None = None) -> LlamaHParams:
+    """GGUF hyper-parameters from the header/params values and the full tensors' PyTorch-order shapes.
+
+    n_ff comes from layers.0.feed_forward.w1 and head_count_kv from layers.0.attention.wk; every layer
+    is checked against them. context_length / rms_eps None: the LLaMA-1 values, named in `defaults`.
+
+    Raises:
+        FormatError: a missing tensor, a shape that disagrees, n_rot other than the head size (today's
+            llama.cpp refuses it), or a value out of range.
+    """
+    if n_head <= 0 or n_embd <= 0 or n_embd % n_head:
+        raise FormatError(f"{n_head} heads do not divide n_embd {n_embd}", field="n_head")
+    head = n_embd // n_head
+    if n_rot != head:
+        raise FormatError(f"n_rot {n_rot} is not the head size {head}; today's llama.cpp rotates whole heads "
+                          "only (llama.rope.dimension_count must equal it)", field="n_rot")
+    _expect(shapes, "tok_embeddings.weight", (n_vocab, n_embd), "n_vocab x n_embd")
+    _expect(shapes, "output.weight", (n_vocab, n_embd), "n_vocab x n_embd")
+    _expect(shapes, "norm.weight", (n_embd,), "n_embd")
+    n_ff = _rows(shapes, "layers.0.feed_forward.w1.weight")
+    kv_rows = _rows(shapes, "layers.0.attention.wk.weight")
+    if kv_rows <= 0 or kv_rows % head or n_head % (kv_rows // head):
+        raise FormatError(f"{kv_rows} rows are not a whole number of {head}-row heads dividing {n_head}",
+                          field="tensor 'layers.0.attention.wk.weight'")
+    for n in range(n_layer):
+        _check_layer(shapes, n, n_embd, n_ff, kv_rows)
+    defaults = tuple(k for k, v in (("context_length", context_length), ("rms_eps", rms_eps)) if v is None)
+    ctx = LLAMA1_CONTEXT_LENGTH if context_length is None else context_length
+    eps = LLAMA1_RMS_EPS if rms_eps is None else rms_eps
+    if not 0 < ctx < 1 << 32:
+        raise FormatError(f"expected 1..{(1 << 32) - 1}, found {ctx}", field="context_length")
+    _check_positive_float("rms_eps", eps)
+    if rope_freq_base is not None:
+        _check_positive_float("rope_freq_base", rope_freq_base)
+    return LlamaHParams(n_vocab, n_embd, n_layer, n_head, kv_rows // head, n_ff, n_rot, ctx, eps, rope_freq_base,
+                        defaults)
+
+
+def _check_layer(shapes: Mapping[str, Sequence[int]], n: int, n_embd: int, n_ff: int, kv_rows: int) -> None:
+    """Raises: FormatError when a tensor of layer n has another shape than layer 0 implies."""
+    p = f"layers.{n}."
+    for name, want in (("attention.wq", (n_embd, n_embd)), ("attention.wk", (kv_rows, n_embd)),
+                       ("attention.wv", (kv_rows, n_embd)), ("attention.wo", (n_embd, n_embd)),
+                       ("feed_forward.w1", (n_ff, n_embd)), ("feed_forward.w2", (n_embd, n_ff)),
+                       ("feed_forward.w3", (n_ff, n_embd)), ("attention_norm", (n_embd,)), ("ffn_norm", (n_embd,))):
+        _expect(shapes, f"{p}{name}.weight", want, "from layer 0 and n_embd")
+
+
+def _check_positive_float(field: str, value: float) -> None:
+    """Raises: FormatError unless value is a finite positive number that f32 represents as non-zero."""
+    with np.errstate(over="ignore", under="ignore"):
+        as_f32 = np.float32(value) if math.isfinite(value) else np.float32(0)
+    if not (value > 0 and 0 < as_f32 < np.inf):
+        raise FormatError(f"expected a positive finite f32, found {value!r}", field=field)
+
+
+# ------------------------------------------------------------------ vocabulary (§13)
+
+UNKNOWN_TEXT = " \u2047 ".encode()  # what the 2023 converters stored for <unk>
+SPACE_MARKER = "\u2581"  # SentencePiece's space, stored as ASCII space by the 2023 converters
+LLAMA_CONTROL_NAMES = {1: "<s>", 2: "</s>"}  # LLaMA's bos and eos; the old files stored both as empty texts
+
+
+@dataclass(frozen=True, slots=True)
+class GGUFVocab:
+    """tokenizer.ggml.*: SentencePiece pieces as stored in GGUF, with scores, types and special ids."""
+
+    pieces: tuple[str, ...]
+    scores: np.ndarray  # float32, one per piece
+    types: np.ndarray  # int32 TokenType codes, one per piece
+    unk_id: int | None
+    bos_id: int | None
+    eos_id: int | None
+
+    def __post_init__(self) -> None:
+        if not len(self.pieces) == len(self.scores) == len(self.types):
+            raise ValueError(f"{len(self.pieces)} pieces, {len(self.scores)} scores, {len(self.types)} types")
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+
+def control_placeholder(token_id: int) -> str:
+    """The piece we give a control token whose name the old file lost (it stored an empty text)."""
+    return f"<ctl{token_id}>"
+
+
+def _byte_run_start(tokens: Sequence[bytes]) -> int | None:
+    """First id s where ids s..s+255 hold the single bytes 00..FF (SentencePiece byte fallback), else None."""
+    for s, t in enumerate(tokens[: len(tokens) - LLAMA_BYTE_TOKENS + 1]):
+        if t == b"\0" and all(tokens[s + b] == bytes([b]) for b in range(LLAMA_BYTE_TOKENS)):
+            return s
+    return None
+
+
+def reconstruct_vocab(vocab: Vocab) -> GGUFVocab:
+    """SentencePiece pieces, scores and types from an old file's stored texts (the inverse of §3, rules §13).
+
+    Raises:
+        FormatError: a text that is neither a byte token nor UTF-8 (names the token id).
+    """
+    tokens = vocab.tokens
+    start = _byte_run_start(tokens)
+    byte_ids = range(0) if start is None else range(start, start + LLAMA_BYTE_TOKENS)
+    unk_id = next((i for i, t in enumerate(tokens) if t == UNKNOWN_TEXT), None)
+    pieces, types = [], []
+    for i, text in enumerate(tokens):
+        piece, kind = _piece(i, text, unk_id, byte_ids)
+        pieces.append(piece)
+        types.append(kind)
+    scores = np.zeros(len(tokens), np.float32) if vocab.scores is None else np.asarray(vocab.scores, np.float32)
+    is_control = [t == TokenType.CONTROL for t in types]
+    bos = 1 if len(tokens) > 1 and is_control[1] else None
+    eos = 2 if len(tokens) > 2 and is_control[2] else None
+    return GGUFVocab(tuple(pieces), scores.copy(), np.array(types, np.int32), unk_id, bos, eos)
+
+
+def _piece(i: int, text: bytes, unk_id: int | None, byte_ids: range) -> tuple[str, TokenType]:
+    """One token's piece and type, by the rules of §13 in order: unknown, control, byte, normal.
+
+    Raises:
+        FormatError: a normal text that is not UTF-8.
+    """
+    if i == unk_id:
+        return "<unk>", TokenType.UNKNOWN
+    if not text:
+        name = LLAMA_CONTROL_NAMES.get(i) or control_placeholder(i)
+        return name, TokenType.CONTROL
+    if i in byte_ids:
+        return f"<0x{text[0]:02X}>", TokenType.BYTE
+    try:
+        return text.decode("utf-8").replace(" ", SPACE_MARKER), TokenType.NORMAL
+    except UnicodeDecodeError:
+        raise FormatError(f"text {text[:16]!r} is not UTF-8 and not a byte token; GGUF pieces are UTF-8",
+                          field=f"token {i}") from None
+
+
+def check_vocab_matches(file_vocab: Vocab, model_vocab: Vocab, *, model_path: str) -> None:
+    """Check that a tokenizer.model's old-style texts/scores are what the file stores, id by id.
+
+    `model_vocab` is the tokenizer's vocabulary as the 2023 converter wrote it (convert.vocab.load_vocab);
+    scores are compared bit for bit when the file has them (unversioned 'ggml' has none).
+
+    Raises:
+        FormatError: a different size, or the first id whose text or score differs (both shown).
+    """
+    if len(file_vocab) != len(model_vocab):
+        raise FormatError(f"{len(model_vocab):,} pieces, the file has {len(file_vocab):,} tokens", path=model_path,
+                          field="vocab size")
+    for i, (ours, theirs) in enumerate(zip(file_vocab.tokens, model_vocab.tokens, strict=True)):
+        if ours != theirs:
+            raise FormatError(f"text {theirs[:40]!r} differs from the file's {ours[:40]!r}; not this model's "
+                              "tokenizer", path=model_path, field=f"token {i}")
+    if file_vocab.scores is None or model_vocab.scores is None:
+        return
+    a = np.asarray(file_vocab.scores, "<f4").view("<u4")
+    b = np.asarray(model_vocab.scores, "<f4").view("<u4")
+    diff = np.flatnonzero(a != b)
+    if diff.size:
+        i = int(diff[0])
+        raise FormatError(f"score {float(model_vocab.scores[i])!r} differs from the file's "
+                          f"{float(file_vocab.scores[i])!r}", path=model_path, field=f"token {i}")
+
+
+# ------------------------------------------------------------------ metadata (§12)
+
+
+class MetaKV(NamedTuple):
+    """One metadata entry; for ARRAY, value is (element type, sequence of elements)."""
+
+    key: str
+    type: GGUFValueType
+    value: Any
+
+
+def llama_metadata(hp: LlamaHParams, vocab: GGUFVocab, *, name: str, file_type: int,
+                   quantized: bool) -> list[MetaKV]:
+    """Every key/value today's llama.cpp reads for a LLaMA model, in the order we write them.
+
+    Raises:
+        FormatError: the vocabulary size is not n_vocab, or a special id is outside the vocabulary.
+    """
+    if len(vocab) != hp.n_vocab:
+        raise FormatError(f"{len(vocab):,} tokens, expected n_vocab {hp.n_vocab:,}", field="tokenizer.ggml.tokens")
+    u32, s = GGUFValueType.UINT32, GGUFValueType.STRING
+    out = [MetaKV("general.architecture", s, "llama"), MetaKV("general.name", s, name),
+           MetaKV("general.file_type", u32, int(file_type))]
+    if quantized:
+        out.append(MetaKV("general.quantization_version", u32, GGUF_QUANTIZATION_VERSION))
+    out += [MetaKV(f"llama.{k}", u32, v) for k, v in (
+        ("context_length", hp.context_length), ("embedding_length", hp.n_embd), ("block_count", hp.n_layer),
+        ("feed_forward_length", hp.n_ff), ("rope.dimension_count", hp.n_rot),
+        ("attention.head_count", hp.n_head), ("attention.head_count_kv", hp.n_head_kv))]
+    out.append(MetaKV("llama.attention.layer_norm_rms_epsilon", GGUFValueType.FLOAT32, hp.rms_eps))
+    if hp.rope_freq_base is not None:
+        out.append(MetaKV("llama.rope.freq_base", GGUFValueType.FLOAT32, hp.rope_freq_base))
+    return out + _tokenizer_metadata(vocab)
+
+
+def _tokenizer_metadata(vocab: GGUFVocab) -> list[MetaKV]:
+    """tokenizer.ggml.* entries.
+
+    Raises:
+        FormatError: a special id outside the vocabulary.
+    """
+    arr = GGUFValueType.ARRAY
+    out = [MetaKV("tokenizer.ggml.model", GGUFValueType.STRING, "llama"),
+           MetaKV("tokenizer.ggml.tokens", arr, (GGUFValueType.STRING, vocab.pieces)),
+           MetaKV("tokenizer.ggml.scores", arr, (GGUFValueType.FLOAT32, vocab.scores)),
+           MetaKV("tokenizer.ggml.token_type", arr, (GGUFValueType.INT32, vocab.types))]
+    for key, value in (("bos_token_id", vocab.bos_id), ("eos_token_id", vocab.eos_id),
+                       ("unknown_token_id", vocab.unk_id)):
+        if value is None:
+            continue
+        if not 0 <= value < len(vocab):
+            raise FormatError(f"id {value} is outside the {len(vocab):,} tokens", field=f"tokenizer.ggml.{key}")
+        out.append(MetaKV(f"tokenizer.ggml.{key}", GGUFValueType.UINT32, value))
+    return out
