@@ -162,7 +162,7 @@ def block_layout(ggml_type: int, generation: int) -> BlockLayout:
         raise BadValue(f"unknown tensor type code {ggml_type}; expected one of {_codes(generation)}") from None
     layouts = BLOCK_LAYOUTS[generation]
     if t not in layouts:
-        raise BadValue(f"tensor type code {int(t)} ({t.name}) does not exist in block layout generation {generation}; "
+        raise BadValue(f"tensor type code {int(t)}: {t.name} does not exist in block layout generation {generation}; "
                        f"expected one of {_codes(generation)}")
     return layouts[t]
 

@@ -23,6 +23,7 @@ GGMLFMT_RANKS = {
     "ggmlfmt.rusage": 0,  # stdlib only: what the kernel accounted
     "ggmlfmt.atomic": 0,  # stdlib only: temp file beside the target, then rename
     "ggmlfmt.layout": 1,
+    "ggmlfmt.gguf": 1.5,  # GGUF bytes <-> records; builds on layout's TensorInfo and Plan
     "ggmlfmt.pagecache": 1,  # how the bytes of a file are brought into memory (no format knowledge)
     "ggmlfmt.reader": 2,
     "ggmlfmt.writer": 2,
