@@ -259,7 +259,8 @@ GGUF_SCALAR_DTYPES: dict[GGUFValueType, np.dtype] = {
     GGUFValueType.INT64: np.dtype("<i8"),
     GGUFValueType.FLOAT64: np.dtype("<f8"),
 }
-GGUF_SCALAR_STRUCTS = {t: struct.Struct("<" + d.char) for t, d in GGUF_SCALAR_DTYPES.items()}
+# struct codes spelled out: numpy's dtype.char for 64-bit ints is the platform's 'l'/'L', 4 bytes under "<"
+GGUF_SCALAR_STRUCTS = {t: struct.Struct("<" + c) for t, c in zip(GGUF_SCALAR_DTYPES, "BbHhIifBQqd")}
 
 # type -> (elements per block, bytes per block): gguf-py 0.19's GGML_QUANT_SIZES, for every GGUF type
 GGUF_TYPE_SIZES: dict[GGMLType, tuple[int, int]] = {
