@@ -353,6 +353,13 @@ def _version(buf: memoryview) -> GGUFVersion:
     raise UnsupportedVersion(msg, offset=4, field="version")
 
 
+def _key_field(key: str) -> str:
+    """A key as an error's field: as is when plain printable ASCII, else quoted and escaped (one line)."""
+    if key.isascii() and key.isprintable() and " " not in key and len(key) <= 100:
+        return key
+    return repr(key[:100])
+
+
 def _metadata(buf: memoryview, pos: int, n_kv: int) -> tuple[dict[str, Any], dict[str, TypePath], int, int]:
     """Read n_kv key/value pairs; return values, types, the position after them and general.alignment's offset.
 
@@ -366,15 +373,16 @@ def _metadata(buf: memoryview, pos: int, n_kv: int) -> tuple[dict[str, Any], dic
         at = pos
         key, pos = _string(buf, pos, f"metadata[{i}].key")
         if key in values:
-            raise BadLayout(f"duplicate metadata key {key!r}", offset=at, field=f"metadata[{i}].key")
+            raise BadLayout(f"duplicate metadata key {key[:100]!r}", offset=at, field=f"metadata[{i}].key")
         if not key:
             raise BadValue("expected a non-empty key", offset=at, field=f"metadata[{i}].key")
-        _need(buf, pos, 4, f"{key} value type")
-        vtype = _value_type(U32.unpack_from(buf, pos)[0], pos, f"{key} value type")
+        name = _key_field(key)
+        _need(buf, pos, 4, f"{name} value type")
+        vtype = _value_type(U32.unpack_from(buf, pos)[0], pos, f"{name} value type")
         pos += 4
         if key == GGUF_ALIGNMENT_KEY:
             align_at = pos
-        values[key], types[key], pos = _value(buf, pos, vtype, key, 0)
+        values[key], types[key], pos = _value(buf, pos, vtype, name, 0)
     return values, types, pos, align_at
 
 
