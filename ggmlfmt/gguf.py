@@ -654,9 +654,9 @@ def encode_metadata(metadata: Metadata, alignment: int) -> tuple[int, bytes]:
         if key in seen:
             raise ValueError(f"duplicate metadata key {key!r}")
         seen.add(key)
-        if key == GGUF_ALIGNMENT_KEY and (vtype != GGUFValueType.UINT32 or value != alignment):
-            raise ValueError(f"metadata {key!r}: must be UINT32 {alignment} (the plan's alignment), got {vtype!r} {value!r}")
         path = _type_path(vtype, value, key)
+        if key == GGUF_ALIGNMENT_KEY and (path != (GGUFValueType.UINT32,) or value != alignment):
+            raise ValueError(f"metadata {key!r}: must be UINT32 {alignment} (the plan's alignment), got {vtype!r} {value!r}")
         parts += [_encode_scalar(GGUFValueType.STRING, key, key), U32.pack(int(path[0])), encode_value(path, value, key)]
     if GGUF_ALIGNMENT_KEY not in seen:
         parts += [_encode_scalar(GGUFValueType.STRING, GGUF_ALIGNMENT_KEY, GGUF_ALIGNMENT_KEY),

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .constants import FileVersion, GGUFVersion
+from .constants import FileVersion, GGMLType, GGUFVersion
 from .errors import FormatError, Truncated
 from .gguf import GGUFIndex, decode_gguf
 from .layout import HParams, Index, TensorInfo, Vocab, decode_index
@@ -97,8 +97,8 @@ class Model:
         """Every tensor as a torch.Tensor sharing memory with a private (copy-on-write) map of the file.
 
         Reads share the page cache like the read-only map; a write to a tensor copies just that
-        page into this process and never reaches the file. F32/F16 only; quantized tensors come as
-        uint8 tensors of their raw block bytes.
+        page into this process and never reaches the file. F32/F16 (and GGUF's BF16 and integer
+        types) as themselves; quantized tensors come as uint8 tensors of their raw block bytes.
 
         Raises:
             ImportError: torch is not installed.
@@ -115,6 +115,8 @@ class Model:
                 log.debug("copying unaligned tensor %s for torch", name)
                 view = view.copy()
             out[name] = torch.from_numpy(view)
+            if info.type == GGMLType.BF16:  # GGUF: numpy holds the raw bits; torch has the type itself
+                out[name] = out[name].view(torch.bfloat16)
         return out
 
     def close(self) -> None:

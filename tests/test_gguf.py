@@ -501,3 +501,29 @@ def test_inspect_shows_metadata_tensors_and_bytes(tmp_path):
     assert main(["verify", "--quiet", str(path)]) == 0
     assert main(["residency", "--quiet", "--json", str(path)]) == 0
     assert main(["load", "--quiet", "--touch", str(path)]) == 0
+
+
+def test_torch_tensors_of_a_gguf_file(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "m.gguf"
+    tensors = {name: (arr, raw, shape) for name, arr, raw, shape in write_with_gguf_py(path)}
+    got = load(path).torch_tensors()
+    x = torch.from_numpy(tensors["f32"][0])
+    assert got["bf16"].dtype == torch.bfloat16 and torch.equal(got["bf16"], x.to(torch.bfloat16))
+    assert torch.equal(got["f16"], torch.from_numpy(tensors["f16"][0]))
+    assert got["q4_k"].dtype == torch.uint8 and got["q4_k"].shape == (2, 144)
+    assert got["q4_k"].numpy().tobytes() == tensors["q4_k"][0].tobytes()
+
+
+def test_rewriting_what_we_read_reproduces_a_gguf_py_file_byte_for_byte(tmp_path):
+    """Read metadata (values + type paths) and tensors go straight back into plan_gguf: same bytes."""
+    src, dst = tmp_path / "src.gguf", tmp_path / "dst.gguf"
+    write_with_gguf_py(src, alignment=64)  # general.alignment in the metadata, so its place is kept
+    model = load(src)
+    metadata = [(k, model.index.types[k], v) for k, v in model.metadata.items()]
+    specs = [TensorSpec(t.name, t.type, t.ne) for t in model.info.values()]
+    plan = plan_gguf(metadata, specs, alignment=model.index.alignment)
+    with FileWriter(dst, plan) as w:
+        for name in model.info:
+            w.write_tensor(name, model.tensors[name])
+    assert dst.read_bytes() == src.read_bytes()
