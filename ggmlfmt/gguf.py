@@ -601,8 +601,17 @@ def _encode_numbers(etype: GGUFValueType, value: Any, key: str) -> bytes:
     Raises:
         ValueError.
     """
-    arr = np.asarray(value)
     dtype = GGUF_SCALAR_DTYPES[etype]
+    if not isinstance(value, np.ndarray) and dtype.kind in "iu" and etype is not GGUFValueType.BOOL:
+        # Python ints: numpy would guess float64 for a list mixing 0 and 2**63, so check them exactly
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"metadata {key!r}: an array of {etype.name} must hold integers")
+        info = np.iinfo(dtype)
+        if value and not info.min <= min(value) <= max(value) <= info.max:
+            raise ValueError(f"metadata {key!r}: values {min(value)}..{max(value)} do not fit an array of "
+                             f"{etype.name} ({info.min}..{info.max})")
+        return np.array(value, dtype).tobytes()
+    arr = np.asarray(value)
     if arr.ndim != 1:
         raise ValueError(f"metadata {key!r}: an ARRAY must be 1-D, got shape {arr.shape}")
     if arr.size == 0:

@@ -527,3 +527,56 @@ def test_rewriting_what_we_read_reproduces_a_gguf_py_file_byte_for_byte(tmp_path
         for name in model.info:
             w.write_tensor(name, model.tensors[name])
     assert dst.read_bytes() == src.read_bytes()
+
+
+# ---------------------------------------------------------------- property: any writable metadata round-trips
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_INT_RANGES = {V.UINT8: (0, 2**8 - 1), V.INT8: (-(2**7), 2**7 - 1), V.UINT16: (0, 2**16 - 1),
+               V.INT16: (-(2**15), 2**15 - 1), V.UINT32: (0, 2**32 - 1), V.INT32: (-(2**31), 2**31 - 1),
+               V.UINT64: (0, 2**64 - 1), V.INT64: (-(2**63), 2**63 - 1)}
+
+
+def _values_of(t: V) -> st.SearchStrategy:
+    if t in _INT_RANGES:
+        return st.integers(*_INT_RANGES[t])
+    if t is V.FLOAT32:
+        return st.floats(width=32, allow_nan=False)
+    if t is V.FLOAT64:
+        return st.floats(allow_nan=False)
+    if t is V.BOOL:
+        return st.booleans()
+    return st.text(max_size=12)
+
+
+SCALAR_TYPES = [t for t in V if t is not V.ARRAY]
+
+
+@st.composite
+def entries(draw) -> tuple:
+    t = draw(st.sampled_from(SCALAR_TYPES))
+    if draw(st.booleans()):
+        return t, draw(_values_of(t))
+    return (V.ARRAY, t), draw(st.lists(_values_of(t), max_size=40))
+
+
+@settings(max_examples=60)
+@given(st.dictionaries(st.text(min_size=1, max_size=20).filter(lambda k: k != "general.alignment"), entries(),
+                       max_size=8))
+def test_any_writable_metadata_round_trips_through_us_and_gguf_py(tmp_path_factory, md):
+    path = tmp_path_factory.mktemp("md") / "m.gguf"
+    with FileWriter(path, plan_gguf({k: tv for k, tv in md.items()}, [])):
+        pass
+    ours = read_index(path)
+    ref = gguf.GGUFReader(path)
+    for key, (t, value) in md.items():
+        got = ours.metadata[key]
+        if isinstance(t, tuple):
+            assert ours.types[key] == t
+            got = list(got) if t[1] is V.STRING else got.tolist()
+        else:
+            assert ours.types[key] == (t,)
+        assert got == value, key
+        assert ref.fields[key].contents() == value, key
