@@ -123,7 +123,8 @@ def _render_gguf_head(desc: dict[str, Any]) -> list[str]:
         count = f" x{m['count']}" if "count" in m else ""
         shown = m.get("value", m.get("first"))
         text = repr(shown) if "first" not in m else repr(shown)[:-1] + ", ...]"
-        lines.append(f"  {key:<{width}}  {m['type'] + count:<18}  {text[:200]}")
+        shown_key = key if key.isprintable() else repr(key)  # no raw control bytes from a file on the terminal
+        lines.append(f"  {shown_key:<{width}}  {m['type'] + count:<18}  {text[:200]}")
     return lines + [f"tensors    {len(desc['tensors'])}", ""]
 
 

@@ -580,3 +580,21 @@ def test_any_writable_metadata_round_trips_through_us_and_gguf_py(tmp_path_facto
             assert ours.types[key] == (t,)
         assert got == value, key
         assert ref.fields[key].contents() == value, key
+
+
+@pytest.mark.parametrize("options", [{"prefault": True}, {"method": "pread"}, {"mode": "c"}])
+def test_the_load_options_work_on_gguf(tmp_path, options):
+    path = tmp_path / "m.gguf"
+    tensors = write_with_gguf_py(path)
+    model = load(path, **options)
+    for name, arr, _, _ in tensors:
+        assert model.tensors[name].tobytes() == arr.tobytes()
+
+
+def test_inspect_text_escapes_control_characters_in_keys(tmp_path, capsys):
+    path = tmp_path / "k.gguf"
+    path.write_bytes(file_of([kv("evil\x1b[2Jkey", 4, bytes(4))], []))
+    from ggmlfmt.cli import main
+    assert main(["inspect", "--quiet", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "'evil\\x1b[2Jkey'" in out
