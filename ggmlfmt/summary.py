@@ -147,13 +147,14 @@ def render(desc: dict[str, Any]) -> str:
 def _render_table(desc: dict[str, Any], lines: list[str]) -> str:
     """The tensor table and byte accounting after the header lines."""
     b = desc["bytes"]
-    width = max([len(t["name"]) for t in desc["tensors"]] + [4])
+    names = [t["name"] if t["name"].isprintable() else repr(t["name"]) for t in desc["tensors"]]  # no raw control bytes
+    width = max([len(n) for n in names] + [4])
     tw = max([len(t["type"]) for t in desc["tensors"]] + [5])
     lines.append(f"{'name':<{width}}  {'type':<{tw}}  {'shape':<18}  {'offset':>12}  {'bytes':>12}  align")
-    for t in desc["tensors"]:
+    for name, t in zip(names, desc["tensors"]):
         shape = "x".join(map(str, t["shape"]))
         align = str(desc.get("alignment", DEFAULT_ALIGNMENT)) if t["aligned"] else "-"
-        lines.append(f"{t['name']:<{width}}  {t['type']:<{tw}}  {shape:<18}  {t['offset']:>12,}  {t['nbytes']:>12,}  {align}")
+        lines.append(f"{name:<{width}}  {t['type']:<{tw}}  {shape:<18}  {t['offset']:>12,}  {t['nbytes']:>12,}  {align}")
     lines += ["", "bytes      " + ", ".join(f"{k} {v:,}" for k, v in b.items() if k != "total")
               + f"; total {b['total']:,} ({_human(b['total'])})"]
     return "\n".join(lines)
