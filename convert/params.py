@@ -1,4 +1,4 @@
-"""Read and bound-check Meta's params.json before any other work (docs/format.md §8, §14)."""
+"""Read and bound-check Meta's params.json before any other work (docs/format.md §8, §16)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ class Params:
 
     @property
     def hidden_dim(self) -> int:
-        """Feed-forward width by Meta's FeedForward (docs/format.md §14): int(8*dim/3), times
+        """Feed-forward width by Meta's FeedForward (docs/format.md §16): int(8*dim/3), times
         ffn_dim_multiplier if given, rounded up to multiple_of."""
         hidden = 2 * (4 * self.dim) // 3
         if self.ffn_dim_multiplier is not None:

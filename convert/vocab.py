@@ -1,5 +1,5 @@
 """The vocabulary from a SentencePiece tokenizer.model: as the 2023 converter wrote it (docs/format.md §3), and as
-GGUF stores it (docs/format.md §13).
+GGUF stores it (docs/format.md §15).
 
 The only module that imports sentencepiece (lazily, so `convert-model --help` stays fast).
 """

@@ -194,8 +194,8 @@ def _load(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ggmlfmt", description="Inspect, verify, load and copy 2023 llama.cpp model files "
-                                "(ggml, ggmf, ggjt v1-v3).")
+    p = argparse.ArgumentParser(prog="ggmlfmt", description="Inspect, verify, load and copy llama.cpp model files "
+                                "(2023: ggml, ggmf, ggjt v1-v3; today: GGUF v2, v3).")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("inspect", help="format, header, vocabulary, tensor table and byte accounting")
     c.add_argument("file")

@@ -14,7 +14,7 @@ MAGIC_GGMF = 0x67676D66  # "ggmf"; bytes b"fmgg"
 MAGIC_GGJT = 0x67676A74  # "ggjt"; bytes b"tjgg"
 MAGIC_GGLA = 0x67676C61  # "ggla", a LoRA adapter, not a model
 MAGIC_GGSN = 0x6767736E  # "ggsn", a session file, not a model
-MAGIC_GGUF = 0x46554747  # "GGUF" read as u32 LE; the successor format, not read here
+MAGIC_GGUF = 0x46554747  # "GGUF" read as u32 LE; bytes b"GGUF" (the successor format, docs/format.md §11)
 
 DEFAULT_ALIGNMENT = 32  # ggjt: every tensor's data starts at an absolute file offset multiple of this
 MAX_DIMS = 4  # the record format allows more; no loader of the era accepted more than 4 (LLaMA uses 1-2)
@@ -87,6 +87,35 @@ class GGMLType(IntEnum):
     Q5_0 = 6  # also Q8_0 for one day (04-25/26); we read 6 as Q5_0, like every later loader
     Q5_1 = 7
     Q8_0 = 8
+    # Codes 9 and up exist in GGUF files only (today's ggml_type enum, as gguf-py 0.19 lists it);
+    # the 2023 formats refuse them because no generation table of theirs has a row for them.
+    Q8_1 = 9
+    Q2_K = 10
+    Q3_K = 11
+    Q4_K = 12
+    Q5_K = 13
+    Q6_K = 14
+    Q8_K = 15
+    IQ2_XXS = 16
+    IQ2_XS = 17
+    IQ3_XXS = 18
+    IQ1_S = 19
+    IQ4_NL = 20
+    IQ3_S = 21
+    IQ2_S = 22
+    IQ4_XS = 23
+    I8 = 24
+    I16 = 25
+    I32 = 26
+    I64 = 27
+    F64 = 28
+    IQ1_M = 29
+    BF16 = 30
+    TQ1_0 = 34  # 31-33 were Q4_0_4_4/4_8/8_8, removed from the enum (repacking moved into the runtime)
+    TQ2_0 = 35  # 36-38 were IQ4_NL_4_4/4_8/8_8, removed likewise
+    MXFP4 = 39
+    NVFP4 = 40
+    Q1_0 = 41
 
 
 class FType(IntEnum):
@@ -159,6 +188,109 @@ BLOCK_LAYOUTS: dict[int, dict[GGMLType, BlockLayout]] = {
     },
 }  # reader, writer and dequantizer all use this table; a new version or type is one more row
 
+# ---------------------------------------------------------------- GGUF (docs/format.md §11)
+
+GGUF_VERSIONS = (2, 3)  # GGUFVersion below; v1 (u32 counts, Aug 2023 only) is not read; v2 and v3 share one layout
+GGUF_WRITE_VERSION = 3
+GGUF_HEADER = struct.Struct("<IIQQ")  # magic, version, tensor_count, metadata_kv_count
+GGUF_ALIGNMENT_KEY = "general.alignment"  # u32, a power of two; absent -> DEFAULT_ALIGNMENT (32)
+GGUF_MAX_NAME_LEN = 63  # llama.cpp's GGML_MAX_NAME (64) counts the NUL; the writer stays inside it
+GGUF_MAX_ARRAY_DEPTH = 8  # arrays of arrays nest; deeper than this is corruption (and would recurse)
+GGUF_MAX_NE = (1 << 63) - 1  # each dim must fit an int64_t in ggml
+GGUF_BLOCK_GENERATION = 4  # BLOCK_LAYOUTS key of GGUF's table (generation 3's blocks + today's types)
+U64 = struct.Struct("<Q")
+
+
+class GGUFVersion(IntEnum):
+    """The GGUF versions we read; quacks like FileVersion (magic_name, number, block_generation) for callers."""
+
+    V2 = 2
+    V3 = 3
+
+    @property
+    def magic_name(self) -> str:
+        return "gguf"
+
+    @property
+    def number(self) -> int:
+        return int(self)
+
+    @property
+    def block_generation(self) -> int:
+        return GGUF_BLOCK_GENERATION
+
+    @property
+    def aligned(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        return f"gguf v{int(self)}"
+
+
+class GGUFValueType(IntEnum):
+    """Metadata value type codes (u32 on disk)."""
+
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7  # one byte, 0 or 1
+    STRING = 8  # u64 byte length, then UTF-8 bytes
+    ARRAY = 9  # u32 element type, u64 count, then the elements without type tags
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
+
+# fixed-size value types -> their little-endian numpy dtype (BOOL is checked to be 0/1 on read)
+GGUF_SCALAR_DTYPES: dict[GGUFValueType, np.dtype] = {
+    GGUFValueType.UINT8: np.dtype("u1"),
+    GGUFValueType.INT8: np.dtype("i1"),
+    GGUFValueType.UINT16: np.dtype("<u2"),
+    GGUFValueType.INT16: np.dtype("<i2"),
+    GGUFValueType.UINT32: np.dtype("<u4"),
+    GGUFValueType.INT32: np.dtype("<i4"),
+    GGUFValueType.FLOAT32: np.dtype("<f4"),
+    GGUFValueType.BOOL: np.dtype("u1"),
+    GGUFValueType.UINT64: np.dtype("<u8"),
+    GGUFValueType.INT64: np.dtype("<i8"),
+    GGUFValueType.FLOAT64: np.dtype("<f8"),
+}
+# struct codes spelled out: numpy's dtype.char for 64-bit ints is the platform's 'l'/'L', 4 bytes under "<"
+GGUF_SCALAR_STRUCTS = {t: struct.Struct("<" + c) for t, c in zip(GGUF_SCALAR_DTYPES, "BbHhIifBQqd")}
+
+# type -> (elements per block, bytes per block): gguf-py 0.19's GGML_QUANT_SIZES, for every GGUF type
+GGUF_TYPE_SIZES: dict[GGMLType, tuple[int, int]] = {
+    GGMLType.F32: (1, 4), GGMLType.F16: (1, 2), GGMLType.Q4_0: (32, 18), GGMLType.Q4_1: (32, 20),
+    GGMLType.Q5_0: (32, 22), GGMLType.Q5_1: (32, 24), GGMLType.Q8_0: (32, 34), GGMLType.Q8_1: (32, 40),
+    GGMLType.Q2_K: (256, 84), GGMLType.Q3_K: (256, 110), GGMLType.Q4_K: (256, 144),
+    GGMLType.Q5_K: (256, 176), GGMLType.Q6_K: (256, 210), GGMLType.Q8_K: (256, 292),
+    GGMLType.IQ2_XXS: (256, 66), GGMLType.IQ2_XS: (256, 74), GGMLType.IQ3_XXS: (256, 98),
+    GGMLType.IQ1_S: (256, 50), GGMLType.IQ4_NL: (32, 18), GGMLType.IQ3_S: (256, 110),
+    GGMLType.IQ2_S: (256, 82), GGMLType.IQ4_XS: (256, 136), GGMLType.I8: (1, 1), GGMLType.I16: (1, 2),
+    GGMLType.I32: (1, 4), GGMLType.I64: (1, 8), GGMLType.F64: (1, 8), GGMLType.IQ1_M: (256, 56),
+    GGMLType.BF16: (1, 2), GGMLType.TQ1_0: (256, 54), GGMLType.TQ2_0: (256, 66), GGMLType.MXFP4: (32, 17),
+    GGMLType.NVFP4: (64, 36), GGMLType.Q1_0: (128, 18),
+}
+# Scalar types we view as numbers; BF16 as its raw 16 bits (numpy has no bfloat16; dequantize widens it).
+_GGUF_SCALARS = {GGMLType.I8: "i1", GGMLType.I16: "<i2", GGMLType.I32: "<i4", GGMLType.I64: "<i8",
+                 GGMLType.F64: "<f8", GGMLType.BF16: "<u2"}
+
+
+def _gguf_layout(t: GGMLType, elements: int, nbytes: int) -> BlockLayout:
+    """GGUF's block of a type: generation 3's record where we know the fields, else `nbytes` opaque bytes."""
+    if t in BLOCK_LAYOUTS[3]:  # tests/test_gguf.py checks these agree with GGUF_TYPE_SIZES
+        return BLOCK_LAYOUTS[3][t]
+    if t in _GGUF_SCALARS:
+        return BlockLayout(1, np.dtype(_GGUF_SCALARS[t]))
+    return BlockLayout(elements, np.dtype((np.void, nbytes)))
+
+
+BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION] = {t: _gguf_layout(t, *size) for t, size in GGUF_TYPE_SIZES.items()}
+
 # Header ftype -> the type of 2-D tensors it promises (None: a mix, see FType.MOSTLY_Q4_1_SOME_F16).
 FTYPE_2D_TYPE = {
     FType.ALL_F32: GGMLType.F32,
@@ -176,28 +308,7 @@ FTYPE_2D_TYPE = {
 # The multi-part table of the 2023 tools: n_embd -> number of parts (Meta shards).
 N_PARTS_BY_DIM = {4096: 1, 5120: 2, 6656: 4, 8192: 8}
 
-# GGUF
-
-
-class GGUFValueType(IntEnum):
-    """GGUF metadata value type codes (u32 on disk), docs/format.md §12."""
-
-    UINT8 = 0
-    INT8 = 1
-    UINT16 = 2
-    INT16 = 3
-    UINT32 = 4
-    INT32 = 5
-    FLOAT32 = 6
-    BOOL = 7
-    STRING = 8
-    ARRAY = 9
-    UINT64 = 10
-    INT64 = 11
-    FLOAT64 = 12
-
-
-# GGUF for LLaMA: what llama.cpp reads besides the bytes (docs/format.md §12-§14)
+# GGUF for LLaMA: what llama.cpp reads besides the bytes (docs/format.md §14-§16)
 
 
 class TokenType(IntEnum):

@@ -1,4 +1,4 @@
-"""numpy dequantization of every block type the 2023 files hold, to float32 (for inspection and tests)."""
+"""numpy dequantization of every block type the 2023 files hold, and GGUF's plain and 2023-era types, to float32."""
 
 from __future__ import annotations
 
@@ -24,14 +24,22 @@ def _high_bits(qh: np.ndarray) -> np.ndarray:
 def dequantize_blocks(blocks: np.ndarray, ggml_type: GGMLType, generation: int) -> np.ndarray:
     """Float32 values of an array of blocks (..., n_blocks) -> (..., n_blocks * block elements).
 
+    `generation` is 1..3 for the 2023 files, 4 (GGUF_BLOCK_GENERATION, i.e. GGUFVersion.block_generation)
+    for GGUF, whose blocks are generation 3's.
+
     Raises:
-        ValueError: the array's dtype is not the block dtype of that type and generation.
+        ValueError: the array's dtype is not the block dtype of that type and generation, or the type has
+            no dequantizer here (GGUF's K-quants and IQ types).
     """
     layout = BLOCK_LAYOUTS[generation][GGMLType(ggml_type)]
     if blocks.dtype != layout.dtype:
         raise ValueError(f"{GGMLType(ggml_type).name} v{generation} blocks have dtype {layout.dtype}, got {blocks.dtype}")
+    if ggml_type == GGMLType.BF16:  # the high half of an f32 (docs/format.md §11.6)
+        return (blocks.astype(np.uint32) << 16).view(np.float32)
     if layout.elements == 1:
         return blocks.astype(np.float32)
+    if layout.dtype.names is None:  # a GGUF type we view as opaque bytes (K-quants, IQ*, ...)
+        raise ValueError(f"no numpy dequantizer for {GGMLType(ggml_type).name}; its blocks are raw bytes here")
     d = blocks["d"].astype(np.float32)[..., None]
     if ggml_type == GGMLType.Q8_0:
         x = blocks["qs"].astype(np.float32) * d

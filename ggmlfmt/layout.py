@@ -33,6 +33,7 @@ from .constants import (
     FileVersion,
     FType,
     GGMLType,
+    GGUFVersion,
 )
 from .errors import BadLayout, BadMagic, BadValue, FormatError, Truncated, UnsupportedVersion
 
@@ -161,7 +162,7 @@ def block_layout(ggml_type: int, generation: int) -> BlockLayout:
         raise BadValue(f"unknown tensor type code {ggml_type}; expected one of {_codes(generation)}") from None
     layouts = BLOCK_LAYOUTS[generation]
     if t not in layouts:
-        raise BadValue(f"tensor type {t.name} does not exist in block layout generation {generation}; "
+        raise BadValue(f"tensor type code {int(t)}: {t.name} does not exist in block layout generation {generation}; "
                        f"expected one of {_codes(generation)}")
     return layouts[t]
 
@@ -398,13 +399,17 @@ class TensorSpec:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """A complete file layout: the bytes before the tensor data, and where every tensor goes."""
+    """A complete file layout: the bytes before the tensor data, and where every tensor goes.
 
-    version: FileVersion
-    hparams: HParams
-    prefix: bytes  # header + vocabulary
+    Also GGUF's (gguf.plan_gguf): version a GGUFVersion, hparams None, prefix = header + metadata +
+    tensor infos + padding, no record headers (GGUF keeps them all in the prefix).
+    """
+
+    version: FileVersion | GGUFVersion
+    hparams: HParams | None
+    prefix: bytes  # header + vocabulary (GGUF: everything before the data section)
     tensors: tuple[TensorInfo, ...]
-    record_headers: tuple[bytes, ...]  # per tensor: record header + name + padding
+    record_headers: tuple[bytes, ...]  # per tensor: record header + name + padding (GGUF: empty)
     size: int
 
     def by_name(self) -> dict[str, TensorInfo]:

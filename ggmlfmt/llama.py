@@ -1,7 +1,7 @@
 """What a GGUF file says about a LLaMA model: tensor names, hyper-parameters, vocabulary, metadata.
 
 Pure functions from what we read (hparams, tensor shapes, the old files' vocabulary) to GGUF content;
-no I/O, no GGUF bytes (the GGUF layer encodes what this returns). Rules: docs/format.md §11-§14.
+no I/O, no GGUF bytes (the GGUF layer encodes what this returns). Rules: docs/format.md §13-§16.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .constants import (
 from .errors import BadValue, FormatError
 from .layout import Vocab
 
-# ------------------------------------------------------------------ tensor names (§11)
+# ------------------------------------------------------------------ tensor names (§13)
 
 _GLOBAL_NAMES = {
     "tok_embeddings.weight": "token_embd.weight",
@@ -80,7 +80,7 @@ def gguf_tensor_name(name: str, n_layer: int | None = None) -> str:
                         field=f"tensor {name!r}")
 
 
-# ------------------------------------------------------------------ file type (§12)
+# ------------------------------------------------------------------ file type (§14)
 
 _FTYPE_OF = {
     GGMLType.F32: FType.ALL_F32,
@@ -109,7 +109,7 @@ def llama_file_type(types_2d: Iterable[GGMLType]) -> FType:
     return _FTYPE_OF[dominant]
 
 
-# ------------------------------------------------------------------ hyper-parameters (§12, §14)
+# ------------------------------------------------------------------ hyper-parameters (§14, §16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +209,7 @@ def _check_positive_float(field: str, value: float) -> None:
         raise FormatError(f"expected a positive finite f32, found {value!r}", field=field)
 
 
-# ------------------------------------------------------------------ vocabulary (§13)
+# ------------------------------------------------------------------ vocabulary (§15)
 
 UNKNOWN_TEXT = " \u2047 ".encode()  # what the 2023 converters stored for <unk>
 SPACE_MARKER = "\u2581"  # SentencePiece's space, stored as ASCII space by the 2023 converters
@@ -249,7 +249,7 @@ def _byte_run_start(tokens: Sequence[bytes]) -> int | None:
 
 
 def reconstruct_vocab(vocab: Vocab) -> GGUFVocab:
-    """SentencePiece pieces, scores and types from an old file's stored texts (the inverse of §3, rules §13).
+    """SentencePiece pieces, scores and types from an old file's stored texts (the inverse of §3, rules §15).
 
     Raises:
         FormatError: a text that is neither a byte token nor UTF-8 (names the token id).
@@ -271,7 +271,7 @@ def reconstruct_vocab(vocab: Vocab) -> GGUFVocab:
 
 
 def _piece(i: int, text: bytes, unk_id: int | None, byte_ids: range) -> tuple[str, TokenType]:
-    """One token's piece and type, by the rules of §13 in order: unknown, control, byte, normal.
+    """One token's piece and type, by the rules of §15 in order: unknown, control, byte, normal.
 
     Raises:
         FormatError: a normal text that is not UTF-8.
@@ -317,7 +317,7 @@ def check_vocab_matches(file_vocab: Vocab, model_vocab: Vocab, *, model_path: st
                           f"{float(file_vocab.scores[i])!r}", path=model_path, field=f"token {i}")
 
 
-# ------------------------------------------------------------------ metadata (§12)
+# ------------------------------------------------------------------ metadata (§14)
 
 
 class MetaKV(NamedTuple):

@@ -1,4 +1,4 @@
-"""Open any 2023 llama.cpp model file as one read-only numpy.memmap with zero-copy tensor views."""
+"""Open any 2023 llama.cpp model file, or a GGUF file, as one read-only numpy.memmap with zero-copy tensor views."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .constants import FileVersion
+from .constants import FileVersion, GGMLType, GGUFVersion
 from .errors import FormatError, Truncated
+from .gguf import GGUFIndex, decode_gguf
 from .layout import HParams, Index, TensorInfo, Vocab, decode_index
 from .pagecache import Advice, LoadOptions, open_data
 
@@ -55,7 +56,7 @@ class _Views(Mapping[str, np.ndarray]):
 class Model:
     """An opened model file: its format, header, vocabulary and memory-mapped tensors."""
 
-    def __init__(self, path: str, index: Index, data: np.ndarray) -> None:
+    def __init__(self, path: str, index: Index | GGUFIndex, data: np.ndarray) -> None:
         self.path = path
         self.index = index
         self._data = data
@@ -63,21 +64,29 @@ class Model:
         self.tensors: Mapping[str, np.ndarray] = _Views(data, self.info)
 
     @property
-    def version(self) -> FileVersion:
+    def version(self) -> FileVersion | GGUFVersion:
+        """FileVersion for the 2023 formats, GGUFVersion (V2, V3) for GGUF; both have .block_generation."""
         return self.index.version
 
     @property
     def format(self) -> str:
-        """'ggml', 'ggmf' or 'ggjt'."""
+        """'ggml', 'ggmf', 'ggjt' or 'gguf'."""
         return self.index.version.magic_name
 
     @property
-    def hparams(self) -> HParams:
+    def hparams(self) -> HParams | None:
+        """The 2023 header; None for GGUF, whose hyper-parameters are `metadata` keys."""
         return self.index.hparams
 
     @property
-    def vocab(self) -> Vocab:
+    def vocab(self) -> Vocab | None:
+        """The 2023 vocabulary; None for GGUF, whose tokenizer.ggml.* arrays are in `metadata`."""
         return self.index.vocab
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """GGUF's key -> value pairs (arrays as numpy arrays or GGUFStrings); empty for the 2023 formats."""
+        return self.index.metadata if isinstance(self.index, GGUFIndex) else {}
 
     @property
     def data(self) -> np.ndarray:
@@ -88,8 +97,8 @@ class Model:
         """Every tensor as a torch.Tensor sharing memory with a private (copy-on-write) map of the file.
 
         Reads share the page cache like the read-only map; a write to a tensor copies just that
-        page into this process and never reaches the file. F32/F16 only; quantized tensors come as
-        uint8 tensors of their raw block bytes.
+        page into this process and never reaches the file. F32/F16 (and GGUF's BF16 and integer
+        types) as themselves; quantized tensors come as uint8 tensors of their raw block bytes.
 
         Raises:
             ImportError: torch is not installed.
@@ -106,6 +115,8 @@ class Model:
                 log.debug("copying unaligned tensor %s for torch", name)
                 view = view.copy()
             out[name] = torch.from_numpy(view)
+            if info.type == GGMLType.BF16:  # GGUF: numpy holds the raw bits; torch has the type itself
+                out[name] = out[name].view(torch.bfloat16)
         return out
 
     def close(self) -> None:
@@ -137,7 +148,18 @@ def map_file(path: str | os.PathLike[str], mode: Literal["r", "c"] = "r") -> np.
 HEAD_READAHEAD = 1 << 20  # header + vocabulary are read in order; LLaMA's 32,000 tokens take ~0.45 MiB
 
 
-def decode_mapped(data: np.ndarray, path: str) -> Index:
+def decode_any(buf: memoryview, path: str) -> Index | GGUFIndex:
+    """Parse a GGUF file (b"GGUF" first) or a 2023 one.
+
+    Raises:
+        FormatError.
+    """
+    if buf[:4] == b"GGUF":
+        return decode_gguf(buf, path=path)
+    return decode_index(buf, path=path)
+
+
+def decode_mapped(data: np.ndarray, path: str) -> Index | GGUFIndex:
     """Parse the index of a mapped file with readahead off, then give the map normal readahead back.
 
     Each tensor record sits right before that tensor's data, so on a cold file the kernel's
@@ -149,16 +171,16 @@ def decode_mapped(data: np.ndarray, path: str) -> Index:
     """
     m = data.base if isinstance(data.base, mmap.mmap) else None
     if m is None:  # not a file map (e.g. the pread mode's private buffer): nothing to advise
-        return decode_index(memoryview(data), path=path)
+        return decode_any(memoryview(data), path)
     m.madvise(mmap.MADV_RANDOM)
     m.madvise(mmap.MADV_WILLNEED, 0, min(len(m), HEAD_READAHEAD))
     try:
-        return decode_index(memoryview(data), path=path)
+        return decode_any(memoryview(data), path)
     finally:
         m.madvise(mmap.MADV_NORMAL)
 
 
-def read_index(path: str | os.PathLike[str]) -> Index:
+def read_index(path: str | os.PathLike[str]) -> Index | GGUFIndex:
     """Parse a file's structure (header, vocabulary, tensor records) without keeping a map.
 
     Raises:
@@ -178,7 +200,7 @@ def load(
     method: Literal["mmap", "pread"] = "mmap",
     threads: int = 0,
 ) -> Model:
-    """Open a ggml, ggmf or ggjt (v1-v3) file; tensors are views into one array of the whole file.
+    """Open a ggml, ggmf, ggjt (v1-v3) or GGUF (v2, v3) file; tensors are views into one array of the whole file.
 
     By default that array is one memmap and nothing is copied. mode "r" maps read-only (writes
     to a view raise); "c" maps copy-on-write (writable views, changes stay in this process).
@@ -200,7 +222,7 @@ def load(
         if options.is_default:
             index = decode_mapped(data, os.fspath(path))
         else:
-            index = decode_index(memoryview(data), path=os.fspath(path))
+            index = decode_any(memoryview(data), os.fspath(path))
     except FormatError:
         del data  # the traceback keeps this frame alive; do not keep the file mapped with it
         raise

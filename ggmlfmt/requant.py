@@ -2,7 +2,7 @@
 
 Pure numpy over bounded slices: a caller converts a tensor chunk by chunk (any leading shape, the last
 axis counted in blocks) and gets arrays it can write as they are. Mapping and rounding rules:
-docs/format.md §10.
+docs/format.md §12.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .errors import BadValue
 
 Converter = Callable[[np.ndarray], np.ndarray]
 
-GGUF_GENERATION = 3  # GGUF's quantized blocks are the ggjt v3 ones, byte for byte (§10)
+GGUF_GENERATION = 3  # GGUF's quantized blocks are the ggjt v3 ones, byte for byte (§12)
 _F32_SCALES = {"d", "m"}  # the scale fields that may be f32 in generations 1 and 2
 
 
@@ -40,7 +40,7 @@ class Rounding:
     """What converting f32 scales to f16 does to a chunk of blocks; chunks add up with `+`.
 
     `max_rel_change` is the largest |f16(s) - s| / |s| over every finite non-zero f32 scale s (d, and m
-    for Q4_1) that stays finite in f16, computed in float64 (§10.3). Overflowing scales are counted in
+    for Q4_1) that stays finite in f16, computed in float64 (§12.3). Overflowing scales are counted in
     `overflow` instead.
     """
 
@@ -181,7 +181,7 @@ def convert_blocks(blocks: np.ndarray, generation: int, ggml_type: GGMLType) -> 
     """
     _, dst = _layouts(generation, ggml_type)
     if dst is None:
-        raise BadValue(f"{GGMLType(ggml_type).name} has no GGUF block; its target is F32 (docs/format.md §10)")
+        raise BadValue(f"{GGMLType(ggml_type).name} has no GGUF block; its target is F32 (docs/format.md §12)")
     rounding = scale_rounding(blocks, generation, ggml_type)
     target = gguf_target(generation, ggml_type)
     return (blocks if target.convert is None else target.convert(blocks)), rounding
@@ -194,7 +194,7 @@ def dequantize_to_f32(blocks: np.ndarray, *, ggml_type: GGMLType, generation: in
 
 def gguf_target(generation: int, ggml_type: GGMLType, lossless: bool = False, *,
                 rounding: Rounding | None = None) -> Target:
-    """GGUF type and converter for a tensor of `ggml_type` in a file of block `generation` (§10.1).
+    """GGUF type and converter for a tensor of `ggml_type` in a file of block `generation` (§12.1).
 
     `rounding` is the tensor's whole `scale_rounding` if the caller scanned it: then `lossless` writes F32
     only for tensors whose scales really round, and overflowing scales always give F32. Without it,

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .constants import DEFAULT_ALIGNMENT, FType
-from .layout import Index
+from .gguf import GGUFIndex, GGUFStrings, TypePath
+from .layout import Index, align_up
+
+ARRAY_HEAD = 8  # items of a long metadata array that inspect shows
 
 
 def _ftype_name(ftype: int) -> str:
     return FType(ftype).name if ftype in FType._value2member_map_ else str(ftype)
 
 
-def describe(index: Index) -> dict[str, Any]:
+def describe(index: Index | GGUFIndex) -> dict[str, Any]:
     """Everything `ggmlfmt inspect` shows, as JSON-ready data."""
+    if isinstance(index, GGUFIndex):
+        return describe_gguf(index)
     hp = index.hparams
     tensors = []
     record_bytes = padding = 0
@@ -53,6 +60,53 @@ def describe(index: Index) -> dict[str, Any]:
     }
 
 
+def _type_name(path: TypePath) -> str:
+    return "".join(f"{t.name}[" for t in path[:-1]) + path[-1].name + "]" * (len(path) - 1)
+
+
+def _plain(value: Any) -> Any:
+    """A metadata value as JSON-ready data, long arrays cut to their first ARRAY_HEAD items."""
+    if isinstance(value, (np.ndarray, GGUFStrings, list)):
+        head = value[:ARRAY_HEAD]
+        return [_plain(v) for v in (head.tolist() if isinstance(head, np.ndarray) else head)]
+    return value
+
+
+def describe_gguf(index: GGUFIndex) -> dict[str, Any]:
+    """`ggmlfmt inspect`'s data for a GGUF file: metadata (arrays summarised), tensors, byte accounting."""
+    metadata = {}
+    for key, value in index.metadata.items():
+        entry: dict[str, Any] = {"type": _type_name(index.types[key])}
+        if isinstance(value, (np.ndarray, GGUFStrings, list)):
+            entry["count"] = len(value)
+        entry["value" if "count" not in entry or len(value) <= ARRAY_HEAD else "first"] = _plain(value)
+        metadata[key] = entry
+    tensors = [{"name": t.name, "type": t.type.name, "shape": list(t.shape), "ne": list(t.ne), "offset": t.offset,
+                "nbytes": t.nbytes, "aligned": (t.offset - index.data_start) % index.alignment == 0}
+               for t in index.tensors]
+    data = sum(t.nbytes for t in index.tensors)
+    size, end = index.file_size, index.data_end
+    padded_end = min(size, index.data_start + align_up(end - index.data_start, index.alignment))
+    padding = (min(size, index.data_start) - index.infos_end) + (end - index.data_start - data if index.tensors else 0)
+    return {
+        "format": "gguf",
+        "version": index.version.number,
+        "alignment": index.alignment,
+        "llama_cpp_layout": index.sequential,
+        "metadata": metadata,
+        "tensors": tensors,
+        "bytes": {
+            "header": index.header_size,
+            "metadata": index.infos_start - index.header_size,
+            "tensor_infos": index.infos_end - index.infos_start,
+            "padding": padding + max(padded_end - end, 0),
+            "data": data,
+            "trailing": size - max(padded_end, end, min(size, index.data_start)),
+            "total": size,
+        },
+    }
+
+
 def _human(n: int) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= scale:
@@ -60,9 +114,25 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
+def _render_gguf_head(desc: dict[str, Any]) -> list[str]:
+    layout = "" if desc["llama_cpp_layout"] else " (not llama.cpp's sequential order: llama.cpp refuses it)"
+    lines = [f"format     gguf v{desc['version']}, alignment {desc['alignment']}{layout}",
+             f"metadata   {len(desc['metadata'])} keys"]
+    width = max([len(k) for k in desc["metadata"]] + [3])
+    for key, m in desc["metadata"].items():
+        count = f" x{m['count']}" if "count" in m else ""
+        shown = m.get("value", m.get("first"))
+        text = repr(shown) if "first" not in m else repr(shown)[:-1] + ", ...]"
+        shown_key = key if key.isprintable() else repr(key)  # no raw control bytes from a file on the terminal
+        lines.append(f"  {shown_key:<{width}}  {m['type'] + count:<18}  {text[:200]}")
+    return lines + [f"tensors    {len(desc['tensors'])}", ""]
+
+
 def render(desc: dict[str, Any]) -> str:
     """The description as aligned text for a terminal."""
-    hp, b = desc["hparams"], desc["bytes"]
+    if desc["format"] == "gguf":
+        return _render_table(desc, _render_gguf_head(desc))
+    hp = desc["hparams"]
     version = desc["format"] + ("" if desc["version"] is None else f" v{desc['version']}")
     lines = [
         f"format     {version}",
@@ -71,12 +141,20 @@ def render(desc: dict[str, Any]) -> str:
         f"tensors    {len(desc['tensors'])}",
         "",
     ]
-    width = max([len(t["name"]) for t in desc["tensors"]] + [4])
-    lines.append(f"{'name':<{width}}  {'type':<5}  {'shape':<18}  {'offset':>12}  {'bytes':>12}  align")
-    for t in desc["tensors"]:
+    return _render_table(desc, lines)
+
+
+def _render_table(desc: dict[str, Any], lines: list[str]) -> str:
+    """The tensor table and byte accounting after the header lines."""
+    b = desc["bytes"]
+    names = [t["name"] if t["name"].isprintable() else repr(t["name"]) for t in desc["tensors"]]  # no raw control bytes
+    width = max([len(n) for n in names] + [4])
+    tw = max([len(t["type"]) for t in desc["tensors"]] + [5])
+    lines.append(f"{'name':<{width}}  {'type':<{tw}}  {'shape':<18}  {'offset':>12}  {'bytes':>12}  align")
+    for name, t in zip(names, desc["tensors"]):
         shape = "x".join(map(str, t["shape"]))
-        align = "32" if t["aligned"] else "-"
-        lines.append(f"{t['name']:<{width}}  {t['type']:<5}  {shape:<18}  {t['offset']:>12,}  {t['nbytes']:>12,}  {align}")
+        align = str(desc.get("alignment", DEFAULT_ALIGNMENT)) if t["aligned"] else "-"
+        lines.append(f"{name:<{width}}  {t['type']:<{tw}}  {shape:<18}  {t['offset']:>12,}  {t['nbytes']:>12,}  {align}")
     lines += ["", "bytes      " + ", ".join(f"{k} {v:,}" for k, v in b.items() if k != "total")
               + f"; total {b['total']:,} ({_human(b['total'])})"]
     return "\n".join(lines)

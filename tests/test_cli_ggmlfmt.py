@@ -104,10 +104,17 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_not_a_model_says_what_it_is(tmp_path):
+    path = tmp_path / "x.ggla"
+    path.write_bytes(b"algg" + bytes(60))
+    r = run_cli("verify", str(path))
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "found a LoRA adapter ('ggla') file" in r.stderr
+
+
+def test_a_gguf_of_an_unknown_version_says_so(tmp_path):
     path = tmp_path / "x.gguf"
     path.write_bytes(b"GGUF" + bytes(60))
     r = run_cli("verify", str(path))
-    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "found GGUF file" in r.stderr
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "GGUF version 0 is not one we read" in r.stderr
 
 
 def test_usage_errors_exit_2():

@@ -24,6 +24,7 @@ GGMLFMT_RANKS = {
     "ggmlfmt.atomic": 0,  # stdlib only: temp file beside the target, then rename
     "ggmlfmt.layout": 1,
     "ggmlfmt.floats": 1,  # element casts (f16, f32, bf16) bit-identical to torch's
+    "ggmlfmt.gguf": 1.5,  # GGUF bytes <-> records; builds on layout's TensorInfo and Plan
     "ggmlfmt.pagecache": 1,  # how the bytes of a file are brought into memory (no format knowledge)
     "ggmlfmt.reader": 2,
     "ggmlfmt.writer": 2,

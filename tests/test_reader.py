@@ -60,9 +60,14 @@ def test_bad_magic_names_file_and_value(tmp_path):
         load(tmp_path / "x.bin")
 
 
-@pytest.mark.parametrize(("magic", "words"), [(b"GGUF", "GGUF"), (b"algg", "LoRA"), (b"nsgg", "session")])
+@pytest.mark.parametrize(("magic", "words"), [(b"algg", "LoRA"), (b"nsgg", "session")])
 def test_files_that_are_not_models_are_named_for_what_they_are(tmp_path, magic, words):
     expect(tmp_path, magic + bytes(60), BadMagic, 0, "magic", match=words)
+
+
+def test_gguf_is_read_now_so_a_bad_gguf_version_is_named(tmp_path):
+    # GGUF used to be a BadMagic "not a model" here; since issue 10 it is read (tests/test_gguf.py)
+    expect(tmp_path, b"GGUF" + bytes(60), UnsupportedVersion, 4, "version", match="GGUF version 0")
 
 
 @pytest.mark.parametrize(("fmt", "version"), [("ggmf", 0), ("ggmf", 2), ("ggjt", 0), ("ggjt", 4), ("ggjt", 2**32 - 1)])

@@ -21,7 +21,7 @@ from ggmlfmt.requant import Rounding, ScaleOverflow, convert_blocks, gguf_target
 QUANTIZED = [(gen, t) for gen in (1, 2, 3) for t in builders.BLOCKS[gen] if t not in ("F32", "F16")]
 IDS = [f"v{gen}-{t}" for gen, t in QUANTIZED]
 GGUF_BLOCKS = {t for t in builders.BLOCKS[3] if t not in ("F32", "F16")}
-F32_SCALES = {(1, "Q4_0"), (1, "Q4_1"), (1, "Q8_0"), (2, "Q4_0"), (2, "Q4_1"), (2, "Q8_0")}  # docs/format.md §10.1
+F32_SCALES = {(1, "Q4_0"), (1, "Q4_1"), (1, "Q8_0"), (2, "Q4_0"), (2, "Q4_1"), (2, "Q8_0")}  # docs/format.md §12.1
 
 
 # ------------------------------------------------------------------ an independent restatement, block by block
@@ -60,7 +60,7 @@ def _gguf_values(blocks: np.ndarray, type_name: str) -> np.ndarray:
 
 
 def _scale_change(values: list[float]) -> float:
-    """Largest |f16(s) - s| / |s| over finite non-zero s, computed from struct's f16 (docs/format.md §10.3)."""
+    """Largest |f16(s) - s| / |s| over finite non-zero s, computed from struct's f16 (docs/format.md §12.3)."""
     worst = 0.0
     for s in values:
         if math.isfinite(s) and s != 0:
@@ -71,7 +71,7 @@ def _scale_change(values: list[float]) -> float:
 # ------------------------------------------------------------------ the table
 
 
-EXPECTED = {  # (generation, type) -> (GGUF type, bytes unchanged), by docs/format.md §10.1
+EXPECTED = {  # (generation, type) -> (GGUF type, bytes unchanged), by docs/format.md §12.1
     **{(g, t): (t, g == 3 or (g == 2 and t.startswith("Q5"))) for g, t in QUANTIZED},
     (1, "Q4_2"): ("F32", False),
     (1, "Q4_3"): ("F32", False),

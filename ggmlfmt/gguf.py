@@ -1,0 +1,737 @@
+"""Byte layout of GGUF v2/v3 files: decode an index from a buffer, plan a file to write (docs/format.md §11).
+
+Pure functions over bytes and records, like layout.py; no file I/O here (reader.py and writer.py
+do that). Every count and length read from a buffer is checked against the bytes that remain
+before anything is allocated or looped over.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain, repeat
+from typing import Any, Union
+
+import numpy as np
+
+from .constants import (
+    BLOCK_LAYOUTS,
+    DEFAULT_ALIGNMENT,
+    GGUF_ALIGNMENT_KEY,
+    GGUF_BLOCK_GENERATION,
+    GGUF_HEADER,
+    GGUF_MAX_ARRAY_DEPTH,
+    GGUF_MAX_NAME_LEN,
+    GGUF_MAX_NE,
+    GGUF_SCALAR_DTYPES,
+    GGUF_SCALAR_STRUCTS,
+    GGUF_VERSIONS,
+    GGUF_WRITE_VERSION,
+    MAGIC_GGUF,
+    MAX_DIMS,
+    MAX_NAME_LEN,
+    U32,
+    U64,
+    BlockLayout,
+    GGMLType,
+    GGUFValueType,
+    GGUFVersion,
+)
+from .errors import BadLayout, BadMagic, BadValue, FormatError, Truncated, UnsupportedVersion
+from .layout import Plan, TensorInfo, TensorSpec, align_up, tensor_nbytes
+
+GGUF_LAYOUTS: dict[GGMLType, BlockLayout] = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION]
+TypePath = tuple[GGUFValueType, ...]  # (UINT32,), (ARRAY, STRING), (ARRAY, ARRAY, INT32), ...
+_MIN_KV = 8 + 4 + 1  # key length, value type, the smallest value (one byte)
+_MIN_INFO = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset (0 dims are refused)
+_ARRAY_HEAD = struct.Struct("<IQ")  # element type, count
+_INFO_TAIL = struct.Struct("<IQ")  # type, offset
+_NE = {n: struct.Struct(f"<{n}Q") for n in range(1, MAX_DIMS + 1)}
+_unpack_u64 = U64.unpack_from
+
+
+class GGUFStrings(Sequence[str]):
+    """A GGUF array of strings, validated whole on open and decoded one item at a time when asked.
+
+    A 32,000-token vocabulary is one bytes object and one int64 array of end offsets, not 32,000 str.
+    """
+
+    __slots__ = ("_data", "_ends")
+
+    def __init__(self, data: bytes, ends: np.ndarray) -> None:
+        self._data = data  # the array's encoded elements: (u64 length, bytes) each
+        self._ends = ends  # ends[i]: where element i's bytes end in `data`
+
+    def raw(self, i: int) -> bytes:
+        """The UTF-8 bytes of element i.
+
+        Raises:
+            IndexError.
+        """
+        n = len(self._ends)
+        if not -n <= i < n:
+            raise IndexError(f"string index {i} out of range for {n} strings")
+        i %= n
+        return self._data[int(self._ends[i - 1]) + 8 if i else 8 : int(self._ends[i])]
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.raw(i).decode("utf-8")
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __iter__(self) -> Iterator[str]:
+        data, start = self._data, 8
+        for end in self._ends.tolist():
+            yield data[start:end].decode("utf-8")
+            start = end + 8
+
+    def tolist(self) -> list[str]:
+        return list(self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, GGUFStrings):
+            return self._data == other._data
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking sequence semantics, like list
+
+    def __repr__(self) -> str:
+        head = ", ".join(repr(s) for s in self[:3])
+        return f"GGUFStrings([{head}{', ...' if len(self) > 3 else ''}], n={len(self)})"
+
+
+@dataclass(frozen=True, slots=True)
+class GGUFIndex:
+    """Everything a GGUF file says about itself, with absolute offsets; no tensor data."""
+
+    version: GGUFVersion
+    metadata: dict[str, Any]  # key -> int | float | bool | str | ndarray | GGUFStrings | list (nested)
+    types: dict[str, TypePath]  # key -> its value type path
+    tensors: tuple[TensorInfo, ...]
+    alignment: int
+    infos_start: int  # offset of the first tensor info (= end of the metadata)
+    infos_end: int
+    data_start: int  # infos_end padded to `alignment`; tensor offsets count from here
+    file_size: int
+
+    @property
+    def hparams(self) -> None:
+        """GGUF has no ggjt header: its hyper-parameters are metadata keys (docs/format.md §11.7)."""
+        return None
+
+    @property
+    def vocab(self) -> None:
+        """GGUF stores SentencePiece pieces and types, not ggjt's texts: see `metadata` (§11.7)."""
+        return None
+
+    @property
+    def header_size(self) -> int:
+        return GGUF_HEADER.size
+
+    @property
+    def data_end(self) -> int:
+        """End of the last tensor's data (data_start when there are none)."""
+        return max((t.offset + t.nbytes for t in self.tensors), default=self.data_start)
+
+    @property
+    def sequential(self) -> bool:
+        """Whether tensor i starts at the padded end of tensor i-1, as llama.cpp requires (§11.5)."""
+        pos = self.data_start
+        for t in self.tensors:
+            if t.offset != pos:
+                return False
+            pos = self.data_start + align_up(pos - self.data_start + t.nbytes, self.alignment)
+        return True
+
+    def by_name(self) -> dict[str, TensorInfo]:
+        return {t.name: t for t in self.tensors}
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _need(buf: memoryview, pos: int, n: int, field: str) -> None:
+    if n > len(buf) - pos:
+        raise Truncated(f"need {n} bytes, {max(len(buf) - pos, 0)} left", offset=pos, field=field)
+
+
+def _value_type(code: int, at: int, field: str) -> GGUFValueType:
+    if code not in GGUFValueType._value2member_map_:
+        raise BadValue(f"expected a value type code 0..{max(GGUFValueType)}, found {code}", offset=at, field=field)
+    return GGUFValueType(code)
+
+
+def _string(buf: memoryview, pos: int, field: str, max_len: int | None = None) -> tuple[str, int]:
+    """One string (u64 length, UTF-8 bytes) at pos; return it and the position after it.
+
+    Raises:
+        Truncated, BadValue.
+    """
+    _need(buf, pos, 8, f"{field} length")
+    (n,) = _unpack_u64(buf, pos)
+    if max_len is not None and n > max_len:
+        raise BadValue(f"expected a length 0..{max_len}, found {n}", offset=pos, field=f"{field} length")
+    pos += 8
+    if n > len(buf) - pos:
+        raise Truncated(f"a {n}-byte string needs {n} bytes, {len(buf) - pos} left", offset=pos, field=field)
+    try:
+        return str(buf[pos : pos + n], "utf-8"), pos + n
+    except UnicodeDecodeError as e:
+        raise BadValue(f"expected UTF-8, found byte {buf[pos + e.start]:#04x} at byte {e.start}",
+                       offset=pos + e.start, field=field) from None
+
+
+def _scalar(buf: memoryview, pos: int, vtype: GGUFValueType, field: str) -> tuple[Any, int]:
+    st = GGUF_SCALAR_STRUCTS[vtype]
+    _need(buf, pos, st.size, field)
+    (value,) = st.unpack_from(buf, pos)
+    if vtype is GGUFValueType.BOOL:
+        if value > 1:
+            raise BadValue(f"expected a bool 0 or 1, found {value}", offset=pos, field=field)
+        value = bool(value)
+    return value, pos + st.size
+
+
+def _value(buf: memoryview, pos: int, vtype: GGUFValueType, field: str, depth: int) -> tuple[Any, TypePath, int]:
+    """One value of a known type; return it, its type path and the position after it.
+
+    Raises:
+        Truncated, BadValue.
+    """
+    if vtype is GGUFValueType.STRING:
+        value, pos = _string(buf, pos, field)
+        return value, (vtype,), pos
+    if vtype is GGUFValueType.ARRAY:
+        return _array(buf, pos, field, depth)
+    value, pos = _scalar(buf, pos, vtype, field)
+    return value, (vtype,), pos
+
+
+def _array(buf: memoryview, pos: int, field: str, depth: int) -> tuple[Any, TypePath, int]:
+    """An array (u32 element type, u64 count, elements); count is bounded by the bytes left first.
+
+    Raises:
+        Truncated, BadValue.
+    """
+    if depth >= GGUF_MAX_ARRAY_DEPTH:
+        raise BadValue(f"arrays nested deeper than {GGUF_MAX_ARRAY_DEPTH}", offset=pos, field=field)
+    _need(buf, pos, _ARRAY_HEAD.size, f"{field} array header")
+    code, count = _ARRAY_HEAD.unpack_from(buf, pos)
+    etype = _value_type(code, pos, f"{field} element type")
+    pos += _ARRAY_HEAD.size
+    left = len(buf) - pos
+    min_item = {GGUFValueType.STRING: 8, GGUFValueType.ARRAY: _ARRAY_HEAD.size}.get(etype)
+    if etype in GGUF_SCALAR_DTYPES:
+        dtype = GGUF_SCALAR_DTYPES[etype]
+        if count * dtype.itemsize > left:
+            raise Truncated(f"{count} x {etype.name} need {count * dtype.itemsize} bytes, {left} left",
+                            offset=pos, field=field)
+        arr = np.frombuffer(buf, dtype, count, pos).copy()  # a copy: metadata must not pin the map
+        if etype is GGUFValueType.BOOL:
+            arr = _bools(arr, pos, field)
+        return arr, (GGUFValueType.ARRAY, etype), pos + count * dtype.itemsize
+    if count * min_item > left:
+        raise Truncated(f"{count} x {etype.name} need at least {count * min_item} bytes, {left} left",
+                        offset=pos, field=field)
+    if etype is GGUFValueType.STRING:
+        strings, pos = _strings(buf, pos, count, field)
+        return strings, (GGUFValueType.ARRAY, etype), pos
+    items, inner = [], (GGUFValueType.ARRAY,)
+    for i in range(count):  # bounded: each item takes >= 12 of the bytes left
+        item, path, pos = _array(buf, pos, f"{field}[{i}]", depth + 1)
+        inner = path if i == 0 else inner
+        items.append(item)
+    return items, (GGUFValueType.ARRAY, *inner), pos
+
+
+def _bools(arr: np.ndarray, pos: int, field: str) -> np.ndarray:
+    bad = np.flatnonzero(arr > 1)
+    if len(bad):
+        raise BadValue(f"expected a bool 0 or 1, found {arr[bad[0]]}", offset=pos + int(bad[0]),
+                       field=f"{field}[{bad[0]}]")
+    return arr.astype(bool)
+
+
+def _strings(buf: memoryview, pos: int, count: int, field: str) -> tuple[GGUFStrings, int]:
+    """`count` strings from pos (count * 8 already fits): one walk of the lengths, one UTF-8 check.
+
+    Raises:
+        Truncated, BadValue.
+    """
+    start, size = pos, len(buf)
+    lengths: list[int] = []
+    append, unpack = lengths.append, _unpack_u64
+    try:
+        for _ in repeat(None, count):  # the one per-item loop: items have variable length
+            (n,) = unpack(buf, pos)
+            pos += n + 8
+            append(n)
+    except (struct.error, OverflowError):  # a length ran past the end: find which, for the message
+        raise _strings_error(buf, start, count, field) from None
+    if pos > size:
+        raise _strings_error(buf, start, count, field)
+    data = bytes(buf[start:pos])
+    lens = np.fromiter(lengths, np.int64, count)  # each <= size now, so int64 holds them and their sum
+    ends = np.cumsum(lens + 8)
+    if count and not _utf8(data, lens, ends):
+        raise _utf8_error(GGUFStrings(data, ends), start, field)
+    return GGUFStrings(data, ends), pos
+
+
+def _strings_error(buf: memoryview, pos: int, count: int, field: str) -> FormatError:
+    """The error of the first string of an array that does not fit (slow path, errors only)."""
+    for i in range(count):
+        try:
+            _, pos = _string(buf, pos, f"{field}[{i}]")
+        except FormatError as e:
+            return e
+    return Truncated("string array runs past the end of the file", offset=pos, field=field)  # unreachable
+
+
+def _utf8(data: bytes, lens: np.ndarray, ends: np.ndarray) -> bool:
+    """Whether every element of an encoded string array is UTF-8, in one or two vectorised passes.
+
+    When every length is < 128, the 8 length bytes are ASCII, which UTF-8 never takes as part of a
+    longer character: the whole encoding decodes exactly when each element does. Otherwise the
+    texts are joined without their lengths, decoded, and no element may start on a continuation byte.
+    """
+    try:
+        if int(lens.max()) < 0x80:
+            data.decode("utf-8")
+            return True
+        raw = np.frombuffer(data, np.uint8)
+        keep = np.ones(len(raw), bool)
+        keep[((ends - lens - 8)[:, None] + np.arange(8)).reshape(-1)] = False
+        text = raw[keep]
+        text.tobytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    bounds = np.cumsum(lens)[:-1]
+    return not np.any((text[bounds[bounds < len(text)]] & 0xC0) == 0x80)
+
+
+def _utf8_error(strings: GGUFStrings, base: int, field: str) -> FormatError:
+    """The error for the first element that is not UTF-8 (slow path, errors only)."""
+    for i in range(len(strings)):
+        try:
+            strings[i]
+        except UnicodeDecodeError as e:
+            at = base + (int(strings._ends[i - 1]) if i else 0) + 8 + e.start
+            return BadValue(f"expected UTF-8, found byte {strings.raw(i)[e.start]:#04x} at byte {e.start}",
+                            offset=at, field=f"{field}[{i}]")
+    return BadValue("expected UTF-8", field=field)  # unreachable: _utf8 found a bad element
+
+
+def _version(buf: memoryview) -> GGUFVersion:
+    """Check magic and version; say so clearly for v1 and for big-endian files.
+
+    Raises:
+        Truncated, BadMagic, UnsupportedVersion.
+    """
+    _need(buf, 0, 4, "magic")
+    (magic,) = U32.unpack_from(buf, 0)
+    if magic != MAGIC_GGUF:
+        raise BadMagic(f"expected b'GGUF', found {bytes(buf[:4])!r}", offset=0, field="magic")
+    _need(buf, 4, 4, "version")
+    (number,) = U32.unpack_from(buf, 4)
+    if number in GGUF_VERSIONS:
+        return GGUFVersion(number)
+    swapped = int.from_bytes(number.to_bytes(4, "little"), "big")
+    if number == 1:
+        msg = "GGUF v1 (32-bit counts, August 2023 only) is not read; expected version 2 or 3"
+    elif swapped in (1, *GGUF_VERSIONS):
+        msg = (f"a big-endian GGUF v{swapped} file (version field {number:#010x} read little-endian); "
+               "we read little-endian GGUF only")
+    else:
+        msg = f"GGUF version {number} is not one we read; expected one of {list(GGUF_VERSIONS)}"
+    raise UnsupportedVersion(msg, offset=4, field="version")
+
+
+def _key_field(key: str) -> str:
+    """A key as an error's field: as is when plain printable ASCII, else quoted and escaped (one line)."""
+    if key.isascii() and key.isprintable() and " " not in key and len(key) <= 100:
+        return key
+    return repr(key[:100])
+
+
+def _metadata(buf: memoryview, pos: int, n_kv: int) -> tuple[dict[str, Any], dict[str, TypePath], int, int]:
+    """Read n_kv key/value pairs; return values, types, the position after them and general.alignment's offset.
+
+    Raises:
+        Truncated, BadValue, BadLayout.
+    """
+    values: dict[str, Any] = {}
+    types: dict[str, TypePath] = {}
+    align_at = -1
+    for i in range(n_kv):  # bounded by the caller: n_kv * 13 bytes fit
+        at = pos
+        key, pos = _string(buf, pos, f"metadata[{i}].key")
+        if key in values:
+            raise BadLayout(f"duplicate metadata key {key[:100]!r}", offset=at, field=f"metadata[{i}].key")
+        if not key:
+            raise BadValue("expected a non-empty key", offset=at, field=f"metadata[{i}].key")
+        name = _key_field(key)
+        _need(buf, pos, 4, f"{name} value type")
+        vtype = _value_type(U32.unpack_from(buf, pos)[0], pos, f"{name} value type")
+        pos += 4
+        if key == GGUF_ALIGNMENT_KEY:
+            align_at = pos
+        values[key], types[key], pos = _value(buf, pos, vtype, name, 0)
+    return values, types, pos, align_at
+
+
+def _alignment(values: dict[str, Any], types: dict[str, TypePath], at: int) -> int:
+    """general.alignment if present (a u32, a power of two), else 32.
+
+    Raises:
+        BadValue.
+    """
+    if GGUF_ALIGNMENT_KEY not in values:
+        return DEFAULT_ALIGNMENT
+    if types[GGUF_ALIGNMENT_KEY] != (GGUFValueType.UINT32,):
+        found = "/".join(t.name for t in types[GGUF_ALIGNMENT_KEY])
+        raise BadValue(f"expected a UINT32, found a {found}", offset=at, field=GGUF_ALIGNMENT_KEY)
+    align = values[GGUF_ALIGNMENT_KEY]
+    if align <= 0 or align & (align - 1):
+        raise BadValue(f"expected a power of two, found {align}", offset=at, field=GGUF_ALIGNMENT_KEY)
+    return align
+
+
+def _tensor_type(code: int, at: int, field: str) -> tuple[GGMLType, BlockLayout]:
+    if code in GGMLType._value2member_map_ and GGMLType(code) in GGUF_LAYOUTS:
+        t = GGMLType(code)
+        return t, GGUF_LAYOUTS[t]
+    known = f" ({GGMLType(code).name}, a 2023 type GGUF does not have)" if code in GGMLType._value2member_map_ else ""
+    raise BadValue(f"unknown tensor type code {code}{known}; expected a code of today's ggml_type enum "
+                   f"({min(GGUF_LAYOUTS)}..{max(GGUF_LAYOUTS)}, docs/format.md §11.6)", offset=at, field=field)
+
+
+def _tensor_info(buf: memoryview, pos: int, i: int, alignment: int) -> tuple[tuple, int]:
+    """One tensor info; return (name, type, ne, relative offset, nbytes, record offset, block) and the next position.
+
+    Raises:
+        Truncated, BadValue.
+    """
+    record = pos
+    name, pos = _string(buf, pos, f"tensor[{i}].name", MAX_NAME_LEN)
+    what = f"tensor {name!r}"
+    _need(buf, pos, 4, f"{what}.n_dims")
+    (n_dims,) = U32.unpack_from(buf, pos)
+    if not 1 <= n_dims <= MAX_DIMS:
+        raise BadValue(f"expected 1..{MAX_DIMS} dims, found {n_dims}", offset=pos, field=f"{what}.n_dims")
+    dims_at = pos + 4
+    _need(buf, dims_at, 8 * n_dims + _INFO_TAIL.size, f"{what}.ne")
+    ne = _NE[n_dims].unpack_from(buf, dims_at)
+    pos = dims_at + 8 * n_dims
+    code, offset = _INFO_TAIL.unpack_from(buf, pos)
+    for d, n in enumerate(ne):
+        if n > GGUF_MAX_NE:
+            raise BadValue(f"expected a size below 2**63, found {n}", offset=dims_at + 8 * d, field=f"{what}.ne[{d}]")
+    ggml_type, block = _tensor_type(code, pos, f"{what}.type")
+    if ne[0] % block.elements:
+        raise BadValue(f"ne[0] = {ne[0]} is not a multiple of the {ggml_type.name} block size {block.elements}",
+                       offset=dims_at, field=f"{what}.ne[0]")
+    if offset % alignment:
+        raise BadLayout(f"expected an offset that is a multiple of the alignment {alignment}, found {offset}",
+                        offset=pos + 4, field=f"{what}.offset")
+    return (name, ggml_type, ne, offset, tensor_nbytes(ne, block), record, block), pos + _INFO_TAIL.size
+
+
+def _place(raw: list[tuple], data_start: int, size: int) -> tuple[TensorInfo, ...]:
+    """TensorInfos with absolute offsets, after checking each lies in the file and none overlap.
+
+    Raises:
+        Truncated, BadLayout.
+    """
+    infos = []
+    for name, ggml_type, ne, rel, nbytes, record, block in raw:
+        if data_start + rel + nbytes > size:
+            raise Truncated(f"{ggml_type.name} {list(ne)} data at data_start {data_start:#x} + {rel:#x} needs "
+                            f"{nbytes} bytes, {max(size - data_start - rel, 0)} left", offset=record,
+                            field=f"tensor {name!r} data")
+        infos.append(TensorInfo(name, ggml_type, tuple(ne), data_start + rel, nbytes, record, block))
+    if len(infos) > 1:
+        starts = np.fromiter((t.offset for t in infos), np.int64, len(infos))  # all < size now: no overflow
+        ends = starts + np.fromiter((t.nbytes for t in infos), np.int64, len(infos))
+        order = np.argsort(starts, kind="stable")
+        clash = np.flatnonzero(starts[order][1:] < ends[order][:-1])
+        if len(clash):
+            a, b = infos[order[clash[0]]], infos[order[clash[0] + 1]]
+            raise BadLayout(f"data overlaps tensor {a.name!r}'s ({a.offset:#x}..{a.offset + a.nbytes:#x})",
+                            offset=b.record_offset, field=f"tensor {b.name!r} offset")
+    return tuple(infos)
+
+
+def decode_gguf(buf: memoryview | bytes, *, path: str | None = None) -> GGUFIndex:
+    """Parse a GGUF v2/v3 file's header, metadata and tensor infos from a buffer (docs/format.md §11).
+
+    Raises:
+        FormatError (BadMagic, UnsupportedVersion, Truncated, BadValue, BadLayout), with `path` filled in.
+    """
+    buf = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf
+    try:
+        version = _version(buf)
+        _need(buf, 8, 16, "tensor_count, metadata_kv_count")
+        _, _, n_tensors, n_kv = GGUF_HEADER.unpack_from(buf, 0)
+        left = len(buf) - GGUF_HEADER.size
+        if n_kv * _MIN_KV + n_tensors * _MIN_INFO > left:
+            raise Truncated(f"{n_kv} metadata pairs and {n_tensors} tensor infos need at least "
+                            f"{n_kv * _MIN_KV + n_tensors * _MIN_INFO} bytes, {left} left", offset=8,
+                            field="tensor_count, metadata_kv_count")
+        values, types, pos, align_at = _metadata(buf, GGUF_HEADER.size, n_kv)
+        alignment = _alignment(values, types, align_at)
+        infos_start, raw, seen = pos, [], set()
+        for i in range(n_tensors):  # bounded above: n_tensors * 32 bytes fit
+            info, pos = _tensor_info(buf, pos, i, alignment)
+            if info[0] in seen:
+                raise BadLayout(f"duplicate tensor name {info[0]!r}", offset=info[5], field=f"tensor[{i}].name")
+            seen.add(info[0])
+            raw.append(info)
+        data_start = align_up(pos, alignment)
+        _check_padding(buf, pos, data_start)
+        tensors = _place(raw, data_start, len(buf))
+    except FormatError as e:
+        raise e.with_path(path) if path else e
+    return GGUFIndex(version, values, types, tensors, alignment, infos_start, pos, data_start, len(buf))
+
+
+def _check_padding(buf: memoryview, pos: int, data_start: int) -> None:
+    """The padding after the tensor infos is zero (as far as the file goes: a file without tensors may end early).
+
+    Raises:
+        BadLayout.
+    """
+    pad = bytes(buf[pos : min(data_start, len(buf))])
+    if pad.strip(b"\0"):
+        raise BadLayout(f"expected {len(pad)} zero bytes of alignment padding, found {pad.hex()}", offset=pos,
+                        field="padding after tensor infos")
+
+
+# ---------------------------------------------------------------- planning a file to write
+
+Metadata = Union[Sequence[tuple[str, Any, Any]], Mapping[str, tuple[Any, Any]]]
+_NUMPY_VALUE_TYPES = {d: t for t, d in GGUF_SCALAR_DTYPES.items() if t is not GGUFValueType.BOOL}
+
+
+def _type_path(vtype: Any, value: Any, key: str) -> TypePath:
+    """The full type path of a value: arrays need their element type, given or inferred from numpy/str items.
+
+    Raises:
+        ValueError.
+    """
+    path = tuple(GGUFValueType(t) for t in (vtype if isinstance(vtype, tuple) else (vtype,)))
+    if path[-1] is not GGUFValueType.ARRAY:
+        if any(t is not GGUFValueType.ARRAY for t in path[:-1]):
+            raise ValueError(f"metadata {key!r}: only ARRAY may be followed by an element type, got {path}")
+        return path
+    if len(path) > 1:
+        raise ValueError(f"metadata {key!r}: give the element type of the innermost array, e.g. (ARRAY, INT32)")
+    if isinstance(value, np.ndarray) and value.dtype.kind == "b":
+        return (GGUFValueType.ARRAY, GGUFValueType.BOOL)
+    if isinstance(value, np.ndarray) and value.dtype.newbyteorder("<") in _NUMPY_VALUE_TYPES:
+        return (GGUFValueType.ARRAY, _NUMPY_VALUE_TYPES[value.dtype.newbyteorder("<")])
+    if isinstance(value, GGUFStrings) or (isinstance(value, Sequence) and value and all(isinstance(v, str) for v in value)):
+        return (GGUFValueType.ARRAY, GGUFValueType.STRING)
+    raise ValueError(f"metadata {key!r}: cannot tell the element type of this array; give it, e.g. (ARRAY, INT32)")
+
+
+def _encode_scalar(vtype: GGUFValueType, value: Any, key: str) -> bytes:
+    """One fixed-size or string value.
+
+    Raises:
+        ValueError.
+    """
+    if vtype is GGUFValueType.STRING:
+        if not isinstance(value, str):
+            raise ValueError(f"metadata {key!r}: a STRING must be str, got {type(value).__name__}")
+        try:
+            raw = value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"metadata {key!r}: not encodable as UTF-8: {value[:40]!r}") from None
+        return U64.pack(len(raw)) + raw
+    if vtype is GGUFValueType.BOOL:
+        if value not in (0, 1) or isinstance(value, float):
+            raise ValueError(f"metadata {key!r}: a BOOL must be True/False, got {value!r}")
+        return bytes([int(value)])
+    dtype = GGUF_SCALAR_DTYPES[vtype]
+    if dtype.kind in "iu":
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise ValueError(f"metadata {key!r}: a {vtype.name} must be an integer, got {value!r}")
+        info = np.iinfo(dtype)
+        if not info.min <= value <= info.max:
+            raise ValueError(f"metadata {key!r}: {value} does not fit a {vtype.name} ({info.min}..{info.max})")
+    elif not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+        raise ValueError(f"metadata {key!r}: a {vtype.name} must be a number, got {value!r}")
+    try:
+        return GGUF_SCALAR_STRUCTS[vtype].pack(value)
+    except (OverflowError, struct.error):
+        raise ValueError(f"metadata {key!r}: {value} does not fit a {vtype.name}") from None
+
+
+def _encode_items(path: TypePath, value: Any, key: str) -> tuple[int, bytes]:
+    """The count and the encoded elements of an array whose element type path is `path`.
+
+    Raises:
+        ValueError.
+    """
+    etype = path[0]
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise ValueError(f"metadata {key!r}: an ARRAY must be a sequence or a 1-D numpy array, "
+                         f"got {type(value).__name__}")
+    if etype is GGUFValueType.STRING:
+        return len(value), b"".join([_encode_scalar(etype, v, key) for v in value])
+    if etype is GGUFValueType.ARRAY:
+        parts = []
+        for v in value:
+            count, items = _encode_items(path[1:], v, key)
+            parts.append(_ARRAY_HEAD.pack(int(path[1]), count) + items)
+        return len(value), b"".join(parts)
+    return len(value), _encode_numbers(etype, value, key)
+
+
+def _encode_numbers(etype: GGUFValueType, value: Any, key: str) -> bytes:
+    """A numeric or bool array as little-endian bytes in one numpy call, after a range check.
+
+    Raises:
+        ValueError.
+    """
+    dtype = GGUF_SCALAR_DTYPES[etype]
+    if not isinstance(value, np.ndarray) and dtype.kind in "iu" and etype is not GGUFValueType.BOOL:
+        # Python ints: numpy would guess float64 for a list mixing 0 and 2**63, so check them exactly
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"metadata {key!r}: an array of {etype.name} must hold integers")
+        info = np.iinfo(dtype)
+        if value and not info.min <= min(value) <= max(value) <= info.max:
+            raise ValueError(f"metadata {key!r}: values {min(value)}..{max(value)} do not fit an array of "
+                             f"{etype.name} ({info.min}..{info.max})")
+        return np.array(value, dtype).tobytes()
+    arr = np.asarray(value)
+    if arr.ndim != 1:
+        raise ValueError(f"metadata {key!r}: an ARRAY must be 1-D, got shape {arr.shape}")
+    if arr.size == 0:
+        return b""
+    if etype is GGUFValueType.BOOL:
+        ok = arr.dtype.kind == "b" or (arr.dtype.kind in "iu" and bool(np.all((arr == 0) | (arr == 1))))
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        ok = arr.dtype.kind in "iu" and info.min <= int(arr.min()) and int(arr.max()) <= info.max
+    else:
+        ok = arr.dtype.kind in "iuf"
+        if ok and etype is GGUFValueType.FLOAT32:
+            finite = arr[np.isfinite(arr)].astype(np.float64)
+            ok = not finite.size or float(np.abs(finite).max()) <= float(np.finfo(np.float32).max)
+    if not ok:
+        raise ValueError(f"metadata {key!r}: values of dtype {arr.dtype} (range {arr.min()}..{arr.max()}) "
+                         f"do not fit an array of {etype.name}")
+    return arr.astype(dtype).tobytes()
+
+
+def encode_value(vtype: GGUFValueType | TypePath, value: Any, key: str = "value") -> bytes:
+    """The bytes of one metadata value (without its type tag); arrays take (ARRAY, element type, ...).
+
+    Raises:
+        ValueError: the value does not fit the type, naming `key`.
+    """
+    path = _type_path(vtype, value, key)
+    if path[0] is not GGUFValueType.ARRAY:
+        return _encode_scalar(path[0], value, key)
+    count, items = _encode_items(path[1:], value, key)
+    return _ARRAY_HEAD.pack(int(path[1]), count) + items
+
+
+def encode_metadata(metadata: Metadata, alignment: int) -> tuple[int, bytes]:
+    """Number of pairs and the encoded pairs, `general.alignment` (u32) included.
+
+    Raises:
+        ValueError: a bad key, a duplicate, or a value that does not fit its type.
+    """
+    items = list(metadata.items()) if isinstance(metadata, Mapping) else list(metadata)
+    entries = [(k, *tv) for k, tv in items] if isinstance(metadata, Mapping) else items
+    parts, seen = [], set()
+    for entry in entries:
+        if len(entry) != 3:
+            raise ValueError(f"metadata entries are (key, type, value), got {entry!r:.80}")
+        key, vtype, value = entry
+        if not isinstance(key, str) or not key or len(key.encode("utf-8", "replace")) >= 1 << 16:
+            raise ValueError(f"metadata key must be a non-empty str under 65536 UTF-8 bytes, got {key!r:.80}")
+        if key in seen:
+            raise ValueError(f"duplicate metadata key {key!r}")
+        seen.add(key)
+        path = _type_path(vtype, value, key)
+        if key == GGUF_ALIGNMENT_KEY and (path != (GGUFValueType.UINT32,) or value != alignment):
+            raise ValueError(f"metadata {key!r}: must be UINT32 {alignment} (the plan's alignment), got {vtype!r} {value!r}")
+        parts += [_encode_scalar(GGUFValueType.STRING, key, key), U32.pack(int(path[0])), encode_value(path, value, key)]
+    if GGUF_ALIGNMENT_KEY not in seen:
+        parts += [_encode_scalar(GGUFValueType.STRING, GGUF_ALIGNMENT_KEY, GGUF_ALIGNMENT_KEY),
+                  U32.pack(int(GGUFValueType.UINT32)), U32.pack(alignment)]
+        seen.add(GGUF_ALIGNMENT_KEY)
+    return len(seen), b"".join(parts)
+
+
+def _check_gguf_spec(spec: TensorSpec, seen: set[str]) -> tuple[BlockLayout, bytes]:
+    """Validate one spec for a GGUF file; return its block layout and encoded name.
+
+    Raises:
+        ValueError.
+    """
+    if not 1 <= len(spec.ne) <= MAX_DIMS:
+        raise ValueError(f"tensor {spec.name!r}: GGUF stores 1..{MAX_DIMS} dims here, not {len(spec.ne)}")
+    if any(not isinstance(n, (int, np.integer)) or n < 0 or n > GGUF_MAX_NE for n in spec.ne):
+        raise ValueError(f"tensor {spec.name!r}: every dim must be an integer 0..2**63-1, got {list(spec.ne)}")
+    name = spec.name.encode("utf-8") if isinstance(spec.name, str) else b""
+    if not 0 < len(name) <= GGUF_MAX_NAME_LEN:
+        raise ValueError(f"tensor name must be 1..{GGUF_MAX_NAME_LEN} UTF-8 bytes (llama.cpp's limit), "
+                         f"got {len(name)}: {spec.name!r:.70}")
+    if spec.name in seen:
+        raise ValueError(f"duplicate tensor name {spec.name!r}")
+    seen.add(spec.name)
+    if spec.type not in GGMLType._value2member_map_ or GGMLType(spec.type) not in GGUF_LAYOUTS:
+        raise ValueError(f"tensor {spec.name!r}: type {spec.type!r} is not a GGUF tensor type")
+    block = GGUF_LAYOUTS[GGMLType(spec.type)]
+    if spec.ne[0] % block.elements:
+        raise ValueError(f"tensor {spec.name!r}: ne[0] = {spec.ne[0]} is not a multiple of the "
+                         f"{GGMLType(spec.type).name} block size {block.elements}")
+    return block, name
+
+
+def plan_gguf(metadata: Metadata, specs: Sequence[TensorSpec], *, alignment: int = DEFAULT_ALIGNMENT) -> Plan:
+    """Lay out a whole GGUF v3 file: header, metadata, tensor infos, padding and every data offset.
+
+    `metadata` is (key, type, value) triples, or a mapping key -> (type, value); an array's type is
+    (ARRAY, element type) (ARRAY alone for numpy arrays and lists of str). Tensors follow each
+    other in `specs` order from data_start, each padded to `alignment`, as llama.cpp requires.
+    FileWriter(path, plan) writes it: the prefix, then each tensor's data; holes read as zero.
+
+    Raises:
+        ValueError: a key, value, name, dims or type that cannot be stored, naming it.
+    """
+    if not isinstance(alignment, int) or alignment < 8 or alignment & (alignment - 1) or alignment >= 1 << 32:
+        raise ValueError(f"alignment must be a power of two, 8 or more (and fit a u32), got {alignment!r}")
+    n_kv, kv = encode_metadata(metadata, alignment)
+    seen: set[str] = set()
+    checked = [(spec, *_check_gguf_spec(spec, seen)) for spec in specs]
+    rel, placed = 0, []
+    for spec, block, name in checked:
+        nbytes = tensor_nbytes(spec.ne, block)
+        placed.append((spec, block, name, rel, nbytes))
+        rel = align_up(rel + nbytes, alignment)
+    head = [GGUF_HEADER.pack(MAGIC_GGUF, GGUF_WRITE_VERSION, len(checked), n_kv), kv]
+    pos = sum(map(len, head))
+    records = []
+    for spec, block, name, off, nbytes in placed:
+        info = U64.pack(len(name)) + name + U32.pack(len(spec.ne)) + _NE[len(spec.ne)].pack(*spec.ne) \
+            + _INFO_TAIL.pack(int(spec.type), off)
+        records.append(pos)
+        head.append(info)
+        pos += len(info)
+    data_start = align_up(pos, alignment)
+    prefix = b"".join(chain(head, [bytes(data_start - pos)]))
+    tensors = tuple(TensorInfo(spec.name, GGMLType(spec.type), tuple(int(n) for n in spec.ne), data_start + off,
+                               nbytes, rec, block) for (spec, block, _, off, nbytes), rec in zip(placed, records))
+    return Plan(GGUFVersion(GGUF_WRITE_VERSION), None, prefix, tensors, (), data_start + rel)
