@@ -35,14 +35,17 @@ CLIENT_ROOT = REPO / ".cache" / "clients"
 RUNNER = Path(__file__).with_name("run_gguf_client.py")
 
 # rel = max|client - reference| / max|reference| (relative_error). Measured on the tiny models of
-# tests/test_client_gguf.py (see tests/client/README.md for the table): f32/f16 weights <= ~5e-4,
-# q8_0 ~3e-3, q4_0 ~1.5e-2 (the client quantizes activations to q8 for quantized matmuls and keeps an
-# f16 KV cache); a corrupted tensor or a layout bug moves it by >= 5e-2. Tolerances leave >= ~5x margin
-# above the measured error and stay below the smallest bug.
+# tests/test_client_gguf.py (table in tests/client/README.md): f32 9e-5, f16 2.6e-4, q8_0 6.2e-3,
+# q4_0 7.5e-3. f32/f16: the client's f16 KV cache and f16 activations in f16 matmuls. Quantized: the
+# client quantizes every matmul's activations to 8 bits (q8_0/q8_1 blocks); the same model written
+# as F32 of the dequantized weights agrees to 8e-5, so the 6-8e-3 is the kernels, not the file.
+# Corrupted tensors measured 2.2e-2 (one wq x1.5) and 4.5e-2 (two rows of wk swapped) in f16 files.
+# f32/f16: 5e-3 is >= 19x the measured error and 4x below the smallest corruption. Quantized: 1.5e-2
+# is 2x the measured error (deeper models are noisier: measure, and tighten no further) and below
+# both corruptions, which the quantized control in the self-test checks.
 F32_TOLERANCE = 5e-3
 F16_TOLERANCE = 5e-3
-Q8_TOLERANCE = 1e-2
-Q4_TOLERANCE = 4e-2
+QUANT_TOLERANCE = 1.5e-2
 
 # GGUF tensor names (docs/format.md, GGUF tensor names) -> Meta names used by reference.py
 _GLOBAL_NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
