@@ -156,6 +156,29 @@ def test_client_logits_match_reference(tmp_path: Path, client: Path, vocab: list
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q5_1], ids=lambda q: q.name)
+def test_client_deep_quantized_model_within_deep_tolerance(tmp_path: Path, client: Path, vocab: list,
+                                                           qtype: Q) -> None:
+    # 32 layers like the old multi-part fixtures: the quantized error grows with depth (README table)
+    hp = TinyLlama(n_heads=2, n_kv_heads=2)
+    w = tiny_weights(hp, dim=128, n_layers=32, n_ff=384, seed=1)
+    path = gguf_check.write_llama_gguf(tmp_path / "deep.gguf", w, hp, vocab, qtype)
+    got = gguf_check.run_gguf_client(client, path, PROMPT)["logits"]
+    rel = gguf_check.assert_logits_match(got, forward(as_stored(w, qtype), hp, PROMPT), gguf_check.quant_tolerance(32))
+    print(f"deep {qtype.name}: rel {rel:.2e}")
+    if qtype == Q.Q4_0:  # the control at this depth: swapped RoPE pairs in one wk head of layer 16
+        name = "layers.16.attention.wk.weight"
+        bad = dict(w)
+        bad[name] = w[name].copy()
+        bad[name][0:64:2], bad[name][1:64:2] = w[name][1:64:2], w[name][0:64:2]
+        path = gguf_check.write_llama_gguf(tmp_path / "deep-bad.gguf", bad, hp, vocab, qtype)
+        got = gguf_check.run_gguf_client(client, path, PROMPT)["logits"]
+        with pytest.raises(AssertionError, match="differ from the numpy reference"):
+            gguf_check.assert_logits_match(got, forward(as_stored(w, qtype), hp, PROMPT),
+                                           gguf_check.quant_tolerance(32))
+
+
+@pytest.mark.slow
 def test_client_gqa_eps_and_rope_theta_match_reference(tmp_path: Path, client: Path, vocab: list) -> None:
     hp = TinyLlama(n_heads=4, n_kv_heads=2, norm_eps=1e-5, rope_theta=5e5)
     w = tiny_weights(hp, seed=2)

@@ -34,18 +34,32 @@ REPO = Path(__file__).resolve().parents[2]
 CLIENT_ROOT = REPO / ".cache" / "clients"
 RUNNER = Path(__file__).with_name("run_gguf_client.py")
 
-# rel = max|client - reference| / max|reference| (relative_error). Measured on the tiny models of
-# tests/test_client_gguf.py (table in tests/client/README.md): f32 9e-5, f16 2.6e-4, q8_0 6.2e-3,
-# q4_0 7.5e-3. f32/f16: the client's f16 KV cache and f16 activations in f16 matmuls. Quantized: the
-# client quantizes every matmul's activations to 8 bits (q8_0/q8_1 blocks); the same model written
-# as F32 of the dequantized weights agrees to 8e-5, so the 6-8e-3 is the kernels, not the file.
-# Corrupted tensors measured 2.2e-2 (one wq x1.5) and 4.5e-2 (two rows of wk swapped) in f16 files.
-# f32/f16: 5e-3 is >= 19x the measured error and 4x below the smallest corruption. Quantized: 1.5e-2
-# is 2x the measured error (deeper models are noisier: measure, and tighten no further) and below
-# both corruptions, which the quantized control in the self-test checks.
+# rel = max|client - reference| / max|reference| (relative_error). Measured (tests/client/README.md):
+# 2-4 layers (dim 64/128): f32 9e-5, f16 2.6e-4..4e-4, q8_0/q4_0/q4_1/q5_0/q5_1 5e-3..9.2e-3;
+# 32 layers (dim 128): f16 8e-4, quantized 1.4e-2..2.0e-2. f32/f16: the client's f16 KV cache and f16
+# activations. Quantized: the client quantizes every matmul's activations to 8 bits (q8_0/q8_1); the
+# same weights written as F32 agree to 8e-5, so that error is the kernels, not the file.
+# Corrupted tensors (one wq x1.5; rows 2i/2i+1 of one wk head swapped) measured 2.2e-2 / 4.5e-2 at 2
+# layers, 2.4e-2..6.1e-2 / 5.5e-2..2.2e-1 at 32 layers.
+# f32/f16: 5e-3 is >= 6x the error measured at any depth and below every corruption. Quantized:
+# 1.5e-2 up to 4 layers, 4e-2 beyond (to 32 layers): 2x the worst measured error; a deeper model
+# needs its own measurement. Both stay below the wk-swap corruption at that depth (a tested control).
 F32_TOLERANCE = 5e-3
 F16_TOLERANCE = 5e-3
-QUANT_TOLERANCE = 1.5e-2
+QUANT_TOLERANCE = 1.5e-2  # models of <= 4 layers
+QUANT_TOLERANCE_DEEP = 4e-2  # 5..32 layers
+
+
+def quant_tolerance(n_layers: int) -> float:
+    """The tolerance for a quantized model of this depth (measured up to 32 layers).
+
+    Raises:
+        ValueError: more than 32 layers (not measured).
+    """
+    if n_layers > 32:
+        raise ValueError(f"no measured tolerance for {n_layers} layers (up to 32): measure it first")
+    return QUANT_TOLERANCE if n_layers <= 4 else QUANT_TOLERANCE_DEEP
+
 
 # GGUF tensor names (docs/format.md, GGUF tensor names) -> Meta names used by reference.py
 _GLOBAL_NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
@@ -166,6 +180,7 @@ def gguf_name(name: str) -> str:
 
 
 def _field(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
+    """A metadata value as Python (gguf's ReaderField.contents()), or default when absent."""
     f = reader.fields.get(key)
     return default if f is None else f.contents()
 
