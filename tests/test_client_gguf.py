@@ -247,7 +247,8 @@ def test_client_reads_the_vocabulary(tmp_path: Path, client: Path, vocab: list) 
     out = gguf_check.run_gguf_client(client, path, [], vocab_only=True)
     assert out["n_vocab"] == len(vocab) == N_VOCAB and (out["bos"], out["eos"]) == (1, 2)
     assert [bytes.fromhex(h).decode() for h in out["texts_hex"]] == [p for p, _, _ in vocab]
-    np.testing.assert_array_equal(np.asarray(out["scores"], np.float32), np.asarray([s for _, s, _ in vocab], np.float32))
+    np.testing.assert_array_equal(np.asarray(out["scores"], np.float32),
+                                  np.asarray([s for _, s, _ in vocab], np.float32))
     for i, ((piece, _, kind), attr, got) in enumerate(zip(vocab, out["attrs"], out["pieces_hex"], strict=True)):
         assert attr & gguf_check.TOKEN_TYPE_ATTR[kind], (i, piece, kind, attr)
         if kind == 6:  # byte token <0xHH>: detokenizes to that one byte
@@ -277,3 +278,31 @@ def test_client_refuses_rope_dims_other_than_head_dim(tmp_path: Path, client: Pa
     with pytest.raises(gguf_check.ClientError, match="exited 1") as e:
         gguf_check.run_gguf_client(client, path, PROMPT)
     assert "invalid n_rot: 8, expected 16" in e.value.stderr
+
+
+@pytest.mark.slow
+def test_2023_client_on_ggjt_and_today_on_gguf_agree(tmp_path: Path, client: Path) -> None:
+    # the same f16 weights: our ggjt (convert-model) in 0.1.78, a GGUF by gguf.GGUFWriter in 0.3.36
+    import setup_client
+    from convert import convert_checkpoint
+    from meta import build
+
+    old_python = setup_client.ensure_client("0.1.78", gguf_check.CLIENT_ROOT)
+    ck = build(tmp_path / "ck", 1, n_heads=4, seed=7)
+    ggjt = convert_checkpoint(ck.model_dir, outtype="f16").outfile
+    old = np.asarray(setup_client.run_client(old_python, ggjt, PROMPT)["logits"], dtype=np.float32)
+    weights = {n: a.astype(np.float32) for n, a in ck.full.items() if n != "rope.freqs"}
+    hp = TinyLlama()
+    path = gguf_check.write_llama_gguf(tmp_path / "same.gguf", weights, hp,
+                                       gguf_check.sentencepiece_vocab(ck.tokenizer), Q.F16)
+    new = gguf_check.run_gguf_client(client, path, PROMPT)["logits"]
+    want = forward(as_stored(weights, Q.F16), hp, PROMPT)
+    gguf_check.assert_logits_match(old, want, gguf_check.F16_TOLERANCE)
+    gguf_check.assert_logits_match(new, want, gguf_check.F16_TOLERANCE)
+    rel = gguf_check.assert_logits_match(new, old, 2 * gguf_check.F16_TOLERANCE)
+    print(f"0.3.36 vs 0.1.78: rel {rel:.2e}")
+    # same predicted tokens wherever neither client's deviation could flip the argmax
+    err = max(float(np.max(np.abs(new - want))), float(np.max(np.abs(old - want))))
+    decisive = gguf_check.decisive_argmax(want, 2 * err)
+    assert len(decisive) >= len(PROMPT) - 3, f"only {len(decisive)} decisive positions: choose another seed"
+    np.testing.assert_array_equal(new.argmax(-1)[decisive], old.argmax(-1)[decisive])
