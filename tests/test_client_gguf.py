@@ -130,6 +130,17 @@ def test_reference_defaults_are_llama1() -> None:
     assert np.max(np.abs(reference.forward(w, 4, PROMPT, n_rot=8) - plain)) > 1e-2
 
 
+def test_name_map_agrees_with_the_gguf_package() -> None:
+    llama = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.LLAMA]}
+    w = tiny_weights(TinyLlama(), n_layers=1)
+    for name in w:
+        g = gguf_check.gguf_name(name)
+        assert g.removesuffix(".weight").replace(".0.", ".{bid}.") in llama, g
+        assert gguf_check.meta_name(g) == name
+    with pytest.raises(KeyError):
+        gguf_check.meta_name("blk.0.attn_qkv.weight")
+
+
 def test_client_error_names_the_signal() -> None:
     err = gguf_check.ClientError("m.gguf", -11, "line 1\nSegmentation fault\n")
     assert "SIGSEGV" in str(err) and "Segmentation fault" in str(err) and err.returncode == -11

@@ -61,7 +61,7 @@ def quant_tolerance(n_layers: int) -> float:
     return QUANT_TOLERANCE if n_layers <= 4 else QUANT_TOLERANCE_DEEP
 
 
-# GGUF tensor names (docs/format.md, GGUF tensor names) -> Meta names used by reference.py
+# GGUF LLaMA tensor names (as llama.cpp loads them; gguf.constants spells the same) -> Meta names (reference.py)
 _GLOBAL_NAMES = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
                  "output.weight": "output.weight"}
 _BLOCK_NAMES = {"attn_norm": "attention_norm", "attn_q": "attention.wq", "attn_k": "attention.wk",
