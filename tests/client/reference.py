@@ -1,4 +1,10 @@
-"""Plain numpy forward pass of a LLaMA-1 model, used as ground truth for llama.cpp logits."""
+"""Plain numpy forward pass of a LLaMA model, used as ground truth for llama.cpp logits.
+
+The defaults are LLaMA-1 (RMS eps 1e-6, RoPE theta 1e4 over the whole head, one KV head per query
+head); GGUF models may carry other values (`llama.attention.layer_norm_rms_epsilon`,
+`llama.rope.freq_base`, `llama.rope.dimension_count`, `llama.attention.head_count_kv`), passed as
+keyword arguments of forward(). Weights use Meta names and PyTorch shapes (callers map GGUF names back).
+"""
 
 from __future__ import annotations
 
@@ -16,17 +22,22 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float = NORM_EPS) -> np.nda
     return (x / np.sqrt(ms + eps)) * weight
 
 
-def rope(x: np.ndarray, positions: np.ndarray, theta: float = ROPE_THETA) -> np.ndarray:
-    """Rotate adjacent pairs (2i, 2i+1) of the head dim; x is (T, H, hd) (ggml rope mode 0 / Meta model.py)."""
+def rope(x: np.ndarray, positions: np.ndarray, theta: float = ROPE_THETA, n_rot: int | None = None) -> np.ndarray:
+    """Rotate adjacent pairs (2i, 2i+1) of the first n_rot head dims (default all); x is (T, H, hd).
+
+    This is ggml rope mode 0 / Meta model.py; like ggml, frequencies are theta^(-2i/n_rot) and the dims
+    past n_rot pass through unchanged.
+    """
     hd = x.shape[-1]
-    freqs = theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)  # (hd/2,)
-    angles = positions[:, None].astype(np.float64) * freqs[None, :]  # (T, hd/2)
+    n_rot = hd if n_rot is None else n_rot
+    freqs = theta ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)  # (n_rot/2,)
+    angles = positions[:, None].astype(np.float64) * freqs[None, :]  # (T, n_rot/2)
     cos = np.cos(angles)[:, None, :].astype(x.dtype)
     sin = np.sin(angles)[:, None, :].astype(x.dtype)
-    x0, x1 = x[..., 0::2], x[..., 1::2]
-    out = np.empty_like(x)
-    out[..., 0::2] = x0 * cos - x1 * sin
-    out[..., 1::2] = x0 * sin + x1 * cos
+    x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+    out = x.copy()
+    out[..., 0:n_rot:2] = x0 * cos - x1 * sin
+    out[..., 1:n_rot:2] = x0 * sin + x1 * cos
     return out
 
 
@@ -36,13 +47,20 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 
 def attention(x: np.ndarray, wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, wo: np.ndarray,
-              n_heads: int, positions: np.ndarray) -> np.ndarray:
-    """Causal multi-head self-attention with RoPE on q and k; x is (T, dim)."""
+              n_heads: int, positions: np.ndarray, *, n_kv_heads: int | None = None,
+              rope_theta: float = ROPE_THETA, n_rot: int | None = None) -> np.ndarray:
+    """Causal multi-head self-attention with RoPE on q and k; x is (T, dim).
+
+    With n_kv_heads < n_heads (GQA), wk/wv have n_kv_heads * head_dim rows and query head h uses KV
+    head h // (n_heads / n_kv_heads), as Meta's repeat_kv and ggml's broadcasting matmul do.
+    """
     t, dim = x.shape
     hd = dim // n_heads
-    q = rope((x @ wq.T).reshape(t, n_heads, hd), positions)
-    k = rope((x @ wk.T).reshape(t, n_heads, hd), positions)
-    v = (x @ wv.T).reshape(t, n_heads, hd)
+    n_kv = n_heads if n_kv_heads is None else n_kv_heads
+    q = rope((x @ wq.T).reshape(t, n_heads, hd), positions, rope_theta, n_rot)
+    k = rope((x @ wk.T).reshape(t, n_kv, hd), positions, rope_theta, n_rot)
+    v = (x @ wv.T).reshape(t, n_kv, hd)
+    k, v = np.repeat(k, n_heads // n_kv, axis=1), np.repeat(v, n_heads // n_kv, axis=1)
     scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd).astype(x.dtype)  # (H, T, T)
     mask = np.triu(np.ones((t, t), dtype=bool), k=1)
     scores = np.where(mask[None], -np.inf, scores)
@@ -67,18 +85,23 @@ def n_layers_of(weights: Mapping[str, np.ndarray]) -> int:
 
 
 def forward(weights: Mapping[str, np.ndarray], n_heads: int, tokens: Sequence[int],
-            dtype: type = np.float32) -> np.ndarray:
-    """Return logits (n_tokens, n_vocab) as float32 for a prompt evaluated from position 0."""
+            dtype: type = np.float32, *, n_kv_heads: int | None = None, norm_eps: float = NORM_EPS,
+            rope_theta: float = ROPE_THETA, n_rot: int | None = None) -> np.ndarray:
+    """Return logits (n_tokens, n_vocab) as float32 for a prompt evaluated from position 0.
+
+    n_kv_heads None = n_heads (no GQA); n_rot None = the whole head dim. Other defaults: LLaMA-1.
+    """
     w = {name: np.asarray(a, dtype=dtype) for name, a in weights.items()}
     positions = np.arange(len(tokens))
     h = w["tok_embeddings.weight"][np.asarray(tokens, dtype=np.int64)]
     for i in range(n_layers_of(w)):
         p = f"layers.{i}."
-        x = rms_norm(h, w[p + "attention_norm.weight"])
+        x = rms_norm(h, w[p + "attention_norm.weight"], norm_eps)
         h = h + attention(x, w[p + "attention.wq.weight"], w[p + "attention.wk.weight"],
-                          w[p + "attention.wv.weight"], w[p + "attention.wo.weight"], n_heads, positions)
-        x = rms_norm(h, w[p + "ffn_norm.weight"])
+                          w[p + "attention.wv.weight"], w[p + "attention.wo.weight"], n_heads, positions,
+                          n_kv_heads=n_kv_heads, rope_theta=rope_theta, n_rot=n_rot)
+        x = rms_norm(h, w[p + "ffn_norm.weight"], norm_eps)
         h = h + feed_forward(x, w[p + "feed_forward.w1.weight"], w[p + "feed_forward.w2.weight"],
                              w[p + "feed_forward.w3.weight"])
-    h = rms_norm(h, w["norm.weight"])
+    h = rms_norm(h, w["norm.weight"], norm_eps)
     return (h @ w["output.weight"].T).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Build a pinned llama-cpp-python (pre-GGUF llama.cpp) in its own venv; stdlib only."""
+"""Build a pinned llama-cpp-python (2023 pre-GGUF, or a current GGUF one) in its own venv; stdlib only."""
 
 from __future__ import annotations
 
@@ -18,6 +18,22 @@ from pathlib import Path
 EXTRA_PINS: dict[str, list[str]] = {
     "0.1.48": ["numpy<2"],
     "0.1.78": ["numpy<2"],
+    "0.3.36": [],  # current: its own metadata pins numpy>=1.20, diskcache, jinja2, typing-extensions
+}
+# CPU-only CMake flags per version; set whatever CMAKE_ARGS the caller has, so no GPU backend sneaks in.
+_OLD_CPU_ARGS = "-DLLAMA_CUBLAS=OFF -DLLAMA_METAL=OFF -DLLAMA_CLBLAST=OFF"
+CMAKE_ARGS: dict[str, str] = {
+    "0.1.48": _OLD_CPU_ARGS,
+    "0.1.78": _OLD_CPU_ARGS,
+    # GGML_NATIVE=ON (-march=native): AVX-512 kernels on these CPUs, the code path the repacking
+    # crash was seen on (README.md). OpenMP off: run_client uses 1 thread, and no spinning pool on
+    # a shared 2-core machine. LLAVA_BUILD=OFF skips the multimodal library (not imported by llama_cpp).
+    "0.3.36": " ".join([
+        "-DGGML_NATIVE=ON", "-DGGML_OPENMP=OFF", "-DGGML_BLAS=OFF", "-DGGML_CUDA=OFF", "-DGGML_HIP=OFF",
+        "-DGGML_VULKAN=OFF", "-DGGML_METAL=OFF", "-DGGML_OPENCL=OFF", "-DGGML_RPC=OFF", "-DGGML_CCACHE=OFF",
+        "-DLLAVA_BUILD=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+    ]),
 }
 MARKER = ".ggmlfmt-client-ok"
 
@@ -101,8 +117,8 @@ def _build(version: str, root: Path, final: Path) -> None:
         _run([sys.executable, "-m", "venv", str(venv)])
         py = str(venv_python(venv))
         env = dict(os.environ)
-        # Portable CPU build; never let a GPU backend sneak in from the caller's environment.
-        env.setdefault("CMAKE_ARGS", "-DLLAMA_CUBLAS=OFF -DLLAMA_METAL=OFF -DLLAMA_CLBLAST=OFF")
+        # CPU build; never let a GPU backend sneak in from the caller's environment.
+        env["CMAKE_ARGS"] = CMAKE_ARGS.get(version, _OLD_CPU_ARGS)
         env["FORCE_CMAKE"] = "1"
         env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
         env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
@@ -137,7 +153,7 @@ def ensure_client(version: str, root: Path) -> Path:
         if final.exists():
             log(f"removing incomplete {final}")
             shutil.rmtree(final)
-        log(f"building llama-cpp-python {version} from source (~20-35 s on 2 cores)")
+        log(f"building llama-cpp-python {version} from source (0.1.x: ~20-35 s, 0.3.x: minutes on 2 cores)")
         t0 = time.monotonic()
         _build(version, root, final)
         if not is_ready(final, version):
