@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .constants import (
+    BLOCK_LAYOUTS,
+    GGUF_BLOCK_GENERATION,
     GGUF_QUANTIZATION_VERSION,
     LLAMA1_CONTEXT_LENGTH,
     LLAMA1_RMS_EPS,
@@ -26,7 +28,8 @@ from .constants import (
     TokenType,
 )
 from .errors import BadValue, FormatError
-from .layout import Vocab
+from .gguf import plan_gguf
+from .layout import Plan, TensorSpec, Vocab
 
 # ------------------------------------------------------------------ tensor names (§13)
 
@@ -371,3 +374,39 @@ def _tokenizer_metadata(vocab: GGUFVocab) -> list[MetaKV]:
             raise FormatError(f"id {value} is outside the {len(vocab):,} tokens", field=f"tokenizer.ggml.{key}")
         out.append(MetaKV(f"tokenizer.ggml.{key}", GGUFValueType.UINT32, value))
     return out
+
+
+# ------------------------------------------------------------------ the whole file (§11.8, §13, §14)
+
+
+class OutTensor(NamedTuple):
+    """One tensor to write into a GGUF LLaMA file: its Meta/ggjt name, output type and PyTorch-order shape."""
+
+    name: str
+    type: GGMLType
+    shape: tuple[int, ...]
+
+
+def plan_llama_gguf(hp: LlamaHParams, vocab: GGUFVocab, tensors: Sequence[OutTensor], *, name: str) -> Plan:
+    """Lay out a GGUF v3 LLaMA file: metadata (§14), tensors under their GGUF names (§13), in the given order.
+
+    general.file_type is the most common 2-D type; general.quantization_version is written when any
+    tensor is quantized. The returned plan names tensors by their GGUF names.
+
+    Raises:
+        FormatError: a value llama.cpp would refuse (vocabulary size, special ids, unknown tensors).
+        ValueError: a spec GGUF cannot store.
+    """
+    types_2d = [t.type for t in tensors if len(t.shape) == 2]
+    quantized = any(BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][t.type].elements > 1 for t in tensors)
+    meta = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=quantized)
+    specs = [TensorSpec.from_shape(gguf_tensor_name(t.name, hp.n_layer), t.type, t.shape) for t in tensors]
+    return plan_gguf([_triple(kv) for kv in meta], specs)
+
+
+def _triple(kv: MetaKV) -> tuple[str, Any, Any]:
+    """A MetaKV as plan_gguf's (key, type, value); arrays carry their element type in the type."""
+    if kv.type == GGUFValueType.ARRAY:
+        element, items = kv.value
+        return kv.key, (GGUFValueType.ARRAY, element), items
+    return kv.key, kv.type, kv.value
