@@ -36,7 +36,7 @@ import numpy as np
 from convert.checkpoint import save_shard
 from convert.demo import build_checkpoint, params_json
 from convert.params import Params
-from convert.vocab import train_tokenizer
+from ggmlfmt.tokenizer import train_tokenizer
 from ggmlfmt.parts import split_axis
 from _sampling import peak_rss  # bench/ is sys.path[0] when a bench script runs
 

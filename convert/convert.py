@@ -29,7 +29,7 @@ from ggmlfmt.writer import FileWriter
 from .checkpoint import FLOAT_DTYPES, TensorMeta, describe_shard, find_shards
 from .pth import Checkpoint, open_checkpoint
 from .params import Params, read_params
-from .vocab import load_vocab
+from ggmlfmt.tokenizer import load_vocab
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from ggmlfmt.rusage import measure
 from .checkpoint import cat_shards, save_shard
 from .convert import TOKENIZER, convert_checkpoint, llama_shapes
 from .params import Params
-from .vocab import train_tokenizer
+from ggmlfmt.tokenizer import train_tokenizer
 
 LAYER_KEYS = ("attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1",
               "feed_forward.w2", "feed_forward.w3", "attention_norm", "ffn_norm")

@@ -296,7 +296,7 @@ def _piece(i: int, text: bytes, unk_id: int | None, byte_ids: range) -> tuple[st
 def check_vocab_matches(file_vocab: Vocab, model_vocab: Vocab, *, model_path: str) -> None:
     """Check that a tokenizer.model's old-style texts/scores are what the file stores, id by id.
 
-    `model_vocab` is the tokenizer's vocabulary as the 2023 converter wrote it (convert.vocab.load_vocab);
+    `model_vocab` is the tokenizer's vocabulary as the 2023 converter wrote it (ggmlfmt.tokenizer.load_vocab);
     scores are compared bit for bit when the file has them (unversioned 'ggml' has none).
 
     Raises:

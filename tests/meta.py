@@ -21,7 +21,7 @@ import torch
 
 from convert.demo import make_weights, params_json, write_checkpoint
 from convert.params import Params
-from convert.vocab import train_tokenizer
+from ggmlfmt.tokenizer import train_tokenizer
 
 VOCAB_SIZE = 320  # divisible by 8: output.weight (V, dim) splits by rows into up to 8 shards
 

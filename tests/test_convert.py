@@ -15,7 +15,7 @@ import convert.convert as conv
 from builders import parse_file
 from convert import convert_checkpoint, plan_conversion
 from convert.cli import main
-from convert.vocab import UNKNOWN_TEXT, load_vocab, piece_text
+from ggmlfmt.tokenizer import UNKNOWN_TEXT, load_vocab, piece_text
 from ggmlfmt import FormatError, load
 from ggmlfmt.errors import IncompleteWrite
 from meta import VOCAB_SIZE, build, load_shards, meta_axis, reference_file, vocab_entries

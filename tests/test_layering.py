@@ -31,7 +31,8 @@ GGMLFMT_RANKS = {
     "ggmlfmt.parts": 2,
     "ggmlfmt.dequant": 2,
     "ggmlfmt.summary": 2,
-    "ggmlfmt.llama": 2,  # what GGUF says about a LLaMA model (names, metadata, vocabulary); pure
+    "ggmlfmt.llama": 2,
+    "ggmlfmt.tokenizer": 3,  # SentencePiece tokenizer.model -> ggjt texts or GGUF pieces (sentencepiece, lazily)  # what GGUF says about a LLaMA model (names, metadata, vocabulary); pure
     "ggmlfmt.requant": 3,  # old blocks -> GGUF blocks; imports dequant for the F32 targets
     "ggmlfmt.unshard": 3,  # n parts of each tensor -> their places in one output (convert and migrate)
     "ggmlfmt": 4,  # the package's public surface re-exports the modules below it
@@ -44,9 +45,9 @@ SHARED_RUNNER = "ggmlfmt.cli"  # every command's cli.py shares its runner and op
 # Third-party modules allowed in one place only (the lazy torch hand-off is the one documented exception).
 ONLY_IN = {
     "torch": {"ggmlfmt.reader"},  # convert.pth reads checkpoints natively
-    "sentencepiece": {"convert.vocab"},
+    "sentencepiece": {"ggmlfmt.tokenizer"},
 }
-LAZY_ONLY = {("torch", "ggmlfmt.reader")}  # inside a function or under TYPE_CHECKING, never at import time
+LAZY_ONLY = {("torch", "ggmlfmt.reader"), ("sentencepiece", "ggmlfmt.tokenizer")}  # inside a function or under TYPE_CHECKING, never at import time
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""ggmlfmt.llama and the GGUF parts of convert.vocab and convert.params, against gguf-py, sentencepiece, hand values."""
+"""ggmlfmt.llama and the GGUF parts of ggmlfmt.tokenizer and convert.params, against gguf-py, sentencepiece, hand values."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import builders
 from convert.params import gguf_hparams, parse_params
-from convert.vocab import load_gguf_vocab, load_vocab, piece_text, train_tokenizer, vocab_for_old_file
+from ggmlfmt.tokenizer import load_gguf_vocab, load_vocab, piece_text, train_tokenizer, vocab_for_old_file
 from ggmlfmt.constants import FType, GGMLType, GGUFValueType, TokenType
 from ggmlfmt.errors import FormatError
 from ggmlfmt.layout import Vocab
