@@ -69,6 +69,7 @@ def _torch_load(mmap: bool) -> Callable[[str, dict[str, Any]], Loaded]:
 
 LOADERS: dict[str, Callable[[str, dict[str, Any]], Loaded]] = {
     "ggmlfmt": _ggmlfmt,
+    "ggmlfmt-gguf": _ggmlfmt,
     "memmap-floor": _memmap_floor,
     "safetensors.load_file": _safetensors_load_file,
     "safetensors.safe_open": _safetensors_safe_open,

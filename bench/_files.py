@@ -21,6 +21,7 @@ FORMATS = ("ggjt", "safetensors", "gguf", "pt")
 SUFFIX = {"ggjt": ".bin", "safetensors": ".safetensors", "gguf": ".gguf", "pt": ".pt"}
 LOADER_FORMAT = {  # which file each loader reads
     "ggmlfmt": "ggjt",
+    "ggmlfmt-gguf": "gguf",  # our reader on the GGUF file that gguf.GGUFReader reads
     "memmap-floor": "ggjt",
     "safetensors.load_file": "safetensors",
     "safetensors.safe_open": "safetensors",
