@@ -643,7 +643,9 @@ def unpickle_state_dict(data: bytes, field: str = PICKLE_NAME) -> dict[str, _Ten
         raise FormatError(f"expected a state dict (name -> tensor), found {type(obj).__name__}", field=field)
     for name, value in obj.items():
         if not isinstance(name, str):
-            raise FormatError(f"expected tensor names, found key {str(name)[:40]}", field=field)
+            shown = repr(name) if isinstance(name, int | float | bytes | None) else type(name).__name__
+            raise FormatError(f"expected tensor names, found key {shown[:40]}", field=field)  # (no str() of a
+            #                                                     deeply nested tuple: it would recurse)
         if not isinstance(value, _TensorRef):
             raise FormatError(f"expected a tensor, found {type(value).__name__}", field=f"tensor {name!r}")
     return dict(obj)
