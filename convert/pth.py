@@ -750,7 +750,8 @@ def f32_to_f16(a: npt.NDArray[np.float32], out: npt.NDArray[np.float16] | None =
     """
     if out is None:
         out = np.empty(a.shape, np.float16)
-    np.copyto(out, a, casting="unsafe")
+    with np.errstate(over="ignore", invalid="ignore"):  # > 65504 becomes inf, as in torch: intended, not news
+        np.copyto(out, a, casting="unsafe")
     nan = np.isnan(a)
     if nan.any():
         bits = a.view(np.uint32)[nan]
