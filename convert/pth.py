@@ -12,6 +12,7 @@ import os
 import pickle
 import pickletools
 import struct
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -610,19 +611,27 @@ def check_opcodes(data: bytes, field: str) -> None:
         FormatError: names the opcode and its position.
     """
     try:
-        for n_ops, (op, arg, pos) in enumerate(pickletools.genops(data)):
-            if op.name not in ALLOWED_OPCODES:
-                raise FormatError(f"pickle opcode {op.name} at byte {pos} is not one torch.save writes for a "
-                                  "state dict", field=field)
-            if op.name == "GLOBAL" and not _allowed_global(*(str(arg).split(" ", 1) + [""])[:2]):
-                raise _global_refused(*(str(arg).split(" ", 1) + [""])[:2], field)
-            if op.name.endswith("PUT") and not 0 <= arg <= n_ops:
-                raise FormatError(f"memo index {arg} at byte {pos} is larger than the {n_ops} opcodes before it",
-                                  field=field)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # genops decodes a text STRING argument before we can refuse it
+            for n_ops, (op, arg, pos) in enumerate(pickletools.genops(data)):
+                _check_opcode(op.name, arg, pos, n_ops, field)
     except FormatError:
         raise
     except Exception as e:  # genops: ValueError for unknown opcodes or truncated arguments
         raise FormatError(f"malformed pickle: {type(e).__name__}: {str(e)[:160]}", field=field) from None
+
+
+def _check_opcode(name: str, arg: Any, pos: int, n_ops: int, field: str) -> None:
+    """Raises: FormatError for an opcode, a global or a memo index check_opcodes refuses."""
+    if name not in ALLOWED_OPCODES:
+        raise FormatError(f"pickle opcode {name} at byte {pos} is not one torch.save writes for a state dict",
+                          field=field)
+    if name == "GLOBAL":
+        module, _, attr = str(arg).partition(" ")
+        if not _allowed_global(module, attr):
+            raise _global_refused(module, attr, field)
+    if name.endswith("PUT") and not 0 <= arg <= n_ops:
+        raise FormatError(f"memo index {arg} at byte {pos} is larger than the {n_ops} opcodes before it", field=field)
 
 
 def unpickle_state_dict(data: bytes, field: str = PICKLE_NAME) -> dict[str, _TensorRef]:
@@ -642,7 +651,9 @@ def unpickle_state_dict(data: bytes, field: str = PICKLE_NAME) -> dict[str, _Ten
         raise FormatError(f"expected a state dict (name -> tensor), found {type(obj).__name__}", field=field)
     for name, value in obj.items():
         if not isinstance(name, str):
-            raise FormatError(f"expected tensor names, found key {str(name)[:40]}", field=field)
+            shown = repr(name) if isinstance(name, int | float | bytes | None) else type(name).__name__
+            raise FormatError(f"expected tensor names, found key {shown[:40]}", field=field)  # (no str() of a
+            #                                                     deeply nested tuple: it would recurse)
         if not isinstance(value, _TensorRef):
             raise FormatError(f"expected a tensor, found {type(value).__name__}", field=f"tensor {name!r}")
     return dict(obj)

@@ -24,7 +24,7 @@ settings.register_profile(
 settings.register_profile(
     "long", max_examples=2000, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
 )
-# The fuzz campaign (docs/safety.md): test_fuzz.py sizes its own runs to 100,000 cases under this profile.
+# The fuzz campaign (docs/safety.md): test_fuzz.py and test_fuzz_pth.py size their own runs under this profile.
 settings.register_profile(
     "fuzz", max_examples=2000, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
 )
