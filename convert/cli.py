@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ggmlfmt.cli import add_common_options, run
 
 from ggmlfmt.constants import GGUFValueType
@@ -136,7 +138,8 @@ def _metadata(cp: ConversionPlan) -> dict[str, Any]:
             element, items = kv.value
             out[kv.key] = {"type": GGUFValueType(element).name.lower(), "count": len(items)}
         else:
-            out[kv.key] = float(kv.value) if kv.type == GGUFValueType.FLOAT32 else kv.value
+            # an f32 as stored (1e-5 is 9.99999974e-06 in the file): what a reader will see
+            out[kv.key] = float(np.float32(kv.value)) if kv.type == GGUFValueType.FLOAT32 else kv.value
     return out
 
 
@@ -167,7 +170,8 @@ def _render_gguf(cp: ConversionPlan, out_exists: bool) -> str:
     defaulted = {DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults}
     lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} (gguf v3, 2-D {cp.outtype})"]
     for key, value in meta.items():
-        shown = f"[{value['count']} {value['type']}]" if isinstance(value, dict) else repr(value)
+        shown = (f"[{value['count']} {value['type']}]" if isinstance(value, dict)
+                 else str(np.float32(value)) if isinstance(value, float) else repr(value))
         default = " (not in the checkpoint: LLaMA-1's value)" if key in defaulted else ""
         lines.append(f"meta: {key} = {shown}{default}")
     width = max((len(e.info.name) for e in cp.entries), default=10)
