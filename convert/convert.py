@@ -207,7 +207,7 @@ def _plan_ggjt(params: Params, tokens: Vocab, metas: list[TensorMeta], shards: l
         FormatError: a LLaMA tensor missing or with another shape than the header implies.
     """
     hparams = _hparams(params, len(tokens), outtype)
-    pending, skipped = _specs(metas, shards, llama_shapes(params, len(tokens)), OUTTYPES[outtype][1])
+    pending, skipped = _specs(metas, shards, params, llama_shapes(params, len(tokens)), OUTTYPES[outtype][1])
     layout = plan(FileVersion.GGJT_V1, hparams, tokens, [spec for *_, spec in pending])
     return layout, _entries(pending, layout.by_name(), lambda name: name), skipped
 
@@ -220,7 +220,7 @@ def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[Te
         FormatError: a tensor GGUF's LLaMA does not have, a shape params.json does not imply, a bad value.
     """
     expected = llama_shapes(params, len(vocab), gguf=True)
-    pending, skipped = _specs(metas, shards, expected, OUTTYPES[outtype][1], gguf=True)
+    pending, skipped = _specs(metas, shards, params, expected, OUTTYPES[outtype][1], gguf=True)
     shapes = {m.name: shape for m, _, shape, _ in pending}
     hp = gguf_hparams(params, len(vocab), shapes, context_length=context_length,
                       path=str(model_dir / "params.json"))
@@ -347,7 +347,7 @@ def llama_shapes(params: Params, n_vocab: int, *, gguf: bool = False) -> dict[st
 _Pending = tuple[TensorMeta, int | None, tuple[int, ...], TensorSpec]  # meta, split axis, full shape, spec
 
 
-def _specs(metas: list[TensorMeta], shards: list[Path], expected: dict[str, tuple[int, ...]],
+def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected: dict[str, tuple[int, ...]],
            two_d_type: GGMLType, *, gguf: bool = False) -> tuple[list[_Pending], list[str]]:
     """Output tensors in checkpoint key order, with their types, checked against the shapes params.json implies.
 

@@ -232,6 +232,14 @@ def test_gguf_refuses_shapes_params_json_does_not_imply(tmp_path: Path) -> None:
     assert not list(model_dir.glob("*.gguf"))
 
 
+def test_gguf_refuses_a_missing_layer(tmp_path: Path) -> None:
+    ck = build(tmp_path, 2)
+    (ck.model_dir / "params.json").write_text(json.dumps({**ck.params, "n_layers": 3}))
+    with pytest.raises(FormatError, match=r"consolidated\.00\.pth: tensor 'layers\.2\.attention\.wq\.weight': "
+                                          r"missing; params\.json \(n_layers 3\) implies 9 more"):
+        convert_checkpoint(ck.model_dir, fmt="gguf")
+
+
 def test_gguf_refuses_a_tensor_llama_does_not_have(tmp_path: Path) -> None:
     ck = build(tmp_path, 1)
     state = load_shards(ck.paths)[0]
