@@ -1,11 +1,20 @@
-"""convert-model: Meta LLaMA consolidated.NN.pth shards -> one aligned ggjt v1 file (FORMATS.md §7).
+"""convert-model: Meta LLaMA consolidated.NN.pth shards -> one aligned ggjt v1 file (docs/format.md §8), or one
+GGUF v3 file for today's llama.cpp (docs/format.md §8.1).
 
 Nothing here imports torch; importing this package does not import sentencepiece either (reading the
 tokenizer does).
 """
 
-from .convert import ConversionPlan, TensorEntry, convert_checkpoint, plan_conversion, write_conversion
+from .convert import (
+    ConversionPlan,
+    GGUFContent,
+    TensorEntry,
+    convert_checkpoint,
+    plan_conversion,
+    resolve_format,
+    write_conversion,
+)
 from .params import Params, read_params
 
-__all__ = ["ConversionPlan", "Params", "TensorEntry", "convert_checkpoint", "plan_conversion", "read_params",
-           "write_conversion"]
+__all__ = ["ConversionPlan", "GGUFContent", "Params", "TensorEntry", "convert_checkpoint", "plan_conversion",
+           "read_params", "resolve_format", "write_conversion"]

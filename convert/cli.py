@@ -1,4 +1,4 @@
-"""The `convert-model` command: Meta .pth shards -> one ggjt file; --dry-run shows the plan, --demo tries it all.
+"""The `convert-model` command: Meta .pth shards -> one ggjt or GGUF file; --dry-run shows the plan, --demo tries it all.
 
 The only module of the package that prints. stdout carries results (plan, demo report); logs,
 progress and errors go to stderr.
@@ -15,18 +15,35 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ggmlfmt.cli import add_common_options, run
 
-from .convert import OUTTYPES, ConversionPlan, default_outfile, plan_conversion, refuse_existing, write_conversion
+from ggmlfmt.constants import GGUFValueType
+from ggmlfmt.llama import llama_file_type, llama_metadata
+
+from .convert import (
+    FORMATS,
+    OUTTYPES,
+    ConversionPlan,
+    default_outfile,
+    plan_conversion,
+    refuse_existing,
+    resolve_format,
+    write_conversion,
+)
 
 PROG = "convert-model"
+# LlamaHParams.defaults names -> the GGUF keys they fill
+DEFAULTED_KEYS = {"context_length": "llama.context_length", "rms_eps": "llama.attention.layer_norm_rms_epsilon"}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Convert Meta LLaMA consolidated.NN.pth shards (MODEL_DIR with params.json) into one "
-                    "32-byte aligned ggjt v1 file, byte for byte what llama.cpp's 2023 converter wrote.")
+                    "32-byte aligned ggjt v1 file, byte for byte what llama.cpp's 2023 converter wrote, or "
+                    "(--format gguf) one GGUF v3 file for today's llama.cpp.")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("model_dir", nargs="?", metavar="MODEL_DIR",
                        help="directory with params.json and consolidated.00.pth, .01, ...")
@@ -35,7 +52,15 @@ def _parser() -> argparse.ArgumentParser:
                             "convert it, load the result and report what it holds and cost")
     p.add_argument("--outtype", choices=sorted(OUTTYPES), default="f16",
                    help="type of the 2-D weights (1-D tensors are always f32); default f16")
-    p.add_argument("--outfile", metavar="PATH", help="output file (default MODEL_DIR/ggml-model-OUTTYPE.bin)")
+    p.add_argument("--format", choices=FORMATS, default=None, dest="fmt",
+                   help="output format: ggjt (default; the 2023 file) or gguf (today's llama.cpp); an --outfile "
+                        "ending in .gguf implies gguf")
+    p.add_argument("--outfile", metavar="PATH",
+                   help="output file (default MODEL_DIR/ggml-model-OUTTYPE.bin, or .gguf with --format gguf)")
+    p.add_argument("--ctx", type=int, metavar="N",
+                   help="gguf: llama.context_length (default 2048, LLaMA-1's; a checkpoint does not store it)")
+    p.add_argument("--eps", type=float, metavar="X",
+                   help="gguf: RMS-norm epsilon when params.json has no norm_eps (default 1e-6, LLaMA-1's)")
     p.add_argument("--vocab", metavar="PATH",
                    help="tokenizer.model to use (default: MODEL_DIR/tokenizer.model, else its parent's)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -63,10 +88,12 @@ def _progress_bar(total: int, quiet: bool) -> Iterator[Callable[[int], Any] | No
 
 def _convert(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir)
-    out = Path(args.outfile) if args.outfile else default_outfile(model_dir, args.outtype)
+    fmt = resolve_format(args.fmt, args.outfile)
+    out = Path(args.outfile) if args.outfile else default_outfile(model_dir, args.outtype, fmt)
     if not args.dry_run:
         refuse_existing(out, args.force)
-    cp = plan_conversion(model_dir, out, outtype=args.outtype, vocab=args.vocab)
+    cp = plan_conversion(model_dir, out, outtype=args.outtype, vocab=args.vocab, fmt=fmt, context_length=args.ctx,
+                         rms_eps=args.eps)
     if args.dry_run:
         print(json.dumps(plan_dict(cp, out.exists()), indent=2) if args.json else render_plan(cp, out.exists()))
         return 0
@@ -80,6 +107,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 def plan_dict(cp: ConversionPlan, out_exists: bool) -> dict[str, Any]:
     """The plan as plain JSON-able values."""
+    if cp.format == "gguf":
+        return _gguf_plan_dict(cp, out_exists)
     return {
         "outfile": str(cp.outfile),
         "outfile_exists": out_exists,
@@ -96,8 +125,77 @@ def plan_dict(cp: ConversionPlan, out_exists: bool) -> dict[str, Any]:
     }
 
 
+def _metadata(cp: ConversionPlan) -> dict[str, Any]:
+    """The GGUF metadata the plan writes: scalars as values, arrays as {"type", "count"} (general.alignment apart)."""
+    if cp.gguf is None:
+        raise ValueError("not a GGUF plan")
+    types_2d = [e.info.type for e in cp.entries if len(e.shape) == 2]
+    kvs = llama_metadata(cp.gguf.hparams, cp.gguf.vocab, name=cp.gguf.name, file_type=llama_file_type(types_2d),
+                         quantized=False)
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        if kv.type == GGUFValueType.ARRAY:
+            element, items = kv.value
+            out[kv.key] = {"type": GGUFValueType(element).name.lower(), "count": len(items)}
+        else:
+            # an f32 as stored (1e-5 is 9.99999974e-06 in the file): what a reader will see
+            out[kv.key] = float(np.float32(kv.value)) if kv.type == GGUFValueType.FLOAT32 else kv.value
+    return out
+
+
+def _gguf_plan_dict(cp: ConversionPlan, out_exists: bool) -> dict[str, Any]:
+    """A GGUF plan as JSON-able values: metadata, then tensors under their GGUF names with ggml-order dims."""
+    meta = _metadata(cp)  # raises for a ggjt plan
+    return {
+        "outfile": str(cp.outfile),
+        "outfile_exists": out_exists,
+        "format": "gguf v3",
+        "shards": [str(p) for p in cp.shards],
+        "vocab": str(cp.vocab_path),
+        "metadata": meta,
+        "defaults": [DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults],
+        "skipped": list(cp.skipped),
+        "tensors": [{"name": e.info.name, "checkpoint_name": e.name, "ne": list(e.info.ne), "shape": list(e.shape),
+                     "type": e.info.type.name, "split_axis": e.axis, "shard_shape": list(e.shard_shape),
+                     "source_dtype": e.source_dtype, "offset": e.info.offset, "nbytes": e.info.nbytes}
+                    for e in cp.entries],
+        "data_bytes": cp.layout.data_bytes,
+        "file_size": cp.layout.size,
+    }
+
+
+def _render_gguf(cp: ConversionPlan, out_exists: bool) -> str:
+    """A GGUF plan as text: the metadata summary, one line per tensor (GGUF name, ne, type, offset), totals."""
+    meta = _metadata(cp)  # raises for a ggjt plan
+    defaulted = {DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults}
+    lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} (gguf v3, 2-D {cp.outtype})"]
+    for key, value in meta.items():
+        shown = (f"[{value['count']} {value['type']}]" if isinstance(value, dict)
+                 else str(np.float32(value)) if isinstance(value, float) else repr(value))
+        default = " (not in the checkpoint: LLaMA-1's value)" if key in defaulted else ""
+        lines.append(f"meta: {key} = {shown}{default}")
+    width = max((len(e.info.name) for e in cp.entries), default=10)
+    lines.append(f"{'tensor':<{width}}  {'ne':<14} {'type':<4} {'split':<5} {'offset':>12} {'bytes':>15}  checkpoint")
+    for e in cp.entries:
+        split = "-" if e.axis is None else str(e.axis)
+        lines.append(f"{e.info.name:<{width}}  {'x'.join(map(str, e.info.ne)):<14} {e.info.type.name:<4} {split:<5} "
+                     f"{e.info.offset:>#12x} {e.info.nbytes:>15,}  {e.name}")
+    return "\n".join(lines + _totals(cp, out_exists))
+
+
+def _totals(cp: ConversionPlan, out_exists: bool) -> list[str]:
+    skipped = f"; skipped {', '.join(cp.skipped)}" if cp.skipped else ""
+    lines = [f"total: {len(cp.entries)} tensors, {cp.layout.data_bytes:,} bytes of data, file "
+             f"{cp.layout.size:,} bytes{skipped}"]
+    if out_exists:
+        lines.append(f"note: {cp.outfile} exists; the conversion needs --force")
+    return lines
+
+
 def render_plan(cp: ConversionPlan, out_exists: bool) -> str:
     """The plan as a table: one line per tensor, then the totals."""
+    if cp.format == "gguf":
+        return _render_gguf(cp, out_exists)
     hp = cp.layout.hparams
     width = max(len(e.name) for e in cp.entries) if cp.entries else 10
     lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} (ggjt v1, 2-D {cp.outtype})",
@@ -109,12 +207,7 @@ def render_plan(cp: ConversionPlan, out_exists: bool) -> str:
         shape = "x".join(map(str, e.shape))
         lines.append(f"{e.name:<{width}}  {shape:<14} {e.info.type.name:<4} {split:<5} {e.info.offset:>#12x} "
                      f"{e.info.nbytes:>15,}")
-    skipped = f"; skipped {', '.join(cp.skipped)}" if cp.skipped else ""
-    lines.append(f"total: {len(cp.entries)} tensors, {cp.layout.data_bytes:,} bytes of data, file "
-                 f"{cp.layout.size:,} bytes{skipped}")
-    if out_exists:
-        lines.append(f"note: {cp.outfile} exists; the conversion needs --force")
-    return "\n".join(lines)
+    return "\n".join(lines + _totals(cp, out_exists))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -142,8 +235,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.demo is not None and (args.outfile or args.vocab or args.dry_run):
-        _parser().error("--demo makes its own checkpoint; --outfile, --vocab and --dry-run do not apply")
+    if args.demo is not None and (args.outfile or args.vocab or args.dry_run or args.fmt or args.ctx is not None
+                                  or args.eps is not None):
+        _parser().error("--demo makes its own checkpoint; --outfile, --vocab, --dry-run, --format, --ctx and --eps "
+                        "do not apply")
     if args.json and not args.dry_run:
         _parser().error("--json goes with --dry-run")
     return run(PROG, args, _demo if args.demo is not None else _convert)

@@ -1,4 +1,5 @@
-"""Meta LLaMA shards -> one ggjt v1 file, byte for byte what the post-#613 converter wrote (FORMATS.md §7).
+"""Meta LLaMA shards -> one ggjt v1 file (byte for byte what the post-#613 converter wrote, docs/format.md §8),
+or one GGUF v3 file for today's llama.cpp (docs/format.md §8.1, §13-§16).
 
 Two phases. Planning reads params.json, the tokenizer and every shard's metadata, checks that the
 shards agree, and lays out every byte of the output. Writing opens one shard at a time and puts each
@@ -14,28 +15,31 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ggmlfmt.constants import FileVersion, FType, GGMLType
 from ggmlfmt.floats import CASTS
 from ggmlfmt.errors import FormatError
-from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, plan
+from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
+from ggmlfmt.llama import GGUFVocab, LlamaHParams, OutTensor, gguf_tensor_name, plan_llama_gguf, skipped_tensor
 from ggmlfmt.parts import full_shape, n_parts_for_dim, split_axis
 from ggmlfmt.unshard import Piece, Source, write_tensors
 from ggmlfmt.writer import FileWriter
 
 from .checkpoint import FLOAT_DTYPES, TensorMeta, describe_shard, find_shards
 from .pth import Checkpoint, open_checkpoint
-from .params import Params, read_params
-from ggmlfmt.tokenizer import load_vocab
+from .params import Params, gguf_hparams, read_params
+from ggmlfmt.tokenizer import load_gguf_vocab, load_vocab
 
 log = logging.getLogger(__name__)
 
 OUTTYPES = {"f32": (FType.ALL_F32, GGMLType.F32), "f16": (FType.MOSTLY_F16, GGMLType.F16)}
 CHUNK_BYTES = 4 << 20  # output rows cast or gathered per pwrite: bounds the one private buffer
 TOKENIZER = "tokenizer.model"
+FORMATS = ("ggjt", "gguf")
+SUFFIXES = {"ggjt": ".bin", "gguf": ".gguf"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +67,38 @@ class ConversionPlan:
     layout: Plan
     entries: tuple[TensorEntry, ...]
     skipped: tuple[str, ...]  # checkpoint keys not written (rope.freqs)
+    format: str = "ggjt"  # "ggjt" (v1) or "gguf" (v3)
+    gguf: GGUFContent | None = None  # what the GGUF metadata says; None for ggjt
 
 
-def default_outfile(model_dir: str | os.PathLike[str], outtype: str) -> Path:
-    """MODEL_DIR/ggml-model-<outtype>.bin, the 2023 converter's name."""
-    return Path(model_dir) / f"ggml-model-{outtype}.bin"
+@dataclass(frozen=True, slots=True)
+class GGUFContent:
+    """The metadata a GGUF conversion writes (docs/format.md §14): hyper-parameters, vocabulary, model name."""
+
+    hparams: LlamaHParams
+    vocab: GGUFVocab
+    name: str
+
+
+def default_outfile(model_dir: str | os.PathLike[str], outtype: str, fmt: str = "ggjt") -> Path:
+    """MODEL_DIR/ggml-model-<outtype>.bin (the 2023 converter's name), or .gguf for GGUF."""
+    return Path(model_dir) / f"ggml-model-{outtype}{SUFFIXES[fmt]}"
+
+
+def resolve_format(fmt: str | None, outfile: str | os.PathLike[str] | None) -> str:
+    """The output format: `fmt` if given, else gguf for an outfile ending in .gguf, else ggjt.
+
+    Raises:
+        ValueError: an unknown format, or --format ggjt with an outfile ending in .gguf.
+    """
+    implied = "gguf" if outfile is not None and os.fspath(outfile).endswith(".gguf") else None
+    if fmt is None:
+        return implied or "ggjt"
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if implied and fmt != implied:
+        raise ValueError(f"{outfile}: a .gguf output name with --format {fmt}; drop one of them")
+    return fmt
 
 
 def refuse_existing(out: Path, force: bool) -> None:
@@ -96,38 +127,113 @@ def find_vocab(model_dir: Path, vocab: str | os.PathLike[str] | None) -> Path:
 
 
 def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
-                    outtype: str = "f16", vocab: str | os.PathLike[str] | None = None) -> ConversionPlan:
+                    outtype: str = "f16", vocab: str | os.PathLike[str] | None = None, fmt: str | None = None,
+                    context_length: int | None = None, rms_eps: float | None = None) -> ConversionPlan:
     """Check every input and lay out the output file; reads shard metadata only, writes nothing.
 
+    fmt None: gguf when outfile ends in .gguf, else ggjt (resolve_format).
+    fmt "ggjt": the 2023 file (context_length and rms_eps must be None). fmt "gguf": context_length
+    None means LLaMA-1's 2048; rms_eps applies only when params.json has no norm_eps (None: 1e-6).
+
     Raises:
-        FormatError: bad params.json, tokenizer or shards (names the file, and the field or tensor).
-        ValueError: an unknown outtype, or an output path that is one of the inputs.
+        FormatError: bad params.json, tokenizer or shards (names the file, and the field or tensor),
+            or a model ggjt cannot describe (GQA, ffn_dim_multiplier) with fmt "ggjt".
+        ValueError: an unknown outtype or format, an option the format does not take, or an output
+            path that is one of the inputs.
         OSError: an input cannot be read.
     """
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
+    fmt = resolve_format(fmt, outfile)
+    if fmt == "ggjt" and (context_length is not None or rms_eps is not None):
+        raise ValueError("--ctx and --eps apply to --format gguf only (a ggjt file stores neither)")
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a model directory", str(model_dir))
-    params = read_params(model_dir / "params.json")  # first: absurd values stop everything
-    out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype)
+    params_path = model_dir / "params.json"
+    params = read_params(params_path)  # first: absurd values stop everything
+    if fmt == "ggjt" and (problem := params.ggjt_problem()) is not None:
+        raise FormatError(problem, path=str(params_path))  # before any shape error the tensors would give
+    params = _with_eps(params, rms_eps, params_path) if fmt == "gguf" else params
+    out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype, fmt)
     vocab_path = find_vocab(model_dir, vocab)
     shards = find_shards(model_dir)
-    _refuse_input_as_output(out, [model_dir / "params.json", vocab_path, *shards])
-    tokens = load_vocab(vocab_path)
+    _refuse_input_as_output(out, [params_path, vocab_path, *shards])
+    tokens: Vocab | GGUFVocab = load_vocab(vocab_path) if fmt == "ggjt" else load_gguf_vocab(vocab_path)
     if params.vocab_size > 0 and params.vocab_size != len(tokens):
         raise FormatError(f"{params.vocab_size} does not match the {len(tokens)} pieces of {vocab_path}",
-                          path=str(model_dir / "params.json"), field="vocab_size")
+                          path=str(params_path), field="vocab_size")
     metas = check_shards(shards)
-    hparams = _hparams(params, len(tokens), outtype)
-    pending, skipped = _specs(metas, shards, params, hparams)
-    layout = plan(FileVersion.GGJT_V1, hparams, tokens, [spec for *_, spec in pending])
-    placed = layout.by_name()
-    entries = [TensorEntry(m.name, shape, m.shape, axis, m.dtype, placed[m.name]) for m, axis, shape, _ in pending]
+    if fmt == "gguf":
+        layout, entries, skipped, content = _plan_gguf(model_dir, params, tokens, metas, shards, outtype,
+                                                       context_length)
+    else:
+        layout, entries, skipped = _plan_ggjt(params, tokens, metas, shards, outtype)
+        content = None
     _log_plan(shards, params, layout)
     _warn_rounding(entries, outtype)
     return ConversionPlan(model_dir, out, outtype, vocab_path, tuple(shards), params, layout, tuple(entries),
-                          tuple(skipped))
+                          tuple(skipped), fmt, content)
+
+
+def _with_eps(params: Params, rms_eps: float | None, path: Path) -> Params:
+    """params with norm_eps from --eps when params.json has none.
+
+    Raises:
+        ValueError: --eps out of (0, 1), or given although params.json has norm_eps (which one
+            would win is not obvious: refused rather than guessed).
+    """
+    if rms_eps is None:
+        return params
+    if not 0 < rms_eps < 1:  # the range params.json's norm_eps is held to (docs/format.md §16)
+        raise ValueError(f"--eps must be in (0, 1), not {rms_eps!r}")
+    if params.norm_eps is not None:
+        raise ValueError(f"{path}: norm_eps is {params.norm_eps!r}; --eps applies only when params.json has none")
+    return replace(params, norm_eps=rms_eps)
+
+
+def _entries(pending: list[_Pending], placed: dict[str, TensorInfo],
+             out_name: Callable[[str], str]) -> list[TensorEntry]:
+    """TensorEntry per pending tensor, with its planned TensorInfo (found under its output name)."""
+    return [TensorEntry(m.name, shape, m.shape, axis, m.dtype, placed[out_name(m.name)])
+            for m, axis, shape, _ in pending]
+
+
+def _plan_ggjt(params: Params, tokens: Vocab, metas: list[TensorMeta], shards: list[Path],
+               outtype: str) -> tuple[Plan, list[TensorEntry], list[str]]:
+    """The 2023 layout (docs/format.md §8): header from params.json, names and key order unchanged.
+
+    Raises:
+        FormatError: a LLaMA tensor missing or with another shape than the header implies.
+    """
+    hparams = _hparams(params, len(tokens), outtype)
+    pending, skipped = _specs(metas, shards, params, llama_shapes(params, len(tokens)), OUTTYPES[outtype][1])
+    layout = plan(FileVersion.GGJT_V1, hparams, tokens, [spec for *_, spec in pending])
+    return layout, _entries(pending, layout.by_name(), lambda name: name), skipped
+
+
+def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[TensorMeta], shards: list[Path],
+               outtype: str, context_length: int | None) -> tuple[Plan, list[TensorEntry], list[str], GGUFContent]:
+    """The GGUF layout (docs/format.md §8.1): shapes checked with GQA/ffn_dim_multiplier, names mapped.
+
+    Raises:
+        FormatError: a tensor GGUF's LLaMA does not have, a shape params.json does not imply, a bad value.
+    """
+    expected = llama_shapes(params, len(vocab), gguf=True)
+    pending, skipped = _specs(metas, shards, params, expected, OUTTYPES[outtype][1], gguf=True)
+    shapes = {m.name: shape for m, _, shape, _ in pending}
+    hp = gguf_hparams(params, len(vocab), shapes, context_length=context_length,
+                      path=str(model_dir / "params.json"))
+    for field in hp.defaults:
+        value, option = (hp.context_length, "--ctx N") if field == "context_length" else (hp.rms_eps, "--eps X")
+        log.warning("%s not in the checkpoint: using %g, LLaMA-1's value (%s sets it)",
+                    "context length" if field == "context_length" else "norm_eps", value, option)
+    name = model_dir.resolve().name or "llama"
+    n_layer = params.n_layers
+    layout = plan_llama_gguf(hp, vocab, [OutTensor(m.name, spec.type, shape) for m, _, shape, spec in pending],
+                             name=name)
+    entries = _entries(pending, layout.by_name(), lambda n: gguf_tensor_name(n, n_layer))
+    return layout, entries, skipped, GGUFContent(hp, vocab, name)
 
 
 def _refuse_input_as_output(out: Path, inputs: list[Path]) -> None:
@@ -220,12 +326,17 @@ def _compare_shard(first: list[TensorMeta], other: list[TensorMeta], first_path:
 # ------------------------------------------------------------------ what goes into the file
 
 
-def llama_shapes(params: Params, n_vocab: int) -> dict[str, tuple[int, ...]]:
-    """Full PyTorch shape of every LLaMA tensor the header implies (§6.2), in Meta key order."""
-    dim, hidden = params.dim, params.n_ff
+def llama_shapes(params: Params, n_vocab: int, *, gguf: bool = False) -> dict[str, tuple[int, ...]]:
+    """Full PyTorch shape of every LLaMA tensor params.json implies (§6.2), in Meta key order.
+
+    ggjt: the header's view (n_ff from n_mult, wk/wv dim rows). gguf: Meta's (docs/format.md §16):
+    wk/wv have kv_dim rows, the feed-forward width is hidden_dim (ffn_dim_multiplier).
+    """
+    dim = params.dim
+    hidden, kv = (params.hidden_dim, params.kv_dim) if gguf else (params.n_ff, dim)
     shapes: dict[str, tuple[int, ...]] = {
         "tok_embeddings.weight": (n_vocab, dim), "norm.weight": (dim,), "output.weight": (n_vocab, dim)}
-    per_layer = {"attention.wq": (dim, dim), "attention.wk": (dim, dim), "attention.wv": (dim, dim),
+    per_layer = {"attention.wq": (dim, dim), "attention.wk": (kv, dim), "attention.wv": (kv, dim),
                  "attention.wo": (dim, dim), "feed_forward.w1": (hidden, dim), "feed_forward.w2": (dim, hidden),
                  "feed_forward.w3": (hidden, dim), "attention_norm": (dim,), "ffn_norm": (dim,)}
     for n in range(params.n_layers):
@@ -236,25 +347,31 @@ def llama_shapes(params: Params, n_vocab: int) -> dict[str, tuple[int, ...]]:
 _Pending = tuple[TensorMeta, int | None, tuple[int, ...], TensorSpec]  # meta, split axis, full shape, spec
 
 
-def _specs(metas: list[TensorMeta], shards: list[Path], params: Params,
-           hparams: HParams) -> tuple[list[_Pending], list[str]]:
+def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected: dict[str, tuple[int, ...]],
+           two_d_type: GGMLType, *, gguf: bool = False) -> tuple[list[_Pending], list[str]]:
     """Output tensors in checkpoint key order, with their types, checked against the shapes params.json implies.
 
+    `expected` (from llama_shapes) is consumed. gguf: a tensor outside LLaMA is refused (today's
+    llama.cpp would refuse the file), and only the RoPE tables are skipped (docs/format.md §13).
+
     Raises:
-        FormatError: a LLaMA tensor is missing or has another shape than the header says.
+        FormatError: a LLaMA tensor is missing or has another shape than the header says; with gguf,
+            a tensor that is not LLaMA's.
     """
     n_parts = len(shards)
-    two_d_type = GGMLType.F32 if hparams.ftype == FType.ALL_F32 else GGMLType.F16
-    expected = llama_shapes(params, hparams.n_vocab)
+    skip = skipped_tensor if gguf else skipped_name
     pending: list[_Pending] = []
     skipped: list[str] = []
     for m in metas:
-        if skipped_name(m.name):
+        if skip(m.name):
             skipped.append(m.name)
             continue
         axis = split_axis(m.name, len(m.shape))
         shape = full_shape(m.shape, axis, n_parts)
         want = expected.pop(m.name, None)
+        if want is None and gguf:
+            raise FormatError("not a LLaMA tensor; today's llama.cpp refuses a GGUF file with tensors it does not "
+                              "expect", path=str(shards[0]), field=f"tensor {m.name!r}")
         if want is None:
             log.warning("%s: tensor %r is not part of LLaMA; writing it anyway, as the 2023 converter did",
                         shards[0], m.name)
@@ -315,16 +432,21 @@ def _sources(cp: ConversionPlan, shards: list[Checkpoint], fds: list[int]) -> It
 
 def convert_checkpoint(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
                        outtype: str = "f16", vocab: str | os.PathLike[str] | None = None, force: bool = False,
-                       progress: Callable[[int], Any] | None = None) -> ConversionPlan:
-    """Convert Meta's consolidated.NN.pth shards in `model_dir` into one ggjt v1 file; return the plan.
+                       progress: Callable[[int], Any] | None = None, fmt: str | None = None,
+                       context_length: int | None = None, rms_eps: float | None = None) -> ConversionPlan:
+    """Convert Meta's consolidated.NN.pth shards in `model_dir` into one ggjt v1 or GGUF v3 file; return the plan.
+
+    fmt, context_length, rms_eps: as plan_conversion.
 
     Raises:
         FileExistsError: the output exists and force is False (checked before any other work).
         FormatError, ValueError, OSError: as plan_conversion and write_conversion.
     """
-    out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype)
+    fmt = resolve_format(fmt, outfile)
+    out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype, fmt)
     refuse_existing(out, force)
-    cp = plan_conversion(model_dir, out, outtype=outtype, vocab=vocab)
+    cp = plan_conversion(model_dir, out, outtype=outtype, vocab=vocab, fmt=fmt, context_length=context_length,
+                         rms_eps=rms_eps)
     write_conversion(cp, force=force, progress=progress)
     log.info("wrote %s: %d tensors from %d shard(s), %s bytes", cp.outfile, len(cp.entries), len(cp.shards),
              f"{cp.layout.size:,}")

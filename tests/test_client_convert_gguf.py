@@ -1,0 +1,139 @@
+"""Today's llama.cpp (llama-cpp-python 0.3.36) runs convert-model's GGUF output; its logits match the reference.
+
+The GGUFs of 1-, 2- and 4-shard checkpoints (f16 and f32) and of a LLaMA-2-style bf16 checkpoint (GQA,
+ffn_dim_multiplier, norm_eps 1e-5, rope_theta 5e5) are loaded by the client, whose logits for every
+prompt position must agree with tests/client/reference.py's numpy forward pass on the *source*
+weights (as the output type stores them) within gguf_check's measured tolerances. The f16 GGUF must
+predict the same tokens as the 2023 client (0.1.78) on the ggjt file of the same checkpoint, at every
+position where the argmax is decisive. A control: one tensor scaled after writing must fail.
+
+The client runs with weight repacking OFF (`use_extra_bufts = False` in llama_model_params, the
+runner's default): with it on, 0.3.36 crashed with SIGSEGV on these AVX-512 CPUs on a tiny q4_0 model it
+runs correctly with repacking off (tests/client/README.md). It runs in a subprocess
+(gguf_check.run_gguf_client), so a crash is a failed test naming the signal. The client is built from
+source on first use into .cache/clients; a failed build fails the tests, never skips them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+from convert import convert_checkpoint
+from meta import VOCAB_SIZE, build
+from test_convert_gguf import LLAMA2_PARAMS, build_llama2
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "client"))
+import gguf_check  # noqa: E402  (tests/client is not a package)
+import reference  # noqa: E402
+import setup_client  # noqa: E402
+
+PROMPT = [1, 300, 17, 250, 99, 3, 271, 42, 13, 310]  # BOS, then fixed ids; no tokenizer involved
+N_HEADS = 4
+TOLERANCE = {"f16": gguf_check.F16_TOLERANCE, "f32": gguf_check.F32_TOLERANCE}  # 2 layers, dim 64: measured <= 4e-4
+
+
+@pytest.fixture(scope="session")
+def client() -> Path:
+    """The 0.3.36 client venv's python, built once per machine (shared, flock-protected)."""
+    try:
+        return gguf_check.ensure_gguf_client()
+    except Exception as e:  # noqa: BLE001 - any build failure must fail the tests, with the reason
+        pytest.fail(f"could not build llama-cpp-python {gguf_check.CLIENT} in {gguf_check.CLIENT_ROOT}: {e}")
+
+
+def as_stored(full: dict[str, np.ndarray], outtype: str) -> dict[str, np.ndarray]:
+    """The float32 values the output holds: 2-D rounded to f16 for f16 output, 1-D and f32 exact; no rope.freqs."""
+    out = {}
+    for name, a in full.items():
+        if name == "rope.freqs":
+            continue
+        a = a.astype(np.float32)
+        out[name] = a.astype(np.float16).astype(np.float32) if a.ndim == 2 and outtype == "f16" else a
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outtype", ["f16", "f32"])
+def test_client_0336_runs_gguf_of_1_2_and_4_shards(tmp_path: Path, client: Path, outtype: str) -> None:
+    outputs, logits = {}, {}
+    for n_shards in (1, 2, 4):
+        ck = build(tmp_path / f"{n_shards}-shards", n_shards, n_heads=N_HEADS, seed=7)
+        outputs[n_shards] = convert_checkpoint(ck.model_dir, outtype=outtype, fmt="gguf").outfile
+        out = gguf_check.run_gguf_client(client, outputs[n_shards], PROMPT)
+        assert out["client"] == gguf_check.CLIENT and out["extra_bufts"] is False
+        assert (out["n_vocab"], out["n_embd"], out["n_layer"], out["n_head"], out["n_head_kv"], out["n_ctx_train"]) \
+            == (VOCAB_SIZE, 64, 2, N_HEADS, N_HEADS, 2048)
+        logits[n_shards] = out["logits"]
+    assert outputs[1].read_bytes() == outputs[2].read_bytes() == outputs[4].read_bytes()
+    np.testing.assert_array_equal(logits[1], logits[2])
+    np.testing.assert_array_equal(logits[1], logits[4])
+    want = reference.forward(as_stored(ck.full, outtype), N_HEADS, PROMPT)
+    rel = gguf_check.assert_logits_match(logits[1], want, TOLERANCE[outtype])
+    print(f"{outtype}: rel {rel:.2e}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outtype", ["f16", "f32"])
+def test_client_0336_runs_llama2_style_gqa_checkpoint(tmp_path: Path, client: Path, outtype: str) -> None:
+    model_dir, full, _ = build_llama2(tmp_path, 2)
+    path = convert_checkpoint(model_dir, outtype=outtype, fmt="gguf").outfile
+    out = gguf_check.run_gguf_client(client, path, PROMPT)
+    assert out["extra_bufts"] is False and (out["n_head"], out["n_head_kv"]) == (4, 2)
+    weights = as_stored(full, outtype)
+    want = reference.forward(weights, 4, PROMPT, n_kv_heads=LLAMA2_PARAMS["n_kv_heads"],
+                             norm_eps=LLAMA2_PARAMS["norm_eps"], rope_theta=LLAMA2_PARAMS["rope_theta"])
+    rel = gguf_check.assert_logits_match(out["logits"], want, TOLERANCE[outtype])
+    print(f"{outtype} GQA: rel {rel:.2e}")
+    # the client did use theta and eps from our metadata: LLaMA-1's values give logits outside the tolerance
+    llama1 = reference.forward(weights, 4, PROMPT, n_kv_heads=2)
+    assert gguf_check.relative_error(out["logits"], llama1) > TOLERANCE[outtype]
+
+
+@pytest.mark.slow
+def test_f16_gguf_predicts_what_the_2023_client_predicts_on_the_ggjt_file(tmp_path: Path, client: Path) -> None:
+    old_python = setup_client.ensure_client("0.1.78", gguf_check.CLIENT_ROOT)
+    ck = build(tmp_path, 2, n_heads=N_HEADS, seed=7)
+    ggjt = convert_checkpoint(ck.model_dir, outtype="f16").outfile
+    path = convert_checkpoint(ck.model_dir, outtype="f16", fmt="gguf").outfile
+    old = np.asarray(setup_client.run_client(old_python, ggjt, PROMPT)["logits"], dtype=np.float32)
+    new = gguf_check.run_gguf_client(client, path, PROMPT)["logits"]
+    want = reference.forward(as_stored(ck.full, "f16"), N_HEADS, PROMPT)
+    gguf_check.assert_logits_match(old, want, gguf_check.F16_TOLERANCE)
+    gguf_check.assert_logits_match(new, want, gguf_check.F16_TOLERANCE)
+    # same predicted tokens wherever neither client's deviation from the reference could flip the argmax
+    err = max(float(np.max(np.abs(new - want))), float(np.max(np.abs(old - want))))
+    decisive = gguf_check.decisive_argmax(want, 2 * err)
+    assert len(decisive) >= len(PROMPT) - 3, f"only {len(decisive)} decisive positions: choose another seed"
+    np.testing.assert_array_equal(new.argmax(-1)[decisive], old.argmax(-1)[decisive])
+    np.testing.assert_array_equal(new.argmax(-1)[decisive], want.argmax(-1)[decisive])
+
+
+def _scale_tensor(path: Path, name: str, factor: float) -> None:
+    """Multiply one F16 tensor of a written GGUF by factor, in place (offsets found by gguf.GGUFReader)."""
+    t = next(t for t in gguf.GGUFReader(path).tensors if t.name == name)
+    assert t.tensor_type == gguf.GGMLQuantizationType.F16
+    with open(path, "r+b") as f:
+        f.seek(t.data_offset)
+        values = np.frombuffer(f.read(t.n_bytes), dtype="<f2")
+        f.seek(t.data_offset)
+        f.write((values.astype(np.float32) * factor).astype("<f2").tobytes())
+
+
+@pytest.mark.slow
+def test_control_a_corrupted_tensor_fails_the_comparison(tmp_path: Path, client: Path) -> None:
+    ck = build(tmp_path, 2, n_heads=N_HEADS, seed=7)
+    path = convert_checkpoint(ck.model_dir, outtype="f16", fmt="gguf").outfile
+    want = reference.forward(as_stored(ck.full, "f16"), N_HEADS, PROMPT)
+    gguf_check.assert_logits_match(gguf_check.run_gguf_client(client, path, PROMPT)["logits"], want,
+                                   gguf_check.F16_TOLERANCE)  # the intact file passes
+    _scale_tensor(path, "blk.1.attn_q.weight", 1.5)  # measured 2.2e-2 for this corruption (README)
+    corrupted = gguf_check.run_gguf_client(client, path, PROMPT)["logits"]
+    print(f"control: rel {gguf_check.relative_error(corrupted, want):.2e}")
+    with pytest.raises(AssertionError, match="differ from the numpy reference"):
+        gguf_check.assert_logits_match(corrupted, want, gguf_check.F16_TOLERANCE)
