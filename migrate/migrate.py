@@ -154,12 +154,13 @@ def write_migration(m: Migration, dst: str | os.PathLike[str], *, overwrite: boo
         OSError: DST exists without overwrite, disk full, ... (the temp file is removed; DST untouched).
     """
     with ExitStack() as stack:
-        fds = [_open_read_only(stack, p.path) for p in m.parts]
+        fds = [open_read_only(stack, p.path) for p in m.parts]
         w = stack.enter_context(FileWriter(dst, m.plan, overwrite=overwrite, progress=progress))
         write_tensors(w, _sources(m, fds), chunk_bytes=chunk_bytes)
 
 
-def _open_read_only(stack: ExitStack, path: Path) -> int:
+def open_read_only(stack: ExitStack, path: Path) -> int:
+    """An O_RDONLY descriptor of PATH, closed when STACK closes (for in-kernel copies). Raises: OSError."""
     fd = os.open(path, os.O_RDONLY)
     stack.callback(os.close, fd)
     return fd
