@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ggmlfmt.constants import GGMLType
+from ggmlfmt.constants import FileVersion, GGMLType
 from ggmlfmt.errors import FormatError
 from ggmlfmt.layout import Plan, TensorInfo
 from ggmlfmt.llama import (
@@ -55,12 +55,6 @@ class TensorMove:
     rounding: Rounding | None  # the scan of its f32 scales over every part (None: it has none)
     axis: int | None  # PyTorch split axis across parts (None: one part, or replicated)
 
-    @property
-    def rounds(self) -> bool:
-        """The written blocks carry f16 scales that differ from the source's f32 ones."""
-        return (self.rounding is not None and not self.rounding.exact
-                and self.target.type is not GGMLType.F32)
-
 
 @dataclass(frozen=True, slots=True)
 class GGUFMigration:
@@ -79,7 +73,7 @@ class GGUFMigration:
         return len(self.parts)
 
     @property
-    def source_version(self) -> object:
+    def source_version(self) -> FileVersion:
         return self.parts[0].index.version
 
 

@@ -195,6 +195,34 @@ def test_format_gguf_with_any_name_and_bin_default_stays_ggjt(tmp_path, capsys):
     assert (tmp_path / "b.bin").read_bytes()[:4] == b"tjgg"  # ggjt, little-endian magic
 
 
+def test_f16_norms_become_f32_and_rope_freqs_are_left_out(tmp_path, capsys):
+    ts = dict(tensors("Q4_0", 11))
+    norm = ts["norm.weight"][1].astype(np.float16)
+    with_extra = {"rope.freqs": ("F32", np.ones(32, np.float32)), **ts, "norm.weight": ("F16", norm.astype(np.float32))}
+    src = write_ggjt(tmp_path, 3, with_extra)
+    rc, _, err = run(capsys, src, tmp_path / "out.gguf")
+    assert rc == 0, err
+    r = gguf.GGUFReader(tmp_path / "out.gguf")
+    assert "rope.freqs" not in [t.name for t in r.tensors] and len(r.tensors) == len(ts)
+    t = next(t for t in r.tensors if t.name == "output_norm.weight")
+    assert t.tensor_type.name == "F32" and np.asarray(t.data).tobytes() == norm.astype("<f4").tobytes()
+
+
+def test_scale_beyond_f16_forces_f32(tmp_path, capsys):
+    ts = dict(tensors("Q8_0", 12))
+    big = ts["layers.1.attention.wv.weight"][1] * np.float32(1e7)  # Q8_0's d = amax / 127 > 65504
+    ts["layers.1.attention.wv.weight"] = ("Q8_0", big)
+    src = write_ggjt(tmp_path, 1, ts)
+    rc, _, err = run(capsys, src, tmp_path / "out.gguf")
+    assert rc == 0, err
+    assert "1 tensor(s) have scales beyond f16's range: written as F32 values" in err
+    assert "15 tensor(s) have f32 scales that f16 rounds" in err  # the other 15 keep Q8_0, rounded
+    t = next(t for t in gguf.GGUFReader(tmp_path / "out.gguf").tensors if t.name == "blk.1.attn_v.weight")
+    want = builders.dequantize(builders.quantize(big, "Q8_0", 1), "Q8_0", 1, big.shape)
+    assert t.tensor_type.name == "F32" and np.asarray(t.data).tobytes() == want.astype("<f4").tobytes()
+    assert np.isfinite(want).all() and np.abs(want).max() > 65504
+
+
 # ------------------------------------------------------------------ rounding and --lossless
 
 
