@@ -78,14 +78,14 @@ def open_migration(src: str | os.PathLike[str]) -> Migration:
     return Migration(tuple(parts), *plan_output(parts))
 
 
-def open_parts(src: str | os.PathLike[str]) -> list[SourcePart]:
-    """Map every part and run every cross-part check.
+def open_parts(src: str | os.PathLike[str], part0: SourcePart | None = None) -> list[SourcePart]:
+    """Map every part and run every cross-part check (part0: SRC already opened by the caller).
 
     Raises:
         FormatError, OSError.
     """
     paths = find_parts(src)
-    part0 = open_part(paths[0])
+    part0 = open_part(paths[0]) if part0 is None else part0
     check_old_types(part0)
     n_parts = implied_part_count(part0, len(paths))
     check_part_count(paths, n_parts, part0)

@@ -54,6 +54,8 @@ class TensorMove:
     target: Target  # GGUF type and block converter (None: the bytes pass unchanged)
     rounding: Rounding | None  # the scan of its f32 scales over every part (None: it has none)
     axis: int | None  # PyTorch split axis across parts (None: one part, or replicated)
+    shape: tuple[int, ...]  # the whole tensor's PyTorch-order shape (a part holds 1/n of it along axis)
+    record_offset: int  # of its record in part 0, for errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +95,7 @@ def open_gguf_migration(src: str | os.PathLike[str], *, lossless: bool = False,
         hp = _hparams(parts, moves, ctx, eps)
         gvocab = reconstruct_vocab(part0.index.vocab) if vocab is None else vocab_for_old_file(vocab,
                                                                                                 part0.index.vocab)
-        outs = [OutTensor(mv.name, mv.target.type, _full(part0, mv, len(parts))) for mv in moves]
+        outs = [OutTensor(mv.name, mv.target.type, mv.shape) for mv in moves]
         plan = plan_llama_gguf(hp, gvocab, outs, name=name or _model_name(part0.path))
     except FormatError as e:
         raise (e if e.path else e.with_path(part0.path)) from None
@@ -114,7 +116,7 @@ def open_sources(src: str | os.PathLike[str]) -> list[SourcePart]:
     paths = find_parts(src)
     part0 = open_part(paths[0], accept_ggjt=True)
     if part0.index.version.magic_name != "ggjt":
-        return open_parts(src)
+        return open_parts(src, part0)
     if len(paths) > 1:
         raise FormatError(f"is {part0.index.version}, a single-file format, but {paths[1].name} exists beside it; "
                           "multi-part ggjt files are not read (move it away if it is not part of this model)",
@@ -139,16 +141,11 @@ def _moves(parts: list[SourcePart], lossless: bool) -> Iterator[TensorMove]:
         if len(t.ne) == 1 and t.type is GGMLType.F16:  # norms are F32 in every GGUF LLaMA (exact)
             target = Target(GGMLType.F32, _to_f32)
         axis = split_axis(t.name, len(t.ne)) if n > 1 else None
-        yield TensorMove(t.name, t.type, target, rounding, axis)
+        yield TensorMove(t.name, t.type, target, rounding, axis, full_shape(t.shape, axis, n), t.record_offset)
 
 
 def _to_f32(values: np.ndarray) -> np.ndarray:
     return values.astype("<f4")
-
-
-def _full(part0: SourcePart, mv: TensorMove, n_parts: int) -> tuple[int, ...]:
-    """The whole tensor's PyTorch-order shape (a part holds 1/n of it along its split axis)."""
-    return full_shape(part0.index.by_name()[mv.name].shape, mv.axis, n_parts)
 
 
 def _hparams(parts: list[SourcePart], moves: Sequence[TensorMove], ctx: int | None, eps: float | None) -> LlamaHParams:
@@ -158,7 +155,7 @@ def _hparams(parts: list[SourcePart], moves: Sequence[TensorMove], ctx: int | No
         FormatError: a missing tensor, a shape that disagrees, n_rot other than the head size.
     """
     h = parts[0].index.hparams
-    shapes = {mv.name: _full(parts[0], mv, len(parts)) for mv in moves}
+    shapes = {mv.name: mv.shape for mv in moves}
     return llama_hparams(shapes, n_vocab=h.n_vocab, n_embd=h.n_embd, n_head=h.n_head, n_layer=h.n_layer,
                          n_rot=h.n_rot, context_length=ctx, rms_eps=eps)
 
@@ -178,8 +175,7 @@ def _check_regions(full: TensorInfo, mv: TensorMove, parts: list[SourcePart]) ->
         try:
             shard_region(full, mv.axis, len(parts), k)
         except ValueError as e:
-            record = parts[0].index.by_name()[mv.name].record_offset
-            raise FormatError(str(e), path=parts[0].path, offset=record, field=f"tensor {mv.name!r}") from None
+            raise FormatError(str(e), path=parts[0].path, offset=mv.record_offset, field=f"tensor {mv.name!r}") from None
 
 
 # ------------------------------------------------------------------ what to say before writing
