@@ -1,4 +1,7 @@
-"""migrate-old-weights: old multi-part ggml/ggmf model files -> one ggjt v1 file (or, with them and ggjt files, one GGUF file), with numpy alone."""
+"""migrate-old-weights: old multi-part ggml/ggmf model files -> one ggjt v1 file, with numpy alone.
+
+With --format gguf, those and single-file ggjt v1/v2/v3 files -> one GGUF v3 file (migrate.to_gguf).
+"""
 
 from __future__ import annotations
 

@@ -88,7 +88,8 @@ def check_old_format(path: Path, version: FileVersion) -> None:
     """
     if version.magic_name == "ggjt":
         raise AlreadyMigrated(f"already {version}, the aligned single-file format this command writes; "
-                              "nothing to migrate (load it directly, or write GGUF with --format gguf)", path=path, offset=0, field="magic")
+                              "nothing to migrate (load it directly, or write GGUF with --format gguf)",
+                              path=path, offset=0, field="magic")
     if version not in OLD_VERSIONS:  # unreachable today: decode_version only knows these five versions
         raise FormatError(f"expected 'ggml' or 'ggmf' v1, found {version}", path=path, offset=0, field="magic")
 

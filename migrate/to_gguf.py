@@ -175,7 +175,8 @@ def _check_regions(full: TensorInfo, mv: TensorMove, parts: list[SourcePart]) ->
         try:
             shard_region(full, mv.axis, len(parts), k)
         except ValueError as e:
-            raise FormatError(str(e), path=parts[0].path, offset=mv.record_offset, field=f"tensor {mv.name!r}") from None
+            raise FormatError(str(e), path=parts[0].path, offset=mv.record_offset,
+                              field=f"tensor {mv.name!r}") from None
 
 
 # ------------------------------------------------------------------ what to say before writing
