@@ -93,8 +93,7 @@ def open_gguf_migration(src: str | os.PathLike[str], *, lossless: bool = False,
     moves = tuple(_moves(parts, lossless))
     try:
         hp = _hparams(parts, moves, ctx, eps)
-        gvocab = reconstruct_vocab(part0.index.vocab) if vocab is None else vocab_for_old_file(vocab,
-                                                                                                part0.index.vocab)
+        gvocab = reconstruct_vocab(part0.index.vocab) if vocab is None else _tokenizer_vocab(vocab, part0)
         outs = [OutTensor(mv.name, mv.target.type, mv.shape) for mv in moves]
         plan = plan_llama_gguf(hp, gvocab, outs, name=name or _model_name(part0.path))
     except FormatError as e:
@@ -105,6 +104,20 @@ def open_gguf_migration(src: str | os.PathLike[str], *, lossless: bool = False,
         _check_regions(info, mv, parts)
     return GGUFMigration(tuple(parts), moves, plan, hp, gvocab,
                          "the file's texts" if vocab is None else os.fspath(vocab), lossless)
+
+
+def _tokenizer_vocab(path: str | os.PathLike[str], part0: SourcePart) -> GGUFVocab:
+    """The GGUF vocabulary of --vocab's tokenizer.model, checked against part 0's texts (docs/format.md §15).
+
+    Raises:
+        FormatError: not a SentencePiece model, or not this file's. ValueError: sentencepiece is not installed.
+        OSError: unreadable.
+    """
+    try:
+        return vocab_for_old_file(path, part0.index.vocab)
+    except ImportError as e:  # the one optional dependency, needed only for --vocab
+        raise ValueError(f"--vocab {os.fspath(path)}: reading a tokenizer.model needs the sentencepiece package "
+                         f"({e})") from None
 
 
 def open_sources(src: str | os.PathLike[str]) -> list[SourcePart]:

@@ -461,3 +461,9 @@ def test_runs_without_torch_sentencepiece_or_gguf(tmp_path, capsys):
                            str(tmp_path / "out.gguf")], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "rc=0 loaded=[]", proc.stdout + proc.stderr
     assert (tmp_path / "out.gguf").read_bytes() == (tmp_path / "reference.gguf").read_bytes()
+    (tmp_path / "tokenizer.model").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-c", _BLOCKER, "sentencepiece", str(src), str(tmp_path / "v.gguf"),
+                           "--vocab", str(tmp_path / "tokenizer.model")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.stdout.startswith("rc=1 ") and proc.stderr.count("\n") == 1, proc.stdout + proc.stderr
+    assert "needs the sentencepiece package" in proc.stderr and not (tmp_path / "v.gguf").exists()
