@@ -1,8 +1,13 @@
-"""migrate-old-weights: old multi-part ggml/ggmf model files -> one ggjt v1 file, with numpy alone."""
+"""migrate-old-weights: old multi-part ggml/ggmf model files -> one ggjt v1 file, with numpy alone.
+
+With --format gguf, those and single-file ggjt v1/v2/v3 files -> one GGUF v3 file (migrate.to_gguf).
+"""
 
 from __future__ import annotations
 
 from .migrate import Migration, check_destination, migrate_file, open_migration, write_migration
 from .sources import AlreadyMigrated
+from .to_gguf import GGUFMigration, migrate_to_gguf, open_gguf_migration, write_gguf_migration
 
-__all__ = ["AlreadyMigrated", "Migration", "check_destination", "migrate_file", "open_migration", "write_migration"]
+__all__ = ["AlreadyMigrated", "GGUFMigration", "Migration", "check_destination", "migrate_file", "migrate_to_gguf",
+           "open_gguf_migration", "open_migration", "write_gguf_migration", "write_migration"]

@@ -13,6 +13,7 @@ from ggmlfmt.cli import add_common_options, run
 
 from .migrate import Migration, check_destination, open_migration, write_migration
 from .sources import find_parts
+from .to_gguf import GGUFMigration, notes, open_gguf_migration, rounding_summary, write_gguf_migration
 
 PROG = "migrate-old-weights"
 log = logging.getLogger(PROG)
@@ -24,11 +25,25 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Upgrade old llama.cpp model files (unversioned 'ggml' or 'ggmf' v1, one or several parts) "
-                    "to one aligned ggjt v1 file, as the 2023 migrate script did. Needs numpy only.",
+                    "to one aligned ggjt v1 file, as the 2023 migrate script did; or, with --format gguf, those "
+                    "and single-file ggjt v1/v2/v3 files to one GGUF file for today's llama.cpp. Needs numpy only.",
     )
     p.add_argument("src", metavar="SRC", help="the first part, e.g. ggml-model-q4_0.bin; SRC.1, SRC.2, ... are "
                                                "found automatically and their number is checked")
-    p.add_argument("dst", metavar="DST", help="the ggjt v1 file to write (via a temporary file and a rename)")
+    p.add_argument("dst", metavar="DST", help="the file to write (via a temporary file and a rename); a name "
+                                               "ending in .gguf implies --format gguf")
+    p.add_argument("--format", choices=("ggjt", "gguf"), default=None,
+                   help="ggjt: ggjt v1, byte-identical to the 2023 script (the default); gguf: GGUF v3")
+    g = p.add_argument_group("GGUF output (docs/format.md §9.1)")
+    g.add_argument("--lossless", action="store_true",
+                   help="write tensors whose f32 block scales f16 would round as F32 values instead")
+    g.add_argument("--vocab", metavar="TOKENIZER_MODEL",
+                   help="take the vocabulary from this SentencePiece tokenizer.model (checked to match the file) "
+                        "instead of reconstructing it from the stored texts")
+    g.add_argument("--ctx", type=int, default=None, metavar="N",
+                   help="llama.context_length (default 2048, LLaMA-1's; old files do not store it)")
+    g.add_argument("--eps", type=float, default=None, metavar="X",
+                   help="llama.attention.layer_norm_rms_epsilon (default 1e-6, LLaMA-1's)")
     p.add_argument("--force", "-f", action="store_true", help="replace DST if it exists (never an input part)")
     p.add_argument("--dry-run", "-n", action="store_true",
                    help="check every part and print the plan (tensor, type, full shape, split, offset, size) "
@@ -66,7 +81,65 @@ def _progress_bar(total: int, quiet: bool) -> Iterator[Any]:
         yield bar.update
 
 
+def output_format(args: argparse.Namespace) -> str:
+    """ggjt or gguf from --format and DST's name; GGUF-only options without GGUF are refused.
+
+    Raises:
+        ValueError: --format ggjt with a .gguf DST, or a GGUF option with ggjt output.
+    """
+    implied = "gguf" if str(args.dst).endswith(".gguf") else None
+    if args.format == "ggjt" and implied:
+        raise ValueError(f"{args.dst}: a .gguf name for --format ggjt output; choose one or the other")
+    fmt = args.format or implied or "ggjt"
+    given = [o for o, v in (("--lossless", args.lossless), ("--vocab", args.vocab), ("--ctx", args.ctx),
+                            ("--eps", args.eps)) if v not in (None, False)]
+    if fmt == "ggjt" and given:
+        raise ValueError(f"{', '.join(given)}: only with --format gguf (ggjt output copies the old file's blocks, "
+                         "vocabulary and header unchanged)")
+    return fmt
+
+
+def render_gguf_plan(m: GGUFMigration) -> str:
+    """The GGUF layout as a table (GGUF name, type in -> out, shape, split, offset, size), with the totals."""
+    parts = ", ".join(p.path.name for p in m.parts)
+    hp = m.hparams
+    lines = [f"input   {m.source_version}, {m.n_parts} part(s): {parts}",
+             f"output  GGUF v3, {len(m.plan.tensors)} tensors, vocabulary from {m.vocab_source}",
+             f"llama   n_vocab {hp.n_vocab}, n_embd {hp.n_embd}, n_layer {hp.n_layer}, n_head {hp.n_head}, "
+             f"n_head_kv {hp.n_head_kv}, n_ff {hp.n_ff}, n_rot {hp.n_rot}, context {hp.context_length}, "
+             f"eps {hp.rms_eps:g}", ""]
+    width = max([len(t.name) for t in m.plan.tensors] + [6])
+    lines.append(f"{'tensor':<{width}}  {'type':<12}  {'shape':<16}  {'split':<7}  {'offset':>14}  {'bytes':>14}")
+    for mv, t in zip(m.moves, m.plan.tensors):
+        shape = "x".join(map(str, t.shape))
+        split = _SPLIT_NAMES[mv.axis] if m.n_parts > 1 else "-"
+        types = f"{mv.in_type.name}->{t.type.name}"
+        lines.append(f"{t.name:<{width}}  {types:<12}  {shape:<16}  {split:<7}  {t.offset:>14,}  {t.nbytes:>14,}")
+    lines += ["", f"total   {m.plan.data_bytes:,} bytes of tensor data, file size {m.plan.size:,} bytes "
+                  f"({m.plan.size / (1 << 20):,.1f} MiB)"]
+    lines.append(f"scales  {rounding_summary(m) or 'no f32 scale rounds: every tensor keeps its exact values'}")
+    return "\n".join(lines)
+
+
+def _migrate_gguf(args: argparse.Namespace) -> int:
+    m = open_gguf_migration(args.src, lossless=args.lossless, vocab=args.vocab, ctx=args.ctx, eps=args.eps)
+    for level, line in notes(m):
+        log.log(level, "%s", line)
+    if args.dry_run:
+        print(render_gguf_plan(m))
+        return 0
+    with _progress_bar(m.plan.data_bytes, args.quiet) as progress:
+        write_gguf_migration(m, args.dst, overwrite=args.force, progress=progress)
+    log.info("wrote %s (GGUF v3, %d tensors, %s bytes) from %d %s part(s)", args.dst, len(m.plan.tensors),
+             f"{m.plan.size:,}", m.n_parts, m.source_version)
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
+    fmt = output_format(args)
+    if fmt == "gguf":
+        check_destination(args.dst, find_parts(args.src), overwrite=args.force)
+        return _migrate_gguf(args)
     check_destination(args.dst, find_parts(args.src), overwrite=args.force)  # before reading gigabytes
     m = open_migration(args.src)
     if args.dry_run:

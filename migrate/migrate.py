@@ -78,14 +78,14 @@ def open_migration(src: str | os.PathLike[str]) -> Migration:
     return Migration(tuple(parts), *plan_output(parts))
 
 
-def open_parts(src: str | os.PathLike[str]) -> list[SourcePart]:
-    """Map every part and run every cross-part check.
+def open_parts(src: str | os.PathLike[str], part0: SourcePart | None = None) -> list[SourcePart]:
+    """Map every part and run every cross-part check (part0: SRC already opened by the caller).
 
     Raises:
         FormatError, OSError.
     """
     paths = find_parts(src)
-    part0 = open_part(paths[0])
+    part0 = open_part(paths[0]) if part0 is None else part0
     check_old_types(part0)
     n_parts = implied_part_count(part0, len(paths))
     check_part_count(paths, n_parts, part0)
@@ -154,12 +154,13 @@ def write_migration(m: Migration, dst: str | os.PathLike[str], *, overwrite: boo
         OSError: DST exists without overwrite, disk full, ... (the temp file is removed; DST untouched).
     """
     with ExitStack() as stack:
-        fds = [_open_read_only(stack, p.path) for p in m.parts]
+        fds = [open_read_only(stack, p.path) for p in m.parts]
         w = stack.enter_context(FileWriter(dst, m.plan, overwrite=overwrite, progress=progress))
         write_tensors(w, _sources(m, fds), chunk_bytes=chunk_bytes)
 
 
-def _open_read_only(stack: ExitStack, path: Path) -> int:
+def open_read_only(stack: ExitStack, path: Path) -> int:
+    """An O_RDONLY descriptor of PATH, closed when STACK closes (for in-kernel copies). Raises: OSError."""
     fd = os.open(path, os.O_RDONLY)
     stack.callback(os.close, fd)
     return fd

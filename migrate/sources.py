@@ -57,12 +57,14 @@ def find_parts(src: str | os.PathLike[str]) -> list[Path]:
     return part_paths(first)
 
 
-def open_part(path: Path, part0: SourcePart | None = None) -> SourcePart:
+def open_part(path: Path, part0: SourcePart | None = None, *, accept_ggjt: bool = False) -> SourcePart:
     """Map one part and parse its structure; its format is checked first (old, or the same as part 0's).
 
+    accept_ggjt: part 0 may also be a single-file ggjt v1/v2/v3 (the GGUF output path reads those).
+
     Raises:
-        AlreadyMigrated: part 0 is a ggjt file. FormatError: wrong format, or malformed (names file, offset,
-            field). OSError: unreadable.
+        AlreadyMigrated: part 0 is a ggjt file and accept_ggjt is False. FormatError: wrong format, or
+            malformed (names file, offset, field). OSError: unreadable.
     """
     data = map_file(path, "r")
     try:
@@ -70,7 +72,8 @@ def open_part(path: Path, part0: SourcePart | None = None) -> SourcePart:
     except FormatError as e:
         raise e.with_path(path) from None
     if part0 is None:
-        check_old_format(path, version)
+        if not (accept_ggjt and version.magic_name == "ggjt"):
+            check_old_format(path, version)
     elif version is not part0.index.version:
         raise FormatError(f"is {version} but part 0 ({part0.path.name}) is {part0.index.version}; all parts must "
                           "have the same format", path=path, offset=0, field="magic")
@@ -85,7 +88,8 @@ def check_old_format(path: Path, version: FileVersion) -> None:
     """
     if version.magic_name == "ggjt":
         raise AlreadyMigrated(f"already {version}, the aligned single-file format this command writes; "
-                              "nothing to migrate (load it directly)", path=path, offset=0, field="magic")
+                              "nothing to migrate (load it directly, or write GGUF with --format gguf)",
+                              path=path, offset=0, field="magic")
     if version not in OLD_VERSIONS:  # unreachable today: decode_version only knows these five versions
         raise FormatError(f"expected 'ggml' or 'ggmf' v1, found {version}", path=path, offset=0, field="magic")
 
