@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from itertools import accumulate
+from dataclasses import FrozenInstanceError, dataclass, field
 
 import numpy as np
 
@@ -65,32 +66,110 @@ class HParams:
         return (self.n_vocab, self.n_embd, self.n_mult, self.n_head, self.n_layer, self.n_rot, self.ftype)
 
 
-@dataclass(frozen=True, slots=True)
 class Vocab:
-    """Token texts (raw bytes, token id = index) and their scores (None in unversioned 'ggml')."""
+    """Token texts (raw bytes, token id = index) and their scores (None in unversioned 'ggml').
 
-    tokens: tuple[bytes, ...]
-    scores: np.ndarray | None = None  # float32, one per token
+    Immutable. A vocabulary read from a file keeps one copy of its section and cuts `tokens` and
+    `scores` out of it on first use: opening a file then costs one walk of the length fields, not
+    32,000 bytes objects (docs/format.md §3).
+    """
 
-    def __post_init__(self) -> None:
-        if self.scores is not None and len(self.scores) != len(self.tokens):
-            raise ValueError(f"{len(self.tokens)} tokens but {len(self.scores)} scores")
+    __slots__ = ("_tokens", "_scores", "_section")
+
+    _tokens: tuple[bytes, ...] | None
+    _scores: np.ndarray | None
+    _section: _Section | None
+
+    def __init__(self, tokens: tuple[bytes, ...], scores: np.ndarray | None = None) -> None:
+        """Raises: ValueError: tokens and scores differ in number."""
+        if scores is not None and len(scores) != len(tokens):
+            raise ValueError(f"{len(tokens)} tokens but {len(scores)} scores")
+        _set(self, "_tokens", tokens)
+        _set(self, "_scores", scores)
+        _set(self, "_section", None)
+
+    @classmethod
+    def _of_section(cls, section: bytes, lens: list[int], score_size: int) -> Vocab:
+        """A vocabulary cut lazily from an encoded, already validated section with these text lengths."""
+        self = object.__new__(cls)
+        _set(self, "_tokens", None)
+        _set(self, "_scores", None)
+        _set(self, "_section", _Section(section, lens, score_size))
+        return self
+
+    @property
+    def tokens(self) -> tuple[bytes, ...]:
+        if self._tokens is None:
+            _set(self, "_tokens", self._section.tokens())
+        return self._tokens
+
+    @property
+    def scores(self) -> np.ndarray | None:
+        """float32, one per token (None without scores)."""
+        sec = self._section
+        if self._scores is None and sec is not None and sec.score_size:
+            _set(self, "_scores", sec.scores())
+        return self._scores
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple:
+        return (Vocab, (self.tokens, self.scores))
+
+    def __repr__(self) -> str:
+        return f"Vocab(tokens={self.tokens!r}, scores={self.scores!r})"
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        sec = self._section
+        return len(self._tokens) if sec is None else len(sec)
 
     def __eq__(self, other: object) -> bool:
-        """Same tokens and the same score bits (the generated __eq__ raised: an array has no single truth)."""
+        """Same tokens and the same score bits (a generated __eq__ would raise: an array has no single truth)."""
         if not isinstance(other, Vocab):
             return NotImplemented
         if self.tokens != other.tokens or (self.scores is None) != (other.scores is None):
             return False
         return self.scores is None or _f32_bytes(self.scores) == _f32_bytes(other.scores)
 
+    def __hash__(self) -> int:
+        """Hash of (tokens, scores), as the frozen dataclass this was: a TypeError when there are scores."""
+        return hash((self.tokens, self.scores))
+
     def nbytes(self, with_scores: bool) -> int:
         """Encoded size of the vocabulary section."""
         per_entry = TOKEN_LEN.size + (TOKEN_SCORE.size if with_scores else 0)
-        return len(self.tokens) * per_entry + sum(len(t) for t in self.tokens)
+        return len(self) * per_entry + sum(len(t) for t in self.tokens)
+
+
+_set = object.__setattr__
+
+
+class _Section:
+    """The bytes of a validated vocabulary section and its text lengths; cuts tokens and scores from them."""
+
+    __slots__ = ("data", "lens", "score_size")
+
+    def __init__(self, data: bytes, lens: list[int], score_size: int) -> None:
+        self.data, self.lens, self.score_size = data, lens, score_size
+
+    def __len__(self) -> int:
+        return len(self.lens)
+
+    def tokens(self) -> tuple[bytes, ...]:
+        data, fixed = self.data, TOKEN_LEN.size + self.score_size
+        starts = accumulate([n + fixed for n in self.lens], initial=TOKEN_LEN.size)  # where each text begins
+        # bytes slices of one bytes object: much cheaper than a memoryview slice per token
+        return tuple([data[a : a + n] for a, n in zip(starts, self.lens)])
+
+    def scores(self) -> np.ndarray:
+        lens = np.array(self.lens, dtype=np.int64)
+        at = np.cumsum(lens + TOKEN_LEN.size + self.score_size) - self.score_size  # a score ends each entry
+        raw = np.frombuffer(self.data, dtype=np.uint8)
+        return raw[at[:, None] + np.arange(self.score_size)].reshape(-1).view("<f4").astype(np.float32)
 
 
 def _f32_bytes(scores: np.ndarray) -> bytes:
@@ -257,34 +336,60 @@ def decode_vocab(cur: _Cursor, n_vocab: int, with_scores: bool) -> Vocab:
     min_entry = TOKEN_LEN.size + score_size
     buf, start = cur.buf, cur.pos
     # Bytes left for token texts once every entry's fixed fields are counted; each text spends from
-    # it, so `room >= 0` keeps every later length field inside the buffer without a second check.
+    # it, so `room >= 0` keeps every later length field inside the buffer (docs/format.md §3).
     room = cur.left() - n_vocab * min_entry
     if room < 0:
         raise Truncated(f"n_vocab {n_vocab} needs at least {n_vocab * min_entry} bytes, {cur.left()} left",
                         offset=start, field="vocab")
     body = buf[start:]
-    unpack_len = TOKEN_LEN.unpack_from
-    ends = [0]  # entry i spans body[ends[i]:ends[i + 1]]
-    append_end = ends.append
+    lens, end = _walk_lengths(body, n_vocab, min_entry)
+    # Every length 0..MAX_TOKEN_LEN and the texts within `room` <=> the section ends inside the buffer,
+    # checked once for the whole vocabulary; any doubt goes to the checked walk, which names the entry.
+    if end is None or end > len(body) or (lens and max(lens) > MAX_TOKEN_LEN):
+        _walk_checked(body, start, n_vocab, min_entry, room)  # raises
+        raise AssertionError("unreachable: the fast walk and the checked walk disagree")  # pragma: no cover
+    cur.pos = start + end
+    # One copy of the section; tokens and scores are cut from it on first use (Vocab._of_section).
+    return Vocab._of_section(bytes(body[:end]), lens, score_size)
+
+
+def _walk_lengths(body: memoryview, n_vocab: int, min_entry: int) -> tuple[list[int], int | None]:
+    """The n_vocab text lengths and the section's end, unchecked beyond being unsigned; (lens, None) if it ran off.
+
+    The one per-entry loop (entries have variable length, so each length gives the next one's
+    offset), kept to one unpack, one add and one append: the checks come after, once.
+    """
+    unpack_len = _TOKEN_ULEN.unpack_from  # unsigned: a negative length reads as > MAX_TOKEN_LEN
+    lens: list[int] = []
+    append = lens.append
     pos = 0
-    for i in range(n_vocab):  # the one per-entry loop: entries have variable length
+    try:
+        for _ in range(n_vocab):
+            (n,) = unpack_len(body, pos)
+            pos += n + min_entry
+            append(n)
+    except struct.error:  # a length ran past the buffer; the checked walk says which
+        return lens, None
+    return lens, pos
+
+
+_TOKEN_ULEN = struct.Struct("<I")  # TOKEN_LEN's 4 bytes, read unsigned for the fast walk only
+
+
+def _walk_checked(body: memoryview, start: int, n_vocab: int, min_entry: int, room: int) -> None:
+    """Walk the entries checking each length before using it; raise on the first bad one.
+
+    Raises:
+        Truncated, BadValue.
+    """
+    unpack_len = TOKEN_LEN.unpack_from
+    pos = 0
+    for i in range(n_vocab):
         (n,) = unpack_len(body, pos)
         if not 0 <= n <= room or n > MAX_TOKEN_LEN:
             raise _token_len_error(n, room, i, start + pos, n_vocab - i - 1, (n_vocab - i) * min_entry)
         room -= n
         pos += min_entry + n
-        append_end(pos)
-    # One copy of the section, then bytes slices of it: much cheaper than a memoryview slice per token.
-    section = bytes(body[:pos])
-    text_start = TOKEN_LEN.size
-    tokens = tuple([section[a + text_start : b - score_size] for a, b in zip(ends, ends[1:])])
-    scores = None
-    if with_scores:
-        at = np.fromiter(ends, dtype=np.int64, count=len(ends))[1:] - score_size  # a score ends each entry
-        raw = np.frombuffer(section, dtype=np.uint8)
-        scores = raw[at[:, None] + np.arange(score_size)].reshape(-1).view("<f4").astype(np.float32)
-    cur.pos = start + pos
-    return Vocab(tokens, scores)
 
 
 def _token_len_error(n: int, room: int, i: int, pos: int, n_left: int, fixed_left: int) -> FormatError:
@@ -351,6 +456,79 @@ def _dims_struct(n_dims: int) -> struct.Struct:
     return _DIMS[n_dims]
 
 
+# Per block-layout generation: type code -> (type, layout, elements per block, bytes per block), so a
+# record costs one dict look-up instead of an enum call and two table look-ups.
+_TYPE_ROWS = {gen: {int(t): (t, b, b.elements, b.nbytes) for t, b in layouts.items()}
+              for gen, layouts in BLOCK_LAYOUTS.items()}
+_DIMS_UNPACK = (None, *(_DIMS[n].unpack_from for n in range(1, MAX_DIMS + 1)))  # by n_dims
+_ZEROS = bytes(DEFAULT_ALIGNMENT)
+_SET_NAME, _SET_TYPE, _SET_NE, _SET_OFFSET, _SET_NBYTES, _SET_RECORD, _SET_BLOCK = (
+    TensorInfo.__dict__[f].__set__ for f in TensorInfo.__slots__)  # the slots' own setters, in field order
+
+
+def _new_info(name: str, ggml_type: GGMLType, ne: tuple[int, ...], offset: int, nbytes: int, record_offset: int,
+              block: BlockLayout) -> TensorInfo:
+    """TensorInfo(...) without the frozen dataclass __init__ and its seven object.__setattr__ calls."""
+    info = object.__new__(TensorInfo)
+    _SET_NAME(info, name)
+    _SET_TYPE(info, ggml_type)
+    _SET_NE(info, ne)
+    _SET_OFFSET(info, offset)
+    _SET_NBYTES(info, nbytes)
+    _SET_RECORD(info, record_offset)
+    _SET_BLOCK(info, block)
+    return info
+
+
+def _decode_records(cur: _Cursor, version: FileVersion) -> list[TensorInfo]:
+    """Every tensor record from cur.pos to the end of the buffer, each checked as decode_record does.
+
+    The loop checks each record with plain comparisons; a record that fails any of them is decoded
+    again by decode_record, which raises the error naming the field (or, if this loop was stricter
+    than it, returns the record).
+
+    Raises:
+        Truncated, BadValue, BadLayout (docs/format.md §4).
+    """
+    buf, pos, size = cur.buf, cur.pos, cur.size
+    rows, aligned = _TYPE_ROWS[version.block_generation], version.aligned
+    unpack_head, dims, zeros, prod = RECORD.unpack_from, _DIMS_UNPACK, _ZEROS, math.prod
+    tensors: list[TensorInfo] = []
+    seen: dict[str, int] = {}
+    while pos < size:  # no tensor count in these formats: records run to EOF
+        info = None
+        if size - pos >= 12:
+            n_dims, name_len, code = unpack_head(buf, pos)
+            row = rows.get(code)
+            name_at = pos + 12 + 4 * n_dims
+            name_end = name_at + name_len
+            if 0 < n_dims <= MAX_DIMS and 0 < name_len <= MAX_NAME_LEN and row is not None and name_end <= size:
+                ne = dims[n_dims](buf, pos + 12)
+                ggml_type, block, elements, block_bytes = row
+                data_at = (name_end + DEFAULT_ALIGNMENT - 1) // DEFAULT_ALIGNMENT * DEFAULT_ALIGNMENT \
+                    if aligned else name_end
+                if min(ne) >= 0 and ne[0] % elements == 0 and data_at <= size \
+                        and buf[name_end:data_at] == zeros[: data_at - name_end]:
+                    nbytes = prod(ne[1:]) * (ne[0] // elements) * block_bytes
+                    try:
+                        name = str(buf[name_at:name_end], "utf-8")
+                    except UnicodeDecodeError:
+                        name = None
+                    if name is not None and nbytes <= size - data_at:
+                        info = _new_info(name, ggml_type, ne, data_at, nbytes, pos, block)
+        if info is None:
+            cur.pos = pos
+            info = decode_record(cur, len(tensors), version)
+        if info.name in seen:
+            raise BadLayout(f"duplicate tensor name {info.name!r} (first at offset {seen[info.name]:#x})",
+                            offset=info.record_offset, field=f"tensor[{len(tensors)}].name")
+        seen[info.name] = info.record_offset
+        tensors.append(info)
+        pos = info.offset + info.nbytes
+    cur.pos = pos
+    return tensors
+
+
 def decode_index(buf: memoryview | bytes, *, path: str | None = None) -> Index:
     """Parse a whole model file (header, vocabulary, every tensor record) from a buffer.
 
@@ -365,15 +543,7 @@ def decode_index(buf: memoryview | bytes, *, path: str | None = None) -> Index:
         vocab_start = cur.pos
         vocab = decode_vocab(cur, hparams.n_vocab, version.has_scores)
         vocab_end = cur.pos
-        tensors: list[TensorInfo] = []
-        seen: dict[str, int] = {}
-        while cur.pos < cur.size:  # no tensor count in these formats: records run to EOF
-            info = decode_record(cur, len(tensors), version)
-            if info.name in seen:
-                raise BadLayout(f"duplicate tensor name {info.name!r} (first at offset {seen[info.name]:#x})",
-                                offset=info.record_offset, field=f"tensor[{len(tensors)}].name")
-            seen[info.name] = info.record_offset
-            tensors.append(info)
+        tensors = _decode_records(cur, version)
     except FormatError as e:
         raise e.with_path(path) if path else e
     return Index(version, hparams, vocab, tuple(tensors), vocab_start, vocab_end, len(buf))
