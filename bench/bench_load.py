@@ -14,6 +14,12 @@ the rounds is reported:
     python bench/bench_load.py                  # writes bench/out/load/, prints a markdown report
     python bench/bench_load.py --runs 9 --report docs/bench_load.md
     python bench/bench_load.py --index --runs 5     # issue 12: 147 tensors x {32, 32000} tokens, 7B-shaped index
+
+--index (issue 12) writes three sets under --dir: the 147 tensors at --dim (default 1024: 542 MB per
+format) with a 32-entry and with a 32,000-entry vocabulary, and a 7B-shaped index (291 tensors,
+32,000 tokens, dim 64: the index is what is timed), and reports per set the median open and
+open + touch of ggmlfmt.load, safetensors.torch.load_file (same tensors), gguf.GGUFReader and the
+memmap floor, with the ratios issue 12 sets targets for. `--index --dim 64` is its smallest run.
 """
 
 from __future__ import annotations
@@ -239,8 +245,8 @@ def run_index_sets(root: Path, dim: int, runs: int, with_gguf: bool) -> dict[str
         paths = {**files, "ggmlfmt-gguf": files["gguf"]}
         warm(paths)
         print(f"set {name}:", file=sys.stderr)
-        out[name] = {"dim": set_dim or dim, "n_layer": n_layer, "n_vocab": n_vocab, "size": files["ggmlfmt"].stat().st_size,
-                     "runs": run(paths, runs, loaders)}
+        out[name] = {"dim": set_dim or dim, "n_layer": n_layer, "n_vocab": n_vocab,
+                     "size": files["ggmlfmt"].stat().st_size, "runs": run(paths, runs, loaders)}
     return out
 
 
@@ -264,7 +270,8 @@ def index_report(sets: dict[str, Any], runs: int, command: str) -> str:
         verdict = f" (target >= {target:g}x: {_ok(speed >= target)})" if target else ""
         notes.append(f"- {name}: open {speed:.2f}x faster than safetensors.torch.load_file{verdict}, "
                      f"{med['gguf']['open_s'] / med['ggmlfmt']['open_s']:.0f}x faster than GGUFReader; "
-                     f"open + touch {touch:.2f}x the memmap floor; private {med['ggmlfmt']['private_bytes'] / 2**20:.2f} MiB.")
+                     f"open + touch {touch:.2f}x the memmap floor; "
+                     f"private {med['ggmlfmt']['private_bytes'] / 2**20:.2f} MiB.")
         if "ggmlfmt-gguf" in med:
             g = med["ggmlfmt-gguf"]["open_s"]
             notes.append(f"  - GGUF through ggmlfmt.load: {med['safetensors']['open_s'] / g:.2f}x safetensors, "

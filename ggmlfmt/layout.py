@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
+from operator import itemgetter
 from dataclasses import FrozenInstanceError, dataclass, field
 
 import numpy as np
@@ -176,9 +177,15 @@ def _f32_bytes(scores: np.ndarray) -> bytes:
     return np.asarray(scores, dtype="<f4").tobytes()
 
 
-@dataclass(frozen=True, slots=True)
-class TensorInfo:
-    """One tensor record: where its data lives and how to view it."""
+class TensorInfo(tuple):
+    """One tensor record: where its data lives and how to view it.
+
+    Immutable, compared and hashed like the frozen dataclass it was (every field but `block`); a
+    tuple underneath so that opening a file builds each record in one C call (issue 12).
+    """
+
+    __slots__ = ()
+    __match_args__ = ("name", "type", "ne", "offset", "nbytes", "record_offset", "block")
 
     name: str
     type: GGMLType
@@ -186,7 +193,34 @@ class TensorInfo:
     offset: int  # absolute file offset of the data
     nbytes: int
     record_offset: int  # absolute file offset of the record header
-    block: BlockLayout = field(repr=False, compare=False)
+    block: BlockLayout  # not compared, not shown
+
+    def __new__(cls, name: str, type: GGMLType, ne: tuple[int, ...], offset: int, nbytes: int,  # noqa: A002
+                record_offset: int, block: BlockLayout) -> TensorInfo:
+        return tuple.__new__(cls, (name, type, ne, offset, nbytes, record_offset, block))
+
+    def __getnewargs__(self) -> tuple:
+        return tuple(self)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            # a plain tuple would otherwise compare equal through tuple.__eq__; the dataclass never did
+            return False if isinstance(other, tuple) else NotImplemented
+        return self[:6] == other[:6]
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def __hash__(self) -> int:
+        return hash(self[:6])
+
+    def __repr__(self) -> str:
+        return (f"TensorInfo(name={self[0]!r}, type={self[1]!r}, ne={self[2]!r}, offset={self[3]!r}, "
+                f"nbytes={self[4]!r}, record_offset={self[5]!r})")
+
+    # tuple's own comparisons would order and compare `block` too; a record has no order
+    __lt__ = __le__ = __gt__ = __ge__ = None  # type: ignore[assignment]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -210,6 +244,11 @@ class TensorInfo:
     @property
     def quantized(self) -> bool:
         return self.block.elements > 1
+
+
+for _i, _f in enumerate(TensorInfo.__match_args__):
+    setattr(TensorInfo, _f, property(itemgetter(_i), doc=f"field {_i} of the record"))
+del _i, _f
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,23 +500,21 @@ def _dims_struct(n_dims: int) -> struct.Struct:
 _TYPE_ROWS = {gen: {int(t): (t, b, b.elements, b.nbytes) for t, b in layouts.items()}
               for gen, layouts in BLOCK_LAYOUTS.items()}
 _DIMS_UNPACK = (None, *(_DIMS[n].unpack_from for n in range(1, MAX_DIMS + 1)))  # by n_dims
-_ZEROS = bytes(DEFAULT_ALIGNMENT)
-_SET_NAME, _SET_TYPE, _SET_NE, _SET_OFFSET, _SET_NBYTES, _SET_RECORD, _SET_BLOCK = (
-    TensorInfo.__dict__[f].__set__ for f in TensorInfo.__slots__)  # the slots' own setters, in field order
+_ZEROS = tuple(bytes(k) for k in range(DEFAULT_ALIGNMENT))  # padding of k bytes, as it must read
+_NEW_TUPLE = tuple.__new__  # TensorInfo(...) minus one Python call: _NEW_TUPLE(TensorInfo, (fields...))
+_NAME_PAD: dict[tuple[int, int], Callable[..., tuple[bytes, bytes]]] = {}  # (name_len, pad) -> unpack_from
+_NAME_PAD_MAX = 4096  # cache entries; real files have a few dozen (name length, padding) pairs
 
 
-def _new_info(name: str, ggml_type: GGMLType, ne: tuple[int, ...], offset: int, nbytes: int, record_offset: int,
-              block: BlockLayout) -> TensorInfo:
-    """TensorInfo(...) without the frozen dataclass __init__ and its seven object.__setattr__ calls."""
-    info = object.__new__(TensorInfo)
-    _SET_NAME(info, name)
-    _SET_TYPE(info, ggml_type)
-    _SET_NE(info, ne)
-    _SET_OFFSET(info, offset)
-    _SET_NBYTES(info, nbytes)
-    _SET_RECORD(info, record_offset)
-    _SET_BLOCK(info, block)
-    return info
+def _name_pad_reader(name_len: int, pad: int) -> Callable[..., tuple[bytes, bytes]]:
+    """unpack_from of a record's name and padding as two bytes objects (one C call instead of two slices)."""
+    key = (name_len, pad)
+    unpack = _NAME_PAD.get(key)
+    if unpack is None:
+        unpack = struct.Struct(f"{name_len}s{pad}s").unpack_from
+        if len(_NAME_PAD) < _NAME_PAD_MAX:  # bounded: a hostile file cannot grow it without limit
+            _NAME_PAD[key] = unpack
+    return unpack
 
 
 def _decode_records(cur: _Cursor, version: FileVersion) -> list[TensorInfo]:
@@ -492,7 +529,8 @@ def _decode_records(cur: _Cursor, version: FileVersion) -> list[TensorInfo]:
     """
     buf, pos, size = cur.buf, cur.pos, cur.size
     rows, aligned = _TYPE_ROWS[version.block_generation], version.aligned
-    unpack_head, dims, zeros, prod = RECORD.unpack_from, _DIMS_UNPACK, _ZEROS, math.prod
+    unpack_head, dims, zeros, prod = RECORD.unpack_from, _DIMS_UNPACK, _ZEROS, math.prod  # locals: the loop is hot
+    new, name_pad = _NEW_TUPLE, _NAME_PAD
     tensors: list[TensorInfo] = []
     seen: dict[str, int] = {}
     while pos < size:  # no tensor count in these formats: records run to EOF
@@ -507,15 +545,16 @@ def _decode_records(cur: _Cursor, version: FileVersion) -> list[TensorInfo]:
                 ggml_type, block, elements, block_bytes = row
                 data_at = (name_end + DEFAULT_ALIGNMENT - 1) // DEFAULT_ALIGNMENT * DEFAULT_ALIGNMENT \
                     if aligned else name_end
-                if min(ne) >= 0 and ne[0] % elements == 0 and data_at <= size \
-                        and buf[name_end:data_at] == zeros[: data_at - name_end]:
+                pad = data_at - name_end
+                if min(ne) >= 0 and ne[0] % elements == 0 and data_at <= size:
+                    raw_name, raw_pad = (name_pad.get((name_len, pad)) or _name_pad_reader(name_len, pad))(buf, name_at)
                     nbytes = prod(ne[1:]) * (ne[0] // elements) * block_bytes
                     try:
-                        name = str(buf[name_at:name_end], "utf-8")
+                        name = raw_name.decode("utf-8")
                     except UnicodeDecodeError:
                         name = None
-                    if name is not None and nbytes <= size - data_at:
-                        info = _new_info(name, ggml_type, ne, data_at, nbytes, pos, block)
+                    if name is not None and raw_pad == zeros[pad] and nbytes <= size - data_at:
+                        info = new(TensorInfo, (name, ggml_type, ne, data_at, nbytes, pos, block))
         if info is None:
             cur.pos = pos
             info = decode_record(cur, len(tensors), version)
