@@ -175,3 +175,10 @@ FTYPE_2D_TYPE = {
 
 # The multi-part table of the 2023 tools: n_embd -> number of parts (Meta shards).
 N_PARTS_BY_DIM = {4096: 1, 5120: 2, 6656: 4, 8192: 8}
+
+# Tuning of the vectorised vocabulary walk (layout._vocab_end), not format facts: the section is
+# taken in chunks small enough that numpy's temporaries come from the heap (no fresh pages to fault).
+VOCAB_CHUNK = 32 << 10  # bytes per chunk
+VOCAB_STRIDE_LOG = 5  # inside a chunk, Python follows the chain 2**5 = 32 entries per step
+VOCAB_VECTOR_MIN = 1024  # fewer entries: the plain loop is cheaper than numpy's per-call cost
+VOCAB_MIN_PER_CHUNK = 64  # a chunk that holds fewer entries (long texts) hands over to the plain loop

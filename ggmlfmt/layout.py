@@ -30,6 +30,10 @@ from .constants import (
     TOKEN_LEN,
     TOKEN_SCORE,
     U32,
+    VOCAB_CHUNK,
+    VOCAB_MIN_PER_CHUNK,
+    VOCAB_STRIDE_LOG,
+    VOCAB_VECTOR_MIN,
     VERSIONS,
     BlockLayout,
     FileVersion,
@@ -90,12 +94,12 @@ class Vocab:
         _set(self, "_section", None)
 
     @classmethod
-    def _of_section(cls, section: bytes, lens: list[int], score_size: int) -> Vocab:
-        """A vocabulary cut lazily from an encoded, already validated section with these text lengths."""
+    def _of_section(cls, section: bytes, n: int, lens: list[int] | None, score_size: int) -> Vocab:
+        """A vocabulary cut lazily from an encoded, already validated section of n entries (lens if known)."""
         self = object.__new__(cls)
         _set(self, "_tokens", None)
         _set(self, "_scores", None)
-        _set(self, "_section", _Section(section, lens, score_size))
+        _set(self, "_section", _Section(section, n, lens, score_size))
         return self
 
     @property
@@ -150,24 +154,30 @@ _set = object.__setattr__
 
 
 class _Section:
-    """The bytes of a validated vocabulary section and its text lengths; cuts tokens and scores from them."""
+    """The bytes of a validated vocabulary section; cuts tokens and scores from them."""
 
-    __slots__ = ("data", "lens", "score_size")
+    __slots__ = ("data", "n", "_lens", "score_size")
 
-    def __init__(self, data: bytes, lens: list[int], score_size: int) -> None:
-        self.data, self.lens, self.score_size = data, lens, score_size
+    def __init__(self, data: bytes, n: int, lens: list[int] | None, score_size: int) -> None:
+        self.data, self.n, self._lens, self.score_size = data, n, lens, score_size
 
     def __len__(self) -> int:
-        return len(self.lens)
+        return self.n
+
+    def lens(self) -> list[int]:
+        """Every text length (walked on first use if the open did not need them: the section is checked)."""
+        if self._lens is None:
+            self._lens = _walk_lengths(memoryview(self.data), self.n, TOKEN_LEN.size + self.score_size)[0]
+        return self._lens
 
     def tokens(self) -> tuple[bytes, ...]:
-        data, fixed = self.data, TOKEN_LEN.size + self.score_size
-        starts = accumulate([n + fixed for n in self.lens], initial=TOKEN_LEN.size)  # where each text begins
+        data, fixed, lens = self.data, TOKEN_LEN.size + self.score_size, self.lens()
+        starts = accumulate([n + fixed for n in lens], initial=TOKEN_LEN.size)  # where each text begins
         # bytes slices of one bytes object: much cheaper than a memoryview slice per token
-        return tuple([data[a : a + n] for a, n in zip(starts, self.lens)])
+        return tuple([data[a : a + n] for a, n in zip(starts, lens)])
 
     def scores(self) -> np.ndarray:
-        lens = np.array(self.lens, dtype=np.int64)
+        lens = np.array(self.lens(), dtype=np.int64)
         at = np.cumsum(lens + TOKEN_LEN.size + self.score_size) - self.score_size  # a score ends each entry
         raw = np.frombuffer(self.data, dtype=np.uint8)
         return raw[at[:, None] + np.arange(self.score_size)].reshape(-1).view("<f4").astype(np.float32)
@@ -381,7 +391,10 @@ def decode_vocab(cur: _Cursor, n_vocab: int, with_scores: bool) -> Vocab:
         raise Truncated(f"n_vocab {n_vocab} needs at least {n_vocab * min_entry} bytes, {cur.left()} left",
                         offset=start, field="vocab")
     body = buf[start:]
-    lens, end = _walk_lengths(body, n_vocab, min_entry)
+    lens: list[int] | None = None
+    end = _vocab_end(body, n_vocab, min_entry) if n_vocab >= VOCAB_VECTOR_MIN else None
+    if end is None:  # not decided by the vectorised walk (or too few entries for it): one entry at a time
+        lens, end = _walk_lengths(body, n_vocab, min_entry)
     # Every length 0..MAX_TOKEN_LEN and the texts within `room` <=> the section ends inside the buffer,
     # checked once for the whole vocabulary; any doubt goes to the checked walk, which names the entry.
     if end is None or end > len(body) or (lens and max(lens) > MAX_TOKEN_LEN):
@@ -389,7 +402,7 @@ def decode_vocab(cur: _Cursor, n_vocab: int, with_scores: bool) -> Vocab:
         raise AssertionError("unreachable: the fast walk and the checked walk disagree")  # pragma: no cover
     cur.pos = start + end
     # One copy of the section; tokens and scores are cut from it on first use (Vocab._of_section).
-    return Vocab._of_section(bytes(body[:end]), lens, score_size)
+    return Vocab._of_section(bytes(body[:end]), n_vocab, lens, score_size)
 
 
 def _walk_lengths(body: memoryview, n_vocab: int, min_entry: int) -> tuple[list[int], int | None]:
@@ -410,6 +423,78 @@ def _walk_lengths(body: memoryview, n_vocab: int, min_entry: int) -> tuple[list[
     except struct.error:  # a length ran past the buffer; the checked walk says which
         return lens, None
     return lens, pos
+
+
+def _vocab_end(body: memoryview, n_vocab: int, min_entry: int, chunk: int = VOCAB_CHUNK,
+               least: int = VOCAB_MIN_PER_CHUNK) -> int | None:
+    """Where the n_vocab entries at body[0:] end, every length 0..MAX_TOKEN_LEN; None if not decided here.
+
+    Vectorised walk (the chain of lengths is sequential, so this speculates): in each chunk, every
+    offset whose 4 bytes read as a valid length is a candidate entry start, and its successor is the
+    candidate where that entry would end. Doubling the successor table lets Python follow the chain
+    32 entries per step from the chunk's first entry, whose offset is known. Every entry on the
+    chain is a candidate, so its length is valid. None when a chunk's first offset is not a valid
+    length, or chunks hold too few entries: the caller then walks (and checks) entry by entry.
+    """
+    size, pos, left = len(body), 0, n_vocab
+    scratch = np.empty(chunk // 4 + 1, np.uint32)  # reused by every chunk: no fresh pages per chunk
+    while left:
+        got = _chunk_chain(body, pos, min(chunk, size - pos), left, min_entry, scratch)
+        if got is None:
+            return None
+        count, pos = got
+        left -= count
+        if left and count < least:
+            return None  # long texts: chunks would cost more than the plain loop
+    return pos if pos <= size else None  # the last text or score runs past the buffer: the checked walk says so
+
+
+def _chunk_chain(body: memoryview, at: int, w: int, left: int, min_entry: int,
+                 scratch: np.ndarray) -> tuple[int, int] | None:
+    """Follow the chain from the entry at `at` while it starts inside body[at:at+w]; (entries, end of the last)."""
+    if w < 4:
+        return None
+    offsets, lens = [], []
+    for k in range(4):  # one aligned u32 array per phase k = offset % 4 (unaligned arrays take slow paths)
+        view = scratch[: (w - k) // 4]
+        np.copyto(view, np.frombuffer(body, "<u4", count=len(view), offset=at + k))
+        where = np.flatnonzero(view <= MAX_TOKEN_LEN)  # unsigned: a negative length is out of range too
+        lens.append(view.take(where))
+        where *= 4
+        where += k
+        offsets.append(where)
+    starts = np.concatenate(offsets)
+    ends = np.concatenate(lens).astype(np.int64)
+    ends += starts
+    ends += min_entry
+    m = len(starts)  # candidate number m = "not a candidate here", and its own successor
+    number = np.full(w + 1, m, np.int32)  # chunk offset -> candidate number
+    number[starts] = np.arange(m, dtype=np.int32)
+    succ = np.empty(m + 1, np.int32)
+    succ[:m] = number.take(ends, mode="clip")  # an end at or past w: not in this chunk
+    succ[m] = m
+    j = int(number[0])
+    if j == m:
+        return None  # the chunk's first entry has no valid length: let the checked walk say so
+    steps, last = _follow(succ, j, left - 1)
+    return steps + 1, at + int(ends[last])
+
+
+def _follow(succ: np.ndarray, j: int, most: int) -> tuple[int, int]:
+    """(steps, candidate) after following successors from j up to `most` times or to the dead end (succ[-1])."""
+    dead = len(succ) - 1
+    far = succ
+    for _ in range(VOCAB_STRIDE_LOG):
+        far = far.take(far)  # far[j] = the candidate 2**k entries on; a dead end stays dead
+    far_v, one_v, stride = memoryview(far), memoryview(succ), 1 << VOCAB_STRIDE_LOG
+    steps = 0
+    while most - steps >= stride and far_v[j] != dead:
+        j = far_v[j]
+        steps += stride
+    while steps < most and one_v[j] != dead:
+        j = one_v[j]
+        steps += 1
+    return steps, j
 
 
 _TOKEN_ULEN = struct.Struct("<I")  # TOKEN_LEN's 4 bytes, read unsigned for the fast walk only

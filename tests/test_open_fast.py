@@ -9,16 +9,18 @@ same index. TensorInfo and Vocab keep the behaviour of the frozen dataclasses th
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import struct
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import builders
 import test_fuzz as fz
-from ggmlfmt import FormatError, GGMLType, Vocab, load
+from ggmlfmt import FormatError, GGMLType, Vocab, layout, load
 from ggmlfmt.constants import BLOCK_LAYOUTS, MAX_TOKEN_LEN, TOKEN_LEN, TOKEN_SCORE
 from ggmlfmt.errors import BadLayout, Truncated
 from ggmlfmt.layout import (
@@ -196,3 +198,59 @@ def test_views_are_plain_arrays_over_the_memmap(tmp_path):
     assert isinstance(model.data, np.memmap)
     for name, view in model.tensors.items():
         assert type(view) is np.ndarray and np.shares_memory(view, model.data), name
+
+
+# ---------------------------------------------------------------- the vectorised vocabulary walk
+
+
+def _entries(draw_lens, texts, scores: bool) -> bytes:
+    out = []
+    for n, t in zip(draw_lens, texts):
+        out += [struct.pack("<i", n), t] + ([b"\x00\x00\x80\xbf"] if scores else [])
+    return b"".join(out)
+
+
+_TEXT = st.one_of(st.binary(max_size=8), st.just(b""), st.binary(max_size=300), st.just(b"\x00" * 5),
+                  st.sampled_from([b"\x01\x00\x00\x00", b"\x00\x00\x00\x00", b" w12", b"\xe2\x96\x81the"]))
+
+
+@st.composite
+def vocab_sections(draw: st.DrawFn) -> tuple[bytes, int, int]:
+    """A vocabulary section (maybe corrupted in one length field, maybe cut) with what follows it."""
+    scores = draw(st.booleans())
+    texts = draw(st.lists(_TEXT, min_size=1, max_size=300))
+    lens = [len(t) for t in texts]
+    if draw(st.booleans()):  # one bad length: negative, too long, or off by a little
+        i = draw(st.integers(0, len(lens) - 1))
+        lens[i] = draw(st.sampled_from([-1, -8, MAX_TOKEN_LEN + 1, 0x7FFFFFFF, lens[i] + 1, max(lens[i] - 1, 0)]))
+    data = _entries(lens, texts, scores) + draw(st.binary(max_size=64))  # the records after it
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]
+    return data, len(texts), 4 + 4 * scores
+
+
+@settings(max_examples=int(os.environ.get("OPEN_FAST_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=vocab_sections(), chunk=st.sampled_from([4, 5, 7, 16, 33, 64, 256, 4096]))
+def test_vectorised_walk_ends_where_the_checked_walk_ends(case, chunk):
+    data, n, min_entry = case
+    body = memoryview(data)
+    got = layout._vocab_end(body, n, min_entry, chunk=chunk, least=1)
+    cur = _Cursor(body)
+    try:
+        _reference_vocab(cur, n, min_entry == 8)
+        want = cur.pos
+    except FormatError:
+        want = None
+    if got is not None:  # None only hands over to the checked walk; an answer must be the right one
+        assert got == want
+
+
+def test_vectorised_walk_decides_a_llama_like_vocabulary():
+    texts = [" \u2047 ".encode(), b"", b""] + [bytes([i]) for i in range(256)]
+    texts += [f"\u2581w{i}".encode() for i in range(32000 - len(texts))]
+    data = _entries([len(t) for t in texts], texts, True) + b"\x02\x00\x00\x00" + bytes(60)
+    end = len(data) - 64
+    assert layout._vocab_end(memoryview(data), 32000, 8) == end
+    assert layout._vocab_end(memoryview(data), 32000, 8, chunk=1000, least=1) == end
+    v = layout.decode_vocab(_Cursor(memoryview(data)), 32000, True)
+    assert v.tokens == tuple(texts) and len(v) == 32000 and float(v.scores[0]) == -1.0
