@@ -426,7 +426,7 @@ def _walk_lengths(body: memoryview, n_vocab: int, min_entry: int) -> tuple[list[
 
 
 def _vocab_end(body: memoryview, n_vocab: int, min_entry: int, chunk: int = VOCAB_CHUNK,
-               least: int = VOCAB_MIN_PER_CHUNK) -> int | None:
+               min_per_chunk: int = VOCAB_MIN_PER_CHUNK) -> int | None:
     """Where the n_vocab entries at body[0:] end, every length 0..MAX_TOKEN_LEN; None if not decided here.
 
     Vectorised walk (the chain of lengths is sequential, so this speculates): in each chunk, every
@@ -434,7 +434,8 @@ def _vocab_end(body: memoryview, n_vocab: int, min_entry: int, chunk: int = VOCA
     candidate where that entry would end. Doubling the successor table lets Python follow the chain
     32 entries per step from the chunk's first entry, whose offset is known. Every entry on the
     chain is a candidate, so its length is valid. None when a chunk's first offset is not a valid
-    length, or chunks hold too few entries: the caller then walks (and checks) entry by entry.
+    length, or chunks hold too few entries: the caller then walks (and checks) entry by entry
+    (docs/format.md §3).
     """
     size, pos, left = len(body), 0, n_vocab
     scratch = np.empty(chunk // 4 + 1, np.uint32)  # reused by every chunk: no fresh pages per chunk
@@ -444,7 +445,7 @@ def _vocab_end(body: memoryview, n_vocab: int, min_entry: int, chunk: int = VOCA
             return None
         count, pos = got
         left -= count
-        if left and count < least:
+        if left and count < min_per_chunk:
             return None  # long texts: chunks would cost more than the plain loop
     return pos if pos <= size else None  # the last text or score runs past the buffer: the checked walk says so
 

@@ -229,12 +229,13 @@ def vocab_sections(draw: st.DrawFn) -> tuple[bytes, int, int]:
     return data, len(texts), 4 + 4 * scores
 
 
-@settings(max_examples=int(os.environ.get("OPEN_FAST_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("OPEN_FAST_EXAMPLES", "300")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(case=vocab_sections(), chunk=st.sampled_from([4, 5, 7, 16, 33, 64, 256, 4096]))
 def test_vectorised_walk_ends_where_the_checked_walk_ends(case, chunk):
     data, n, min_entry = case
     body = memoryview(data)
-    got = layout._vocab_end(body, n, min_entry, chunk=chunk, least=1)
+    got = layout._vocab_end(body, n, min_entry, chunk=chunk, min_per_chunk=1)
     cur = _Cursor(body)
     try:
         _reference_vocab(cur, n, min_entry == 8)
@@ -251,6 +252,6 @@ def test_vectorised_walk_decides_a_llama_like_vocabulary():
     data = _entries([len(t) for t in texts], texts, True) + b"\x02\x00\x00\x00" + bytes(60)
     end = len(data) - 64
     assert layout._vocab_end(memoryview(data), 32000, 8) == end
-    assert layout._vocab_end(memoryview(data), 32000, 8, chunk=1000, least=1) == end
+    assert layout._vocab_end(memoryview(data), 32000, 8, chunk=1000, min_per_chunk=1) == end
     v = layout.decode_vocab(_Cursor(memoryview(data)), 32000, True)
     assert v.tokens == tuple(texts) and len(v) == 32000 and float(v.scores[0]) == -1.0
