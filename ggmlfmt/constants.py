@@ -178,7 +178,7 @@ N_PARTS_BY_DIM = {4096: 1, 5120: 2, 6656: 4, 8192: 8}
 
 # Tuning of the vectorised vocabulary walk (layout._vocab_end), not format facts: the section is
 # taken in chunks small enough that numpy's temporaries come from the heap (no fresh pages to fault).
-VOCAB_CHUNK = (32 << 10) - 64  # bytes per chunk: its offset map (4 bytes each) stays under 128 KiB
+VOCAB_CHUNK = (64 << 10) - 64  # bytes per chunk: its offset map (2 bytes each) stays under 128 KiB
 VOCAB_STRIDE_LOG = 5  # inside a chunk, Python follows the chain 2**5 = 32 entries per step
 VOCAB_VECTOR_MIN = 1024  # fewer entries: the plain loop is cheaper than numpy's per-call cost
 VOCAB_MIN_PER_CHUNK = 64  # a chunk that holds fewer entries (long texts) hands over to the plain loop

@@ -469,8 +469,9 @@ def _chunk_chain(body: memoryview, at: int, w: int, left: int, min_entry: int,
     ends += starts
     ends += min_entry
     m = len(starts)  # candidate number m = "not a candidate here", and its own successor
-    number = np.full(w + 1, m, np.int32)  # chunk offset -> candidate number
-    number[starts] = np.arange(m, dtype=np.int32)
+    # chunk offset -> candidate number; m < w < 2**16 fits 2 bytes, which keeps the map small
+    number = np.full(w + 1, m, np.uint16 if w < 0xFFFF else np.int64)
+    number[starts] = np.arange(m, dtype=number.dtype)
     succ = np.empty(m + 1, np.int32)
     succ[:m] = number.take(ends, mode="clip")  # an end at or past w: not in this chunk
     succ[m] = m
