@@ -645,12 +645,13 @@ def _decode_records(cur: _Cursor, version: FileVersion) -> list[TensorInfo]:
         if info is None:
             cur.pos = pos
             info = decode_record(cur, len(tensors), version)
-        if info.name in seen:
-            raise BadLayout(f"duplicate tensor name {info.name!r} (first at offset {seen[info.name]:#x})",
-                            offset=info.record_offset, field=f"tensor[{len(tensors)}].name")
-        seen[info.name] = info.record_offset
+            name, data_at, nbytes = info.name, info.offset, info.nbytes
+        if name in seen:
+            raise BadLayout(f"duplicate tensor name {name!r} (first at offset {seen[name]:#x})",
+                            offset=pos, field=f"tensor[{len(tensors)}].name")
+        seen[name] = pos
         tensors.append(info)
-        pos = info.offset + info.nbytes
+        pos = data_at + nbytes
     cur.pos = pos
     return tensors
 
