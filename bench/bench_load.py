@@ -13,6 +13,13 @@ the rounds is reported:
 
     python bench/bench_load.py                  # writes bench/out/load/, prints a markdown report
     python bench/bench_load.py --runs 9 --report docs/bench_load.md
+    python bench/bench_load.py --index --runs 5     # issue 12: 147 tensors x {32, 32000} tokens, 7B-shaped index
+
+--index (issue 12) writes three sets under --dir: the 147 tensors at --dim (default 1024: 542 MB per
+format) with a 32-entry and with a 32,000-entry vocabulary, and a 7B-shaped index (291 tensors,
+32,000 tokens, dim 64: the index is what is timed), and reports per set the median open and
+open + touch of ggmlfmt.load, safetensors.torch.load_file (same tensors), gguf.GGUFReader and the
+memmap floor, with the ratios issue 12 sets targets for. `--index --dim 64` is its smallest run.
 """
 
 from __future__ import annotations
@@ -35,15 +42,26 @@ N_VOCAB = 32000
 N_MULT = 256
 PAGE = os.sysconf("SC_PAGE_SIZE")
 LOADERS = ("ggmlfmt", "floor", "safetensors", "gguf")
-FILE_OF = {"ggmlfmt": "model.bin", "floor": "model.bin", "safetensors": "model.safetensors", "gguf": "model.gguf"}
+FILE_OF = {"ggmlfmt": "model.bin", "floor": "model.bin", "safetensors": "model.safetensors", "gguf": "model.gguf",
+           "ggmlfmt-gguf": "model.gguf"}
 TARGETS = {"open_speedup": 4.0, "touch_ratio": 1.25, "private_mib": 8.0}
+# Issue 12's index sets: name -> (layers, vocabulary entries, dim or None for --dim). 16 layers = 147
+# tensors, 32 layers = 291 (7B-shaped); the 7B-shaped one is small-dimensioned: the index is what is timed.
+INDEX_SETS = {"147-v32": (16, 32, None), "147-v32000": (16, N_VOCAB, None), "7b-index": (32, N_VOCAB, 64)}
+INDEX_TARGETS = {"147-v32": 4.0, "147-v32000": 1.0}  # open speed-up over safetensors.torch.load_file
+# GGUF hook: once ggmlfmt reads GGUF (ggmlfmt/gguf.py), pass --ggmlfmt-gguf to time ggmlfmt.load on the
+# model.gguf of every set as the loader "ggmlfmt-gguf" (issue 12: >= 1x safetensors, >= 100x GGUFReader).
 
 
 # ---------------------------------------------------------------- the files
 
 
 def llama_shapes(dim: int, n_layer: int) -> dict[str, tuple[tuple[int, ...], str]]:
-    """name -> (PyTorch shape, numpy dtype) in Meta key order: f16 matrices, f32 norms."""
+    """name -> (PyTorch shape, numpy dtype) in Meta key order: f16 matrices, f32 norms.
+
+    The embeddings always have N_VOCAB rows, whatever the vocabulary section holds: the tensors (and
+    the safetensors file) stay the same when only the vocabulary's size changes.
+    """
     ff = ((2 * (4 * dim) // 3 + N_MULT - 1) // N_MULT) * N_MULT  # the 2023 loader's n_ff
     out = {"tok_embeddings.weight": ((N_VOCAB, dim), "<f2"), "norm.weight": ((dim,), "<f4"),
            "output.weight": ((N_VOCAB, dim), "<f2")}
@@ -66,18 +84,18 @@ def make_tensors(dim: int, n_layer: int) -> dict[str, np.ndarray]:
     return out
 
 
-def make_vocab() -> tuple[list[bytes], np.ndarray]:
-    """A LLaMA-like vocabulary: <unk>, two empty control tokens, 256 byte tokens, then words."""
+def make_vocab(n_vocab: int = N_VOCAB) -> tuple[list[bytes], np.ndarray]:
+    """A SentencePiece/LLaMA-like vocabulary: <unk>, two empty control tokens, 256 byte tokens, then words."""
     tokens = [" \u2047 ".encode(), b"", b""] + [bytes([i]) for i in range(256)]
-    tokens += [f" w{i}".encode() for i in range(N_VOCAB - len(tokens))]
-    return tokens, -np.arange(N_VOCAB, dtype=np.float32) / 100
+    tokens += [f" w{i}".encode() for i in range(max(n_vocab - len(tokens), 0))]
+    return tokens[:n_vocab], -np.arange(n_vocab, dtype=np.float32) / 100
 
 
-def write_files(out: Path, dim: int, n_layer: int) -> dict[str, Path]:
-    """Write the three files (reused when present for the same shapes)."""
+def write_files(out: Path, dim: int, n_layer: int, n_vocab: int = N_VOCAB) -> dict[str, Path]:
+    """Write the three files (reused when present for the same shapes and vocabulary)."""
     out.mkdir(parents=True, exist_ok=True)
     stamp = out / "stamp.json"
-    wanted = {"dim": dim, "n_layer": n_layer, "n_vocab": N_VOCAB}
+    wanted = {"dim": dim, "n_layer": n_layer, "n_vocab": n_vocab}
     paths = {loader: out / name for loader, name in FILE_OF.items()}
     if stamp.exists() and json.loads(stamp.read_text()) == wanted and all(p.exists() for p in paths.values()):
         return paths
@@ -87,8 +105,8 @@ def write_files(out: Path, dim: int, n_layer: int) -> dict[str, Path]:
     import ggmlfmt
 
     tensors = make_tensors(dim, n_layer)
-    tokens, scores = make_vocab()
-    hp = ggmlfmt.HParams(N_VOCAB, dim, N_MULT, dim // 128, n_layer, 128, int(ggmlfmt.FType.MOSTLY_F16))
+    tokens, scores = make_vocab(n_vocab)
+    hp = ggmlfmt.HParams(n_vocab, dim, N_MULT, max(dim // 128, 1), n_layer, 128, int(ggmlfmt.FType.MOSTLY_F16))
     ggmlfmt.save(paths["ggmlfmt"], tensors, hparams=hp, vocab=ggmlfmt.Vocab(tuple(tokens), scores))
     save_file(tensors, str(paths["safetensors"]))
     w = gguf.GGUFWriter(str(paths["gguf"]), arch="llama")
@@ -127,7 +145,7 @@ def _touch(arrays: list[Any]) -> int:
 
 def child(loader: str, path: str) -> dict[str, Any]:
     """Open `path` with `loader`, then touch every page; time both and measure RssAnon."""
-    if loader == "ggmlfmt":
+    if loader in ("ggmlfmt", "ggmlfmt-gguf"):  # the same call; the file (ggjt or GGUF) is what differs
         import ggmlfmt
 
         def open_all() -> tuple[Any, list[Any]]:
@@ -204,18 +222,61 @@ def warm(paths: dict[str, Path]) -> None:
                 pass
 
 
-def run(paths: dict[str, Path], runs: int) -> dict[str, list[dict[str, Any]]]:
-    results: dict[str, list[dict[str, Any]]] = {loader: [] for loader in LOADERS}
-    for loader in LOADERS:  # one discarded round: first-touch effects of a new process image
+def run(paths: dict[str, Path], runs: int, loaders: tuple[str, ...] = LOADERS) -> dict[str, list[dict[str, Any]]]:
+    results: dict[str, list[dict[str, Any]]] = {loader: [] for loader in loaders}
+    for loader in loaders:  # one discarded round: first-touch effects of a new process image
         measure(loader, paths[loader])
     for r in range(runs):
-        order = LOADERS[r % len(LOADERS):] + LOADERS[: r % len(LOADERS)]  # rotate: no loader always goes first
+        order = loaders[r % len(loaders):] + loaders[: r % len(loaders)]  # rotate: no loader always goes first
         for loader in order:
             results[loader].append(measure(loader, paths[loader]))
         print(f"round {r + 1}/{runs}: " + ", ".join(
-            f"{k} {results[k][-1]['open_s'] * 1e3:.1f}/{results[k][-1]['open_touch_s'] * 1e3:.1f} ms" for k in LOADERS),
+            f"{k} {results[k][-1]['open_s'] * 1e3:.1f}/{results[k][-1]['open_touch_s'] * 1e3:.1f} ms" for k in loaders),
             file=sys.stderr)
     return results
+
+
+def run_index_sets(root: Path, dim: int, runs: int, with_gguf: bool) -> dict[str, Any]:
+    """Issue 12: every INDEX_SETS file, the loaders interleaved round by round; raw runs per set."""
+    loaders = LOADERS + (("ggmlfmt-gguf",) if with_gguf else ())
+    out = {}
+    for name, (n_layer, n_vocab, set_dim) in INDEX_SETS.items():
+        files = write_files(root / name, set_dim or dim, n_layer, n_vocab)
+        paths = {**files, "ggmlfmt-gguf": files["gguf"]}
+        warm(paths)
+        print(f"set {name}:", file=sys.stderr)
+        out[name] = {"dim": set_dim or dim, "n_layer": n_layer, "n_vocab": n_vocab,
+                     "size": files["ggmlfmt"].stat().st_size, "runs": run(paths, runs, loaders)}
+    return out
+
+
+def index_report(sets: dict[str, Any], runs: int, command: str) -> str:
+    """Markdown: per set, median open (and open + touch) per loader, and the ratios issue 12 asks for."""
+    lines = [f"Machine: {machine()}.", "",
+             f"Warm page cache; median of {runs} interleaved rounds, each measurement in a fresh process.", "",
+             "| set | tensors | vocabulary | ggjt MB | loader | open (ms) | open + touch (ms) | private (MiB) |",
+             "|---|---:|---:|---:|---|---:|---:|---:|"]
+    notes = []
+    for name, s in sets.items():
+        med = {k: {f: statistics.median(r[f] for r in v) for f in ("open_s", "open_touch_s", "private_bytes")}
+               for k, v in s["runs"].items()}
+        for k, m in med.items():
+            lines.append(f"| {name} | {s['runs']['ggmlfmt'][0]['tensors']} | {s['n_vocab']} | {s['size'] / 1e6:.0f} "
+                         f"| {k} | {m['open_s'] * 1e3:.2f} | {m['open_touch_s'] * 1e3:.1f} "
+                         f"| {m['private_bytes'] / 2**20:.1f} |")
+        speed = med["safetensors"]["open_s"] / med["ggmlfmt"]["open_s"]
+        touch = med["ggmlfmt"]["open_touch_s"] / med["floor"]["open_touch_s"]
+        target = INDEX_TARGETS.get(name)
+        verdict = f" (target >= {target:g}x: {_ok(speed >= target)})" if target else ""
+        notes.append(f"- {name}: open {speed:.2f}x faster than safetensors.torch.load_file{verdict}, "
+                     f"{med['gguf']['open_s'] / med['ggmlfmt']['open_s']:.0f}x faster than GGUFReader; "
+                     f"open + touch {touch:.2f}x the memmap floor; "
+                     f"private {med['ggmlfmt']['private_bytes'] / 2**20:.2f} MiB.")
+        if "ggmlfmt-gguf" in med:
+            g = med["ggmlfmt-gguf"]["open_s"]
+            notes.append(f"  - GGUF through ggmlfmt.load: {med['safetensors']['open_s'] / g:.2f}x safetensors, "
+                         f"{med['gguf']['open_s'] / g:.0f}x GGUFReader.")
+    return "\n".join(lines + [""] + notes + ["", f"Command: `{command}`"])
 
 
 def _ok(good: bool) -> str:
@@ -292,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=16, help="layers (default 16: 3 + 16 * 9 = 147 tensors)")
     p.add_argument("--report", type=Path, help="also write the markdown report to this file")
     p.add_argument("--json", type=Path, help="also write every raw measurement to this file")
+    p.add_argument("--index", action="store_true",
+                   help="issue 12: 147 tensors with a 32- and a 32,000-entry vocabulary (at --dim) and a 7B-shaped "
+                        "index (291 tensors, 32,000 tokens, dim 64)")
+    p.add_argument("--ggmlfmt-gguf", action="store_true", help="with --index: also ggmlfmt.load on the GGUF files")
     args = p.parse_args(argv)
     if args.child:
         loader, path = args.child
@@ -299,6 +364,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.runs < 5:
         p.error("--runs must be at least 5")
+    command = "python bench/bench_load.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.index:
+        sets = run_index_sets(args.dir, args.dim, args.runs, args.ggmlfmt_gguf)
+        text = index_report(sets, args.runs, command.strip())
+        print(text)
+        if args.report:
+            args.report.write_text(text + "\n")
+        if args.json:
+            args.json.write_text(json.dumps(sets, indent=1))
+        return 0
     paths = write_files(args.dir, args.dim, args.layers)
     warm(paths)
     results = run(paths, args.runs)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate
+from operator import itemgetter
+from dataclasses import FrozenInstanceError, dataclass, field
 
 import numpy as np
 
@@ -28,6 +30,10 @@ from .constants import (
     TOKEN_LEN,
     TOKEN_SCORE,
     U32,
+    VOCAB_CHUNK,
+    VOCAB_MIN_PER_CHUNK,
+    VOCAB_STRIDE_LOG,
+    VOCAB_VECTOR_MIN,
     VERSIONS,
     BlockLayout,
     FileVersion,
@@ -66,41 +72,131 @@ class HParams:
         return (self.n_vocab, self.n_embd, self.n_mult, self.n_head, self.n_layer, self.n_rot, self.ftype)
 
 
-@dataclass(frozen=True, slots=True)
 class Vocab:
-    """Token texts (raw bytes, token id = index) and their scores (None in unversioned 'ggml')."""
+    """Token texts (raw bytes, token id = index) and their scores (None in unversioned 'ggml').
 
-    tokens: tuple[bytes, ...]
-    scores: np.ndarray | None = None  # float32, one per token
+    Immutable. A vocabulary read from a file keeps one copy of its section and cuts `tokens` and
+    `scores` out of it on first use: opening a file then costs one walk of the length fields, not
+    32,000 bytes objects (docs/format.md §3).
+    """
 
-    def __post_init__(self) -> None:
-        if self.scores is not None and len(self.scores) != len(self.tokens):
-            raise ValueError(f"{len(self.tokens)} tokens but {len(self.scores)} scores")
+    __slots__ = ("_tokens", "_scores", "_section")
+
+    _tokens: tuple[bytes, ...] | None
+    _scores: np.ndarray | None
+    _section: _Section | None
+
+    def __init__(self, tokens: tuple[bytes, ...], scores: np.ndarray | None = None) -> None:
+        """Raises: ValueError: tokens and scores differ in number."""
+        if scores is not None and len(scores) != len(tokens):
+            raise ValueError(f"{len(tokens)} tokens but {len(scores)} scores")
+        _set(self, "_tokens", tokens)
+        _set(self, "_scores", scores)
+        _set(self, "_section", None)
+
+    @classmethod
+    def _of_section(cls, section: bytes, n: int, lens: list[int] | None, score_size: int) -> Vocab:
+        """A vocabulary cut lazily from an encoded, already validated section of n entries (lens if known)."""
+        self = object.__new__(cls)
+        _set(self, "_tokens", None)
+        _set(self, "_scores", None)
+        _set(self, "_section", _Section(section, n, lens, score_size))
+        return self
+
+    @property
+    def tokens(self) -> tuple[bytes, ...]:
+        if self._tokens is None:
+            _set(self, "_tokens", self._section.tokens())
+        return self._tokens
+
+    @property
+    def scores(self) -> np.ndarray | None:
+        """float32, one per token (None without scores)."""
+        sec = self._section
+        if self._scores is None and sec is not None and sec.score_size:
+            _set(self, "_scores", sec.scores())
+        return self._scores
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple:
+        return (Vocab, (self.tokens, self.scores))
+
+    def __repr__(self) -> str:
+        return f"Vocab(tokens={self.tokens!r}, scores={self.scores!r})"
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        sec = self._section
+        return len(self._tokens) if sec is None else len(sec)
 
     def __eq__(self, other: object) -> bool:
-        """Same tokens and the same score bits (the generated __eq__ raised: an array has no single truth)."""
+        """Same tokens and the same score bits (a generated __eq__ would raise: an array has no single truth)."""
         if not isinstance(other, Vocab):
             return NotImplemented
         if self.tokens != other.tokens or (self.scores is None) != (other.scores is None):
             return False
         return self.scores is None or _f32_bytes(self.scores) == _f32_bytes(other.scores)
 
+    def __hash__(self) -> int:
+        """Hash of (tokens, scores), as the frozen dataclass this was: a TypeError when there are scores."""
+        return hash((self.tokens, self.scores))
+
     def nbytes(self, with_scores: bool) -> int:
         """Encoded size of the vocabulary section."""
         per_entry = TOKEN_LEN.size + (TOKEN_SCORE.size if with_scores else 0)
-        return len(self.tokens) * per_entry + sum(len(t) for t in self.tokens)
+        return len(self) * per_entry + sum(len(t) for t in self.tokens)
+
+
+_set = object.__setattr__
+
+
+class _Section:
+    """The bytes of a validated vocabulary section; cuts tokens and scores from them."""
+
+    __slots__ = ("data", "n", "_lens", "score_size")
+
+    def __init__(self, data: bytes, n: int, lens: list[int] | None, score_size: int) -> None:
+        self.data, self.n, self._lens, self.score_size = data, n, lens, score_size
+
+    def __len__(self) -> int:
+        return self.n
+
+    def lens(self) -> list[int]:
+        """Every text length (walked on first use if the open did not need them: the section is checked)."""
+        if self._lens is None:
+            self._lens = _walk_lengths(memoryview(self.data), self.n, TOKEN_LEN.size + self.score_size)[0]
+        return self._lens
+
+    def tokens(self) -> tuple[bytes, ...]:
+        data, fixed, lens = self.data, TOKEN_LEN.size + self.score_size, self.lens()
+        starts = accumulate([n + fixed for n in lens], initial=TOKEN_LEN.size)  # where each text begins
+        # bytes slices of one bytes object: much cheaper than a memoryview slice per token
+        return tuple([data[a : a + n] for a, n in zip(starts, lens)])
+
+    def scores(self) -> np.ndarray:
+        lens = np.array(self.lens(), dtype=np.int64)
+        at = np.cumsum(lens + TOKEN_LEN.size + self.score_size) - self.score_size  # a score ends each entry
+        raw = np.frombuffer(self.data, dtype=np.uint8)
+        return raw[at[:, None] + np.arange(self.score_size)].reshape(-1).view("<f4").astype(np.float32)
 
 
 def _f32_bytes(scores: np.ndarray) -> bytes:
     return np.asarray(scores, dtype="<f4").tobytes()
 
 
-@dataclass(frozen=True, slots=True)
-class TensorInfo:
-    """One tensor record: where its data lives and how to view it."""
+class TensorInfo(tuple):
+    """One tensor record: where its data lives and how to view it.
+
+    Immutable, compared and hashed like the frozen dataclass it was (every field but `block`); a
+    tuple underneath so that opening a file builds each record in one C call (issue 12).
+    """
+
+    __slots__ = ()
+    __match_args__ = ("name", "type", "ne", "offset", "nbytes", "record_offset", "block")
 
     name: str
     type: GGMLType
@@ -108,7 +204,34 @@ class TensorInfo:
     offset: int  # absolute file offset of the data
     nbytes: int
     record_offset: int  # absolute file offset of the record header
-    block: BlockLayout = field(repr=False, compare=False)
+    block: BlockLayout  # not compared, not shown
+
+    def __new__(cls, name: str, type: GGMLType, ne: tuple[int, ...], offset: int, nbytes: int,  # noqa: A002
+                record_offset: int, block: BlockLayout) -> TensorInfo:
+        return tuple.__new__(cls, (name, type, ne, offset, nbytes, record_offset, block))
+
+    def __getnewargs__(self) -> tuple:
+        return tuple(self)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            # a plain tuple would otherwise compare equal through tuple.__eq__; the dataclass never did
+            return False if isinstance(other, tuple) else NotImplemented
+        return self[:6] == other[:6]
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def __hash__(self) -> int:
+        return hash(self[:6])
+
+    def __repr__(self) -> str:
+        return (f"TensorInfo(name={self[0]!r}, type={self[1]!r}, ne={self[2]!r}, offset={self[3]!r}, "
+                f"nbytes={self[4]!r}, record_offset={self[5]!r})")
+
+    # tuple's own comparisons would order and compare `block` too; a record has no order
+    __lt__ = __le__ = __gt__ = __ge__ = None  # type: ignore[assignment]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -132,6 +255,11 @@ class TensorInfo:
     @property
     def quantized(self) -> bool:
         return self.block.elements > 1
+
+
+for _i, _f in enumerate(TensorInfo.__match_args__):
+    setattr(TensorInfo, _f, property(itemgetter(_i), doc=f"field {_i} of the record"))
+del _i, _f
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,34 +386,137 @@ def decode_vocab(cur: _Cursor, n_vocab: int, with_scores: bool) -> Vocab:
     min_entry = TOKEN_LEN.size + score_size
     buf, start = cur.buf, cur.pos
     # Bytes left for token texts once every entry's fixed fields are counted; each text spends from
-    # it, so `room >= 0` keeps every later length field inside the buffer without a second check.
+    # it, so `room >= 0` keeps every later length field inside the buffer (docs/format.md §3).
     room = cur.left() - n_vocab * min_entry
     if room < 0:
         raise Truncated(f"n_vocab {n_vocab} needs at least {n_vocab * min_entry} bytes, {cur.left()} left",
                         offset=start, field="vocab")
     body = buf[start:]
-    unpack_len = TOKEN_LEN.unpack_from
-    ends = [0]  # entry i spans body[ends[i]:ends[i + 1]]
-    append_end = ends.append
+    lens: list[int] | None = None
+    end = _vocab_end(body, n_vocab, min_entry) if n_vocab >= VOCAB_VECTOR_MIN else None
+    if end is None:  # not decided by the vectorised walk (or too few entries for it): one entry at a time
+        lens, end = _walk_lengths(body, n_vocab, min_entry)
+    # Every length 0..MAX_TOKEN_LEN and the texts within `room` <=> the section ends inside the buffer,
+    # checked once for the whole vocabulary; any doubt goes to the checked walk, which names the entry.
+    if end is None or end > len(body) or (lens and max(lens) > MAX_TOKEN_LEN):
+        _walk_checked(body, start, n_vocab, min_entry, room)  # raises
+        raise AssertionError("unreachable: the fast walk and the checked walk disagree")  # pragma: no cover
+    cur.pos = start + end
+    # One copy of the section; tokens and scores are cut from it on first use (Vocab._of_section).
+    return Vocab._of_section(bytes(body[:end]), n_vocab, lens, score_size)
+
+
+def _walk_lengths(body: memoryview, n_vocab: int, min_entry: int) -> tuple[list[int], int | None]:
+    """The n_vocab text lengths and the section's end, unchecked beyond being unsigned; (lens, None) if it ran off.
+
+    The one per-entry loop (entries have variable length, so each length gives the next one's
+    offset), kept to one unpack, one add and one append: the checks come after, once.
+    """
+    unpack_len = _TOKEN_ULEN.unpack_from  # unsigned: a negative length reads as > MAX_TOKEN_LEN
+    lens: list[int] = []
+    append = lens.append
     pos = 0
-    for i in range(n_vocab):  # the one per-entry loop: entries have variable length
+    try:
+        for _ in range(n_vocab):
+            (n,) = unpack_len(body, pos)
+            pos += n + min_entry
+            append(n)
+    except struct.error:  # a length ran past the buffer; the checked walk says which
+        return lens, None
+    return lens, pos
+
+
+def _vocab_end(body: memoryview, n_vocab: int, min_entry: int, chunk: int = VOCAB_CHUNK,
+               min_per_chunk: int = VOCAB_MIN_PER_CHUNK) -> int | None:
+    """Where the n_vocab entries at body[0:] end, every length 0..MAX_TOKEN_LEN; None if not decided here.
+
+    Vectorised walk (the chain of lengths is sequential, so this speculates): in each chunk, every
+    offset whose 4 bytes read as a valid length is a candidate entry start, and its successor is the
+    candidate where that entry would end. Doubling the successor table lets Python follow the chain
+    32 entries per step from the chunk's first entry, whose offset is known. Every entry on the
+    chain is a candidate, so its length is valid. None when a chunk's first offset is not a valid
+    length, or chunks hold too few entries: the caller then walks (and checks) entry by entry
+    (docs/format.md §3).
+    """
+    size, pos, left = len(body), 0, n_vocab
+    scratch = np.empty(chunk // 4 + 1, np.uint32)  # reused by every chunk: no fresh pages per chunk
+    while left:
+        got = _chunk_chain(body, pos, min(chunk, size - pos), left, min_entry, scratch)
+        if got is None:
+            return None
+        count, pos = got
+        left -= count
+        if left and count < min_per_chunk:
+            return None  # long texts: chunks would cost more than the plain loop
+    return pos if pos <= size else None  # the last text or score runs past the buffer: the checked walk says so
+
+
+def _chunk_chain(body: memoryview, at: int, w: int, left: int, min_entry: int,
+                 scratch: np.ndarray) -> tuple[int, int] | None:
+    """Follow the chain from the entry at `at` while it starts inside body[at:at+w]; (entries, end of the last)."""
+    if w < 4:
+        return None
+    offsets, lens = [], []
+    for k in range(4):  # one aligned u32 array per phase k = offset % 4 (unaligned arrays take slow paths)
+        view = scratch[: (w - k) // 4]
+        np.copyto(view, np.frombuffer(body, "<u4", count=len(view), offset=at + k))
+        where = np.flatnonzero(view <= MAX_TOKEN_LEN)  # unsigned: a negative length is out of range too
+        lens.append(view.take(where))
+        where *= 4
+        where += k
+        offsets.append(where)
+    starts = np.concatenate(offsets)
+    ends = np.concatenate(lens).astype(np.int64)
+    ends += starts
+    ends += min_entry
+    m = len(starts)  # candidate number m = "not a candidate here", and its own successor
+    # chunk offset -> candidate number; m < w < 2**16 fits 2 bytes, which keeps the map small
+    number = np.full(w + 1, m, np.uint16 if w < 0xFFFF else np.int64)
+    number[starts] = np.arange(m, dtype=number.dtype)
+    succ = np.empty(m + 1, np.int32)
+    succ[:m] = number.take(ends, mode="clip")  # an end at or past w: not in this chunk
+    succ[m] = m
+    j = int(number[0])
+    if j == m:
+        return None  # the chunk's first entry has no valid length: let the checked walk say so
+    steps, last = _follow(succ, j, left - 1)
+    return steps + 1, at + int(ends[last])
+
+
+def _follow(succ: np.ndarray, j: int, most: int) -> tuple[int, int]:
+    """(steps, candidate) after following successors from j up to `most` times or to the dead end (succ[-1])."""
+    dead = len(succ) - 1
+    far = succ
+    for _ in range(VOCAB_STRIDE_LOG):
+        far = far.take(far)  # far[j] = the candidate 2**k entries on; a dead end stays dead
+    far_v, one_v, stride = memoryview(far), memoryview(succ), 1 << VOCAB_STRIDE_LOG
+    steps = 0
+    while most - steps >= stride and far_v[j] != dead:
+        j = far_v[j]
+        steps += stride
+    while steps < most and one_v[j] != dead:
+        j = one_v[j]
+        steps += 1
+    return steps, j
+
+
+_TOKEN_ULEN = struct.Struct("<I")  # TOKEN_LEN's 4 bytes, read unsigned for the fast walk only
+
+
+def _walk_checked(body: memoryview, start: int, n_vocab: int, min_entry: int, room: int) -> None:
+    """Walk the entries checking each length before using it; raise on the first bad one.
+
+    Raises:
+        Truncated, BadValue.
+    """
+    unpack_len = TOKEN_LEN.unpack_from
+    pos = 0
+    for i in range(n_vocab):
         (n,) = unpack_len(body, pos)
         if not 0 <= n <= room or n > MAX_TOKEN_LEN:
             raise _token_len_error(n, room, i, start + pos, n_vocab - i - 1, (n_vocab - i) * min_entry)
         room -= n
         pos += min_entry + n
-        append_end(pos)
-    # One copy of the section, then bytes slices of it: much cheaper than a memoryview slice per token.
-    section = bytes(body[:pos])
-    text_start = TOKEN_LEN.size
-    tokens = tuple([section[a + text_start : b - score_size] for a, b in zip(ends, ends[1:])])
-    scores = None
-    if with_scores:
-        at = np.fromiter(ends, dtype=np.int64, count=len(ends))[1:] - score_size  # a score ends each entry
-        raw = np.frombuffer(section, dtype=np.uint8)
-        scores = raw[at[:, None] + np.arange(score_size)].reshape(-1).view("<f4").astype(np.float32)
-    cur.pos = start + pos
-    return Vocab(tokens, scores)
 
 
 def _token_len_error(n: int, room: int, i: int, pos: int, n_left: int, fixed_left: int) -> FormatError:
@@ -352,6 +583,80 @@ def _dims_struct(n_dims: int) -> struct.Struct:
     return _DIMS[n_dims]
 
 
+# Per block-layout generation: type code -> (type, layout, elements per block, bytes per block), so a
+# record costs one dict look-up instead of an enum call and two table look-ups.
+_TYPE_ROWS = {gen: {int(t): (t, b, b.elements, b.nbytes) for t, b in layouts.items()}
+              for gen, layouts in BLOCK_LAYOUTS.items()}
+_DIMS_UNPACK = (None, *(_DIMS[n].unpack_from for n in range(1, MAX_DIMS + 1)))  # by n_dims
+_ZEROS = tuple(bytes(k) for k in range(DEFAULT_ALIGNMENT))  # padding of k bytes, as it must read
+_NEW_TUPLE = tuple.__new__  # TensorInfo(...) minus one Python call: _NEW_TUPLE(TensorInfo, (fields...))
+_NAME_PAD: dict[tuple[int, int], Callable[..., tuple[bytes, bytes]]] = {}  # (name_len, pad) -> unpack_from
+_NAME_PAD_MAX = 4096  # cache entries; real files have a few dozen (name length, padding) pairs
+
+
+def _name_pad_reader(name_len: int, pad: int) -> Callable[..., tuple[bytes, bytes]]:
+    """unpack_from of a record's name and padding as two bytes objects (one C call instead of two slices)."""
+    key = (name_len, pad)
+    unpack = _NAME_PAD.get(key)
+    if unpack is None:
+        unpack = struct.Struct(f"{name_len}s{pad}s").unpack_from
+        if len(_NAME_PAD) < _NAME_PAD_MAX:  # bounded: a hostile file cannot grow it without limit
+            _NAME_PAD[key] = unpack
+    return unpack
+
+
+def _decode_records(cur: _Cursor, version: FileVersion) -> list[TensorInfo]:
+    """Every tensor record from cur.pos to the end of the buffer, each checked as decode_record does.
+
+    The loop checks each record with plain comparisons; a record that fails any of them is decoded
+    again by decode_record, which raises the error naming the field (or, if this loop was stricter
+    than it, returns the record).
+
+    Raises:
+        Truncated, BadValue, BadLayout (docs/format.md §4).
+    """
+    buf, pos, size = cur.buf, cur.pos, cur.size
+    rows, aligned = _TYPE_ROWS[version.block_generation], version.aligned
+    unpack_head, dims, zeros, prod = RECORD.unpack_from, _DIMS_UNPACK, _ZEROS, math.prod  # locals: the loop is hot
+    new, name_pad = _NEW_TUPLE, _NAME_PAD
+    tensors: list[TensorInfo] = []
+    seen: dict[str, int] = {}
+    while pos < size:  # no tensor count in these formats: records run to EOF
+        info = None
+        if size - pos >= 12:
+            n_dims, name_len, code = unpack_head(buf, pos)
+            row = rows.get(code)
+            name_at = pos + 12 + 4 * n_dims
+            name_end = name_at + name_len
+            if 0 < n_dims <= MAX_DIMS and 0 < name_len <= MAX_NAME_LEN and row is not None and name_end <= size:
+                ne = dims[n_dims](buf, pos + 12)
+                ggml_type, block, elements, block_bytes = row
+                data_at = (name_end + DEFAULT_ALIGNMENT - 1) // DEFAULT_ALIGNMENT * DEFAULT_ALIGNMENT \
+                    if aligned else name_end
+                pad = data_at - name_end
+                if min(ne) >= 0 and ne[0] % elements == 0 and data_at <= size:
+                    raw_name, raw_pad = (name_pad.get((name_len, pad)) or _name_pad_reader(name_len, pad))(buf, name_at)
+                    nbytes = prod(ne[1:]) * (ne[0] // elements) * block_bytes
+                    try:
+                        name = raw_name.decode("utf-8")
+                    except UnicodeDecodeError:
+                        name = None
+                    if name is not None and raw_pad == zeros[pad] and nbytes <= size - data_at:
+                        info = new(TensorInfo, (name, ggml_type, ne, data_at, nbytes, pos, block))
+        if info is None:
+            cur.pos = pos
+            info = decode_record(cur, len(tensors), version)
+            name, data_at, nbytes = info.name, info.offset, info.nbytes
+        if name in seen:
+            raise BadLayout(f"duplicate tensor name {name!r} (first at offset {seen[name]:#x})",
+                            offset=pos, field=f"tensor[{len(tensors)}].name")
+        seen[name] = pos
+        tensors.append(info)
+        pos = data_at + nbytes
+    cur.pos = pos
+    return tensors
+
+
 def decode_index(buf: memoryview | bytes, *, path: str | None = None) -> Index:
     """Parse a whole model file (header, vocabulary, every tensor record) from a buffer.
 
@@ -366,15 +671,7 @@ def decode_index(buf: memoryview | bytes, *, path: str | None = None) -> Index:
         vocab_start = cur.pos
         vocab = decode_vocab(cur, hparams.n_vocab, version.has_scores)
         vocab_end = cur.pos
-        tensors: list[TensorInfo] = []
-        seen: dict[str, int] = {}
-        while cur.pos < cur.size:  # no tensor count in these formats: records run to EOF
-            info = decode_record(cur, len(tensors), version)
-            if info.name in seen:
-                raise BadLayout(f"duplicate tensor name {info.name!r} (first at offset {seen[info.name]:#x})",
-                                offset=info.record_offset, field=f"tensor[{len(tensors)}].name")
-            seen[info.name] = info.record_offset
-            tensors.append(info)
+        tensors = _decode_records(cur, version)
     except FormatError as e:
         raise e.with_path(path) if path else e
     return Index(version, hparams, vocab, tuple(tensors), vocab_start, vocab_end, len(buf))

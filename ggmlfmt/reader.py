@@ -26,10 +26,14 @@ def tensor_view(data: np.ndarray, info: TensorInfo) -> np.ndarray:
     """A view of one tensor's bytes in `data` (the whole file), typed and shaped, no copy.
 
     F32/F16 views have the PyTorch-order shape; quantized views are arrays of block records
-    (structured dtype, fields d / m / qh / qs) whose last axis counts blocks.
+    (structured dtype, fields d / m / qh / qs) whose last axis counts blocks. The view is a plain
+    numpy.ndarray (not a memmap) whose memory is `data`'s; it is writable exactly when `data` is.
     """
-    raw = data[info.offset : info.offset + info.nbytes]
-    return raw.view(info.block.dtype).reshape(info.view_shape)
+    # One plain ndarray over `data`'s buffer: slicing a memmap would make three memmap objects per
+    # tensor, each running numpy.memmap.__array_finalize__ in Python (issue 12). Still a view.
+    ne, block = info.ne, info.block
+    shape = ne[::-1] if block.elements == 1 else (*ne[:0:-1], ne[0] // block.elements)
+    return np.ndarray(shape, block.dtype, data, info.offset)
 
 
 class _Views(Mapping[str, np.ndarray]):
@@ -90,7 +94,10 @@ class Model:
 
     @property
     def data(self) -> np.ndarray:
-        """The whole file as one read-only uint8 memmap; every tensor view points into it."""
+        """The whole file as one uint8 array (a numpy.memmap unless a load option read or mapped it otherwise).
+
+        Every tensor view is a plain ndarray over this array's memory (np.shares_memory holds).
+        """
         return self._data
 
     def torch_tensors(self) -> dict[str, torch.Tensor]:
