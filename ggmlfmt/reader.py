@@ -14,7 +14,7 @@ from .constants import FileVersion, GGMLType, GGUFVersion
 from .errors import FormatError, Truncated
 from .gguf import GGUFIndex, decode_gguf
 from .layout import HParams, Index, TensorInfo, Vocab, decode_index
-from .pagecache import Advice, LoadOptions, open_data
+from .loadopts import Advice, LoadOptions, open_data
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +90,13 @@ class Model:
 
     @property
     def data(self) -> np.ndarray:
-        """The whole file as one read-only uint8 memmap; every tensor view points into it."""
+        """The whole file as one 1-D uint8 array; every tensor view points into it.
+
+        With the default options it is a numpy.memmap of the file; with a page-cache lever it is an
+        array over a map of the file (an mmap.mmap), and with method="pread" over private anonymous
+        memory holding a copy of the file. Read-only in mode "r"; writable in mode "c", where writes
+        stay in this process and never reach the file.
+        """
         return self._data
 
     def torch_tensors(self) -> dict[str, torch.Tensor]:
