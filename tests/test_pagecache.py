@@ -202,6 +202,42 @@ def test_a_failed_copy_removes_its_temp_file(tmp_path: Path, monkeypatch: pytest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.bin"]
 
 
+def test_an_interrupted_copy_removes_its_temp_file_and_keeps_the_old_target(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _model(tmp_path, "src.bin")
+    (tmp_path / "dst.bin").write_bytes(b"old")
+
+    def interrupted(fin: int, fout: int, *args: Any) -> None:
+        os.pwrite(fout, b"partial", 0)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(copying, "_copy_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        copying.copy_file(src, tmp_path / "dst.bin", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.bin", "src.bin"]
+    assert (tmp_path / "dst.bin").read_bytes() == b"old"
+
+
+def test_the_copy_and_the_writer_commit_through_one_temp_file_class(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import ast
+
+    from ggmlfmt import atomic
+
+    renamers = sorted(p.name for p in (ROOT / "ggmlfmt").glob("*.py")
+                      if any(isinstance(n, ast.Attribute) and n.attr in ("replace", "rename")
+                             and isinstance(n.value, ast.Name) and n.value.id == "os"
+                             for n in ast.walk(ast.parse(p.read_text()))))
+    assert renamers == ["atomic.py"]  # the one place a file of ours gets its final name
+    commits: list[Path] = []
+    real = atomic.TempFile.commit
+    monkeypatch.setattr(atomic.TempFile, "commit", lambda self: (commits.append(self.target), real(self))[1])
+    src = _model(tmp_path, "src.bin")  # FileWriter
+    copying.copy_file(src, tmp_path / "dst.bin")
+    assert commits == [src, tmp_path / "dst.bin"]
+    assert (tmp_path / "dst.bin").read_bytes() == src.read_bytes()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Load options
 
@@ -230,6 +266,32 @@ def test_each_option_gives_the_default_arrays_in_the_right_memory(model_path: Pa
         assert where.path == os.path.realpath(model_path), "mmap options must keep the data in a map of the file"
         assert where.anonymous == 0, "a read-only map has no private pages"
     assert where.locked == bool(options.get("lock"))
+
+
+# every load path in both modes, less lock on a copy-on-write map (refused: test_lock_with_copy_on_write_is_refused)
+LOAD_PATHS = [(o, m) for o in OPTIONS for m in ("r", "c") if not (o.get("lock") and m == "c" and "method" not in o)]
+
+
+@pytest.mark.parametrize("options, mode", LOAD_PATHS,
+                         ids=[",".join([f"{k}={v}" for k, v in o.items()] + [f"mode={m}"]) for o, m in LOAD_PATHS])
+def test_model_data_is_what_its_docstring_says(model_path: Path, options: dict[str, Any], mode: str) -> None:
+    """Model.data: the whole file as one 1-D uint8 array holding every view; a numpy.memmap by default, a map
+    of the file with a lever, private anonymous memory with method="pread"; writable only in mode "c"."""
+    if options.get("lock") and not _has_cap_ipc_lock() and _memlock_limit() < model_path.stat().st_size:
+        pytest.skip(f"RLIMIT_MEMLOCK ({_memlock_limit()} bytes) is below the test file's size")
+    model = ggmlfmt.load(model_path, mode=mode, **options)
+    data = model.data
+    assert data.dtype == np.uint8 and data.ndim == 1
+    assert data.tobytes() == model_path.read_bytes()  # the whole file, read independently
+    assert data.flags.writeable == (mode == "c")
+    assert all(np.shares_memory(v, data) for v in model.tensors.values())
+    assert isinstance(data, np.memmap) == (options == {}), "a numpy.memmap exactly on the default path"
+    where = cachestat.mapping_of(data)
+    assert where is not None
+    assert where.path == (None if options.get("method") == "pread" else os.path.realpath(model_path))
+    if mode == "c":
+        data[-1] ^= 0xFF  # the write stays in this process
+        assert model_path.read_bytes()[-1] != data[-1]
 
 
 @pytest.mark.parametrize("flags, where", [([], "a map of"), (["--method", "pread", "--hugepages"], "anonymous")])
