@@ -54,7 +54,7 @@ class _Views(Mapping[str, np.ndarray]):
 
 
 class Model:
-    """An opened model file: its format, header, vocabulary and memory-mapped tensors."""
+    """An opened model file: its format, header, vocabulary, and tensors as views into `data` (the whole file)."""
 
     def __init__(self, path: str, index: Index | GGUFIndex, data: np.ndarray) -> None:
         self.path = path
@@ -95,7 +95,7 @@ class Model:
         With the default options it is a numpy.memmap of the file; with a page-cache lever it is an
         array over a map of the file (an mmap.mmap), and with method="pread" over private anonymous
         memory holding a copy of the file. Read-only in mode "r"; writable in mode "c", where writes
-        stay in this process and never reach the file.
+        stay in this process and never reach the file. Empty after close().
         """
         return self._data
 
@@ -219,7 +219,7 @@ def load(
     Raises:
         FormatError: the file is malformed (names the file, offset, field, expected and found).
         ValueError: a meaningless option combination. MemoryLockError: mlock refused (RLIMIT_MEMLOCK).
-        OSError: the file cannot be opened, mapped or read.
+        OSError: the file cannot be opened, mapped or read; ENOSYS: an option needs a call this system lacks.
     """
     options = LoadOptions(prefault, advice, lock, hugepages, method, threads)
     data = map_file(path, mode) if options.is_default else open_data(path, mode, options)
