@@ -72,14 +72,21 @@ def fsync_dir(directory: Path) -> None:
 class TempFile:
     """A new file beside `target` that becomes `target` on commit, or disappears on abort.
 
-    commit: fsync, close, rename over the target (atomic; a process that mapped the old file keeps
-    its pages), fsync the directory. abort (also on leaving a `with` block by an exception): close
-    and remove the temp file; the target is never opened. FileWriter and the page-cache-friendly
-    copy both write through this.
+    create: the file, under a name chosen (and recorded) before it exists. commit: fsync, close,
+    rename over the target (atomic; a process that mapped the old file keeps its pages), fsync the
+    directory. abort: close and remove the temp file; the target is never opened. As a context
+    manager it creates on entry, commits on a normal exit and aborts on an exception (Ctrl-C too).
+    FileWriter and the page-cache-friendly copy both write through this.
     """
 
     def __init__(self, target: Path) -> None:
-        """Create the temp file, its name recorded first so abort() finds it after any signal.
+        # Only the name here: nothing exists yet, so nothing can leak before the caller holds this object.
+        self.target = target
+        self.path = temp_path_beside(target)
+        self.fd: int | None = None
+
+    def create(self) -> int:
+        """Create the file (its name was recorded first, so abort() finds it after any signal); returns its fd.
 
         (mkstemp returns the name only after creating the file: a Ctrl-C in between leaked it.) abort() may
         unlink a recorded name whose open never ran: it holds our pid, so such a file is a dead process's leftover.
@@ -87,14 +94,12 @@ class TempFile:
         Raises:
             OSError: the file cannot be created (nothing is left behind).
         """
-        self.target = target
-        self.path = temp_path_beside(target)
-        self.fd: int | None = None
         try:
             self.fd = create_exclusive(self.path)
         except BaseException:
             self.abort()
             raise
+        return self.fd
 
     def commit(self) -> None:
         """Flush the file to disk, rename it over the target, and make the rename durable.
@@ -120,6 +125,7 @@ class TempFile:
         self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> TempFile:
+        self.create()
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

@@ -137,8 +137,9 @@ class FileWriter:
                               f"{free:,} are free", str(self.path.parent))
         self._coverage = {t.name: Coverage(t.n_rows, t.row_bytes) for t in layout.tensors}
         self._unflushed = 0
-        self._temp = TempFile(self.path)  # removes what it created if interrupted
+        self._temp = TempFile(self.path)  # the name only: abort() below finds whatever create() made
         try:
+            self._temp.create()
             self._write_skeleton()
         except BaseException:
             self.abort()
