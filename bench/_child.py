@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ggmlfmt import pagecache
+from ggmlfmt import loadopts
 
 Loaded = tuple[Any, Mapping[str, Any]]  # (object that keeps the data alive, name -> array or torch tensor)
 
@@ -116,7 +116,7 @@ def measure(loader: str, path: str, options: dict[str, Any]) -> tuple[dict[str, 
     t0 = time.perf_counter()
     keep, tensors = LOADERS[loader](path, options)
     t1 = time.perf_counter()
-    checksum = sum(pagecache.touch(_as_numpy(t)) for t in tensors.values())
+    checksum = sum(loadopts.touch(_as_numpy(t)) for t in tensors.values())
     t2 = time.perf_counter()
     ru1, rollup = resource.getrusage(resource.RUSAGE_SELF), _rollup_kib()
     report = {

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from ggmlfmt import pagecache
+from ggmlfmt import cachestat
 
 BENCH = Path(__file__).resolve().parent
 CHILD = BENCH / "_child.py"
@@ -41,18 +41,18 @@ def read_through(path: str | os.PathLike[str]) -> None:
 
 def reset_warm(path: str | os.PathLike[str]) -> float:
     """Evict, then read sequentially: the same warm page cache (folio sizes included) every time; residency."""
-    pagecache.evict(path)
+    cachestat.evict(path)
     read_through(path)
-    return pagecache.residency(path).fraction
+    return cachestat.residency(path).fraction
 
 
 def prepare(path: str | os.PathLike[str], cache: Cache) -> float:
     """Bring the file into the cache state (cold: evicted; warm: fully cached); its residency just after."""
     if cache == "cold":
-        pagecache.evict(path)
-    elif pagecache.residency(path).fraction < 0.999:
+        cachestat.evict(path)
+    elif cachestat.residency(path).fraction < 0.999:
         read_through(path)
-    return pagecache.residency(path).fraction
+    return cachestat.residency(path).fraction
 
 
 def _child_command(loader: str, path: str | os.PathLike[str], options: dict[str, Any] | None,
@@ -154,8 +154,8 @@ def measure_copy(method: str, src: str | os.PathLike[str], dst: str | os.PathLik
     if out.returncode:
         raise MeasureError(f"{method}: exit status {out.returncode}: {out.stderr.strip()[-300:]}")
     result = {"method": method, "cache": cache, "total_s": wall, "file_size": os.path.getsize(src),
-              "src_cached_before": before, "src_cached_after": pagecache.residency(src).fraction,
-              "dst_cached_after": pagecache.residency(dst).fraction}
+              "src_cached_before": before, "src_cached_after": cachestat.residency(src).fraction,
+              "dst_cached_after": cachestat.residency(dst).fraction}
     Path(dst).unlink()
     return result
 

@@ -1,4 +1,4 @@
-"""Write beside, then rename: the temp files every output of the project goes through.
+"""Write beside, then rename: the temp files every output of the project goes through (`TempFile`).
 
 A temp file is named `.<target>.ggmlfmt-<pid>-<random>.tmp` in the target's directory, so the
 rename is atomic (same filesystem) and a file left by a killed process can be recognised and
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from pathlib import Path
+from typing import Any
 
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.ggmlfmt-(?P<pid>\d+)-[0-9a-f]+\.tmp$")
 
@@ -18,7 +18,8 @@ _TMP_RE = re.compile(r"^\.(?P<name>.+)\.ggmlfmt-(?P<pid>\d+)-[0-9a-f]+\.tmp$")
 def temp_path_beside(target: Path) -> Path:
     """A fresh temp name for `target`; callers record it before creating the file, so a signal
     arriving in between cannot leak a file nobody knows the name of."""
-    return target.with_name(f".{target.name}.ggmlfmt-{os.getpid()}-{secrets.token_hex(6)}.tmp")
+    # os.urandom, as secrets.token_hex does, without importing secrets (and with it random and hashlib)
+    return target.with_name(f".{target.name}.ggmlfmt-{os.getpid()}-{os.urandom(6).hex()}.tmp")
 
 
 def create_exclusive(path: Path) -> int:
@@ -66,3 +67,69 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class TempFile:
+    """A new file beside `target` that becomes `target` on commit, or disappears on abort.
+
+    create: the file, under a name chosen (and recorded) before it exists. commit: fsync, close,
+    rename over the target (atomic; a process that mapped the old file keeps its pages), fsync the
+    directory. abort: close and remove the temp file; the target is never opened. As a context
+    manager it creates on entry, commits on a normal exit and aborts on an exception (Ctrl-C too).
+    FileWriter and the page-cache-friendly copy both write through this.
+    """
+
+    def __init__(self, target: Path) -> None:
+        # Only the name here: nothing exists yet, so nothing can leak before the caller holds this object.
+        self.target = target
+        self.path = temp_path_beside(target)
+        self.fd: int | None = None
+
+    def create(self) -> int:
+        """Create the file (its name was recorded first, so abort() finds it after any signal); returns its fd.
+
+        (mkstemp returns the name only after creating the file: a Ctrl-C in between leaked it.) abort() may
+        unlink a recorded name whose open never ran: it holds our pid, so such a file is a dead process's leftover.
+
+        Raises:
+            OSError: the file cannot be created (nothing is left behind).
+        """
+        try:
+            self.fd = create_exclusive(self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.fd
+
+    def commit(self) -> None:
+        """Flush the file to disk, rename it over the target, and make the rename durable.
+
+        Raises:
+            OSError: the flush or the rename failed (the temp file is removed).
+        """
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            os.replace(self.path, self.target)
+        except BaseException:  # e.g. Ctrl-C during the fsync: still remove the temp file
+            self.abort()
+            raise
+        fsync_dir(self.target.parent)
+
+    def abort(self) -> None:
+        """Close and remove the temporary file; the target is untouched."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> TempFile:
+        self.create()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()

@@ -7,6 +7,7 @@ stdout carries results only; logs, progress and errors go to stderr.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -16,13 +17,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import pagecache, rusage
 from .atomic import remove_stale_temps
 from .errors import FormatError
+from .loadopts import ADVICE, touch
 from .reader import load, read_index
 from .summary import describe, render
+
+if TYPE_CHECKING:  # the diagnostics and the copy are imported by the commands that use them
+    from .cachestat import Residency
 
 log = logging.getLogger("ggmlfmt")
 
@@ -56,11 +60,32 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
                    help="after the work, print what the kernel accounted (time, memory, faults, I/O) to stderr")
 
 
+def _rusage_module() -> Any:
+    """ggmlfmt.rusage, imported only for --rusage (it needs `resource`, which Windows lacks).
+
+    Raises:
+        OSError: ENOSYS naming the resource module where it is missing.
+    """
+    try:
+        from . import rusage
+    except ImportError:
+        raise OSError(errno.ENOSYS, "--rusage needs getrusage (Python's resource module), which this system "
+                      "lacks") from None
+    return rusage
+
+
 def run(prog: str, args: argparse.Namespace, body: Callable[[argparse.Namespace], int]) -> int:
     """Run a command body: errors become one line on stderr and exit status 1, Ctrl-C 130, SIGTERM 143."""
     start = time.perf_counter()
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format=f"{prog}: %(message)s", handlers=[_StderrHandler()], force=True)
+    try:
+        rusage = _rusage_module() if args.rusage else None  # before the work: refuse early, not after it
+    except OSError as e:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return body(args)
@@ -82,7 +107,7 @@ def run(prog: str, args: argparse.Namespace, body: Callable[[argparse.Namespace]
         return 143
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if args.rusage:
+        if rusage is not None:
             print(rusage.report(rusage.measure(start)), file=sys.stderr)
 
 
@@ -109,7 +134,7 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
     """The page-cache levers of ggmlfmt.load (docs/loading.md)."""
     g = p.add_argument_group("loading (docs/loading.md has each option's measured effect)")
     g.add_argument("--prefault", action="store_true", help="fault every page in before returning")
-    g.add_argument("--advice", choices=sorted(pagecache.ADVICE), help="readahead advice for the map (madvise)")
+    g.add_argument("--advice", choices=sorted(ADVICE), help="readahead advice for the map (madvise)")
     g.add_argument("--lock", action="store_true", help="mlock the data (needs RLIMIT_MEMLOCK >= file size)")
     g.add_argument("--hugepages", action="store_true", help="ask for 2 MiB pages (MADV_HUGEPAGE)")
     g.add_argument("--method", choices=("mmap", "pread"), default="mmap",
@@ -127,12 +152,14 @@ def _mib(n: float) -> str:
     return f"{n / (1 << 20):,.1f} MiB"
 
 
-def _cached(r: pagecache.Residency) -> str:
+def _cached(r: Residency) -> str:
     return f"{_mib(r.resident_bytes)} of {_mib(r.file_size)} cached ({100 * r.fraction:.1f}%)"
 
 
 def _residency(args: argparse.Namespace) -> int:
-    res = pagecache.residency(args.file)  # before parsing: reading the index caches pages
+    from .cachestat import residency
+
+    res = residency(args.file)  # before parsing: reading the index caches pages
     tensors = read_index(args.file).tensors
     shares = res.of_ranges([t.offset for t in tensors], [t.nbytes for t in tensors])
     rows: list[dict[str, Any]] = [
@@ -154,9 +181,11 @@ def _residency(args: argparse.Namespace) -> int:
 
 
 def _evict(args: argparse.Namespace) -> int:
-    before = pagecache.residency(args.file)
-    pagecache.evict(args.file)
-    after = pagecache.residency(args.file)
+    from .cachestat import evict, residency
+
+    before = residency(args.file)
+    evict(args.file)
+    after = residency(args.file)
     print(f"before  {_cached(before)}\nafter   {_cached(after)}")
     if after.fraction > 0.01:
         log.warning("pages stay cached while a process maps them, and on filesystems whose only copy is the "
@@ -165,10 +194,13 @@ def _evict(args: argparse.Namespace) -> int:
 
 
 def _copy(args: argparse.Namespace) -> int:
+    from .cachestat import residency
+    from .copying import copy_file
+
     for stale in remove_stale_temps(Path(args.dst)):
         log.info("removed %s, left by an interrupted run", stale)
-    result = pagecache.copy_file(args.src, args.dst, overwrite=args.force)
-    src, dst = pagecache.residency(args.src), pagecache.residency(args.dst)
+    result = copy_file(args.src, args.dst, overwrite=args.force)
+    src, dst = residency(args.src), residency(args.dst)
     print(f"copied {result.nbytes:,} bytes, sha256 {result.sha256} (both files hashed)")
     print(f"page cache: source {100 * result.src_cached_before:.1f}% cached before, {100 * src.fraction:.1f}% "
           f"after; copy {100 * dst.fraction:.1f}%")
@@ -176,13 +208,15 @@ def _copy(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
+    from .cachestat import mapping_of
+
     t0 = time.perf_counter()
     model = load(args.file, **load_options(args))
     views = [model.tensors[name] for name in model.tensors]
     t1 = time.perf_counter()
-    checksum = sum(pagecache.touch(v) for v in views) if args.touch else None
+    checksum = sum(touch(v) for v in views) if args.touch else None
     t2 = time.perf_counter()
-    where = pagecache.mapping_of(model.data)
+    where = mapping_of(model.data)
     kind = "anonymous memory" if where is None or where.path is None else f"a map of {where.path}"
     print(f"loaded {len(views)} tensors ({_mib(model.data.nbytes)}) into {kind} in {1e3 * (t1 - t0):,.1f} ms")
     if checksum is not None:

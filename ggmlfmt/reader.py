@@ -14,7 +14,7 @@ from .constants import FileVersion, GGMLType, GGUFVersion
 from .errors import FormatError, Truncated
 from .gguf import GGUFIndex, decode_gguf
 from .layout import HParams, Index, TensorInfo, Vocab, decode_index
-from .pagecache import Advice, LoadOptions, open_data
+from .loadopts import Advice, LoadOptions, open_data
 
 if TYPE_CHECKING:
     import torch
@@ -58,7 +58,7 @@ class _Views(Mapping[str, np.ndarray]):
 
 
 class Model:
-    """An opened model file: its format, header, vocabulary and memory-mapped tensors."""
+    """An opened model file: its format, header, vocabulary, and tensors as views into `data` (the whole file)."""
 
     def __init__(self, path: str, index: Index | GGUFIndex, data: np.ndarray) -> None:
         self.path = path
@@ -94,9 +94,13 @@ class Model:
 
     @property
     def data(self) -> np.ndarray:
-        """The whole file as one uint8 array (a numpy.memmap unless a load option read or mapped it otherwise).
+        """The whole file as one 1-D uint8 array; every tensor view points into it.
 
-        Every tensor view is a plain ndarray over this array's memory (np.shares_memory holds).
+        With the default options it is a numpy.memmap of the file; with a page-cache lever it is an
+        array over a map of the file (an mmap.mmap), and with method="pread" over private anonymous
+        memory holding a copy of the file. Read-only in mode "r"; writable in mode "c", where writes
+        stay in this process and never reach the file. Empty after close(). Tensor views are plain
+        ndarrays over this array's memory (np.shares_memory holds).
         """
         return self._data
 
@@ -220,7 +224,7 @@ def load(
     Raises:
         FormatError: the file is malformed (names the file, offset, field, expected and found).
         ValueError: a meaningless option combination. MemoryLockError: mlock refused (RLIMIT_MEMLOCK).
-        OSError: the file cannot be opened, mapped or read.
+        OSError: the file cannot be opened, mapped or read; ENOSYS: an option needs a call this system lacks.
     """
     options = LoadOptions(prefault, advice, lock, hugepages, method, threads)
     data = map_file(path, mode) if options.is_default else open_data(path, mode, options)

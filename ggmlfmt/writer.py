@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import create_exclusive, fsync_dir, remove_stale_temps, temp_path_beside
+from .atomic import TempFile, remove_stale_temps
 from .constants import FileVersion, GGMLType
 from .errors import IncompleteWrite
 from .layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
-from .pagecache import start_writeback
+from .libc import start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -136,24 +136,23 @@ class FileWriter:
                 raise OSError(errno.ENOSPC, f"not enough free space: the output needs {layout.size:,} bytes, "
                               f"{free:,} are free", str(self.path.parent))
         self._coverage = {t.name: Coverage(t.n_rows, t.row_bytes) for t in layout.tensors}
-        self.tmp_path: Path | None = None
-        self._fd: int | None = None
         self._unflushed = 0
+        self._temp = TempFile(self.path)  # the name only: abort() below finds whatever create() made
         try:
-            self._create_temp()
+            self._temp.create()
             self._write_skeleton()
         except BaseException:
             self.abort()
             raise
 
-    def _create_temp(self) -> None:
-        """Create the temp file beside the target, its name recorded first so abort() finds it after any signal.
+    @property
+    def tmp_path(self) -> Path:
+        """The temporary file beside the target that commit renames into place."""
+        return self._temp.path
 
-        (mkstemp returns the name only after creating the file: a Ctrl-C in between leaked it.) abort() may
-        unlink a recorded name whose open never ran: it holds our pid, so such a file is a dead process's leftover.
-        """
-        self.tmp_path = temp_path_beside(self.path)
-        self._fd = create_exclusive(self.tmp_path)
+    @property
+    def _fd(self) -> int | None:
+        return self._temp.fd
 
     def _write_skeleton(self) -> None:
         self._pwrite(self.plan.prefix, 0)
@@ -294,22 +293,11 @@ class FileWriter:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise IncompleteWrite(problems[0] + more, path=str(self.path))
         os.ftruncate(self._fd, self.plan.size)  # a no-op unless the last tensor is empty
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
-        os.replace(self.tmp_path, self.path)  # atomic; a process that mapped the old file keeps it
-        fsync_dir(self.path.parent)
+        self._temp.commit()  # fsync, rename over the target, fsync the directory
 
     def abort(self) -> None:
         """Close and remove the temporary file; the target is untouched."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        try:
-            if self.tmp_path is not None:
-                self.tmp_path.unlink()
-        except FileNotFoundError:
-            pass
+        self._temp.abort()
 
     def __enter__(self) -> FileWriter:
         return self

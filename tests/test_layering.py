@@ -21,11 +21,13 @@ GGMLFMT_RANKS = {
     "ggmlfmt.constants": 0,
     "ggmlfmt.errors": 0,
     "ggmlfmt.rusage": 0,  # stdlib only: what the kernel accounted
-    "ggmlfmt.atomic": 0,  # stdlib only: temp file beside the target, then rename
+    "ggmlfmt.atomic": 0,  # stdlib only: temp file beside the target, then fsync, rename, fsync dir (TempFile)
+    "ggmlfmt.libc": 0,  # stdlib only: the C calls os/mmap lack (mincore, mlock, sync_file_range), each optional, lazily bound
     "ggmlfmt.layout": 1,
     "ggmlfmt.floats": 1,  # element casts (f16, f32, bf16) bit-identical to torch's
     "ggmlfmt.gguf": 1.5,  # GGUF bytes <-> records; builds on layout's TensorInfo and Plan
-    "ggmlfmt.pagecache": 1,  # how the bytes of a file are brought into memory (no format knowledge)
+    "ggmlfmt.loadopts": 1,  # load options: how a file's bytes are brought into memory (map, advice, lock, pread)
+    "ggmlfmt.cachestat": 1,  # page-cache diagnostics: residency (mincore), eviction, which mapping holds an array
     "ggmlfmt.reader": 2,
     "ggmlfmt.writer": 2,
     "ggmlfmt.parts": 2,
@@ -33,6 +35,7 @@ GGMLFMT_RANKS = {
     "ggmlfmt.summary": 2,
     "ggmlfmt.llama": 2,
     "ggmlfmt.tokenizer": 3,  # SentencePiece tokenizer.model -> ggjt texts or GGUF pieces (sentencepiece, lazily)  # what GGUF says about a LLaMA model (names, metadata, vocabulary); pure
+    "ggmlfmt.copying": 3,  # the page-cache-friendly copy of `ggmlfmt copy`; commits through atomic.TempFile
     "ggmlfmt.requant": 3,  # old blocks -> GGUF blocks; imports dequant for the F32 targets
     "ggmlfmt.unshard": 3,  # n parts of each tensor -> their places in one output (convert and migrate)
     "ggmlfmt": 4,  # the package's public surface re-exports the modules below it

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 import ggmlfmt
-from ggmlfmt import HParams, Vocab, pagecache
+from ggmlfmt import HParams, Vocab, cachestat, copying, libc, loadopts
 from ggmlfmt.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGE = pagecache.PAGE
+PAGE = libc.PAGE
 HP = HParams(n_vocab=3, n_embd=256, n_mult=256, n_head=2, n_layer=1, n_rot=128, ftype=1)
 VOCAB = Vocab((b"a", b"b", b"c"), np.zeros(3, np.float32))
 OPTIONS: list[dict[str, Any]] = [
@@ -81,7 +81,7 @@ def fs_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
 
 def _touch_all(model: ggmlfmt.Model) -> None:
     for name in model.tensors:
-        pagecache.touch(model.tensors[name])
+        loadopts.touch(model.tensors[name])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -90,15 +90,15 @@ def _touch_all(model: ggmlfmt.Model) -> None:
 
 def test_evict_empties_and_touching_fills_the_cache(fs_dir: Path) -> None:
     path = _model(fs_dir)
-    pagecache.evict(path)
-    left = pagecache.residency(path).fraction
+    cachestat.evict(path)
+    left = cachestat.residency(path).fraction
     assert left < 0.01, (
         f"posix_fadvise(DONTNEED) left {100 * left:.0f}% of {path} cached on {_filesystem(path)}: this "
         "filesystem ignores eviction (tmpfs keeps its only copy in the cache), so cold starts cannot be "
         "measured here; point the benchmarks at a disk-backed filesystem")
     model = ggmlfmt.load(path)
     _touch_all(model)
-    res = pagecache.residency(path)
+    res = cachestat.residency(path)
     info = list(model.info.values())
     shares = res.of_ranges([t.offset for t in info], [t.nbytes for t in info])
     assert shares.tolist() == [1.0] * len(info), f"on {_filesystem(path)}"
@@ -112,13 +112,13 @@ def test_tmpfs_keeps_its_pages_and_evict_says_so(capsys: pytest.CaptureFixture[s
     with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
         path = _model(Path(d))
         assert main(["evict", str(path)]) == 0
-        assert pagecache.residency(path).fraction == 1.0  # the cache is tmpfs' only copy
+        assert cachestat.residency(path).fraction == 1.0  # the cache is tmpfs' only copy
         assert "stay cached" in capsys.readouterr().err
 
 
 def test_residency_counts_pages_and_the_partial_last_one() -> None:
     pages = np.array([True, False, True, True])
-    res = pagecache.Residency(pages, 3 * PAGE + 100, True)
+    res = cachestat.Residency(pages, 3 * PAGE + 100, True)
     assert res.resident_bytes == 2 * PAGE + 100
     shares = res.of_ranges([0, PAGE, PAGE - 1, 0, 5], [PAGE, PAGE, 2, 3 * PAGE + 100, 0])
     assert shares.tolist() == [1.0, 0.0, 0.5, 0.75, 1.0]
@@ -126,7 +126,7 @@ def test_residency_counts_pages_and_the_partial_last_one() -> None:
 
 def test_residency_and_evict_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _model(tmp_path)
-    pagecache.read_file(path)  # through the page cache: everything resident
+    loadopts.read_file(path)  # through the page cache: everything resident
     assert main(["residency", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [t["name"] for t in report["tensors"]] == list(_tensors())
@@ -158,14 +158,14 @@ def test_copy_is_identical_and_leaves_no_temp_file(tmp_path: Path, capsys: pytes
 
 def test_copy_keeps_a_cold_source_cold_and_a_warm_one_warm(fs_dir: Path) -> None:
     src = _model(fs_dir, "src.bin")
-    pagecache.evict(src)
-    result = pagecache.copy_file(src, fs_dir / "cold.bin")
+    cachestat.evict(src)
+    result = copying.copy_file(src, fs_dir / "cold.bin")
     assert result.src_cached_before < 0.01
-    assert pagecache.residency(src).fraction < 0.01, f"source pages stayed cached on {_filesystem(src)}"
-    assert pagecache.residency(fs_dir / "cold.bin").fraction < 0.01, f"copy stayed cached on {_filesystem(src)}"
-    pagecache.read_file(src)
-    pagecache.copy_file(src, fs_dir / "warm.bin")
-    assert pagecache.residency(src).fraction == 1.0  # what was cached before stays cached
+    assert cachestat.residency(src).fraction < 0.01, f"source pages stayed cached on {_filesystem(src)}"
+    assert cachestat.residency(fs_dir / "cold.bin").fraction < 0.01, f"copy stayed cached on {_filesystem(src)}"
+    loadopts.read_file(src)
+    copying.copy_file(src, fs_dir / "warm.bin")
+    assert cachestat.residency(src).fraction == 1.0  # what was cached before stays cached
 
 
 def test_copy_across_filesystems_falls_back_to_reads_and_writes(tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_copy_across_filesystems_falls_back_to_reads_and_writes(tmp_path: Path) 
         pytest.skip("needs /dev/shm on a filesystem type other than the temp directory's")
     with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
         src = _model(Path(d), "src.bin")  # tmpfs -> disk: copy_file_range says EXDEV
-        result = pagecache.copy_file(src, tmp_path / "dst.bin")
+        result = copying.copy_file(src, tmp_path / "dst.bin")
         assert (tmp_path / "dst.bin").read_bytes() == src.read_bytes()
         assert result.nbytes == src.stat().st_size
 
@@ -187,7 +187,7 @@ def test_copy_refuses_to_overwrite_without_force(tmp_path: Path, capsys: pytest.
     assert main(["copy", str(src), str(tmp_path / "dst.bin"), "--force"]) == 0
     assert (tmp_path / "dst.bin").read_bytes() == src.read_bytes()
     with pytest.raises(ValueError, match="same file"):
-        pagecache.copy_file(src, src, overwrite=True)
+        copying.copy_file(src, src, overwrite=True)
 
 
 def test_a_failed_copy_removes_its_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -196,10 +196,46 @@ def test_a_failed_copy_removes_its_temp_file(tmp_path: Path, monkeypatch: pytest
     def corrupted(*args: Any) -> str:
         raise OSError(errno.EIO, "copy verification failed: injected")
 
-    monkeypatch.setattr(pagecache, "_verify", corrupted)
+    monkeypatch.setattr(copying, "_verify", corrupted)
     with pytest.raises(OSError, match="verification failed"):
-        pagecache.copy_file(src, tmp_path / "dst.bin")
+        copying.copy_file(src, tmp_path / "dst.bin")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src.bin"]
+
+
+def test_an_interrupted_copy_removes_its_temp_file_and_keeps_the_old_target(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _model(tmp_path, "src.bin")
+    (tmp_path / "dst.bin").write_bytes(b"old")
+
+    def interrupted(fin: int, fout: int, *args: Any) -> None:
+        os.pwrite(fout, b"partial", 0)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(copying, "_copy_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        copying.copy_file(src, tmp_path / "dst.bin", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst.bin", "src.bin"]
+    assert (tmp_path / "dst.bin").read_bytes() == b"old"
+
+
+def test_the_copy_and_the_writer_commit_through_one_temp_file_class(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import ast
+
+    from ggmlfmt import atomic
+
+    renamers = sorted(p.name for p in (ROOT / "ggmlfmt").glob("*.py")
+                      if any(isinstance(n, ast.Attribute) and n.attr in ("replace", "rename")
+                             and isinstance(n.value, ast.Name) and n.value.id == "os"
+                             for n in ast.walk(ast.parse(p.read_text()))))
+    assert renamers == ["atomic.py"]  # the one place a file of ours gets its final name
+    commits: list[Path] = []
+    real = atomic.TempFile.commit
+    monkeypatch.setattr(atomic.TempFile, "commit", lambda self: (commits.append(self.target), real(self))[1])
+    src = _model(tmp_path, "src.bin")  # FileWriter
+    copying.copy_file(src, tmp_path / "dst.bin")
+    assert commits == [src, tmp_path / "dst.bin"]
+    assert (tmp_path / "dst.bin").read_bytes() == src.read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,7 +258,7 @@ def test_each_option_gives_the_default_arrays_in_the_right_memory(model_path: Pa
         np.testing.assert_array_equal(got, want)
         assert got.dtype == want.dtype and not got.flags.writeable
         assert np.shares_memory(got, model.data)  # a view, never a copy per tensor
-    where = pagecache.mapping_of(model.data)
+    where = cachestat.mapping_of(model.data)
     assert where is not None
     if options.get("method") == "pread":
         assert where.path is None, "method='pread' must not map the file"
@@ -230,6 +266,32 @@ def test_each_option_gives_the_default_arrays_in_the_right_memory(model_path: Pa
         assert where.path == os.path.realpath(model_path), "mmap options must keep the data in a map of the file"
         assert where.anonymous == 0, "a read-only map has no private pages"
     assert where.locked == bool(options.get("lock"))
+
+
+# every load path in both modes, less lock on a copy-on-write map (refused: test_lock_with_copy_on_write_is_refused)
+LOAD_PATHS = [(o, m) for o in OPTIONS for m in ("r", "c") if not (o.get("lock") and m == "c" and "method" not in o)]
+
+
+@pytest.mark.parametrize("options, mode", LOAD_PATHS,
+                         ids=[",".join([f"{k}={v}" for k, v in o.items()] + [f"mode={m}"]) for o, m in LOAD_PATHS])
+def test_model_data_is_what_its_docstring_says(model_path: Path, options: dict[str, Any], mode: str) -> None:
+    """Model.data: the whole file as one 1-D uint8 array holding every view; a numpy.memmap by default, a map
+    of the file with a lever, private anonymous memory with method="pread"; writable only in mode "c"."""
+    if options.get("lock") and not _has_cap_ipc_lock() and _memlock_limit() < model_path.stat().st_size:
+        pytest.skip(f"RLIMIT_MEMLOCK ({_memlock_limit()} bytes) is below the test file's size")
+    model = ggmlfmt.load(model_path, mode=mode, **options)
+    data = model.data
+    assert data.dtype == np.uint8 and data.ndim == 1
+    assert data.tobytes() == model_path.read_bytes()  # the whole file, read independently
+    assert data.flags.writeable == (mode == "c")
+    assert all(np.shares_memory(v, data) for v in model.tensors.values())
+    assert isinstance(data, np.memmap) == (options == {}), "a numpy.memmap exactly on the default path"
+    where = cachestat.mapping_of(data)
+    assert where is not None
+    assert where.path == (None if options.get("method") == "pread" else os.path.realpath(model_path))
+    if mode == "c":
+        data[-1] ^= 0xFF  # the write stays in this process
+        assert model_path.read_bytes()[-1] != data[-1]
 
 
 @pytest.mark.parametrize("flags, where", [([], "a map of"), (["--method", "pread", "--hugepages"], "anonymous")])
@@ -271,7 +333,7 @@ def test_lock_with_copy_on_write_is_refused(model_path: Path) -> None:
 
 def test_touch_refuses_a_strided_view() -> None:
     with pytest.raises(ValueError, match="contiguous"):
-        pagecache.touch(np.zeros((4, 4))[:, 1])
+        loadopts.touch(np.zeros((4, 4))[:, 1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -283,8 +345,8 @@ def test_refused_mlock_is_a_clean_error(model_path: Path, monkeypatch: pytest.Mo
         ctypes.set_errno(errno.ENOMEM)
         return -1
 
-    monkeypatch.setattr(pagecache._libc, "mlock", refuse)
-    with pytest.raises(pagecache.MemoryLockError, match=r"mlock of [\d,]+ bytes refused .*RLIMIT_MEMLOCK allows"):
+    monkeypatch.setitem(libc._bound, "mlock", refuse)
+    with pytest.raises(loadopts.MemoryLockError, match=r"mlock of [\d,]+ bytes refused .*RLIMIT_MEMLOCK allows"):
         ggmlfmt.load(model_path, lock=True)
 
 
@@ -329,11 +391,11 @@ def test_parse_smaps_finds_the_mapping_holding_an_address() -> None:
         "7f0000200000-7f0000400000 rw-p 00000000 00:00 0 \n"
         "Rss:                4 kB\nAnonymous:             4 kB\nAnonHugePages:  0 kB\n"
     )
-    m = pagecache._parse_smaps(text, 0x7F0000100000)
-    assert m == pagecache.MappingStats(0x7F0000000000, 0x7F0000200000, "/data/m.bin", 2 << 20, 0, 0, 2 << 20, True)
-    anon = pagecache._parse_smaps(text, 0x7F0000200000)
+    m = cachestat._parse_smaps(text, 0x7F0000100000)
+    assert m == cachestat.MappingStats(0x7F0000000000, 0x7F0000200000, "/data/m.bin", 2 << 20, 0, 0, 2 << 20, True)
+    anon = cachestat._parse_smaps(text, 0x7F0000200000)
     assert anon is not None and anon.path is None and anon.anonymous == 4096
-    assert pagecache._parse_smaps(text, 0x1000) is None
+    assert cachestat._parse_smaps(text, 0x1000) is None
 
 
 def test_opening_a_cold_file_reads_the_index_not_the_weights(tmp_path):
@@ -344,22 +406,22 @@ def test_opening_a_cold_file_reads_the_index_not_the_weights(tmp_path):
     hp = ggmlfmt.HParams(1, 4096, 256, 32, 1, 128, 1)
     tensors = {f"layers.{i}.attention.wq.weight": np.zeros((1024, 4096), np.float16) for i in range(24)}  # 192 MiB
     ggmlfmt.save(path, tensors, hparams=hp, vocab=ggmlfmt.Vocab((b"a",), np.zeros(1, np.float32)))
-    pagecache.evict(path)
-    before = pagecache.residency(path)
+    cachestat.evict(path)
+    before = cachestat.residency(path)
     assert before.fraction < 0.01, f"eviction did not work on this filesystem: {before.fraction:.1%} cached"
     model = ggmlfmt.load(path)
-    after_open = pagecache.residency(path).fraction
+    after_open = cachestat.residency(path).fraction
     assert after_open < 0.05, f"opening read {after_open:.1%} of a cold file"
     assert len(model.tensors) == 24
     sum(int(v.reshape(-1).view(np.uint8)[::4096].sum()) for v in model.tensors.values())  # touch every page
-    assert pagecache.residency(path).fraction > 0.99  # and the data comes in as usual
+    assert cachestat.residency(path).fraction > 0.99  # and the data comes in as usual
 
 
 def test_copy_gives_the_copy_the_source_s_permissions_and_leaves_no_temp(tmp_path):
     src = tmp_path / "a.bin"
     src.write_bytes(os.urandom(1 << 16))
     os.chmod(src, 0o640)
-    pagecache.copy_file(src, tmp_path / "b.bin")
+    copying.copy_file(src, tmp_path / "b.bin")
     assert (tmp_path / "b.bin").read_bytes() == src.read_bytes()
     assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin"]
