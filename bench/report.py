@@ -130,7 +130,7 @@ def open_section(r: dict[str, Any], t: Targets) -> str:
                                                                   "≤ 1.25×", floor is not None and floor <= 1.25),
              "- private memory added by open + touch: " + t.check("(a) private memory added", priv, mib(priv),
                                                                   "< 8 MB", priv is not None and priv < 8e6), "",
-             f"### (b) The same tensors, 32,000-token SentencePiece-like vocabulary, ggjt and GGUF "
+             f"### (b) The same tensors, {s['n_vocab']:,}-token SentencePiece-like vocabulary, ggjt and GGUF "
              f"({s['v32000'] / 1e6:,.0f} MB, warm)\n",
              "The GGUF file is written by `gguf.GGUFWriter` with tokens, scores and token types; `ggmlfmt-gguf` is "
              "`ggmlfmt.load` on it.\n", _loader_table(b, "ggmlfmt", ("open_s", "total_s", "anon_added")), ""]
@@ -141,7 +141,7 @@ def open_section(r: dict[str, Any], t: Targets) -> str:
     g = ratio(o(b, "gguf.GGUFReader"), o(b, "ggmlfmt-gguf"))
     parts += ["- open, GGUFReader ÷ `ggmlfmt-gguf` (same GGUF file): " + t.check(
         "(b) GGUF open vs gguf.GGUFReader", g, x(g), "≥ 100×", g is not None and g >= 100), "",
-        f"### (c) A 7B-shaped index: 291 tensors, 32,000 tokens (small dims: {s['index_gguf'] / 1e6:,.1f} MB; the "
+        f"### (c) A 7B-shaped index: 291 tensors, {s['n_vocab']:,} tokens (small dims: {s['index_gguf'] / 1e6:,.1f} MB; the "
         "index is what is timed), open only\n", _loader_table(c, "ggmlfmt", ("open_s",)), "",
         "### (d) Cold cache: the (b) ggjt file evicted (`ggmlfmt evict`, checked with mincore) before every run\n",
         cold(r["cold"], s["v32000"])]
@@ -166,10 +166,10 @@ def cold(runs: dict[str, list[Any]], size: int) -> str:
 def load_section(r: dict[str, Any]) -> str:
     sizes = sorted(r.items(), key=lambda kv: kv[1]["size"])
     out = ["## Loading against file size: open + touch every page\n",
-           "The same 147 LLaMA-shaped tensors (16 layers, f16 matrices, 32,000 tokens) as ggjt, GGUF, safetensors "
+           "The same 147 LLaMA-shaped tensors (16 layers, f16 matrices, 32,000 tokens; fewer in --quick) as ggjt, GGUF, safetensors "
            "and a torch checkpoint, at each size; every loader, warm and cold (evicted before each run). Cell: "
            "median and its ratio to `ggmlfmt` at the same size.\n", "![load time](img/load_time.png)\n"]
-    for cache in ("warm", "cold"):
+    for cache in [c for c in ("warm", "cold") if c in sizes[0][1]]:
         rows = []
         for ld in next(iter(r.values()))[cache]:
             rows.append([f"`{ld}`"] + [f"{ms(med(d[cache][ld], 'total_s'))} "
@@ -179,7 +179,7 @@ def load_section(r: dict[str, Any]) -> str:
     rows = [[f"`{ld}`"] + [mib(med(d["warm"][ld], "anon_added")) for _, d in sizes] for ld in sizes[0][1]["warm"]]
     out += ["### Private memory added (RssAnon, warm)\n",
             table(["loader", *(f"{d['size'] / 1e9:.2f} GB" for _, d in sizes)], rows)]
-    return "\n".join(out) + "".join(errors(d[c]) for _, d in sizes for c in ("warm", "cold"))
+    return "\n".join(out) + "".join(errors(d[c]) for _, d in sizes for c in ("warm", "cold") if c in d)
 
 
 def options_table(r: dict[str, Any]) -> str:
@@ -242,12 +242,12 @@ def plots(results: dict[str, Any], img: Path) -> None:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
         sizes = sorted(results["load"].values(), key=lambda d: d["size"])
         for ax, c in zip(axes, ("warm", "cold")):
-            for ld in sizes[0][c]:
+            for ld in sizes[0].get(c, ()):
                 pts = [(d["size"] / 1e9, med(d[c][ld], "total_s")) for d in sizes]
                 ax.plot(*zip(*[p for p in pts if p[1] is not None] or [(0, 0)]), marker="o", label=ld)
             ax.set(xscale="log", yscale="log", xlabel="file size (GB)", title=f"{c} cache")
         axes[0].set_ylabel("open + touch (s, median)")
-        axes[1].legend(fontsize=7)
+        axes[0].legend(fontsize=7)
         fig.tight_layout(), fig.savefig(img / "load_time.png", dpi=110), plt.close(fig)
     bars = {"options": lambda r: {n: med(r["warm"][n], "total_s") for n in r["warm"]},
             "copy": lambda r: {f"{m} ({c})": med(r[c][m], "total_s") for c in ("cold", "warm") for m in r[c]},

@@ -54,11 +54,15 @@ class Plan:
     cold_reps: int
     group_ns: tuple[int, ...]
     copy_dim: int
+    n_vocab: int = 32000  # the "real" vocabulary of (b), (c), load, options, groups, copy
     warmup: bool = True  # one discarded round first
+    options: tuple[str, ...] = ()  # the load options measured (all when empty)
+    load_caches: tuple[str, ...] = ("warm", "cold")
 
 
 FULL = Plan(5, (5120, 40, 2, 32000), 1024, 64, (384, 1024, 2048), 11, (1, 2, 4, 8), 2048)
-QUICK = Plan(1, (256, 2, 1, 512), 128, 64, (128,), 2, (1, 2), 128, warmup=False)
+QUICK = Plan(1, (256, 2, 1, 512), 128, 64, (128,), 2, (2,), 128, load_caches=("warm",), n_vocab=1000, warmup=False,
+             options=("default", "prefault", "method=pread"))
 
 
 # ---------------------------------------------------------------- page cache, processes, rounds
@@ -202,7 +206,7 @@ def conversion(plan: Plan, work: Path) -> dict[str, Any]:
              "help": lambda: timed([PY, "-m", "convert.cli", "--help"]),
              "tiny": lambda: timed(convert(tiny, "ggjt"))}
     times = rounds(steps, plan, "conversion")
-    memory = {fmt: max(peak_private(convert(model, fmt)) for _ in range(3)) for fmt in ("ggjt", "gguf")}
+    memory = {fmt: max(peak_private(convert(model, fmt)) for _ in range(min(3, plan.reps))) for fmt in ("ggjt", "gguf")}
     out.unlink(missing_ok=True)
     return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(s) for s in shards],
             "shape": plan.slice}
@@ -221,7 +225,7 @@ def migration(plan: Plan, work: Path) -> dict[str, Any]:
     steps = {"cat + fsync": lambda: cat_into(parts, out, True), "ggjt": lambda: timed(migrate("ggjt")),
              "gguf": lambda: timed(migrate("gguf"))}
     times = rounds(steps, plan, "migration")
-    memory = {fmt: max(peak_private(migrate(fmt)) for _ in range(3)) for fmt in ("ggjt", "gguf")}
+    memory = {fmt: max(peak_private(migrate(fmt)) for _ in range(min(3, plan.reps))) for fmt in ("ggjt", "gguf")}
     out.unlink(missing_ok=True)
     return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(p) for p in parts]}
 
@@ -236,14 +240,14 @@ def _loaders(paths: dict[str, Path], loaders: tuple[str, ...], plan: Plan, what:
 def opening(plan: Plan, work: Path) -> dict[str, Any]:
     """Issue 12: the 147 tensors with 32 and 32,000 tokens, the 7B-shaped index, and cold opening."""
     small = files.write_set(work, plan.open_dim, 16, 32, ("ggjt", "safetensors"))
-    real = files.write_set(work, plan.open_dim, 16, 32000, ("ggjt", "gguf", "safetensors"))
-    index = files.write_set(work, plan.index_dim, 32, 32000, ("ggjt", "gguf", "safetensors"))
+    real = files.write_set(work, plan.open_dim, 16, plan.n_vocab, ("ggjt", "gguf", "safetensors"))
+    index = files.write_set(work, plan.index_dim, 32, plan.n_vocab, ("ggjt", "gguf", "safetensors"))
     four = ("ggmlfmt", "ggmlfmt-gguf", "safetensors.load_file", "gguf.GGUFReader")
     out = {"v32": _loaders(small, ("ggmlfmt", "safetensors.load_file", "memmap-floor"), plan, "open v32"),
            "v32000": _loaders(real, four, plan, "open v32000"),
            "index": _loaders(index, four, plan, "open 7B index", touch=False),
            "sizes": {"v32": files.size(small["ggjt"]), "v32000": files.size(real["ggjt"]),
-                     "index_gguf": files.size(index["gguf"])}}
+                     "index_gguf": files.size(index["gguf"]), "n_vocab": plan.n_vocab}}
     path = real["ggjt"]
 
     def cat_cold() -> dict[str, Any]:
@@ -269,19 +273,20 @@ def load_vs_size(plan: Plan, work: Path) -> dict[str, Any]:
     """Every loader, open + touch, at every size, warm and cold."""
     out: dict[str, Any] = {}
     for dim in plan.load_dims:
-        paths = files.write_set(work, dim, 16, 32000, ("ggjt", "gguf", "safetensors", "pt"))
+        paths = files.write_set(work, dim, 16, plan.n_vocab, ("ggjt", "gguf", "safetensors", "pt"))
         out[str(dim)] = {"size": files.size(paths["ggjt"]),
                          **{c: _loaders(paths, LOAD_LOADERS, plan, f"load d{dim} {c}", cache=c)
-                            for c in ("warm", "cold")}}
+                            for c in plan.load_caches}}
     return out
 
 
 def options(plan: Plan, work: Path) -> dict[str, Any]:
     """Every ggmlfmt.load option on the 147-tensor file, warm and cold."""
-    path = files.write_set(work, plan.open_dim, 16, 32000, ("ggjt",))["ggjt"]
+    path = files.write_set(work, plan.open_dim, 16, plan.n_vocab, ("ggjt",))["ggjt"]
     out: dict[str, Any] = {"size": files.size(path)}
     for c in ("warm", "cold"):
-        steps = {n: (lambda o=o: load_run("ggmlfmt", path, cache=c, opts=o)) for n, o in OPTIONS.items()}
+        steps = {n: (lambda o=o: load_run("ggmlfmt", path, cache=c, opts=o)) for n, o in OPTIONS.items()
+                 if n in (plan.options or OPTIONS)}
         out[c] = rounds(steps, plan, f"options {c}")
     return out
 
@@ -311,7 +316,7 @@ GROUP_LOADERS = ("ggmlfmt", "safetensors.load_file", "torch.load")
 
 def groups(plan: Plan, work: Path) -> dict[str, Any]:
     """N processes sharing one file: total private memory and PSS, per loader and N."""
-    paths = files.write_set(work, plan.open_dim, 16, 32000, ("ggjt", "safetensors", "pt"))
+    paths = files.write_set(work, plan.open_dim, 16, plan.n_vocab, ("ggjt", "safetensors", "pt"))
     steps = {f"{ld}|{n}": (lambda ld=ld, n=n: _group(ld, paths[child.FORMAT[ld]], n))
              for n in plan.group_ns for ld in GROUP_LOADERS}
     return {"size": files.size(paths["ggjt"]), "runs": rounds(steps, plan, "groups")}
@@ -328,7 +333,7 @@ COPIERS = {"ggmlfmt copy": lambda s, d: [*_ggmlfmt_cli(), "copy", s, d, "--force
 
 def copies(plan: Plan, work: Path) -> dict[str, Any]:
     """`ggmlfmt copy` vs cp (and cp + sha256sum), source cold and warm: time, what stays cached."""
-    src, dst = files.write_set(work, plan.copy_dim, 16, 32000, ("ggjt",))["ggjt"], work / "copy.bin"
+    src, dst = files.write_set(work, plan.copy_dim, 16, plan.n_vocab, ("ggjt",))["ggjt"], work / "copy.bin"
 
     def one(method: str, cache: str) -> dict[str, Any]:
         dst.unlink(missing_ok=True)
