@@ -7,8 +7,8 @@ measured table of docs/loading.md.
 
 Method, everywhere: the contestants of a figure run in alternating rounds (forward, then reversed), each
 measured run in a fresh process; every figure is the median, and every ratio is against a named
-alternative measured in the same rounds. Warm cache unless said. Test files live under --dir and are
-deleted at the end.
+alternative measured in the same rounds. Warm cache unless said. Test files (about 20 GB in the full run;
+sections share them) live under --dir and are deleted at the end.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import logging
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import child  # noqa: E402
 import files  # noqa: E402
 import report  # noqa: E402
+
+from ggmlfmt import pagecache  # noqa: E402 (evict: fadvise DONTNEED; residency: mincore)
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,30 +62,23 @@ class Plan:
 
 
 FULL = Plan(5, (5120, 40, 2, 32000), 1024, 64, (384, 1024, 2048), 11, (1, 2, 4, 8), 2048)
-QUICK = Plan(1, (256, 2, 1, 512), 128, 64, (128,), 2, (2,), 128, load_caches=("warm",), n_vocab=1000, warmup=False,
+QUICK = Plan(1, (256, 2, 1, 512), 128, 64, (128,), 1, (2,), 128, load_caches=("warm",), n_vocab=1000, warmup=False,
              options=("default", "prefault", "method=pread"))
 
 
 # ---------------------------------------------------------------- page cache, processes, rounds
 
 
-def _pagecache() -> Any:
-    from ggmlfmt import pagecache  # evict (fadvise DONTNEED) and residency (mincore)
-
-    return pagecache
-
-
 def evict(path: Path) -> float:
     """Drop the file's cached pages; the fraction still cached (checked with mincore)."""
-    pc = _pagecache()
-    pc.evict(path)
-    return pc.residency(path).fraction
+    pagecache.evict(path)
+    return pagecache.residency(path).fraction
 
 
 def warm(*paths: Path) -> None:
     """Read every file through once unless it is fully cached already."""
     for p in paths:
-        if _pagecache().residency(p).fraction < 0.999:
+        if pagecache.residency(p).fraction < 0.999:
             with open(p, "rb", buffering=0) as f:
                 while f.read(16 << 20):
                     pass
@@ -103,7 +97,7 @@ def load_run(loader: str, path: Path, *, cache: str = "warm", opts: dict[str, An
     if out.returncode or not out.stdout.strip():
         raise RuntimeError(f"{loader} {path.name}: exit {out.returncode}: {out.stderr.strip()[-300:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    r.update(cached_before=before, cached_after=_pagecache().residency(path).fraction, size=path.stat().st_size)
+    r.update(cached_before=before, cached_after=pagecache.residency(path).fraction, size=path.stat().st_size)
     return r
 
 
@@ -322,11 +316,8 @@ def groups(plan: Plan, work: Path) -> dict[str, Any]:
     return {"size": files.size(paths["ggjt"]), "runs": rounds(steps, plan, "groups")}
 
 
-def _ggmlfmt_cli() -> list[str]:
-    return [PY, "-c", "import sys; from ggmlfmt.cli import main; sys.exit(main())"]
-
-
-COPIERS = {"ggmlfmt copy": lambda s, d: [*_ggmlfmt_cli(), "copy", s, d, "--force", "--quiet"],
+GGMLFMT = [PY, "-c", "import sys; from ggmlfmt.cli import main; sys.exit(main())"]
+COPIERS = {"ggmlfmt copy": lambda s, d: [*GGMLFMT, "copy", s, d, "--force", "--quiet"],
            "cp": lambda s, d: ["cp", s, d],
            "cp + sha256sum": lambda s, d: ["sh", "-c", 'cp "$0" "$1" && sha256sum "$0" "$1" >/dev/null', s, d]}
 
@@ -339,9 +330,8 @@ def copies(plan: Plan, work: Path) -> dict[str, Any]:
         dst.unlink(missing_ok=True)
         before = evict(src) if cache == "cold" else (warm(src), 1.0)[1]
         t = timed(COPIERS[method](str(src), str(dst)))
-        pc = _pagecache()
-        r = {"total_s": t, "src_before": before, "src_after": pc.residency(src).fraction,
-             "dst_after": pc.residency(dst).fraction}
+        r = {"total_s": t, "src_before": before, "src_after": pagecache.residency(src).fraction,
+             "dst_after": pagecache.residency(dst).fraction}
         dst.unlink()
         return r
     return {"size": files.size(src), **{c: rounds({m: (lambda m=m, c=c: one(m, c)) for m in COPIERS}, plan,
@@ -376,6 +366,7 @@ def machine(directory: Path) -> dict[str, str]:
     return {"CPU": first("/proc/cpuinfo", "model name") + virt, "cores": str(os.cpu_count()),
             "memory": first("/proc/meminfo", "MemTotal"), "kernel": platform.release(),
             "filesystem": f"{fs} on {dev} at {mnt} (files in {directory})",
+            "transparent huge pages": Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip(),
             "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "Python": platform.python_version(), "libraries": ", ".join(versions)}
 
