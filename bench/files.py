@@ -23,6 +23,7 @@ from ggmlfmt.parts import split_axis
 from ggmlfmt.tokenizer import train_tokenizer
 
 N_MULT = 256
+ROWS = 32000  # embedding rows of the load files whatever their vocabulary: issue 12's files differ in the vocabulary only
 SUFFIX = {"ggjt": ".bin", "gguf": ".gguf", "safetensors": ".safetensors", "pt": ".pt"}
 
 
@@ -34,10 +35,10 @@ def _noise(seed: int) -> np.ndarray:
     return (np.random.default_rng(seed).integers(0, 1 << 16, 1 << 19, dtype=np.uint16) & 0x3BFF).view(np.float16)
 
 
-def tensors(dim: int, n_layer: int, n_vocab: int) -> dict[str, np.ndarray]:
+def tensors(dim: int, n_layer: int) -> dict[str, np.ndarray]:
     """name -> array in Meta key order: f16 matrices, f32 norms (ones); 3 + 9 * n_layer tensors."""
     noise, out = _noise(0), {}
-    for i, (name, shape) in enumerate(llama_shapes(params(dim, n_layer), n_vocab).items()):
+    for i, (name, shape) in enumerate(llama_shapes(params(dim, n_layer), ROWS).items()):
         out[name] = np.ones(shape, np.float32) if len(shape) == 1 else np.resize(np.roll(noise, i), shape)
     return out
 
@@ -63,7 +64,7 @@ def write_set(directory: Path, dim: int, n_layer: int, n_vocab: int, formats: tu
     todo = [f for f in formats if not paths[f].exists()]
     if not todo:
         return paths
-    arrays, (toks, scores, types) = tensors(dim, n_layer, n_vocab), vocab(n_vocab)
+    arrays, (toks, scores, types) = tensors(dim, n_layer), vocab(n_vocab)
     p = params(dim, n_layer)
     for fmt in todo:
         if fmt == "ggjt":
