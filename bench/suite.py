@@ -1,11 +1,14 @@
-"""Run every benchmark and rewrite docs/benchmarks.md and docs/img/*.png.
+"""The benchmark suite: measures everything docs/benchmarks.md states and rewrites it, its plots and the
+measured table of docs/loading.md.
 
-    python bench/suite.py            # the full suite (~20 minutes on 2 cores), rewrites docs/
-    python bench/suite.py --quick    # a small smoke run; writes into a temporary directory unless --out
+    python bench/suite.py                   # the full suite (about 45 minutes on 2 quiet cores), rewrites docs/
+    python bench/suite.py --quick           # a small smoke run, written to a temporary directory unless --out
+    python bench/suite.py --only open       # one section (conversion, migration, open, load, options, groups, copy)
 
-Test files (LLaMA-shaped, 0.1 to 1.9 GB, in four formats) live in a temporary directory under --dir
-and are deleted at the end. Then bench/bench_load.py, bench_convert.py and bench_migrate.py run
-(each tolerated if missing or failing) and their docs/bench_*.md sections are spliced in.
+Method, everywhere: the contestants of a figure run in alternating rounds (forward, then reversed), each
+measured run in a fresh process; every figure is the median, and every ratio is against a named
+alternative measured in the same rounds. Warm cache unless said. Test files (about 20 GB in the full run;
+sections share them) live under --dir and are deleted at the end.
 """
 
 from __future__ import annotations
@@ -14,138 +17,388 @@ import argparse
 import datetime
 import json
 import logging
+import os
+import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench/_*.py helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import child  # noqa: E402
+import files  # noqa: E402
+import report  # noqa: E402
 
-import _experiments as ex  # noqa: E402
-import _files  # noqa: E402
-import _machine  # noqa: E402
-import _others  # noqa: E402
-import _plots  # noqa: E402
-import _report  # noqa: E402
+from ggmlfmt import cachestat  # noqa: E402 (evict: fadvise DONTNEED; residency: mincore)
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+SECTIONS = ("conversion", "migration", "open", "load", "options", "groups", "copy")
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What one run of the suite measures."""
+    """What one run measures: sizes and rounds."""
 
-    dims: tuple[int, ...]  # model widths; 16 layers each: 384 -> 0.11 GB, 1024 -> 0.54 GB, 2048 -> 1.9 GB
-    reps: int  # alternating rounds per figure
-    group_ns: tuple[int, ...]  # process counts for the shared-memory experiment
-    options_dim: int  # the size the load options and N processes are measured on
+    reps: int  # alternating rounds per figure (the median of these is reported)
+    slice: tuple[int, int, int, int]  # conversion/migration slice: dim, heads, layers, vocabulary
+    open_dim: int  # 147-tensor files (16 layers): 1024 -> 542 MB
+    index_dim: int  # the 7B-shaped index (32 layers, 291 tensors) is small-dimensioned: the index is timed
+    load_dims: tuple[int, ...]  # load vs size (16 layers, 32,000 tokens): 384 -> 0.11 GB, 2048 -> 1.9 GB
+    cold_reps: int
+    group_ns: tuple[int, ...]
     copy_dim: int
-    n_layer: int = 16  # 16 layers: 147 tensors, like issue 2's benchmark
+    n_vocab: int = 32000  # the "real" vocabulary of (b), (c), load, options, groups, copy
+    warmup: bool = True  # one discarded round first
+    options: tuple[str, ...] = ()  # the load options measured (all when empty)
+    load_caches: tuple[str, ...] = ("warm", "cold")
 
 
-FULL = Plan(dims=(384, 1024, 2048), reps=5, group_ns=(1, 2, 4, 8), options_dim=1024, copy_dim=2048)
-QUICK = Plan(dims=(128, 256), reps=3, group_ns=(1, 2), options_dim=256, copy_dim=256)
+FULL = Plan(5, (5120, 40, 2, 32000), 1024, 64, (384, 1024, 2048), 11, (1, 2, 4, 8), 2048)
+QUICK = Plan(1, (256, 2, 1, 512), 128, 64, (128,), 1, (2,), 128, load_caches=("warm",), n_vocab=1000, warmup=False,
+             options=("default", "prefault", "method=pread"))
 
 
-def _check_space(directory: Path, plan: Plan) -> None:
-    """Raises: OSError when the test files (four formats of every size, plus a copy) would not fit."""
-    need = int(1.1 * (len(_files.FORMATS) * sum(_files.model_bytes(d, plan.n_layer) for d in plan.dims)
-                      + _files.model_bytes(plan.copy_dim, plan.n_layer)))
-    free = ex.free_bytes(directory)
-    if free < need:
-        raise OSError(f"{directory}: the benchmark files need {need / 1e9:.1f} GB, {free / 1e9:.1f} GB are free; "
-                      "pass --dir on a larger filesystem")
+# ---------------------------------------------------------------- page cache, processes, rounds
 
 
-def _write_sets(workdir: Path, plan: Plan) -> dict[int, dict[str, Path]]:
-    return {d: _files.write_set(workdir, d, plan.n_layer) for d in plan.dims}
+def evict(path: Path) -> float:
+    """Drop the file's cached pages; the fraction still cached (checked with mincore)."""
+    cachestat.evict(path)
+    return cachestat.residency(path).fraction
 
 
-def measure_all(plan: Plan, workdir: Path, durations: dict[str, float]) -> dict[str, Any]:
-    """Write the test files, run every experiment of this suite, return the raw runs."""
-    _check_space(workdir, plan)
-    sets = ex.timed("write test files", durations, _write_sets, workdir, plan)
-    mid, big = sets[plan.options_dim], sets[plan.copy_dim]
-    return {
-        "load": ex.timed("load vs size", durations, ex.load_vs_size, sets, plan.reps),
-        "options": ex.timed("load options", durations, ex.options, mid["ggjt"], plan.reps),
-        "groups": ex.timed("N processes", durations, ex.groups, mid, plan.group_ns, plan.reps),
-        "copy": ex.timed("copy vs cp", durations, ex.copies, big["ggjt"], workdir, plan.reps),
-        "sizes": {"options": mid["ggjt"].stat().st_size, "copy": big["ggjt"].stat().st_size},
-    }
+def warm(*paths: Path) -> None:
+    """Read every file through once unless it is fully cached already."""
+    for p in paths:
+        if cachestat.residency(p).fraction < 0.999:
+            with open(p, "rb", buffering=0) as f:
+                while f.read(16 << 20):
+                    pass
 
 
-def run_others(quick: bool, durations: dict[str, float]) -> list[dict[str, Any]]:
-    timeout = 300 if quick else 1200
-    return [ex.timed(f"bench/{name}.py", durations, _others.run, name, quick=quick, timeout=timeout)
-            for name in _others.OTHERS]
+def load_run(loader: str, path: Path, *, cache: str = "warm", opts: dict[str, Any] | None = None,
+             touch: bool = True) -> dict[str, Any]:
+    """One load in a fresh process (bench/child.py), the file brought to `cache` state first.
+
+    Raises:
+        RuntimeError: the child failed.
+    """
+    before = evict(path) if cache == "cold" else (warm(path), 1.0)[1]
+    cmd = [PY, str(Path(child.__file__)), loader, str(path), "--options", json.dumps(opts or {})]
+    out = subprocess.run(cmd + ([] if touch else ["--no-touch"]), capture_output=True, text=True, cwd=ROOT)
+    if out.returncode or not out.stdout.strip():
+        raise RuntimeError(f"{loader} {path.name}: exit {out.returncode}: {out.stderr.strip()[-300:]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r.update(cached_before=before, cached_after=cachestat.residency(path).fraction, size=path.stat().st_size)
+    return r
 
 
-def write_docs(out: Path, results: dict[str, Any], others: list[dict[str, Any]], meta: dict[str, Any]) -> Path:
-    """docs/benchmarks.md, the plots, and the raw runs (img/suite-results.json); returns the markdown's path."""
-    img = out / "img"
-    img.mkdir(parents=True, exist_ok=True)
-    _plots.load_time(results["load"], img)
-    _plots.load_memory(results["load"], img)
-    _plots.options(results["options"], img)
-    _plots.nprocs(results["groups"], img)
-    _plots.copy(results["copy"], img)
-    sections = [
-        _report.header(meta["machine"], meta),
-        _report.load_section(results["load"]),
-        _report.options_section(results["options"], results["sizes"]["options"]),
-        _report.groups_section(results["groups"], results["sizes"]["options"]),
-        _report.copy_section(results["copy"], results["sizes"]["copy"]),
-        *(_others.section(o, ROOT / "docs") for o in others),
-        _report.durations_section(meta["durations"]),
-    ]
-    path = out / "benchmarks.md"
-    path.write_text("\n\n".join(s.strip() for s in sections) + "\n")
-    _splice_loading(out / "loading.md", results, meta)
-    (img / "suite-results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    return path
+def timed(cmd: list[str], stdout: Any = subprocess.DEVNULL) -> float:
+    """Wall time of one command in a fresh process, after an untimed os.sync() (no earlier write-back leaks in).
+
+    Raises:
+        RuntimeError: the command failed.
+    """
+    os.sync()
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    if out.returncode:
+        raise RuntimeError(f"{shlex.join(cmd[:4])}: exit {out.returncode}: {out.stderr.strip()[-300:]}")
+    return time.perf_counter() - t0
 
 
-def _splice_loading(path: Path, results: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Refresh the measured table in docs/loading.md (between its markers), if it is in this docs directory."""
-    if not path.exists():
-        return
-    table = "\n\n".join([f"Measured by `{meta['command']}` on {meta['date']} (machine and method: "
-                          "[benchmarks.md](benchmarks.md)). " + _report.options_intro(results["sizes"]["options"]),
-                          _report.options_table(results["options"])])
-    path.write_text(_report.splice(path.read_text(), "options", table))
+def cat_into(paths: list[Path], out: Path, fsync: bool) -> float:
+    """`cat paths > out` (then fsync(out)): the floor a durable converter is compared with."""
+    os.sync()
+    t0 = time.perf_counter()
+    with open(out, "wb") as f:
+        subprocess.run(["cat", *map(str, paths)], stdout=f, check=True)
+        if fsync:
+            os.fsync(f.fileno())
+    elapsed = time.perf_counter() - t0
+    out.unlink()
+    return elapsed
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small files, few rounds: checks the machinery")
-    p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
-                   help="where the test files go (its filesystem is the one measured; default %(default)s)")
-    p.add_argument("--out", type=Path, help="docs directory to write (default: docs/, or a temp dir with --quick)")
-    p.add_argument("--skip-others", action="store_true", help="do not run bench/bench_*.py")
-    return p
+def _tree(pid: int) -> list[int]:
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid] + [q for k in kids for q in _tree(int(k))]
+
+
+def peak_private(cmd: list[str]) -> int:
+    """Peak RssAnon (bytes) of the command's process tree, sampled from /proc every millisecond.
+
+    Raises:
+        RuntimeError: the command failed.
+    """
+    proc, peak = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), 0
+    while proc.poll() is None:
+        peak = max(peak, sum(child.status_kib(p, "RssAnon") for p in _tree(proc.pid)))
+        time.sleep(0.001)
+    if proc.returncode:
+        raise RuntimeError(f"{shlex.join(cmd[:4])}: exit {proc.returncode}: {proc.stderr.read()[-300:]!r}")
+    return peak * 1024
+
+
+def bare_numpy() -> int:
+    """RssAnon (bytes) of a bare `python -c "import numpy"`, read by itself just after the import."""
+    code = "import numpy, sys; sys.path.insert(0, 'bench'); import child; print(child.status_kib('self', 'RssAnon'))"
+    return int(subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout) * 1024
+
+
+def rounds(steps: dict[str, Callable[[], Any]], plan: Plan, what: str) -> dict[str, list[Any]]:
+    """Run every step once per round, in alternating order (forward, reversed); name -> results.
+
+    A step that fails is recorded as {"error": ...} and dropped from later rounds.
+    """
+    runs: dict[str, list[Any]] = {name: [] for name in steps}
+    for rep in range(-1 if plan.warmup else 0, plan.reps):
+        order = list(steps) if rep % 2 == 0 else list(steps)[::-1]
+        for name in order:
+            if runs[name] and isinstance(runs[name][-1], dict) and "error" in runs[name][-1]:
+                continue
+            try:
+                value = steps[name]()
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                log.warning("%s: %s failed: %s", what, name, e)
+                runs[name].append({"error": str(e)})
+                continue
+            if rep >= 0:
+                runs[name].append(value)
+        log.info("%s: round %d/%d done", what, rep + 1, plan.reps)
+    return runs
+
+
+# ---------------------------------------------------------------- sections
+
+
+def conversion(plan: Plan, work: Path) -> dict[str, Any]:
+    """convert-model on the 13B-shaped slice to ggjt and GGUF vs cat (+ fsync); memory; start-up."""
+    from convert.demo import build_checkpoint
+
+    dim, heads, layers, n_vocab = plan.slice
+    model = files.checkpoint(work / "ckpt", dim, heads, layers, n_vocab, 2)
+    shards, tiny = sorted(model.glob("consolidated.*.pth")), build_checkpoint(work / "tiny")
+    warm(*shards)
+    out = work / "out"
+
+    def convert(src: Path, fmt: str) -> list[str]:
+        return [PY, "-m", "convert.cli", str(src), "--outfile", str(out), "--format", fmt, "--force", "--quiet"]
+    steps = {"cat": lambda: cat_into(shards, out, False), "cat + fsync": lambda: cat_into(shards, out, True),
+             "ggjt": lambda: timed(convert(model, "ggjt")), "gguf": lambda: timed(convert(model, "gguf")),
+             "help": lambda: timed([PY, "-m", "convert.cli", "--help"]),
+             "tiny": lambda: timed(convert(tiny, "ggjt"))}
+    times = rounds(steps, plan, "conversion")
+    memory = {fmt: max(peak_private(convert(model, fmt)) for _ in range(min(3, plan.reps))) for fmt in ("ggjt", "gguf")}
+    out.unlink(missing_ok=True)
+    return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(s) for s in shards],
+            "shape": plan.slice}
+
+
+def migration(plan: Plan, work: Path) -> dict[str, Any]:
+    """migrate-old-weights of the same slice as 2-part ggmf f16, to ggjt and to GGUF, vs cat + fsync; memory."""
+    dim, heads, layers, n_vocab = plan.slice
+    (work / "ggmf").mkdir(exist_ok=True)
+    parts = files.ggmf_parts(work / "ggmf" / "model-f16.bin", dim, heads, layers, n_vocab, 2)
+    warm(*parts)
+    out = work / "out"
+
+    def migrate(fmt: str) -> list[str]:
+        return [PY, "-m", "migrate", str(parts[0]), str(out), "--format", fmt, "--force", "--quiet"]
+    steps = {"cat + fsync": lambda: cat_into(parts, out, True), "ggjt": lambda: timed(migrate("ggjt")),
+             "gguf": lambda: timed(migrate("gguf"))}
+    times = rounds(steps, plan, "migration")
+    memory = {fmt: max(peak_private(migrate(fmt)) for _ in range(min(3, plan.reps))) for fmt in ("ggjt", "gguf")}
+    out.unlink(missing_ok=True)
+    return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(p) for p in parts]}
+
+
+def _loaders(paths: dict[str, Path], loaders: tuple[str, ...], plan: Plan, what: str,
+             **kw: Any) -> dict[str, list[Any]]:
+    warm(*paths.values())
+    steps = {ld: (lambda ld=ld: load_run(ld, paths[child.FORMAT[ld]], **kw)) for ld in loaders}
+    return rounds(steps, plan, what)
+
+
+def opening(plan: Plan, work: Path) -> dict[str, Any]:
+    """Issue 12: the 147 tensors with 32 and 32,000 tokens, the 7B-shaped index, and cold opening."""
+    small = files.write_set(work, plan.open_dim, 16, 32, ("ggjt", "safetensors"))
+    real = files.write_set(work, plan.open_dim, 16, plan.n_vocab, ("ggjt", "gguf", "safetensors"))
+    index = files.write_set(work, plan.index_dim, 32, plan.n_vocab, ("ggjt", "gguf", "safetensors"))
+    four = ("ggmlfmt", "ggmlfmt-gguf", "safetensors.load_file", "gguf.GGUFReader")
+    out = {"v32": _loaders(small, ("ggmlfmt", "safetensors.load_file", "memmap-floor"), plan, "open v32"),
+           "v32000": _loaders(real, four, plan, "open v32000"),
+           "index": _loaders(index, four, plan, "open 7B index", touch=False),
+           "sizes": {"v32": files.size(small["ggjt"]), "v32000": files.size(real["ggjt"]),
+                     "index_gguf": files.size(index["gguf"]), "n_vocab": plan.n_vocab}}
+    path = real["ggjt"]
+
+    def cat_cold() -> dict[str, Any]:
+        left = evict(path)
+        return {"total_s": timed(["cat", str(path)]), "cached_before": left}
+    cold = replace(plan, reps=plan.cold_reps)
+    out["cold"] = rounds({"open": lambda: load_run("ggmlfmt", path, cache="cold", touch=False),
+                          "open + touch": lambda: load_run("ggmlfmt", path, cache="cold"),
+                          "cat > /dev/null": cat_cold}, cold, "cold open")
+    return out
+
+
+LOAD_LOADERS = tuple(child.LOADERS)
+OPTIONS: dict[str, dict[str, Any]] = {
+    "default": {}, "prefault": {"prefault": True}, "advice=sequential": {"advice": "sequential"},
+    "advice=random": {"advice": "random"}, "advice=willneed": {"advice": "willneed"},
+    "hugepages": {"hugepages": True}, "lock": {"lock": True}, "method=pread": {"method": "pread"},
+    "method=pread, threads=1": {"method": "pread", "threads": 1},
+    "method=pread, hugepages": {"method": "pread", "hugepages": True}}
+
+
+def load_vs_size(plan: Plan, work: Path) -> dict[str, Any]:
+    """Every loader, open + touch, at every size, warm and cold."""
+    out: dict[str, Any] = {}
+    for dim in plan.load_dims:
+        paths = files.write_set(work, dim, 16, plan.n_vocab, ("ggjt", "gguf", "safetensors", "pt"))
+        out[str(dim)] = {"size": files.size(paths["ggjt"]),
+                         **{c: _loaders(paths, LOAD_LOADERS, plan, f"load d{dim} {c}", cache=c)
+                            for c in plan.load_caches}}
+    return out
+
+
+def options(plan: Plan, work: Path) -> dict[str, Any]:
+    """Every ggmlfmt.load option on the 147-tensor file, warm and cold."""
+    path = files.write_set(work, plan.open_dim, 16, plan.n_vocab, ("ggjt",))["ggjt"]
+    out: dict[str, Any] = {"size": files.size(path)}
+    for c in ("warm", "cold"):
+        steps = {n: (lambda o=o: load_run("ggmlfmt", path, cache=c, opts=o)) for n, o in OPTIONS.items()
+                 if n in (plan.options or OPTIONS)}
+        out[c] = rounds(steps, plan, f"options {c}")
+    return out
+
+
+def _group(loader: str, path: Path, n: int) -> dict[str, Any]:
+    """N processes load + touch one file at once and hold it; private memory summed while all hold.
+
+    Raises:
+        RuntimeError: a child failed.
+    """
+    warm(path)
+    cmd = [PY, str(Path(child.__file__)), loader, str(path), "--hold"]
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    try:
+        lines = [p.stdout.readline() for p in procs]  # type: ignore[union-attr]
+        pss = sum(child.status_kib(p.pid, "Pss") for p in procs) * 1024
+    finally:
+        errs = [p.communicate("\n", timeout=600)[1] for p in procs]
+    if not all(line.strip() for line in lines):
+        raise RuntimeError(f"{loader}: a child failed: {' | '.join(e.strip()[-200:] for e in errs)}")
+    return {"anon_added": sum(json.loads(line)["anon_added"] for line in lines), "pss": pss}
+
+
+GROUP_LOADERS = ("ggmlfmt", "safetensors.load_file", "torch.load")
+
+
+def groups(plan: Plan, work: Path) -> dict[str, Any]:
+    """N processes sharing one file: total private memory and PSS, per loader and N."""
+    paths = files.write_set(work, plan.open_dim, 16, plan.n_vocab, ("ggjt", "safetensors", "pt"))
+    steps = {f"{ld}|{n}": (lambda ld=ld, n=n: _group(ld, paths[child.FORMAT[ld]], n))
+             for n in plan.group_ns for ld in GROUP_LOADERS}
+    return {"size": files.size(paths["ggjt"]), "runs": rounds(steps, plan, "groups")}
+
+
+GGMLFMT = [PY, "-c", "import sys; from ggmlfmt.cli import main; sys.exit(main())"]
+COPIERS = {"ggmlfmt copy": lambda s, d: [*GGMLFMT, "copy", s, d, "--force", "--quiet"],
+           "cp": lambda s, d: ["cp", s, d],
+           "cp + sha256sum": lambda s, d: ["sh", "-c", 'cp "$0" "$1" && sha256sum "$0" "$1" >/dev/null', s, d]}
+
+
+def copies(plan: Plan, work: Path) -> dict[str, Any]:
+    """`ggmlfmt copy` vs cp (and cp + sha256sum), source cold and warm: time, what stays cached."""
+    src, dst = files.write_set(work, plan.copy_dim, 16, plan.n_vocab, ("ggjt",))["ggjt"], work / "copy.bin"
+
+    def one(method: str, cache: str) -> dict[str, Any]:
+        dst.unlink(missing_ok=True)
+        before = evict(src) if cache == "cold" else (warm(src), 1.0)[1]
+        t = timed(COPIERS[method](str(src), str(dst)))
+        r = {"total_s": t, "src_before": before, "src_after": cachestat.residency(src).fraction,
+             "dst_after": cachestat.residency(dst).fraction}
+        dst.unlink()
+        return r
+    return {"size": files.size(src), **{c: rounds({m: (lambda m=m, c=c: one(m, c)) for m in COPIERS}, plan,
+                                                  f"copy {c}") for c in ("cold", "warm")}}
+
+
+MEASURE = {"conversion": conversion, "migration": migration, "open": opening, "load": load_vs_size,
+           "options": options, "groups": groups, "copy": copies}
+
+
+# ---------------------------------------------------------------- the run
+
+
+def machine(directory: Path) -> dict[str, str]:
+    """Name -> value lines: what the numbers were measured on."""
+    def first(path: str, key: str) -> str:
+        try:
+            return next((ln.split(":", 1)[1].strip() for ln in open(path) if ln.startswith(key)), "?")
+        except OSError:
+            return "?"
+    mounts = [ln.split() for ln in open("/proc/mounts")]
+    real = os.path.realpath(directory)
+    dev, mnt, fs = max(((m[0], m[1], m[2]) for m in mounts if real == m[1] or real.startswith(m[1].rstrip("/") + "/")),
+                       key=lambda m: len(m[1]), default=("?", "/", "?"))
+    versions = []
+    for d in ("numpy", "torch", "safetensors", "gguf"):
+        try:
+            versions.append(f"{d} {metadata.version(d)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{d} not installed")
+    virt = " (virtual machine)" if "hypervisor" in first("/proc/cpuinfo", "flags") else ""
+    return {"CPU": first("/proc/cpuinfo", "model name") + virt, "cores": str(os.cpu_count()),
+            "memory": first("/proc/meminfo", "MemTotal"), "kernel": platform.release(),
+            "filesystem": f"{fs} on {dev} at {mnt} (files in {directory})",
+            "transparent huge pages": Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip(),
+            "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "Python": platform.python_version(), "libraries": ", ".join(versions)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny files, one round: checks the machinery, not speed")
+    p.add_argument("--only", choices=SECTIONS, action="append", help="run this section (repeatable)")
+    p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
+                   help="where the test files go; its filesystem is the one measured (default %(default)s)")
+    p.add_argument("--out", type=Path, help="docs directory to write (default docs/, or a temporary one with --quick)")
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s", stream=sys.stderr)
-    plan, start = QUICK if args.quick else FULL, time.time()
-    durations: dict[str, float] = {}
-    out = args.out or (Path(tempfile.mkdtemp(prefix="ggmlfmt-bench-docs-")) if args.quick else ROOT / "docs")
-    machine = _machine.describe(args.dir)
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # GGUFWriter's per-file chatter
+    plan, start = (QUICK if args.quick else FULL), time.time()
+    out = args.out or (Path(tempfile.mkdtemp(prefix="ggmlfmt-bench-")) if args.quick else ROOT / "docs")
+    meta = {"command": shlex.join(["python", "bench/suite.py", *(sys.argv[1:] if argv is None else argv)]),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "quick": args.quick, "plan": asdict(plan), "machine": machine(args.dir), "durations": {}}
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="ggmlfmt-bench-") as work:
-        results = measure_all(plan, Path(work), durations)
-    others = [] if args.skip_others else run_others(args.quick, durations)
-    durations["total"] = time.time() - start
-    meta = {"command": shlex.join(["python", "bench/suite.py", *(argv if argv is not None else sys.argv[1:])]),
-            "date": datetime.datetime.now().isoformat(timespec="minutes"), "quick": args.quick,
-            "duration_min": durations["total"] / 60, "machine": machine, "durations": durations, "plan": vars(plan)}
-    path = write_docs(out, results, others, meta)
-    print(f"wrote {path} and {out / 'img'} in {durations['total'] / 60:.1f} minutes")
+        for name in args.only or SECTIONS:
+            t0 = time.time()
+            try:
+                results[name] = MEASURE[name](plan, Path(work))
+            except Exception as e:  # noqa: BLE001 (one broken section must not lose the others; the doc says why)
+                log.exception("section %s failed", name)
+                results[name] = {"failed": f"{type(e).__name__}: {e}"}
+            meta["durations"][name] = time.time() - t0
+    meta["durations"]["total"] = time.time() - start
+    path = report.write(out, results, meta)
+    print(f"wrote {path} in {meta['durations']['total'] / 60:.1f} minutes")
     return 0
 
 

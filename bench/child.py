@@ -1,0 +1,122 @@
+"""One load in a fresh process: open FILE with LOADER, optionally touch every page, print one JSON line.
+
+Run by bench/suite.py (`python bench/child.py ggmlfmt model.bin` works by hand too). The loader's imports
+happen before the clock starts: we time opening and touching, not importing torch. With --hold it then
+waits for a line on stdin, so a parent can keep N loaded processes alive at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import resource
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+PAGE = mmap.PAGESIZE
+Loaded = tuple[Any, list[Any]]  # (what keeps the data alive, the arrays or torch tensors)
+
+
+def _ggmlfmt(path: str, opts: dict[str, Any]) -> Loaded:
+    import ggmlfmt
+
+    model = ggmlfmt.load(path, **opts)
+    return model, [model.tensors[n] for n in model.tensors]  # every view made: "open" is complete
+
+
+def _floor(path: str, opts: dict[str, Any]) -> Loaded:
+    data = np.memmap(path, dtype=np.uint8, mode="r")  # one bare map of the whole file: the least a loader does
+    return data, [data]
+
+
+def _safetensors(path: str, opts: dict[str, Any]) -> Loaded:
+    from safetensors.torch import load_file
+
+    t = load_file(path)
+    return t, list(t.values())
+
+
+def _gguf_reader(path: str, opts: dict[str, Any]) -> Loaded:
+    from gguf import GGUFReader
+
+    r = GGUFReader(path)
+    return r, [t.data for t in r.tensors]
+
+
+def _torch(mmap_: bool) -> Callable[[str, dict[str, Any]], Loaded]:
+    def load(path: str, opts: dict[str, Any]) -> Loaded:
+        import torch
+
+        t = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap_)
+        return t, list(t.values())
+    return load
+
+
+LOADERS = {"ggmlfmt": _ggmlfmt, "ggmlfmt-gguf": _ggmlfmt, "memmap-floor": _floor,
+           "safetensors.load_file": _safetensors, "gguf.GGUFReader": _gguf_reader,
+           "torch.load-mmap": _torch(True), "torch.load": _torch(False)}
+FORMAT = {"ggmlfmt": "ggjt", "ggmlfmt-gguf": "gguf", "memmap-floor": "ggjt", "safetensors.load_file": "safetensors",
+          "gguf.GGUFReader": "gguf", "torch.load-mmap": "pt", "torch.load": "pt"}  # the file each loader reads
+NEEDS = {"ggmlfmt": "ggmlfmt", "ggmlfmt-gguf": "ggmlfmt", "safetensors.load_file": "safetensors.torch", "gguf.GGUFReader": "gguf", "torch.load-mmap": "torch",
+         "torch.load": "torch"}
+
+
+def touch(arrays: list[Any]) -> int:
+    """Read one byte of every page (and the last byte) of every array; a checksum."""
+    total = 0
+    for a in arrays:
+        b = (a if isinstance(a, np.ndarray) else a.numpy()).reshape(-1).view(np.uint8)
+        if b.size:
+            total += int(b[::PAGE].sum()) + int(b[-1])
+    return total
+
+
+def status_kib(pid: int | str, field: str) -> int:
+    """A field of /proc/PID/status (or smaps_rollup for Pss) in KiB; 0 when gone."""
+    name = "smaps_rollup" if field == "Pss" else "status"
+    try:
+        with open(f"/proc/{pid}/{name}") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith(field + ":")), 0)
+    except OSError:
+        return 0
+
+
+def measure(loader: str, path: str, opts: dict[str, Any], do_touch: bool) -> tuple[dict[str, Any], Any]:
+    """Open (and touch); times, private memory added, faults; and the loaded data, kept alive by the caller."""
+    if loader in NEEDS:
+        __import__(NEEDS[loader])
+    anon0, ru0 = status_kib("self", "RssAnon"), resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    keep, arrays = LOADERS[loader](path, opts)
+    t1 = time.perf_counter()
+    checksum = touch(arrays) if do_touch else 0
+    t2 = time.perf_counter()
+    ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {"loader": loader, "open_s": t1 - t0, "touch_s": t2 - t1, "total_s": t2 - t0, "n": len(arrays),
+            "checksum": checksum, "anon_added": (status_kib("self", "RssAnon") - anon0) * 1024,
+            "major_faults": ru1.ru_majflt - ru0.ru_majflt}, (keep, arrays)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("loader", choices=sorted(LOADERS))
+    p.add_argument("path")
+    p.add_argument("--options", default="{}", help="JSON keyword arguments for ggmlfmt.load")
+    p.add_argument("--no-touch", action="store_true", help="open only")
+    p.add_argument("--hold", action="store_true", help="after reporting, wait for a line on stdin")
+    a = p.parse_args()
+    report, loaded = measure(a.loader, a.path, json.loads(a.options), not a.no_touch)
+    print(json.dumps(report), flush=True)
+    if a.hold:
+        sys.stdin.readline()
+    del loaded
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""docs/benchmarks.md, its plots (docs/img/*.png), the spliced table of docs/loading.md, from one run's results.
+
+Every section renders whatever was measured; a missed target is stated with its number, a failed
+measurement with its error.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+MiB = 1 << 20
+
+
+def med(values: list[Any], key: str | None = None) -> float | None:
+    ok = [v if key is None else v[key] for v in values if not (isinstance(v, dict) and "error" in v)]
+    return statistics.median(ok) if ok else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def ms(s: float | None) -> str:
+    return "–" if s is None else (f"{s * 1e3:,.0f} ms" if s >= 0.1 else f"{s * 1e3:,.2f} ms")
+
+
+def mib(b: float | None) -> str:
+    return "–" if b is None else f"{b / MiB:,.1f} MiB"
+
+
+def x(r: float | None) -> str:
+    return "–" if r is None else (f"{r:,.2f}×" if r < 10 else f"{r:,.0f}×")
+
+
+def pct(f: float | None) -> str:
+    return "–" if f is None else f"{100 * f:.1f}%"
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def errors(runs: dict[str, list[Any]]) -> str:
+    bad = [f"- `{k}` failed: {v['error']}" for k, vs in runs.items() for v in vs if isinstance(v, dict) and "error" in v]
+    return "\n\nFailed runs (left out of the medians):\n\n" + "\n".join(bad) if bad else ""
+
+
+class Targets:
+    """The target rows of one run: what, measured, goal, met or missed."""
+
+    def __init__(self) -> None:
+        self.rows: list[list[str]] = []
+
+    def check(self, what: str, value: float | None, shown: str, goal: str, met: bool | None) -> str:
+        verdict = "not measured" if value is None else ("met" if met else "**missed**")
+        self.rows.append([what, shown, goal, verdict])
+        return f"{shown} (target {goal}: {verdict})"
+
+
+def conversion(r: dict[str, Any], t: Targets, migrate: bool = False) -> str:
+    m, floor = {k: med(v) for k, v in r["times"].items()}, med(r["times"]["cat + fsync"])
+    cmd, goal = ("migrate-old-weights", 1.15) if migrate else ("convert-model", 1.25)
+    rows = [[f"`{k}`" if k.startswith("cat") else f"`{cmd}` → {k} f16", ms(v), x(ratio(v, floor))]
+            for k, v in m.items() if k in ("cat", "cat + fsync", "ggjt", "gguf")]
+    lines = [table(["what", "median wall time", "× cat + fsync"], rows), ""]
+    for fmt in ("ggjt", "gguf"):
+        rt = ratio(m.get(fmt), floor)
+        lines.append(f"- {cmd} → {fmt}: " + t.check(f"{cmd} → {fmt} f16, × cat + fsync", rt, x(rt), f"≤ {goal}×",
+                                                    rt is not None and rt <= goal))
+        extra = r["memory"][fmt] - r["numpy"]
+        lines.append(f"- peak private memory of {cmd} → {fmt}: {mib(r['memory'][fmt])}, bare numpy "
+                     f"{mib(r['numpy'])}: " + t.check(f"{cmd} → {fmt}, private memory above numpy", extra,
+                                                      f"{extra / 1e6:+,.1f} MB", "≤ +64 MB", extra <= 64e6))
+    if not migrate:
+        lines.append(f"- start-up: `convert-model --help` {ms(m['help'])}; converting the tiny demo checkpoint "
+                     f"(`convert.demo.build_checkpoint`) to ggjt {ms(m['tiny'])}.")
+    return "\n".join(lines) + errors(r["times"])
+
+
+def conversion_section(r: dict[str, Any], t: Targets) -> str:
+    dim, heads, layers, vocab = r["shape"]
+    return (f"## Conversion: `convert-model` on a 13B-shaped slice\n\nA Meta checkpoint (LLaMA-13B widths in the full run: "
+            f"dim {dim}, {heads} heads, {layers} layer(s), vocabulary {vocab}) in 2 f16 shards of "
+            f"{', '.join(mib(b) for b in r['input'])}, with a `tokenizer.model` trained by "
+            "`ggmlfmt.tokenizer.train_tokenizer`. The floor is `cat shards > out; fsync(out)`: the converter "
+            "fsyncs too. `os.sync()` runs, untimed, before every step. Private memory: peak RssAnon of the "
+            "process tree, sampled every 1 ms from /proc, worst of 3 runs, against a bare "
+            "`python -c \"import numpy\"`.\n\n" + conversion(r, t))
+
+
+def migration_section(r: dict[str, Any], t: Targets) -> str:
+    return ("## Migration: `migrate-old-weights` on the same slice\n\nThe same shapes as an old 2-part ggmf f16 "
+            f"model ({', '.join(mib(b) for b in r['input'])}), migrated to ggjt and to GGUF, against "
+            "`cat parts > out; fsync(out)`; memory measured as for conversion.\n\n" + conversion(r, t, True))
+
+
+def _loader_table(runs: dict[str, list[Any]], base: str, keys: tuple[str, ...]) -> str:
+    rows = []
+    for ld, vs in runs.items():
+        cells = [f"`{ld}`"]
+        for k in keys:
+            v = med(vs, k)
+            cells.append(mib(v) if k == "anon_added" else f"{ms(v)} ({x(ratio(v, med(runs[base], k)))})")
+        rows.append(cells)
+    names = {"open_s": f"open (× {base})", "total_s": f"open + touch (× {base})", "anon_added": "private added"}
+    return table(["loader", *(names[k] for k in keys)], rows) + errors(runs)
+
+
+def open_section(r: dict[str, Any], t: Targets) -> str:
+    a, b, c, s = r["v32"], r["v32000"], r["index"], r["sizes"]
+    o = lambda runs, ld, k="open_s": med(runs[ld], k)  # noqa: E731
+    st = ratio(o(a, "safetensors.load_file"), o(a, "ggmlfmt"))
+    floor = ratio(o(a, "ggmlfmt", "total_s"), o(a, "memmap-floor", "total_s"))
+    priv = o(a, "ggmlfmt", "anon_added")
+    parts = ["## Opening a model file (issue 12)\n",
+             "Open = until every tensor is available as an array (`ggmlfmt.load` then every `model.tensors[name]`; "
+             "`safetensors.torch.load_file`; `gguf.GGUFReader` and every `.data`); touch = read one byte of every "
+             "page of every tensor. `memmap-floor` is a bare `numpy.memmap` of the file with every page touched: the "
+             "least any mmap loader can do. Imports happen before the clock starts. Each cell: median, and its "
+             "ratio to the first row.\n",
+             f"### (a) 147 LLaMA-shaped tensors, 32-entry vocabulary ({s['v32'] / 1e6:,.0f} MB, warm)\n",
+             _loader_table(a, "ggmlfmt", ("open_s", "total_s", "anon_added")), "",
+             "- open, safetensors ÷ ggmlfmt: " + t.check("(a) open vs safetensors.load_file", st, x(st), "≥ 4×",
+                                                         st is not None and st >= 4),
+             "- open + touch, ggmlfmt ÷ memmap floor: " + t.check("(a) open + touch vs memmap floor", floor, x(floor),
+                                                                  "≤ 1.25×", floor is not None and floor <= 1.25),
+             "- private memory added by open + touch: " + t.check("(a) private memory added", priv, mib(priv),
+                                                                  "< 8 MB", priv is not None and priv < 8e6), "",
+             f"### (b) The same tensors, {s['n_vocab']:,}-token SentencePiece-like vocabulary, ggjt and GGUF "
+             f"({s['v32000'] / 1e6:,.0f} MB, warm)\n",
+             "The GGUF file is written by `gguf.GGUFWriter` with tokens, scores and token types; `ggmlfmt-gguf` is "
+             "`ggmlfmt.load` on it.\n", _loader_table(b, "ggmlfmt", ("open_s", "total_s", "anon_added")), ""]
+    for ld in ("ggmlfmt", "ggmlfmt-gguf"):
+        v = ratio(o(b, "safetensors.load_file"), o(b, ld))
+        parts.append(f"- open, safetensors ÷ `{ld}`: " + t.check(f"(b) `{ld}` open vs safetensors", v, x(v), "≥ 1×",
+                                                               v is not None and v >= 1))
+    g = ratio(o(b, "gguf.GGUFReader"), o(b, "ggmlfmt-gguf"))
+    parts += ["- open, GGUFReader ÷ `ggmlfmt-gguf` (same GGUF file): " + t.check(
+        "(b) GGUF open vs gguf.GGUFReader", g, x(g), "≥ 100×", g is not None and g >= 100), "",
+        f"### (c) A 7B-shaped index: 291 tensors, {s['n_vocab']:,} tokens (small dims: {s['index_gguf'] / 1e6:,.1f} MB; the "
+        "index is what is timed), open only\n", _loader_table(c, "ggmlfmt", ("open_s",)), "",
+        "### (d) Cold cache: the (b) ggjt file evicted (`ggmlfmt evict`, checked with mincore) before every run\n",
+        cold(r["cold"], s["v32000"])]
+    return "\n".join(parts)
+
+
+def cold(runs: dict[str, list[Any]], size: int) -> str:
+    cat = med(runs["cat > /dev/null"], "total_s")
+    rows = [[f"`{k}`" if k.startswith("cat") else f"`ggmlfmt.load` {k}", ms(med(v, "total_s")),
+             x(ratio(med(v, "total_s"), cat)), pct(med(v, "cached_before")),
+             pct(med(v, "cached_after")) if "cached_after" in (v[0] if v else {}) else "–"]
+            for k, v in runs.items()]
+    read = med(runs["open"], "cached_after")
+    n = len([v for v in runs["open"] if "error" not in v])
+    return (f"Median of {n} alternating rounds. \"Cached after\" is the share of the file in the page cache after "
+            "the run: what it read.\n\n" + table(["what", "median", "× cat", "cached before", "cached after"], rows)
+            + (f"\n\nA cold open read {pct(read)} of the {size / 1e6:,.0f} MB file "
+               f"({mib(None if read is None else read * size)}): the index only." if read is not None else "")
+            + errors(runs))
+
+
+def load_section(r: dict[str, Any]) -> str:
+    sizes = sorted(r.items(), key=lambda kv: kv[1]["size"])
+    out = ["## Loading against file size: open + touch every page\n",
+           "The same 147 LLaMA-shaped tensors (16 layers, f16 matrices, 32,000 tokens; fewer in --quick) as ggjt, GGUF, safetensors "
+           "and a torch checkpoint, at each size; every loader, warm and cold (evicted before each run). Cell: "
+           "median and its ratio to `ggmlfmt` at the same size.\n", "![load time](img/load_time.png)\n"]
+    for cache in [c for c in ("warm", "cold") if c in sizes[0][1]]:
+        rows = []
+        for ld in next(iter(r.values()))[cache]:
+            rows.append([f"`{ld}`"] + [f"{ms(med(d[cache][ld], 'total_s'))} "
+                                       f"({x(ratio(med(d[cache][ld], 'total_s'), med(d[cache]['ggmlfmt'], 'total_s')))})"
+                                       for _, d in sizes])
+        out += [f"### {cache} cache\n", table(["loader", *(f"{d['size'] / 1e9:.2f} GB" for _, d in sizes)], rows), ""]
+    rows = [[f"`{ld}`"] + [mib(med(d["warm"][ld], "anon_added")) for _, d in sizes] for ld in sizes[0][1]["warm"]]
+    out += ["### Private memory added (RssAnon, warm)\n",
+            table(["loader", *(f"{d['size'] / 1e9:.2f} GB" for _, d in sizes)], rows)]
+    return "\n".join(out) + "".join(errors(d[c]) for _, d in sizes for c in ("warm", "cold") if c in d)
+
+
+def options_table(r: dict[str, Any]) -> str:
+    rows = []
+    for name in r["warm"]:
+        cells = [f"`{name}`"]
+        for c in ("warm", "cold"):
+            v = med(r[c][name], "total_s")
+            cells.append(f"{ms(v)} ({x(ratio(v, med(r[c]['default'], 'total_s')))})")
+        rows.append(cells + [ms(med(r["cold"][name], "open_s")), mib(med(r["warm"][name], "anon_added")),
+                             f"{med(r['cold'][name], 'major_faults') or 0:,.0f}"])
+    return table(["option", "warm: open + touch (× default)", "cold: open + touch (× default)", "cold: open",
+                  "private memory (warm)", "major faults (cold)"], rows) + errors(r["warm"]) + errors(r["cold"])
+
+
+def options_intro(r: dict[str, Any]) -> str:
+    return (f"`ggmlfmt.load(path, **option)` on a {r['size'] / 1e9:.2f} GB ggjt file, then touch every page; ratio "
+            "against `default` (no option) in the same alternating rounds. Cold: evicted with `ggmlfmt evict` "
+            "before every run.")
+
+
+def groups_section(r: dict[str, Any]) -> str:
+    runs, ns = r["runs"], sorted({int(k.split("|")[1]) for k in r["runs"]})
+    lds = list(dict.fromkeys(k.split("|")[0] for k in runs))
+    rows = [[f"`{ld}`"] + [f"{mib(med(runs[f'{ld}|{n}'], 'anon_added'))} "
+                           f"({x(ratio(med(runs[f'{ld}|{n}'], 'anon_added'), med(runs[f'ggmlfmt|{n}'], 'anon_added')))})"
+                           f"; Σ PSS {mib(med(runs[f'{ld}|{n}'], 'pss'))}" for n in ns] for ld in lds]
+    return "\n".join([f"## N processes loading the same {r['size'] / 1e9:.2f} GB file (warm)\n",
+                      "N processes start together, each loads and touches every tensor, then all hold their data while "
+                      "the parent reads their memory. Cell: total private memory added (Σ RssAnon after − before), its "
+                      "ratio to `ggmlfmt`, and Σ PSS (shared pages split among the N, interpreter included).\n",
+                      "![N processes](img/nprocs.png)\n", table(["loader", *(f"N = {n}" for n in ns)], rows)]) \
+        + errors(runs)
+
+
+def copy_section(r: dict[str, Any]) -> str:
+    rows = []
+    for c in ("cold", "warm"):
+        base = med(r[c]["cp"], "total_s")
+        rows += [[c, f"`{m}`", f"{ms(med(v, 'total_s'))} ({x(ratio(med(v, 'total_s'), base))})",
+                  pct(med(v, "src_after")), pct(med(v, "dst_after"))] for m, v in r[c].items()]
+    return "\n".join([f"## Copying a {r['size'] / 1e9:.2f} GB file: `ggmlfmt copy` against `cp`\n",
+                      "Whole-command time (× `cp` in the same cache state) and the share of each file left in the page "
+                      "cache. `ggmlfmt copy` also fsyncs and hashes both files (sha256); `cp + sha256sum` is the equally "
+                      "verified alternative; `cp` leaves its writes dirty in the cache.\n", "![copy](img/copy.png)\n",
+                      table(["source", "method", "time (× cp)", "source cached after", "copy cached after"], rows)]) \
+        + errors(r["cold"]) + errors(r["warm"])
+
+
+def plots(results: dict[str, Any], img: Path) -> None:
+    """The PNGs the sections link (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def ok(name: str) -> bool:
+        return name in results and "failed" not in results[name]
+    if ok("load"):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+        sizes = sorted(results["load"].values(), key=lambda d: d["size"])
+        for ax, c in zip(axes, ("warm", "cold")):
+            for ld in sizes[0].get(c, ()):
+                pts = [(d["size"] / 1e9, med(d[c][ld], "total_s")) for d in sizes]
+                ax.plot(*zip(*[p for p in pts if p[1] is not None] or [(0, 0)]), marker="o", label=ld)
+            ax.set(xscale="log", yscale="log", xlabel="file size (GB)", title=f"{c} cache")
+        axes[0].set_ylabel("open + touch (s, median)")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout(), fig.savefig(img / "load_time.png", dpi=110), plt.close(fig)
+    bars = {"options": lambda r: {n: med(r["warm"][n], "total_s") for n in r["warm"]},
+            "copy": lambda r: {f"{m} ({c})": med(r[c][m], "total_s") for c in ("cold", "warm") for m in r[c]},
+            "nprocs": lambda r: {k.replace("|", " ×"): med(v, "anon_added") for k, v in r["runs"].items()}}
+    for name, values in bars.items():
+        src = "groups" if name == "nprocs" else name
+        if ok(src):
+            vals = {k: v for k, v in values(results[src]).items() if v is not None}
+            fig, ax = plt.subplots(figsize=(8, 0.35 * len(vals) + 1.2))
+            ax.barh(list(vals), list(vals.values()))
+            ax.invert_yaxis(), ax.set_xlabel("private memory added (bytes)" if name == "nprocs" else "seconds (median)")
+            fig.tight_layout(), fig.savefig(img / f"{name}.png", dpi=110), plt.close(fig)
+
+
+def splice(text: str, name: str, content: str) -> str:
+    """Replace what lies between <!-- NAME:begin --> and <!-- NAME:end --> (unchanged without the markers)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in text or end not in text:
+        return text
+    head, rest = text.split(begin, 1)
+    return head + begin + "\n" + content.strip() + "\n" + end + rest.split(end, 1)[1]
+
+
+RENDER = {"conversion": conversion_section, "migration": migration_section, "open": open_section}
+PLAIN = {"load": load_section, "groups": groups_section, "copy": copy_section,
+         "options": lambda r: "## Load options\n\n" + options_intro(r) + " What each option does: "
+                              "[loading.md](loading.md).\n\n![options](img/options.png)\n\n" + options_table(r)}
+
+
+def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write benchmarks.md, img/*.png and img/suite-results.json into `out`; splice loading.md there if present."""
+    img = out / "img"
+    img.mkdir(parents=True, exist_ok=True)
+    t, body = Targets(), []
+    for name, r in results.items():
+        if "failed" in r:
+            body.append(f"## {name}: not measured\n\nThe section failed: {r['failed']}")
+        else:
+            body.append(RENDER[name](r, t) if name in RENDER else PLAIN[name](r))
+    plots(results, img)
+    quick = ("\n\n> **Quick smoke run (`--quick`)**: tiny files, one round; these numbers show the machinery works, "
+             "not how fast anything is." if meta["quick"] else "")
+    head = ["# Benchmarks\n", "<!-- Generated by bench/suite.py; edits are overwritten. -->\n",
+            f"Generated by `{meta['command']}` on {meta['date']} in {meta['durations']['total'] / 60:.1f} minutes."
+            + quick + "\n",
+            "Method: the contestants of each figure run in alternating rounds (forward, then reversed order), "
+            f"{meta['plan']['reps']} measured rounds" + (" after one discarded warm-up round" if meta["plan"]["warmup"]
+                                                         else "") + ", each measured run in a fresh process; every "
+            "figure is a median, every ratio is against the named alternative measured in the same rounds. Warm cache unless said; cold means `ggmlfmt evict` (posix_fadvise DONTNEED) checked with "
+            "mincore just before the run; on a virtual machine the host may still cache the disk.\n",
+            "## Machine\n", *(f"- {k}: {v}" for k, v in meta["machine"].items()), ""]
+    summary = ["## Targets\n", table(["target", "measured", "goal", "verdict"], t.rows), ""] if t.rows else []
+    tail = ["## Run time of the suite\n", table(["section", "wall time"], [[k, f"{v / 60:.1f} min"]
+                                                                         for k, v in meta["durations"].items()])]
+    path = out / "benchmarks.md"
+    path.write_text("\n".join(head + summary) + "\n" + "\n\n".join(body) + "\n\n" + "\n".join(tail) + "\n")
+    loading = out / "loading.md"
+    if "options" in results and "failed" not in results["options"] and loading.exists():
+        loading.write_text(splice(loading.read_text(), "options", f"Measured by `{meta['command']}` on {meta['date']} "
+                                  "(machine and method: [benchmarks.md](benchmarks.md)). " + options_intro(
+                                      results["options"]) + "\n\n" + options_table(results["options"])))
+    (img / "suite-results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    return path
