@@ -14,18 +14,16 @@ failed test naming the signal. It is built from source on first use; a failed bu
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "client"))
-import gguf_check  # noqa: E402  (tests/client is not a package)
-import reference  # noqa: E402
-from gguf_check import TinyLlama  # noqa: E402
+import gguf_check  # tests/client (not a package), on sys.path by conftest
+import reference
+from gguf_check import TinyLlama
+from helpers import client_python
 
 Q = gguf.GGMLQuantizationType
 PROMPT = [1, 300, 17, 250, 99, 3, 271, 42, 13, 310]  # BOS, then fixed ids; no tokenizer involved
@@ -74,14 +72,6 @@ def as_stored(weights: dict[str, np.ndarray], qtype: Q) -> dict[str, np.ndarray]
             out[name] = gguf.quants.dequantize(gguf.quants.quantize(a, qtype), qtype).astype(np.float32)
     return out
 
-
-@pytest.fixture(scope="session")
-def client() -> Path:
-    """The 0.3.36 client venv's python, built once per machine (shared, flock-protected)."""
-    try:
-        return gguf_check.ensure_gguf_client()
-    except Exception as e:  # noqa: BLE001 - any build failure must fail the tests, with the reason
-        pytest.fail(f"could not build llama-cpp-python {gguf_check.CLIENT} in {gguf_check.CLIENT_ROOT}: {e}")
 
 
 @pytest.fixture(scope="session")
@@ -298,7 +288,7 @@ def test_2023_client_on_ggjt_and_today_on_gguf_agree(tmp_path: Path, client: Pat
     from convert import convert_checkpoint
     from meta import build
 
-    old_python = setup_client.ensure_client("0.1.78", gguf_check.CLIENT_ROOT)
+    old_python = client_python("0.1.78")
     ck = build(tmp_path / "ck", 1, n_heads=4, seed=7)
     ggjt = convert_checkpoint(ck.model_dir, outtype="f16").outfile
     old = np.asarray(setup_client.run_client(old_python, ggjt, PROMPT)["logits"], dtype=np.float32)
