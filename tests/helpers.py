@@ -1,7 +1,7 @@
-"""Helpers shared by the test modules: the split rule and shard splitter, tiny headers, the memory probe, clients.
+"""Helpers shared by the test modules that need ggmlfmt itself: tiny headers, the memory probe, the clients.
 
-Each fact here is restated from docs/format.md in the tests' own words, never imported from the code under
-test, so a test that compares the product with it can fail.
+Helpers that restate the format (the split rule, the shard splitter, encoders) live in builders.py, which
+must not import the code under test.
 """
 
 from __future__ import annotations
@@ -19,41 +19,6 @@ from ggmlfmt import HParams, Vocab, save
 
 TESTS = Path(__file__).resolve().parent
 MIB = 1 << 20
-
-# ---------------------------------------------------------------------------------------------------------
-# The split rule of docs/format.md §6, restated: `tok_embeddings.*` (a prefix), `*attention.wo.weight` and
-# `*feed_forward.w2.weight` (suffixes) split along PyTorch axis 1; every other 2-D tensor along axis 0;
-# 1-D tensors are replicated.
-
-COLUMN_SPLIT_PREFIX = "tok_embeddings."
-COLUMN_SPLIT_SUFFIXES = ("attention.wo.weight", "feed_forward.w2.weight")
-
-
-def split_axis(name: str, ndim: int) -> int | None:
-    """The PyTorch axis the shards of `name` are split along (docs/format.md §6); None: replicated."""
-    if ndim < 2:
-        return None
-    if name.startswith(COLUMN_SPLIT_PREFIX) or name.endswith(COLUMN_SPLIT_SUFFIXES):
-        return 1
-    return 0
-
-
-def split_shards(full: Any, n: int, axis: int | None) -> list[Any]:
-    """n contiguous copies of the equal slices of `full` (numpy array or torch tensor) along `axis`.
-
-    axis None: n copies of the whole. Raises: ValueError if the axis does not divide into n.
-    """
-    if axis is None:
-        pieces = [full] * n
-    else:
-        size, rest = divmod(full.shape[axis], n)
-        if rest:
-            raise ValueError(f"axis {axis} of {tuple(full.shape)} does not split into {n} parts")
-        lead = (slice(None),) * axis
-        pieces = [full[(*lead, slice(k * size, (k + 1) * size))] for k in range(n)]
-    clone = getattr(full, "clone", None)  # torch
-    return [p.clone() if clone is not None else np.array(p, order="C", copy=True) for p in pieces]
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Headers and vocabularies for files whose header does not matter to the test

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import convert.convert as conv
-from builders import parse_file
+from builders import parse_file, split_axis
 from convert import convert_checkpoint, plan_conversion
 from convert.cli import main
 from ggmlfmt.tokenizer import UNKNOWN_TEXT, load_vocab, piece_text
 from ggmlfmt import FormatError, load
 from ggmlfmt.errors import IncompleteWrite
-from meta import VOCAB_SIZE, build, load_shards, meta_axis, reference_file, vocab_entries
+from meta import VOCAB_SIZE, build, load_shards, reference_file, vocab_entries
 
 SHARDS = [1, 2, 4, 8]
 
@@ -30,7 +30,7 @@ def expected_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
     for name, t in shards[0].items():
         if name == "rope.freqs":
             continue
-        axis = meta_axis(name, t.dim()) if len(shards) > 1 else None
+        axis = split_axis(name, t.dim()) if len(shards) > 1 else None
         out[name] = t if axis is None else torch.cat([s[name] for s in shards], dim=axis)
     return out
 

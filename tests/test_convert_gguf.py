@@ -22,10 +22,11 @@ import pytest
 import sentencepiece
 import torch
 
+from builders import split_axis
 from convert import convert_checkpoint
 from convert.cli import main
 from ggmlfmt import FormatError, load
-from meta import VOCAB_SIZE, build, load_shards, meta_axis, split, tokenizer_bytes
+from meta import VOCAB_SIZE, build, load_shards, split, tokenizer_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "client"))
@@ -98,7 +99,7 @@ def expected_arrays(paths: list[Path], outtype: str) -> dict[str, np.ndarray]:
             continue
         dtype = torch.float32 if t.dim() == 1 else TORCH_TYPE[outtype]
         parts = [s[name].to(dtype).numpy() for s in shards]
-        axis = meta_axis(name, t.dim())
+        axis = split_axis(name, t.dim())
         out[name] = parts[0] if axis is None else np.concatenate(parts, axis=axis)
     return out
 

@@ -22,6 +22,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from builders import split_shards
 from convert.pth import (
     PthTensor, open_checkpoint, parse_checkpoint,
 )
@@ -132,10 +133,10 @@ def test_property_shards_concatenate_and_cast_as_torch_does(tmp_path_factory, dt
 
     d = tmp_path_factory.mktemp("s")
     full = _random((rows * n_shards, cols * n_shards), TORCH_DTYPES[dtype], rows + 7 * cols)
-    pieces = [full] * n_shards if axis is None else torch.tensor_split(full, n_shards, dim=axis)
+    pieces = split_shards(full, n_shards, axis)
     paths = [d / f"consolidated.{k:02d}.pth" for k in range(n_shards)]
     for path, piece in zip(paths, pieces, strict=True):
-        torch.save({"w": piece.clone(), "n": full[0].clone() if rows else torch.ones(2)}, path)
+        torch.save({"w": piece, "n": full[0].clone() if rows else torch.ones(2)}, path)
     want = full.float() if axis is not None else pieces[0].float()
     assert np.array_equal(cat_shards(paths, {"w": axis})["w"].astype(np.float32), want.numpy())
     target = torch.float16 if out == "<f2" else torch.float32
