@@ -17,14 +17,14 @@ import pytest
 import torch
 
 from builders import split_shards
-from ggmlfmt import FileVersion, GGMLType, HParams, TensorSpec, Vocab
+from ggmlfmt import FileVersion, GGMLType, TensorSpec
 from ggmlfmt.layout import plan
 from ggmlfmt.floats import bf16_to_f16, bf16_to_f32, f16_to_f32, f32_to_f16
 from ggmlfmt.unshard import Piece, Source, write_tensors
 from ggmlfmt.writer import FileWriter
+from helpers import tiny_header
 
-VOCAB = Vocab((b"a", b"b"), np.zeros(2, np.float32))
-HP = HParams(2, 8, 4, 1, 1, 8, 1)
+HP, VOCAB = tiny_header(n_embd=8, n_mult=4, n_rot=8)
 # name -> (full PyTorch shape, split axis); shapes divide into 1, 2 and 4 parts
 TENSORS = {"rows.weight": ((8, 12), 0), "cols.weight": ((6, 16), 1), "norm.weight": ((12,), None)}
 
