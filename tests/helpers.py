@@ -7,6 +7,7 @@ must not import the code under test.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,41 @@ def client_python(version: str) -> Path:
         return setup_client.ensure_client(version, setup_client.CLIENT_ROOT)
     except Exception as e:  # noqa: BLE001 - any build failure must fail the test, with the reason
         pytest.fail(f"could not build llama-cpp-python {version} in {setup_client.CLIENT_ROOT}: {e}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A command run with some top-level modules unimportable: argv is BLOCKED (comma-separated), the package
+# whose every module is imported first (so a module-level import of a blocked one shows), then the CLI's
+# arguments. It prints "rc=... tried=[modules it tried] loaded=[blocked modules in sys.modules]".
+
+_BLOCKER = r"""
+import importlib, importlib.abc, pkgutil, sys
+BLOCKED = tuple(sys.argv.pop(1).split(","))
+PACKAGE = sys.argv.pop(1)
+TRIED = []
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            TRIED.append(name)
+            raise ImportError(f"{name} is made unimportable by this test")
+        return None
+sys.meta_path.insert(0, Blocker())
+package = importlib.import_module(PACKAGE)
+for mod in pkgutil.walk_packages(package.__path__, PACKAGE + "."):
+    if mod.name != PACKAGE + ".__main__":
+        __import__(mod.name)
+rc = importlib.import_module(PACKAGE + ".cli").main(sys.argv[1:])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+print(f"rc={rc} tried={TRIED} loaded={loaded}")
+"""
+
+
+def run_with_unimportable(blocked: str, package: str, args: list[str], *,
+                          timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run `package`.cli.main(args) in a fresh interpreter where the modules in `blocked` cannot be imported.
+
+    This checkout comes first on its PYTHONPATH, whatever the venv's editable install points at.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", _BLOCKER, blocked, package, *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)

@@ -9,10 +9,6 @@ params.json (hand-computed where derived) and sentencepiece; GGUF names from tes
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +22,10 @@ from builders import split_axis
 from convert import convert_checkpoint
 from convert.cli import main
 from ggmlfmt import FormatError, load
+from helpers import run_with_unimportable
 from meta import VOCAB_SIZE, build, load_shards, split, tokenizer_bytes
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "client"))
-import gguf_check  # noqa: E402  (tests/client is not a package; only its name map and vocab typing are used)
+import gguf_check  # tests/client (on sys.path by conftest); only its name map and vocab typing are used
 
 Q = gguf.GGMLQuantizationType
 TORCH_TYPE = {"f16": torch.float16, "f32": torch.float32}
@@ -343,26 +338,11 @@ def test_dry_run_text_shows_gguf_names_and_metadata(tmp_path: Path, capsys: pyte
 # ------------------------------------------------------------------ without torch
 
 
-_BLOCKER = textwrap.dedent("""
-    import importlib.abc, sys
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "torch":
-                raise ImportError("torch is made unimportable by this test")
-            return None
-    sys.meta_path.insert(0, Blocker())
-    from convert.cli import main
-    rc = main(sys.argv[1:])
-    print(f"rc={rc} torch_loaded={'torch' in sys.modules}")
-""")
-
-
 def test_gguf_conversion_runs_with_torch_unimportable(tmp_path: Path) -> None:
     model_dir, _, paths = build_llama2(tmp_path, 2)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", _BLOCKER, str(model_dir), "--format", "gguf", "--outtype", "f32",
-                           "--quiet"], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip() == "rc=0 torch_loaded=False", proc.stdout + proc.stderr
+    proc = run_with_unimportable("torch", "convert", [str(model_dir), "--format", "gguf", "--outtype", "f32",
+                                                      "--quiet"], timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "rc=0 tried=[] loaded=[]", proc.stdout + proc.stderr
     check_gguf(model_dir / "ggml-model-f32.gguf", expected_arrays(paths, "f32"),
                expected_metadata(LLAMA2_PARAMS, tmp_path / "tokenizer.model", outtype="f32", name="llama-2-tiny",
                                  n_ff=LLAMA2_HIDDEN))
