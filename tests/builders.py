@@ -202,21 +202,6 @@ def tensor_record_with_fields(
     return e.result()
 
 
-def tensor_record(
-    fmt: str,
-    name: str | bytes,
-    type_code: int,
-    ne: Sequence[int],
-    data: bytes,
-    *,
-    offset: int,
-    pad: bool | None = None,
-    align: int = ALIGN,
-) -> bytes:
-    """One tensor record's bytes, starting at absolute file `offset` (which decides the ggjt padding)."""
-    return tensor_record_with_fields(fmt, name, type_code, ne, data, offset=offset, pad=pad, align=align)[0]
-
-
 TensorSpec = tuple[str | bytes, int, tuple[int, ...], bytes]  # (name, type code, ne in ggml order, data)
 
 
@@ -257,22 +242,9 @@ def build_file_with_fields(
     return b"".join(chunks), fields
 
 
-def build_file(
-    fmt: str,
-    version: int | None,
-    hparams: Mapping[str, int],
-    vocab: Sequence[tuple[bytes, float | None]],
-    tensors: Sequence[TensorSpec],
-    *,
-    pad: bool | None = None,
-    align: int = ALIGN,
-    magic: int | None = None,
-    validate: bool = True,
-) -> bytes:
-    """A whole model file; see build_file_with_fields. Raises: ValueError on inconsistent inputs."""
-    return build_file_with_fields(
-        fmt, version, hparams, vocab, tensors, pad=pad, align=align, magic=magic, validate=validate
-    )[0]
+def build_file(*args: Any, **kwargs: Any) -> bytes:
+    """A whole model file: the arguments of build_file_with_fields. Raises: ValueError on inconsistent inputs."""
+    return build_file_with_fields(*args, **kwargs)[0]
 
 
 def _validate(
@@ -771,17 +743,23 @@ def llama_hparams(n_vocab: int, dim: int, n_mult: int, n_head: int, n_layer: int
     }
 
 
-def llama_shapes(hparams: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
-    """Full PyTorch shape of every tensor (§6.2), in Meta key order."""
+def llama_shapes(hparams: Mapping[str, int], *, n_ff: int | None = None,
+                 kv_rows: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Full PyTorch shape of every tensor (§6.2), in Meta key order.
+
+    The feed-forward width is llama_n_ff of n_mult unless `n_ff` is given (LLaMA-2's ffn_dim_multiplier); wk and
+    wv have n_embd rows unless `kv_rows` is given (grouped-query attention).
+    """
     dim, vocab = hparams["n_embd"], hparams["n_vocab"]
-    hidden = llama_n_ff(dim, hparams["n_mult"])
+    hidden = llama_n_ff(dim, hparams["n_mult"]) if n_ff is None else n_ff
+    kv = dim if kv_rows is None else kv_rows
     by_suffix = {
         "tok_embeddings.weight": (vocab, dim),
         "norm.weight": (dim,),
         "output.weight": (vocab, dim),
         "attention.wq.weight": (dim, dim),
-        "attention.wk.weight": (dim, dim),
-        "attention.wv.weight": (dim, dim),
+        "attention.wk.weight": (kv, dim),
+        "attention.wv.weight": (kv, dim),
         "attention.wo.weight": (dim, dim),
         "feed_forward.w1.weight": (hidden, dim),
         "feed_forward.w2.weight": (dim, hidden),

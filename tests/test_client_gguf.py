@@ -20,6 +20,7 @@ import gguf
 import numpy as np
 import pytest
 
+import builders
 import gguf_check  # tests/client (not a package), on sys.path by conftest
 import reference
 from gguf_check import TinyLlama
@@ -41,15 +42,9 @@ def tiny_weights(hp: TinyLlama, *, dim: int = 64, n_layers: int = 2, n_ff: int =
     """Random float32 LLaMA weights, Meta names and PyTorch shapes (wk/wv with n_kv_heads heads)."""
     rng = np.random.default_rng(seed)
     kv = dim // hp.n_heads * hp.n_kv_heads
-    shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (N_VOCAB, dim)}
-    for i in range(n_layers):
-        p = f"layers.{i}."
-        shapes |= {p + "attention.wq.weight": (dim, dim), p + "attention.wk.weight": (kv, dim),
-                   p + "attention.wv.weight": (kv, dim), p + "attention.wo.weight": (dim, dim),
-                   p + "feed_forward.w1.weight": (n_ff, dim), p + "feed_forward.w2.weight": (dim, n_ff),
-                   p + "feed_forward.w3.weight": (n_ff, dim), p + "attention_norm.weight": (dim,),
-                   p + "ffn_norm.weight": (dim,)}
-    shapes |= {"norm.weight": (dim,), "output.weight": (N_VOCAB, dim)}
+    meta = builders.llama_shapes({"n_embd": dim, "n_vocab": N_VOCAB, "n_layer": n_layers}, n_ff=n_ff, kv_rows=kv)
+    last = ("norm.weight", "output.weight")  # drawn after the layers: the seeds' measured scales depend on it
+    shapes = {n: s for n, s in meta.items() if n not in last} | {n: meta[n] for n in last}
     out = {}
     for name, shape in shapes.items():
         if len(shape) == 1:

@@ -18,7 +18,7 @@ import pytest
 import sentencepiece
 import torch
 
-from builders import split_axis
+from builders import llama_shapes, split_axis
 from convert import convert_checkpoint
 from convert.cli import main
 from ggmlfmt import FormatError, load
@@ -43,15 +43,8 @@ def llama2_weights(params: dict[str, Any], n_vocab: int, hidden: int, kv_rows: i
     """Random float32 weights in Meta's key order (wk/wv with kv_rows rows, FFN hidden wide), then rope.freqs."""
     rng = np.random.default_rng(seed)
     dim = params["dim"]
-    shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (n_vocab, dim), "norm.weight": (dim,),
-                                          "output.weight": (n_vocab, dim)}
-    for n in range(params["n_layers"]):
-        p = f"layers.{n}."
-        shapes |= {p + "attention.wq.weight": (dim, dim), p + "attention.wk.weight": (kv_rows, dim),
-                   p + "attention.wv.weight": (kv_rows, dim), p + "attention.wo.weight": (dim, dim),
-                   p + "feed_forward.w1.weight": (hidden, dim), p + "feed_forward.w2.weight": (dim, hidden),
-                   p + "feed_forward.w3.weight": (hidden, dim), p + "attention_norm.weight": (dim,),
-                   p + "ffn_norm.weight": (dim,)}
+    shapes = llama_shapes({"n_embd": dim, "n_vocab": n_vocab, "n_layer": params["n_layers"]}, n_ff=hidden,
+                          kv_rows=kv_rows)
     std = {"tok_embeddings.weight": 1.0, "output.weight": 0.1, "wq": 0.1, "wk": 0.1}  # tame yet sensitive
     out = {}
     for name, shape in shapes.items():
