@@ -35,7 +35,8 @@ def expected_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize(("dim", "multiple_of", "n_heads", "n_layers"), [(64, 32, 4, 2), (96, 256, 2, 1), (128, 48, 8, 3)])
+@pytest.mark.parametrize(("dim", "multiple_of", "n_heads", "n_layers"),
+                         [(64, 32, 4, 2), (96, 256, 2, 1), (128, 48, 8, 3)])
 def test_checkpoints_have_the_llama_shapes_of_the_spec(tmp_path: Path, dim: int, multiple_of: int, n_heads: int,
                                                        n_layers: int) -> None:
     """The checkpoints every test converts (made by convert.demo, which shares convert's shape table) have the
