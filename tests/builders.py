@@ -202,21 +202,6 @@ def tensor_record_with_fields(
     return e.result()
 
 
-def tensor_record(
-    fmt: str,
-    name: str | bytes,
-    type_code: int,
-    ne: Sequence[int],
-    data: bytes,
-    *,
-    offset: int,
-    pad: bool | None = None,
-    align: int = ALIGN,
-) -> bytes:
-    """One tensor record's bytes, starting at absolute file `offset` (which decides the ggjt padding)."""
-    return tensor_record_with_fields(fmt, name, type_code, ne, data, offset=offset, pad=pad, align=align)[0]
-
-
 TensorSpec = tuple[str | bytes, int, tuple[int, ...], bytes]  # (name, type code, ne in ggml order, data)
 
 
@@ -257,22 +242,9 @@ def build_file_with_fields(
     return b"".join(chunks), fields
 
 
-def build_file(
-    fmt: str,
-    version: int | None,
-    hparams: Mapping[str, int],
-    vocab: Sequence[tuple[bytes, float | None]],
-    tensors: Sequence[TensorSpec],
-    *,
-    pad: bool | None = None,
-    align: int = ALIGN,
-    magic: int | None = None,
-    validate: bool = True,
-) -> bytes:
-    """A whole model file; see build_file_with_fields. Raises: ValueError on inconsistent inputs."""
-    return build_file_with_fields(
-        fmt, version, hparams, vocab, tensors, pad=pad, align=align, magic=magic, validate=validate
-    )[0]
+def build_file(*args: Any, **kwargs: Any) -> bytes:
+    """A whole model file: the arguments of build_file_with_fields. Raises: ValueError on inconsistent inputs."""
+    return build_file_with_fields(*args, **kwargs)[0]
 
 
 def _validate(
@@ -629,13 +601,38 @@ def dequantize(raw: bytes, type_name: str, layout: int, shape: Sequence[int]) ->
 # Multi-part files (§6)
 
 
+# The split rule, restated: `tok_embeddings.*` (a prefix), `*attention.wo.weight` and `*feed_forward.w2.weight`
+# (suffixes) split along PyTorch axis 1 ("by columns": every shard has all rows); every other 2-D tensor along
+# axis 0 ("by rows": output, wq, wk, wv, w1, w3); 1-D tensors are replicated in every shard.
+COLUMN_SPLIT_PREFIX = "tok_embeddings."
+COLUMN_SPLIT_SUFFIXES = ("attention.wo.weight", "feed_forward.w2.weight")
+
+
 def split_axis(name: str, ndim: int) -> int | None:
-    """PyTorch axis a tensor is split along across parts (§6.2); None = 1-D, copied into every part."""
-    if ndim == 1:
+    """PyTorch axis a tensor is split along across parts (docs/format.md §6); None = 1-D, copied into every part."""
+    if ndim < 2:
         return None
-    if name.startswith("tok_embeddings") or "attention.wo.weight" in name or "feed_forward.w2.weight" in name:
-        return 1  # "split by columns": each part has all rows, ne[0] / P columns
-    return 0  # "split by rows": output, wq, wk, wv, w1, w3
+    if name.startswith(COLUMN_SPLIT_PREFIX) or name.endswith(COLUMN_SPLIT_SUFFIXES):
+        return 1
+    return 0
+
+
+def split_shards(full: Any, n: int, axis: int | None) -> list[Any]:
+    """n contiguous copies of the equal slices of `full` (numpy array or torch tensor) along `axis`.
+
+    axis None: n copies of the whole. Raises: ValueError if the axis does not divide into n.
+    """
+    if axis is None:
+        pieces = [full] * n
+    else:
+        size, rest = divmod(full.shape[axis], n)
+        if rest:
+            raise ValueError(f"axis {axis} of {tuple(full.shape)} does not split into {n} parts")
+        lead = (slice(None),) * axis
+        pieces = [full[(*lead, slice(k * size, (k + 1) * size))] for k in range(n)]
+    if hasattr(full, "clone"):  # torch
+        return [p.contiguous().clone() for p in pieces]  # own storage, as a saved shard has
+    return [np.array(p, order="C", copy=True) for p in pieces]
 
 
 def shard_shape(name: str, shape: Sequence[int], n_parts: int) -> tuple[int, ...]:
@@ -650,12 +647,9 @@ def shard_shape(name: str, shape: Sequence[int], n_parts: int) -> tuple[int, ...
 
 
 def split_for_parts(name: str, array: npt.NDArray[Any], n_parts: int) -> list[npt.NDArray[Any]]:
-    """The n_parts shards of a full PyTorch-shaped array, per the §6.2 name rule; Raises: ValueError."""
-    shard_shape(name, array.shape, n_parts)  # validates divisibility
-    axis = split_axis(name, array.ndim)
-    if axis is None:
-        return [array.copy() for _ in range(n_parts)]
-    return [np.ascontiguousarray(s) for s in np.split(array, n_parts, axis=axis)]
+    """The n_parts shards of a full PyTorch-shaped array, per the §6 name rule; Raises: ValueError."""
+    shard_shape(name, array.shape, n_parts)  # validates divisibility, naming the tensor
+    return split_shards(array, n_parts, split_axis(name, array.ndim))
 
 
 FullTensors = Mapping[str, tuple[str, npt.NDArray[np.float32]]]  # name -> (type name, PyTorch-shaped float32)
@@ -749,17 +743,23 @@ def llama_hparams(n_vocab: int, dim: int, n_mult: int, n_head: int, n_layer: int
     }
 
 
-def llama_shapes(hparams: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
-    """Full PyTorch shape of every tensor (§6.2), in Meta key order."""
+def llama_shapes(hparams: Mapping[str, int], *, n_ff: int | None = None,
+                 kv_rows: int | None = None) -> dict[str, tuple[int, ...]]:
+    """Full PyTorch shape of every tensor (§6.2), in Meta key order.
+
+    The feed-forward width is llama_n_ff of n_mult unless `n_ff` is given (LLaMA-2's ffn_dim_multiplier); wk and
+    wv have n_embd rows unless `kv_rows` is given (grouped-query attention).
+    """
     dim, vocab = hparams["n_embd"], hparams["n_vocab"]
-    hidden = llama_n_ff(dim, hparams["n_mult"])
+    hidden = llama_n_ff(dim, hparams["n_mult"]) if n_ff is None else n_ff
+    kv = dim if kv_rows is None else kv_rows
     by_suffix = {
         "tok_embeddings.weight": (vocab, dim),
         "norm.weight": (dim,),
         "output.weight": (vocab, dim),
         "attention.wq.weight": (dim, dim),
-        "attention.wk.weight": (dim, dim),
-        "attention.wv.weight": (dim, dim),
+        "attention.wk.weight": (kv, dim),
+        "attention.wv.weight": (kv, dim),
         "attention.wo.weight": (dim, dim),
         "feed_forward.w1.weight": (hidden, dim),
         "feed_forward.w2.weight": (dim, hidden),

@@ -2,7 +2,7 @@
 
 Weights, params.json, shard files and the tokenizer are made with convert.demo's builders (one copy
 of that code); what the tests check against is restated here from FORMATS.md, without convert's
-or ggmlfmt's logic: the §6.2 split table, the §3.1 vocabulary rules and the §7 write algorithm.
+or ggmlfmt's logic: the split rule (builders.split_axis), the §3.1 vocabulary rules and the §7 write algorithm.
 """
 
 from __future__ import annotations
@@ -19,31 +19,20 @@ import numpy as np
 import sentencepiece
 import torch
 
+from builders import split_axis, split_shards
 from convert.demo import make_weights, params_json, write_checkpoint
 from convert.params import Params
 from ggmlfmt.tokenizer import train_tokenizer
 
 VOCAB_SIZE = 320  # divisible by 8: output.weight (V, dim) splits by rows into up to 8 shards
 
-# §6.2, restated: these 2-D tensors split along PyTorch axis 1, every other 2-D tensor along axis 0.
-COLUMN_SPLIT = ("tok_embeddings.weight", "attention.wo.weight", "feed_forward.w2.weight")
-
-
-def meta_axis(name: str, ndim: int) -> int | None:
-    """The axis Meta's model-parallel layers split a tensor along (None: replicated)."""
-    if ndim == 1:
-        return None
-    return 1 if any(name.endswith(s) for s in COLUMN_SPLIT) else 0
-
-
 def split(full: dict[str, np.ndarray], n_shards: int) -> list[dict[str, np.ndarray]]:
-    """Shards of full tensors, per the table above, keeping the key order."""
+    """Shards of full tensors by the split rule (builders.split_axis), keeping the key order."""
     shards: list[dict[str, np.ndarray]] = [{} for _ in range(n_shards)]
     for name, a in full.items():
-        axis = meta_axis(name, a.ndim)
-        pieces = [a.copy() for _ in range(n_shards)] if axis is None else np.split(a, n_shards, axis=axis)
+        pieces = split_shards(a, n_shards, split_axis(name, a.ndim))
         for shard, piece in zip(shards, pieces, strict=True):
-            shard[name] = np.ascontiguousarray(piece)
+            shard[name] = piece
     return shards
 
 
@@ -147,7 +136,7 @@ def _write_record(out: io.BytesIO, name: str, t: torch.Tensor, k: int, n_parts: 
     a = t.float().numpy() if (ftype == 0 or t.dim() == 1) else t.half().numpy()
     a = a.astype("<f4" if a.dtype == np.float32 else "<f2")
     code = 0 if a.dtype == np.dtype("<f4") else 1
-    axis = meta_axis(name, a.ndim) if n_parts > 1 else None
+    axis = split_axis(name, a.ndim) if n_parts > 1 else None
     full = list(a.shape)
     if axis is not None:
         full[axis] *= n_parts

@@ -7,8 +7,9 @@ the code under test.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import tracemalloc
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +17,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import builders
-from ggmlfmt import FType, HParams, Vocab
+from ggmlfmt import FormatError, FType, HParams, Vocab
+
+T = TypeVar("T")
 
 FLOAT_DTYPES = ("<f4", ">f4", "<f2", ">f2")  # big-endian inputs must come back as the same values
 
@@ -104,3 +107,48 @@ def arrays_from_records(records: list[builders.TensorSpec]) -> dict[str, npt.NDA
     dtype = {builders.TYPE_CODES["F32"]: "<f4", builders.TYPE_CODES["F16"]: "<f2"}
     return {str(name): np.frombuffer(data, dtype[code]).reshape(tuple(reversed(ne)))
             for name, code, ne, data in records}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fuzzing: the structure-blind byte mutations every fuzz test applies besides its format-aware ones
+
+BLIND_MUTATIONS = ("bytes", "insert", "delete", "append")
+
+
+def blind_mutation(draw: st.DrawFn, data: bytes, kind: str, *, max_chunk: int = 40) -> bytes:
+    """`data` with `kind` applied: "bytes" overwrites 1-8 bytes, "insert"/"delete" up to max_chunk bytes at a
+    random place, "append" adds 1-64 bytes; overwriting or deleting in empty data leaves it as it is.
+
+    Raises: ValueError for a kind not in BLIND_MUTATIONS.
+    """
+    if kind == "append":
+        return data + draw(st.binary(min_size=1, max_size=64))
+    if kind == "insert":
+        pos = draw(st.integers(0, len(data)))
+        return data[:pos] + draw(st.binary(min_size=1, max_size=max_chunk)) + data[pos:]
+    if kind not in BLIND_MUTATIONS:
+        raise ValueError(f"not a blind mutation: {kind!r}")
+    if not data:
+        return data
+    pos = draw(st.integers(0, len(data) - 1))
+    if kind == "bytes":
+        return data[:pos] + draw(st.binary(min_size=1, max_size=8)) + data[pos + 8 :]
+    return data[:pos] + data[pos + draw(st.integers(1, max_chunk)) :]
+
+
+def decode_or_format_error(decode: Callable[[], T], n_bytes: int, *, prefix: str = "", what: str = "") -> T | None:
+    """decode()'s result, or None if it raised a one-line FormatError starting with `prefix`.
+
+    Either way its peak allocation (tracemalloc) stays below 64 bytes per input byte plus 1 MiB, the bound of
+    docs/safety.md. Raises: AssertionError otherwise; any other exception from decode propagates.
+    """
+    tracemalloc.start()
+    try:
+        return decode()
+    except FormatError as e:
+        assert str(e).startswith(prefix) and "\n" not in str(e), str(e)
+        return None
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 64 * n_bytes + (1 << 20), f"{what}decoding {n_bytes} bytes allocated {peak}"

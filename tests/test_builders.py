@@ -33,6 +33,7 @@ from builders import (
     shard_shape,
     split_axis,
     split_for_parts,
+    split_shards,
     tensor_array,
 )
 
@@ -503,6 +504,9 @@ def test_split_axis_rule() -> None:
     assert [split_axis(n, 2) for n in col] == [1, 1, 1]
     assert [split_axis(n, 2) for n in row] == [0] * 6
     assert split_axis("layers.0.ffn_norm.weight", 1) is None
+    # docs/format.md §6 states the rule as globs: `tok_embeddings.*` is a prefix, the other two are suffixes
+    assert split_axis("tok_embeddings.bias", 2) == 1 and split_axis("layers.0.tok_embeddings.weight", 2) == 0
+    assert split_axis("layers.0.attention.wo.weight.scale", 2) == 0 and split_axis("x.feed_forward.w2.weight", 2) == 1
 
 
 def test_split_for_parts_recombines() -> None:
@@ -514,6 +518,26 @@ def test_split_for_parts_recombines() -> None:
     assert all(p.tolist() == v.tolist() for p in split_for_parts("norm.weight", v, 4))
     with pytest.raises(ValueError):
         split_for_parts("output.weight", a, 3)
+
+
+def test_split_shards_gives_owned_contiguous_numpy_and_torch_pieces() -> None:
+    import torch
+
+    a = np.arange(4 * 6, dtype=np.float32).reshape(4, 6)
+    for full, cat in ((a, np.concatenate), (torch.from_numpy(a), torch.cat)):
+        for axis in (0, 1):
+            pieces = split_shards(full, 2, axis)
+            assert all(p.shape[axis] == full.shape[axis] // 2 for p in pieces)
+            assert cat(pieces, axis).tolist() == a.tolist()
+        copies = split_shards(full, 3, None)
+        assert len(copies) == 3 and all(c.tolist() == a.tolist() for c in copies)
+        for p in split_shards(full, 3, 1) + copies:
+            if isinstance(p, np.ndarray):
+                assert p.flags.c_contiguous and p.flags.owndata
+            else:
+                assert p.is_contiguous() and p.untyped_storage().nbytes() == p.numel() * p.element_size()
+    with pytest.raises(ValueError):
+        split_shards(a, 4, 1)
 
 
 @pytest.mark.parametrize(("fmt", "two_d_type"), [("ggmf", "F16"), ("ggmf", "Q4_0"), ("ggml", "Q4_1"), ("ggmf", "F32")])

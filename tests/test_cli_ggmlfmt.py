@@ -122,7 +122,7 @@ def test_usage_errors_exit_2():
     assert r.returncode == 2 and "usage:" in r.stderr
 
 
-def test_a_closed_stdout_pipe_is_not_an_error(tmp_path):
+def test_a_closed_stdout_pipe_is_not_an_error(tmp_path, header):
     """`ggmlfmt inspect --json big.bin | head -c 10`: no error line, no traceback."""
     import subprocess
     import sys
@@ -133,8 +133,8 @@ def test_a_closed_stdout_pipe_is_not_an_error(tmp_path):
 
     path = tmp_path / "many.bin"
     tensors = {f"layers.{i}.attention_norm.weight": np.ones(32, np.float32) for i in range(3000)}  # ~1 MB of JSON
-    ggmlfmt.save(path, tensors, hparams=ggmlfmt.HParams(1, 32, 32, 1, 1, 32, 0),
-                 vocab=ggmlfmt.Vocab((b"a",), np.zeros(1, np.float32)))
+    hp, vocab = header(n_vocab=1, ftype=0)
+    ggmlfmt.save(path, tensors, hparams=hp, vocab=vocab)
     p = subprocess.Popen([sys.executable, "-m", "ggmlfmt.cli", "inspect", "--json", str(path)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert p.stdout.read(10) == b'{\n  "forma'

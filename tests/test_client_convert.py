@@ -8,7 +8,6 @@ source on first use (tests/client/setup_client.py); if it cannot be built the te
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +16,11 @@ import pytest
 from convert import convert_checkpoint
 from meta import VOCAB_SIZE, build, vocab_entries
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "client"))
-import reference  # noqa: E402  (tests/client is not a package)
-import setup_client  # noqa: E402
+import reference  # tests/client (not a package), on sys.path by conftest
+import setup_client
+from helpers import client_python
 
 CLIENT = "0.1.78"
-CLIENT_ROOT = REPO / ".cache" / "clients"
 PROMPT = [1, 300, 17, 250, 99, 3, 271, 42, 13, 310]  # BOS, then fixed ids; no tokenizer involved
 N_HEADS = 4
 # rel = max|client - reference| / max|reference|. Measured 2e-4..5e-4 for f16 weights (the client rounds
@@ -31,17 +28,10 @@ N_HEADS = 4
 REL_TOLERANCE = 5e-3
 
 
-def _client_python() -> Path:
-    try:
-        return setup_client.ensure_client(CLIENT, CLIENT_ROOT)
-    except Exception as e:  # noqa: BLE001 - any build failure must fail this test, with the reason
-        pytest.fail(f"could not build llama-cpp-python {CLIENT} in {CLIENT_ROOT}: {e}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("outtype", ["f16", "f32"])
 def test_client_0178_loads_conversions_of_1_2_and_4_shards(tmp_path: Path, outtype: str) -> None:
-    python = _client_python()
+    python = client_python(CLIENT)
     outputs, logits = {}, {}
     for n_shards in (1, 2, 4):
         ck = build(tmp_path / f"{n_shards}-shards", n_shards, n_heads=N_HEADS, seed=7)
@@ -66,7 +56,7 @@ def test_client_0178_loads_conversions_of_1_2_and_4_shards(tmp_path: Path, outty
 
 @pytest.mark.slow
 def test_client_0178_reads_our_vocabulary(tmp_path: Path) -> None:
-    python = _client_python()
+    python = client_python(CLIENT)
     ck = build(tmp_path, 2, n_heads=N_HEADS)
     model = convert_checkpoint(ck.model_dir).outfile
     out = setup_client.run_client(python, model, [1], n_ctx=8, vocab_only=True)

@@ -16,7 +16,6 @@ source on first use into .cache/clients; a failed build fails the tests, never s
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import gguf
@@ -27,24 +26,15 @@ from convert import convert_checkpoint
 from meta import VOCAB_SIZE, build
 from test_convert_gguf import LLAMA2_PARAMS, build_llama2
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "client"))
-import gguf_check  # noqa: E402  (tests/client is not a package)
-import reference  # noqa: E402
-import setup_client  # noqa: E402
+import gguf_check  # tests/client (not a package), on sys.path by conftest
+import reference
+import setup_client
+from helpers import client_python
 
 PROMPT = [1, 300, 17, 250, 99, 3, 271, 42, 13, 310]  # BOS, then fixed ids; no tokenizer involved
 N_HEADS = 4
 TOLERANCE = {"f16": gguf_check.F16_TOLERANCE, "f32": gguf_check.F32_TOLERANCE}  # 2 layers, dim 64: measured <= 4e-4
 
-
-@pytest.fixture(scope="session")
-def client() -> Path:
-    """The 0.3.36 client venv's python, built once per machine (shared, flock-protected)."""
-    try:
-        return gguf_check.ensure_gguf_client()
-    except Exception as e:  # noqa: BLE001 - any build failure must fail the tests, with the reason
-        pytest.fail(f"could not build llama-cpp-python {gguf_check.CLIENT} in {gguf_check.CLIENT_ROOT}: {e}")
 
 
 def as_stored(full: dict[str, np.ndarray], outtype: str) -> dict[str, np.ndarray]:
@@ -97,7 +87,7 @@ def test_client_0336_runs_llama2_style_gqa_checkpoint(tmp_path: Path, client: Pa
 
 @pytest.mark.slow
 def test_f16_gguf_predicts_what_the_2023_client_predicts_on_the_ggjt_file(tmp_path: Path, client: Path) -> None:
-    old_python = setup_client.ensure_client("0.1.78", gguf_check.CLIENT_ROOT)
+    old_python = client_python("0.1.78")
     ck = build(tmp_path, 2, n_heads=N_HEADS, seed=7)
     ggjt = convert_checkpoint(ck.model_dir, outtype="f16").outfile
     path = convert_checkpoint(ck.model_dir, outtype="f16", fmt="gguf").outfile

@@ -14,18 +14,17 @@ failed test naming the signal. It is built from source on first use; a failed bu
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "client"))
-import gguf_check  # noqa: E402  (tests/client is not a package)
-import reference  # noqa: E402
-from gguf_check import TinyLlama  # noqa: E402
+import builders
+import gguf_check  # tests/client (not a package), on sys.path by conftest
+import reference
+from gguf_check import TinyLlama
+from helpers import client_python
 
 Q = gguf.GGMLQuantizationType
 PROMPT = [1, 300, 17, 250, 99, 3, 271, 42, 13, 310]  # BOS, then fixed ids; no tokenizer involved
@@ -43,15 +42,9 @@ def tiny_weights(hp: TinyLlama, *, dim: int = 64, n_layers: int = 2, n_ff: int =
     """Random float32 LLaMA weights, Meta names and PyTorch shapes (wk/wv with n_kv_heads heads)."""
     rng = np.random.default_rng(seed)
     kv = dim // hp.n_heads * hp.n_kv_heads
-    shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (N_VOCAB, dim)}
-    for i in range(n_layers):
-        p = f"layers.{i}."
-        shapes |= {p + "attention.wq.weight": (dim, dim), p + "attention.wk.weight": (kv, dim),
-                   p + "attention.wv.weight": (kv, dim), p + "attention.wo.weight": (dim, dim),
-                   p + "feed_forward.w1.weight": (n_ff, dim), p + "feed_forward.w2.weight": (dim, n_ff),
-                   p + "feed_forward.w3.weight": (n_ff, dim), p + "attention_norm.weight": (dim,),
-                   p + "ffn_norm.weight": (dim,)}
-    shapes |= {"norm.weight": (dim,), "output.weight": (N_VOCAB, dim)}
+    meta = builders.llama_shapes({"n_embd": dim, "n_vocab": N_VOCAB, "n_layer": n_layers}, n_ff=n_ff, kv_rows=kv)
+    last = ("norm.weight", "output.weight")  # drawn after the layers: the seeds' measured scales depend on it
+    shapes = {n: s for n, s in meta.items() if n not in last} | {n: meta[n] for n in last}
     out = {}
     for name, shape in shapes.items():
         if len(shape) == 1:
@@ -74,14 +67,6 @@ def as_stored(weights: dict[str, np.ndarray], qtype: Q) -> dict[str, np.ndarray]
             out[name] = gguf.quants.dequantize(gguf.quants.quantize(a, qtype), qtype).astype(np.float32)
     return out
 
-
-@pytest.fixture(scope="session")
-def client() -> Path:
-    """The 0.3.36 client venv's python, built once per machine (shared, flock-protected)."""
-    try:
-        return gguf_check.ensure_gguf_client()
-    except Exception as e:  # noqa: BLE001 - any build failure must fail the tests, with the reason
-        pytest.fail(f"could not build llama-cpp-python {gguf_check.CLIENT} in {gguf_check.CLIENT_ROOT}: {e}")
 
 
 @pytest.fixture(scope="session")
@@ -298,7 +283,7 @@ def test_2023_client_on_ggjt_and_today_on_gguf_agree(tmp_path: Path, client: Pat
     from convert import convert_checkpoint
     from meta import build
 
-    old_python = setup_client.ensure_client("0.1.78", gguf_check.CLIENT_ROOT)
+    old_python = client_python("0.1.78")
     ck = build(tmp_path / "ck", 1, n_heads=4, seed=7)
     ggjt = convert_checkpoint(ck.model_dir, outtype="f16").outfile
     old = np.asarray(setup_client.run_client(old_python, ggjt, PROMPT)["logits"], dtype=np.float32)

@@ -9,7 +9,6 @@ fails, it is never skipped.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,22 +17,13 @@ import pytest
 import builders
 from migrate.cli import main as migrate_main
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "client"))
-import reference  # noqa: E402  (tests/client is not a package)
-import setup_client  # noqa: E402
+import reference  # tests/client (not a package), on sys.path by conftest
+import setup_client
+from helpers import client_python
 
 CLIENT = "0.1.48"
-CLIENT_ROOT = REPO / ".cache" / "clients"
 PROMPT = [1, 300, 17, 250, 99, 3]  # BOS, then fixed ids; no tokenizer involved
 HP = builders.llama_hparams(n_vocab=320, dim=128, n_mult=64, n_head=2, n_layer=32, ftype=2)  # ftype 2: mostly Q4_0
-
-
-def _client_python() -> Path:
-    try:
-        return setup_client.ensure_client(CLIENT, CLIENT_ROOT)
-    except Exception as e:  # noqa: BLE001 - any build failure must fail this test, with the reason
-        pytest.fail(f"could not build llama-cpp-python {CLIENT} in {CLIENT_ROOT}: {e}")
 
 
 def _tensors() -> dict[str, tuple[str, np.ndarray]]:
@@ -52,7 +42,7 @@ def _logits(python: Path, model: Path) -> np.ndarray:
 @pytest.mark.slow
 @pytest.mark.parametrize("n_parts", [2, 4])
 def test_client_048_gives_identical_logits_for_old_parts_and_migrated_file(tmp_path, n_parts):
-    python = _client_python()
+    python = client_python(CLIENT)
     tensors = _tensors()
     parts = builders.build_parts("ggmf", HP, builders.llama_vocab(HP["n_vocab"]), tensors, n_parts)
     for k, data in enumerate(parts):

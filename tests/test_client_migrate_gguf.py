@@ -16,7 +16,6 @@ fails these tests, never skips them.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import gguf
@@ -26,10 +25,8 @@ import pytest
 import builders
 from migrate.cli import main as migrate_main
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "client"))
-import gguf_check  # noqa: E402  (tests/client is not a package)
-import reference  # noqa: E402
+import gguf_check  # tests/client (not a package), on sys.path by conftest
+import reference
 
 PROMPT = [1, 300, 17, 250, 99, 3, 271, 42, 13, 310]  # BOS, then fixed ids; no tokenizer involved
 N_LAYERS = 2
@@ -64,14 +61,6 @@ def tolerance(two_d: str, lossless: bool = False) -> float:
         return gguf_check.F16_TOLERANCE
     return gguf_check.F32_TOLERANCE if lossless else gguf_check.quant_tolerance(N_LAYERS)
 
-
-@pytest.fixture(scope="session")
-def client() -> Path:
-    """The 0.3.36 client venv's python, built once per machine (shared, flock-protected)."""
-    try:
-        return gguf_check.ensure_gguf_client()
-    except Exception as e:  # noqa: BLE001 - any build failure must fail the tests, with the reason
-        pytest.fail(f"could not build llama-cpp-python {gguf_check.CLIENT} in {gguf_check.CLIENT_ROOT}: {e}")
 
 
 def migrate(d: Path, src: Path, *extra: str) -> Path:

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import convert.convert as conv
-from builders import parse_file
+from builders import llama_hparams, llama_shapes, parse_file, split_axis
 from convert import convert_checkpoint, plan_conversion
 from convert.cli import main
 from ggmlfmt.tokenizer import UNKNOWN_TEXT, load_vocab, piece_text
 from ggmlfmt import FormatError, load
 from ggmlfmt.errors import IncompleteWrite
-from meta import VOCAB_SIZE, build, load_shards, meta_axis, reference_file, vocab_entries
+from meta import VOCAB_SIZE, build, load_shards, reference_file, vocab_entries
 
 SHARDS = [1, 2, 4, 8]
 
@@ -30,9 +30,21 @@ def expected_tensors(paths: list[Path]) -> dict[str, torch.Tensor]:
     for name, t in shards[0].items():
         if name == "rope.freqs":
             continue
-        axis = meta_axis(name, t.dim()) if len(shards) > 1 else None
+        axis = split_axis(name, t.dim()) if len(shards) > 1 else None
         out[name] = t if axis is None else torch.cat([s[name] for s in shards], dim=axis)
     return out
+
+
+@pytest.mark.parametrize(("dim", "multiple_of", "n_heads", "n_layers"),
+                         [(64, 32, 4, 2), (96, 256, 2, 1), (128, 48, 8, 3)])
+def test_checkpoints_have_the_llama_shapes_of_the_spec(tmp_path: Path, dim: int, multiple_of: int, n_heads: int,
+                                                       n_layers: int) -> None:
+    """The checkpoints every test converts (made by convert.demo, which shares convert's shape table) have the
+    shapes builders restates from docs/format.md: a shape bug in convert would otherwise go unseen."""
+    ck = build(tmp_path, 1, dim=dim, multiple_of=multiple_of, n_heads=n_heads, n_layers=n_layers)
+    want = llama_shapes(llama_hparams(VOCAB_SIZE, dim, multiple_of, n_heads, n_layers, 1))
+    assert [(n, a.shape) for n, a in ck.full.items() if n != "rope.freqs"] == list(want.items())
+    assert ck.full["rope.freqs"].shape == (dim // n_heads // 2,)
 
 
 @pytest.mark.parametrize("n_shards", SHARDS)

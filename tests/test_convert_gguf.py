@@ -9,10 +9,6 @@ params.json (hand-computed where derived) and sentencepiece; GGUF names from tes
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +18,14 @@ import pytest
 import sentencepiece
 import torch
 
+from builders import llama_shapes, split_axis
 from convert import convert_checkpoint
 from convert.cli import main
 from ggmlfmt import FormatError, load
-from meta import VOCAB_SIZE, build, load_shards, meta_axis, split, tokenizer_bytes
+from helpers import run_with_unimportable
+from meta import VOCAB_SIZE, build, load_shards, split, tokenizer_bytes
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "client"))
-import gguf_check  # noqa: E402  (tests/client is not a package; only its name map and vocab typing are used)
+import gguf_check  # tests/client (on sys.path by conftest); only its name map and vocab typing are used
 
 Q = gguf.GGMLQuantizationType
 TORCH_TYPE = {"f16": torch.float16, "f32": torch.float32}
@@ -47,15 +43,8 @@ def llama2_weights(params: dict[str, Any], n_vocab: int, hidden: int, kv_rows: i
     """Random float32 weights in Meta's key order (wk/wv with kv_rows rows, FFN hidden wide), then rope.freqs."""
     rng = np.random.default_rng(seed)
     dim = params["dim"]
-    shapes: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (n_vocab, dim), "norm.weight": (dim,),
-                                          "output.weight": (n_vocab, dim)}
-    for n in range(params["n_layers"]):
-        p = f"layers.{n}."
-        shapes |= {p + "attention.wq.weight": (dim, dim), p + "attention.wk.weight": (kv_rows, dim),
-                   p + "attention.wv.weight": (kv_rows, dim), p + "attention.wo.weight": (dim, dim),
-                   p + "feed_forward.w1.weight": (hidden, dim), p + "feed_forward.w2.weight": (dim, hidden),
-                   p + "feed_forward.w3.weight": (hidden, dim), p + "attention_norm.weight": (dim,),
-                   p + "ffn_norm.weight": (dim,)}
+    shapes = llama_shapes({"n_embd": dim, "n_vocab": n_vocab, "n_layer": params["n_layers"]}, n_ff=hidden,
+                          kv_rows=kv_rows)
     std = {"tok_embeddings.weight": 1.0, "output.weight": 0.1, "wq": 0.1, "wk": 0.1}  # tame yet sensitive
     out = {}
     for name, shape in shapes.items():
@@ -98,7 +87,7 @@ def expected_arrays(paths: list[Path], outtype: str) -> dict[str, np.ndarray]:
             continue
         dtype = torch.float32 if t.dim() == 1 else TORCH_TYPE[outtype]
         parts = [s[name].to(dtype).numpy() for s in shards]
-        axis = meta_axis(name, t.dim())
+        axis = split_axis(name, t.dim())
         out[name] = parts[0] if axis is None else np.concatenate(parts, axis=axis)
     return out
 
@@ -342,26 +331,11 @@ def test_dry_run_text_shows_gguf_names_and_metadata(tmp_path: Path, capsys: pyte
 # ------------------------------------------------------------------ without torch
 
 
-_BLOCKER = textwrap.dedent("""
-    import importlib.abc, sys
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "torch":
-                raise ImportError("torch is made unimportable by this test")
-            return None
-    sys.meta_path.insert(0, Blocker())
-    from convert.cli import main
-    rc = main(sys.argv[1:])
-    print(f"rc={rc} torch_loaded={'torch' in sys.modules}")
-""")
-
-
 def test_gguf_conversion_runs_with_torch_unimportable(tmp_path: Path) -> None:
     model_dir, _, paths = build_llama2(tmp_path, 2)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", _BLOCKER, str(model_dir), "--format", "gguf", "--outtype", "f32",
-                           "--quiet"], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip() == "rc=0 torch_loaded=False", proc.stdout + proc.stderr
+    proc = run_with_unimportable("torch", "convert", [str(model_dir), "--format", "gguf", "--outtype", "f32",
+                                                      "--quiet"], timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "rc=0 tried=[] loaded=[]", proc.stdout + proc.stderr
     check_gguf(model_dir / "ggml-model-f32.gguf", expected_arrays(paths, "f32"),
                expected_metadata(LLAMA2_PARAMS, tmp_path / "tokenizer.model", outtype="f32", name="llama-2-tiny",
                                  n_ff=LLAMA2_HIDDEN))

@@ -22,7 +22,7 @@ from convert import convert_checkpoint, plan_conversion
 from convert.cli import main
 from convert.params import parse_params
 from ggmlfmt import FormatError
-from meta import build
+from meta import Checkpoint, build
 
 GOOD = {"dim": 64, "multiple_of": 32, "n_heads": 4, "n_layers": 2, "norm_eps": 1e-06, "vocab_size": -1}
 
@@ -192,45 +192,35 @@ def _resave(path: Path, shard: dict[str, np.ndarray], **changes: Any) -> None:
     torch.save(tensors, path)
 
 
-def test_shard_missing_a_tensor(tmp_path: Path) -> None:
-    ck = build(tmp_path, 2)
-    _resave(ck.paths[1], ck.shards[1], **{"layers__1__attention__wk__weight": None})
-    with pytest.raises(FormatError, match=r"consolidated\.01\.pth: tensor 'layers\.1\.attention\.wk\.weight': "
-                                          r"missing \(present in consolidated\.00\.pth\)"):
-        plan_conversion(ck.model_dir)
-
-
-def test_shard_with_an_extra_tensor(tmp_path: Path) -> None:
-    ck = build(tmp_path, 2)
-    _resave(ck.paths[1], ck.shards[1], extra=torch.zeros(3))
-    with pytest.raises(FormatError, match=r"consolidated\.01\.pth: tensor 'extra': tensor not in consolidated\.00"):
-        plan_conversion(ck.model_dir)
-
-
-def test_shard_with_another_shape(tmp_path: Path) -> None:
-    ck = build(tmp_path, 4)
-    wq = "layers.0.attention.wq.weight"
-    _resave(ck.paths[3], ck.shards[3], **{wq.replace(".", "__"): torch.zeros(8, 64, dtype=torch.float16)})
-    with pytest.raises(FormatError, match=r"consolidated\.03\.pth: tensor 'layers\.0\.attention\.wq\.weight': "
-                                          r"float16 \[8, 64\] differs from float16 \[16, 64\]"):
-        plan_conversion(ck.model_dir)
-
-
-def test_shard_with_another_dtype(tmp_path: Path) -> None:
-    ck = build(tmp_path, 2)
-    t = torch.from_numpy(ck.shards[1]["output.weight"]).float()
-    _resave(ck.paths[1], ck.shards[1], output__weight=t)
-    with pytest.raises(FormatError, match=r"consolidated\.01\.pth: tensor 'output\.weight': float32"):
-        plan_conversion(ck.model_dir)
-
-
-def test_replicated_tensor_that_differs_between_shards(tmp_path: Path) -> None:
-    ck = build(tmp_path, 2)
+def _bumped_norm(ck: Checkpoint) -> dict[str, torch.Tensor]:
     norm = torch.from_numpy(ck.shards[1]["layers.1.ffn_norm.weight"]).clone()
     norm[5] += 1
-    _resave(ck.paths[1], ck.shards[1], **{"layers__1__ffn_norm__weight": norm})
-    with pytest.raises(FormatError, match=r"consolidated\.01\.pth: tensor 'layers\.1\.ffn_norm\.weight': differs "
-                                          r"from the copy in consolidated\.00\.pth"):
+    return {"layers__1__ffn_norm__weight": norm}
+
+
+# name -> (shards, which shard is re-saved, its changes given the checkpoint, the one error expected)
+SHARD_MISMATCHES = {
+    "missing_a_tensor": (2, 1, lambda ck: {"layers__1__attention__wk__weight": None},
+                         r"consolidated\.01\.pth: tensor 'layers\.1\.attention\.wk\.weight': "
+                         r"missing \(present in consolidated\.00\.pth\)"),
+    "with_an_extra_tensor": (2, 1, lambda ck: {"extra": torch.zeros(3)},
+                             r"consolidated\.01\.pth: tensor 'extra': tensor not in consolidated\.00"),
+    "with_another_shape": (4, 3, lambda ck: {"layers__0__attention__wq__weight": torch.zeros(8, 64).half()},
+                           r"consolidated\.03\.pth: tensor 'layers\.0\.attention\.wq\.weight': "
+                           r"float16 \[8, 64\] differs from float16 \[16, 64\]"),
+    "with_another_dtype": (2, 1, lambda ck: {"output__weight": torch.from_numpy(ck.shards[1]["output.weight"]).float()},
+                           r"consolidated\.01\.pth: tensor 'output\.weight': float32"),
+    "replicated_tensor_that_differs": (2, 1, _bumped_norm,
+                                       r"consolidated\.01\.pth: tensor 'layers\.1\.ffn_norm\.weight': differs "
+                                       r"from the copy in consolidated\.00\.pth"),
+}
+
+
+@pytest.mark.parametrize(("n_shards", "k", "change", "message"), SHARD_MISMATCHES.values(), ids=SHARD_MISMATCHES)
+def test_shard_that_disagrees_with_shard_0(tmp_path: Path, n_shards: int, k: int, change, message: str) -> None:
+    ck = build(tmp_path, n_shards)
+    _resave(ck.paths[k], ck.shards[k], **change(ck))
+    with pytest.raises(FormatError, match=message):
         plan_conversion(ck.model_dir)
 
 

@@ -16,6 +16,7 @@ import gguf
 import numpy as np
 import pytest
 
+import builders
 import ggmlfmt
 from ggmlfmt import FileWriter, FormatError, GGMLType, TensorSpec, dequantize, load, read_index
 from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGUF_TYPE_SIZES, GGUFValueType as V
@@ -82,11 +83,15 @@ def test_type_table_is_gguf_py_s():
     ours = {t.name: (int(t), size) for t, size in GGUF_TYPE_SIZES.items()}
     theirs = {t.name: (int(t), tuple(gguf.GGML_QUANT_SIZES[t])) for t in Q}
     assert ours == theirs
-    for t, (elements, nbytes) in GGUF_TYPE_SIZES.items():
+    for t in GGUF_TYPE_SIZES:  # the block layouts the reader uses for GGUF, against gguf-py's sizes
         layout = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][t]
-        assert (layout.elements, layout.nbytes) == (elements, nbytes), t.name
+        assert (layout.elements, layout.nbytes) == tuple(gguf.GGML_QUANT_SIZES[Q[t.name]]), t.name
     for t in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0):  # §11.6: ggjt v3 blocks
         assert BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][t] is BLOCK_LAYOUTS[3][t]
+        # ... and the test-side v3 layout (builders, from docs/format.md §5) is gguf-py's block, byte for byte
+        assert builders.BLOCKS[3][t.name] == tuple(gguf.GGML_QUANT_SIZES[Q[t.name]]), t.name
+        x = np.random.default_rng(int(t)).standard_normal(64).astype(np.float32)
+        assert builders.quantize(x, t.name, 3) == gguf.quants.quantize(x, Q[t.name]).tobytes(), t.name
 
 
 def test_value_type_codes_are_gguf_py_s():

@@ -219,16 +219,21 @@ def test_later_part_as_src_gets_a_hint(tmp_path):
         migrate_file(tmp_path / "model.bin.1", tmp_path / "out.bin")
 
 
+def _refused_single_part(tmp_path: Path, transform, message: str) -> None:
+    """A one-part ggmf F16 model with its records passed through `transform` is refused with `message`."""
+    src = tmp_path / "model.bin"
+    src.write_bytes(replace_record(part_bytes("ggmf", "F16", 1)[0], "ggmf", transform))
+    with pytest.raises(FormatError, match=message):
+        migrate_file(src, tmp_path / "out.bin")
+
+
 def test_tok_embeddings_must_divide_n_embd(tmp_path):
     def shrink(records):
         name, code, ne, data = records[0]
         return [(name, code, (48, ne[1]), data[: 48 * ne[1] * 2]), *records[1:]]
 
-    src = tmp_path / "model.bin"
-    src.write_bytes(replace_record(part_bytes("ggmf", "F16", 1)[0], "ggmf", shrink))
-    with pytest.raises(FormatError, match=r"model\.bin: offset 0x[0-9a-f]+: tensor 'tok_embeddings.weight': "
-                                          r"ne\[0\] = 48 does not divide the header's n_embd 128"):
-        migrate_file(src, tmp_path / "out.bin")
+    _refused_single_part(tmp_path, shrink, r"model\.bin: offset 0x[0-9a-f]+: tensor 'tok_embeddings.weight': "
+                                           r"ne\[0\] = 48 does not divide the header's n_embd 128")
 
 
 def test_missing_tok_embeddings_with_several_parts(tmp_path):
@@ -328,11 +333,8 @@ def test_types_newer_than_ggjt_are_refused(tmp_path):
         q8 = builders.quantize(np.frombuffer(data, "<f2").astype(np.float32).reshape(ne[1], ne[0]), "Q8_0", 1)
         return [*records[:2], (name, 8, ne, q8), *records[3:]]
 
-    src = tmp_path / "model.bin"
-    src.write_bytes(replace_record(part_bytes("ggmf", "F16", 1)[0], "ggmf", to_q8))
-    with pytest.raises(FormatError, match=r"model\.bin: offset 0x[0-9a-f]+: tensor 'output.weight': type Q8_0 did "
-                                          r"not exist before ggjt"):
-        migrate_file(src, tmp_path / "out.bin")
+    _refused_single_part(tmp_path, to_q8, r"model\.bin: offset 0x[0-9a-f]+: tensor 'output.weight': type Q8_0 did "
+                                          r"not exist before ggjt")
 
 
 def test_three_dims_in_a_multi_part_model_are_refused(tmp_path):

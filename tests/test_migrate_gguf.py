@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import gguf
@@ -21,10 +19,10 @@ import pytest
 import builders
 import ggmlfmt
 import ggmlfmt.writer
+from helpers import run_with_unimportable
 from migrate.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "client"))
-from gguf_check import gguf_name  # noqa: E402  (tests/client is not a package)
+from gguf_check import gguf_name  # tests/client (not a package), on sys.path by conftest
 
 # n_ff = 384 for dim 128 / n_mult 64: every column-split shard (128/4, 384/4) is whole 32-element blocks
 HP = builders.llama_hparams(n_vocab=300, dim=128, n_mult=64, n_head=2, n_layer=2, ftype=1)
@@ -437,33 +435,16 @@ def test_refuses_what_gguf_cannot_describe(tmp_path, capsys):
 
 # ------------------------------------------------------------------ numpy alone
 
-_BLOCKER = """
-import importlib.abc, sys
-BLOCKED = tuple(sys.argv.pop(1).split(","))
-class Blocker(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ImportError(f"{name} is made unimportable by this test")
-        return None
-sys.meta_path.insert(0, Blocker())
-from migrate.cli import main
-rc = main(sys.argv[1:])
-print(f"rc={rc} loaded={sorted(m for m in sys.modules if m.split('.')[0] in BLOCKED)}")
-"""
-
-
 def test_runs_without_torch_sentencepiece_or_gguf(tmp_path, capsys):
     src = write_parts(tmp_path, "ggmf", tensors("Q4_1"), 2)
     assert run(capsys, src, tmp_path / "reference.gguf")[0] == 0
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", _BLOCKER, "torch,sentencepiece,gguf,tqdm,convert", str(src),
-                           str(tmp_path / "out.gguf")], capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0 and proc.stdout.strip() == "rc=0 loaded=[]", proc.stdout + proc.stderr
+    proc = run_with_unimportable("torch,sentencepiece,gguf,tqdm,convert", "migrate",
+                                 [str(src), str(tmp_path / "out.gguf")], timeout=120)
+    out = proc.stdout.strip()
+    assert proc.returncode == 0 and out.startswith("rc=0 ") and out.endswith(" loaded=[]"), out + proc.stderr
     assert (tmp_path / "out.gguf").read_bytes() == (tmp_path / "reference.gguf").read_bytes()
     (tmp_path / "tokenizer.model").write_bytes(b"")
-    proc = subprocess.run([sys.executable, "-c", _BLOCKER, "sentencepiece", str(src), str(tmp_path / "v.gguf"),
-                           "--vocab", str(tmp_path / "tokenizer.model")], capture_output=True, text=True, env=env,
-                          timeout=120)
+    proc = run_with_unimportable("sentencepiece", "migrate", [str(src), str(tmp_path / "v.gguf"),
+                                                             "--vocab", str(tmp_path / "tokenizer.model")], timeout=120)
     assert proc.stdout.startswith("rc=1 ") and proc.stderr.count("\n") == 1, proc.stdout + proc.stderr
     assert "needs the sentencepiece package" in proc.stderr and not (tmp_path / "v.gguf").exists()

@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -16,32 +15,10 @@ import numpy as np
 import pytest
 
 import builders
+from helpers import run_with_unimportable
 from migrate import migrate_file
 
 REPO = Path(__file__).resolve().parents[1]
-
-# numpy is the one dependency; this hook makes other modules unimportable and records every attempt
-_BLOCKER = textwrap.dedent("""
-    import importlib.abc, sys
-    BLOCKED = tuple(sys.argv.pop(1).split(","))
-    TRIED = []
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                TRIED.append(name)
-                raise ImportError(f"{name} is made unimportable by this test")
-            return None
-    sys.meta_path.insert(0, Blocker())
-    import pkgutil, migrate
-    for mod in pkgutil.walk_packages(migrate.__path__, "migrate."):
-        if mod.name != "migrate.__main__":
-            __import__(mod.name)
-    from migrate.cli import main
-    rc = main(sys.argv[1:])
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-    print(f"rc={rc} tried={TRIED} loaded={loaded}")
-""")
-
 
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -63,8 +40,7 @@ def _small_model(directory: Path) -> Path:
 def test_runs_with_torch_unimportable(tmp_path, blocked):
     src = _small_model(tmp_path)
     migrate_file(src, tmp_path / "reference.bin")
-    proc = subprocess.run([sys.executable, "-c", _BLOCKER, blocked, str(src), str(tmp_path / "out.bin")],
-                          capture_output=True, text=True, env=_env(), timeout=120)
+    proc = run_with_unimportable(blocked, "migrate", [str(src), str(tmp_path / "out.bin")], timeout=120)
     assert proc.returncode == 0, proc.stderr
     tried = [m for m in blocked.split(",") if f"'{m}" in proc.stdout.split("loaded=")[0]]
     assert proc.stdout.startswith("rc=0 ") and proc.stdout.strip().endswith("loaded=[]"), proc.stdout

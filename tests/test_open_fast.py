@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import builders
 import test_fuzz as fz
 from ggmlfmt import FormatError, GGMLType, Vocab, layout, load
-from ggmlfmt.constants import BLOCK_LAYOUTS, MAX_TOKEN_LEN, TOKEN_LEN, TOKEN_SCORE
+from ggmlfmt.constants import BLOCK_LAYOUTS
 from ggmlfmt.errors import BadLayout, Truncated
 from ggmlfmt.layout import (
     Index,
@@ -34,11 +34,13 @@ from ggmlfmt.layout import (
     decode_version,
 )
 
+MAX_TOKEN_LEN = 65536  # docs/format.md §3: a longer vocabulary entry is corruption (written out, not imported)
+
 
 def _reference_vocab(cur: _Cursor, n_vocab: int, with_scores: bool) -> Vocab:
     """The pre-issue-12 walk: every length checked against the bytes left before it is used."""
-    score_size = TOKEN_SCORE.size if with_scores else 0
-    min_entry = TOKEN_LEN.size + score_size
+    score_size = 4 if with_scores else 0  # docs/format.md §3: i32 length, the text, then (not in ggml) an f32 score
+    min_entry = 4 + score_size
     room = cur.left() - n_vocab * min_entry
     if room < 0:
         raise Truncated(f"n_vocab {n_vocab} needs at least {n_vocab * min_entry} bytes, {cur.left()} left",

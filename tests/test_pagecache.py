@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 import ggmlfmt
-from ggmlfmt import HParams, Vocab, cachestat, copying, libc, loadopts
+from ggmlfmt import cachestat, copying, libc, loadopts
 from ggmlfmt.cli import main
+from helpers import tiny_header
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = libc.PAGE
-HP = HParams(n_vocab=3, n_embd=256, n_mult=256, n_head=2, n_layer=1, n_rot=128, ftype=1)
-VOCAB = Vocab((b"a", b"b", b"c"), np.zeros(3, np.float32))
+HP, VOCAB = tiny_header(n_vocab=3, n_embd=256, n_mult=256, n_head=2, n_rot=128)
 OPTIONS: list[dict[str, Any]] = [
     {},
     {"prefault": True},
@@ -403,9 +403,9 @@ def test_opening_a_cold_file_reads_the_index_not_the_weights(tmp_path):
     import ggmlfmt
 
     path = tmp_path / "m.bin"
-    hp = ggmlfmt.HParams(1, 4096, 256, 32, 1, 128, 1)
+    hp, vocab = tiny_header(n_vocab=1, n_embd=4096, n_mult=256, n_head=32, n_rot=128)
     tensors = {f"layers.{i}.attention.wq.weight": np.zeros((1024, 4096), np.float16) for i in range(24)}  # 192 MiB
-    ggmlfmt.save(path, tensors, hparams=hp, vocab=ggmlfmt.Vocab((b"a",), np.zeros(1, np.float32)))
+    ggmlfmt.save(path, tensors, hparams=hp, vocab=vocab)
     cachestat.evict(path)
     before = cachestat.residency(path)
     assert before.fraction < 0.01, f"eviction did not work on this filesystem: {before.fraction:.1%} cached"

@@ -9,9 +9,6 @@ from __future__ import annotations
 import collections
 import pickle
 import struct
-import subprocess
-import sys
-import textwrap
 import zipfile
 import zlib
 from pathlib import Path
@@ -22,14 +19,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from builders import split_shards
 from convert.pth import (
     PthTensor, open_checkpoint, parse_checkpoint,
 )
 from convert.pthwrite import BF16, save_checkpoint
 from ggmlfmt import FormatError, GGMLType
+from helpers import run_with_unimportable
 from ggmlfmt.floats import CASTS, bf16_to_f16, bf16_to_f32, f32_to_bf16, f32_to_f16
 
-REPO = Path(__file__).resolve().parents[1]
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -132,10 +130,10 @@ def test_property_shards_concatenate_and_cast_as_torch_does(tmp_path_factory, dt
 
     d = tmp_path_factory.mktemp("s")
     full = _random((rows * n_shards, cols * n_shards), TORCH_DTYPES[dtype], rows + 7 * cols)
-    pieces = [full] * n_shards if axis is None else torch.tensor_split(full, n_shards, dim=axis)
+    pieces = split_shards(full, n_shards, axis)
     paths = [d / f"consolidated.{k:02d}.pth" for k in range(n_shards)]
     for path, piece in zip(paths, pieces, strict=True):
-        torch.save({"w": piece.clone(), "n": full[0].clone() if rows else torch.ones(2)}, path)
+        torch.save({"w": piece, "n": full[0].clone() if rows else torch.ones(2)}, path)
     want = full.float() if axis is not None else pieces[0].float()
     assert np.array_equal(cat_shards(paths, {"w": axis})["w"].astype(np.float32), want.numpy())
     target = torch.float16 if out == "<f2" else torch.float32
@@ -351,26 +349,6 @@ def test_big_endian_byteorder_is_refused(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- convert-model with torch unimportable
 
-_BLOCKER = textwrap.dedent("""
-    import importlib.abc, sys
-    TRIED = []
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "torch":
-                TRIED.append(name)
-                raise ImportError(f"{name} is made unimportable by this test")
-            return None
-    sys.meta_path.insert(0, Blocker())
-    import pkgutil, convert
-    for mod in pkgutil.walk_packages(convert.__path__, "convert."):
-        if mod.name != "convert.__main__":
-            __import__(mod.name)
-    from convert.cli import main
-    rc = main(sys.argv[1:])
-    print(f"rc={rc} tried={TRIED} loaded={sorted(m for m in sys.modules if m.split('.')[0] == 'torch')}")
-""")
-
-
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_convert_model_runs_with_torch_unimportable(tmp_path: Path, dtype: str) -> None:
     from meta import build
@@ -381,16 +359,14 @@ def test_convert_model_runs_with_torch_unimportable(tmp_path: Path, dtype: str) 
 
     convert_checkpoint(ck.model_dir, ref)
     out = tmp_path / "out.bin"
-    proc = subprocess.run([sys.executable, "-c", _BLOCKER, str(ck.model_dir), "--outfile", str(out), "--quiet"],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_with_unimportable("torch", "convert", [str(ck.model_dir), "--outfile", str(out), "--quiet"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "rc=0 tried=[] loaded=[]", proc.stdout
     assert out.read_bytes() == ref.read_bytes()
 
 
 def test_demo_runs_with_torch_unimportable(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", _BLOCKER, "--demo", str(tmp_path / "demo")],
-                          capture_output=True, text=True, timeout=300)
+    proc = run_with_unimportable("torch", "convert", ["--demo", str(tmp_path / "demo")])
     assert proc.returncode == 0, proc.stderr
     assert "tensors equal torch.cat of the 2 shards" in proc.stdout
     assert proc.stdout.strip().endswith("rc=0 tried=[] loaded=[]"), proc.stdout

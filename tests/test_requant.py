@@ -86,6 +86,8 @@ def test_the_target_table(gen, type_name):
     assert (target.convert is None) == unchanged
     if unchanged:  # nothing to do only where the bytes already are the GGUF block
         assert BLOCK_LAYOUTS[gen][GGMLType[type_name]].dtype == BLOCK_LAYOUTS[3][GGMLType[type_name]].dtype
+        x = np.random.default_rng(gen).standard_normal(256).astype(np.float32)  # and the test-side encoders agree
+        assert builders.quantize(x, type_name, gen) == builders.quantize(x, type_name, 3)
     lossless = gguf_target(gen, GGMLType[type_name], lossless=True)
     assert lossless.type == (GGMLType.F32 if (gen, type_name) in F32_SCALES else target.type)
 

@@ -19,10 +19,10 @@ def test_report_has_every_quantity_with_units():
     assert text.count("\n") == 5
 
 
-def test_peak_is_the_command_s_own_not_its_parent_s(tmp_path):
+def test_peak_is_the_command_s_own_not_its_parent_s(tmp_path, header):
     path = tmp_path / "m.bin"
-    hp = ggmlfmt.HParams(1, 32, 32, 1, 1, 32, 1)
-    ggmlfmt.save(path, {"w": np.zeros((4, 32), np.float16)}, hparams=hp, vocab=ggmlfmt.Vocab((b"a",), np.zeros(1, np.float32)))
+    hp, vocab = header(n_vocab=1)
+    ggmlfmt.save(path, {"w": np.zeros((4, 32), np.float16)}, hparams=hp, vocab=vocab)
     ballast = np.ones(600 << 20, np.uint8)  # this test process now has > 600 MiB resident
     r = subprocess.run([sys.executable, "-m", "ggmlfmt.cli", "verify", str(path), "--rusage"], capture_output=True,
                        text=True, check=True)

@@ -16,9 +16,9 @@ import pytest
 import ggmlfmt
 from ggmlfmt.layout import TensorSpec, plan
 from ggmlfmt.writer import FileWriter
+from helpers import tiny_header
 
-HP = ggmlfmt.HParams(n_vocab=2, n_embd=256, n_mult=32, n_head=2, n_layer=1, n_rot=128, ftype=1)
-VOCAB = ggmlfmt.Vocab((b"a", b"b"), np.zeros(2, np.float32))
+HP, VOCAB = tiny_header(n_embd=256, n_head=2, n_rot=128)
 
 
 def _tensors(n_rows: int, value: float) -> dict[str, np.ndarray]:

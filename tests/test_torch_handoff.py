@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import warnings
@@ -14,31 +13,18 @@ import torch
 import builders
 import strategies
 from ggmlfmt import HParams, load, save
-from test_zero_copy import MIB, rss_file, write_big_model
+from helpers import MIB, probe_memory, rss_file, write_big_model
 
 _MEASURE = r"""
-import json, sys, warnings
+import warnings
 import torch  # imported before the first measurement: its own start-up memory is not ours
 from ggmlfmt import load
-
-def status():
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("RssAnon", "RssFile", "RssShmem"):
-                fields[key] = int(value.split()[0]) * 1024
-    return fields
-
-def touch_every_page(t):
-    b = t.reshape(-1).view(torch.uint8)
-    return int(b[::4096].sum()) + int(b[-1])
 
 before = status()
 with warnings.catch_warnings():
     warnings.simplefilter("error")
     tensors = load(sys.argv[1]).torch_tensors()
-checksum = sum(touch_every_page(t) for t in tensors.values())
+checksum = sum(touch_every_page(t.reshape(-1).view(torch.uint8)) for t in tensors.values())
 touched = status()
 print(json.dumps({"before": before, "touched": touched, "checksum": checksum,
                   "nbytes": sum(t.numel() * t.element_size() for t in tensors.values())}))
@@ -126,8 +112,7 @@ def test_unaligned_ggml_tensors_are_handed_over_as_equal_values(tmp_path):
 def test_touching_every_torch_tensor_of_a_large_file_adds_no_private_memory(tmp_path):
     path = tmp_path / "big.bin"
     nbytes, checksum = write_big_model(path)
-    out = subprocess.run([sys.executable, "-c", _MEASURE, str(path)], check=True, capture_output=True, text=True)
-    m = json.loads(out.stdout)
+    m = probe_memory(_MEASURE, path)
     assert m["nbytes"] == nbytes and m["checksum"] == checksum
     assert rss_file(m["touched"]) - rss_file(m["before"]) > 0.9 * nbytes
     assert m["touched"]["RssAnon"] - m["before"]["RssAnon"] < 8 * MIB

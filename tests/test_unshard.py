@@ -16,22 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from ggmlfmt import FileVersion, GGMLType, HParams, TensorSpec, Vocab
+from builders import split_shards
+from ggmlfmt import FileVersion, GGMLType, TensorSpec
 from ggmlfmt.layout import plan
 from ggmlfmt.floats import bf16_to_f16, bf16_to_f32, f16_to_f32, f32_to_f16
 from ggmlfmt.unshard import Piece, Source, write_tensors
 from ggmlfmt.writer import FileWriter
+from helpers import tiny_header
 
-VOCAB = Vocab((b"a", b"b"), np.zeros(2, np.float32))
-HP = HParams(2, 8, 4, 1, 1, 8, 1)
+HP, VOCAB = tiny_header(n_embd=8, n_mult=4, n_rot=8)
 # name -> (full PyTorch shape, split axis); shapes divide into 1, 2 and 4 parts
 TENSORS = {"rows.weight": ((8, 12), 0), "cols.weight": ((6, 16), 1), "norm.weight": ((12,), None)}
-
-
-def _parts(full: np.ndarray, axis: int | None, n: int) -> list[np.ndarray]:
-    if axis is None:
-        return [full.copy() for _ in range(n)]
-    return [np.ascontiguousarray(p) for p in np.split(full, n, axis=axis)]
 
 
 def _write_sources(tmp: Path, parts: dict[str, list[np.ndarray]], n: int) -> tuple[list[int], dict]:
@@ -52,7 +47,7 @@ def _run(tmp: Path, n: int, out_type: GGMLType, chunk_bytes: int, in_dtype: str 
          convert=None) -> tuple[dict[str, np.ndarray], Path, dict]:
     rng = np.random.default_rng(n)
     full = {name: rng.standard_normal(shape).astype(in_dtype) for name, (shape, _) in TENSORS.items()}
-    parts = {name: _parts(a, TENSORS[name][1], n) for name, a in full.items()}
+    parts = {name: split_shards(a, n, TENSORS[name][1]) for name, a in full.items()}
     fds, offsets = _write_sources(tmp, parts, n)
     specs = [TensorSpec.from_shape(name, out_type, a.shape) for name, a in full.items()]
     layout = plan(FileVersion.GGJT_V1, HP, VOCAB, specs)
@@ -186,3 +181,15 @@ def test_a_cast_that_would_overflow_to_infinity_is_refused(tmp_path):
     finally:
         os.close(fd)
     assert not (tmp_path / "out.bin").exists()
+
+
+def test_the_engine_s_split_rule_is_the_spec_s_on_every_llama_tensor() -> None:
+    """ggmlfmt.parts.split_axis against the test-side restatement of docs/format.md §6 (builders.split_axis)."""
+    from builders import llama_hparams, llama_shapes
+    from builders import split_axis as spec_axis
+    from ggmlfmt.parts import split_axis
+
+    shapes = llama_shapes(llama_hparams(n_vocab=32, dim=64, n_mult=32, n_head=2, n_layer=3, ftype=1))
+    got = {name: split_axis(name, len(shape)) for name, shape in shapes.items()}
+    assert got == {name: spec_axis(name, len(shape)) for name, shape in shapes.items()}
+    assert sorted(set(got.values()), key=str) == [0, 1, None]  # all three cases are exercised

@@ -2,43 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 import builders
 import strategies
-from ggmlfmt import HParams, Vocab, load, save
+from ggmlfmt import HParams, load, save
+from helpers import MIB, probe_memory, rss_file, write_big_model
 
-MIB = 1 << 20
-BIG_MIB = 128  # the file of the memory test: at least 100 MB of tensor data
-
-# Runs in a fresh interpreter so nothing the test process allocated blurs the numbers. RssAnon is private
-# memory (heap, copies); RssFile/RssShmem are pages of the mapped file (shared with the page cache).
 _MEASURE = r"""
-import json, sys
 import numpy as np
 from ggmlfmt import load
 
-def status():
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("RssAnon", "RssFile", "RssShmem"):
-                fields[key] = int(value.split()[0]) * 1024
-    return fields
-
-def touch_every_page(a):
-    b = a.reshape(-1).view(np.uint8)
-    return int(b[::4096].sum()) + int(b[-1])  # one byte per page, and the last page
-
 before = status()
 model = load(sys.argv[1])
-checksum = sum(touch_every_page(v) for v in model.tensors.values())
+checksum = sum(touch_every_page(v.reshape(-1).view(np.uint8)) for v in model.tensors.values())
 touched = status()
 shared = all(np.shares_memory(v, model.data) for v in model.tensors.values())
 copies = [np.array(v) for v in model.tensors.values()]  # the control: a real copy must show up
@@ -48,35 +27,11 @@ print(json.dumps({"before": before, "touched": touched, "copied": copied, "share
 """
 
 
-def measure(script: str, path: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", script, str(path)], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout)
-
-
-def rss_file(status: dict) -> int:
-    return status["RssFile"] + status.get("RssShmem", 0)  # a file on tmpfs is counted as shmem
-
-
-def write_big_model(path: Path) -> tuple[int, int]:
-    """LLaMA-like f16 matrices and f32 vectors totalling BIG_MIB MiB; returns (data bytes, checksum)."""
-    rng = np.random.default_rng(0)
-    tensors, checksum = {}, 0
-    for i in range(BIG_MIB // 8):
-        tensors[f"layers.{i}.w.weight"] = np.full((2048, 2048), i + 1, np.float16)  # 8 MiB each
-        tensors[f"layers.{i}.norm.weight"] = rng.standard_normal(4096).astype(np.float32)
-    for a in tensors.values():
-        b = a.reshape(-1).view(np.uint8)
-        checksum += int(b[::4096].sum()) + int(b[-1])
-    save(path, tensors, hparams=HParams(2, 2048, 256, 16, BIG_MIB // 8, 128, 1),
-         vocab=Vocab((b"a", b"b"), np.zeros(2, np.float32)))
-    return sum(a.nbytes for a in tensors.values()), checksum
-
-
 def test_touching_every_tensor_of_a_large_file_adds_no_private_memory(tmp_path):
     path = tmp_path / "big.bin"
     nbytes, checksum = write_big_model(path)
     assert nbytes >= 100 * MIB
-    m = measure(_MEASURE, path)
+    m = probe_memory(_MEASURE, path)
     assert m["shared"] and m["nbytes"] == nbytes
     assert m["checksum"] == checksum  # every page read, and the values are the ones written
     assert rss_file(m["touched"]) - rss_file(m["before"]) > 0.9 * nbytes  # the pages really are mapped in

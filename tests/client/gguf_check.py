@@ -3,7 +3,7 @@
 Used from the test venv (numpy, gguf). The client itself runs in its own venv and a subprocess
 (run_gguf_client.py), so a crash inside llama.cpp is a failed test, never a dead test session.
 
-    python = ensure_gguf_client()
+    python = setup_client.ensure_client(CLIENT, setup_client.CLIENT_ROOT)   # tests: the `client` fixture
     out = run_gguf_client(python, "model.gguf", [1, 300, 17])
     want = reference_logits("model.gguf", [1, 300, 17])          # or reference.forward(source weights)
     assert_logits_match(out["logits"], want, F16_TOLERANCE)
@@ -30,8 +30,7 @@ import reference
 import setup_client
 
 CLIENT = "0.3.36"
-REPO = Path(__file__).resolve().parents[2]
-CLIENT_ROOT = REPO / ".cache" / "clients"
+CLIENT_ROOT = setup_client.CLIENT_ROOT
 RUNNER = Path(__file__).with_name("run_gguf_client.py")
 
 # rel = max|client - reference| / max|reference| (relative_error). Measured (tests/client/README.md):
@@ -86,15 +85,6 @@ class ClientError(RuntimeError):
                 how = f"killed by signal {-returncode}"
         tail = "\n".join(stderr.strip().splitlines()[-25:])
         super().__init__(f"llama-cpp-python {CLIENT} on {model}: {how}; last stderr lines:\n{tail}")
-
-
-def ensure_gguf_client(root: Path = CLIENT_ROOT) -> Path:
-    """Build (once, shared, flock-protected) and return the python of the 0.3.36 client venv.
-
-    Raises:
-        subprocess.CalledProcessError, RuntimeError: the build failed.
-    """
-    return setup_client.ensure_client(CLIENT, root)
 
 
 def run_gguf_client(python: os.PathLike[str] | str, model_path: os.PathLike[str] | str, tokens: Sequence[int],

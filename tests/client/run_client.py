@@ -18,26 +18,20 @@ import argparse
 import ctypes
 import json
 import os
-import resource
 import sys
 from typing import Any
 
 import numpy as np
 
+from client_common import LoadError, base_parser, cap_address_space, client_version, keep_stdout_for_json
+
 SEED = 1234  # fixed; sampling is never used, but keep the context deterministic
 NORM_EPS = 1e-6  # LLaMA-1; 0.1.78 defaults to 5e-6 (LLaMA-2) and must be told
 
 
-class LoadError(RuntimeError):
-    """The model (or its context) could not be created."""
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse: model, token JSON, n_ctx, optional 'vocab_only' and flags."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model")
-    ap.add_argument("tokens", help="JSON list of token ids, e.g. '[1, 100, 200]'")
-    ap.add_argument("n_ctx", type=int)
+    ap = base_parser(__doc__)
     ap.add_argument("vocab_only", nargs="?", default="", help="pass 'vocab_only' (or 1/true) to load only the vocab")
     ap.add_argument("--no-mmap", action="store_true", help="read tensors with fread instead of mmap")
     ap.add_argument("--threads", type=int, default=1, help="llama_eval threads (default 1)")
@@ -48,13 +42,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ns.vocab_only = ns.vocab_only.lower() in ("vocab_only", "1", "true", "yes")
     ns.tokens = [int(t) for t in json.loads(ns.tokens)]
     return ns
-
-
-def client_version() -> str:
-    """Installed llama-cpp-python version."""
-    from importlib.metadata import version
-
-    return version("llama_cpp_python")
 
 
 def load(llama_cpp: Any, path: str, n_ctx: int, vocab_only: bool, use_mmap: bool) -> tuple[Any, Any]:
@@ -128,13 +115,8 @@ def main(argv: list[str]) -> int:
     if len(args.tokens) > args.n_ctx:
         print("run_client: more tokens than n_ctx", file=sys.stderr)
         return 2
-    if args.max_mem_gb > 0:
-        cap = int(args.max_mem_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    # Keep stdout clean: anything the C side prints on fd 1 goes to stderr instead.
-    sys.stdout.flush()
-    real_stdout = os.dup(1)
-    os.dup2(2, 1)
+    cap_address_space(args.max_mem_gb)
+    real_stdout = keep_stdout_for_json()
     import llama_cpp
 
     version = client_version()

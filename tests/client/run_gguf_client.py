@@ -28,25 +28,19 @@ import argparse
 import ctypes
 import json
 import os
-import resource
 import sys
 from typing import Any
 
 import numpy as np
 
+from client_common import LoadError, base_parser, cap_address_space, client_version, keep_stdout_for_json
+
 META_BUF = 1 << 16  # llama.cpp renders array values as a (truncated) list; 64 KiB is plenty per key
-
-
-class LoadError(RuntimeError):
-    """The model (or its context) could not be created."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse: model, token JSON, n_ctx and flags."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model")
-    ap.add_argument("tokens", help="JSON list of token ids, e.g. '[1, 100, 200]'")
-    ap.add_argument("n_ctx", type=int)
+    ap = base_parser(__doc__)
     ap.add_argument("--vocab-only", action="store_true", help="load only the vocabulary; report it")
     ap.add_argument("--extra-bufts", action="store_true",
                     help="leave weight repacking on (llama.cpp's default; crashed on AVX-512 here)")
@@ -62,13 +56,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ns = ap.parse_args(argv)
     ns.tokens = [int(t) for t in json.loads(ns.tokens)]
     return ns
-
-
-def client_version() -> str:
-    """Installed llama-cpp-python version."""
-    from importlib.metadata import version
-
-    return version("llama_cpp_python")
 
 
 def load_model(llama_cpp: Any, path: str, args: argparse.Namespace) -> Any:
@@ -244,14 +231,10 @@ def main(argv: list[str]) -> int:
     if not os.path.isfile(args.model):
         print(f"run_gguf_client: failed to open {args.model}: no such file", file=sys.stderr)
         return 1
-    if args.max_mem_gb > 0:
-        cap = int(args.max_mem_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    cap_address_space(args.max_mem_gb)
     if not args.backtrace:
         os.environ["GGML_NO_BACKTRACE"] = "1"  # read by ggml_abort(); gdb would take seconds per abort
-    sys.stdout.flush()
-    real_stdout = os.dup(1)
-    os.dup2(2, 1)  # anything the C side prints on fd 1 goes to stderr
+    real_stdout = keep_stdout_for_json()
     status, out = run(args)
     if out is not None:
         with os.fdopen(real_stdout, "w") as f:

@@ -36,6 +36,8 @@ CMAKE_ARGS: dict[str, str] = {
     ]),
 }
 MARKER = ".ggmlfmt-client-ok"
+# Where the test suite keeps its client venvs: shared between worktrees through the .cache symlink.
+CLIENT_ROOT = Path(__file__).resolve().parents[2] / ".cache" / "clients"
 
 
 def log(msg: str) -> None:
