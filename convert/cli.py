@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ggmlfmt.atomic import refuse_existing
 from ggmlfmt.cli import add_common_options, run
 
 from ggmlfmt.constants import GGUFValueType
@@ -28,7 +29,6 @@ from .convert import (
     ConversionPlan,
     default_outfile,
     plan_conversion,
-    refuse_existing,
     resolve_format,
     write_conversion,
 )
@@ -91,7 +91,7 @@ def _convert(args: argparse.Namespace) -> int:
     fmt = resolve_format(args.fmt, args.outfile)
     out = Path(args.outfile) if args.outfile else default_outfile(model_dir, args.outtype, fmt)
     if not args.dry_run:
-        refuse_existing(out, args.force)
+        refuse_existing(out, overwrite=args.force)
     cp = plan_conversion(model_dir, out, outtype=args.outtype, vocab=args.vocab, fmt=fmt, context_length=args.ctx,
                          rms_eps=args.eps)
     if args.dry_run:
@@ -128,7 +128,7 @@ def plan_dict(cp: ConversionPlan, out_exists: bool) -> dict[str, Any]:
 def _metadata(cp: ConversionPlan) -> dict[str, Any]:
     """The GGUF metadata the plan writes: scalars as values, arrays as {"type", "count"} (general.alignment apart)."""
     if cp.gguf is None:
-        raise ValueError("not a GGUF plan")
+        raise TypeError("not a GGUF plan")
     types_2d = [e.info.type for e in cp.entries if len(e.shape) == 2]
     kvs = llama_metadata(cp.gguf.hparams, cp.gguf.vocab, name=cp.gguf.name, file_type=llama_file_type(types_2d),
                          quantized=False)

@@ -19,9 +19,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ggmlfmt.atomic import refuse_existing
 from ggmlfmt.constants import FileVersion, FType, GGMLType
 from ggmlfmt.floats import CASTS
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
 from ggmlfmt.llama import GGUFVocab, LlamaHParams, OutTensor, gguf_tensor_name, plan_llama_gguf, skipped_tensor
 from ggmlfmt.parts import full_shape, n_parts_for_dim, split_axis
@@ -89,26 +90,16 @@ def resolve_format(fmt: str | None, outfile: str | os.PathLike[str] | None) -> s
     """The output format: `fmt` if given, else gguf for an outfile ending in .gguf, else ggjt.
 
     Raises:
-        ValueError: an unknown format, or --format ggjt with an outfile ending in .gguf.
+        CannotWrite: an unknown format, or --format ggjt with an outfile ending in .gguf.
     """
     implied = "gguf" if outfile is not None and os.fspath(outfile).endswith(".gguf") else None
     if fmt is None:
         return implied or "ggjt"
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise CannotWrite(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if implied and fmt != implied:
-        raise ValueError(f"{outfile}: a .gguf output name with --format {fmt}; drop one of them")
+        raise CannotWrite(f"{outfile}: a .gguf output name with --format {fmt}; drop one of them")
     return fmt
-
-
-def refuse_existing(out: Path, force: bool) -> None:
-    """Fail fast, before any other work, when the output exists and may not be replaced.
-
-    Raises:
-        FileExistsError.
-    """
-    if out.exists() and not force:
-        raise FileExistsError(errno.EEXIST, "output exists (use --force to replace it)", str(out))
 
 
 def find_vocab(model_dir: Path, vocab: str | os.PathLike[str] | None) -> Path:
@@ -138,15 +129,15 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     Raises:
         FormatError: bad params.json, tokenizer or shards (names the file, and the field or tensor),
             or a model ggjt cannot describe (GQA, ffn_dim_multiplier) with fmt "ggjt".
-        ValueError: an unknown outtype or format, an option the format does not take, or an output
+        CannotWrite: an unknown outtype or format, an option the format does not take, or an output
             path that is one of the inputs.
         OSError: an input cannot be read.
     """
     if outtype not in OUTTYPES:
-        raise ValueError(f"outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
+        raise CannotWrite(f"outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
     fmt = resolve_format(fmt, outfile)
     if fmt == "ggjt" and (context_length is not None or rms_eps is not None):
-        raise ValueError("--ctx and --eps apply to --format gguf only (a ggjt file stores neither)")
+        raise CannotWrite("--ctx and --eps apply to --format gguf only (a ggjt file stores neither)")
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a model directory", str(model_dir))
@@ -158,7 +149,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype, fmt)
     vocab_path = find_vocab(model_dir, vocab)
     shards = find_shards(model_dir)
-    _refuse_input_as_output(out, [params_path, vocab_path, *shards])
+    refuse_existing(out, overwrite=True, inputs=[params_path, vocab_path, *shards])  # --force never replaces an input
     tokens: Vocab | GGUFVocab = load_vocab(vocab_path) if fmt == "ggjt" else load_gguf_vocab(vocab_path)
     if params.vocab_size > 0 and params.vocab_size != len(tokens):
         raise FormatError(f"{params.vocab_size} does not match the {len(tokens)} pieces of {vocab_path}",
@@ -180,15 +171,15 @@ def _with_eps(params: Params, rms_eps: float | None, path: Path) -> Params:
     """params with norm_eps from --eps when params.json has none.
 
     Raises:
-        ValueError: --eps out of (0, 1), or given although params.json has norm_eps (which one
+        CannotWrite: --eps out of (0, 1), or given although params.json has norm_eps (which one
             would win is not obvious: refused rather than guessed).
     """
     if rms_eps is None:
         return params
     if not 0 < rms_eps < 1:  # the range params.json's norm_eps is held to (docs/format.md §16)
-        raise ValueError(f"--eps must be in (0, 1), not {rms_eps!r}")
+        raise CannotWrite(f"--eps must be in (0, 1), not {rms_eps!r}")
     if params.norm_eps is not None:
-        raise ValueError(f"{path}: norm_eps is {params.norm_eps!r}; --eps applies only when params.json has none")
+        raise CannotWrite(f"{path}: norm_eps is {params.norm_eps!r}; --eps applies only when params.json has none")
     return replace(params, norm_eps=rms_eps)
 
 
@@ -234,15 +225,6 @@ def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[Te
                              name=name)
     entries = _entries(pending, layout.by_name(), lambda n: gguf_tensor_name(n, n_layer))
     return layout, entries, skipped, GGUFContent(hp, vocab, name)
-
-
-def _refuse_input_as_output(out: Path, inputs: list[Path]) -> None:
-    """Raises: ValueError when the output would replace an input file."""
-    if not out.exists():
-        return
-    for p in inputs:
-        if p.exists() and os.path.samefile(out, p):
-            raise ValueError(f"{out}: the output would replace an input ({p}); choose another --outfile")
 
 
 def _hparams(params: Params, n_vocab: int, outtype: str) -> HParams:
@@ -440,11 +422,11 @@ def convert_checkpoint(model_dir: str | os.PathLike[str], outfile: str | os.Path
 
     Raises:
         FileExistsError: the output exists and force is False (checked before any other work).
-        FormatError, ValueError, OSError: as plan_conversion and write_conversion.
+        FormatError (CannotWrite among them), OSError: as plan_conversion and write_conversion.
     """
     fmt = resolve_format(fmt, outfile)
     out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype, fmt)
-    refuse_existing(out, force)
+    refuse_existing(out, overwrite=force)
     cp = plan_conversion(model_dir, out, outtype=outtype, vocab=vocab, fmt=fmt, context_length=context_length,
                          rms_eps=rms_eps)
     write_conversion(cp, force=force, progress=progress)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ggmlfmt.errors import CannotWrite
 from ggmlfmt.parts import split_axis
 from ggmlfmt.reader import load
 from ggmlfmt.rusage import measure
@@ -81,13 +82,13 @@ def split_weights(full: dict[str, np.ndarray], n_shards: int) -> list[dict[str, 
     """Meta's shards of full tensors (§6.2 rule from ggmlfmt.parts); 1-D tensors are copied into every shard.
 
     Raises:
-        ValueError: a split axis does not divide by n_shards.
+        CannotWrite: a split axis does not divide by n_shards.
     """
     shards: list[dict[str, np.ndarray]] = [{} for _ in range(n_shards)]
     for name, a in full.items():
         axis = split_axis(name, a.ndim)
         if axis is not None and a.shape[axis] % n_shards:
-            raise ValueError(f"tensor {name!r}: axis {axis} of {a.shape} does not split into {n_shards} shards")
+            raise CannotWrite(f"tensor {name!r}: axis {axis} of {a.shape} does not split into {n_shards} shards")
         pieces = [a] * n_shards if axis is None else np.split(a, n_shards, axis=axis)
         for shard, piece in zip(shards, pieces, strict=True):
             shard[name] = np.ascontiguousarray(piece)

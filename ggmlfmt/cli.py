@@ -67,7 +67,7 @@ def run(prog: str, args: argparse.Namespace, body: Callable[[argparse.Namespace]
     except BrokenPipeError:  # stdout's reader left (`| head`): not an error of ours, say nothing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail
         return 141  # 128 + SIGPIPE, what a program killed by the signal reports
-    except (FormatError, OSError, ValueError) as e:
+    except (FormatError, OSError) as e:  # project errors (CannotWrite among them) and the OS; anything else is a bug
         if args.debug:
             raise
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)

@@ -41,7 +41,7 @@ from .constants import (
     GGMLType,
     GGUFVersion,
 )
-from .errors import BadLayout, BadMagic, BadValue, FormatError, Truncated, UnsupportedVersion
+from .errors import BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion
 
 
 def align_up(pos: int, align: int = DEFAULT_ALIGNMENT) -> int:
@@ -87,9 +87,9 @@ class Vocab:
     _section: _Section | None
 
     def __init__(self, tokens: tuple[bytes, ...], scores: np.ndarray | None = None) -> None:
-        """Raises: ValueError: tokens and scores differ in number."""
+        """Raises: CannotWrite: tokens and scores differ in number."""
         if scores is not None and len(scores) != len(tokens):
-            raise ValueError(f"{len(tokens)} tokens but {len(scores)} scores")
+            raise CannotWrite(f"{len(tokens)} tokens but {len(scores)} scores")
         _set(self, "_tokens", tokens)
         _set(self, "_scores", scores)
         _set(self, "_section", None)
@@ -721,17 +721,17 @@ def encode_prefix(version: FileVersion, hparams: HParams, vocab: Vocab) -> bytes
     """Header and vocabulary bytes.
 
     Raises:
-        ValueError: n_vocab disagrees with the vocabulary, or scores are missing where needed.
+        CannotWrite: n_vocab disagrees with the vocabulary, or scores are missing where needed.
     """
     if hparams.n_vocab != len(vocab):
-        raise ValueError(f"hparams.n_vocab is {hparams.n_vocab} but the vocabulary has {len(vocab)} entries")
+        raise CannotWrite(f"hparams.n_vocab is {hparams.n_vocab} but the vocabulary has {len(vocab)} entries")
     parts = [U32.pack(MAGIC_OF[version.magic_name])]
     if version.has_version_field:
         parts.append(U32.pack(version.number))
     parts.append(HPARAMS.pack(*hparams.astuple()))
     if version.has_scores:
         if vocab.scores is None:
-            raise ValueError(f"a {version} file needs a score for every token; the vocabulary has none")
+            raise CannotWrite(f"a {version} file needs a score for every token; the vocabulary has none")
         scores = np.asarray(vocab.scores, dtype="<f4")
         for text, score in zip(vocab.tokens, scores):
             parts += [TOKEN_LEN.pack(len(text)), text, score.tobytes()]
@@ -745,7 +745,7 @@ def plan(version: FileVersion, hparams: HParams, vocab: Vocab, specs: Iterable[T
     """Lay out a whole file: every record and data offset, before the first byte is written.
 
     Raises:
-        ValueError: a spec cannot be stored (dims, name, block size, duplicate).
+        CannotWrite: a spec cannot be stored (dims, name, block size, duplicate).
     """
     prefix = encode_prefix(version, hparams, vocab)
     pos = len(prefix)
@@ -770,24 +770,24 @@ def _check_spec(spec: TensorSpec, version: FileVersion, seen: set[str]) -> tuple
     """Validate one spec for writing; return its block layout and encoded name.
 
     Raises:
-        ValueError.
+        CannotWrite.
     """
     if not 1 <= len(spec.ne) <= MAX_DIMS:
-        raise ValueError(f"tensor {spec.name!r}: the format stores 1..{MAX_DIMS} dims, not {len(spec.ne)} "
+        raise CannotWrite(f"tensor {spec.name!r}: the format stores 1..{MAX_DIMS} dims, not {len(spec.ne)} "
                          "(reshape a scalar to (1,))")
     if any(n < 0 or n > 0x7FFFFFFF for n in spec.ne):
-        raise ValueError(f"tensor {spec.name!r}: every dim must fit a signed 32-bit field, got {list(spec.ne)}")
+        raise CannotWrite(f"tensor {spec.name!r}: every dim must fit a signed 32-bit field, got {list(spec.ne)}")
     name = spec.name.encode("utf-8")
     if not 0 < len(name) <= MAX_NAME_LEN:
-        raise ValueError(f"tensor name must be 1..{MAX_NAME_LEN} UTF-8 bytes, got {len(name)}: {spec.name[:60]!r}")
+        raise CannotWrite(f"tensor name must be 1..{MAX_NAME_LEN} UTF-8 bytes, got {len(name)}: {spec.name[:60]!r}")
     if spec.name in seen:
-        raise ValueError(f"duplicate tensor name {spec.name!r}")
+        raise CannotWrite(f"duplicate tensor name {spec.name!r}")
     seen.add(spec.name)
     try:
         block = block_layout(spec.type, version.block_generation)
     except BadValue as e:
-        raise ValueError(f"tensor {spec.name!r}: {e.msg}") from None
+        raise CannotWrite(f"tensor {spec.name!r}: {e.msg}") from None
     if spec.ne[0] % block.elements:
-        raise ValueError(f"tensor {spec.name!r}: ne[0] = {spec.ne[0]} is not a multiple of the "
+        raise CannotWrite(f"tensor {spec.name!r}: ne[0] = {spec.ne[0]} is not a multiple of the "
                          f"{GGMLType(spec.type).name} block size {block.elements}")
     return block, name

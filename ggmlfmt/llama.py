@@ -27,7 +27,7 @@ from .constants import (
     GGUFValueType,
     TokenType,
 )
-from .errors import BadValue, FormatError
+from .errors import BadValue, CannotWrite, FormatError
 from .gguf import plan_gguf
 from .layout import Plan, TensorSpec, Vocab
 
@@ -232,7 +232,7 @@ class GGUFVocab:
 
     def __post_init__(self) -> None:
         if not len(self.pieces) == len(self.scores) == len(self.types):
-            raise ValueError(f"{len(self.pieces)} pieces, {len(self.scores)} scores, {len(self.types)} types")
+            raise CannotWrite(f"{len(self.pieces)} pieces, {len(self.scores)} scores, {len(self.types)} types")
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -395,7 +395,7 @@ def plan_llama_gguf(hp: LlamaHParams, vocab: GGUFVocab, tensors: Sequence[OutTen
 
     Raises:
         FormatError: a value llama.cpp would refuse (vocabulary size, special ids, unknown tensors).
-        ValueError: a spec GGUF cannot store.
+        CannotWrite: a spec GGUF cannot store.
     """
     types_2d = [t.type for t in tensors if len(t.shape) == 2]
     quantized = any(BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][t.type].elements > 1 for t in tensors)

@@ -23,8 +23,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from .atomic import create_exclusive, fsync_dir, temp_path_beside
-from .errors import Truncated
+from .atomic import create_exclusive, fsync_dir, refuse_existing, temp_path_beside
+from .errors import CannotWrite, Truncated
 
 PAGE = mmap.PAGESIZE
 Advice = Literal["normal", "sequential", "random", "willneed"]
@@ -186,10 +186,10 @@ def advise(m: mmap.mmap, advice: Advice) -> None:
     """madvise the whole map: the kernel's readahead policy for it.
 
     Raises:
-        ValueError: unknown advice. OSError: the kernel refused.
+        CannotWrite: unknown advice. OSError: the kernel refused.
     """
     if advice not in ADVICE:
-        raise ValueError(f"unknown advice {advice!r}; expected one of {', '.join(ADVICE)}")
+        raise CannotWrite(f"unknown advice {advice!r}; expected one of {', '.join(ADVICE)}")
     m.madvise(ADVICE[advice])
 
 
@@ -328,25 +328,25 @@ class LoadOptions:
         """Refuse combinations that mean nothing or defeat the point.
 
         Raises:
-            ValueError: names the offending option.
+            CannotWrite: names the offending option.
         """
         if self.method not in ("mmap", "pread"):
-            raise ValueError(f"unknown method {self.method!r}; expected 'mmap' or 'pread'")
+            raise CannotWrite(f"unknown method {self.method!r}; expected 'mmap' or 'pread'")
         if self.advice is not None and self.advice not in ADVICE:
-            raise ValueError(f"unknown advice {self.advice!r}; expected one of {', '.join(ADVICE)}")
+            raise CannotWrite(f"unknown advice {self.advice!r}; expected one of {', '.join(ADVICE)}")
         if self.threads < 0 or (self.threads and self.method != "pread"):
-            raise ValueError(f"threads={self.threads}: a count >= 0, and only with method='pread'")
+            raise CannotWrite(f"threads={self.threads}: a count >= 0, and only with method='pread'")
         if self.method == "pread" and (self.prefault or self.advice):
-            raise ValueError("prefault and advice apply to a file map; method='pread' reads everything up front")
+            raise CannotWrite("prefault and advice apply to a file map; method='pread' reads everything up front")
         if self.lock and self.method == "mmap" and mode == "c":
-            raise ValueError("lock with mode 'c' would copy every page of the file (mlock write-faults private maps)")
+            raise CannotWrite("lock with mode 'c' would copy every page of the file (mlock write-faults private maps)")
 
 
 def open_data(path: str | os.PathLike[str], mode: Literal["r", "c"], options: LoadOptions) -> np.ndarray:
     """The whole file as a uint8 array brought in as `options` say: a map (advised) or a private read.
 
     Raises:
-        ValueError: a meaningless combination. Truncated: empty file. MemoryLockError. OSError.
+        CannotWrite: a meaningless combination. Truncated: empty file. MemoryLockError. OSError.
     """
     options.check(mode)
     if options.method == "pread":
@@ -521,21 +521,6 @@ def _sha256(path: str | os.PathLike[str], keep: npt.NDArray[np.bool_] | None, ch
     return h.hexdigest()
 
 
-def _check_copy_target(src: Path, dst: Path, overwrite: bool) -> None:
-    """Refuse a copy onto itself, onto a directory, or over a file without overwrite.
-
-    Raises:
-        ValueError, FileExistsError, IsADirectoryError.
-    """
-    if dst.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "destination is a directory", str(dst))
-    if dst.exists():
-        if os.path.samefile(src, dst):
-            raise ValueError(f"{dst}: source and destination are the same file")
-        if not overwrite:
-            raise FileExistsError(errno.EEXIST, "destination exists (use --force / overwrite=True)", str(dst))
-
-
 def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwrite: bool = False,
               chunk: int = COPY_CHUNK) -> CopyResult:
     """Copy src to dst leaving the page cache as it was; verify by sha256; write via temp file + rename.
@@ -544,11 +529,11 @@ def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overw
     the hash pass reads both files the same way.
 
     Raises:
-        FileExistsError: dst exists and not overwrite. ValueError: src and dst are one file.
+        FileExistsError: dst exists and not overwrite. CannotWrite: src and dst are one file.
         OSError: I/O error, or the copy's hash differs from the source's (EIO).
     """
     src, dst = Path(src), Path(dst)
-    _check_copy_target(src, dst, overwrite)
+    refuse_existing(dst, overwrite=overwrite, inputs=[src], role="the source")
     before = residency(src)
     fin = os.open(src, os.O_RDONLY)
     try:

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ggmlfmt.cli import add_common_options, run
+from ggmlfmt.errors import CannotWrite
 
 from .migrate import Migration, check_destination, open_migration, write_migration
 from .sources import find_parts
@@ -85,16 +86,16 @@ def output_format(args: argparse.Namespace) -> str:
     """ggjt or gguf from --format and DST's name; GGUF-only options without GGUF are refused.
 
     Raises:
-        ValueError: --format ggjt with a .gguf DST, or a GGUF option with ggjt output.
+        CannotWrite: --format ggjt with a .gguf DST, or a GGUF option with ggjt output.
     """
     implied = "gguf" if str(args.dst).endswith(".gguf") else None
     if args.format == "ggjt" and implied:
-        raise ValueError(f"{args.dst}: a .gguf name for --format ggjt output; choose one or the other")
+        raise CannotWrite(f"{args.dst}: a .gguf name for --format ggjt output; choose one or the other")
     fmt = args.format or implied or "ggjt"
     given = [o for o, v in (("--lossless", args.lossless), ("--vocab", args.vocab), ("--ctx", args.ctx),
                             ("--eps", args.eps)) if v not in (None, False)]
     if fmt == "ggjt" and given:
-        raise ValueError(f"{', '.join(given)}: only with --format gguf (ggjt output copies the old file's blocks, "
+        raise CannotWrite(f"{', '.join(given)}: only with --format gguf (ggjt output copies the old file's blocks, "
                          "vocabulary and header unchanged)")
     return fmt
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ggmlfmt.constants import FileVersion, GGMLType
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.layout import Plan, TensorInfo
 from ggmlfmt.llama import (
     GGUFVocab,
@@ -96,10 +96,8 @@ def open_gguf_migration(src: str | os.PathLike[str], *, lossless: bool = False,
         gvocab = reconstruct_vocab(part0.index.vocab) if vocab is None else _tokenizer_vocab(vocab, part0)
         outs = [OutTensor(mv.name, mv.target.type, mv.shape) for mv in moves]
         plan = plan_llama_gguf(hp, gvocab, outs, name=name or _model_name(part0.path))
-    except FormatError as e:
-        raise (e if e.path else e.with_path(part0.path)) from None
-    except ValueError as e:  # a spec GGUF cannot store
-        raise FormatError(str(e), path=part0.path) from None
+    except FormatError as e:  # CannotWrite among them: a spec GGUF cannot store
+        raise e.with_path(part0.path) from None
     for mv, info in zip(moves, plan.tensors):
         _check_regions(info, mv, parts)
     return GGUFMigration(tuple(parts), moves, plan, hp, gvocab,
@@ -110,13 +108,13 @@ def _tokenizer_vocab(path: str | os.PathLike[str], part0: SourcePart) -> GGUFVoc
     """The GGUF vocabulary of --vocab's tokenizer.model, checked against part 0's texts (docs/format.md §15).
 
     Raises:
-        FormatError: not a SentencePiece model, or not this file's. ValueError: sentencepiece is not installed.
+        FormatError: not a SentencePiece model, or not this file's. CannotWrite: sentencepiece is not installed.
         OSError: unreadable.
     """
     try:
         return vocab_for_old_file(path, part0.index.vocab)
     except ImportError as e:  # the one optional dependency, needed only for --vocab
-        raise ValueError(f"--vocab {os.fspath(path)}: reading a tokenizer.model needs the sentencepiece package "
+        raise CannotWrite(f"--vocab {os.fspath(path)}: reading a tokenizer.model needs the sentencepiece package "
                          f"({e})") from None
 
 
@@ -187,9 +185,8 @@ def _check_regions(full: TensorInfo, mv: TensorMove, parts: list[SourcePart]) ->
     for k in range(len(parts)):
         try:
             shard_region(full, mv.axis, len(parts), k)
-        except ValueError as e:
-            raise FormatError(str(e), path=parts[0].path, offset=mv.record_offset,
-                              field=f"tensor {mv.name!r}") from None
+        except CannotWrite as e:
+            raise e.with_path(parts[0].path, offset=mv.record_offset) from None
 
 
 # ------------------------------------------------------------------ what to say before writing
@@ -246,7 +243,7 @@ def write_gguf_migration(m: GGUFMigration, dst: str | os.PathLike[str], *, overw
 
     Raises:
         OSError: DST exists without overwrite, disk full, ... (the temp file is removed; DST untouched).
-        ValueError: a part does not fit its planned place (cannot happen after open_gguf_migration's checks).
+        CannotWrite: a part does not fit its planned place (cannot happen after open_gguf_migration's checks).
     """
     with ExitStack() as stack:
         fds = [open_read_only(stack, p.path) for p in m.parts]
@@ -282,7 +279,7 @@ def migrate_to_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
 
     Raises:
         FormatError: malformed or inconsistent input, a model GGUF cannot describe, a mismatching --vocab.
-        ValueError: DST is an input. OSError: DST exists (without overwrite), I/O failure, disk full.
+        CannotWrite: DST is an input. OSError: DST exists (without overwrite), I/O failure, disk full.
     """
     check_destination(dst, find_parts(src), overwrite=overwrite)
     m = open_gguf_migration(src, lossless=lossless, vocab=vocab, ctx=ctx, eps=eps)

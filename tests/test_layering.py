@@ -21,7 +21,7 @@ GGMLFMT_RANKS = {
     "ggmlfmt.constants": 0,
     "ggmlfmt.errors": 0,
     "ggmlfmt.rusage": 0,  # stdlib only: what the kernel accounted
-    "ggmlfmt.atomic": 0,  # stdlib only: temp file beside the target, then rename
+    "ggmlfmt.atomic": 0.5,  # temp file beside the target, then rename; the one "output exists" check
     "ggmlfmt.layout": 1,
     "ggmlfmt.floats": 1,  # element casts (f16, f32, bf16) bit-identical to torch's
     "ggmlfmt.gguf": 1.5,  # GGUF bytes <-> records; builds on layout's TensorInfo and Plan
