@@ -19,7 +19,7 @@ import numpy as np
 from ggmlfmt.errors import FormatError
 from ggmlfmt.floats import bf16_to_f32
 
-from .pth import Checkpoint, open_checkpoint
+from .pth import DTYPES, Checkpoint, open_checkpoint
 from .pthwrite import BF16, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ SHARD_GLOB = "consolidated.*.pth"
 _SHARD_NAME = re.compile(r"consolidated\.(\d{2,})\.pth")
 MAX_SHARDS = 64  # Meta's largest LLaMA-1 has 8; more is a wrong directory, not a checkpoint
 DIGEST_CHUNK = 1 << 20  # bytes hashed per step
-FLOAT_DTYPES = ("float16", "bfloat16", "float32")  # every dtype convert.pth reads; all cast to f16/f32
+FLOAT_DTYPES = tuple(DTYPES)  # every dtype convert.pth reads (its table); all cast to f16/f32
 
 
 def find_shards(model_dir: str | os.PathLike[str]) -> list[Path]:

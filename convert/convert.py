@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ggmlfmt.atomic import refuse_existing
-from ggmlfmt.constants import FileVersion, FType, GGMLType
+from ggmlfmt.constants import CHUNK_BYTES, FTYPE_2D_TYPE, FileVersion, FType, GGMLType
 from ggmlfmt.floats import CASTS
 from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
@@ -36,8 +36,7 @@ from ggmlfmt.tokenizer import load_gguf_vocab, load_vocab
 
 log = logging.getLogger(__name__)
 
-OUTTYPES = {"f32": (FType.ALL_F32, GGMLType.F32), "f16": (FType.MOSTLY_F16, GGMLType.F16)}
-CHUNK_BYTES = 4 << 20  # output rows cast or gathered per pwrite: bounds the one private buffer
+OUTTYPES = {"f32": FType.ALL_F32, "f16": FType.MOSTLY_F16}  # --outtype -> header ftype; FTYPE_2D_TYPE gives the 2-D type
 TOKENIZER = "tokenizer.model"
 FORMATS = ("ggjt", "gguf")
 SUFFIXES = {"ggjt": ".bin", "gguf": ".gguf"}
@@ -198,7 +197,7 @@ def _plan_ggjt(params: Params, tokens: Vocab, metas: list[TensorMeta], shards: l
         FormatError: a LLaMA tensor missing or with another shape than the header implies.
     """
     hparams = _hparams(params, len(tokens), outtype)
-    pending, skipped = _specs(metas, shards, params, llama_shapes(params, len(tokens)), OUTTYPES[outtype][1])
+    pending, skipped = _specs(metas, shards, params, params.shapes(len(tokens)), FTYPE_2D_TYPE[OUTTYPES[outtype]])
     layout = plan(FileVersion.GGJT_V1, hparams, tokens, [spec for *_, spec in pending])
     return layout, _entries(pending, layout.by_name(), lambda name: name), skipped
 
@@ -210,8 +209,8 @@ def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[Te
     Raises:
         FormatError: a tensor GGUF's LLaMA does not have, a shape params.json does not imply, a bad value.
     """
-    expected = llama_shapes(params, len(vocab), gguf=True)
-    pending, skipped = _specs(metas, shards, params, expected, OUTTYPES[outtype][1], gguf=True)
+    expected = params.shapes(len(vocab), gguf=True)
+    pending, skipped = _specs(metas, shards, params, expected, FTYPE_2D_TYPE[OUTTYPES[outtype]], gguf=True)
     shapes = {m.name: shape for m, _, shape, _ in pending}
     hp = gguf_hparams(params, len(vocab), shapes, context_length=context_length,
                       path=str(model_dir / "params.json"))
@@ -228,7 +227,7 @@ def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[Te
 
 
 def _hparams(params: Params, n_vocab: int, outtype: str) -> HParams:
-    ftype = OUTTYPES[outtype][0]
+    ftype = OUTTYPES[outtype]
     return HParams(n_vocab, params.dim, params.multiple_of, params.n_heads, params.n_layers, params.n_rot, int(ftype))
 
 
@@ -306,24 +305,6 @@ def _compare_shard(first: list[TensorMeta], other: list[TensorMeta], first_path:
 
 
 # ------------------------------------------------------------------ what goes into the file
-
-
-def llama_shapes(params: Params, n_vocab: int, *, gguf: bool = False) -> dict[str, tuple[int, ...]]:
-    """Full PyTorch shape of every LLaMA tensor params.json implies (§6.2), in Meta key order.
-
-    ggjt: the header's view (n_ff from n_mult, wk/wv dim rows). gguf: Meta's (docs/format.md §16):
-    wk/wv have kv_dim rows, the feed-forward width is hidden_dim (ffn_dim_multiplier).
-    """
-    dim = params.dim
-    hidden, kv = (params.hidden_dim, params.kv_dim) if gguf else (params.n_ff, dim)
-    shapes: dict[str, tuple[int, ...]] = {
-        "tok_embeddings.weight": (n_vocab, dim), "norm.weight": (dim,), "output.weight": (n_vocab, dim)}
-    per_layer = {"attention.wq": (dim, dim), "attention.wk": (kv, dim), "attention.wv": (kv, dim),
-                 "attention.wo": (dim, dim), "feed_forward.w1": (hidden, dim), "feed_forward.w2": (dim, hidden),
-                 "feed_forward.w3": (hidden, dim), "attention_norm": (dim,), "ffn_norm": (dim,)}
-    for n in range(params.n_layers):
-        shapes.update({f"layers.{n}.{k}.weight": v for k, v in per_layer.items()})
-    return shapes
 
 
 _Pending = tuple[TensorMeta, int | None, tuple[int, ...], TensorSpec]  # meta, split axis, full shape, spec

@@ -23,13 +23,9 @@ from ggmlfmt.reader import load
 from ggmlfmt.rusage import measure
 
 from .checkpoint import cat_shards, save_shard
-from .convert import TOKENIZER, convert_checkpoint, llama_shapes
+from .convert import TOKENIZER, convert_checkpoint
 from .params import Params
 from ggmlfmt.tokenizer import train_tokenizer
-
-LAYER_KEYS = ("attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1",
-              "feed_forward.w2", "feed_forward.w3", "attention_norm", "ffn_norm")
-
 
 @dataclass(frozen=True, slots=True)
 class DemoConfig:
@@ -66,7 +62,7 @@ def make_weights(p: Params, n_vocab: int, *, seed: int = 0, dtype: str = "float1
     """Random full tensors in Meta's key order, then rope.freqs (which converters skip)."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
-    for name, shape in llama_shapes(p, n_vocab).items():
+    for name, shape in p.shapes(n_vocab).items():
         if len(shape) == 1:
             a = 1.0 + NORM_STD * rng.standard_normal(shape)
         else:

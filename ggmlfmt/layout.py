@@ -49,6 +49,15 @@ def align_up(pos: int, align: int = DEFAULT_ALIGNMENT) -> int:
     return (pos + align - 1) // align * align
 
 
+def ff_width(n_embd: int, multiple_of: int, multiplier: float | None = None) -> int:
+    """LLaMA's feed-forward width (docs/format.md §2, §16): int(8*n_embd/3), times `multiplier` if given
+    (the float product truncated, as Meta's int() does), rounded up to `multiple_of` (positive)."""
+    hidden = 2 * (4 * n_embd) // 3
+    if multiplier is not None:
+        hidden = int(multiplier * hidden)
+    return (hidden + multiple_of - 1) // multiple_of * multiple_of
+
+
 @dataclass(frozen=True, slots=True)
 class HParams:
     """The seven LLaMA header fields, in file order."""
@@ -66,7 +75,7 @@ class HParams:
         """Feed-forward width the 2023 loader derived: 8*n_embd/3 rounded up to n_mult."""
         if self.n_mult <= 0:
             raise BadValue(f"n_mult must be positive to derive n_ff, found {self.n_mult}", field="n_mult")
-        return (2 * (4 * self.n_embd) // 3 + self.n_mult - 1) // self.n_mult * self.n_mult
+        return ff_width(self.n_embd, self.n_mult)
 
     def astuple(self) -> tuple[int, ...]:
         return (self.n_vocab, self.n_embd, self.n_mult, self.n_head, self.n_layer, self.n_rot, self.ftype)
@@ -147,8 +156,17 @@ class Vocab:
 
     def nbytes(self, with_scores: bool) -> int:
         """Encoded size of the vocabulary section."""
-        per_entry = TOKEN_LEN.size + (TOKEN_SCORE.size if with_scores else 0)
-        return len(self) * per_entry + sum(len(t) for t in self.tokens)
+        return vocab_bytes(self.tokens, with_scores)
+
+
+def vocab_bytes(tokens: Sequence[bytes], with_scores: bool) -> int:
+    """Encoded size of these vocabulary entries: each a u32 length, the text, an f32 score if the version has one."""
+    return len(tokens) * (TOKEN_LEN.size + (TOKEN_SCORE.size if with_scores else 0)) + sum(len(t) for t in tokens)
+
+
+def record_head_size(n_dims: int, name_len: int) -> int:
+    """Bytes of a tensor record before its data padding: n_dims, name_len, type, the dims, the name (§4)."""
+    return RECORD.size + 4 * n_dims + name_len
 
 
 _set = object.__setattr__
@@ -618,18 +636,18 @@ def _decode_records(cur: _Cursor, version: FileVersion) -> list[TensorInfo]:
     buf, pos, size = cur.buf, cur.pos, cur.size
     rows, aligned = _TYPE_ROWS[version.block_generation], version.aligned
     unpack_head, dims, zeros, prod = RECORD.unpack_from, _DIMS_UNPACK, _ZEROS, math.prod  # locals: the loop is hot
-    new, name_pad = _NEW_TUPLE, _NAME_PAD
+    new, name_pad, head = _NEW_TUPLE, _NAME_PAD, RECORD.size
     tensors: list[TensorInfo] = []
     seen: dict[str, int] = {}
     while pos < size:  # no tensor count in these formats: records run to EOF
         info = None
-        if size - pos >= 12:
+        if size - pos >= head:
             n_dims, name_len, code = unpack_head(buf, pos)
             row = rows.get(code)
-            name_at = pos + 12 + 4 * n_dims
+            name_at = pos + head + 4 * n_dims  # record_head_size, inlined: the loop is hot
             name_end = name_at + name_len
             if 0 < n_dims <= MAX_DIMS and 0 < name_len <= MAX_NAME_LEN and row is not None and name_end <= size:
-                ne = dims[n_dims](buf, pos + 12)
+                ne = dims[n_dims](buf, pos + head)
                 ggml_type, block, elements, block_bytes = row
                 data_at = (name_end + DEFAULT_ALIGNMENT - 1) // DEFAULT_ALIGNMENT * DEFAULT_ALIGNMENT \
                     if aligned else name_end

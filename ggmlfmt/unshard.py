@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .constants import CHUNK_BYTES
 from .errors import CannotWrite
 from .layout import TensorInfo
 from .parts import shard_region
@@ -30,7 +31,6 @@ from .writer import FileWriter
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 4 << 20  # bytes of output rows gathered or cast per pwrite; bounds the private buffer
 
 # fill(src, out): write the converted elements of `src` (R rows of source units) into `out` (R rows of output units)
 Convert = Callable[[np.ndarray, np.ndarray], object]

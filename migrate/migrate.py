@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ggmlfmt.atomic import refuse_existing
-from ggmlfmt.constants import FileVersion
+from ggmlfmt.constants import CHUNK_BYTES, FileVersion
 from ggmlfmt.errors import CannotWrite
 from ggmlfmt.layout import Plan, TensorInfo, TensorSpec, Vocab, plan
 from ggmlfmt.parts import full_shape, shard_region, split_axis
@@ -44,7 +44,6 @@ from .sources import (
 log = logging.getLogger(__name__)
 
 OUTPUT_VERSION = FileVersion.GGJT_V1  # what the 2023 script wrote; v1 keeps the old quantized block layouts
-CHUNK_BYTES = 4 << 20  # gathered column-split rows per pwrite; bounds the one private buffer
 GGML_SCORE = 0.0  # unversioned 'ggml' has no token scores; ggjt needs one per token
 
 Progress = Callable[[int], Any]

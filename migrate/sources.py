@@ -16,7 +16,7 @@ import numpy as np
 
 from ggmlfmt.constants import HPARAMS, FileVersion, GGMLType
 from ggmlfmt.errors import FormatError
-from ggmlfmt.layout import HParams, Index, TensorInfo, decode_index, decode_version
+from ggmlfmt.layout import HParams, Index, TensorInfo, decode_index, decode_version, vocab_bytes
 from ggmlfmt.parts import part_paths, split_axis
 from ggmlfmt.reader import map_file
 
@@ -193,8 +193,7 @@ def _vocab_entry(index: Index, i: int) -> str:
 
 def _vocab_offset(index: Index, i: int) -> int:
     """File offset of vocabulary entry i (entries have variable length)."""
-    per_entry = 4 + (4 if index.vocab.scores is not None else 0)
-    return index.header_size + i * per_entry + sum(len(t) for t in index.vocab.tokens[:i])
+    return index.header_size + vocab_bytes(index.vocab.tokens[:i], index.vocab.scores is not None)
 
 
 def check_same_records(part0: SourcePart, part: SourcePart) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ggmlfmt.constants import FileVersion, GGMLType
+from ggmlfmt.constants import CHUNK_BYTES, FileVersion, GGMLType
 from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.layout import Plan, TensorInfo
 from ggmlfmt.llama import (
@@ -37,7 +37,7 @@ from ggmlfmt.tokenizer import vocab_for_old_file
 from ggmlfmt.unshard import Piece, Source, write_tensors
 from ggmlfmt.writer import FileWriter
 
-from .migrate import CHUNK_BYTES, Progress, open_read_only, check_destination, open_parts
+from .migrate import Progress, open_read_only, check_destination, open_parts
 from .sources import SourcePart, find_parts, open_part
 
 log = logging.getLogger(__name__)
