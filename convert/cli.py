@@ -10,15 +10,13 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ggmlfmt.atomic import refuse_existing
-from ggmlfmt.cli import add_common_options, run
+from ggmlfmt.command import add_common_options, progress_bar, run
 
 from ggmlfmt.constants import GGUFValueType
 from ggmlfmt.llama import llama_file_type, llama_metadata
@@ -71,36 +69,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextmanager
-def _progress_bar(total: int, quiet: bool) -> Iterator[Callable[[int], Any] | None]:
-    """A tqdm byte counter on stderr (rate, ETA), or None when --quiet or tqdm is not installed."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if quiet or tqdm is None:
-        yield None
-        return
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc=PROG,
-              mininterval=0.5, leave=False) as bar:
-        yield bar.update
-
-
 def _convert(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir)
     fmt = resolve_format(args.fmt, args.outfile)
     out = Path(args.outfile) if args.outfile else default_outfile(model_dir, args.outtype, fmt)
     if not args.dry_run:
         refuse_existing(out, overwrite=args.force)
-    cp = plan_conversion(model_dir, out, outtype=args.outtype, vocab=args.vocab, fmt=fmt, context_length=args.ctx,
+    cp = plan_conversion(model_dir, out, outtype=args.outtype, tokenizer=args.vocab, fmt=fmt, context_length=args.ctx,
                          rms_eps=args.eps)
     if args.dry_run:
         print(json.dumps(plan_dict(cp, out.exists()), indent=2) if args.json else render_plan(cp, out.exists()))
         return 0
-    with _progress_bar(cp.layout.data_bytes, args.quiet) as update:
+    with progress_bar(cp.plan.data_bytes, desc=PROG, quiet=args.quiet) as update:
         write_conversion(cp, force=args.force, progress=update)
     if not args.quiet:
-        print(f"{PROG}: wrote {cp.outfile} ({cp.layout.size:,} bytes, {len(cp.entries)} tensors from "
+        print(f"{PROG}: wrote {cp.outfile} ({cp.plan.size:,} bytes, {len(cp.entries)} tensors from "
               f"{len(cp.shards)} shard(s))", file=sys.stderr)
     return 0
 
@@ -115,13 +98,13 @@ def plan_dict(cp: ConversionPlan, out_exists: bool) -> dict[str, Any]:
         "format": "ggjt v1",
         "shards": [str(p) for p in cp.shards],
         "vocab": str(cp.vocab_path),
-        "hparams": {k: getattr(cp.layout.hparams, k) for k in cp.layout.hparams.__slots__},
+        "hparams": {k: getattr(cp.plan.hparams, k) for k in cp.plan.hparams.__slots__},
         "skipped": list(cp.skipped),
         "tensors": [{"name": e.name, "shape": list(e.shape), "type": e.info.type.name, "split_axis": e.axis,
                      "shard_shape": list(e.shard_shape), "source_dtype": e.source_dtype, "offset": e.info.offset,
                      "nbytes": e.info.nbytes} for e in cp.entries],
-        "data_bytes": cp.layout.data_bytes,
-        "file_size": cp.layout.size,
+        "data_bytes": cp.plan.data_bytes,
+        "file_size": cp.plan.size,
     }
 
 
@@ -159,8 +142,8 @@ def _gguf_plan_dict(cp: ConversionPlan, out_exists: bool) -> dict[str, Any]:
                      "type": e.info.type.name, "split_axis": e.axis, "shard_shape": list(e.shard_shape),
                      "source_dtype": e.source_dtype, "offset": e.info.offset, "nbytes": e.info.nbytes}
                     for e in cp.entries],
-        "data_bytes": cp.layout.data_bytes,
-        "file_size": cp.layout.size,
+        "data_bytes": cp.plan.data_bytes,
+        "file_size": cp.plan.size,
     }
 
 
@@ -185,8 +168,8 @@ def _render_gguf(cp: ConversionPlan, out_exists: bool) -> str:
 
 def _totals(cp: ConversionPlan, out_exists: bool) -> list[str]:
     skipped = f"; skipped {', '.join(cp.skipped)}" if cp.skipped else ""
-    lines = [f"total: {len(cp.entries)} tensors, {cp.layout.data_bytes:,} bytes of data, file "
-             f"{cp.layout.size:,} bytes{skipped}"]
+    lines = [f"total: {len(cp.entries)} tensors, {cp.plan.data_bytes:,} bytes of data, file "
+             f"{cp.plan.size:,} bytes{skipped}"]
     if out_exists:
         lines.append(f"note: {cp.outfile} exists; the conversion needs --force")
     return lines
@@ -196,7 +179,7 @@ def render_plan(cp: ConversionPlan, out_exists: bool) -> str:
     """The plan as a table: one line per tensor, then the totals."""
     if cp.format == "gguf":
         return _render_gguf(cp, out_exists)
-    hp = cp.layout.hparams
+    hp = cp.plan.hparams
     width = max(len(e.name) for e in cp.entries) if cp.entries else 10
     lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} (ggjt v1, 2-D {cp.outtype})",
              f"header: n_vocab {hp.n_vocab}, n_embd {hp.n_embd}, n_mult {hp.n_mult}, n_head {hp.n_head}, "

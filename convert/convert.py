@@ -24,12 +24,12 @@ from ggmlfmt.constants import CHUNK_BYTES, FTYPE_2D_TYPE, FileVersion, FType, GG
 from ggmlfmt.floats import CASTS
 from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
-from ggmlfmt.llama import GGUFVocab, LlamaHParams, OutTensor, gguf_tensor_name, plan_llama_gguf, skipped_tensor
+from ggmlfmt.llama import GGUFVocab, LlamaHParams, OutTensor, plan_llama_gguf, skipped_tensor
 from ggmlfmt.parts import full_shape, n_parts_for_dim, split_axis
 from ggmlfmt.unshard import Piece, Source, write_tensors
 from ggmlfmt.writer import FileWriter
 
-from .checkpoint import FLOAT_DTYPES, TensorMeta, describe_shard, find_shards
+from .checkpoint import TensorMeta, check_shards, find_shards, find_tokenizer, skipped_name
 from .pth import Checkpoint, open_checkpoint
 from .params import Params, gguf_hparams, read_params
 from ggmlfmt.tokenizer import load_gguf_vocab, load_vocab
@@ -37,7 +37,6 @@ from ggmlfmt.tokenizer import load_gguf_vocab, load_vocab
 log = logging.getLogger(__name__)
 
 OUTTYPES = {"f32": FType.ALL_F32, "f16": FType.MOSTLY_F16}  # --outtype -> header ftype; FTYPE_2D_TYPE gives the 2-D type
-TOKENIZER = "tokenizer.model"
 FORMATS = ("ggjt", "gguf")
 SUFFIXES = {"ggjt": ".bin", "gguf": ".gguf"}
 
@@ -64,7 +63,7 @@ class ConversionPlan:
     vocab_path: Path
     shards: tuple[Path, ...]
     params: Params
-    layout: Plan
+    plan: Plan
     entries: tuple[TensorEntry, ...]
     skipped: tuple[str, ...]  # checkpoint keys not written (rope.freqs)
     format: str = "ggjt"  # "ggjt" (v1) or "gguf" (v3)
@@ -101,23 +100,11 @@ def resolve_format(fmt: str | None, outfile: str | os.PathLike[str] | None) -> s
     return fmt
 
 
-def find_vocab(model_dir: Path, vocab: str | os.PathLike[str] | None) -> Path:
-    """The tokenizer: `vocab` if given, else tokenizer.model in MODEL_DIR, else in its parent (Meta's layout).
 
-    Raises:
-        FileNotFoundError: none of those exists.
-    """
-    if vocab is not None:
-        return Path(vocab)
-    for candidate in (model_dir / TOKENIZER, model_dir.parent / TOKENIZER):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(errno.ENOENT, f"no {TOKENIZER} here or in the parent directory (use --vocab PATH)",
-                            str(model_dir / TOKENIZER))
 
 
 def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
-                    outtype: str = "f16", vocab: str | os.PathLike[str] | None = None, fmt: str | None = None,
+                    outtype: str = "f16", tokenizer: str | os.PathLike[str] | None = None, fmt: str | None = None,
                     context_length: int | None = None, rms_eps: float | None = None) -> ConversionPlan:
     """Check every input and lay out the output file; reads shard metadata only, writes nothing.
 
@@ -146,7 +133,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
         raise FormatError(problem, path=str(params_path))  # before any shape error the tensors would give
     params = _with_eps(params, rms_eps, params_path) if fmt == "gguf" else params
     out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype, fmt)
-    vocab_path = find_vocab(model_dir, vocab)
+    vocab_path = find_tokenizer(model_dir, tokenizer)
     shards = find_shards(model_dir)
     refuse_existing(out, overwrite=True, inputs=[params_path, vocab_path, *shards])  # --force never replaces an input
     tokens: Vocab | GGUFVocab = load_vocab(vocab_path) if fmt == "ggjt" else load_gguf_vocab(vocab_path)
@@ -182,11 +169,10 @@ def _with_eps(params: Params, rms_eps: float | None, path: Path) -> Params:
     return replace(params, norm_eps=rms_eps)
 
 
-def _entries(pending: list[_Pending], placed: dict[str, TensorInfo],
-             out_name: Callable[[str], str]) -> list[TensorEntry]:
-    """TensorEntry per pending tensor, with its planned TensorInfo (found under its output name)."""
-    return [TensorEntry(m.name, shape, m.shape, axis, m.dtype, placed[out_name(m.name)])
-            for m, axis, shape, _ in pending]
+def _entries(pending: list[_Pending], layout: Plan) -> list[TensorEntry]:
+    """TensorEntry per pending tensor, with its planned TensorInfo (both planners keep the given order)."""
+    return [TensorEntry(p.meta.name, p.shape, p.meta.shape, p.axis, p.meta.dtype, info)
+            for p, info in zip(pending, layout.tensors, strict=True)]
 
 
 def _plan_ggjt(params: Params, tokens: Vocab, metas: list[TensorMeta], shards: list[Path],
@@ -198,8 +184,8 @@ def _plan_ggjt(params: Params, tokens: Vocab, metas: list[TensorMeta], shards: l
     """
     hparams = _hparams(params, len(tokens), outtype)
     pending, skipped = _specs(metas, shards, params, params.shapes(len(tokens)), FTYPE_2D_TYPE[OUTTYPES[outtype]])
-    layout = plan(FileVersion.GGJT_V1, hparams, tokens, [spec for *_, spec in pending])
-    return layout, _entries(pending, layout.by_name(), lambda name: name), skipped
+    layout = plan(FileVersion.GGJT_V1, hparams, tokens, [p.spec for p in pending])
+    return layout, _entries(pending, layout), skipped
 
 
 def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[TensorMeta], shards: list[Path],
@@ -211,7 +197,7 @@ def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[Te
     """
     expected = params.shapes(len(vocab), gguf=True)
     pending, skipped = _specs(metas, shards, params, expected, FTYPE_2D_TYPE[OUTTYPES[outtype]], gguf=True)
-    shapes = {m.name: shape for m, _, shape, _ in pending}
+    shapes = {p.meta.name: p.shape for p in pending}
     hp = gguf_hparams(params, len(vocab), shapes, context_length=context_length,
                       path=str(model_dir / "params.json"))
     for field in hp.defaults:
@@ -219,11 +205,8 @@ def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[Te
         log.warning("%s not in the checkpoint: using %g, LLaMA-1's value (%s sets it)",
                     "context length" if field == "context_length" else "norm_eps", value, option)
     name = model_dir.resolve().name or "llama"
-    n_layer = params.n_layers
-    layout = plan_llama_gguf(hp, vocab, [OutTensor(m.name, spec.type, shape) for m, _, shape, spec in pending],
-                             name=name)
-    entries = _entries(pending, layout.by_name(), lambda n: gguf_tensor_name(n, n_layer))
-    return layout, entries, skipped, GGUFContent(hp, vocab, name)
+    layout = plan_llama_gguf(hp, vocab, [OutTensor(p.meta.name, p.spec.type, p.shape) for p in pending], name=name)
+    return layout, _entries(pending, layout), skipped, GGUFContent(hp, vocab, name)
 
 
 def _hparams(params: Params, n_vocab: int, outtype: str) -> HParams:
@@ -247,67 +230,17 @@ def _warn_rounding(entries: list[TensorEntry], outtype: str) -> None:
                     "--outtype f32 keeps every value exact", len(narrowed), "/".join(dtypes))
 
 
-# ------------------------------------------------------------------ checking the shards
-
-
-def check_shards(shards: list[Path]) -> list[TensorMeta]:
-    """Shard 0's tensors in key order, after checking every shard against it.
-
-    Each shard must hold the same names with the same shapes and dtypes, floating-point data, and
-    byte-identical copies of the replicated 1-D tensors. Shards are opened one at a time.
-
-    Raises:
-        FormatError: names the shard and the tensor.
-    """
-    first = describe_shard(shards[0])
-    for meta in first:
-        _check_tensor(meta, shards[0])
-    for path in shards[1:]:
-        _compare_shard(first, describe_shard(path), shards[0], path)
-    return first
-
-
-def skipped_name(name: str) -> bool:
-    """rope.freqs is a training leftover every 2023 converter dropped (by this very suffix test)."""
-    return name.endswith("freqs")
-
-
-def _check_tensor(meta: TensorMeta, path: Path) -> None:
-    """Raises: FormatError for a tensor that cannot go into the file."""
-    if skipped_name(meta.name):
-        return
-    if meta.dtype not in FLOAT_DTYPES:
-        raise FormatError(f"expected floating-point data ({', '.join(FLOAT_DTYPES)}), found {meta.dtype}",
-                          path=str(path), field=f"tensor {meta.name!r}")
-    if len(meta.shape) not in (1, 2):
-        raise FormatError(f"expected 1 or 2 dimensions like every LLaMA tensor, found shape {list(meta.shape)}",
-                          path=str(path), field=f"tensor {meta.name!r}")
-
-
-def _compare_shard(first: list[TensorMeta], other: list[TensorMeta], first_path: Path, path: Path) -> None:
-    """Raises: FormatError at the first difference between shard `path` and shard 0."""
-    theirs = {m.name: m for m in other}
-    ours = {m.name for m in first}
-    for m in other:
-        if m.name not in ours:
-            raise FormatError(f"tensor not in {first_path.name}", path=str(path), field=f"tensor {m.name!r}")
-    for m in first:
-        where = {"path": str(path), "field": f"tensor {m.name!r}"}
-        t = theirs.get(m.name)
-        if t is None:
-            raise FormatError(f"missing (present in {first_path.name})", **where)
-        if t.shape != m.shape or t.dtype != m.dtype:
-            raise FormatError(f"{t.dtype} {list(t.shape)} differs from {m.dtype} {list(m.shape)} in "
-                              f"{first_path.name}; every shard of a tensor has the same shape and dtype", **where)
-        if m.digest is not None and t.digest != m.digest and not skipped_name(m.name):
-            raise FormatError(f"differs from the copy in {first_path.name}; a replicated 1-D tensor must be "
-                              "identical in every shard", **where)
-
-
 # ------------------------------------------------------------------ what goes into the file
 
 
-_Pending = tuple[TensorMeta, int | None, tuple[int, ...], TensorSpec]  # meta, split axis, full shape, spec
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A checkpoint tensor on its way into the plan: what the shards hold, how they split, what is written."""
+
+    meta: TensorMeta  # shard 0's record
+    axis: int | None  # PyTorch axis the shards split; None: replicated
+    shape: tuple[int, ...]  # full PyTorch shape
+    spec: TensorSpec
 
 
 def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected: dict[str, tuple[int, ...]],
@@ -343,7 +276,7 @@ def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected
                               f"{list(want)} implied by params.json and the tokenizer", path=str(shards[0]),
                               field=f"tensor {m.name!r}")
         ggml_type = GGMLType.F32 if len(shape) == 1 else two_d_type  # 1-D always f32 (§4.4)
-        pending.append((m, axis, shape, TensorSpec.from_shape(m.name, ggml_type, shape)))
+        pending.append(_Pending(m, axis, shape, TensorSpec.from_shape(m.name, ggml_type, shape)))
     if expected:
         name = next(iter(expected))
         raise FormatError(f"missing; params.json (n_layers {params.n_layers}) implies {len(expected)} more "
@@ -365,7 +298,7 @@ def write_conversion(cp: ConversionPlan, *, force: bool = False, progress: Calla
     with ExitStack() as stack:
         shards = [stack.enter_context(open_checkpoint(p)) for p in cp.shards]
         fds = [_open_read_only(stack, p) for p in cp.shards]
-        writer = stack.enter_context(FileWriter(cp.outfile, cp.layout, overwrite=force, progress=progress))
+        writer = stack.enter_context(FileWriter(cp.outfile, cp.plan, overwrite=force, progress=progress))
         write_tensors(writer, _sources(cp, shards, fds), chunk_bytes=CHUNK_BYTES)
 
 
@@ -394,7 +327,7 @@ def _sources(cp: ConversionPlan, shards: list[Checkpoint], fds: list[int]) -> It
 
 
 def convert_checkpoint(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
-                       outtype: str = "f16", vocab: str | os.PathLike[str] | None = None, force: bool = False,
+                       outtype: str = "f16", tokenizer: str | os.PathLike[str] | None = None, force: bool = False,
                        progress: Callable[[int], Any] | None = None, fmt: str | None = None,
                        context_length: int | None = None, rms_eps: float | None = None) -> ConversionPlan:
     """Convert Meta's consolidated.NN.pth shards in `model_dir` into one ggjt v1 or GGUF v3 file; return the plan.
@@ -408,9 +341,9 @@ def convert_checkpoint(model_dir: str | os.PathLike[str], outfile: str | os.Path
     fmt = resolve_format(fmt, outfile)
     out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype, fmt)
     refuse_existing(out, overwrite=force)
-    cp = plan_conversion(model_dir, out, outtype=outtype, vocab=vocab, fmt=fmt, context_length=context_length,
+    cp = plan_conversion(model_dir, out, outtype=outtype, tokenizer=tokenizer, fmt=fmt, context_length=context_length,
                          rms_eps=rms_eps)
     write_conversion(cp, force=force, progress=progress)
     log.info("wrote %s: %d tensors from %d shard(s), %s bytes", cp.outfile, len(cp.entries), len(cp.shards),
-             f"{cp.layout.size:,}")
+             f"{cp.plan.size:,}")
     return cp

@@ -22,8 +22,8 @@ from ggmlfmt.parts import split_axis
 from ggmlfmt.reader import load
 from ggmlfmt.rusage import measure
 
-from .checkpoint import cat_shards, save_shard
-from .convert import TOKENIZER, convert_checkpoint
+from .checkpoint import TOKENIZER, cat_shards, save_shard
+from .convert import convert_checkpoint
 from .params import Params
 from ggmlfmt.tokenizer import train_tokenizer
 

@@ -23,7 +23,6 @@ from ggmlfmt.reader import map_file
 
 # What the pre-ggjt tools could write: every other type code appeared only after ggjt (2023-03-29).
 OLD_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.Q4_0, GGMLType.Q4_1)
-OLD_VERSIONS = (FileVersion.GGML, FileVersion.GGMF_V1)
 PART_COUNT_TENSOR = "tok_embeddings.weight"  # its ne[0] is n_embd / parts (the 04-08 loader's rule)
 COMPARE_CHUNK = 1 << 22  # bytes of replicated tensors compared at a time
 
@@ -81,17 +80,15 @@ def open_part(path: Path, part0: SourcePart | None = None, *, accept_ggjt: bool 
 
 
 def check_old_format(path: Path, version: FileVersion) -> None:
-    """Refuse files that are not ggml / ggmf v1, with a message that says what to do instead.
+    """Refuse ggjt files (decode_version knows ggml, ggmf v1 and ggjt v1-v3 only), saying what to do instead.
 
     Raises:
-        AlreadyMigrated: a ggjt file. FormatError: any other format.
+        AlreadyMigrated: a ggjt file.
     """
     if version.magic_name == "ggjt":
         raise AlreadyMigrated(f"already {version}, the aligned single-file format this command writes; "
                               "nothing to migrate (load it directly, or write GGUF with --format gguf)",
                               path=path, offset=0, field="magic")
-    if version not in OLD_VERSIONS:  # unreachable today: decode_version only knows these five versions
-        raise FormatError(f"expected 'ggml' or 'ggmf' v1, found {version}", path=path, offset=0, field="magic")
 
 
 def check_old_types(part: SourcePart) -> None:

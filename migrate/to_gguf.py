@@ -80,7 +80,7 @@ class GGUFMigration:
 
 
 def open_gguf_migration(src: str | os.PathLike[str], *, lossless: bool = False,
-                        vocab: str | os.PathLike[str] | None = None, ctx: int | None = None,
+                        tokenizer: str | os.PathLike[str] | None = None, ctx: int | None = None,
                         eps: float | None = None, name: str | None = None) -> GGUFMigration:
     """Open SRC (and its parts), scan every quantized tensor and plan the GGUF output; nothing is written.
 
@@ -93,7 +93,7 @@ def open_gguf_migration(src: str | os.PathLike[str], *, lossless: bool = False,
     moves = tuple(_moves(parts, lossless))
     try:
         hp = _hparams(parts, moves, ctx, eps)
-        gvocab = reconstruct_vocab(part0.index.vocab) if vocab is None else _tokenizer_vocab(vocab, part0)
+        gvocab = reconstruct_vocab(part0.index.vocab) if tokenizer is None else _tokenizer_vocab(tokenizer, part0)
         outs = [OutTensor(mv.name, mv.target.type, mv.shape) for mv in moves]
         plan = plan_llama_gguf(hp, gvocab, outs, name=name or _model_name(part0.path))
     except FormatError as e:  # CannotWrite among them: a spec GGUF cannot store
@@ -101,7 +101,7 @@ def open_gguf_migration(src: str | os.PathLike[str], *, lossless: bool = False,
     for mv, info in zip(moves, plan.tensors):
         _check_regions(info, mv, parts)
     return GGUFMigration(tuple(parts), moves, plan, hp, gvocab,
-                         "the file's texts" if vocab is None else os.fspath(vocab), lossless)
+                         "the file's texts" if tokenizer is None else os.fspath(tokenizer), lossless)
 
 
 def _tokenizer_vocab(path: str | os.PathLike[str], part0: SourcePart) -> GGUFVocab:
@@ -273,7 +273,7 @@ def _sources(m: GGUFMigration, fds: list[int]) -> Iterator[Source]:
 
 
 def migrate_to_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwrite: bool = False,
-                    lossless: bool = False, vocab: str | os.PathLike[str] | None = None, ctx: int | None = None,
+                    lossless: bool = False, tokenizer: str | os.PathLike[str] | None = None, ctx: int | None = None,
                     eps: float | None = None, progress: Progress | None = None) -> GGUFMigration:
     """Migrate SRC (and SRC.1, ... for ggml/ggmf) to one GGUF v3 file DST; return what was planned.
 
@@ -282,7 +282,7 @@ def migrate_to_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
         CannotWrite: DST is an input. OSError: DST exists (without overwrite), I/O failure, disk full.
     """
     check_destination(dst, find_parts(src), overwrite=overwrite)
-    m = open_gguf_migration(src, lossless=lossless, vocab=vocab, ctx=ctx, eps=eps)
+    m = open_gguf_migration(src, lossless=lossless, tokenizer=tokenizer, ctx=ctx, eps=eps)
     for level, line in notes(m):
         log.log(level, "%s", line)
     write_gguf_migration(m, dst, overwrite=overwrite, progress=progress)
