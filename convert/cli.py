@@ -25,6 +25,7 @@ from .convert import (
     FORMATS,
     OUTTYPES,
     ConversionPlan,
+    TensorEntry,
     default_outfile,
     plan_conversion,
     resolve_format,
@@ -89,23 +90,30 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def plan_dict(cp: ConversionPlan, out_exists: bool) -> dict[str, Any]:
-    """The plan as plain JSON-able values."""
-    if cp.format == "gguf":
-        return _gguf_plan_dict(cp, out_exists)
+    """The plan as plain JSON-able values; a GGUF plan adds its metadata and names tensors by their GGUF names."""
+    gguf = cp.format == "gguf"
+    content = ({"metadata": _metadata(cp), "defaults": [DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults]}
+               if gguf else {"hparams": {k: getattr(cp.plan.hparams, k) for k in cp.plan.hparams.__slots__}})
     return {
         "outfile": str(cp.outfile),
         "outfile_exists": out_exists,
-        "format": "ggjt v1",
+        "format": "gguf v3" if gguf else "ggjt v1",
         "shards": [str(p) for p in cp.shards],
         "vocab": str(cp.vocab_path),
-        "hparams": {k: getattr(cp.plan.hparams, k) for k in cp.plan.hparams.__slots__},
+        **content,
         "skipped": list(cp.skipped),
-        "tensors": [{"name": e.name, "shape": list(e.shape), "type": e.info.type.name, "split_axis": e.axis,
-                     "shard_shape": list(e.shard_shape), "source_dtype": e.source_dtype, "offset": e.info.offset,
-                     "nbytes": e.info.nbytes} for e in cp.entries],
+        "tensors": [_tensor_dict(e, gguf) for e in cp.entries],
         "data_bytes": cp.plan.data_bytes,
         "file_size": cp.plan.size,
     }
+
+
+def _tensor_dict(e: TensorEntry, gguf: bool) -> dict[str, Any]:
+    """One tensor of the plan; GGUF: its GGUF name and ggml-order dims, then the checkpoint's view."""
+    names = {"name": e.info.name, "checkpoint_name": e.name, "ne": list(e.info.ne)} if gguf else {"name": e.name}
+    return {**names, "shape": list(e.shape), "type": e.info.type.name, "split_axis": e.axis,
+            "shard_shape": list(e.shard_shape), "source_dtype": e.source_dtype, "offset": e.info.offset,
+            "nbytes": e.info.nbytes}
 
 
 def _metadata(cp: ConversionPlan) -> dict[str, Any]:
@@ -124,27 +132,6 @@ def _metadata(cp: ConversionPlan) -> dict[str, Any]:
             # an f32 as stored (1e-5 is 9.99999974e-06 in the file): what a reader will see
             out[kv.key] = float(np.float32(kv.value)) if kv.type == GGUFValueType.FLOAT32 else kv.value
     return out
-
-
-def _gguf_plan_dict(cp: ConversionPlan, out_exists: bool) -> dict[str, Any]:
-    """A GGUF plan as JSON-able values: metadata, then tensors under their GGUF names with ggml-order dims."""
-    meta = _metadata(cp)  # raises for a ggjt plan
-    return {
-        "outfile": str(cp.outfile),
-        "outfile_exists": out_exists,
-        "format": "gguf v3",
-        "shards": [str(p) for p in cp.shards],
-        "vocab": str(cp.vocab_path),
-        "metadata": meta,
-        "defaults": [DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults],
-        "skipped": list(cp.skipped),
-        "tensors": [{"name": e.info.name, "checkpoint_name": e.name, "ne": list(e.info.ne), "shape": list(e.shape),
-                     "type": e.info.type.name, "split_axis": e.axis, "shard_shape": list(e.shard_shape),
-                     "source_dtype": e.source_dtype, "offset": e.info.offset, "nbytes": e.info.nbytes}
-                    for e in cp.entries],
-        "data_bytes": cp.plan.data_bytes,
-        "file_size": cp.plan.size,
-    }
 
 
 def _render_gguf(cp: ConversionPlan, out_exists: bool) -> str:

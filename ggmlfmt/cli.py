@@ -124,24 +124,25 @@ def _load(args: argparse.Namespace) -> int:
     return 0
 
 
+# name, body, whether it has --json, help: the subcommands that take one FILE
+_FILE_COMMANDS = (
+    ("inspect", _inspect, True, "format, header, vocabulary, tensor table and byte accounting"),
+    ("verify", _verify, False, "every structural check; prints OK or the first problem"),
+    ("residency", _residency, True, "how much of each tensor is in the page cache now (mincore)"),
+    ("evict", _evict, False, "drop a file's pages from the page cache (no root), for cold starts"),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ggmlfmt", description="Inspect, verify, load and copy llama.cpp model files "
                                 "(2023: ggml, ggmf, ggjt v1-v3; today: GGUF v2, v3).")
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("inspect", help="format, header, vocabulary, tensor table and byte accounting")
-    c.add_argument("file")
-    c.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    c.set_defaults(body=_inspect)
-    c = sub.add_parser("verify", help="every structural check; prints OK or the first problem")
-    c.add_argument("file")
-    c.set_defaults(body=_verify)
-    c = sub.add_parser("residency", help="how much of each tensor is in the page cache now (mincore)")
-    c.add_argument("file")
-    c.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    c.set_defaults(body=_residency)
-    c = sub.add_parser("evict", help="drop a file's pages from the page cache (no root), for cold starts")
-    c.add_argument("file")
-    c.set_defaults(body=_evict)
+    for name, body, with_json, what in _FILE_COMMANDS:
+        c = sub.add_parser(name, help=what)
+        c.add_argument("file")
+        if with_json:
+            c.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        c.set_defaults(body=body)
     c = sub.add_parser("copy", help="copy without wiping the page cache, verified by sha256")
     c.add_argument("src")
     c.add_argument("dst")

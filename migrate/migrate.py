@@ -29,6 +29,7 @@ from ggmlfmt.unshard import Piece, Source, write_tensors
 from ggmlfmt.writer import FileWriter
 
 from .sources import (
+    OpenedParts,
     SourcePart,
     check_old_types,
     check_part_count,
@@ -50,20 +51,12 @@ Progress = Callable[[int], Any]
 
 
 @dataclass(frozen=True, slots=True)
-class Migration:
+class Migration(OpenedParts):
     """Opened, cross-checked parts and the planned output file."""
 
     parts: tuple[SourcePart, ...]
     axes: Mapping[str, int | None]  # tensor -> PyTorch split axis (None: not split)
     plan: Plan
-
-    @property
-    def n_parts(self) -> int:
-        return len(self.parts)
-
-    @property
-    def source_version(self) -> FileVersion:
-        return self.parts[0].index.version
 
 
 def open_migration(src: str | os.PathLike[str]) -> Migration:

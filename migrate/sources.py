@@ -44,6 +44,21 @@ class SourcePart:
         return self.data[info.offset : info.offset + info.nbytes].reshape(info.n_rows, info.row_bytes)
 
 
+class OpenedParts:
+    """What every opened migration says about its inputs (Migration, GGUFMigration hold `parts`)."""
+
+    __slots__ = ()
+    parts: tuple[SourcePart, ...]
+
+    @property
+    def n_parts(self) -> int:
+        return len(self.parts)
+
+    @property
+    def source_version(self) -> FileVersion:
+        return self.parts[0].index.version
+
+
 def find_parts(src: str | os.PathLike[str]) -> list[Path]:
     """SRC, SRC.1, SRC.2, ... as long as they exist.
 

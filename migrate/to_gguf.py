@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ggmlfmt.constants import CHUNK_BYTES, FileVersion, GGMLType
+from ggmlfmt.constants import CHUNK_BYTES, GGMLType
 from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.layout import Plan, TensorInfo
 from ggmlfmt.llama import (
@@ -38,7 +38,7 @@ from ggmlfmt.unshard import Piece, Source, write_tensors
 from ggmlfmt.writer import FileWriter
 
 from .migrate import Progress, open_read_only, check_destination, open_parts
-from .sources import SourcePart, find_parts, open_part
+from .sources import OpenedParts, SourcePart, find_parts, open_part
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class TensorMove:
 
 
 @dataclass(frozen=True, slots=True)
-class GGUFMigration:
+class GGUFMigration(OpenedParts):
     """Opened, cross-checked parts, what happens to each tensor, and the planned GGUF file."""
 
     parts: tuple[SourcePart, ...]
@@ -69,14 +69,6 @@ class GGUFMigration:
     vocab: GGUFVocab
     vocab_source: str  # "the file's texts" or the tokenizer.model path
     lossless: bool
-
-    @property
-    def n_parts(self) -> int:
-        return len(self.parts)
-
-    @property
-    def source_version(self) -> FileVersion:
-        return self.parts[0].index.version
 
 
 def open_gguf_migration(src: str | os.PathLike[str], *, lossless: bool = False,
