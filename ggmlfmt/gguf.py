@@ -39,7 +39,7 @@ from .constants import (
     GGUFVersion,
 )
 from .errors import BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion
-from .layout import Plan, TensorInfo, TensorSpec, align_up, tensor_nbytes
+from .layout import Plan, TensorInfo, TensorSpec, align_up, block_problem, tensor_nbytes
 
 GGUF_LAYOUTS: dict[GGMLType, BlockLayout] = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION]
 TypePath = tuple[GGUFValueType, ...]  # (UINT32,), (ARRAY, STRING), (ARRAY, ARRAY, INT32), ...
@@ -434,9 +434,8 @@ def _tensor_info(buf: memoryview, pos: int, i: int, alignment: int) -> tuple[tup
         if n > GGUF_MAX_NE:
             raise BadValue(f"expected a size below 2**63, found {n}", offset=dims_at + 8 * d, field=f"{what}.ne[{d}]")
     ggml_type, block = _tensor_type(code, pos, f"{what}.type")
-    if ne[0] % block.elements:
-        raise BadValue(f"ne[0] = {ne[0]} is not a multiple of the {ggml_type.name} block size {block.elements}",
-                       offset=dims_at, field=f"{what}.ne[0]")
+    if (why := block_problem(ne[0], ggml_type, block)) is not None:
+        raise BadValue(why, offset=dims_at, field=f"{what}.ne[0]")
     if offset % alignment:
         raise BadLayout(f"expected an offset that is a multiple of the alignment {alignment}, found {offset}",
                         offset=pos + 4, field=f"{what}.offset")
@@ -694,9 +693,8 @@ def _check_gguf_spec(spec: TensorSpec, seen: set[str]) -> tuple[BlockLayout, byt
     if spec.type not in GGMLType._value2member_map_ or GGMLType(spec.type) not in GGUF_LAYOUTS:
         raise CannotWrite(f"tensor {spec.name!r}: type {spec.type!r} is not a GGUF tensor type")
     block = GGUF_LAYOUTS[GGMLType(spec.type)]
-    if spec.ne[0] % block.elements:
-        raise CannotWrite(f"tensor {spec.name!r}: ne[0] = {spec.ne[0]} is not a multiple of the "
-                         f"{GGMLType(spec.type).name} block size {block.elements}")
+    if (why := block_problem(spec.ne[0], spec.type, block)) is not None:
+        raise CannotWrite(f"tensor {spec.name!r}: {why}")
     return block, name
 
 

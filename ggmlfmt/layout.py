@@ -313,6 +313,25 @@ def block_layout(ggml_type: int, generation: int) -> BlockLayout:
     return layouts[t]
 
 
+def record_problem(n_dims: int, name_len: int) -> tuple[str, str] | None:
+    """A ggjt record's dim count or name length out of range (docs/format.md §4), read or written: (field, why).
+
+    The reader (decode_record) and the planner (_check_spec) both ask this, so they accept the same records.
+    """
+    if not 1 <= n_dims <= MAX_DIMS:
+        return "n_dims", f"expected 1..{MAX_DIMS} dims, found {n_dims}"
+    if not 0 < name_len <= MAX_NAME_LEN:
+        return "name_len", f"expected a name of 1..{MAX_NAME_LEN} UTF-8 bytes, got {name_len}"
+    return None
+
+
+def block_problem(ne0: int, ggml_type: GGMLType, block: BlockLayout) -> str | None:
+    """Why ne[0] cannot hold whole blocks of this type (None: it can); every reader and planner, ggjt and GGUF."""
+    if ne0 % block.elements:
+        return f"ne[0] = {ne0} is not a multiple of the {GGMLType(ggml_type).name} block size {block.elements}"
+    return None
+
+
 def _codes(generation: int) -> str:
     return ", ".join(f"{int(t)} ({t.name})" for t in BLOCK_LAYOUTS[generation])
 
@@ -555,11 +574,9 @@ def decode_record(cur: _Cursor, i: int, version: FileVersion) -> TensorInfo:
     record_offset = cur.pos
     what = f"tensor[{i}]"
     n_dims, name_len, type_code = cur.unpack(RECORD, f"{what} record header")
-    if not 1 <= n_dims <= MAX_DIMS:
-        raise BadValue(f"expected 1..{MAX_DIMS} dims, found {n_dims}", offset=record_offset, field=f"{what}.n_dims")
-    if not 0 < name_len <= MAX_NAME_LEN:
-        raise BadValue(f"expected a name length 1..{MAX_NAME_LEN}, found {name_len}", offset=record_offset + 4,
-                       field=f"{what}.name_len")
+    if (problem := record_problem(n_dims, name_len)) is not None:
+        key, why = problem
+        raise BadValue(why, offset=record_offset + (0 if key == "n_dims" else 4), field=f"{what}.{key}")
     try:
         block = block_layout(type_code, version.block_generation)
     except BadValue as e:
@@ -577,9 +594,8 @@ def decode_record(cur: _Cursor, i: int, version: FileVersion) -> TensorInfo:
         raise BadValue(f"expected a UTF-8 tensor name, found {bytes(raw_name)!r}", offset=cur.pos - name_len,
                        field=f"{what}.name") from None
     what = f"tensor {name!r}"
-    if ne[0] % block.elements:
-        raise BadValue(f"ne[0] = {ne[0]} is not a multiple of the {ggml_type.name} block size "
-                       f"{block.elements}", offset=dims_at, field=f"{what}.ne[0]")
+    if (why := block_problem(ne[0], ggml_type, block)) is not None:
+        raise BadValue(why, offset=dims_at, field=f"{what}.ne[0]")
     if version.aligned:
         data_offset = align_up(cur.pos)
         pad = cur.take(data_offset - cur.pos, f"{what} padding")
@@ -790,14 +806,13 @@ def _check_spec(spec: TensorSpec, version: FileVersion, seen: set[str]) -> tuple
     Raises:
         CannotWrite.
     """
-    if not 1 <= len(spec.ne) <= MAX_DIMS:
-        raise CannotWrite(f"tensor {spec.name!r}: the format stores 1..{MAX_DIMS} dims, not {len(spec.ne)} "
-                         "(reshape a scalar to (1,))")
+    name = spec.name.encode("utf-8")
+    if (problem := record_problem(len(spec.ne), len(name))) is not None:
+        key, why = problem
+        hint = " (reshape a scalar to (1,))" if key == "n_dims" else ""
+        raise CannotWrite(f"tensor {spec.name[:60]!r}: {why}{hint}")
     if any(n < 0 or n > 0x7FFFFFFF for n in spec.ne):
         raise CannotWrite(f"tensor {spec.name!r}: every dim must fit a signed 32-bit field, got {list(spec.ne)}")
-    name = spec.name.encode("utf-8")
-    if not 0 < len(name) <= MAX_NAME_LEN:
-        raise CannotWrite(f"tensor name must be 1..{MAX_NAME_LEN} UTF-8 bytes, got {len(name)}: {spec.name[:60]!r}")
     if spec.name in seen:
         raise CannotWrite(f"duplicate tensor name {spec.name!r}")
     seen.add(spec.name)
@@ -805,7 +820,6 @@ def _check_spec(spec: TensorSpec, version: FileVersion, seen: set[str]) -> tuple
         block = block_layout(spec.type, version.block_generation)
     except BadValue as e:
         raise CannotWrite(f"tensor {spec.name!r}: {e.msg}") from None
-    if spec.ne[0] % block.elements:
-        raise CannotWrite(f"tensor {spec.name!r}: ne[0] = {spec.ne[0]} is not a multiple of the "
-                         f"{GGMLType(spec.type).name} block size {block.elements}")
+    if (why := block_problem(spec.ne[0], spec.type, block)) is not None:
+        raise CannotWrite(f"tensor {spec.name!r}: {why}")
     return block, name
