@@ -1,4 +1,6 @@
-"""Meta consolidated.NN.pth shards: find them, and describe what each holds.
+"""The sources of a conversion: find Meta's consolidated.NN.pth shards and tokenizer, describe and check them.
+
+As migrate/sources.py is to migrate.py: convert.py plans and writes what this module found and checked.
 
 Shards are read by convert.pth (our zip reader and restricted unpickler, no torch): no code in a
 pickle runs, and tensor data stays in the page cache (views of a read-only map of each file).
@@ -6,6 +8,7 @@ pickle runs, and tensor data stays in the page cache (views of a read-only map o
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -19,7 +22,7 @@ import numpy as np
 from ggmlfmt.errors import FormatError
 from ggmlfmt.floats import bf16_to_f32
 
-from .pth import Checkpoint, open_checkpoint
+from .pth import DTYPES, Checkpoint, open_checkpoint
 from .pthwrite import BF16, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -28,7 +31,8 @@ SHARD_GLOB = "consolidated.*.pth"
 _SHARD_NAME = re.compile(r"consolidated\.(\d{2,})\.pth")
 MAX_SHARDS = 64  # Meta's largest LLaMA-1 has 8; more is a wrong directory, not a checkpoint
 DIGEST_CHUNK = 1 << 20  # bytes hashed per step
-FLOAT_DTYPES = ("float16", "bfloat16", "float32")  # every dtype convert.pth reads; all cast to f16/f32
+TOKENIZER = "tokenizer.model"
+FLOAT_DTYPES = tuple(DTYPES)  # every dtype convert.pth reads (its table); all cast to f16/f32
 
 
 def find_shards(model_dir: str | os.PathLike[str]) -> list[Path]:
@@ -93,6 +97,75 @@ def _digest(a: np.ndarray) -> bytes:
 
 
 # ------------------------------------------------------------------ building checkpoints (demo, tests, bench)
+
+
+def find_tokenizer(model_dir: Path, tokenizer: str | os.PathLike[str] | None) -> Path:
+    """The tokenizer: `tokenizer` if given, else tokenizer.model in MODEL_DIR, else in its parent (Meta's layout).
+
+    Raises:
+        FileNotFoundError: none of those exists.
+    """
+    if tokenizer is not None:
+        return Path(tokenizer)
+    for candidate in (model_dir / TOKENIZER, model_dir.parent / TOKENIZER):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(errno.ENOENT, f"no {TOKENIZER} here or in the parent directory (use --vocab PATH)",
+                            str(model_dir / TOKENIZER))
+
+
+def check_shards(shards: list[Path]) -> list[TensorMeta]:
+    """Shard 0's tensors in key order, after checking every shard against it.
+
+    Each shard must hold the same names with the same shapes and dtypes, floating-point data, and
+    byte-identical copies of the replicated 1-D tensors. Shards are opened one at a time.
+
+    Raises:
+        FormatError: names the shard and the tensor.
+    """
+    first = describe_shard(shards[0])
+    for meta in first:
+        _check_tensor(meta, shards[0])
+    for path in shards[1:]:
+        _compare_shard(first, describe_shard(path), shards[0], path)
+    return first
+
+
+def skipped_name(name: str) -> bool:
+    """rope.freqs is a training leftover every 2023 converter dropped (by this very suffix test)."""
+    return name.endswith("freqs")
+
+
+def _check_tensor(meta: TensorMeta, path: Path) -> None:
+    """Raises: FormatError for a tensor that cannot go into the file."""
+    if skipped_name(meta.name):
+        return
+    if meta.dtype not in FLOAT_DTYPES:
+        raise FormatError(f"expected floating-point data ({', '.join(FLOAT_DTYPES)}), found {meta.dtype}",
+                          path=str(path), field=f"tensor {meta.name!r}")
+    if len(meta.shape) not in (1, 2):
+        raise FormatError(f"expected 1 or 2 dimensions like every LLaMA tensor, found shape {list(meta.shape)}",
+                          path=str(path), field=f"tensor {meta.name!r}")
+
+
+def _compare_shard(first: list[TensorMeta], other: list[TensorMeta], first_path: Path, path: Path) -> None:
+    """Raises: FormatError at the first difference between shard `path` and shard 0."""
+    theirs = {m.name: m for m in other}
+    ours = {m.name for m in first}
+    for m in other:
+        if m.name not in ours:
+            raise FormatError(f"tensor not in {first_path.name}", path=str(path), field=f"tensor {m.name!r}")
+    for m in first:
+        where = {"path": str(path), "field": f"tensor {m.name!r}"}
+        t = theirs.get(m.name)
+        if t is None:
+            raise FormatError(f"missing (present in {first_path.name})", **where)
+        if t.shape != m.shape or t.dtype != m.dtype:
+            raise FormatError(f"{t.dtype} {list(t.shape)} differs from {m.dtype} {list(m.shape)} in "
+                              f"{first_path.name}; every shard of a tensor has the same shape and dtype", **where)
+        if m.digest is not None and t.digest != m.digest and not skipped_name(m.name):
+            raise FormatError(f"differs from the copy in {first_path.name}; a replicated 1-D tensor must be "
+                              "identical in every shard", **where)
 
 
 def save_shard(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray | BF16]) -> None:

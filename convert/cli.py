@@ -10,14 +10,13 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ggmlfmt.cli import add_common_options, run
+from ggmlfmt.atomic import refuse_existing
+from ggmlfmt.command import add_common_options, progress_bar, run
 
 from ggmlfmt.constants import GGUFValueType
 from ggmlfmt.llama import llama_file_type, llama_metadata
@@ -26,9 +25,9 @@ from .convert import (
     FORMATS,
     OUTTYPES,
     ConversionPlan,
+    TensorEntry,
     default_outfile,
     plan_conversion,
-    refuse_existing,
     resolve_format,
     write_conversion,
 )
@@ -71,64 +70,56 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextmanager
-def _progress_bar(total: int, quiet: bool) -> Iterator[Callable[[int], Any] | None]:
-    """A tqdm byte counter on stderr (rate, ETA), or None when --quiet or tqdm is not installed."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if quiet or tqdm is None:
-        yield None
-        return
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc=PROG,
-              mininterval=0.5, leave=False) as bar:
-        yield bar.update
-
-
 def _convert(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir)
     fmt = resolve_format(args.fmt, args.outfile)
     out = Path(args.outfile) if args.outfile else default_outfile(model_dir, args.outtype, fmt)
     if not args.dry_run:
-        refuse_existing(out, args.force)
-    cp = plan_conversion(model_dir, out, outtype=args.outtype, vocab=args.vocab, fmt=fmt, context_length=args.ctx,
+        refuse_existing(out, overwrite=args.force)
+    cp = plan_conversion(model_dir, out, outtype=args.outtype, tokenizer=args.vocab, fmt=fmt, context_length=args.ctx,
                          rms_eps=args.eps)
     if args.dry_run:
         print(json.dumps(plan_dict(cp, out.exists()), indent=2) if args.json else render_plan(cp, out.exists()))
         return 0
-    with _progress_bar(cp.layout.data_bytes, args.quiet) as update:
+    with progress_bar(cp.plan.data_bytes, desc=PROG, quiet=args.quiet) as update:
         write_conversion(cp, force=args.force, progress=update)
     if not args.quiet:
-        print(f"{PROG}: wrote {cp.outfile} ({cp.layout.size:,} bytes, {len(cp.entries)} tensors from "
+        print(f"{PROG}: wrote {cp.outfile} ({cp.plan.size:,} bytes, {len(cp.entries)} tensors from "
               f"{len(cp.shards)} shard(s))", file=sys.stderr)
     return 0
 
 
 def plan_dict(cp: ConversionPlan, out_exists: bool) -> dict[str, Any]:
-    """The plan as plain JSON-able values."""
-    if cp.format == "gguf":
-        return _gguf_plan_dict(cp, out_exists)
+    """The plan as plain JSON-able values; a GGUF plan adds its metadata and names tensors by their GGUF names."""
+    gguf = cp.format == "gguf"
+    content = ({"metadata": _metadata(cp), "defaults": [DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults]}
+               if gguf else {"hparams": {k: getattr(cp.plan.hparams, k) for k in cp.plan.hparams.__slots__}})
     return {
         "outfile": str(cp.outfile),
         "outfile_exists": out_exists,
-        "format": "ggjt v1",
+        "format": "gguf v3" if gguf else "ggjt v1",
         "shards": [str(p) for p in cp.shards],
         "vocab": str(cp.vocab_path),
-        "hparams": {k: getattr(cp.layout.hparams, k) for k in cp.layout.hparams.__slots__},
+        **content,
         "skipped": list(cp.skipped),
-        "tensors": [{"name": e.name, "shape": list(e.shape), "type": e.info.type.name, "split_axis": e.axis,
-                     "shard_shape": list(e.shard_shape), "source_dtype": e.source_dtype, "offset": e.info.offset,
-                     "nbytes": e.info.nbytes} for e in cp.entries],
-        "data_bytes": cp.layout.data_bytes,
-        "file_size": cp.layout.size,
+        "tensors": [_tensor_dict(e, gguf) for e in cp.entries],
+        "data_bytes": cp.plan.data_bytes,
+        "file_size": cp.plan.size,
     }
+
+
+def _tensor_dict(e: TensorEntry, gguf: bool) -> dict[str, Any]:
+    """One tensor of the plan; GGUF: its GGUF name and ggml-order dims, then the checkpoint's view."""
+    names = {"name": e.info.name, "checkpoint_name": e.name, "ne": list(e.info.ne)} if gguf else {"name": e.name}
+    return {**names, "shape": list(e.shape), "type": e.info.type.name, "split_axis": e.axis,
+            "shard_shape": list(e.shard_shape), "source_dtype": e.source_dtype, "offset": e.info.offset,
+            "nbytes": e.info.nbytes}
 
 
 def _metadata(cp: ConversionPlan) -> dict[str, Any]:
     """The GGUF metadata the plan writes: scalars as values, arrays as {"type", "count"} (general.alignment apart)."""
     if cp.gguf is None:
-        raise ValueError("not a GGUF plan")
+        raise TypeError("not a GGUF plan")
     types_2d = [e.info.type for e in cp.entries if len(e.shape) == 2]
     kvs = llama_metadata(cp.gguf.hparams, cp.gguf.vocab, name=cp.gguf.name, file_type=llama_file_type(types_2d),
                          quantized=False)
@@ -141,27 +132,6 @@ def _metadata(cp: ConversionPlan) -> dict[str, Any]:
             # an f32 as stored (1e-5 is 9.99999974e-06 in the file): what a reader will see
             out[kv.key] = float(np.float32(kv.value)) if kv.type == GGUFValueType.FLOAT32 else kv.value
     return out
-
-
-def _gguf_plan_dict(cp: ConversionPlan, out_exists: bool) -> dict[str, Any]:
-    """A GGUF plan as JSON-able values: metadata, then tensors under their GGUF names with ggml-order dims."""
-    meta = _metadata(cp)  # raises for a ggjt plan
-    return {
-        "outfile": str(cp.outfile),
-        "outfile_exists": out_exists,
-        "format": "gguf v3",
-        "shards": [str(p) for p in cp.shards],
-        "vocab": str(cp.vocab_path),
-        "metadata": meta,
-        "defaults": [DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults],
-        "skipped": list(cp.skipped),
-        "tensors": [{"name": e.info.name, "checkpoint_name": e.name, "ne": list(e.info.ne), "shape": list(e.shape),
-                     "type": e.info.type.name, "split_axis": e.axis, "shard_shape": list(e.shard_shape),
-                     "source_dtype": e.source_dtype, "offset": e.info.offset, "nbytes": e.info.nbytes}
-                    for e in cp.entries],
-        "data_bytes": cp.layout.data_bytes,
-        "file_size": cp.layout.size,
-    }
 
 
 def _render_gguf(cp: ConversionPlan, out_exists: bool) -> str:
@@ -185,8 +155,8 @@ def _render_gguf(cp: ConversionPlan, out_exists: bool) -> str:
 
 def _totals(cp: ConversionPlan, out_exists: bool) -> list[str]:
     skipped = f"; skipped {', '.join(cp.skipped)}" if cp.skipped else ""
-    lines = [f"total: {len(cp.entries)} tensors, {cp.layout.data_bytes:,} bytes of data, file "
-             f"{cp.layout.size:,} bytes{skipped}"]
+    lines = [f"total: {len(cp.entries)} tensors, {cp.plan.data_bytes:,} bytes of data, file "
+             f"{cp.plan.size:,} bytes{skipped}"]
     if out_exists:
         lines.append(f"note: {cp.outfile} exists; the conversion needs --force")
     return lines
@@ -196,7 +166,7 @@ def render_plan(cp: ConversionPlan, out_exists: bool) -> str:
     """The plan as a table: one line per tensor, then the totals."""
     if cp.format == "gguf":
         return _render_gguf(cp, out_exists)
-    hp = cp.layout.hparams
+    hp = cp.plan.hparams
     width = max(len(e.name) for e in cp.entries) if cp.entries else 10
     lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} (ggjt v1, 2-D {cp.outtype})",
              f"header: n_vocab {hp.n_vocab}, n_embd {hp.n_embd}, n_mult {hp.n_mult}, n_head {hp.n_head}, "

@@ -19,25 +19,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ggmlfmt.constants import FileVersion, FType, GGMLType
+from ggmlfmt.atomic import refuse_existing
+from ggmlfmt.constants import CHUNK_BYTES, FTYPE_2D_TYPE, FileVersion, FType, GGMLType
 from ggmlfmt.floats import CASTS
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
-from ggmlfmt.llama import GGUFVocab, LlamaHParams, OutTensor, gguf_tensor_name, plan_llama_gguf, skipped_tensor
+from ggmlfmt.llama import GGUFVocab, LlamaHParams, OutTensor, plan_llama_gguf, skipped_tensor
 from ggmlfmt.parts import full_shape, n_parts_for_dim, split_axis
 from ggmlfmt.unshard import Piece, Source, write_tensors
 from ggmlfmt.writer import FileWriter
 
-from .checkpoint import FLOAT_DTYPES, TensorMeta, describe_shard, find_shards
+from .checkpoint import TensorMeta, check_shards, find_shards, find_tokenizer, skipped_name
 from .pth import Checkpoint, open_checkpoint
 from .params import Params, gguf_hparams, read_params
 from ggmlfmt.tokenizer import load_gguf_vocab, load_vocab
 
 log = logging.getLogger(__name__)
 
-OUTTYPES = {"f32": (FType.ALL_F32, GGMLType.F32), "f16": (FType.MOSTLY_F16, GGMLType.F16)}
-CHUNK_BYTES = 4 << 20  # output rows cast or gathered per pwrite: bounds the one private buffer
-TOKENIZER = "tokenizer.model"
+OUTTYPES = {"f32": FType.ALL_F32, "f16": FType.MOSTLY_F16}  # --outtype -> header ftype; FTYPE_2D_TYPE gives the 2-D type
 FORMATS = ("ggjt", "gguf")
 SUFFIXES = {"ggjt": ".bin", "gguf": ".gguf"}
 
@@ -64,7 +63,7 @@ class ConversionPlan:
     vocab_path: Path
     shards: tuple[Path, ...]
     params: Params
-    layout: Plan
+    plan: Plan
     entries: tuple[TensorEntry, ...]
     skipped: tuple[str, ...]  # checkpoint keys not written (rope.freqs)
     format: str = "ggjt"  # "ggjt" (v1) or "gguf" (v3)
@@ -89,45 +88,23 @@ def resolve_format(fmt: str | None, outfile: str | os.PathLike[str] | None) -> s
     """The output format: `fmt` if given, else gguf for an outfile ending in .gguf, else ggjt.
 
     Raises:
-        ValueError: an unknown format, or --format ggjt with an outfile ending in .gguf.
+        CannotWrite: an unknown format, or --format ggjt with an outfile ending in .gguf.
     """
     implied = "gguf" if outfile is not None and os.fspath(outfile).endswith(".gguf") else None
     if fmt is None:
         return implied or "ggjt"
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise CannotWrite(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if implied and fmt != implied:
-        raise ValueError(f"{outfile}: a .gguf output name with --format {fmt}; drop one of them")
+        raise CannotWrite(f"{outfile}: a .gguf output name with --format {fmt}; drop one of them")
     return fmt
 
 
-def refuse_existing(out: Path, force: bool) -> None:
-    """Fail fast, before any other work, when the output exists and may not be replaced.
 
-    Raises:
-        FileExistsError.
-    """
-    if out.exists() and not force:
-        raise FileExistsError(errno.EEXIST, "output exists (use --force to replace it)", str(out))
-
-
-def find_vocab(model_dir: Path, vocab: str | os.PathLike[str] | None) -> Path:
-    """The tokenizer: `vocab` if given, else tokenizer.model in MODEL_DIR, else in its parent (Meta's layout).
-
-    Raises:
-        FileNotFoundError: none of those exists.
-    """
-    if vocab is not None:
-        return Path(vocab)
-    for candidate in (model_dir / TOKENIZER, model_dir.parent / TOKENIZER):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(errno.ENOENT, f"no {TOKENIZER} here or in the parent directory (use --vocab PATH)",
-                            str(model_dir / TOKENIZER))
 
 
 def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
-                    outtype: str = "f16", vocab: str | os.PathLike[str] | None = None, fmt: str | None = None,
+                    outtype: str = "f16", tokenizer: str | os.PathLike[str] | None = None, fmt: str | None = None,
                     context_length: int | None = None, rms_eps: float | None = None) -> ConversionPlan:
     """Check every input and lay out the output file; reads shard metadata only, writes nothing.
 
@@ -138,15 +115,15 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     Raises:
         FormatError: bad params.json, tokenizer or shards (names the file, and the field or tensor),
             or a model ggjt cannot describe (GQA, ffn_dim_multiplier) with fmt "ggjt".
-        ValueError: an unknown outtype or format, an option the format does not take, or an output
+        CannotWrite: an unknown outtype or format, an option the format does not take, or an output
             path that is one of the inputs.
         OSError: an input cannot be read.
     """
     if outtype not in OUTTYPES:
-        raise ValueError(f"outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
+        raise CannotWrite(f"outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
     fmt = resolve_format(fmt, outfile)
     if fmt == "ggjt" and (context_length is not None or rms_eps is not None):
-        raise ValueError("--ctx and --eps apply to --format gguf only (a ggjt file stores neither)")
+        raise CannotWrite("--ctx and --eps apply to --format gguf only (a ggjt file stores neither)")
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a model directory", str(model_dir))
@@ -156,9 +133,9 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
         raise FormatError(problem, path=str(params_path))  # before any shape error the tensors would give
     params = _with_eps(params, rms_eps, params_path) if fmt == "gguf" else params
     out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype, fmt)
-    vocab_path = find_vocab(model_dir, vocab)
+    vocab_path = find_tokenizer(model_dir, tokenizer)
     shards = find_shards(model_dir)
-    _refuse_input_as_output(out, [params_path, vocab_path, *shards])
+    refuse_existing(out, overwrite=True, inputs=[params_path, vocab_path, *shards])  # --force never replaces an input
     tokens: Vocab | GGUFVocab = load_vocab(vocab_path) if fmt == "ggjt" else load_gguf_vocab(vocab_path)
     if params.vocab_size > 0 and params.vocab_size != len(tokens):
         raise FormatError(f"{params.vocab_size} does not match the {len(tokens)} pieces of {vocab_path}",
@@ -180,23 +157,22 @@ def _with_eps(params: Params, rms_eps: float | None, path: Path) -> Params:
     """params with norm_eps from --eps when params.json has none.
 
     Raises:
-        ValueError: --eps out of (0, 1), or given although params.json has norm_eps (which one
+        CannotWrite: --eps out of (0, 1), or given although params.json has norm_eps (which one
             would win is not obvious: refused rather than guessed).
     """
     if rms_eps is None:
         return params
     if not 0 < rms_eps < 1:  # the range params.json's norm_eps is held to (docs/format.md §16)
-        raise ValueError(f"--eps must be in (0, 1), not {rms_eps!r}")
+        raise CannotWrite(f"--eps must be in (0, 1), not {rms_eps!r}")
     if params.norm_eps is not None:
-        raise ValueError(f"{path}: norm_eps is {params.norm_eps!r}; --eps applies only when params.json has none")
+        raise CannotWrite(f"{path}: norm_eps is {params.norm_eps!r}; --eps applies only when params.json has none")
     return replace(params, norm_eps=rms_eps)
 
 
-def _entries(pending: list[_Pending], placed: dict[str, TensorInfo],
-             out_name: Callable[[str], str]) -> list[TensorEntry]:
-    """TensorEntry per pending tensor, with its planned TensorInfo (found under its output name)."""
-    return [TensorEntry(m.name, shape, m.shape, axis, m.dtype, placed[out_name(m.name)])
-            for m, axis, shape, _ in pending]
+def _entries(pending: list[_Pending], layout: Plan) -> list[TensorEntry]:
+    """TensorEntry per pending tensor, with its planned TensorInfo (both planners keep the given order)."""
+    return [TensorEntry(p.meta.name, p.shape, p.meta.shape, p.axis, p.meta.dtype, info)
+            for p, info in zip(pending, layout.tensors, strict=True)]
 
 
 def _plan_ggjt(params: Params, tokens: Vocab, metas: list[TensorMeta], shards: list[Path],
@@ -207,9 +183,9 @@ def _plan_ggjt(params: Params, tokens: Vocab, metas: list[TensorMeta], shards: l
         FormatError: a LLaMA tensor missing or with another shape than the header implies.
     """
     hparams = _hparams(params, len(tokens), outtype)
-    pending, skipped = _specs(metas, shards, params, llama_shapes(params, len(tokens)), OUTTYPES[outtype][1])
-    layout = plan(FileVersion.GGJT_V1, hparams, tokens, [spec for *_, spec in pending])
-    return layout, _entries(pending, layout.by_name(), lambda name: name), skipped
+    pending, skipped = _specs(metas, shards, params, params.shapes(len(tokens)), FTYPE_2D_TYPE[OUTTYPES[outtype]])
+    layout = plan(FileVersion.GGJT_V1, hparams, tokens, [p.spec for p in pending])
+    return layout, _entries(pending, layout), skipped
 
 
 def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[TensorMeta], shards: list[Path],
@@ -219,9 +195,9 @@ def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[Te
     Raises:
         FormatError: a tensor GGUF's LLaMA does not have, a shape params.json does not imply, a bad value.
     """
-    expected = llama_shapes(params, len(vocab), gguf=True)
-    pending, skipped = _specs(metas, shards, params, expected, OUTTYPES[outtype][1], gguf=True)
-    shapes = {m.name: shape for m, _, shape, _ in pending}
+    expected = params.shapes(len(vocab), gguf=True)
+    pending, skipped = _specs(metas, shards, params, expected, FTYPE_2D_TYPE[OUTTYPES[outtype]], gguf=True)
+    shapes = {p.meta.name: p.shape for p in pending}
     hp = gguf_hparams(params, len(vocab), shapes, context_length=context_length,
                       path=str(model_dir / "params.json"))
     for field in hp.defaults:
@@ -229,24 +205,12 @@ def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[Te
         log.warning("%s not in the checkpoint: using %g, LLaMA-1's value (%s sets it)",
                     "context length" if field == "context_length" else "norm_eps", value, option)
     name = model_dir.resolve().name or "llama"
-    n_layer = params.n_layers
-    layout = plan_llama_gguf(hp, vocab, [OutTensor(m.name, spec.type, shape) for m, _, shape, spec in pending],
-                             name=name)
-    entries = _entries(pending, layout.by_name(), lambda n: gguf_tensor_name(n, n_layer))
-    return layout, entries, skipped, GGUFContent(hp, vocab, name)
-
-
-def _refuse_input_as_output(out: Path, inputs: list[Path]) -> None:
-    """Raises: ValueError when the output would replace an input file."""
-    if not out.exists():
-        return
-    for p in inputs:
-        if p.exists() and os.path.samefile(out, p):
-            raise ValueError(f"{out}: the output would replace an input ({p}); choose another --outfile")
+    layout = plan_llama_gguf(hp, vocab, [OutTensor(p.meta.name, p.spec.type, p.shape) for p in pending], name=name)
+    return layout, _entries(pending, layout), skipped, GGUFContent(hp, vocab, name)
 
 
 def _hparams(params: Params, n_vocab: int, outtype: str) -> HParams:
-    ftype = OUTTYPES[outtype][0]
+    ftype = OUTTYPES[outtype]
     return HParams(n_vocab, params.dim, params.multiple_of, params.n_heads, params.n_layers, params.n_rot, int(ftype))
 
 
@@ -266,85 +230,17 @@ def _warn_rounding(entries: list[TensorEntry], outtype: str) -> None:
                     "--outtype f32 keeps every value exact", len(narrowed), "/".join(dtypes))
 
 
-# ------------------------------------------------------------------ checking the shards
-
-
-def check_shards(shards: list[Path]) -> list[TensorMeta]:
-    """Shard 0's tensors in key order, after checking every shard against it.
-
-    Each shard must hold the same names with the same shapes and dtypes, floating-point data, and
-    byte-identical copies of the replicated 1-D tensors. Shards are opened one at a time.
-
-    Raises:
-        FormatError: names the shard and the tensor.
-    """
-    first = describe_shard(shards[0])
-    for meta in first:
-        _check_tensor(meta, shards[0])
-    for path in shards[1:]:
-        _compare_shard(first, describe_shard(path), shards[0], path)
-    return first
-
-
-def skipped_name(name: str) -> bool:
-    """rope.freqs is a training leftover every 2023 converter dropped (by this very suffix test)."""
-    return name.endswith("freqs")
-
-
-def _check_tensor(meta: TensorMeta, path: Path) -> None:
-    """Raises: FormatError for a tensor that cannot go into the file."""
-    if skipped_name(meta.name):
-        return
-    if meta.dtype not in FLOAT_DTYPES:
-        raise FormatError(f"expected floating-point data ({', '.join(FLOAT_DTYPES)}), found {meta.dtype}",
-                          path=str(path), field=f"tensor {meta.name!r}")
-    if len(meta.shape) not in (1, 2):
-        raise FormatError(f"expected 1 or 2 dimensions like every LLaMA tensor, found shape {list(meta.shape)}",
-                          path=str(path), field=f"tensor {meta.name!r}")
-
-
-def _compare_shard(first: list[TensorMeta], other: list[TensorMeta], first_path: Path, path: Path) -> None:
-    """Raises: FormatError at the first difference between shard `path` and shard 0."""
-    theirs = {m.name: m for m in other}
-    ours = {m.name for m in first}
-    for m in other:
-        if m.name not in ours:
-            raise FormatError(f"tensor not in {first_path.name}", path=str(path), field=f"tensor {m.name!r}")
-    for m in first:
-        where = {"path": str(path), "field": f"tensor {m.name!r}"}
-        t = theirs.get(m.name)
-        if t is None:
-            raise FormatError(f"missing (present in {first_path.name})", **where)
-        if t.shape != m.shape or t.dtype != m.dtype:
-            raise FormatError(f"{t.dtype} {list(t.shape)} differs from {m.dtype} {list(m.shape)} in "
-                              f"{first_path.name}; every shard of a tensor has the same shape and dtype", **where)
-        if m.digest is not None and t.digest != m.digest and not skipped_name(m.name):
-            raise FormatError(f"differs from the copy in {first_path.name}; a replicated 1-D tensor must be "
-                              "identical in every shard", **where)
-
-
 # ------------------------------------------------------------------ what goes into the file
 
 
-def llama_shapes(params: Params, n_vocab: int, *, gguf: bool = False) -> dict[str, tuple[int, ...]]:
-    """Full PyTorch shape of every LLaMA tensor params.json implies (§6.2), in Meta key order.
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A checkpoint tensor on its way into the plan: what the shards hold, how they split, what is written."""
 
-    ggjt: the header's view (n_ff from n_mult, wk/wv dim rows). gguf: Meta's (docs/format.md §16):
-    wk/wv have kv_dim rows, the feed-forward width is hidden_dim (ffn_dim_multiplier).
-    """
-    dim = params.dim
-    hidden, kv = (params.hidden_dim, params.kv_dim) if gguf else (params.n_ff, dim)
-    shapes: dict[str, tuple[int, ...]] = {
-        "tok_embeddings.weight": (n_vocab, dim), "norm.weight": (dim,), "output.weight": (n_vocab, dim)}
-    per_layer = {"attention.wq": (dim, dim), "attention.wk": (kv, dim), "attention.wv": (kv, dim),
-                 "attention.wo": (dim, dim), "feed_forward.w1": (hidden, dim), "feed_forward.w2": (dim, hidden),
-                 "feed_forward.w3": (hidden, dim), "attention_norm": (dim,), "ffn_norm": (dim,)}
-    for n in range(params.n_layers):
-        shapes.update({f"layers.{n}.{k}.weight": v for k, v in per_layer.items()})
-    return shapes
-
-
-_Pending = tuple[TensorMeta, int | None, tuple[int, ...], TensorSpec]  # meta, split axis, full shape, spec
+    meta: TensorMeta  # shard 0's record
+    axis: int | None  # PyTorch axis the shards split; None: replicated
+    shape: tuple[int, ...]  # full PyTorch shape
+    spec: TensorSpec
 
 
 def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected: dict[str, tuple[int, ...]],
@@ -380,7 +276,7 @@ def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected
                               f"{list(want)} implied by params.json and the tokenizer", path=str(shards[0]),
                               field=f"tensor {m.name!r}")
         ggml_type = GGMLType.F32 if len(shape) == 1 else two_d_type  # 1-D always f32 (§4.4)
-        pending.append((m, axis, shape, TensorSpec.from_shape(m.name, ggml_type, shape)))
+        pending.append(_Pending(m, axis, shape, TensorSpec.from_shape(m.name, ggml_type, shape)))
     if expected:
         name = next(iter(expected))
         raise FormatError(f"missing; params.json (n_layers {params.n_layers}) implies {len(expected)} more "
@@ -402,7 +298,7 @@ def write_conversion(cp: ConversionPlan, *, force: bool = False, progress: Calla
     with ExitStack() as stack:
         shards = [stack.enter_context(open_checkpoint(p)) for p in cp.shards]
         fds = [_open_read_only(stack, p) for p in cp.shards]
-        writer = stack.enter_context(FileWriter(cp.outfile, cp.layout, overwrite=force, progress=progress))
+        writer = stack.enter_context(FileWriter(cp.outfile, cp.plan, overwrite=force, progress=progress))
         write_tensors(writer, _sources(cp, shards, fds), chunk_bytes=CHUNK_BYTES)
 
 
@@ -431,7 +327,7 @@ def _sources(cp: ConversionPlan, shards: list[Checkpoint], fds: list[int]) -> It
 
 
 def convert_checkpoint(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
-                       outtype: str = "f16", vocab: str | os.PathLike[str] | None = None, force: bool = False,
+                       outtype: str = "f16", tokenizer: str | os.PathLike[str] | None = None, force: bool = False,
                        progress: Callable[[int], Any] | None = None, fmt: str | None = None,
                        context_length: int | None = None, rms_eps: float | None = None) -> ConversionPlan:
     """Convert Meta's consolidated.NN.pth shards in `model_dir` into one ggjt v1 or GGUF v3 file; return the plan.
@@ -440,14 +336,14 @@ def convert_checkpoint(model_dir: str | os.PathLike[str], outfile: str | os.Path
 
     Raises:
         FileExistsError: the output exists and force is False (checked before any other work).
-        FormatError, ValueError, OSError: as plan_conversion and write_conversion.
+        FormatError (CannotWrite among them), OSError: as plan_conversion and write_conversion.
     """
     fmt = resolve_format(fmt, outfile)
     out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype, fmt)
-    refuse_existing(out, force)
-    cp = plan_conversion(model_dir, out, outtype=outtype, vocab=vocab, fmt=fmt, context_length=context_length,
+    refuse_existing(out, overwrite=force)
+    cp = plan_conversion(model_dir, out, outtype=outtype, tokenizer=tokenizer, fmt=fmt, context_length=context_length,
                          rms_eps=rms_eps)
     write_conversion(cp, force=force, progress=progress)
     log.info("wrote %s: %d tensors from %d shard(s), %s bytes", cp.outfile, len(cp.entries), len(cp.shards),
-             f"{cp.layout.size:,}")
+             f"{cp.plan.size:,}")
     return cp

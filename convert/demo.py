@@ -17,18 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ggmlfmt.errors import CannotWrite
 from ggmlfmt.parts import split_axis
 from ggmlfmt.reader import load
 from ggmlfmt.rusage import measure
 
-from .checkpoint import cat_shards, save_shard
-from .convert import TOKENIZER, convert_checkpoint, llama_shapes
+from .checkpoint import TOKENIZER, cat_shards, save_shard
+from .convert import convert_checkpoint
 from .params import Params
 from ggmlfmt.tokenizer import train_tokenizer
-
-LAYER_KEYS = ("attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1",
-              "feed_forward.w2", "feed_forward.w3", "attention_norm", "ffn_norm")
-
 
 @dataclass(frozen=True, slots=True)
 class DemoConfig:
@@ -65,7 +62,7 @@ def make_weights(p: Params, n_vocab: int, *, seed: int = 0, dtype: str = "float1
     """Random full tensors in Meta's key order, then rope.freqs (which converters skip)."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
-    for name, shape in llama_shapes(p, n_vocab).items():
+    for name, shape in p.shapes(n_vocab).items():
         if len(shape) == 1:
             a = 1.0 + NORM_STD * rng.standard_normal(shape)
         else:
@@ -81,13 +78,13 @@ def split_weights(full: dict[str, np.ndarray], n_shards: int) -> list[dict[str, 
     """Meta's shards of full tensors (§6.2 rule from ggmlfmt.parts); 1-D tensors are copied into every shard.
 
     Raises:
-        ValueError: a split axis does not divide by n_shards.
+        CannotWrite: a split axis does not divide by n_shards.
     """
     shards: list[dict[str, np.ndarray]] = [{} for _ in range(n_shards)]
     for name, a in full.items():
         axis = split_axis(name, a.ndim)
         if axis is not None and a.shape[axis] % n_shards:
-            raise ValueError(f"tensor {name!r}: axis {axis} of {a.shape} does not split into {n_shards} shards")
+            raise CannotWrite(f"tensor {name!r}: axis {axis} of {a.shape} does not split into {n_shards} shards")
         pieces = [a] * n_shards if axis is None else np.split(a, n_shards, axis=axis)
         for shard, piece in zip(shards, pieces, strict=True):
             shard[name] = np.ascontiguousarray(piece)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ggmlfmt.errors import FormatError
-from ggmlfmt.llama import LlamaHParams, llama_hparams
+from ggmlfmt.layout import ff_width
+from ggmlfmt.llama import LlamaHParams, llama_hparams, llama_shapes
 
 # Upper bounds: far above any 2023 model (LLaMA-65B: dim 8192, 80 layers, 64 heads), far below what
 # would overflow the header's i32 fields or make the derived shapes absurd.
@@ -57,16 +58,22 @@ class Params:
     def n_ff(self) -> int:
         """Feed-forward width a ggjt header implies: 8*dim/3 rounded up to multiple_of (§2). It is Meta's
         `hidden_dim` unless params.json has ffn_dim_multiplier (ggjt_problem says when they differ)."""
-        return (2 * (4 * self.dim) // 3 + self.multiple_of - 1) // self.multiple_of * self.multiple_of
+        return ff_width(self.dim, self.multiple_of)
 
     @property
     def hidden_dim(self) -> int:
         """Feed-forward width by Meta's FeedForward (docs/format.md §16): int(8*dim/3), times
         ffn_dim_multiplier if given, rounded up to multiple_of."""
-        hidden = 2 * (4 * self.dim) // 3
-        if self.ffn_dim_multiplier is not None:
-            hidden = int(self.ffn_dim_multiplier * hidden)  # float product truncated, as Meta's int() does
-        return (hidden + self.multiple_of - 1) // self.multiple_of * self.multiple_of
+        return ff_width(self.dim, self.multiple_of, self.ffn_dim_multiplier)
+
+    def shapes(self, n_vocab: int, *, gguf: bool = False) -> dict[str, tuple[int, ...]]:
+        """Full PyTorch shape of every LLaMA tensor this implies (docs/format.md §6.2), in Meta key order.
+
+        ggjt: the header's view (n_ff from n_mult, wk/wv dim rows). gguf: Meta's (docs/format.md §16):
+        wk/wv have kv_dim rows, the feed-forward width is hidden_dim (ffn_dim_multiplier).
+        """
+        hidden, kv = (self.hidden_dim, self.kv_dim) if gguf else (self.n_ff, self.dim)
+        return llama_shapes(n_vocab, self.dim, self.n_layers, hidden, kv)
 
     def ggjt_problem(self) -> str | None:
         """Why a ggjt file cannot describe this model (None: it can): GQA, or an n_ff n_mult cannot produce."""

@@ -20,6 +20,7 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from ggmlfmt.errors import CannotWrite
 from ggmlfmt.atomic import create_exclusive, fsync_dir, temp_path_beside
 
 from .pth import (CENTRAL, CENTRAL_SIG, DATA_ALIGNMENT, DTYPES, EOCD, EOCD64, EOCD64_LOCATOR, EOCD64_SIG, EOCD_SIG,
@@ -49,7 +50,7 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarr
     zip64_threshold: records whose size or offset reach it get zip64 extra fields (tests lower it).
 
     Raises:
-        ValueError: an array of another dtype. OSError: the file cannot be written.
+        CannotWrite: an array of another dtype. OSError: the file cannot be written.
     """
     target = Path(path)
     prefix = target.stem  # torch names the archive's top directory after the file, less its extension
@@ -69,14 +70,14 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarr
 
 
 def _as_stored(name: str, a: np.ndarray | BF16) -> tuple[str, np.ndarray]:
-    """(dtype name, C-contiguous little-endian array). Raises: ValueError for another dtype."""
+    """(dtype name, C-contiguous little-endian array). Raises: CannotWrite for another dtype."""
     if isinstance(a, BF16):
         return "bfloat16", np.asarray(a.bits).astype("<u2", order="C", copy=False)
     for dtype, (_, np_dtype, _) in DTYPES.items():
         if dtype != "bfloat16" and a.dtype.kind == "f" and a.dtype.itemsize == np.dtype(np_dtype).itemsize:
             # either byte order in, little-endian out; astype, not ascontiguousarray, which makes 0-d 1-d
             return dtype, a.astype(np_dtype, order="C", copy=False)
-    raise ValueError(f"tensor {name!r}: expected float16 or float32 (or BF16 bits), found {a.dtype}")
+    raise CannotWrite(f"tensor {name!r}: expected float16 or float32 (or BF16 bits), found {a.dtype}")
 
 
 def _write_archive(f: BinaryIO, prefix: str, arrays: dict[str, tuple[str, np.ndarray]], zip64_at: int) -> None:

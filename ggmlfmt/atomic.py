@@ -7,10 +7,15 @@ removed by the next writer of the same target.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+from collections.abc import Iterable
+
 from pathlib import Path
 from typing import Any
+
+from .errors import CannotWrite
 
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.ggmlfmt-(?P<pid>\d+)-[0-9a-f]+\.tmp$")
 
@@ -20,6 +25,28 @@ def temp_path_beside(target: Path) -> Path:
     arriving in between cannot leak a file nobody knows the name of."""
     # os.urandom, as secrets.token_hex does, without importing secrets (and with it random and hashlib)
     return target.with_name(f".{target.name}.ggmlfmt-{os.getpid()}-{os.urandom(6).hex()}.tmp")
+
+
+def refuse_existing(target: str | os.PathLike[str], *, overwrite: bool, inputs: Iterable[Path] = (),
+                    role: str = "input") -> None:
+    """Fail before any work when `target` is one of `inputs` (path, link or inode), exists, or is a directory.
+
+    The one "output exists" check of every command and writer; `role` names the inputs in the message.
+
+    Raises:
+        IsADirectoryError. CannotWrite: target is an input. FileExistsError: it exists and not overwrite.
+    """
+    target = Path(target)
+    if not target.exists():
+        return
+    for p in inputs:
+        if p.exists() and os.path.samefile(target, p):
+            raise CannotWrite(f"{target}: the output is the same file as {role} {p}; writing it would replace an "
+                              "input, so choose another output name")
+    if not overwrite:
+        raise FileExistsError(errno.EEXIST, "output exists (use --force to replace it)", str(target))
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "output is a directory", str(target))
 
 
 def create_exclusive(path: Path) -> int:

@@ -1,26 +1,22 @@
-"""The `ggmlfmt` command, and the runner every command of the project shares.
+"""The `ggmlfmt` command: inspect, verify, residency, evict, copy, load.
 
-Only this module (and convert/cli.py, migrate/cli.py) prints, exits or configures logging.
+Only this module (and convert/cli.py, migrate/cli.py, with the runner they share in ggmlfmt/command.py)
+prints, exits or configures logging.
 stdout carries results only; logs, progress and errors go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
-import os
-import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .atomic import remove_stale_temps
-from .errors import FormatError
+from .command import add_common_options, run
 from .loadopts import ADVICE, touch
 from .reader import load, read_index
 from .summary import describe, render
@@ -29,93 +25,6 @@ if TYPE_CHECKING:  # the diagnostics and the copy are imported by the commands t
     from .cachestat import Residency
 
 log = logging.getLogger("ggmlfmt")
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived: unwind like Ctrl-C so temporary files are removed."""
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes each record to whatever sys.stderr is at that moment (tests and tools swap it)."""
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: object) -> None:
-        pass
-
-
-def add_common_options(p: argparse.ArgumentParser) -> None:
-    """Options every command has."""
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress or log messages, errors only")
-    p.add_argument("--verbose", "-v", action="store_true", help="more log messages")
-    p.add_argument("--rusage", action="store_true",
-                   help="after the work, print what the kernel accounted (time, memory, faults, I/O) to stderr")
-
-
-def _rusage_module() -> Any:
-    """ggmlfmt.rusage, imported only for --rusage (it needs `resource`, which Windows lacks).
-
-    Raises:
-        OSError: ENOSYS naming the resource module where it is missing.
-    """
-    try:
-        from . import rusage
-    except ImportError:
-        raise OSError(errno.ENOSYS, "--rusage needs getrusage (Python's resource module), which this system "
-                      "lacks") from None
-    return rusage
-
-
-def run(prog: str, args: argparse.Namespace, body: Callable[[argparse.Namespace], int]) -> int:
-    """Run a command body: errors become one line on stderr and exit status 1, Ctrl-C 130, SIGTERM 143."""
-    start = time.perf_counter()
-    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format=f"{prog}: %(message)s", handlers=[_StderrHandler()], force=True)
-    try:
-        rusage = _rusage_module() if args.rusage else None  # before the work: refuse early, not after it
-    except OSError as e:
-        if args.debug:
-            raise
-        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
-        return 1
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        return body(args)
-    except BrokenPipeError:  # stdout's reader left (`| head`): not an error of ours, say nothing
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail
-        return 141  # 128 + SIGPIPE, what a program killed by the signal reports
-    except (FormatError, OSError, ValueError) as e:
-        if args.debug:
-            raise
-        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        print(f"{prog}: interrupted; nothing was left half-written", file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f"{prog}: terminated; nothing was left half-written", file=sys.stderr)
-        return 143
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if rusage is not None:
-            print(rusage.report(rusage.measure(start)), file=sys.stderr)
-
-
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        where = ": ".join(str(f) for f in (e.filename, e.filename2) if f)
-        return f"{where}: {e.strerror}" if where else e.strerror
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -227,24 +136,25 @@ def _load(args: argparse.Namespace) -> int:
     return 0
 
 
+# name, body, whether it has --json, help: the subcommands that take one FILE
+_FILE_COMMANDS = (
+    ("inspect", _inspect, True, "format, header, vocabulary, tensor table and byte accounting"),
+    ("verify", _verify, False, "every structural check; prints OK or the first problem"),
+    ("residency", _residency, True, "how much of each tensor is in the page cache now (mincore)"),
+    ("evict", _evict, False, "drop a file's pages from the page cache (no root), for cold starts"),
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ggmlfmt", description="Inspect, verify, load and copy llama.cpp model files "
                                 "(2023: ggml, ggmf, ggjt v1-v3; today: GGUF v2, v3).")
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("inspect", help="format, header, vocabulary, tensor table and byte accounting")
-    c.add_argument("file")
-    c.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    c.set_defaults(body=_inspect)
-    c = sub.add_parser("verify", help="every structural check; prints OK or the first problem")
-    c.add_argument("file")
-    c.set_defaults(body=_verify)
-    c = sub.add_parser("residency", help="how much of each tensor is in the page cache now (mincore)")
-    c.add_argument("file")
-    c.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    c.set_defaults(body=_residency)
-    c = sub.add_parser("evict", help="drop a file's pages from the page cache (no root), for cold starts")
-    c.add_argument("file")
-    c.set_defaults(body=_evict)
+    for name, body, with_json, what in _FILE_COMMANDS:
+        c = sub.add_parser(name, help=what)
+        c.add_argument("file")
+        if with_json:
+            c.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        c.set_defaults(body=body)
     c = sub.add_parser("copy", help="copy without wiping the page cache, verified by sha256")
     c.add_argument("src")
     c.add_argument("dst")

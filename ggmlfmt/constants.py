@@ -16,6 +16,7 @@ MAGIC_GGLA = 0x67676C61  # "ggla", a LoRA adapter, not a model
 MAGIC_GGSN = 0x6767736E  # "ggsn", a session file, not a model
 MAGIC_GGUF = 0x46554747  # "GGUF" read as u32 LE; bytes b"GGUF" (the successor format, docs/format.md §11)
 
+CHUNK_BYTES = 4 << 20  # output rows gathered or cast per pwrite (convert, migrate): bounds the one private buffer
 DEFAULT_ALIGNMENT = 32  # ggjt: every tensor's data starts at an absolute file offset multiple of this
 MAX_DIMS = 4  # the record format allows more; no loader of the era accepted more than 4 (LLaMA uses 1-2)
 MAX_NAME_LEN = 4096  # no real name comes close; bounds allocation before the file size check

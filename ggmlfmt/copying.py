@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import libc
-from .atomic import TempFile
+from .atomic import TempFile, refuse_existing
 from .cachestat import drop_uncached, residency
 from .errors import Truncated
 from .writer import copy_range
@@ -127,21 +127,6 @@ def _verify(src: Path, copy: Path, keep_src: npt.NDArray[np.bool_], chunk: int) 
     return want
 
 
-def _check_copy_target(src: Path, dst: Path, overwrite: bool) -> None:
-    """Refuse a copy onto itself, onto a directory, or over a file without overwrite.
-
-    Raises:
-        ValueError, FileExistsError, IsADirectoryError.
-    """
-    if dst.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "destination is a directory", str(dst))
-    if dst.exists():
-        if os.path.samefile(src, dst):
-            raise ValueError(f"{dst}: source and destination are the same file")
-        if not overwrite:
-            raise FileExistsError(errno.EEXIST, "destination exists (use --force / overwrite=True)", str(dst))
-
-
 def _check_system() -> None:
     """Refuse up front, naming the call, where a facility the copy needs is missing.
 
@@ -164,12 +149,12 @@ def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overw
     the hash pass reads both files the same way.
 
     Raises:
-        FileExistsError: dst exists and not overwrite. ValueError: src and dst are one file.
+        FileExistsError: dst exists and not overwrite. CannotWrite: src and dst are one file.
         OSError: I/O error, the copy's hash differs from the source's (EIO), or ENOSYS naming a missing call.
     """
     src, dst = Path(src), Path(dst)
     _check_system()
-    _check_copy_target(src, dst, overwrite)
+    refuse_existing(dst, overwrite=overwrite, inputs=[src], role="the source")
     before = residency(src)
     fin = os.open(src, os.O_RDONLY)
     try:

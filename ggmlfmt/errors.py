@@ -26,11 +26,13 @@ class FormatError(ValueError):
         where = [self.path, None if self.offset is None else f"offset {self.offset:#x}", self.field]
         return ": ".join([w for w in where if w] + [self.msg])
 
-    def with_path(self, path: str | os.PathLike[str]) -> FormatError:
-        """Return this error with the file name filled in (parsers see bytes, callers know names)."""
+    def with_path(self, path: str | os.PathLike[str], *, offset: int | None = None) -> FormatError:
+        """Return this error with the file name (and offset) filled in (parsers see bytes, callers know names)."""
         if self.path is None:
             self.path = os.fspath(path)
-            self.args = (str(self),)
+        if self.offset is None:
+            self.offset = offset
+        self.args = (str(self),)
         return self
 
 
@@ -56,3 +58,11 @@ class BadLayout(FormatError):
 
 class IncompleteWrite(FormatError):
     """A writer was closed before every byte of the planned data region was written exactly once."""
+
+
+class CannotWrite(FormatError):
+    """The input or the request cannot be written: a spec, value, option or destination no output can hold.
+
+    Every writer and planner raises it (never a bare ValueError), so a command turns it into one line
+    and a caller that knows the source file adds its name with `with_path`. It is a ValueError too.
+    """

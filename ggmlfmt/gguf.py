@@ -38,8 +38,8 @@ from .constants import (
     GGUFValueType,
     GGUFVersion,
 )
-from .errors import BadLayout, BadMagic, BadValue, FormatError, Truncated, UnsupportedVersion
-from .layout import Plan, TensorInfo, TensorSpec, align_up, tensor_nbytes
+from .errors import BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion
+from .layout import Plan, TensorInfo, TensorSpec, align_up, block_problem, tensor_nbytes
 
 GGUF_LAYOUTS: dict[GGMLType, BlockLayout] = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION]
 TypePath = tuple[GGUFValueType, ...]  # (UINT32,), (ARRAY, STRING), (ARRAY, ARRAY, INT32), ...
@@ -434,9 +434,8 @@ def _tensor_info(buf: memoryview, pos: int, i: int, alignment: int) -> tuple[tup
         if n > GGUF_MAX_NE:
             raise BadValue(f"expected a size below 2**63, found {n}", offset=dims_at + 8 * d, field=f"{what}.ne[{d}]")
     ggml_type, block = _tensor_type(code, pos, f"{what}.type")
-    if ne[0] % block.elements:
-        raise BadValue(f"ne[0] = {ne[0]} is not a multiple of the {ggml_type.name} block size {block.elements}",
-                       offset=dims_at, field=f"{what}.ne[0]")
+    if (why := block_problem(ne[0], ggml_type, block)) is not None:
+        raise BadValue(why, offset=dims_at, field=f"{what}.ne[0]")
     if offset % alignment:
         raise BadLayout(f"expected an offset that is a multiple of the alignment {alignment}, found {offset}",
                         offset=pos + 4, field=f"{what}.offset")
@@ -523,66 +522,66 @@ def _type_path(vtype: Any, value: Any, key: str) -> TypePath:
     """The full type path of a value: arrays need their element type, given or inferred from numpy/str items.
 
     Raises:
-        ValueError.
+        CannotWrite.
     """
     path = tuple(GGUFValueType(t) for t in (vtype if isinstance(vtype, tuple) else (vtype,)))
     if path[-1] is not GGUFValueType.ARRAY:
         if any(t is not GGUFValueType.ARRAY for t in path[:-1]):
-            raise ValueError(f"metadata {key!r}: only ARRAY may be followed by an element type, got {path}")
+            raise CannotWrite(f"metadata {key!r}: only ARRAY may be followed by an element type, got {path}")
         return path
     if len(path) > 1:
-        raise ValueError(f"metadata {key!r}: give the element type of the innermost array, e.g. (ARRAY, INT32)")
+        raise CannotWrite(f"metadata {key!r}: give the element type of the innermost array, e.g. (ARRAY, INT32)")
     if isinstance(value, np.ndarray) and value.dtype.kind == "b":
         return (GGUFValueType.ARRAY, GGUFValueType.BOOL)
     if isinstance(value, np.ndarray) and value.dtype.newbyteorder("<") in _NUMPY_VALUE_TYPES:
         return (GGUFValueType.ARRAY, _NUMPY_VALUE_TYPES[value.dtype.newbyteorder("<")])
     if isinstance(value, GGUFStrings) or (isinstance(value, Sequence) and value and all(isinstance(v, str) for v in value)):
         return (GGUFValueType.ARRAY, GGUFValueType.STRING)
-    raise ValueError(f"metadata {key!r}: cannot tell the element type of this array; give it, e.g. (ARRAY, INT32)")
+    raise CannotWrite(f"metadata {key!r}: cannot tell the element type of this array; give it, e.g. (ARRAY, INT32)")
 
 
 def _encode_scalar(vtype: GGUFValueType, value: Any, key: str) -> bytes:
     """One fixed-size or string value.
 
     Raises:
-        ValueError.
+        CannotWrite.
     """
     if vtype is GGUFValueType.STRING:
         if not isinstance(value, str):
-            raise ValueError(f"metadata {key!r}: a STRING must be str, got {type(value).__name__}")
+            raise CannotWrite(f"metadata {key!r}: a STRING must be str, got {type(value).__name__}")
         try:
             raw = value.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError(f"metadata {key!r}: not encodable as UTF-8: {value[:40]!r}") from None
+            raise CannotWrite(f"metadata {key!r}: not encodable as UTF-8: {value[:40]!r}") from None
         return U64.pack(len(raw)) + raw
     if vtype is GGUFValueType.BOOL:
         if value not in (0, 1) or isinstance(value, float):
-            raise ValueError(f"metadata {key!r}: a BOOL must be True/False, got {value!r}")
+            raise CannotWrite(f"metadata {key!r}: a BOOL must be True/False, got {value!r}")
         return bytes([int(value)])
     dtype = GGUF_SCALAR_DTYPES[vtype]
     if dtype.kind in "iu":
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-            raise ValueError(f"metadata {key!r}: a {vtype.name} must be an integer, got {value!r}")
+            raise CannotWrite(f"metadata {key!r}: a {vtype.name} must be an integer, got {value!r}")
         info = np.iinfo(dtype)
         if not info.min <= value <= info.max:
-            raise ValueError(f"metadata {key!r}: {value} does not fit a {vtype.name} ({info.min}..{info.max})")
+            raise CannotWrite(f"metadata {key!r}: {value} does not fit a {vtype.name} ({info.min}..{info.max})")
     elif not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
-        raise ValueError(f"metadata {key!r}: a {vtype.name} must be a number, got {value!r}")
+        raise CannotWrite(f"metadata {key!r}: a {vtype.name} must be a number, got {value!r}")
     try:
         return GGUF_SCALAR_STRUCTS[vtype].pack(value)
     except (OverflowError, struct.error):
-        raise ValueError(f"metadata {key!r}: {value} does not fit a {vtype.name}") from None
+        raise CannotWrite(f"metadata {key!r}: {value} does not fit a {vtype.name}") from None
 
 
 def _encode_items(path: TypePath, value: Any, key: str) -> tuple[int, bytes]:
     """The count and the encoded elements of an array whose element type path is `path`.
 
     Raises:
-        ValueError.
+        CannotWrite.
     """
     etype = path[0]
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (Sequence, np.ndarray)):
-        raise ValueError(f"metadata {key!r}: an ARRAY must be a sequence or a 1-D numpy array, "
+        raise CannotWrite(f"metadata {key!r}: an ARRAY must be a sequence or a 1-D numpy array, "
                          f"got {type(value).__name__}")
     if etype is GGUFValueType.STRING:
         return len(value), b"".join([_encode_scalar(etype, v, key) for v in value])
@@ -599,21 +598,21 @@ def _encode_numbers(etype: GGUFValueType, value: Any, key: str) -> bytes:
     """A numeric or bool array as little-endian bytes in one numpy call, after a range check.
 
     Raises:
-        ValueError.
+        CannotWrite.
     """
     dtype = GGUF_SCALAR_DTYPES[etype]
     if not isinstance(value, np.ndarray) and dtype.kind in "iu" and etype is not GGUFValueType.BOOL:
         # Python ints: numpy would guess float64 for a list mixing 0 and 2**63, so check them exactly
         if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
-            raise ValueError(f"metadata {key!r}: an array of {etype.name} must hold integers")
+            raise CannotWrite(f"metadata {key!r}: an array of {etype.name} must hold integers")
         info = np.iinfo(dtype)
         if value and not info.min <= min(value) <= max(value) <= info.max:
-            raise ValueError(f"metadata {key!r}: values {min(value)}..{max(value)} do not fit an array of "
+            raise CannotWrite(f"metadata {key!r}: values {min(value)}..{max(value)} do not fit an array of "
                              f"{etype.name} ({info.min}..{info.max})")
         return np.array(value, dtype).tobytes()
     arr = np.asarray(value)
     if arr.ndim != 1:
-        raise ValueError(f"metadata {key!r}: an ARRAY must be 1-D, got shape {arr.shape}")
+        raise CannotWrite(f"metadata {key!r}: an ARRAY must be 1-D, got shape {arr.shape}")
     if arr.size == 0:
         return b""
     if etype is GGUFValueType.BOOL:
@@ -627,7 +626,7 @@ def _encode_numbers(etype: GGUFValueType, value: Any, key: str) -> bytes:
             finite = arr[np.isfinite(arr)].astype(np.float64)
             ok = not finite.size or float(np.abs(finite).max()) <= float(np.finfo(np.float32).max)
     if not ok:
-        raise ValueError(f"metadata {key!r}: values of dtype {arr.dtype} (range {arr.min()}..{arr.max()}) "
+        raise CannotWrite(f"metadata {key!r}: values of dtype {arr.dtype} (range {arr.min()}..{arr.max()}) "
                          f"do not fit an array of {etype.name}")
     return arr.astype(dtype).tobytes()
 
@@ -636,7 +635,7 @@ def encode_value(vtype: GGUFValueType | TypePath, value: Any, key: str = "value"
     """The bytes of one metadata value (without its type tag); arrays take (ARRAY, element type, ...).
 
     Raises:
-        ValueError: the value does not fit the type, naming `key`.
+        CannotWrite: the value does not fit the type, naming `key`.
     """
     path = _type_path(vtype, value, key)
     if path[0] is not GGUFValueType.ARRAY:
@@ -649,23 +648,23 @@ def encode_metadata(metadata: Metadata, alignment: int) -> tuple[int, bytes]:
     """Number of pairs and the encoded pairs, `general.alignment` (u32) included.
 
     Raises:
-        ValueError: a bad key, a duplicate, or a value that does not fit its type.
+        CannotWrite: a bad key, a duplicate, or a value that does not fit its type.
     """
     items = list(metadata.items()) if isinstance(metadata, Mapping) else list(metadata)
     entries = [(k, *tv) for k, tv in items] if isinstance(metadata, Mapping) else items
     parts, seen = [], set()
     for entry in entries:
         if len(entry) != 3:
-            raise ValueError(f"metadata entries are (key, type, value), got {entry!r:.80}")
+            raise CannotWrite(f"metadata entries are (key, type, value), got {entry!r:.80}")
         key, vtype, value = entry
         if not isinstance(key, str) or not key or len(key.encode("utf-8", "replace")) >= 1 << 16:
-            raise ValueError(f"metadata key must be a non-empty str under 65536 UTF-8 bytes, got {key!r:.80}")
+            raise CannotWrite(f"metadata key must be a non-empty str under 65536 UTF-8 bytes, got {key!r:.80}")
         if key in seen:
-            raise ValueError(f"duplicate metadata key {key!r}")
+            raise CannotWrite(f"duplicate metadata key {key!r}")
         seen.add(key)
         path = _type_path(vtype, value, key)
         if key == GGUF_ALIGNMENT_KEY and (path != (GGUFValueType.UINT32,) or value != alignment):
-            raise ValueError(f"metadata {key!r}: must be UINT32 {alignment} (the plan's alignment), got {vtype!r} {value!r}")
+            raise CannotWrite(f"metadata {key!r}: must be UINT32 {alignment} (the plan's alignment), got {vtype!r} {value!r}")
         parts += [_encode_scalar(GGUFValueType.STRING, key, key), U32.pack(int(path[0])), encode_value(path, value, key)]
     if GGUF_ALIGNMENT_KEY not in seen:
         parts += [_encode_scalar(GGUFValueType.STRING, GGUF_ALIGNMENT_KEY, GGUF_ALIGNMENT_KEY),
@@ -678,25 +677,24 @@ def _check_gguf_spec(spec: TensorSpec, seen: set[str]) -> tuple[BlockLayout, byt
     """Validate one spec for a GGUF file; return its block layout and encoded name.
 
     Raises:
-        ValueError.
+        CannotWrite.
     """
     if not 1 <= len(spec.ne) <= MAX_DIMS:
-        raise ValueError(f"tensor {spec.name!r}: GGUF stores 1..{MAX_DIMS} dims here, not {len(spec.ne)}")
+        raise CannotWrite(f"tensor {spec.name!r}: GGUF stores 1..{MAX_DIMS} dims here, not {len(spec.ne)}")
     if any(not isinstance(n, (int, np.integer)) or n < 0 or n > GGUF_MAX_NE for n in spec.ne):
-        raise ValueError(f"tensor {spec.name!r}: every dim must be an integer 0..2**63-1, got {list(spec.ne)}")
+        raise CannotWrite(f"tensor {spec.name!r}: every dim must be an integer 0..2**63-1, got {list(spec.ne)}")
     name = spec.name.encode("utf-8") if isinstance(spec.name, str) else b""
     if not 0 < len(name) <= GGUF_MAX_NAME_LEN:
-        raise ValueError(f"tensor name must be 1..{GGUF_MAX_NAME_LEN} UTF-8 bytes (llama.cpp's limit), "
+        raise CannotWrite(f"tensor name must be 1..{GGUF_MAX_NAME_LEN} UTF-8 bytes (llama.cpp's limit), "
                          f"got {len(name)}: {spec.name!r:.70}")
     if spec.name in seen:
-        raise ValueError(f"duplicate tensor name {spec.name!r}")
+        raise CannotWrite(f"duplicate tensor name {spec.name!r}")
     seen.add(spec.name)
     if spec.type not in GGMLType._value2member_map_ or GGMLType(spec.type) not in GGUF_LAYOUTS:
-        raise ValueError(f"tensor {spec.name!r}: type {spec.type!r} is not a GGUF tensor type")
+        raise CannotWrite(f"tensor {spec.name!r}: type {spec.type!r} is not a GGUF tensor type")
     block = GGUF_LAYOUTS[GGMLType(spec.type)]
-    if spec.ne[0] % block.elements:
-        raise ValueError(f"tensor {spec.name!r}: ne[0] = {spec.ne[0]} is not a multiple of the "
-                         f"{GGMLType(spec.type).name} block size {block.elements}")
+    if (why := block_problem(spec.ne[0], spec.type, block)) is not None:
+        raise CannotWrite(f"tensor {spec.name!r}: {why}")
     return block, name
 
 
@@ -709,10 +707,10 @@ def plan_gguf(metadata: Metadata, specs: Sequence[TensorSpec], *, alignment: int
     FileWriter(path, plan) writes it: the prefix, then each tensor's data; holes read as zero.
 
     Raises:
-        ValueError: a key, value, name, dims or type that cannot be stored, naming it.
+        CannotWrite: a key, value, name, dims or type that cannot be stored, naming it.
     """
     if not isinstance(alignment, int) or alignment < 8 or alignment & (alignment - 1) or alignment >= 1 << 32:
-        raise ValueError(f"alignment must be a power of two, 8 or more (and fit a u32), got {alignment!r}")
+        raise CannotWrite(f"alignment must be a power of two, 8 or more (and fit a u32), got {alignment!r}")
     n_kv, kv = encode_metadata(metadata, alignment)
     seen: set[str] = set()
     checked = [(spec, *_check_gguf_spec(spec, seen)) for spec in specs]

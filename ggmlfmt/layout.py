@@ -12,7 +12,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from itertools import accumulate
 from operator import itemgetter
-from dataclasses import FrozenInstanceError, dataclass, field
+from dataclasses import FrozenInstanceError, dataclass
 
 import numpy as np
 
@@ -41,12 +41,21 @@ from .constants import (
     GGMLType,
     GGUFVersion,
 )
-from .errors import BadLayout, BadMagic, BadValue, FormatError, Truncated, UnsupportedVersion
+from .errors import BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion
 
 
 def align_up(pos: int, align: int = DEFAULT_ALIGNMENT) -> int:
     """Smallest multiple of `align` that is >= pos."""
     return (pos + align - 1) // align * align
+
+
+def ff_width(n_embd: int, multiple_of: int, multiplier: float | None = None) -> int:
+    """LLaMA's feed-forward width (docs/format.md §2, §16): int(8*n_embd/3), times `multiplier` if given
+    (the float product truncated, as Meta's int() does), rounded up to `multiple_of` (positive)."""
+    hidden = 2 * (4 * n_embd) // 3
+    if multiplier is not None:
+        hidden = int(multiplier * hidden)
+    return (hidden + multiple_of - 1) // multiple_of * multiple_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +75,7 @@ class HParams:
         """Feed-forward width the 2023 loader derived: 8*n_embd/3 rounded up to n_mult."""
         if self.n_mult <= 0:
             raise BadValue(f"n_mult must be positive to derive n_ff, found {self.n_mult}", field="n_mult")
-        return (2 * (4 * self.n_embd) // 3 + self.n_mult - 1) // self.n_mult * self.n_mult
+        return ff_width(self.n_embd, self.n_mult)
 
     def astuple(self) -> tuple[int, ...]:
         return (self.n_vocab, self.n_embd, self.n_mult, self.n_head, self.n_layer, self.n_rot, self.ftype)
@@ -87,9 +96,9 @@ class Vocab:
     _section: _Section | None
 
     def __init__(self, tokens: tuple[bytes, ...], scores: np.ndarray | None = None) -> None:
-        """Raises: ValueError: tokens and scores differ in number."""
+        """Raises: CannotWrite: tokens and scores differ in number."""
         if scores is not None and len(scores) != len(tokens):
-            raise ValueError(f"{len(tokens)} tokens but {len(scores)} scores")
+            raise CannotWrite(f"{len(tokens)} tokens but {len(scores)} scores")
         _set(self, "_tokens", tokens)
         _set(self, "_scores", scores)
         _set(self, "_section", None)
@@ -147,8 +156,17 @@ class Vocab:
 
     def nbytes(self, with_scores: bool) -> int:
         """Encoded size of the vocabulary section."""
-        per_entry = TOKEN_LEN.size + (TOKEN_SCORE.size if with_scores else 0)
-        return len(self) * per_entry + sum(len(t) for t in self.tokens)
+        return vocab_bytes(self.tokens, with_scores)
+
+
+def vocab_bytes(tokens: Sequence[bytes], with_scores: bool) -> int:
+    """Encoded size of these vocabulary entries: each a u32 length, the text, an f32 score if the version has one."""
+    return len(tokens) * (TOKEN_LEN.size + (TOKEN_SCORE.size if with_scores else 0)) + sum(len(t) for t in tokens)
+
+
+def record_head_size(n_dims: int, name_len: int) -> int:
+    """Bytes of a tensor record before its data padding: n_dims, name_len, type, the dims, the name (§4)."""
+    return RECORD.size + 4 * n_dims + name_len
 
 
 _set = object.__setattr__
@@ -293,6 +311,25 @@ def block_layout(ggml_type: int, generation: int) -> BlockLayout:
         raise BadValue(f"tensor type code {int(t)}: {t.name} does not exist in block layout generation {generation}; "
                        f"expected one of {_codes(generation)}")
     return layouts[t]
+
+
+def record_problem(n_dims: int, name_len: int) -> tuple[str, str] | None:
+    """A ggjt record's dim count or name length out of range (docs/format.md §4), read or written: (field, why).
+
+    The reader (decode_record) and the planner (_check_spec) both ask this, so they accept the same records.
+    """
+    if not 1 <= n_dims <= MAX_DIMS:
+        return "n_dims", f"expected 1..{MAX_DIMS} dims, found {n_dims}"
+    if not 0 < name_len <= MAX_NAME_LEN:
+        return "name_len", f"expected a name of 1..{MAX_NAME_LEN} UTF-8 bytes, got {name_len}"
+    return None
+
+
+def block_problem(ne0: int, ggml_type: GGMLType, block: BlockLayout) -> str | None:
+    """Why ne[0] cannot hold whole blocks of this type (None: it can); every reader and planner, ggjt and GGUF."""
+    if ne0 % block.elements:
+        return f"ne[0] = {ne0} is not a multiple of the {GGMLType(ggml_type).name} block size {block.elements}"
+    return None
 
 
 def _codes(generation: int) -> str:
@@ -537,11 +574,9 @@ def decode_record(cur: _Cursor, i: int, version: FileVersion) -> TensorInfo:
     record_offset = cur.pos
     what = f"tensor[{i}]"
     n_dims, name_len, type_code = cur.unpack(RECORD, f"{what} record header")
-    if not 1 <= n_dims <= MAX_DIMS:
-        raise BadValue(f"expected 1..{MAX_DIMS} dims, found {n_dims}", offset=record_offset, field=f"{what}.n_dims")
-    if not 0 < name_len <= MAX_NAME_LEN:
-        raise BadValue(f"expected a name length 1..{MAX_NAME_LEN}, found {name_len}", offset=record_offset + 4,
-                       field=f"{what}.name_len")
+    if (problem := record_problem(n_dims, name_len)) is not None:
+        key, why = problem
+        raise BadValue(why, offset=record_offset + (0 if key == "n_dims" else 4), field=f"{what}.{key}")
     try:
         block = block_layout(type_code, version.block_generation)
     except BadValue as e:
@@ -559,9 +594,8 @@ def decode_record(cur: _Cursor, i: int, version: FileVersion) -> TensorInfo:
         raise BadValue(f"expected a UTF-8 tensor name, found {bytes(raw_name)!r}", offset=cur.pos - name_len,
                        field=f"{what}.name") from None
     what = f"tensor {name!r}"
-    if ne[0] % block.elements:
-        raise BadValue(f"ne[0] = {ne[0]} is not a multiple of the {ggml_type.name} block size "
-                       f"{block.elements}", offset=dims_at, field=f"{what}.ne[0]")
+    if (why := block_problem(ne[0], ggml_type, block)) is not None:
+        raise BadValue(why, offset=dims_at, field=f"{what}.ne[0]")
     if version.aligned:
         data_offset = align_up(cur.pos)
         pad = cur.take(data_offset - cur.pos, f"{what} padding")
@@ -618,18 +652,18 @@ def _decode_records(cur: _Cursor, version: FileVersion) -> list[TensorInfo]:
     buf, pos, size = cur.buf, cur.pos, cur.size
     rows, aligned = _TYPE_ROWS[version.block_generation], version.aligned
     unpack_head, dims, zeros, prod = RECORD.unpack_from, _DIMS_UNPACK, _ZEROS, math.prod  # locals: the loop is hot
-    new, name_pad = _NEW_TUPLE, _NAME_PAD
+    new, name_pad, head = _NEW_TUPLE, _NAME_PAD, RECORD.size
     tensors: list[TensorInfo] = []
     seen: dict[str, int] = {}
     while pos < size:  # no tensor count in these formats: records run to EOF
         info = None
-        if size - pos >= 12:
+        if size - pos >= head:
             n_dims, name_len, code = unpack_head(buf, pos)
             row = rows.get(code)
-            name_at = pos + 12 + 4 * n_dims
+            name_at = pos + head + 4 * n_dims  # record_head_size, inlined: the loop is hot
             name_end = name_at + name_len
             if 0 < n_dims <= MAX_DIMS and 0 < name_len <= MAX_NAME_LEN and row is not None and name_end <= size:
-                ne = dims[n_dims](buf, pos + 12)
+                ne = dims[n_dims](buf, pos + head)
                 ggml_type, block, elements, block_bytes = row
                 data_at = (name_end + DEFAULT_ALIGNMENT - 1) // DEFAULT_ALIGNMENT * DEFAULT_ALIGNMENT \
                     if aligned else name_end
@@ -721,17 +755,17 @@ def encode_prefix(version: FileVersion, hparams: HParams, vocab: Vocab) -> bytes
     """Header and vocabulary bytes.
 
     Raises:
-        ValueError: n_vocab disagrees with the vocabulary, or scores are missing where needed.
+        CannotWrite: n_vocab disagrees with the vocabulary, or scores are missing where needed.
     """
     if hparams.n_vocab != len(vocab):
-        raise ValueError(f"hparams.n_vocab is {hparams.n_vocab} but the vocabulary has {len(vocab)} entries")
+        raise CannotWrite(f"hparams.n_vocab is {hparams.n_vocab} but the vocabulary has {len(vocab)} entries")
     parts = [U32.pack(MAGIC_OF[version.magic_name])]
     if version.has_version_field:
         parts.append(U32.pack(version.number))
     parts.append(HPARAMS.pack(*hparams.astuple()))
     if version.has_scores:
         if vocab.scores is None:
-            raise ValueError(f"a {version} file needs a score for every token; the vocabulary has none")
+            raise CannotWrite(f"a {version} file needs a score for every token; the vocabulary has none")
         scores = np.asarray(vocab.scores, dtype="<f4")
         for text, score in zip(vocab.tokens, scores):
             parts += [TOKEN_LEN.pack(len(text)), text, score.tobytes()]
@@ -745,7 +779,7 @@ def plan(version: FileVersion, hparams: HParams, vocab: Vocab, specs: Iterable[T
     """Lay out a whole file: every record and data offset, before the first byte is written.
 
     Raises:
-        ValueError: a spec cannot be stored (dims, name, block size, duplicate).
+        CannotWrite: a spec cannot be stored (dims, name, block size, duplicate).
     """
     prefix = encode_prefix(version, hparams, vocab)
     pos = len(prefix)
@@ -770,24 +804,22 @@ def _check_spec(spec: TensorSpec, version: FileVersion, seen: set[str]) -> tuple
     """Validate one spec for writing; return its block layout and encoded name.
 
     Raises:
-        ValueError.
+        CannotWrite.
     """
-    if not 1 <= len(spec.ne) <= MAX_DIMS:
-        raise ValueError(f"tensor {spec.name!r}: the format stores 1..{MAX_DIMS} dims, not {len(spec.ne)} "
-                         "(reshape a scalar to (1,))")
-    if any(n < 0 or n > 0x7FFFFFFF for n in spec.ne):
-        raise ValueError(f"tensor {spec.name!r}: every dim must fit a signed 32-bit field, got {list(spec.ne)}")
     name = spec.name.encode("utf-8")
-    if not 0 < len(name) <= MAX_NAME_LEN:
-        raise ValueError(f"tensor name must be 1..{MAX_NAME_LEN} UTF-8 bytes, got {len(name)}: {spec.name[:60]!r}")
+    if (problem := record_problem(len(spec.ne), len(name))) is not None:
+        key, why = problem
+        hint = " (reshape a scalar to (1,))" if key == "n_dims" else ""
+        raise CannotWrite(f"tensor {spec.name[:60]!r}: {why}{hint}")
+    if any(n < 0 or n > 0x7FFFFFFF for n in spec.ne):
+        raise CannotWrite(f"tensor {spec.name!r}: every dim must fit a signed 32-bit field, got {list(spec.ne)}")
     if spec.name in seen:
-        raise ValueError(f"duplicate tensor name {spec.name!r}")
+        raise CannotWrite(f"duplicate tensor name {spec.name!r}")
     seen.add(spec.name)
     try:
         block = block_layout(spec.type, version.block_generation)
     except BadValue as e:
-        raise ValueError(f"tensor {spec.name!r}: {e.msg}") from None
-    if spec.ne[0] % block.elements:
-        raise ValueError(f"tensor {spec.name!r}: ne[0] = {spec.ne[0]} is not a multiple of the "
-                         f"{GGMLType(spec.type).name} block size {block.elements}")
+        raise CannotWrite(f"tensor {spec.name!r}: {e.msg}") from None
+    if (why := block_problem(spec.ne[0], spec.type, block)) is not None:
+        raise CannotWrite(f"tensor {spec.name!r}: {why}")
     return block, name

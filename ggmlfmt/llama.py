@@ -27,7 +27,7 @@ from .constants import (
     GGUFValueType,
     TokenType,
 )
-from .errors import BadValue, FormatError
+from .errors import BadValue, CannotWrite, FormatError
 from .gguf import plan_gguf
 from .layout import Plan, TensorSpec, Vocab
 
@@ -194,14 +194,31 @@ def llama_hparams(shapes: Mapping[str, Sequence[int]], *, n_vocab: int, n_embd: 
                         defaults)
 
 
+def llama_shapes(n_vocab: int, n_embd: int, n_layer: int, n_ff: int, kv_rows: int) -> dict[str, tuple[int, ...]]:
+    """Full PyTorch-order shape of every LLaMA tensor (docs/format.md §6.2, §16), in Meta's key order.
+
+    kv_rows: rows of wk and wv (n_embd without grouped-query attention); n_ff: the feed-forward width.
+    """
+    shapes: dict[str, tuple[int, ...]] = {
+        "tok_embeddings.weight": (n_vocab, n_embd), "norm.weight": (n_embd,), "output.weight": (n_vocab, n_embd)}
+    for n in range(n_layer):
+        shapes.update(_layer_shapes(n, n_embd, n_ff, kv_rows))
+    return shapes
+
+
+def _layer_shapes(n: int, n_embd: int, n_ff: int, kv_rows: int) -> dict[str, tuple[int, ...]]:
+    p = f"layers.{n}."
+    return {f"{p}attention.wq.weight": (n_embd, n_embd), f"{p}attention.wk.weight": (kv_rows, n_embd),
+            f"{p}attention.wv.weight": (kv_rows, n_embd), f"{p}attention.wo.weight": (n_embd, n_embd),
+            f"{p}feed_forward.w1.weight": (n_ff, n_embd), f"{p}feed_forward.w2.weight": (n_embd, n_ff),
+            f"{p}feed_forward.w3.weight": (n_ff, n_embd), f"{p}attention_norm.weight": (n_embd,),
+            f"{p}ffn_norm.weight": (n_embd,)}
+
+
 def _check_layer(shapes: Mapping[str, Sequence[int]], n: int, n_embd: int, n_ff: int, kv_rows: int) -> None:
     """Raises: FormatError when a tensor of layer n has another shape than layer 0 implies."""
-    p = f"layers.{n}."
-    for name, want in (("attention.wq", (n_embd, n_embd)), ("attention.wk", (kv_rows, n_embd)),
-                       ("attention.wv", (kv_rows, n_embd)), ("attention.wo", (n_embd, n_embd)),
-                       ("feed_forward.w1", (n_ff, n_embd)), ("feed_forward.w2", (n_embd, n_ff)),
-                       ("feed_forward.w3", (n_ff, n_embd)), ("attention_norm", (n_embd,)), ("ffn_norm", (n_embd,))):
-        _expect(shapes, f"{p}{name}.weight", want, "from layer 0 and n_embd")
+    for name, want in _layer_shapes(n, n_embd, n_ff, kv_rows).items():
+        _expect(shapes, name, want, "from layer 0 and n_embd")
 
 
 def _check_positive_float(field: str, value: float) -> None:
@@ -232,7 +249,7 @@ class GGUFVocab:
 
     def __post_init__(self) -> None:
         if not len(self.pieces) == len(self.scores) == len(self.types):
-            raise ValueError(f"{len(self.pieces)} pieces, {len(self.scores)} scores, {len(self.types)} types")
+            raise CannotWrite(f"{len(self.pieces)} pieces, {len(self.scores)} scores, {len(self.types)} types")
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -395,7 +412,7 @@ def plan_llama_gguf(hp: LlamaHParams, vocab: GGUFVocab, tensors: Sequence[OutTen
 
     Raises:
         FormatError: a value llama.cpp would refuse (vocabulary size, special ids, unknown tensors).
-        ValueError: a spec GGUF cannot store.
+        CannotWrite: a spec GGUF cannot store.
     """
     types_2d = [t.type for t in tensors if len(t.shape) == 2]
     quantized = any(BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][t.type].elements > 1 for t in tensors)

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from . import libc
-from .errors import Truncated
+from .errors import CannotWrite, Truncated
 from .libc import PAGE
 
 Advice = Literal["normal", "sequential", "random", "willneed"]
@@ -87,10 +87,10 @@ def advise(m: mmap.mmap, advice: Advice) -> None:
     """madvise the whole map: the kernel's readahead policy for it.
 
     Raises:
-        ValueError: unknown advice. OSError: the kernel refused; ENOSYS where madvise has no such advice.
+        CannotWrite: unknown advice. OSError: the kernel refused; ENOSYS where madvise has no such advice.
     """
     if advice not in ADVICE:
-        raise ValueError(f"unknown advice {advice!r}; expected one of {', '.join(ADVICE)}")
+        raise CannotWrite(f"unknown advice {advice!r}; expected one of {', '.join(ADVICE)}")
     _madvise(m, ADVICE[advice], f"advice={advice!r}")
 
 
@@ -244,18 +244,18 @@ class LoadOptions:
         """Refuse combinations that mean nothing or defeat the point.
 
         Raises:
-            ValueError: names the offending option.
+            CannotWrite: names the offending option.
         """
         if self.method not in ("mmap", "pread"):
-            raise ValueError(f"unknown method {self.method!r}; expected 'mmap' or 'pread'")
+            raise CannotWrite(f"unknown method {self.method!r}; expected 'mmap' or 'pread'")
         if self.advice is not None and self.advice not in ADVICE:
-            raise ValueError(f"unknown advice {self.advice!r}; expected one of {', '.join(ADVICE)}")
+            raise CannotWrite(f"unknown advice {self.advice!r}; expected one of {', '.join(ADVICE)}")
         if self.threads < 0 or (self.threads and self.method != "pread"):
-            raise ValueError(f"threads={self.threads}: a count >= 0, and only with method='pread'")
+            raise CannotWrite(f"threads={self.threads}: a count >= 0, and only with method='pread'")
         if self.method == "pread" and (self.prefault or self.advice):
-            raise ValueError("prefault and advice apply to a file map; method='pread' reads everything up front")
+            raise CannotWrite("prefault and advice apply to a file map; method='pread' reads everything up front")
         if self.lock and self.method == "mmap" and mode == "c":
-            raise ValueError("lock with mode 'c' would copy every page of the file (mlock write-faults private maps)")
+            raise CannotWrite("lock with mode 'c' would copy every page of the file (mlock write-faults private maps)")
 
     def check_system(self) -> None:
         """Refuse, before anything is mapped or read, an option this system has no facility for.
@@ -271,7 +271,7 @@ def open_data(path: str | os.PathLike[str], mode: Literal["r", "c"], options: Lo
     """The whole file as a uint8 array brought in as `options` say: a map (advised) or a private read.
 
     Raises:
-        ValueError: a meaningless combination. Truncated: empty file. MemoryLockError.
+        CannotWrite: a meaningless combination. Truncated: empty file. MemoryLockError.
         OSError: I/O, or ENOSYS naming a facility an option needs and this system lacks.
     """
     options.check(mode)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .constants import N_PARTS_BY_DIM
+from .errors import CannotWrite
 from .layout import TensorInfo
 
 # 2-D tensors split along PyTorch axis 1 ("by columns": each shard holds a slice of every row).
@@ -47,17 +48,17 @@ def shard_region(info: TensorInfo, axis: int | None, n_parts: int, k: int) -> tu
     Byte arithmetic uses the block layout, so quantized column slices are whole blocks.
 
     Raises:
-        ValueError: the split does not fall on row or block boundaries.
+        CannotWrite: the split does not fall on row or block boundaries.
     """
     if axis is None or n_parts == 1:
         return (0, 0, info.n_rows) if k == 0 else None
     if axis == 0:
         if info.n_rows % n_parts:
-            raise ValueError(f"tensor {info.name!r}: {info.n_rows} rows do not split into {n_parts} parts")
+            raise CannotWrite(f"tensor {info.name!r}: {info.n_rows} rows do not split into {n_parts} parts")
         rows = info.n_rows // n_parts
         return k * rows, 0, rows
     if info.row_bytes % n_parts or (info.ne[0] // n_parts) % info.block.elements:
-        raise ValueError(f"tensor {info.name!r}: a row of {info.ne[0]} elements does not split into {n_parts} "
+        raise CannotWrite(f"tensor {info.name!r}: a row of {info.ne[0]} elements does not split into {n_parts} "
                          f"parts of whole {info.block.elements}-element blocks")
     return 0, k * (info.row_bytes // n_parts), info.n_rows
 

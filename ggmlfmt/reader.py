@@ -223,7 +223,7 @@ def load(
 
     Raises:
         FormatError: the file is malformed (names the file, offset, field, expected and found).
-        ValueError: a meaningless option combination. MemoryLockError: mlock refused (RLIMIT_MEMLOCK).
+        CannotWrite: a meaningless option combination. MemoryLockError: mlock refused (RLIMIT_MEMLOCK).
         OSError: the file cannot be opened, mapped or read; ENOSYS: an option needs a call this system lacks.
     """
     options = LoadOptions(prefault, advice, lock, hugepages, method, threads)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .constants import DEFAULT_ALIGNMENT, FType
 from .gguf import GGUFIndex, GGUFStrings, TypePath
-from .layout import Index, align_up
+from .layout import Index, align_up, record_head_size
 
 ARRAY_HEAD = 8  # items of a long metadata array that inspect shows
 
@@ -25,7 +25,7 @@ def describe(index: Index | GGUFIndex) -> dict[str, Any]:
     tensors = []
     record_bytes = padding = 0
     for t in index.tensors:
-        head = 12 + 4 * len(t.ne) + len(t.name.encode())
+        head = record_head_size(len(t.ne), len(t.name.encode()))
         pad = t.offset - t.record_offset - head
         record_bytes += head
         padding += pad

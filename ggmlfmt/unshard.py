@@ -23,13 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .constants import CHUNK_BYTES
+from .errors import CannotWrite
 from .layout import TensorInfo
 from .parts import shard_region
 from .writer import FileWriter
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 4 << 20  # bytes of output rows gathered or cast per pwrite; bounds the private buffer
 
 # fill(src, out): write the converted elements of `src` (R rows of source units) into `out` (R rows of output units)
 Convert = Callable[[np.ndarray, np.ndarray], object]
@@ -62,7 +63,7 @@ def write_tensors(writer: FileWriter, sources: Iterable[Source], *, chunk_bytes:
     """Write every source tensor at its planned place in `writer`'s file.
 
     Raises:
-        ValueError: a part does not fit the planned tensor (shape or byte size), or a cast would
+        CannotWrite: a part does not fit the planned tensor (shape or byte size), or a cast would
             turn a finite value into infinity.
         OSError: reading a part or writing the output failed.
     """
@@ -74,7 +75,7 @@ def write_tensors(writer: FileWriter, sources: Iterable[Source], *, chunk_bytes:
             try:
                 _write_one(writer, src, buffer)
             except FloatingPointError:
-                raise ValueError(f"tensor {src.info.name!r}: a value is beyond the range of {src.info.type.name} "
+                raise CannotWrite(f"tensor {src.info.name!r}: a value is beyond the range of {src.info.type.name} "
                                  "and would become infinity; choose a wider output type") from None
 
 
@@ -115,13 +116,13 @@ def _write_one(w: FileWriter, src: Source, buf: _Buffer) -> None:
 
 
 def _check_piece(info: TensorInfo, piece: Piece, n_rows: int, same_bytes: bool, n_cols: int, k: int) -> None:
-    """Raises: ValueError when part k's view cannot fill its planned region (n_rows x 1/n_cols of each row)."""
+    """Raises: CannotWrite when part k's view cannot fill its planned region (n_rows x 1/n_cols of each row)."""
     a = piece.array
     if a.ndim != 2 or a.shape[0] != n_rows:
-        raise ValueError(f"tensor {info.name!r}: part {k} has shape {list(a.shape)}, expected {n_rows} rows")
+        raise CannotWrite(f"tensor {info.name!r}: part {k} has shape {list(a.shape)}, expected {n_rows} rows")
     width = info.row_bytes // n_cols
     if same_bytes and a.shape[1] * a.itemsize != width:
-        raise ValueError(f"tensor {info.name!r}: part {k} rows are {a.shape[1] * a.itemsize} bytes, "
+        raise CannotWrite(f"tensor {info.name!r}: part {k} rows are {a.shape[1] * a.itemsize} bytes, "
                          f"expected {width}")
 
 

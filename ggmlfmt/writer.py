@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import TempFile, remove_stale_temps
+from .atomic import TempFile, refuse_existing, remove_stale_temps
 from .constants import FileVersion, GGMLType
-from .errors import IncompleteWrite
+from .errors import CannotWrite, IncompleteWrite
 from .layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
 from .libc import start_writeback
 
@@ -123,11 +123,7 @@ class FileWriter:
         self._infos = layout.by_name()
         self._progress = progress
         self.written = 0
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(errno.EEXIST, "output exists (use --force / overwrite=True to replace it)",
-                                  str(self.path))
-        if self.path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "output is a directory", str(self.path))
+        refuse_existing(self.path, overwrite=overwrite)
         for stale in remove_stale_temps(self.path):
             log.info("removed %s, left by an interrupted run", stale)
         if check_space:
@@ -187,22 +183,22 @@ class FileWriter:
         n_rows defaults to data.shape[0] for a 2-D array, or to 1 for 1-D data / raw bytes.
 
         Raises:
-            ValueError: the rectangle does not fit the tensor, or data is not contiguous.
+            CannotWrite: the rectangle does not fit the tensor, or data is not contiguous.
         """
         info = self._infos[name]
         if isinstance(data, np.ndarray):
             if n_rows is None:
                 n_rows = data.shape[0] if data.ndim >= 2 else 1
             if not data.flags.c_contiguous:
-                raise ValueError(f"tensor {name!r}: data must be C-contiguous")
+                raise CannotWrite(f"tensor {name!r}: data must be C-contiguous")
         elif n_rows is None:
             n_rows = 1
         buf = memoryview(data).cast("B")
         if n_rows <= 0 or len(buf) % n_rows:
-            raise ValueError(f"tensor {name!r}: {len(buf)} bytes do not split into {n_rows} rows")
+            raise CannotWrite(f"tensor {name!r}: {len(buf)} bytes do not split into {n_rows} rows")
         width = len(buf) // n_rows
         if row < 0 or col_byte < 0 or row + n_rows > info.n_rows or col_byte + width > info.row_bytes:
-            raise ValueError(f"tensor {name!r}: rows {row}..{row + n_rows - 1} x bytes {col_byte}..{col_byte + width - 1}"
+            raise CannotWrite(f"tensor {name!r}: rows {row}..{row + n_rows - 1} x bytes {col_byte}..{col_byte + width - 1}"
                              f" do not fit its {info.n_rows} rows of {info.row_bytes} bytes")
         base = info.offset + row * info.row_bytes + col_byte
         if width == info.row_bytes:  # whole rows are one contiguous run
@@ -223,7 +219,7 @@ class FileWriter:
         from `fallback`, a view of the same bytes (e.g. a read-only map of the source).
 
         Raises:
-            ValueError: the rows do not fit the tensor. OSError: reading or writing failed.
+            CannotWrite: the rows do not fit the tensor. OSError: reading or writing failed.
         """
         info = self._infos[name]
         self.copy_span(name, src_fd, src_offset, row=row, col_byte=0, nbytes=n_rows * info.row_bytes,
@@ -234,16 +230,16 @@ class FileWriter:
         """Copy `nbytes` from another file to one run of `name`: whole rows, or a piece of one row.
 
         Raises:
-            ValueError: the run does not fit the tensor or is not contiguous in it. OSError.
+            CannotWrite: the run does not fit the tensor or is not contiguous in it. OSError.
         """
         info = self._infos[name]
         width = nbytes // n_rows if n_rows > 0 else 0
         if n_rows <= 0 or nbytes % n_rows or (n_rows > 1 and width != info.row_bytes) \
                 or row < 0 or col_byte < 0 or row + n_rows > info.n_rows or col_byte + width > info.row_bytes:
-            raise ValueError(f"tensor {name!r}: {nbytes} bytes at row {row}, byte {col_byte} are not a run of its "
+            raise CannotWrite(f"tensor {name!r}: {nbytes} bytes at row {row}, byte {col_byte} are not a run of its "
                              f"{info.n_rows} rows of {info.row_bytes} bytes")
         if memoryview(fallback).nbytes != nbytes:
-            raise ValueError(f"tensor {name!r}: the fallback view holds {memoryview(fallback).nbytes} bytes, "
+            raise CannotWrite(f"tensor {name!r}: the fallback view holds {memoryview(fallback).nbytes} bytes, "
                              f"expected {nbytes}")
         dst = info.offset + row * info.row_bytes + col_byte
         for at in range(0, nbytes, WRITEBACK_BYTES):  # in pieces, so writeback starts as the copy goes
@@ -262,12 +258,12 @@ class FileWriter:
         """Write a whole tensor's data (its bytes in C order).
 
         Raises:
-            ValueError: the size differs from the planned one.
+            CannotWrite: the size differs from the planned one.
         """
         info = self._infos[name]
         nbytes = memoryview(array).nbytes
         if nbytes != info.nbytes:
-            raise ValueError(f"tensor {name!r}: planned {info.nbytes} bytes, got {nbytes}")
+            raise CannotWrite(f"tensor {name!r}: planned {info.nbytes} bytes, got {nbytes}")
         if info.nbytes:
             self.write_region(name, np.ascontiguousarray(array) if isinstance(array, np.ndarray) else array,
                               n_rows=info.n_rows)
@@ -328,16 +324,16 @@ def save(
     renamed into place only when complete.
 
     Raises:
-        ValueError: a dtype other than float32/float16, a 0-dim array, a bad name, or
+        CannotWrite: a dtype other than float32/float16, a 0-dim array, a bad name, or
             hparams.n_vocab not matching the vocabulary.
     """
     specs = []
     for name, arr in tensors.items():
         dtype = np.dtype(arr.dtype).newbyteorder("<")
         if dtype not in NUMPY_TYPES:
-            raise ValueError(f"tensor {name!r}: dtype {arr.dtype} is not stored; cast to float32 or float16")
+            raise CannotWrite(f"tensor {name!r}: dtype {arr.dtype} is not stored; cast to float32 or float16")
         if arr.ndim == 0:
-            raise ValueError(f"tensor {name!r}: 0-dim arrays are not stored (the format needs 1 to 4 dims); "
+            raise CannotWrite(f"tensor {name!r}: 0-dim arrays are not stored (the format needs 1 to 4 dims); "
                              "reshape to (1,)")
         specs.append(TensorSpec.from_shape(name, NUMPY_TYPES[dtype], arr.shape))
     layout = plan(version, hparams, vocab, specs)

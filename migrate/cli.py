@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
-from ggmlfmt.cli import add_common_options, run
+from ggmlfmt.command import add_common_options, progress_bar, run
+from ggmlfmt.errors import CannotWrite
 
 from .migrate import Migration, check_destination, open_migration, write_migration
 from .sources import find_parts
@@ -68,33 +66,20 @@ def render_plan(m: Migration) -> str:
     return "\n".join(lines)
 
 
-@contextmanager
-def _progress_bar(total: int, quiet: bool) -> Iterator[Any]:
-    """A byte progress bar on stderr (tqdm, when installed and stderr is a terminal); else a no-op callback."""
-    try:
-        from tqdm import tqdm  # optional: migrate needs numpy alone
-    except ImportError:
-        yield None
-        return
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc="migrate",
-              disable=True if quiet else None, leave=False) as bar:
-        yield bar.update
-
-
 def output_format(args: argparse.Namespace) -> str:
     """ggjt or gguf from --format and DST's name; GGUF-only options without GGUF are refused.
 
     Raises:
-        ValueError: --format ggjt with a .gguf DST, or a GGUF option with ggjt output.
+        CannotWrite: --format ggjt with a .gguf DST, or a GGUF option with ggjt output.
     """
     implied = "gguf" if str(args.dst).endswith(".gguf") else None
     if args.format == "ggjt" and implied:
-        raise ValueError(f"{args.dst}: a .gguf name for --format ggjt output; choose one or the other")
+        raise CannotWrite(f"{args.dst}: a .gguf name for --format ggjt output; choose one or the other")
     fmt = args.format or implied or "ggjt"
     given = [o for o, v in (("--lossless", args.lossless), ("--vocab", args.vocab), ("--ctx", args.ctx),
                             ("--eps", args.eps)) if v not in (None, False)]
     if fmt == "ggjt" and given:
-        raise ValueError(f"{', '.join(given)}: only with --format gguf (ggjt output copies the old file's blocks, "
+        raise CannotWrite(f"{', '.join(given)}: only with --format gguf (ggjt output copies the old file's blocks, "
                          "vocabulary and header unchanged)")
     return fmt
 
@@ -122,13 +107,13 @@ def render_gguf_plan(m: GGUFMigration) -> str:
 
 
 def _migrate_gguf(args: argparse.Namespace) -> int:
-    m = open_gguf_migration(args.src, lossless=args.lossless, vocab=args.vocab, ctx=args.ctx, eps=args.eps)
+    m = open_gguf_migration(args.src, lossless=args.lossless, tokenizer=args.vocab, ctx=args.ctx, eps=args.eps)
     for level, line in notes(m):
         log.log(level, "%s", line)
     if args.dry_run:
         print(render_gguf_plan(m))
         return 0
-    with _progress_bar(m.plan.data_bytes, args.quiet) as progress:
+    with progress_bar(m.plan.data_bytes, desc="migrate", quiet=args.quiet, terminal_only=True) as progress:
         write_gguf_migration(m, args.dst, overwrite=args.force, progress=progress)
     log.info("wrote %s (GGUF v3, %d tensors, %s bytes) from %d %s part(s)", args.dst, len(m.plan.tensors),
              f"{m.plan.size:,}", m.n_parts, m.source_version)
@@ -145,7 +130,7 @@ def _migrate(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(render_plan(m))
         return 0
-    with _progress_bar(m.plan.data_bytes, args.quiet) as progress:
+    with progress_bar(m.plan.data_bytes, desc="migrate", quiet=args.quiet, terminal_only=True) as progress:
         write_migration(m, args.dst, overwrite=args.force, progress=progress)
     log.info("wrote %s (%s, %d tensors, %s bytes) from %d %s part(s)", args.dst, m.plan.version,
              len(m.plan.tensors), f"{m.plan.size:,}", m.n_parts, m.source_version)

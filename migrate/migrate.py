@@ -9,7 +9,6 @@ the model.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
@@ -21,14 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from ggmlfmt.constants import FileVersion
-from ggmlfmt.errors import FormatError
+from ggmlfmt.atomic import refuse_existing
+from ggmlfmt.constants import CHUNK_BYTES, FileVersion
+from ggmlfmt.errors import CannotWrite
 from ggmlfmt.layout import Plan, TensorInfo, TensorSpec, Vocab, plan
 from ggmlfmt.parts import full_shape, shard_region, split_axis
 from ggmlfmt.unshard import Piece, Source, write_tensors
 from ggmlfmt.writer import FileWriter
 
 from .sources import (
+    OpenedParts,
     SourcePart,
     check_old_types,
     check_part_count,
@@ -44,27 +45,18 @@ from .sources import (
 log = logging.getLogger(__name__)
 
 OUTPUT_VERSION = FileVersion.GGJT_V1  # what the 2023 script wrote; v1 keeps the old quantized block layouts
-CHUNK_BYTES = 4 << 20  # gathered column-split rows per pwrite; bounds the one private buffer
 GGML_SCORE = 0.0  # unversioned 'ggml' has no token scores; ggjt needs one per token
 
 Progress = Callable[[int], Any]
 
 
 @dataclass(frozen=True, slots=True)
-class Migration:
+class Migration(OpenedParts):
     """Opened, cross-checked parts and the planned output file."""
 
     parts: tuple[SourcePart, ...]
     axes: Mapping[str, int | None]  # tensor -> PyTorch split axis (None: not split)
     plan: Plan
-
-    @property
-    def n_parts(self) -> int:
-        return len(self.parts)
-
-    @property
-    def source_version(self) -> FileVersion:
-        return self.parts[0].index.version
 
 
 def open_migration(src: str | os.PathLike[str]) -> Migration:
@@ -115,7 +107,7 @@ def plan_output(parts: list[SourcePart]) -> tuple[dict[str, int | None], Plan]:
     """Split axes and the ggjt v1 layout: part 0's header and order, every tensor at its full shape.
 
     Raises:
-        FormatError: a shard does not split on row or block boundaries.
+        CannotWrite: a shard does not split on row or block boundaries.
     """
     part0, n = parts[0], len(parts)
     axes: dict[str, int | None] = {}
@@ -125,8 +117,8 @@ def plan_output(parts: list[SourcePart]) -> tuple[dict[str, int | None], Plan]:
         specs.append(TensorSpec.from_shape(t.name, t.type, full_shape(t.shape, axes[t.name], n)))
     try:
         layout = plan(OUTPUT_VERSION, part0.index.hparams, output_vocab(part0), specs)
-    except ValueError as e:  # a full dim beyond i32: the parts cannot be one file
-        raise FormatError(str(e), path=part0.path) from None
+    except CannotWrite as e:  # a full dim beyond i32: the parts cannot be one file
+        raise e.with_path(part0.path) from None
     for t in layout.tensors:
         for k in range(n):
             _check_region(t, axes[t.name], n, k, part0)  # every split checked before the first byte is written
@@ -134,16 +126,15 @@ def plan_output(parts: list[SourcePart]) -> tuple[dict[str, int | None], Plan]:
 
 
 def _check_region(full: TensorInfo, axis: int | None, n_parts: int, k: int, part0: SourcePart) -> None:
-    """shard_region succeeds; its ValueError becomes a FormatError that names part 0 and the record.
+    """shard_region succeeds; its CannotWrite names part 0 and the record.
 
     Raises:
         FormatError.
     """
     try:
         shard_region(full, axis, n_parts, k)
-    except ValueError as e:
-        record = part0.index.by_name()[full.name].record_offset
-        raise FormatError(str(e), path=part0.path, offset=record, field=f"tensor {full.name!r}") from None
+    except CannotWrite as e:
+        raise e.with_path(part0.path, offset=part0.index.by_name()[full.name].record_offset) from None
 
 
 def write_migration(m: Migration, dst: str | os.PathLike[str], *, overwrite: bool = False,
@@ -181,17 +172,13 @@ def check_destination(dst: str | os.PathLike[str], parts: list[Path] | tuple[Pat
     """DST is not an input (same path, link or inode), nor named like a further part; exists only if allowed.
 
     Raises:
-        ValueError: DST is an input part or would look like one. FileExistsError: DST exists, overwrite is False.
+        CannotWrite: DST is an input part or would look like one. FileExistsError: DST exists, overwrite is False.
     """
     dst = Path(dst)
-    for p in parts:
-        if dst.exists() and os.path.samefile(dst, p):
-            raise ValueError(f"{dst}: the output is the same file as input part {p}; choose another output name")
+    refuse_existing(dst, overwrite=overwrite, inputs=parts, role="input part")
     if _looks_like_part(dst, parts[0]):
-        raise ValueError(f"{dst}: the output would be taken for a part of {parts[0]} (SRC.1, SRC.2, ... are parts); "
+        raise CannotWrite(f"{dst}: the output would be taken for a part of {parts[0]} (SRC.1, SRC.2, ... are parts); "
                          "choose another output name")
-    if dst.exists() and not overwrite:
-        raise FileExistsError(errno.EEXIST, "output exists (use --force to replace it)", str(dst))
 
 
 def _looks_like_part(dst: Path, src: Path) -> bool:
@@ -208,7 +195,7 @@ def migrate_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, ov
 
     Raises:
         FormatError: the inputs are malformed, inconsistent, or already ggjt (AlreadyMigrated).
-        ValueError: DST is an input. OSError: DST exists (without overwrite), I/O failure, disk full.
+        CannotWrite: DST is an input. OSError: DST exists (without overwrite), I/O failure, disk full.
     """
     check_destination(dst, find_parts(src), overwrite=overwrite)
     m = open_migration(src)

@@ -16,14 +16,13 @@ import numpy as np
 
 from ggmlfmt.constants import HPARAMS, FileVersion, GGMLType
 from ggmlfmt.errors import FormatError
-from ggmlfmt.layout import HParams, Index, TensorInfo, decode_index, decode_version
+from ggmlfmt.layout import HParams, Index, TensorInfo, decode_index, decode_version, vocab_bytes
 from ggmlfmt.parts import part_paths, split_axis
 from ggmlfmt.reader import map_file
 
 
 # What the pre-ggjt tools could write: every other type code appeared only after ggjt (2023-03-29).
 OLD_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.Q4_0, GGMLType.Q4_1)
-OLD_VERSIONS = (FileVersion.GGML, FileVersion.GGMF_V1)
 PART_COUNT_TENSOR = "tok_embeddings.weight"  # its ne[0] is n_embd / parts (the 04-08 loader's rule)
 COMPARE_CHUNK = 1 << 22  # bytes of replicated tensors compared at a time
 
@@ -43,6 +42,21 @@ class SourcePart:
     def raw(self, info: TensorInfo) -> np.ndarray:
         """The tensor's bytes as a (rows, row_bytes) uint8 view of the map (no copy)."""
         return self.data[info.offset : info.offset + info.nbytes].reshape(info.n_rows, info.row_bytes)
+
+
+class OpenedParts:
+    """What every opened migration says about its inputs (Migration, GGUFMigration hold `parts`)."""
+
+    __slots__ = ()
+    parts: tuple[SourcePart, ...]
+
+    @property
+    def n_parts(self) -> int:
+        return len(self.parts)
+
+    @property
+    def source_version(self) -> FileVersion:
+        return self.parts[0].index.version
 
 
 def find_parts(src: str | os.PathLike[str]) -> list[Path]:
@@ -81,17 +95,15 @@ def open_part(path: Path, part0: SourcePart | None = None, *, accept_ggjt: bool 
 
 
 def check_old_format(path: Path, version: FileVersion) -> None:
-    """Refuse files that are not ggml / ggmf v1, with a message that says what to do instead.
+    """Refuse ggjt files (decode_version knows ggml, ggmf v1 and ggjt v1-v3 only), saying what to do instead.
 
     Raises:
-        AlreadyMigrated: a ggjt file. FormatError: any other format.
+        AlreadyMigrated: a ggjt file.
     """
     if version.magic_name == "ggjt":
         raise AlreadyMigrated(f"already {version}, the aligned single-file format this command writes; "
                               "nothing to migrate (load it directly, or write GGUF with --format gguf)",
                               path=path, offset=0, field="magic")
-    if version not in OLD_VERSIONS:  # unreachable today: decode_version only knows these five versions
-        raise FormatError(f"expected 'ggml' or 'ggmf' v1, found {version}", path=path, offset=0, field="magic")
 
 
 def check_old_types(part: SourcePart) -> None:
@@ -193,8 +205,7 @@ def _vocab_entry(index: Index, i: int) -> str:
 
 def _vocab_offset(index: Index, i: int) -> int:
     """File offset of vocabulary entry i (entries have variable length)."""
-    per_entry = 4 + (4 if index.vocab.scores is not None else 0)
-    return index.header_size + i * per_entry + sum(len(t) for t in index.vocab.tokens[:i])
+    return index.header_size + vocab_bytes(index.vocab.tokens[:i], index.vocab.scores is not None)
 
 
 def check_same_records(part0: SourcePart, part: SourcePart) -> None:

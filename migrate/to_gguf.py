@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ggmlfmt.constants import FileVersion, GGMLType
-from ggmlfmt.errors import FormatError
+from ggmlfmt.constants import CHUNK_BYTES, GGMLType
+from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.layout import Plan, TensorInfo
 from ggmlfmt.llama import (
     GGUFVocab,
@@ -37,8 +37,8 @@ from ggmlfmt.tokenizer import vocab_for_old_file
 from ggmlfmt.unshard import Piece, Source, write_tensors
 from ggmlfmt.writer import FileWriter
 
-from .migrate import CHUNK_BYTES, Progress, open_read_only, check_destination, open_parts
-from .sources import SourcePart, find_parts, open_part
+from .migrate import Progress, open_read_only, check_destination, open_parts
+from .sources import OpenedParts, SourcePart, find_parts, open_part
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class TensorMove:
 
 
 @dataclass(frozen=True, slots=True)
-class GGUFMigration:
+class GGUFMigration(OpenedParts):
     """Opened, cross-checked parts, what happens to each tensor, and the planned GGUF file."""
 
     parts: tuple[SourcePart, ...]
@@ -70,17 +70,9 @@ class GGUFMigration:
     vocab_source: str  # "the file's texts" or the tokenizer.model path
     lossless: bool
 
-    @property
-    def n_parts(self) -> int:
-        return len(self.parts)
-
-    @property
-    def source_version(self) -> FileVersion:
-        return self.parts[0].index.version
-
 
 def open_gguf_migration(src: str | os.PathLike[str], *, lossless: bool = False,
-                        vocab: str | os.PathLike[str] | None = None, ctx: int | None = None,
+                        tokenizer: str | os.PathLike[str] | None = None, ctx: int | None = None,
                         eps: float | None = None, name: str | None = None) -> GGUFMigration:
     """Open SRC (and its parts), scan every quantized tensor and plan the GGUF output; nothing is written.
 
@@ -93,30 +85,28 @@ def open_gguf_migration(src: str | os.PathLike[str], *, lossless: bool = False,
     moves = tuple(_moves(parts, lossless))
     try:
         hp = _hparams(parts, moves, ctx, eps)
-        gvocab = reconstruct_vocab(part0.index.vocab) if vocab is None else _tokenizer_vocab(vocab, part0)
+        gvocab = reconstruct_vocab(part0.index.vocab) if tokenizer is None else _tokenizer_vocab(tokenizer, part0)
         outs = [OutTensor(mv.name, mv.target.type, mv.shape) for mv in moves]
         plan = plan_llama_gguf(hp, gvocab, outs, name=name or _model_name(part0.path))
-    except FormatError as e:
-        raise (e if e.path else e.with_path(part0.path)) from None
-    except ValueError as e:  # a spec GGUF cannot store
-        raise FormatError(str(e), path=part0.path) from None
+    except FormatError as e:  # CannotWrite among them: a spec GGUF cannot store
+        raise e.with_path(part0.path) from None
     for mv, info in zip(moves, plan.tensors):
         _check_regions(info, mv, parts)
     return GGUFMigration(tuple(parts), moves, plan, hp, gvocab,
-                         "the file's texts" if vocab is None else os.fspath(vocab), lossless)
+                         "the file's texts" if tokenizer is None else os.fspath(tokenizer), lossless)
 
 
 def _tokenizer_vocab(path: str | os.PathLike[str], part0: SourcePart) -> GGUFVocab:
     """The GGUF vocabulary of --vocab's tokenizer.model, checked against part 0's texts (docs/format.md §15).
 
     Raises:
-        FormatError: not a SentencePiece model, or not this file's. ValueError: sentencepiece is not installed.
+        FormatError: not a SentencePiece model, or not this file's. CannotWrite: sentencepiece is not installed.
         OSError: unreadable.
     """
     try:
         return vocab_for_old_file(path, part0.index.vocab)
     except ImportError as e:  # the one optional dependency, needed only for --vocab
-        raise ValueError(f"--vocab {os.fspath(path)}: reading a tokenizer.model needs the sentencepiece package "
+        raise CannotWrite(f"--vocab {os.fspath(path)}: reading a tokenizer.model needs the sentencepiece package "
                          f"({e})") from None
 
 
@@ -187,9 +177,8 @@ def _check_regions(full: TensorInfo, mv: TensorMove, parts: list[SourcePart]) ->
     for k in range(len(parts)):
         try:
             shard_region(full, mv.axis, len(parts), k)
-        except ValueError as e:
-            raise FormatError(str(e), path=parts[0].path, offset=mv.record_offset,
-                              field=f"tensor {mv.name!r}") from None
+        except CannotWrite as e:
+            raise e.with_path(parts[0].path, offset=mv.record_offset) from None
 
 
 # ------------------------------------------------------------------ what to say before writing
@@ -246,7 +235,7 @@ def write_gguf_migration(m: GGUFMigration, dst: str | os.PathLike[str], *, overw
 
     Raises:
         OSError: DST exists without overwrite, disk full, ... (the temp file is removed; DST untouched).
-        ValueError: a part does not fit its planned place (cannot happen after open_gguf_migration's checks).
+        CannotWrite: a part does not fit its planned place (cannot happen after open_gguf_migration's checks).
     """
     with ExitStack() as stack:
         fds = [open_read_only(stack, p.path) for p in m.parts]
@@ -276,16 +265,16 @@ def _sources(m: GGUFMigration, fds: list[int]) -> Iterator[Source]:
 
 
 def migrate_to_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwrite: bool = False,
-                    lossless: bool = False, vocab: str | os.PathLike[str] | None = None, ctx: int | None = None,
+                    lossless: bool = False, tokenizer: str | os.PathLike[str] | None = None, ctx: int | None = None,
                     eps: float | None = None, progress: Progress | None = None) -> GGUFMigration:
     """Migrate SRC (and SRC.1, ... for ggml/ggmf) to one GGUF v3 file DST; return what was planned.
 
     Raises:
         FormatError: malformed or inconsistent input, a model GGUF cannot describe, a mismatching --vocab.
-        ValueError: DST is an input. OSError: DST exists (without overwrite), I/O failure, disk full.
+        CannotWrite: DST is an input. OSError: DST exists (without overwrite), I/O failure, disk full.
     """
     check_destination(dst, find_parts(src), overwrite=overwrite)
-    m = open_gguf_migration(src, lossless=lossless, vocab=vocab, ctx=ctx, eps=eps)
+    m = open_gguf_migration(src, lossless=lossless, tokenizer=tokenizer, ctx=ctx, eps=eps)
     for level, line in notes(m):
         log.log(level, "%s", line)
     write_gguf_migration(m, dst, overwrite=overwrite, progress=progress)

@@ -127,7 +127,7 @@ def test_tokenizer_in_model_dir_wins_then_parent_then_vocab_flag(tmp_path: Path)
     assert plan_conversion(ck.model_dir).vocab_path == local
     other = tmp_path / "elsewhere.model"
     other.write_bytes(ck.tokenizer.read_bytes())
-    assert plan_conversion(ck.model_dir, vocab=other).vocab_path == other
+    assert plan_conversion(ck.model_dir, tokenizer=other).vocab_path == other
     local.unlink()
     ck.tokenizer.unlink()
     with pytest.raises(FileNotFoundError, match="no tokenizer.model"):
@@ -209,7 +209,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, capsys: pyte
     assert main([str(ck.model_dir), "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert _listing(tmp_path) == before
-    assert plan["file_size"] == plan_conversion(ck.model_dir).layout.size
+    assert plan["file_size"] == plan_conversion(ck.model_dir).plan.size
     by_name = {t["name"]: t for t in plan["tensors"]}
     assert by_name["output.weight"]["split_axis"] == 0 and by_name["norm.weight"]["split_axis"] is None
     assert all(t["offset"] % 32 == 0 for t in plan["tensors"])

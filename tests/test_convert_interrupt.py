@@ -22,7 +22,7 @@ from meta import Checkpoint, build
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = int(os.environ.get("CONVERT_KILL_SEED", time.time_ns() % 10**6))
-HANDLED = {signal.SIGINT: 130, signal.SIGTERM: 143}  # exit status once ggmlfmt.cli.run handles the signal
+HANDLED = {signal.SIGINT: 130, signal.SIGTERM: 143}  # exit status once ggmlfmt.command.run handles the signal
 
 
 def _sha(path: Path) -> str:

@@ -20,7 +20,7 @@ import builders
 import ggmlfmt
 from ggmlfmt import FileWriter, FormatError, GGMLType, TensorSpec, dequantize, load, read_index
 from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGUF_TYPE_SIZES, GGUFValueType as V
-from ggmlfmt.errors import BadLayout, BadMagic, BadValue, Truncated, UnsupportedVersion
+from ggmlfmt.errors import BadLayout, BadValue, Truncated, UnsupportedVersion
 from ggmlfmt.gguf import GGUFStrings, decode_gguf, encode_value, plan_gguf
 from ggmlfmt.summary import describe
 
