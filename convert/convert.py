@@ -275,7 +275,7 @@ def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected
             raise FormatError(f"full shape {list(shape)} ({n_parts} shard(s) of {list(m.shape)}) differs from "
                               f"{list(want)} implied by params.json and the tokenizer", path=str(shards[0]),
                               field=f"tensor {m.name!r}")
-        ggml_type = GGMLType.F32 if len(shape) == 1 else two_d_type  # 1-D always f32 (§4.4)
+        ggml_type = GGMLType.F32 if len(shape) == 1 else two_d_type  # 1-D always f32 (docs/format.md §4.4)
         pending.append(_Pending(m, axis, shape, TensorSpec.from_shape(m.name, ggml_type, shape)))
     if expected:
         name = next(iter(expected))

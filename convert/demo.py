@@ -75,7 +75,7 @@ def make_weights(p: Params, n_vocab: int, *, seed: int = 0, dtype: str = "float1
 
 
 def split_weights(full: dict[str, np.ndarray], n_shards: int) -> list[dict[str, np.ndarray]]:
-    """Meta's shards of full tensors (§6.2 rule from ggmlfmt.parts); 1-D tensors are copied into every shard.
+    """Meta's shards of full tensors (docs/format.md §6.2's rule, from ggmlfmt.parts); 1-D tensors are copied into every shard.
 
     Raises:
         CannotWrite: a split axis does not divide by n_shards.

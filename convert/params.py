@@ -56,7 +56,7 @@ class Params:
 
     @property
     def n_ff(self) -> int:
-        """Feed-forward width a ggjt header implies: 8*dim/3 rounded up to multiple_of (§2). It is Meta's
+        """Feed-forward width a ggjt header implies: 8*dim/3 rounded up to multiple_of (docs/format.md §2.3). It is Meta's
         `hidden_dim` unless params.json has ffn_dim_multiplier (ggjt_problem says when they differ)."""
         return ff_width(self.dim, self.multiple_of)
 

@@ -2,7 +2,7 @@
 
 Pure functions over bytes and records, like layout.py; no file I/O here (reader.py and writer.py
 do that). Every count and length read from a buffer is checked against the bytes that remain
-before anything is allocated or looped over.
+before anything is allocated or looped over. A bare § is a section of docs/format.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What a GGUF file says about a LLaMA model: tensor names, hyper-parameters, vocabulary, metadata.
 
 Pure functions from what we read (hparams, tensor shapes, the old files' vocabulary) to GGUF content;
-no I/O, no GGUF bytes (the GGUF layer encodes what this returns). Rules: docs/format.md §13-§16.
+no I/O, no GGUF bytes (the GGUF layer encodes what this returns). Rules: docs/format.md §13-§16 (bare § = its sections).
 """
 
 from __future__ import annotations

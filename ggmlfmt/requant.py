@@ -2,7 +2,7 @@
 
 Pure numpy over bounded slices: a caller converts a tensor chunk by chunk (any leading shape, the last
 axis counted in blocks) and gets arrays it can write as they are. Mapping and rounding rules:
-docs/format.md §12.
+docs/format.md §12 (bare § in this module = its sections).
 """
 
 from __future__ import annotations

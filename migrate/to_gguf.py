@@ -1,4 +1,4 @@
-"""Old llama.cpp files -> one GGUF v3 file for today's llama.cpp (docs/format.md §9.1).
+"""Old llama.cpp files -> one GGUF v3 file for today's llama.cpp (docs/format.md §9.1; bare § = its sections).
 
 Inputs: old multi-part ggml/ggmf files (as the ggjt path reads them) and single-file ggjt v1/v2/v3.
 Everything is planned before the first byte: parts opened and cross-checked, every quantized

@@ -1,4 +1,4 @@
-"""Independent test-side encoders/decoders for the 2023 llama.cpp model files (FORMATS.md §1-§6).
+"""Independent test-side encoders/decoders for the 2023 llama.cpp model files (docs/format.md §1-§6; bare § = its sections).
 
 This module is the "second implementation" the tests compare the library against, so it must never import
 ggmlfmt, convert or migrate: only stdlib `struct` and numpy. Everything here is written straight from the spec,
@@ -474,7 +474,7 @@ def _quant_q4_1(b: npt.NDArray[np.float32], layout: int) -> list[npt.NDArray[np.
 
 
 def _quant_q4_2(b: npt.NDArray[np.float32]) -> list[npt.NDArray[np.uint8]]:
-    # not in §5.5; the late (pre-#1405) ggml.c reference: d = M / -8 as f16, q = min(15, trunc(x/d + 8.5))
+    # §5.5, Q4_2 (the late, pre-#1405 ggml.c reference): d = M / -8 as f16, q = min(15, trunc(x/d + 8.5))
     d = (_signed_absmax(b) / _F32(-8)).astype(np.float32)
     q = np.minimum(15, _trunc_plus(b * _inverse(d)[:, None], 8.5))
     _check_range(q, 15, "Q4_2")
@@ -482,7 +482,7 @@ def _quant_q4_2(b: npt.NDArray[np.float32]) -> list[npt.NDArray[np.uint8]]:
 
 
 def _quant_q4_3(b: npt.NDArray[np.float32]) -> list[npt.NDArray[np.uint8]]:
-    # not in §5.5; the ggml.c reference: d = (max - min) / 15, m = min, both f16, q = trunc((x - min)/d + 0.5)
+    # §5.5, Q4_3 (the ggml.c reference): d = (max - min) / 15, m = min, both f16, q = trunc((x - min)/d + 0.5)
     mn, mx = _min_max(b)
     d = ((mx - mn) / _F32(15)).astype(np.float32)
     q = _trunc_plus((b - mn[:, None]) * _inverse(d)[:, None], 0.5)
@@ -707,7 +707,7 @@ def build_parts(
 
 
 def llama_tensor_names(n_layers: int) -> list[str]:
-    """Meta checkpoint key order (§7): tok_embeddings, norm, output, then 9 tensors per layer."""
+    """Meta checkpoint key order (§8.2): tok_embeddings, norm, output, then 9 tensors per layer."""
     names = ["tok_embeddings.weight", "norm.weight", "output.weight"]
     per_layer = (
         "attention.wq",
@@ -795,7 +795,7 @@ def llama_vocab(n_vocab: int) -> list[tuple[bytes, float]]:
 
 
 def section12_model() -> tuple[dict[str, int], list[tuple[bytes, float]], list[TensorSpec]]:
-    """The tiny model of FORMATS.md §12 (hparams, vocab, first three tensors) with deterministic data."""
+    """The tiny model of §4.6 (hparams, vocab, first three tensors) with deterministic data."""
     hp = llama_hparams(n_vocab=3, dim=64, n_mult=32, n_head=2, n_layer=1, ftype=1)
     vocab = llama_vocab(3)
     emb = (np.arange(3 * 64, dtype=np.float32).reshape(3, 64) / 64).astype("<f2")
@@ -809,7 +809,7 @@ def section12_model() -> tuple[dict[str, int], list[tuple[bytes, float]], list[T
     return hp, vocab, tensors
 
 
-# The hex dump printed in FORMATS.md §12, verbatim ("tok_embeddings data omitted"): offset, 16 bytes a line.
+# The hex dump printed in §4.6, verbatim (the tok_embeddings data left out): offset, 16 bytes a line.
 SECTION12_HEX = """
 00000000: 746a 6767 0100 0000 0300 0000 4000 0000
 00000010: 2000 0000 0200 0000 0100 0000 2000 0000
@@ -825,6 +825,6 @@ SECTION12_HEX = """
 
 
 def section12_hexdump() -> dict[int, bytes]:
-    """FORMATS.md §12's hex dump as {file offset: the 16 bytes printed there}."""
+    """§4.6's hex dump as {file offset: the 16 bytes printed there}."""
     lines = [line.split(":", 1) for line in SECTION12_HEX.strip().splitlines()]
     return {int(addr, 16): bytes.fromhex(hexes.replace(" ", "")) for addr, hexes in lines}

@@ -1,8 +1,9 @@
 """Test fixtures for convert-model: Meta-layout checkpoints, and an independent re-statement of the 2023 converter.
 
 Weights, params.json, shard files and the tokenizer are made with convert.demo's builders (one copy
-of that code); what the tests check against is restated here from FORMATS.md, without convert's
-or ggmlfmt's logic: the split rule (builders.split_axis), the §3.1 vocabulary rules and the §7 write algorithm.
+of that code); what the tests check against is restated here from docs/format.md, without convert's
+or ggmlfmt's logic: the split rule (builders.split_axis), the §3.1 vocabulary rules and the §8.2 write
+algorithm. Every bare § cites docs/format.md.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def load_shards(paths: list[Path]) -> list[dict[str, torch.Tensor]]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# §3.1 and §7, restated with struct and a seekable buffer
+# §3.1 and §8.2, restated with struct and a seekable buffer
 
 
 def vocab_entries(tokenizer: Path) -> list[tuple[bytes, float]]:
@@ -112,7 +113,7 @@ def vocab_entries(tokenizer: Path) -> list[tuple[bytes, float]]:
 
 
 def reference_file(tokenizer: Path, params: dict[str, Any], paths: list[Path], ftype: int) -> bytes:
-    """The bytes convert-pth-to-ggml.py (2023-03-29, #613) wrote: header, vocab, then §7 step 4 per shard."""
+    """The bytes convert-pth-to-ggml.py (2023-03-29, #613) wrote: header, vocab, then §8.2 step 4 per shard."""
     vocab = vocab_entries(tokenizer)
     out = io.BytesIO()
     dim, n_heads = params["dim"], params["n_heads"]

@@ -1,4 +1,4 @@
-"""Tests of the independent test-side builders against hard facts from FORMATS.md, not against their own output."""
+"""Tests of the independent test-side builders against hard facts from docs/format.md (bare § = its sections), not against their own output."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from builders import (
 )
 
 # ---------------------------------------------------------------------------------------------------------------
-# §12 worked example
+# §4.6 worked example
 
 def _fields(data_fields: list[Field]) -> dict[str, Field]:
     return {f.name: f for f in data_fields}
@@ -439,7 +439,7 @@ def test_float_types_are_plain_casts() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# LLaMA helpers and multi-part files (§2.3, §6, §7)
+# LLaMA helpers and multi-part files (§2.3, §6, §8.2)
 
 
 @pytest.mark.parametrize(("dim", "hidden"), [(4096, 11008), (5120, 13824), (6656, 17920), (8192, 22016)])

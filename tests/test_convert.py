@@ -242,7 +242,7 @@ def test_demo_and_model_dir_are_exclusive(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_reference_restatement_matches_section_12_layout() -> None:
-    """Sanity of the test's own reference: the record arithmetic of FORMATS.md §12 (tok_embeddings at 65, data 128)."""
+    """Sanity of the test's own reference: the record arithmetic of docs/format.md §4.6 (tok_embeddings at 65, data 128)."""
     from meta import _write_record
 
     buf = io.BytesIO(bytes(65))

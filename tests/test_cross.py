@@ -1,6 +1,6 @@
 """The two roads to ggjt meet: migrate(old ggmf parts) is byte-identical to convert-model(the original checkpoint).
 
-FORMATS.md §8: for f32/f16 models, the 2023 migrate script's output equals what the #613 converter
+docs/format.md §9.2: for f32/f16 models, the 2023 migrate script's output equals what the #613 converter
 wrote from the .pth files with the same tokenizer and ftype. The old parts here are made by the
 independent struct-based builder (tests/builders.py) from the same weights the checkpoint holds.
 """

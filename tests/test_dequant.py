@@ -75,7 +75,7 @@ def test_nibble_order_differs_between_v1_and_v2():
     raw_v1 = np.float32(1).tobytes() + qs
     v1 = dequantize_blocks(np.frombuffer(raw_v1, BLOCK_LAYOUTS[1][GGMLType.Q4_0].dtype), GGMLType.Q4_0, 1)
     v2 = dequantize_blocks(np.frombuffer(raw_v1, BLOCK_LAYOUTS[2][GGMLType.Q4_0].dtype), GGMLType.Q4_0, 2)
-    # §5.4: v1 byte j = elements 2j (low), 2j+1 (high); v2 byte j = elements j (low), j+16 (high)
+    # docs/format.md §5.4: v1 byte j = elements 2j (low), 2j+1 (high); v2 byte j = elements j (low), j+16 (high)
     assert v1.tolist() == [v for j in range(16) for v in (j - 8, 1 - 8)]
     assert v2.tolist() == [j - 8 for j in range(16)] + [1 - 8] * 16
 

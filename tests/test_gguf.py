@@ -86,7 +86,7 @@ def test_type_table_is_gguf_py_s():
     for t in GGUF_TYPE_SIZES:  # the block layouts the reader uses for GGUF, against gguf-py's sizes
         layout = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][t]
         assert (layout.elements, layout.nbytes) == tuple(gguf.GGML_QUANT_SIZES[Q[t.name]]), t.name
-    for t in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0):  # §11.6: ggjt v3 blocks
+    for t in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0):  # docs/format.md §11.6: ggjt v3 blocks
         assert BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][t] is BLOCK_LAYOUTS[3][t]
         # ... and the test-side v3 layout (builders, from docs/format.md §5) is gguf-py's block, byte for byte
         assert builders.BLOCKS[3][t.name] == tuple(gguf.GGML_QUANT_SIZES[Q[t.name]]), t.name

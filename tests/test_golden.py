@@ -1,7 +1,7 @@
 """Golden tests: hand-built legacy files decoded field by field, our output checked byte by byte.
 
-Inputs come from tests/builders.py (struct.pack, written from the spec, never importing ggmlfmt); the
-worked example of FORMATS.md §12 is checked against the offsets and hex printed in the spec; the tiny
+Inputs come from tests/builders.py (struct.pack, written from docs/format.md, never importing ggmlfmt); the
+worked example of docs/format.md §4.6 is checked against the offsets and hex printed there; the tiny
 files in tests/data are pinned by sha256 and checked by the builder's independent parser.
 
 Regenerate tests/data after an intended format change with `python tests/test_golden.py --regenerate`
@@ -29,12 +29,12 @@ LEGACY = [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3)]
 VERSION_OF = {("ggml", None): FileVersion.GGML, ("ggmf", 1): FileVersion.GGMF_V1, ("ggjt", 1): FileVersion.GGJT_V1,
               ("ggjt", 2): FileVersion.GGJT_V2, ("ggjt", 3): FileVersion.GGJT_V3}
 
-# §5.2, written out again here: the struct fields of one block, per block layout generation.
+# docs/format.md §5.2, written out again here: the struct fields of one block, per block layout generation.
 _SCALE = {1: "<f", 2: "<f", 3: "<e"}  # Q4_0 / Q4_1 / Q8_0 scales became f16 in ggjt v3
 
 
 def spec_block_fields(type_name: str, gen: int) -> list[tuple[str, str]]:
-    """(field, struct format) of one block of `type_name` in generation `gen`, from FORMATS.md §5.2."""
+    """(field, struct format) of one block of `type_name` in generation `gen`, from docs/format.md §5.2."""
     s = _SCALE[gen]
     return {
         "Q4_0": [("d", s), ("qs", "16s")],
@@ -120,7 +120,7 @@ def test_legacy_file_decodes_field_by_field(tmp_path, fmt, version):
 
 
 def _check_view_layout(view: np.ndarray, type_name: str, ne: tuple[int, ...], gen: int, data: bytes) -> None:
-    """Float views have the PyTorch shape; quantized views are block records whose fields match §5.2."""
+    """Float views have the PyTorch shape; quantized views are block records whose fields match docs/format.md §5.2."""
     shape = tuple(reversed(ne))
     if type_name in ("F32", "F16"):
         assert view.dtype == np.dtype("<f4" if type_name == "F32" else "<f2")
@@ -143,9 +143,9 @@ def _check_view_layout(view: np.ndarray, type_name: str, ne: tuple[int, ...], ge
                 assert float(got) == want or (np.isnan(got) and np.isnan(want)), field
 
 
-# ---------------------------------------------------------------- the worked example of FORMATS.md §12
+# ---------------------------------------------------------------- the worked example of docs/format.md §4.6
 
-# (record offsets, data offsets, file size) per format, from the table and the two bullet lists of §12
+# (record offsets, data offsets, file size) per format, from the tables of docs/format.md §4.6
 SECTION12_OFFSETS = {
     FileVersion.GGJT_V1: ([65, 512, 800], [128, 544, 864], 1248),
     FileVersion.GGMF_V1: ([65, 490, 773], [106, 517, 806], 1190),

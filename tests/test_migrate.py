@@ -56,7 +56,7 @@ def write_parts(directory: Path, parts: tuple[bytes, ...] | list[bytes], name: s
 
 
 def expected_file(fmt: str, mix: str) -> bytes:
-    """The ggjt v1 file §8 prescribes, written by the builders from the full (unsharded) tensors."""
+    """The ggjt v1 file docs/format.md §9 prescribes, written by the builders from the full (unsharded) tensors."""
     vocab = [(t, 0.0) for t, _ in VOCAB] if fmt == "ggml" else VOCAB  # ggml has no scores: 0.0 is written
     return builders.build_model("ggjt", 1, hparams(mix), vocab, full_tensors(mix))
 
@@ -127,7 +127,7 @@ def test_section12_worked_example(tmp_path):
     hp, vocab, tensors = builders.section12_model()
     src = tmp_path / "m.bin"
     src.write_bytes(builders.build_file("ggmf", 1, hp, vocab, tensors))
-    assert src.stat().st_size == 1190  # the ggmf sizes §12 states
+    assert src.stat().st_size == 1190  # the ggmf sizes docs/format.md §4.6 states
     migrate_file(src, tmp_path / "out.bin")
     out = (tmp_path / "out.bin").read_bytes()
     assert len(out) == 1248

@@ -89,7 +89,7 @@ def test_a_file_shorter_than_a_magic_is_truncated(tmp_path, size):
 @pytest.mark.parametrize(("fmt", "version"), [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 3)])
 def test_every_cut_is_truncated_unless_it_falls_on_a_record_boundary(fmt, version):
     raw, fields = good_file(fmt, version)
-    # a file may legally end after the vocabulary or after any tensor's data (no tensor count, §4)
+    # a file may legally end after the vocabulary or after any tensor's data (no tensor count, docs/format.md §4)
     boundaries = {fields["tensor[0].n_dims"].offset: 0}
     boundaries |= {f.offset + f.size: int(n[len("tensor[") : n.index("]")]) + 1
                    for n, f in fields.items() if n.endswith(".data")}

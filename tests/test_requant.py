@@ -31,7 +31,7 @@ def _half(x: float) -> bytes:
     return struct.pack("<e", x)  # Python's f16 packing rounds a double to nearest even: exact from f32
 
 
-HEAD = {"Q4_0": 4, "Q4_1": 8, "Q8_0": 4, "Q5_0": 6, "Q5_1": 8}  # bytes before qs in generations 1 and 2 (§5)
+HEAD = {"Q4_0": 4, "Q4_1": 8, "Q8_0": 4, "Q5_0": 6, "Q5_1": 8}  # bytes before qs in generations 1 and 2 (docs/format.md §5.2)
 
 
 def reference_convert(raw: bytes, type_name: str, gen: int) -> bytes:
