@@ -33,8 +33,8 @@ GGMLFMT_RANKS = {
     "ggmlfmt.parts": 2,
     "ggmlfmt.dequant": 2,
     "ggmlfmt.summary": 2,
-    "ggmlfmt.llama": 2,
-    "ggmlfmt.tokenizer": 3,  # SentencePiece tokenizer.model -> ggjt texts or GGUF pieces (sentencepiece, lazily)  # what GGUF says about a LLaMA model (names, metadata, vocabulary); pure
+    "ggmlfmt.llama": 2,  # what GGUF says about a LLaMA model (names, metadata, vocabulary); pure
+    "ggmlfmt.tokenizer": 3,  # SentencePiece tokenizer.model -> ggjt texts or GGUF pieces (sentencepiece, lazily)
     "ggmlfmt.copying": 3,  # the page-cache-friendly copy of `ggmlfmt copy`; commits through atomic.TempFile
     "ggmlfmt.requant": 3,  # old blocks -> GGUF blocks; imports dequant for the F32 targets
     "ggmlfmt.unshard": 3,  # n parts of each tensor -> their places in one output (convert and migrate)
