@@ -507,7 +507,7 @@ def _chunk_chain(body: memoryview, at: int, w: int, left: int, width: int, fixed
     # chunk offset -> candidate number; m < w < 2**16 fits 2 bytes, which keeps the map small
     number = np.full(w + 1, m, np.uint16 if w < 0xFFFF else np.int64)
     number[starts] = np.arange(m, dtype=number.dtype)
-    succ = np.empty(m + 1, np.int32)
+    succ = np.empty(m + 1, np.intp)  # intp: take() would convert any other index type on every call
     succ[:m] = number.take(ends[:-1], mode="clip")  # an end at or past w: not in this chunk
     succ[m] = m
     j = int(number[0])
@@ -552,7 +552,7 @@ def _follow(levels: list[np.ndarray], j: int, most: int, path: list[int] | None 
 def _fill(levels: list[np.ndarray], path: list[int], count: int) -> np.ndarray:
     """The candidates at steps 0..count-1 from those at every 32nd step: halve the gaps once per doubling level."""
     stride = 1 << VOCAB_STRIDE_LOG
-    rows = np.empty((len(path), stride), np.int32)  # row r, column c: the candidate at step 32 r + c
+    rows = np.empty((len(path), stride), np.intp)  # row r, column c: the candidate at step 32 r + c
     rows[:, 0] = path
     gap = stride
     for far in reversed(levels[:-1]):  # succ**16, succ**8, ..., succ: each fills the columns half-way between known ones
