@@ -52,6 +52,7 @@ _ARRAY_HEAD = struct.Struct("<IQ")  # element type, count
 _INFO_TAIL = struct.Struct("<IQ")  # type, offset
 _NE = {n: struct.Struct(f"<{n}Q") for n in range(1, MAX_DIMS + 1)}
 _unpack_u64 = U64.unpack_from
+_SHORT = 0x7F  # the longest string of the vectorised walk's first try (docs/format.md §11.4)
 
 
 class GGUFStrings(Sequence[str]):
@@ -272,7 +273,13 @@ def _strings(buf: memoryview, pos: int, count: int, field: str) -> tuple[GGUFStr
         Truncated, BadValue.
     """
     body = buf[pos:]
-    got = walk_entries(body, count, 8, 0, None, with_ends=True) if count >= VOCAB_VECTOR_MIN else None
+    got = None
+    if count >= VOCAB_VECTOR_MIN:
+        # Vocabularies hold short pieces: speculating on lengths < 128 first halves the false candidates
+        # (an offset one byte before a length field reads as 256 * length + a text byte); a longer
+        # string stops that walk, and the walk that takes any length decides.
+        got = walk_entries(body, count, 8, 0, _SHORT, with_ends=True) or walk_entries(body, count, 8, 0, None,
+                                                                                       with_ends=True)
     if got is not None:
         end, ends = got
         lens = np.diff(ends, prepend=0)  # each <= the buffer's size: int64 holds them
