@@ -59,13 +59,22 @@ class GGUFStrings(Sequence[str]):
     """A GGUF array of strings, validated whole on open and decoded one item at a time when asked.
 
     A 32,000-token vocabulary is one bytes object and one int64 array of end offsets, not 32,000 str.
+    When every string was found shorter than 128 bytes on open, the end offsets are found again on
+    first use instead (docs/format.md §11.4): the open did not need them.
     """
 
-    __slots__ = ("_data", "_ends")
+    __slots__ = ("_data", "_known_ends", "_n")
 
-    def __init__(self, data: bytes, ends: np.ndarray) -> None:
-        self._data = data  # the array's encoded elements: (u64 length, bytes) each
-        self._ends = ends  # ends[i]: where element i's bytes end in `data`
+    def __init__(self, data: bytes, ends: np.ndarray | None, n: int | None = None) -> None:
+        self._data = data  # the array's encoded elements: (u64 length, bytes) each, already validated
+        self._known_ends = ends  # ends[i]: where element i's bytes end in `data`; None: not found yet
+        self._n = len(ends) if ends is not None else n
+
+    @property
+    def _ends(self) -> np.ndarray:
+        if self._known_ends is None:
+            self._known_ends = _string_ends(self._data, self._n)
+        return self._known_ends
 
     def raw(self, i: int) -> bytes:
         """The UTF-8 bytes of element i.
@@ -73,7 +82,7 @@ class GGUFStrings(Sequence[str]):
         Raises:
             IndexError.
         """
-        n = len(self._ends)
+        n = self._n
         if not -n <= i < n:
             raise IndexError(f"string index {i} out of range for {n} strings")
         i %= n
@@ -85,7 +94,7 @@ class GGUFStrings(Sequence[str]):
         return self.raw(i).decode("utf-8")
 
     def __len__(self) -> int:
-        return len(self._ends)
+        return self._n
 
     def __iter__(self) -> Iterator[str]:
         data, start = self._data, 8
@@ -267,7 +276,8 @@ def _strings(buf: memoryview, pos: int, count: int, field: str) -> tuple[GGUFStr
 
     The walk is layout.walk_entries' vectorised one for 1,024 strings or more (docs/format.md §11.4),
     else a plain loop; either only finds where the strings end, and any doubt (a length that runs
-    past the file) goes to the checked walk, which names the element.
+    past the file) goes to the checked walk, which names the element. When every length is below
+    128, the end offsets are left to GGUFStrings' first use.
 
     Raises:
         Truncated, BadValue.
@@ -276,10 +286,18 @@ def _strings(buf: memoryview, pos: int, count: int, field: str) -> tuple[GGUFStr
     got = None
     if count >= VOCAB_VECTOR_MIN:
         # Vocabularies hold short pieces: speculating on lengths < 128 first halves the false candidates
-        # (an offset one byte before a length field reads as 256 * length + a text byte); a longer
-        # string stops that walk, and the walk that takes any length decides.
-        got = walk_entries(body, count, 8, 0, _SHORT, with_ends=True) or walk_entries(body, count, 8, 0, None,
-                                                                                       with_ends=True)
+        # (an offset one byte before a length field reads as 256 * length + a text byte), and then one
+        # decode of the whole array is the UTF-8 check, so the end offsets can wait. A longer string
+        # stops that walk, and the walk that takes any length decides.
+        short = walk_entries(body, count, 8, 0, _SHORT)
+        if short is not None:
+            strings = GGUFStrings(bytes(body[: short[0]]), None, count)
+            try:
+                _decode_checked(memoryview(strings._data))
+            except UnicodeDecodeError:
+                raise _utf8_error(strings, pos, field) from None
+            return strings, pos + short[0]
+        got = walk_entries(body, count, 8, 0, None, with_ends=True)
     if got is not None:
         end, ends = got
         lens = np.diff(ends, prepend=0)  # each <= the buffer's size: int64 holds them
@@ -294,6 +312,16 @@ def _strings(buf: memoryview, pos: int, count: int, field: str) -> tuple[GGUFStr
     if count and not _utf8(data, lens, ends):
         raise _utf8_error(GGUFStrings(data, ends), pos, field)
     return GGUFStrings(data, ends), pos + end
+
+
+def _string_ends(data: bytes, n: int) -> np.ndarray:
+    """The end offset of each of the n strings of an encoded array that was validated on open."""
+    body = memoryview(data)
+    got = walk_entries(body, n, 8, 0, _SHORT, with_ends=True) if n >= VOCAB_VECTOR_MIN else None
+    if got is not None:
+        return got[1]
+    lens, _ = _walk_lengths(body, n, 8, 8)  # checked on open: every length fits
+    return np.cumsum(np.array(lens, np.int64) + 8)
 
 
 def _strings_error(buf: memoryview, pos: int, count: int, field: str) -> FormatError:

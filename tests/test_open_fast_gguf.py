@@ -213,3 +213,16 @@ def _outcome(data: bytes):
 @given(data=fz.mutants())
 def test_tensor_info_loop_decides_like_the_checked_decoder(data):
     assert _outcome(data) == _reference_decode(data)
+
+
+def test_short_strings_keep_their_ends_for_first_use():
+    texts = [f"\u2581p{i}".encode() for i in range(3000)]
+    data = _encode([len(t) for t in texts], texts, 8, 0) + struct.pack("<Q", 3) + b"key"
+    strings, end = gguf._strings(memoryview(data), 0, 3000, "tokens")
+    assert strings._known_ends is None and len(strings) == 3000 and end == len(data) - 11  # open kept only bytes
+    assert strings[2999] == "\u2581p2999" and strings._ends.tolist() == _reference_ends(data, 3000, 8, 0, None)
+    assert strings.tolist() == [t.decode() for t in texts]
+    bad = bytearray(data)
+    bad[8 * 2002 + sum(map(len, texts[:2001]))] = 0xFF  # first byte of string 2001
+    assert _fast_strings(bytes(bad), 3000) == _reference_strings(bytes(bad), 3000)
+    assert "tokens[2001]" in _fast_strings(bytes(bad), 3000)[1]
