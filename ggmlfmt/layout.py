@@ -426,7 +426,7 @@ def _walk_lengths(body: memoryview, n_vocab: int, min_entry: int, width: int = 4
             (n,) = unpack_len(body, pos)
             pos += n + min_entry
             append(n)
-    except (struct.error, OverflowError):  # a length ran past the buffer (or past any offset); the checked walk says which
+    except (struct.error, OverflowError):  # a length ran past the buffer (or any offset); the checked walk says which
         return lens, None
     return lens, pos
 
@@ -555,7 +555,7 @@ def _fill(levels: list[np.ndarray], path: list[int], count: int) -> np.ndarray:
     rows = np.empty((len(path), stride), np.intp)  # row r, column c: the candidate at step 32 r + c
     rows[:, 0] = path
     gap = stride
-    for far in reversed(levels[:-1]):  # succ**16, succ**8, ..., succ: each fills the columns half-way between known ones
+    for far in reversed(levels[:-1]):  # succ**16, ..., succ: fill the columns midway between known ones
         half = gap // 2
         rows[:, half::gap] = far.take(rows[:, 0::gap])
         gap = half
