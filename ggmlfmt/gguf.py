@@ -7,10 +7,12 @@ before anything is allocated or looped over. A bare § is a section of docs/form
 
 from __future__ import annotations
 
+import codecs
+import math
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain
 from typing import Any, Union
 
 import numpy as np
@@ -33,13 +35,14 @@ from .constants import (
     MAX_NAME_LEN,
     U32,
     U64,
+    VOCAB_VECTOR_MIN,
     BlockLayout,
     GGMLType,
     GGUFValueType,
     GGUFVersion,
 )
 from .errors import BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion
-from .layout import Plan, TensorInfo, TensorSpec, align_up, block_problem, tensor_nbytes
+from .layout import Plan, TensorInfo, TensorSpec, _walk_lengths, align_up, block_problem, tensor_nbytes, walk_entries
 
 GGUF_LAYOUTS: dict[GGMLType, BlockLayout] = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION]
 TypePath = tuple[GGUFValueType, ...]  # (UINT32,), (ARRAY, STRING), (ARRAY, ARRAY, INT32), ...
@@ -49,19 +52,29 @@ _ARRAY_HEAD = struct.Struct("<IQ")  # element type, count
 _INFO_TAIL = struct.Struct("<IQ")  # type, offset
 _NE = {n: struct.Struct(f"<{n}Q") for n in range(1, MAX_DIMS + 1)}
 _unpack_u64 = U64.unpack_from
+_SHORT = 0x7F  # the longest string of the vectorised walk's first try (docs/format.md §11.4)
 
 
 class GGUFStrings(Sequence[str]):
     """A GGUF array of strings, validated whole on open and decoded one item at a time when asked.
 
     A 32,000-token vocabulary is one bytes object and one int64 array of end offsets, not 32,000 str.
+    When every string was found shorter than 128 bytes on open, the end offsets are found again on
+    first use instead (docs/format.md §11.4): the open did not need them.
     """
 
-    __slots__ = ("_data", "_ends")
+    __slots__ = ("_data", "_known_ends", "_n")
 
-    def __init__(self, data: bytes, ends: np.ndarray) -> None:
-        self._data = data  # the array's encoded elements: (u64 length, bytes) each
-        self._ends = ends  # ends[i]: where element i's bytes end in `data`
+    def __init__(self, data: bytes, ends: np.ndarray | None, n: int | None = None) -> None:
+        self._data = data  # the array's encoded elements: (u64 length, bytes) each, already validated
+        self._known_ends = ends  # ends[i]: where element i's bytes end in `data`; None: not found yet
+        self._n = len(ends) if ends is not None else n
+
+    @property
+    def _ends(self) -> np.ndarray:
+        if self._known_ends is None:
+            self._known_ends = _string_ends(self._data, self._n)
+        return self._known_ends
 
     def raw(self, i: int) -> bytes:
         """The UTF-8 bytes of element i.
@@ -69,7 +82,7 @@ class GGUFStrings(Sequence[str]):
         Raises:
             IndexError.
         """
-        n = len(self._ends)
+        n = self._n
         if not -n <= i < n:
             raise IndexError(f"string index {i} out of range for {n} strings")
         i %= n
@@ -81,7 +94,7 @@ class GGUFStrings(Sequence[str]):
         return self.raw(i).decode("utf-8")
 
     def __len__(self) -> int:
-        return len(self._ends)
+        return self._n
 
     def __iter__(self) -> Iterator[str]:
         data, start = self._data, 8
@@ -261,27 +274,54 @@ def _bools(arr: np.ndarray, pos: int, field: str) -> np.ndarray:
 def _strings(buf: memoryview, pos: int, count: int, field: str) -> tuple[GGUFStrings, int]:
     """`count` strings from pos (count * 8 already fits): one walk of the lengths, one UTF-8 check.
 
+    The walk is layout.walk_entries' vectorised one for 1,024 strings or more (docs/format.md §11.4),
+    else a plain loop; either only finds where the strings end, and any doubt (a length that runs
+    past the file) goes to the checked walk, which names the element. When every length is below
+    128, the end offsets are left to GGUFStrings' first use.
+
     Raises:
         Truncated, BadValue.
     """
-    start, size = pos, len(buf)
-    lengths: list[int] = []
-    append, unpack = lengths.append, _unpack_u64
-    try:
-        for _ in repeat(None, count):  # the one per-item loop: items have variable length
-            (n,) = unpack(buf, pos)
-            pos += n + 8
-            append(n)
-    except (struct.error, OverflowError):  # a length ran past the end: find which, for the message
-        raise _strings_error(buf, start, count, field) from None
-    if pos > size:
-        raise _strings_error(buf, start, count, field)
-    data = bytes(buf[start:pos])
-    lens = np.fromiter(lengths, np.int64, count)  # each <= size now, so int64 holds them and their sum
-    ends = np.cumsum(lens + 8)
+    body = buf[pos:]
+    got = None
+    if count >= VOCAB_VECTOR_MIN:
+        # Vocabularies hold short pieces: speculating on lengths < 128 first halves the false candidates
+        # (an offset one byte before a length field reads as 256 * length + a text byte), and then one
+        # decode of the whole array is the UTF-8 check, so the end offsets can wait. A longer string
+        # stops that walk, and the walk that takes any length decides.
+        short = walk_entries(body, count, 8, 0, _SHORT)
+        if short is not None:
+            strings = GGUFStrings(bytes(body[: short[0]]), None, count)
+            try:
+                _decode_checked(memoryview(strings._data))
+            except UnicodeDecodeError:
+                raise _utf8_error(strings, pos, field) from None
+            return strings, pos + short[0]
+        got = walk_entries(body, count, 8, 0, None, with_ends=True)
+    if got is not None:
+        end, ends = got
+        lens = np.diff(ends, prepend=0)  # each <= the buffer's size: int64 holds them
+        lens -= 8
+    else:
+        lengths, end = _walk_lengths(body, count, 8, 8)
+        if end is None or end > len(body):  # a length ran past the end: find which, for the message
+            raise _strings_error(buf, pos, count, field)
+        lens = np.fromiter(lengths, np.int64, count)  # each <= size now, so int64 holds them and their sum
+        ends = np.cumsum(lens + 8)
+    data = bytes(body[:end])
     if count and not _utf8(data, lens, ends):
-        raise _utf8_error(GGUFStrings(data, ends), start, field)
-    return GGUFStrings(data, ends), pos
+        raise _utf8_error(GGUFStrings(data, ends), pos, field)
+    return GGUFStrings(data, ends), pos + end
+
+
+def _string_ends(data: bytes, n: int) -> np.ndarray:
+    """The end offset of each of the n strings of an encoded array that was validated on open."""
+    body = memoryview(data)
+    got = walk_entries(body, n, 8, 0, _SHORT, with_ends=True) if n >= VOCAB_VECTOR_MIN else None
+    if got is not None:
+        return got[1]
+    lens, _ = _walk_lengths(body, n, 8, 8)  # checked on open: every length fits
+    return np.cumsum(np.array(lens, np.int64) + 8)
 
 
 def _strings_error(buf: memoryview, pos: int, count: int, field: str) -> FormatError:
@@ -303,17 +343,39 @@ def _utf8(data: bytes, lens: np.ndarray, ends: np.ndarray) -> bool:
     """
     try:
         if int(lens.max()) < 0x80:
-            data.decode("utf-8")
+            _decode_checked(memoryview(data))
             return True
         raw = np.frombuffer(data, np.uint8)
         keep = np.ones(len(raw), bool)
         keep[((ends - lens - 8)[:, None] + np.arange(8)).reshape(-1)] = False
         text = raw[keep]
-        text.tobytes().decode("utf-8")
+        _decode_checked(memoryview(text))
     except UnicodeDecodeError:
         return False
     bounds = np.cumsum(lens)[:-1]
     return not np.any((text[bounds[bounds < len(text)]] & 0xC0) == 0x80)
+
+
+_UTF8_STEP = 1 << 15  # bytes decoded per call: the str it makes stays small (see _decode_checked)
+
+
+def _decode_checked(raw: memoryview) -> None:
+    """Decode raw as UTF-8 and drop the text, 32 KiB at a time: the same verdict as one decode.
+
+    One decode of a 600 KB vocabulary builds a 1.2 MB str, which the allocator maps fresh and
+    unmaps on every open (3x the decoding time); a character cut by a step boundary is left
+    unconsumed by the non-final decode and starts the next step.
+
+    Raises:
+        UnicodeDecodeError.
+    """
+    decode, pos, size = codecs.utf_8_decode, 0, len(raw)
+    while pos < size:
+        final = size - pos <= _UTF8_STEP
+        _, used = decode(raw[pos : pos + _UTF8_STEP], "strict", final)
+        if not used and not final:  # pragma: no cover - a step of 32 KiB always holds a whole character
+            raise UnicodeDecodeError("utf-8", bytes(raw[pos : pos + 4]), 0, 1, "no progress")
+        pos += used
 
 
 def _utf8_error(strings: GGUFStrings, base: int, field: str) -> FormatError:
@@ -442,22 +504,81 @@ def _tensor_info(buf: memoryview, pos: int, i: int, alignment: int) -> tuple[tup
     return (name, ggml_type, ne, offset, tensor_nbytes(ne, block), record, block), pos + _INFO_TAIL.size
 
 
+# code -> (type, layout, elements per block, bytes per block): one dict look-up per info, no enum calls
+_TYPE_ROWS = {int(t): (t, b, b.elements, b.nbytes) for t, b in GGUF_LAYOUTS.items()}
+_INFO_REST = (None, *(struct.Struct(f"<{n}QIQ").unpack_from for n in range(1, MAX_DIMS + 1)))  # ne, type, offset
+_NAME_NDIMS: dict[int, Any] = {}  # name length -> unpack_from of (name bytes, n_dims)
+_NAME_NDIMS_MAX = 4096  # cache entries; real files have a few dozen name lengths
+_NEW_TUPLE = tuple.__new__  # TensorInfo(...) minus one Python call
+
+
+def _name_ndims(name_len: int) -> Any:
+    unpack = _NAME_NDIMS.get(name_len)
+    if unpack is None:
+        unpack = struct.Struct(f"<{name_len}sI").unpack_from
+        if len(_NAME_NDIMS) < _NAME_NDIMS_MAX:  # bounded: a hostile file cannot grow it without limit
+            _NAME_NDIMS[name_len] = unpack
+    return unpack
+
+
+def _tensor_infos(buf: memoryview, pos: int, n_tensors: int, alignment: int) -> tuple[list[tuple], int]:
+    """Every tensor info from pos (as _tensor_info returns them, names unique) and the position after them.
+
+    Each info is checked with plain comparisons on three unpacks; one that fails any of them is
+    decoded again by _tensor_info, which raises the error naming the field (or, if this loop was
+    stricter than it, returns the info), so errors are exactly the checked decoder's.
+
+    Raises:
+        Truncated, BadValue, BadLayout.
+    """
+    size, rows, rest, prod = len(buf), _TYPE_ROWS, _INFO_REST, math.prod  # locals: the loop is hot
+    names, unpack_len = _NAME_NDIMS, _unpack_u64
+    raw: list[tuple] = []
+    seen: set[str] = set()
+    for i in range(n_tensors):  # bounded by the caller: n_tensors * 32 bytes fit
+        info = None
+        if size - pos >= 8:
+            (name_len,) = unpack_len(buf, pos)
+            dims_at = pos + 12 + name_len
+            if name_len <= MAX_NAME_LEN and dims_at <= size:
+                raw_name, n_dims = (names.get(name_len) or _name_ndims(name_len))(buf, pos + 8)
+                end = dims_at + 8 * n_dims + _INFO_TAIL.size
+                if 0 < n_dims <= MAX_DIMS and end <= size:
+                    values = rest[n_dims](buf, dims_at)
+                    ne, row, offset = values[:n_dims], rows.get(values[-2]), values[-1]
+                    try:
+                        name = raw_name.decode("utf-8")
+                    except UnicodeDecodeError:
+                        name = None
+                    if (name is not None and row is not None and max(ne) <= GGUF_MAX_NE
+                            and ne[0] % row[2] == 0 and offset % alignment == 0):
+                        info = (name, row[0], ne, offset, prod(ne[1:]) * (ne[0] // row[2]) * row[3], pos, row[1])
+        if info is None:
+            info, end = _tensor_info(buf, pos, i, alignment)
+        if info[0] in seen:
+            raise BadLayout(f"duplicate tensor name {info[0]!r}", offset=info[5], field=f"tensor[{i}].name")
+        seen.add(info[0])
+        raw.append(info)
+        pos = end
+    return raw, pos
+
+
 def _place(raw: list[tuple], data_start: int, size: int) -> tuple[TensorInfo, ...]:
     """TensorInfos with absolute offsets, after checking each lies in the file and none overlap.
 
     Raises:
         Truncated, BadLayout.
     """
-    infos = []
+    infos, new = [], _NEW_TUPLE
     for name, ggml_type, ne, rel, nbytes, record, block in raw:
         if data_start + rel + nbytes > size:
             raise Truncated(f"{ggml_type.name} {list(ne)} data at data_start {data_start:#x} + {rel:#x} needs "
                             f"{nbytes} bytes, {max(size - data_start - rel, 0)} left", offset=record,
                             field=f"tensor {name!r} data")
-        infos.append(TensorInfo(name, ggml_type, tuple(ne), data_start + rel, nbytes, record, block))
+        infos.append(new(TensorInfo, (name, ggml_type, ne, data_start + rel, nbytes, record, block)))
     if len(infos) > 1:
-        starts = np.fromiter((t.offset for t in infos), np.int64, len(infos))  # all < size now: no overflow
-        ends = starts + np.fromiter((t.nbytes for t in infos), np.int64, len(infos))
+        starts = np.array([t[3] for t in infos], np.int64)  # all < size now: no overflow
+        ends = starts + np.array([t[4] for t in infos], np.int64)
         order = np.argsort(starts, kind="stable")
         clash = np.flatnonzero(starts[order][1:] < ends[order][:-1])
         if len(clash):
@@ -485,13 +606,8 @@ def decode_gguf(buf: memoryview | bytes, *, path: str | None = None) -> GGUFInde
                             field="tensor_count, metadata_kv_count")
         values, types, pos, align_at = _metadata(buf, GGUF_HEADER.size, n_kv)
         alignment = _alignment(values, types, align_at)
-        infos_start, raw, seen = pos, [], set()
-        for i in range(n_tensors):  # bounded above: n_tensors * 32 bytes fit
-            info, pos = _tensor_info(buf, pos, i, alignment)
-            if info[0] in seen:
-                raise BadLayout(f"duplicate tensor name {info[0]!r}", offset=info[5], field=f"tensor[{i}].name")
-            seen.add(info[0])
-            raw.append(info)
+        infos_start = pos
+        raw, pos = _tensor_infos(buf, pos, n_tensors, alignment)  # bounded above: n_tensors * 32 bytes fit
         data_start = align_up(pos, alignment)
         _check_padding(buf, pos, data_start)
         tensors = _place(raw, data_start, len(buf))

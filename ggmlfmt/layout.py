@@ -443,13 +443,18 @@ def decode_vocab(cur: _Cursor, n_vocab: int, with_scores: bool) -> Vocab:
     return Vocab._of_section(bytes(body[:end]), n_vocab, lens, score_size)
 
 
-def _walk_lengths(body: memoryview, n_vocab: int, min_entry: int) -> tuple[list[int], int | None]:
+_ULEN = {4: struct.Struct("<I"), 8: struct.Struct("<Q")}  # length fields read unsigned, by width in bytes
+
+
+def _walk_lengths(body: memoryview, n_vocab: int, min_entry: int, width: int = 4) -> tuple[list[int], int | None]:
     """The n_vocab text lengths and the section's end, unchecked beyond being unsigned; (lens, None) if it ran off.
 
-    The one per-entry loop (entries have variable length, so each length gives the next one's
-    offset), kept to one unpack, one add and one append: the checks come after, once.
+    Entries are a `width`-byte length field, that many bytes, then min_entry - width fixed bytes
+    (ggjt: 4 and a 4-byte score; GGUF strings: 8 and nothing). The one per-entry loop (entries have
+    variable length, so each length gives the next one's offset), kept to one unpack, one add and
+    one append: the checks come after, once.
     """
-    unpack_len = _TOKEN_ULEN.unpack_from  # unsigned: a negative length reads as > MAX_TOKEN_LEN
+    unpack_len = _ULEN[width].unpack_from  # unsigned: a negative i32 length reads as > MAX_TOKEN_LEN
     lens: list[int] = []
     append = lens.append
     pos = 0
@@ -458,86 +463,140 @@ def _walk_lengths(body: memoryview, n_vocab: int, min_entry: int) -> tuple[list[
             (n,) = unpack_len(body, pos)
             pos += n + min_entry
             append(n)
-    except struct.error:  # a length ran past the buffer; the checked walk says which
+    except (struct.error, OverflowError):  # a length ran past the buffer (or any offset); the checked walk says which
         return lens, None
     return lens, pos
 
 
 def _vocab_end(body: memoryview, n_vocab: int, min_entry: int, chunk: int = VOCAB_CHUNK,
                min_per_chunk: int = VOCAB_MIN_PER_CHUNK) -> int | None:
-    """Where the n_vocab entries at body[0:] end, every length 0..MAX_TOKEN_LEN; None if not decided here.
+    """Where the n_vocab ggjt entries at body[0:] end, every length 0..MAX_TOKEN_LEN; None if not decided here."""
+    got = walk_entries(body, n_vocab, TOKEN_LEN.size, min_entry - TOKEN_LEN.size, MAX_TOKEN_LEN,
+                       chunk=chunk, min_per_chunk=min_per_chunk)
+    return None if got is None else got[0]
+
+
+def walk_entries(body: memoryview, n: int, width: int, trailer: int, max_len: int | None, *,
+                 with_ends: bool = False, chunk: int = VOCAB_CHUNK,
+                 min_per_chunk: int = VOCAB_MIN_PER_CHUNK) -> tuple[int, np.ndarray | None] | None:
+    """Where n entries (`width`-byte unsigned length, that many bytes, `trailer` bytes) at body[0:] end.
+
+    Returns (end, ends): ends[i] is where entry i ends (int64, only if with_ends), every length
+    <= max_len (None: no bound but the buffer) and end <= len(body); None if not decided here.
 
     Vectorised walk (the chain of lengths is sequential, so this speculates): in each chunk, every
-    offset whose 4 bytes read as a valid length is a candidate entry start, and its successor is the
-    candidate where that entry would end. Doubling the successor table lets Python follow the chain
-    32 entries per step from the chunk's first entry, whose offset is known. Every entry on the
-    chain is a candidate, so its length is valid. None when a chunk's first offset is not a valid
-    length, or chunks hold too few entries: the caller then walks (and checks) entry by entry
-    (docs/format.md §3).
+    offset whose `width` bytes read as a valid length is a candidate entry start, and its successor
+    is the candidate where that entry would end. Doubling the successor table lets Python follow
+    the chain 32 entries per step from the chunk's first entry, whose offset is known; the 31
+    entries between two steps are filled in afterwards with one vectorised take per doubling level.
+    Every entry on the chain is a candidate, so its length is valid. None when a chunk's first
+    offset is not a candidate (a bad length, or with max_len None one longer than the chunk), or
+    chunks hold too few entries: the caller then walks (and checks) entry by entry
+    (docs/format.md §3, §11.4). Used by ggjt vocabularies and GGUF string arrays alike.
     """
-    size, pos, left = len(body), 0, n_vocab
+    size, pos, left = len(body), 0, n
     scratch = np.empty(chunk // 4 + 1, np.uint32)  # reused by every chunk: no fresh pages per chunk
+    parts: list[np.ndarray] | None = [] if with_ends else None
     while left:
-        got = _chunk_chain(body, pos, min(chunk, size - pos), left, min_entry, scratch)
+        got = _chunk_chain(body, pos, min(chunk, size - pos), left, width, width + trailer, max_len, scratch, parts)
         if got is None:
             return None
         count, pos = got
         left -= count
         if left and count < min_per_chunk:
             return None  # long texts: chunks would cost more than the plain loop
-    return pos if pos <= size else None  # the last text or score runs past the buffer: the checked walk says so
+    if pos > size:
+        return None  # the last text or trailer runs past the buffer: the checked walk says so
+    if parts is None:
+        return pos, None
+    return pos, (np.concatenate(parts) if parts else np.empty(0, np.int64))
 
 
-def _chunk_chain(body: memoryview, at: int, w: int, left: int, min_entry: int,
-                 scratch: np.ndarray) -> tuple[int, int] | None:
-    """Follow the chain from the entry at `at` while it starts inside body[at:at+w]; (entries, end of the last)."""
-    if w < 4:
+def _chunk_chain(body: memoryview, at: int, w: int, left: int, width: int, fixed: int, max_len: int | None,
+                 scratch: np.ndarray, parts: list[np.ndarray] | None) -> tuple[int, int] | None:
+    """Follow the chain from the entry at `at` while it starts inside body[at:at+w]; (entries, end of the last).
+
+    With `parts`, appends the absolute end of each entry followed.
+    """
+    if w < width:
         return None
+    # max_len None: a length past the window cannot end in it anyway, and the bound keeps int64 exact
+    limit = w if max_len is None else max_len
     offsets, lens = [], []
     for k in range(4):  # one aligned u32 array per phase k = offset % 4 (unaligned arrays take slow paths)
         view = scratch[: (w - k) // 4]
         np.copyto(view, np.frombuffer(body, "<u4", count=len(view), offset=at + k))
-        where = np.flatnonzero(view <= MAX_TOKEN_LEN)  # unsigned: a negative length is out of range too
+        if width == 4:
+            where = np.flatnonzero(view <= limit)  # unsigned: a negative i32 length is out of range too
+        else:  # a u64 length: its low u32 in range and its high u32 zero (the next element of this phase)
+            ok = view[:-1] <= limit
+            ok &= view[1:] == 0
+            where = np.flatnonzero(ok)
         lens.append(view.take(where))
         where *= 4
         where += k
         offsets.append(where)
     starts = np.concatenate(offsets)
-    ends = np.concatenate(lens).astype(np.int64)
-    ends += starts
-    ends += min_entry
+    ends = np.empty(len(starts) + 1, np.int64)  # one more: the dead end's, never used
+    np.add(np.concatenate(lens), starts, out=ends[:-1], dtype=np.int64, casting="unsafe")
+    ends[:-1] += fixed
     m = len(starts)  # candidate number m = "not a candidate here", and its own successor
     # chunk offset -> candidate number; m < w < 2**16 fits 2 bytes, which keeps the map small
     number = np.full(w + 1, m, np.uint16 if w < 0xFFFF else np.int64)
     number[starts] = np.arange(m, dtype=number.dtype)
-    succ = np.empty(m + 1, np.int32)
-    succ[:m] = number.take(ends, mode="clip")  # an end at or past w: not in this chunk
+    succ = np.empty(m + 1, np.intp)  # intp: take() would convert any other index type on every call
+    succ[:m] = number.take(ends[:-1], mode="clip")  # an end at or past w: not in this chunk
     succ[m] = m
     j = int(number[0])
     if j == m:
         return None  # the chunk's first entry has no valid length: let the checked walk say so
-    steps, last = _follow(succ, j, left - 1)
+    levels = [succ]
+    for _ in range(VOCAB_STRIDE_LOG):
+        levels.append(levels[-1].take(levels[-1]))  # levels[k][j] = the candidate 2**k entries on; dead stays dead
+    path: list[int] | None = None if parts is None else []
+    steps, last = _follow(levels, j, left - 1, path)
+    if parts is not None:
+        parts.append(ends.take(_fill(levels, path, steps + 1)) + at)
     return steps + 1, at + int(ends[last])
 
 
-def _follow(succ: np.ndarray, j: int, most: int) -> tuple[int, int]:
-    """(steps, candidate) after following successors from j up to `most` times or to the dead end (succ[-1])."""
+def _follow(levels: list[np.ndarray], j: int, most: int, path: list[int] | None = None) -> tuple[int, int]:
+    """(steps, candidate) after following successors from j up to `most` times or to the dead end (succ[-1]).
+
+    With `path`, appends the candidate at every 32nd step (0, 32, 64, ...) for _fill.
+    """
+    succ = levels[0]
     dead = len(succ) - 1
-    far = succ
-    for _ in range(VOCAB_STRIDE_LOG):
-        far = far.take(far)  # far[j] = the candidate 2**k entries on; a dead end stays dead
-    far_v, one_v, stride = memoryview(far), memoryview(succ), 1 << VOCAB_STRIDE_LOG
+    far_v, one_v, stride = memoryview(levels[-1]), memoryview(succ), 1 << VOCAB_STRIDE_LOG
     steps = 0
-    while most - steps >= stride and far_v[j] != dead:
-        j = far_v[j]
-        steps += stride
+    if path is None:
+        while most - steps >= stride and far_v[j] != dead:
+            j = far_v[j]
+            steps += stride
+    else:
+        append = path.append
+        while most - steps >= stride and far_v[j] != dead:
+            append(j)
+            j = far_v[j]
+            steps += stride
+        append(j)
     while steps < most and one_v[j] != dead:
         j = one_v[j]
         steps += 1
     return steps, j
 
 
-_TOKEN_ULEN = struct.Struct("<I")  # TOKEN_LEN's 4 bytes, read unsigned for the fast walk only
+def _fill(levels: list[np.ndarray], path: list[int], count: int) -> np.ndarray:
+    """The candidates at steps 0..count-1 from those at every 32nd step: halve the gaps once per doubling level."""
+    stride = 1 << VOCAB_STRIDE_LOG
+    rows = np.empty((len(path), stride), np.intp)  # row r, column c: the candidate at step 32 r + c
+    rows[:, 0] = path
+    gap = stride
+    for far in reversed(levels[:-1]):  # succ**16, ..., succ: fill the columns midway between known ones
+        half = gap // 2
+        rows[:, half::gap] = far.take(rows[:, 0::gap])
+        gap = half
+    return rows.reshape(-1)[:count]
 
 
 def _walk_checked(body: memoryview, start: int, n_vocab: int, min_entry: int, room: int) -> None:
