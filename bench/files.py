@@ -1,7 +1,7 @@
 """The suite's inputs, each written once: LLaMA-shaped tensors as ggjt, GGUF, safetensors and torch files;
 a Meta checkpoint (13B widths, 2 shards); the same slice as old 2-part ggmf files.
 
-Shapes come from convert.convert.llama_shapes (the one statement of LLaMA's shapes); the feed-forward
+Shapes come from convert.params.Params.shapes (the one statement of LLaMA's shapes); the feed-forward
 width from its Params. Tensor data is 1 MiB of random halves, tiled: finite values, cheap to make.
 """
 
@@ -15,7 +15,6 @@ import numpy as np
 
 import ggmlfmt
 from convert.checkpoint import save_shard
-from convert.convert import llama_shapes
 from convert.demo import params_json
 from convert.params import Params
 from ggmlfmt.constants import FileVersion
@@ -38,7 +37,7 @@ def _noise(seed: int) -> np.ndarray:
 def tensors(dim: int, n_layer: int) -> dict[str, np.ndarray]:
     """name -> array in Meta key order: f16 matrices, f32 norms (ones); 3 + 9 * n_layer tensors."""
     noise, out = _noise(0), {}
-    for i, (name, shape) in enumerate(llama_shapes(params(dim, n_layer), ROWS).items()):
+    for i, (name, shape) in enumerate(params(dim, n_layer).shapes(ROWS).items()):
         out[name] = np.ones(shape, np.float32) if len(shape) == 1 else np.resize(np.roll(noise, i), shape)
     return out
 
@@ -111,7 +110,7 @@ def checkpoint(root: Path, dim: int, n_heads: int, n_layer: int, n_vocab: int, n
     p = params(dim, n_layer, n_heads)
     train_tokenizer(root / "tokenizer.model", n_vocab)
     noise = np.random.default_rng(1).standard_normal(8 << 20).astype(np.float16)
-    shapes = llama_shapes(p, n_vocab)
+    shapes = p.shapes(n_vocab)
     for k in range(n_shards):  # one shard in memory at a time
         parts = {}
         for name, shape in shapes.items():
@@ -134,7 +133,7 @@ def ggmf_parts(path: Path, dim: int, n_heads: int, n_layer: int, n_vocab: int, n
         return names
     hp = ggmlfmt.HParams(n_vocab, dim, N_MULT, n_heads, n_layer, dim // n_heads, int(ggmlfmt.FType.MOSTLY_F16))
     toks, scores, _ = vocab(n_vocab)
-    noise, shapes = _noise(2), llama_shapes(params(dim, n_layer, n_heads), n_vocab)
+    noise, shapes = _noise(2), params(dim, n_layer, n_heads).shapes(n_vocab)
     for k, part in enumerate(names):
         specs, datas = [], {}
         for name, shape in shapes.items():
