@@ -2,10 +2,10 @@
 or one GGUF v3 file for today's llama.cpp (docs/format.md §8.1, §13-§16).
 
 Two phases. Planning reads params.json, the tokenizer and every shard's metadata, checks that the
-shards agree, and lays out every byte of the output. Writing opens one shard at a time and puts each
-of its slices at the final place through ggmlfmt's FileWriter (row split: one block of whole rows;
-column split: a piece of every row), casting a few MB of rows at a time, so private memory does not
-grow with the model. The writer proves every data byte was written exactly once before renaming.
+shards agree (one shard open at a time), and lays out every byte of the output. Writing maps every
+shard at once (maps cost no private memory) and hands each tensor to the unsharding engine
+(ggmlfmt.unshard): unchanged runs move inside the kernel, column splits and casts go through one
+buffer of a few MB. The writer proves every data byte was written exactly once before renaming.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
 from ggmlfmt.llama import GGUFVocab, LlamaHParams, OutTensor, plan_llama_gguf, skipped_tensor
 from ggmlfmt.parts import full_shape, n_parts_for_dim, split_axis
-from ggmlfmt.unshard import Piece, Source, write_tensors
+from ggmlfmt.unshard import Piece, Source, open_read_only, write_tensors
 from ggmlfmt.writer import FileWriter
 
 from .checkpoint import TensorMeta, check_shards, find_shards, find_tokenizer, skipped_name
@@ -297,15 +297,9 @@ def write_conversion(cp: ConversionPlan, *, force: bool = False, progress: Calla
     """
     with ExitStack() as stack:
         shards = [stack.enter_context(open_checkpoint(p)) for p in cp.shards]
-        fds = [_open_read_only(stack, p) for p in cp.shards]
+        fds = [open_read_only(stack, p) for p in cp.shards]
         writer = stack.enter_context(FileWriter(cp.outfile, cp.plan, overwrite=force, progress=progress))
         write_tensors(writer, _sources(cp, shards, fds), chunk_bytes=CHUNK_BYTES)
-
-
-def _open_read_only(stack: ExitStack, path: Path) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    stack.callback(os.close, fd)
-    return fd
 
 
 def _sources(cp: ConversionPlan, shards: list[Checkpoint], fds: list[int]) -> Iterator[Source]:

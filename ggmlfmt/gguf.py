@@ -42,7 +42,8 @@ from .constants import (
     GGUFVersion,
 )
 from .errors import BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion
-from .layout import Plan, TensorInfo, TensorSpec, _walk_lengths, align_up, block_problem, tensor_nbytes, walk_entries
+from .layout import (Plan, TensorInfo, TensorSpec, _walk_lengths, align_up, block_problem, cached_unpack, tensor_nbytes,
+                     walk_entries)
 
 GGUF_LAYOUTS: dict[GGMLType, BlockLayout] = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION]
 TypePath = tuple[GGUFValueType, ...]  # (UINT32,), (ARRAY, STRING), (ARRAY, ARRAY, INT32), ...
@@ -508,17 +509,7 @@ def _tensor_info(buf: memoryview, pos: int, i: int, alignment: int) -> tuple[tup
 _TYPE_ROWS = {int(t): (t, b, b.elements, b.nbytes) for t, b in GGUF_LAYOUTS.items()}
 _INFO_REST = (None, *(struct.Struct(f"<{n}QIQ").unpack_from for n in range(1, MAX_DIMS + 1)))  # ne, type, offset
 _NAME_NDIMS: dict[int, Any] = {}  # name length -> unpack_from of (name bytes, n_dims)
-_NAME_NDIMS_MAX = 4096  # cache entries; real files have a few dozen name lengths
 _NEW_TUPLE = tuple.__new__  # TensorInfo(...) minus one Python call
-
-
-def _name_ndims(name_len: int) -> Any:
-    unpack = _NAME_NDIMS.get(name_len)
-    if unpack is None:
-        unpack = struct.Struct(f"<{name_len}sI").unpack_from
-        if len(_NAME_NDIMS) < _NAME_NDIMS_MAX:  # bounded: a hostile file cannot grow it without limit
-            _NAME_NDIMS[name_len] = unpack
-    return unpack
 
 
 def _tensor_infos(buf: memoryview, pos: int, n_tensors: int, alignment: int) -> tuple[list[tuple], int]:
@@ -541,7 +532,7 @@ def _tensor_infos(buf: memoryview, pos: int, n_tensors: int, alignment: int) -> 
             (name_len,) = unpack_len(buf, pos)
             dims_at = pos + 12 + name_len
             if name_len <= MAX_NAME_LEN and dims_at <= size:
-                raw_name, n_dims = (names.get(name_len) or _name_ndims(name_len))(buf, pos + 8)
+                raw_name, n_dims = (names.get(name_len) or cached_unpack(names, name_len, f"<{name_len}sI"))(buf, pos + 8)
                 end = dims_at + 8 * n_dims + _INFO_TAIL.size
                 if 0 < n_dims <= MAX_DIMS and end <= size:
                     values = rest[n_dims](buf, dims_at)

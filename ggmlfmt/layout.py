@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import FrozenInstanceError, dataclass
 from itertools import accumulate
 from operator import itemgetter
-from dataclasses import FrozenInstanceError, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -684,17 +685,19 @@ _DIMS_UNPACK = (None, *(_DIMS[n].unpack_from for n in range(1, MAX_DIMS + 1)))  
 _ZEROS = tuple(bytes(k) for k in range(DEFAULT_ALIGNMENT))  # padding of k bytes, as it must read
 _NEW_TUPLE = tuple.__new__  # TensorInfo(...) minus one Python call: _NEW_TUPLE(TensorInfo, (fields...))
 _NAME_PAD: dict[tuple[int, int], Callable[..., tuple[bytes, bytes]]] = {}  # (name_len, pad) -> unpack_from
-_NAME_PAD_MAX = 4096  # cache entries; real files have a few dozen (name length, padding) pairs
+STRUCT_CACHE_MAX = 4096  # entries per cache; real files have a few dozen (name length, padding) pairs
 
 
-def _name_pad_reader(name_len: int, pad: int) -> Callable[..., tuple[bytes, bytes]]:
-    """unpack_from of a record's name and padding as two bytes objects (one C call instead of two slices)."""
-    key = (name_len, pad)
-    unpack = _NAME_PAD.get(key)
+def cached_unpack(cache: dict[Any, Callable[..., tuple]], key: Any, fmt: str) -> Callable[..., tuple]:
+    """unpack_from of struct `fmt`, kept in `cache` under `key` (one C call per record on the hot paths).
+
+    Bounded: past STRUCT_CACHE_MAX entries nothing more is kept, so a hostile file cannot grow it.
+    """
+    unpack = cache.get(key)
     if unpack is None:
-        unpack = struct.Struct(f"{name_len}s{pad}s").unpack_from
-        if len(_NAME_PAD) < _NAME_PAD_MAX:  # bounded: a hostile file cannot grow it without limit
-            _NAME_PAD[key] = unpack
+        unpack = struct.Struct(fmt).unpack_from
+        if len(cache) < STRUCT_CACHE_MAX:
+            cache[key] = unpack
     return unpack
 
 
@@ -728,7 +731,7 @@ def _decode_records(cur: _Cursor, version: FileVersion) -> list[TensorInfo]:
                     if aligned else name_end
                 pad = data_at - name_end
                 if min(ne) >= 0 and ne[0] % elements == 0 and data_at <= size:
-                    raw_name, raw_pad = (name_pad.get((name_len, pad)) or _name_pad_reader(name_len, pad))(buf, name_at)
+                    raw_name, raw_pad = (name_pad.get((name_len, pad)) or cached_unpack(name_pad, (name_len, pad), f"{name_len}s{pad}s"))(buf, name_at)
                     nbytes = prod(ne[1:]) * (ne[0] // elements) * block_bytes
                     try:
                         name = raw_name.decode("utf-8")

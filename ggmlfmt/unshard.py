@@ -18,7 +18,9 @@ The writer's coverage proof at commit still checks that every byte was written e
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +59,17 @@ class Source:
     axis: int | None  # PyTorch axis the parts split (None: replicated, taken from part 0)
     pieces: Sequence[Piece]  # one per part, in part order
     convert: Convert | None = None  # None: the bytes pass unchanged
+
+
+def open_read_only(stack: ExitStack, path: str | os.PathLike[str]) -> int:
+    """An O_RDONLY descriptor of `path` for a `Piece`, closed when `stack` closes.
+
+    Raises:
+        OSError.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    stack.callback(os.close, fd)
+    return fd
 
 
 def write_tensors(writer: FileWriter, sources: Iterable[Source], *, chunk_bytes: int = CHUNK_BYTES) -> None:

@@ -121,11 +121,9 @@ def _migrate_gguf(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    fmt = output_format(args)
-    if fmt == "gguf":
-        check_destination(args.dst, find_parts(args.src), overwrite=args.force)
-        return _migrate_gguf(args)
     check_destination(args.dst, find_parts(args.src), overwrite=args.force)  # before reading gigabytes
+    if output_format(args) == "gguf":
+        return _migrate_gguf(args)
     m = open_migration(args.src)
     if args.dry_run:
         print(render_plan(m))

@@ -25,7 +25,7 @@ from ggmlfmt.constants import CHUNK_BYTES, FileVersion
 from ggmlfmt.errors import CannotWrite
 from ggmlfmt.layout import Plan, TensorInfo, TensorSpec, Vocab, plan
 from ggmlfmt.parts import full_shape, shard_region, split_axis
-from ggmlfmt.unshard import Piece, Source, write_tensors
+from ggmlfmt.unshard import Piece, Source, open_read_only, write_tensors
 from ggmlfmt.writer import FileWriter
 
 from .sources import (
@@ -149,12 +149,6 @@ def write_migration(m: Migration, dst: str | os.PathLike[str], *, overwrite: boo
         w = stack.enter_context(FileWriter(dst, m.plan, overwrite=overwrite, progress=progress))
         write_tensors(w, _sources(m, fds), chunk_bytes=chunk_bytes)
 
-
-def open_read_only(stack: ExitStack, path: Path) -> int:
-    """An O_RDONLY descriptor of PATH, closed when STACK closes (for in-kernel copies). Raises: OSError."""
-    fd = os.open(path, os.O_RDONLY)
-    stack.callback(os.close, fd)
-    return fd
 
 
 def _sources(m: Migration, fds: list[int]) -> Iterator[Source]:

@@ -34,10 +34,10 @@ from ggmlfmt.llama import (
 from ggmlfmt.parts import full_shape, shard_region, split_axis
 from ggmlfmt.requant import Rounding, Target, f32_scale_fields, gguf_target, scan
 from ggmlfmt.tokenizer import vocab_for_old_file
-from ggmlfmt.unshard import Piece, Source, write_tensors
+from ggmlfmt.unshard import Piece, Source, open_read_only, write_tensors
 from ggmlfmt.writer import FileWriter
 
-from .migrate import Progress, open_read_only, check_destination, open_parts
+from .migrate import Progress, check_destination, open_parts
 from .sources import OpenedParts, SourcePart, find_parts, open_part
 
 log = logging.getLogger(__name__)
