@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ggmlfmt.errors import CannotWrite
-from ggmlfmt.atomic import create_exclusive, fsync_dir, temp_path_beside
+from ggmlfmt.atomic import TempFile
 
 from .pth import (CENTRAL, CENTRAL_SIG, DATA_ALIGNMENT, DTYPES, EOCD, EOCD64, EOCD64_LOCATOR, EOCD64_SIG, EOCD_SIG,
                   EXTRA_HEADER, LOCAL, LOCAL_SIG, LOCATOR_SIG, ORDERED_DICT, REBUILD_TENSOR, ZIP64_EXTRA_ID,
@@ -55,18 +55,8 @@ def save_checkpoint(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarr
     target = Path(path)
     prefix = target.stem  # torch names the archive's top directory after the file, less its extension
     arrays = {name: _as_stored(name, a) for name, a in tensors.items()}
-    tmp = temp_path_beside(target)
-    fd = create_exclusive(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_archive(f, prefix or "archive", arrays, zip64_threshold)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
+    with TempFile(target) as temp, os.fdopen(temp.fd, "wb", closefd=False) as f:  # commit: fsync, rename
+        _write_archive(f, prefix or "archive", arrays, zip64_threshold)
 
 
 def _as_stored(name: str, a: np.ndarray | BF16) -> tuple[str, np.ndarray]:
