@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import mmap
 import resource
 import sys
 import time
@@ -18,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-PAGE = mmap.PAGESIZE
 Loaded = tuple[Any, list[Any]]  # (what keeps the data alive, the arrays or torch tensors)
 
 
@@ -62,18 +60,15 @@ LOADERS = {"ggmlfmt": _ggmlfmt, "ggmlfmt-gguf": _ggmlfmt, "memmap-floor": _floor
            "torch.load-mmap": _torch(True), "torch.load": _torch(False)}
 FORMAT = {"ggmlfmt": "ggjt", "ggmlfmt-gguf": "gguf", "memmap-floor": "ggjt", "safetensors.load_file": "safetensors",
           "gguf.GGUFReader": "gguf", "torch.load-mmap": "pt", "torch.load": "pt"}  # the file each loader reads
-NEEDS = {"ggmlfmt": "ggmlfmt", "ggmlfmt-gguf": "ggmlfmt", "safetensors.load_file": "safetensors.torch", "gguf.GGUFReader": "gguf", "torch.load-mmap": "torch",
-         "torch.load": "torch"}
+NEEDS = {"ggmlfmt": "ggmlfmt", "ggmlfmt-gguf": "ggmlfmt", "safetensors.load_file": "safetensors.torch",
+         "gguf.GGUFReader": "gguf", "torch.load-mmap": "torch", "torch.load": "torch"}
 
 
 def touch(arrays: list[Any]) -> int:
-    """Read one byte of every page (and the last byte) of every array; a checksum."""
-    total = 0
-    for a in arrays:
-        b = (a if isinstance(a, np.ndarray) else a.numpy()).reshape(-1).view(np.uint8)
-        if b.size:
-            total += int(b[::PAGE].sum()) + int(b[-1])
-    return total
+    """Read one byte of every page (and the last byte) of every array (ggmlfmt's toucher); a checksum."""
+    from ggmlfmt.loadopts import touch as touch_pages
+
+    return sum(touch_pages(a if isinstance(a, np.ndarray) else a.numpy()) for a in arrays)
 
 
 def status_kib(pid: int | str, field: str) -> int:
