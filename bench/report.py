@@ -87,7 +87,9 @@ def conversion_section(r: dict[str, Any], t: Targets) -> str:
             f"dim {dim}, {heads} heads, {layers} layer(s), vocabulary {vocab}) in 2 f16 shards of "
             f"{', '.join(mib(b) for b in r['input'])}, with a `tokenizer.model` trained by "
             "`ggmlfmt.tokenizer.train_tokenizer`. The floor is `cat shards > out; fsync(out)`: the converter "
-            "fsyncs too. `os.sync()` runs, untimed, before every step. Private memory: peak RssAnon of the "
+            "fsyncs too. Every step writes a new file: untimed, before it, the previous output is deleted and "
+            "`os.sync()` runs (deleting a 1.8 GB file costs 0.6-0.9 s on this disk; a step that replaced or "
+            "truncated the last one's output would be timing that). Private memory: peak RssAnon of the "
             "process tree, sampled every 1 ms from /proc, worst of 3 runs, against a bare "
             "`python -c \"import numpy\"`.\n\n" + conversion(r, t))
 

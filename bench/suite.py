@@ -14,6 +14,7 @@ sections share them) live under --dir and are deleted at the end.
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime
 import json
 import logging
@@ -101,13 +102,25 @@ def load_run(loader: str, path: Path, *, cache: str = "warm", opts: dict[str, An
     return r
 
 
-def timed(cmd: list[str], stdout: Any = subprocess.DEVNULL) -> float:
-    """Wall time of one command in a fresh process, after an untimed os.sync() (no earlier write-back leaks in).
+def settle(fresh: Path | None = None) -> None:
+    """Untimed, before a timed step: remove `fresh` (the step's output) and os.sync().
+
+    No step pays for an earlier one: neither its write-back nor deleting its output, which costs
+    0.6-0.9 s for a 1.8 GB file on this ext4 (mounted with `discard`), whether by unlink, by the
+    rename of --force or by the truncation of `cat > out`.
+    """
+    if fresh is not None:
+        fresh.unlink(missing_ok=True)
+    os.sync()
+
+
+def timed(cmd: list[str], stdout: Any = subprocess.DEVNULL, *, fresh: Path | None = None) -> float:
+    """Wall time of one command in a fresh process, after settle(fresh).
 
     Raises:
         RuntimeError: the command failed.
     """
-    os.sync()
+    settle(fresh)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     if out.returncode:
@@ -116,8 +129,8 @@ def timed(cmd: list[str], stdout: Any = subprocess.DEVNULL) -> float:
 
 
 def cat_into(paths: list[Path], out: Path, fsync: bool) -> float:
-    """`cat paths > out` (then fsync(out)): the floor a durable converter is compared with."""
-    os.sync()
+    """`cat paths > out` (then fsync(out)) into a new file: the floor a durable converter is compared with."""
+    settle(out)
     t0 = time.perf_counter()
     with open(out, "wb") as f:
         subprocess.run(["cat", *map(str, paths)], stdout=f, check=True)
@@ -136,12 +149,13 @@ def _tree(pid: int) -> list[int]:
     return [pid] + [q for k in kids for q in _tree(int(k))]
 
 
-def peak_private(cmd: list[str]) -> int:
-    """Peak RssAnon (bytes) of the command's process tree, sampled from /proc every millisecond.
+def peak_private(cmd: list[str], *, fresh: Path | None = None) -> int:
+    """Peak RssAnon (bytes) of the command's process tree, sampled from /proc every millisecond, after settle(fresh).
 
     Raises:
         RuntimeError: the command failed.
     """
+    settle(fresh)
     proc, peak = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), 0
     while proc.poll() is None:
         peak = max(peak, sum(child.status_kib(p, "RssAnon") for p in _tree(proc.pid)))
@@ -194,13 +208,15 @@ def conversion(plan: Plan, work: Path) -> dict[str, Any]:
     out = work / "out"
 
     def convert(src: Path, fmt: str) -> list[str]:
-        return [PY, "-m", "convert.cli", str(src), "--outfile", str(out), "--format", fmt, "--force", "--quiet"]
+        return [PY, "-m", "convert.cli", str(src), "--outfile", str(out), "--format", fmt, "--quiet"]
     steps = {"cat": lambda: cat_into(shards, out, False), "cat + fsync": lambda: cat_into(shards, out, True),
-             "ggjt": lambda: timed(convert(model, "ggjt")), "gguf": lambda: timed(convert(model, "gguf")),
+             "ggjt": lambda: timed(convert(model, "ggjt"), fresh=out),
+             "gguf": lambda: timed(convert(model, "gguf"), fresh=out),
              "help": lambda: timed([PY, "-m", "convert.cli", "--help"]),
-             "tiny": lambda: timed(convert(tiny, "ggjt"))}
+             "tiny": lambda: timed(convert(tiny, "ggjt"), fresh=out)}
     times = rounds(steps, plan, "conversion")
-    memory = {fmt: max(peak_private(convert(model, fmt)) for _ in range(min(3, plan.reps))) for fmt in ("ggjt", "gguf")}
+    memory = {fmt: max(peak_private(convert(model, fmt), fresh=out) for _ in range(min(3, plan.reps)))
+              for fmt in ("ggjt", "gguf")}
     out.unlink(missing_ok=True)
     return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(s) for s in shards],
             "shape": plan.slice}
@@ -215,11 +231,12 @@ def migration(plan: Plan, work: Path) -> dict[str, Any]:
     out = work / "out"
 
     def migrate(fmt: str) -> list[str]:
-        return [PY, "-m", "migrate", str(parts[0]), str(out), "--format", fmt, "--force", "--quiet"]
-    steps = {"cat + fsync": lambda: cat_into(parts, out, True), "ggjt": lambda: timed(migrate("ggjt")),
-             "gguf": lambda: timed(migrate("gguf"))}
+        return [PY, "-m", "migrate", str(parts[0]), str(out), "--format", fmt, "--quiet"]
+    steps = {"cat + fsync": lambda: cat_into(parts, out, True), "ggjt": lambda: timed(migrate("ggjt"), fresh=out),
+             "gguf": lambda: timed(migrate("gguf"), fresh=out)}
     times = rounds(steps, plan, "migration")
-    memory = {fmt: max(peak_private(migrate(fmt)) for _ in range(min(3, plan.reps))) for fmt in ("ggjt", "gguf")}
+    memory = {fmt: max(peak_private(migrate(fmt), fresh=out) for _ in range(min(3, plan.reps)))
+              for fmt in ("ggjt", "gguf")}
     out.unlink(missing_ok=True)
     return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(p) for p in parts]}
 
@@ -365,10 +382,13 @@ def machine(directory: Path) -> dict[str, str]:
     virt = " (virtual machine)" if "hypervisor" in first("/proc/cpuinfo", "flags") else ""
     return {"CPU": first("/proc/cpuinfo", "model name") + virt, "cores": str(os.cpu_count()),
             "memory": first("/proc/meminfo", "MemTotal"), "kernel": platform.release(),
-            "filesystem": f"{fs} on {dev} at {mnt} (files in {directory})",
+            "filesystem": f"{fs} on {dev} at {mnt} (files in {directory}; mount options "
+                          f"{next((m[3] for m in mounts if m[1] == mnt), '?')})",
             "transparent huge pages": Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip(),
             "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "Python": platform.python_version(), "libraries": ", ".join(versions)}
+            "Python": platform.python_version() + (" (PYTHONDONTWRITEBYTECODE set; the suite byte-compiled the project "
+                                                   "first)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else ""),
+            "libraries": ", ".join(versions)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s", stream=sys.stderr)
     logging.getLogger("gguf").setLevel(logging.WARNING)  # GGUFWriter's per-file chatter
     plan, start = (QUICK if args.quick else FULL), time.time()
+    # Every measured run starts a fresh interpreter. Where PYTHONDONTWRITEBYTECODE is set, each would
+    # recompile the project's source (0.2 s of every start-up here), which an installed copy never does.
+    for package in ("ggmlfmt", "convert", "migrate"):
+        compileall.compile_dir(ROOT / package, quiet=1)
     out = args.out or (Path(tempfile.mkdtemp(prefix="ggmlfmt-bench-")) if args.quick else ROOT / "docs")
     meta = {"command": shlex.join(["python", "bench/suite.py", *(sys.argv[1:] if argv is None else argv)]),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
