@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import ggmlfmt
-from convert.checkpoint import save_shard
+from convert.pthwrite import save_checkpoint
 from convert.demo import params_json
 from convert.params import Params
 from ggmlfmt.constants import FileVersion
@@ -118,7 +118,7 @@ def checkpoint(root: Path, dim: int, n_heads: int, n_layer: int, n_vocab: int, n
             cut = shape if axis is None else tuple(d // n_shards if i == axis else d for i, d in enumerate(shape))
             parts[name] = np.ones(cut, np.float16) if axis is None else np.resize(np.roll(noise, k), cut)
         parts["rope.freqs"] = np.ones(p.dim // p.n_heads // 2, np.float16)
-        save_shard(model_dir / f"consolidated.{k:02d}.pth", parts)
+        save_checkpoint(model_dir / f"consolidated.{k:02d}.pth", parts)
     (model_dir / "params.json").write_text(json.dumps(params_json(p)))
     return model_dir
 

@@ -13,17 +13,14 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ggmlfmt.errors import FormatError
-from ggmlfmt.floats import bf16_to_f32
 
 from .pth import DTYPES, Checkpoint, open_checkpoint
-from .pthwrite import BF16, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -166,33 +163,3 @@ def _compare_shard(first: list[TensorMeta], other: list[TensorMeta], first_path:
         if m.digest is not None and t.digest != m.digest and not skipped_name(m.name):
             raise FormatError(f"differs from the copy in {first_path.name}; a replicated 1-D tensor must be "
                               "identical in every shard", **where)
-
-
-def save_shard(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray | BF16]) -> None:
-    """Write arrays as a Meta-style shard (what torch.save of an ordered name -> tensor dict writes)."""
-    save_checkpoint(path, tensors)
-
-
-def cat_shards(paths: list[Path], axes: Mapping[str, int | None]) -> dict[str, np.ndarray]:
-    """Each named tensor concatenated over the shards along its axis (None: shard 0's copy), as numpy copies.
-
-    bf16 comes back as float32 (exact). Opens every shard at once: for small checkpoints (demo, tests).
-
-    Raises:
-        FormatError, OSError: as convert.pth.open_checkpoint.
-    """
-    shards = [open_checkpoint(p) for p in paths]
-    try:
-        out = {}
-        for name, axis in axes.items():
-            parts = [_as_float(s, name) for s in (shards[:1] if axis is None else shards)]
-            out[name] = parts[0].copy() if axis is None else np.concatenate(parts, axis=axis)
-        return out
-    finally:
-        for s in shards:
-            s.close()
-
-
-def _as_float(ck: Checkpoint, name: str) -> np.ndarray:
-    a = ck.array(name)
-    return bf16_to_f32(a) if ck.tensors[name].dtype == "bfloat16" else a

@@ -2,7 +2,8 @@
 
 The builders here are also what the tests and the benchmark use to make checkpoints: random
 weights in Meta's key order (with rope.freqs), split into shards, saved as torch.save would save
-them (convert.pthwrite: no torch), plus a small SentencePiece tokenizer with byte fallback.
+them (convert.pthwrite: no torch), plus a small SentencePiece tokenizer with byte fallback; and
+`cat_shards`, the shards joined again by plain numpy, the expectation the demo's check compares with.
 """
 
 from __future__ import annotations
@@ -11,21 +12,24 @@ import errno
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ggmlfmt.errors import CannotWrite
+from ggmlfmt.floats import bf16_to_f32
 from ggmlfmt.parts import split_axis
 from ggmlfmt.reader import load
 from ggmlfmt.rusage import measure
+from ggmlfmt.tokenizer import train_tokenizer
 
-from .checkpoint import TOKENIZER, cat_shards, save_shard
+from .checkpoint import TOKENIZER
 from .convert import convert_checkpoint
 from .params import Params
-from ggmlfmt.tokenizer import train_tokenizer
+from .pth import Checkpoint, open_checkpoint
+from .pthwrite import save_checkpoint
 
 @dataclass(frozen=True, slots=True)
 class DemoConfig:
@@ -100,7 +104,7 @@ def write_checkpoint(model_dir: str | os.PathLike[str], params: dict[str, object
     paths = []
     for k, tensors in enumerate(shards):
         path = model_dir / f"consolidated.{k:02d}.pth"
-        save_shard(path, tensors)
+        save_checkpoint(path, tensors)
         paths.append(path)
     return paths
 
@@ -158,3 +162,28 @@ def run_demo(root: str | os.PathLike[str], *, force: bool = False, cfg: DemoConf
                       len(model.vocab), model.vocab.tokens[:8],
                       tuple((n, model.info[n].shape, model.info[n].type.name) for n in model.info),
                       mismatched, os.path.getsize(cp.outfile), usage.wall_s, usage.max_rss_kib)
+
+
+def cat_shards(paths: list[Path], axes: Mapping[str, int | None]) -> dict[str, np.ndarray]:
+    """Each named tensor concatenated over the shards along its axis (None: shard 0's copy), as numpy copies.
+
+    bf16 comes back as float32 (exact). Opens every shard at once: for small checkpoints (demo, tests).
+
+    Raises:
+        FormatError, OSError: as convert.pth.open_checkpoint.
+    """
+    shards = [open_checkpoint(p) for p in paths]
+    try:
+        out = {}
+        for name, axis in axes.items():
+            parts = [_as_float(s, name) for s in (shards[:1] if axis is None else shards)]
+            out[name] = parts[0].copy() if axis is None else np.concatenate(parts, axis=axis)
+        return out
+    finally:
+        for s in shards:
+            s.close()
+
+
+def _as_float(ck: Checkpoint, name: str) -> np.ndarray:
+    a = ck.array(name)
+    return bf16_to_f32(a) if ck.tensors[name].dtype == "bfloat16" else a

@@ -112,15 +112,15 @@ class FileWriter:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        layout: Plan,
+        plan: Plan,
         *,
         overwrite: bool = False,
         check_space: bool = True,
         progress: Callable[[int], Any] | None = None,
     ) -> None:
         self.path = Path(path)
-        self.plan = layout
-        self._infos = layout.by_name()
+        self.plan = plan
+        self._infos = plan.by_name()
         self._progress = progress
         self.written = 0
         refuse_existing(self.path, overwrite=overwrite)
@@ -128,10 +128,10 @@ class FileWriter:
             log.info("removed %s, left by an interrupted run", stale)
         if check_space:
             free = _free_bytes(self.path.parent)
-            if free < layout.size:
-                raise OSError(errno.ENOSPC, f"not enough free space: the output needs {layout.size:,} bytes, "
+            if free < plan.size:
+                raise OSError(errno.ENOSPC, f"not enough free space: the output needs {plan.size:,} bytes, "
                               f"{free:,} are free", str(self.path.parent))
-        self._coverage = {t.name: Coverage(t.n_rows, t.row_bytes) for t in layout.tensors}
+        self._coverage = {t.name: Coverage(t.n_rows, t.row_bytes) for t in plan.tensors}
         self._unflushed = 0
         self._temp = TempFile(self.path)  # the name only: abort() below finds whatever create() made
         try:

@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +28,7 @@ from ggmlfmt.parts import full_shape, shard_region, split_axis
 from ggmlfmt.unshard import Piece, Source, open_read_only, write_tensors
 from ggmlfmt.writer import FileWriter
 
-from .sources import (
-    OpenedParts,
-    SourcePart,
-    check_old_types,
-    check_part_count,
-    check_replicated,
-    check_same_header,
-    check_same_records,
-    check_split_dims,
-    find_parts,
-    implied_part_count,
-    open_part,
-)
+from .sources import OpenedParts, SourcePart, find_parts, open_parts
 
 log = logging.getLogger(__name__)
 
@@ -68,29 +56,6 @@ def open_migration(src: str | os.PathLike[str]) -> Migration:
     """
     parts = open_parts(src)
     return Migration(tuple(parts), *plan_output(parts))
-
-
-def open_parts(src: str | os.PathLike[str], part0: SourcePart | None = None) -> list[SourcePart]:
-    """Map every part and run every cross-part check (part0: SRC already opened by the caller).
-
-    Raises:
-        FormatError, OSError.
-    """
-    paths = find_parts(src)
-    part0 = open_part(paths[0]) if part0 is None else part0
-    check_old_types(part0)
-    n_parts = implied_part_count(part0, len(paths))
-    check_part_count(paths, n_parts, part0)
-    check_split_dims(part0, n_parts)
-    parts = [part0]
-    for path in paths[1:]:
-        part = open_part(path, part0)
-        check_same_header(part0, part)
-        check_same_records(part0, part)
-        check_replicated(part0, part)
-        parts.append(replace(part, index=replace(part.index, vocab=part0.index.vocab)))  # one copy is enough
-    log.debug("%s: %s, %d part(s), %d tensors", paths[0], part0.index.version, n_parts, len(part0.index.tensors))
-    return parts
 
 
 def output_vocab(part0: SourcePart) -> Vocab:

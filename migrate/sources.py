@@ -6,10 +6,11 @@ mapped read-only (numpy.memmap); nothing here copies tensor data into private me
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from ggmlfmt.layout import HParams, Index, TensorInfo, decode_index, decode_vers
 from ggmlfmt.parts import part_paths, split_axis
 from ggmlfmt.reader import map_file
 
+log = logging.getLogger(__name__)
 
 # What the pre-ggjt tools could write: every other type code appeared only after ggjt (2023-03-29).
 OLD_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.Q4_0, GGMLType.Q4_1)
@@ -267,3 +269,25 @@ def check_replicated(part0: SourcePart, part: SourcePart) -> None:
                                   "be identical in every part", path=part.path, offset=y.offset + byte,
                                   field=f"tensor {y.name!r}")
 
+
+def open_parts(src: str | os.PathLike[str], part0: SourcePart | None = None) -> list[SourcePart]:
+    """Map every part and run every cross-part check (part0: SRC already opened by the caller).
+
+    Raises:
+        FormatError, OSError.
+    """
+    paths = find_parts(src)
+    part0 = open_part(paths[0]) if part0 is None else part0
+    check_old_types(part0)
+    n_parts = implied_part_count(part0, len(paths))
+    check_part_count(paths, n_parts, part0)
+    check_split_dims(part0, n_parts)
+    parts = [part0]
+    for path in paths[1:]:
+        part = open_part(path, part0)
+        check_same_header(part0, part)
+        check_same_records(part0, part)
+        check_replicated(part0, part)
+        parts.append(replace(part, index=replace(part.index, vocab=part0.index.vocab)))  # one copy is enough
+    log.debug("%s: %s, %d part(s), %d tensors", paths[0], part0.index.version, n_parts, len(part0.index.tensors))
+    return parts

@@ -37,7 +37,8 @@ from ggmlfmt.tokenizer import vocab_for_old_file
 from ggmlfmt.unshard import Piece, Source, open_read_only, write_tensors
 from ggmlfmt.writer import FileWriter
 
-from .migrate import Progress, check_destination, open_parts
+from .migrate import Progress, check_destination
+from .sources import open_parts
 from .sources import OpenedParts, SourcePart, find_parts, open_part
 
 log = logging.getLogger(__name__)

@@ -126,7 +126,7 @@ def test_property_any_state_dict_reads_as_torch_loads_it(tmp_path_factory, state
 def test_property_shards_concatenate_and_cast_as_torch_does(tmp_path_factory, dtype, n_shards, rows, cols, axis,
                                                              out) -> None:
     """cat_shards equals torch.cat of the shards; the engine's cast of a shard equals torch's Tensor.to."""
-    from convert.checkpoint import cat_shards
+    from convert.demo import cat_shards
 
     d = tmp_path_factory.mktemp("s")
     full = _random((rows * n_shards, cols * n_shards), TORCH_DTYPES[dtype], rows + 7 * cols)
