@@ -371,8 +371,8 @@ def machine(directory: Path) -> dict[str, str]:
             return "?"
     mounts = [ln.split() for ln in open("/proc/mounts")]
     real = os.path.realpath(directory)
-    dev, mnt, fs = max(((m[0], m[1], m[2]) for m in mounts if real == m[1] or real.startswith(m[1].rstrip("/") + "/")),
-                       key=lambda m: len(m[1]), default=("?", "/", "?"))
+    dev, mnt, fs, options = max((m[:4] for m in mounts if real == m[1] or real.startswith(m[1].rstrip("/") + "/")),
+                                key=lambda m: len(m[1]), default=("?", "/", "?", "?"))
     versions = []
     for d in ("numpy", "torch", "safetensors", "gguf"):
         try:
@@ -382,8 +382,7 @@ def machine(directory: Path) -> dict[str, str]:
     virt = " (virtual machine)" if "hypervisor" in first("/proc/cpuinfo", "flags") else ""
     return {"CPU": first("/proc/cpuinfo", "model name") + virt, "cores": str(os.cpu_count()),
             "memory": first("/proc/meminfo", "MemTotal"), "kernel": platform.release(),
-            "filesystem": f"{fs} on {dev} at {mnt} (files in {directory}; mount options "
-                          f"{next((m[3] for m in mounts if m[1] == mnt), '?')})",
+            "filesystem": f"{fs} on {dev} at {mnt} (files in {directory}; mount options {options})",
             "transparent huge pages": Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip(),
             "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "Python": platform.python_version() + (" (PYTHONDONTWRITEBYTECODE set; the suite byte-compiled the project "

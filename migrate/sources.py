@@ -23,6 +23,7 @@ from ggmlfmt.reader import map_file
 
 log = logging.getLogger(__name__)
 
+
 # What the pre-ggjt tools could write: every other type code appeared only after ggjt (2023-03-29).
 OLD_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.Q4_0, GGMLType.Q4_1)
 PART_COUNT_TENSOR = "tok_embeddings.weight"  # its ne[0] is n_embd / parts (the 04-08 loader's rule)

@@ -38,8 +38,7 @@ from ggmlfmt.unshard import Piece, Source, open_read_only, write_tensors
 from ggmlfmt.writer import FileWriter
 
 from .migrate import Progress, check_destination
-from .sources import open_parts
-from .sources import OpenedParts, SourcePart, find_parts, open_part
+from .sources import OpenedParts, SourcePart, find_parts, open_part, open_parts
 
 log = logging.getLogger(__name__)
 
