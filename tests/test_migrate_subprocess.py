@@ -143,7 +143,9 @@ def _interrupt_once(src: Path, digest: str, out_dir: Path, sig: signal.Signals, 
     _, err = proc.communicate(timeout=60)
     where = f"{sig.name} after {'temp file appeared' if delay is None else f'{delay:.3f} s'}: rc {proc.returncode}"
     assert proc.returncode in _OK_EXIT[sig], f"{where}\n{err}"
-    if mid_write and sig != signal.SIGKILL:
+    # Exit 0 after the temp file was seen means the signal landed after the commit (a loaded machine can
+    # run the whole commit between our poll and send_signal): the digest check below then proves the file whole.
+    if mid_write and sig != signal.SIGKILL and proc.returncode != 0:
         assert proc.returncode == (130 if sig == signal.SIGINT else 143), f"{where}\n{err}"
         assert err.strip().endswith("nothing was left half-written") and err.count("\n") == 1, err
     if dst.exists():  # the final name only ever holds a complete file
