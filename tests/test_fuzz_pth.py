@@ -144,6 +144,7 @@ def _check(data: bytes, name: str) -> None:
         assert view.nbytes == t.nbytes
 
 
+@strategies.capped
 @settings(max_examples=ZIP_EXAMPLES, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(zip_mutants())
 def test_mutated_zips_give_format_error_or_tensors_inside_the_file(case: tuple[str, bytes]) -> None:
@@ -165,6 +166,8 @@ SNIPPETS = [
     b"R", b"b", b"Q", b"u", b"s", b"}", b"0", b"2", b".", b"N", b"\x88", b"\x89", b"\x85", b"\x86", b"\x87",
     b"\x8a\x08" + (1 << 62).to_bytes(8, "little"), b"\x8a\xff", b"J\xff\xff\xff\xff", b"K\x00", b"M\xff\xff",
     b"X\xff\xff\xff\x7f", b"X\x07\x00\x00\x00storage", b"\x80\x04\x95", b"]", b"c", b"i", b"\x93", b"\x94",
+    b"q\x00h\x00\x86" * 40,  # a tuple of two references to the one before, 40 deep: 2**40 leaves (issue 17)
+    b"\x8a\x09" + (1 << 64).to_bytes(9, "little"), b"\x8a\x08" + (1 << 61).to_bytes(8, "little"), b"K\x00",
 ]
 
 
@@ -204,6 +207,7 @@ def pickle_mutants(draw: st.DrawFn) -> tuple[str, bytes]:
     return key, out.getvalue()
 
 
+@strategies.capped
 @settings(max_examples=PICKLE_EXAMPLES, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(pickle_mutants())
 def test_mutated_pickles_give_format_error_or_tensors_inside_the_file(case: tuple[str, bytes]) -> None:
