@@ -168,15 +168,18 @@ def _mapped_bytes() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_capped(fn: Callable[[], object], headroom: int = WORKER_HEADROOM) -> None:
+def run_capped(fn: Callable[[], object], headroom: int = WORKER_HEADROOM, timeout: float | None = None) -> None:
     """Run fn() in a forked child whose RLIMIT_AS is what it has mapped plus `headroom`; fail here if it fails.
 
     tracemalloc sees Python's and numpy's allocations, not a map or a C library's; and on a big machine
     an allocation sized by a hostile field may simply succeed. Under the cap any such allocation of a
     GiB or more raises MemoryError (or kills the child), which fails the test with the child's traceback
-    (hypothesis' falsifying example included).
+    (hypothesis' falsifying example included). With `timeout`, a child still running after that many
+    seconds is killed and the test fails (a guard against a hang in C code, not a speed check).
     """
     import resource
+    import select
+    import signal
 
     import pytest
 
@@ -196,6 +199,10 @@ def run_capped(fn: Callable[[], object], headroom: int = WORKER_HEADROOM) -> Non
             os._exit(status)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as r:
+        if timeout is not None and not select.select([r], [], [], timeout)[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"fuzz worker still running after {timeout} s: killed", pytrace=False)
         report = r.read().decode("utf-8", "replace")
     _, status = os.waitpid(pid, 0)
     if status != 0:
