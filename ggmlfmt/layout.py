@@ -334,14 +334,17 @@ def block_problem(ne0: int, ggml_type: GGMLType, block: BlockLayout) -> str | No
     return None
 
 
-def product_overflow(dims: Iterable[int], unit: int = 1) -> tuple[int, int] | None:
-    """(d, product) at the first dim where `unit` x dims[0] x ... x dims[d], zeros skipped, passes INT64_MAX; else None.
+def product_overflow(dims: Iterable[int], unit: int = 1, *, skip_zeros: bool = True) -> tuple[int, int] | None:
+    """(d, product) at the first dim where `unit` x dims[0] x ... x dims[d] passes INT64_MAX; else None.
 
-    A zero dim empties a tensor but not its layout: numpy's strides (and ggml's nb[]) still multiply
-    the other dims, so a zero hides no overflow (docs/format.md §4.5, §11.5). Python ints: nothing wraps here.
+    skip_zeros: a zero dim counts as 1, as numpy counts a shape (an empty view still multiplies the
+    other dims into its strides); without it a zero ends the product, as llama.cpp's element count
+    does (docs/format.md §11.5). Python ints: nothing wraps here.
     """
     p = unit
     for d, n in enumerate(dims):
+        if n == 0 and not skip_zeros:
+            return None
         if n > 1:
             p *= n
             if p > INT64_MAX:
@@ -350,16 +353,17 @@ def product_overflow(dims: Iterable[int], unit: int = 1) -> tuple[int, int] | No
 
 
 def dims_problem(ne: Sequence[int], block: BlockLayout) -> tuple[int, str] | None:
-    """(d, why) when a product of the dims `ne` (ggml order, each >= 0) passes INT64_MAX, in elements or in bytes.
+    """(d, why) when the dims `ne` (ggml order, each >= 0) overflow int64 (docs/format.md §11.5), else None.
 
-    Bytes count as a view of the tensor does: block bytes x ne[0] / block elements x ne[1] x ..., zeros
-    skipped. Every reader and planner asks this before it computes a size or makes a view.
+    Elements as llama.cpp counts them (a zero ends the product), bytes as numpy counts a view of the
+    tensor (block bytes x ne[0] / block elements x ne[1] x ..., zeros skipped). Every reader and
+    planner asks this before it computes a size or makes a view.
     """
-    for dims, unit, what in ((ne, 1, "elements"), ((ne[0] // block.elements, *ne[1:]), block.nbytes, "bytes")):
-        if (hit := product_overflow(dims, unit)) is not None:
-            d, p = hit
-            return d, (f"ne = {list(ne)}: the dims up to ne[{d}] (zeros skipped) make {p} {what}, "
-                       f"above 2**63-1")
+    if (hit := product_overflow(ne, skip_zeros=False)) is not None:
+        return hit[0], f"ne = {list(ne)}: the dims up to ne[{hit[0]}] make {hit[1]} elements, above 2**63-1"
+    if (hit := product_overflow((ne[0] // block.elements, *ne[1:]), block.nbytes)) is not None:
+        return hit[0], (f"ne = {list(ne)}: the dims up to ne[{hit[0]}] (zeros skipped) make {hit[1]} bytes, "
+                        "above 2**63-1")
     return None
 
 

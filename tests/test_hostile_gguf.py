@@ -120,6 +120,7 @@ DIMS = [
     ((32, 0, 2**31, 2**31), Q8_0),  # llama.cpp: the zero ends its product; numpy: 34 bytes x 2**62 blocks
     ((2**60, 16, 0), IQ1_S),  # 2**64 elements (llama.cpp refuses) in 2**56 x 50 bytes (numpy could view it)
     ((256, 2**40, 2**20, 0), IQ1_S),
+    ((256, 0, 2**40, 2**16), IQ1_S),  # 2**64 elements but a zero first (llama.cpp takes it), 2**56 x 50 bytes
 ]
 
 
@@ -147,6 +148,8 @@ def test_gguf_dims_are_refused_exactly_when_a_product_passes_int64(tmp_path, ne,
         return
     e, _ = refused(path, BadValue)
     assert e.field.startswith("tensor 'w'.ne[") and "above 2**63-1" in str(e)
+    unit = "elements" if not strategies.llama_cpp_dims_ok(ne) else "bytes"  # llama.cpp's rule is checked first
+    assert f" {unit}, above" in str(e)
     d = int(e.field[len("tensor 'w'.ne[") : -1])
     assert e.offset == len(header(1, 0)) + len(gstr(b"w")) + 4 + 8 * d  # the dim where a product first passes
 
