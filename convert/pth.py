@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import pickletools
+import reprlib
 import struct
 import warnings
 import zlib
@@ -20,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ggmlfmt.errors import FormatError
+from ggmlfmt.constants import INT64_MAX
+from ggmlfmt.errors import FormatError, shown
+from ggmlfmt.layout import product_overflow
 
 # ---------------------------------------------------------------- constants (docs/format.md §10)
 
@@ -162,8 +165,8 @@ def parse_checkpoint(buf: memoryview) -> dict[str, PthTensor]:
     pickled = bytes(_member_bytes(buf, pkl))
     if zlib.crc32(pickled) != pkl.crc:
         raise FormatError(f"CRC-32 {zlib.crc32(pickled):#010x} differs from {pkl.crc:#010x} in the central "
-                          "directory", field=f"record {pkl.name!r}")
-    refs = unpickle_state_dict(pickled, field=f"record {pkl.name!r}")
+                          "directory", field=f"record {shown(pkl.name)}")
+    refs = unpickle_state_dict(pickled, field=f"record {shown(pkl.name)}")
     return _tensors(buf, refs, members, prefix)
 
 
@@ -183,7 +186,7 @@ def read_members(buf: memoryview) -> dict[str, _Member]:
     end_of_previous = 0
     for m in sorted(members.values(), key=lambda m: m.header_offset):
         if m.header_offset < end_of_previous:
-            raise FormatError(f"record {m.name!r} starts inside the previous record (which ends at "
+            raise FormatError(f"record {shown(m.name)} starts inside the previous record (which ends at "
                               f"{end_of_previous:#x})", offset=m.header_offset, field="local header")
         end_of_previous = _check_local(buf, m, cd_offset)
     return members
@@ -272,7 +275,7 @@ def _central_entries(buf: memoryview, cd_offset: int, cd_size: int, n: int) -> d
     for _ in range(n):
         m, pos = _central_entry(buf, pos, end)
         if m.name in members:
-            raise FormatError(f"record name {m.name!r} appears twice", offset=m.entry_offset, field="central directory")
+            raise FormatError(f"record name {shown(m.name)} appears twice", offset=m.entry_offset, field="central directory")
         members[m.name] = m
     if pos != end:
         raise FormatError(f"{n} entries end at {pos:#x}, the directory at {end:#x}", offset=pos,
@@ -301,7 +304,7 @@ def _central_entry(buf: memoryview, pos: int, end: int) -> tuple[_Member, int]:
     values = _zip64_extra(extra, wanted, where)
     usize, csize, header_offset, disk = (d if v is None else v for v, d in zip(values, (usize, csize, header_offset,
                                                                                      disk), strict=True))
-    where["field"] = f"record {name!r}"
+    where["field"] = f"record {shown(name)}"
     if flags & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION):
         raise FormatError("record is encrypted", **where)
     if method != METHOD_STORED or csize != usize:
@@ -367,7 +370,7 @@ def _check_local(buf: memoryview, m: _Member, cd_offset: int) -> int:
         FormatError: another name, method or flags, sizes that disagree, or data running into the directory.
     """
     pos = m.header_offset
-    where = {"offset": pos, "field": f"local header of {m.name!r}"}
+    where = {"offset": pos, "field": f"local header of {shown(m.name)}"}
     if pos + LOCAL.size > cd_offset:
         raise FormatError(f"need {LOCAL.size} bytes before the central directory at {cd_offset:#x}", **where)
     sig, _, flags, method, _, _, crc, csize, usize, name_len, extra_len = LOCAL.unpack_from(buf, pos)
@@ -378,7 +381,7 @@ def _check_local(buf: memoryview, m: _Member, cd_offset: int) -> int:
     name = bytes(buf[pos + LOCAL.size : pos + LOCAL.size + name_len])
     if name != m.name.encode() or flags != m.flags or method != METHOD_STORED:
         raise FormatError(f"name {name[:60]!r}, flags {flags:#x}, method {method} differ from the central "
-                          f"directory's {m.name!r}, {m.flags:#x}, {METHOD_STORED}", **where)
+                          f"directory's {shown(m.name)}, {m.flags:#x}, {METHOD_STORED}", **where)
     extra = bytes(buf[pos + LOCAL.size + name_len : data_offset])
     local = _local_sizes(extra, crc, csize, usize, where)
     expected = (0, 0, 0) if flags & FLAG_DESCRIPTOR else (m.crc, m.size, m.size)
@@ -418,7 +421,7 @@ def _check_descriptor(buf: memoryview, m: _Member, pos: int, cd_offset: int) -> 
         FormatError: missing, or its CRC or sizes differ from the central directory's.
     """
     start = pos + (4 if bytes(buf[pos : pos + 4]) == DESCRIPTOR_SIG else 0)
-    where = {"offset": pos, "field": f"data descriptor of {m.name!r}"}
+    where = {"offset": pos, "field": f"data descriptor of {shown(m.name)}"}
     found = None
     for width in (8, 4) if m.zip64 else (4, 8):  # writers differ on when they use 8-byte sizes; both must agree
         end = start + 4 + 2 * width
@@ -456,7 +459,7 @@ def _pickle_member(members: dict[str, _Member]) -> _Member:
         raise FormatError(f"expected one {PICKLE_NAME} record, found {len(found)} {names}".rstrip(),
                           field="central directory")
     if found[0].size > MAX_PICKLE_BYTES:
-        raise FormatError(f"{found[0].size:,} bytes, more than {MAX_PICKLE_BYTES:,}", field=f"record {found[0].name!r}")
+        raise FormatError(f"{found[0].size:,} bytes, more than {MAX_PICKLE_BYTES:,}", field=f"record {shown(found[0].name)}")
     return found[0]
 
 
@@ -465,7 +468,7 @@ def _check_byteorder(buf: memoryview, members: dict[str, _Member], prefix: str) 
     m = members.get(prefix + "byteorder")
     if m is not None and bytes(_member_bytes(buf, m)[:16]) != b"little":
         raise FormatError(f"expected b'little', found {bytes(_member_bytes(buf, m)[:16])!r}; we read "
-                          "little-endian data only", field=f"record {m.name!r}")
+                          "little-endian data only", field=f"record {shown(m.name)}")
 
 
 # ---------------------------------------------------------------- the pickle
@@ -544,10 +547,32 @@ def _rebuild_tensor_v2(storage: object, storage_offset: object, size: object, st
         raise pickle.UnpicklingError(f"tensor storage must be a persistent storage id, found {type(storage).__name__}")
     if not (_is_int(storage_offset) and _is_int_tuple(size) and _is_int_tuple(stride)):
         raise pickle.UnpicklingError(f"tensor offset, size and stride must be integers and tuples of them, found "
-                                     f"{str(storage_offset)[:20]}, {str(size)[:40]}, {str(stride)[:40]}")
+                                     f"{brief(storage_offset)}, {brief(size)}, {brief(stride)}")
     if not isinstance(requires_grad, bool) or backward_hooks != {} or metadata not in (None, {}):
         raise pickle.UnpicklingError("tensor with requires_grad, backward hooks or metadata of another kind")
     return _TensorRef(storage, int(storage_offset), tuple(size), tuple(stride))  # type: ignore[arg-type]
+
+
+class _Brief(reprlib.Repr):
+    """repr() cut at every level, for values a pickle built: bounded work and length whatever they hold.
+
+    str() would walk all of a value, and a pickle can share: a tuple of two references to the one
+    before it, 30 times over, is 150 bytes of pickle and 2**30 leaves. Objects other than the plain
+    types and our stand-in dict show as their type name.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxtuple, self.maxdict, self.maxstring, self.maxlong, self.maxother = 3, 6, 4, 40, 40, 40
+
+    def repr_instance(self, x: object, level: int) -> str:
+        return f"<{type(x).__name__.lstrip('_')}>"
+
+    def repr__StateDict(self, x: dict, level: int) -> str:  # noqa: N802 - reprlib dispatches on the type name
+        return self.repr_dict(x, level)
+
+
+brief = _Brief().repr
 
 
 def _is_int(v: object) -> bool:
@@ -563,7 +588,9 @@ def _allowed_global(module: str, name: str) -> bool:
 
 
 def _global_refused(module: str, name: str, field: str) -> FormatError:
-    return FormatError(f"global {module}.{name} is not allowed: a checkpoint may name only "
+    named = f"{module}.{name}"
+    named = named if len(named) <= 80 and named.isprintable() else shown(named)  # a GLOBAL line may be any length
+    return FormatError(f"global {named} is not allowed: a checkpoint may name only "
                        f"{'.'.join(REBUILD_TENSOR)}, {'/'.join(f'torch.{s}' for s in STORAGE_DTYPE)} and "
                        f"{'.'.join(ORDERED_DICT)}", field=field)
 
@@ -588,14 +615,14 @@ class _Unpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise FormatError(f"expected a ('storage', type, key, location, numel) persistent id, found "
-                              f"{str(pid)[:80]}", field=self.field)
+                              f"{brief(pid)}", field=self.field)
         _, stype, key, location, numel = pid
         if not (isinstance(stype, _StorageType) and isinstance(key, str) and isinstance(location, str)
                 and _is_int(numel) and numel >= 0):
-            raise FormatError(f"malformed storage id {str(pid)[:80]}", field=self.field)
+            raise FormatError(f"malformed storage id {brief(pid)}", field=self.field)
         storage = _Storage(stype.dtype, key, numel)
         if self.storages.setdefault(key, storage) != storage:
-            raise FormatError(f"storage {key!r} is referred to as {self.storages[key].dtype} x "
+            raise FormatError(f"storage {shown(key)} is referred to as {self.storages[key].dtype} x "
                               f"{self.storages[key].numel} and as {stype.dtype} x {numel}", field=self.field)
         return storage
 
@@ -610,11 +637,15 @@ def check_opcodes(data: bytes, field: str) -> None:
     Raises:
         FormatError: names the opcode and its position.
     """
+    keys = _KeyScan()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # genops decodes a text STRING argument before we can refuse it
             for n_ops, (op, arg, pos) in enumerate(pickletools.genops(data)):
                 _check_opcode(op.name, arg, pos, n_ops, field)
+                if keys.step(op.name, arg):
+                    raise FormatError(f"{op.name} at byte {pos} uses a tuple as a dict key; a state dict's keys "
+                                      "are names", field=field)
     except FormatError:
         raise
     except Exception as e:  # genops: ValueError for unknown opcodes or truncated arguments
@@ -634,6 +665,56 @@ def _check_opcode(name: str, arg: Any, pos: int, n_ops: int, field: str) -> None
         raise FormatError(f"memo index {arg} at byte {pos} is larger than the {n_ops} opcodes before it", field=field)
 
 
+_PUSH_ONE = frozenset({"GLOBAL", "EMPTY_TUPLE", "EMPTY_DICT", "BININT", "BININT1", "BININT2", "LONG1", "NONE",
+                       "NEWTRUE", "NEWFALSE", "BINUNICODE"})
+_POP = {"REDUCE": 2, "BINPERSID": 1, "BUILD": 2, "STOP": 1, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}  # then push one
+
+
+class _KeyScan:
+    """Follows which stack values of an allowed-opcode pickle are tuples, to refuse a tuple as a dict key.
+
+    SETITEM hashes its key, and hashing a tuple walks all of it: a tuple of two references to the one
+    before it, 40 times over, is a 130-byte pickle whose key takes hours to hash (its 2**40 leaves).
+    A state dict's keys (and its _metadata's) are names. Only ALLOWED_OPCODES reach here; a
+    malformed stack is left to the unpickler to refuse.
+    """
+
+    __slots__ = ("stack", "marks", "memo")
+
+    def __init__(self) -> None:
+        self.stack: list[bool] = []  # True: a non-empty tuple
+        self.marks: list[int] = []
+        self.memo: dict[int, bool] = {}
+
+    def step(self, name: str, arg: Any) -> bool:
+        """Apply one opcode; True when it is a SETITEM(S) whose key is a tuple."""
+        st = self.stack
+        if name in _PUSH_ONE:
+            st.append(False)
+        elif name in _POP:
+            del st[max(len(st) - _POP[name], 0) :]
+            if name != "STOP":
+                st.append(name.startswith("TUPLE"))
+        elif name == "MARK":
+            self.marks.append(len(st))
+        elif name in ("TUPLE", "SETITEMS"):
+            start = self.marks.pop() if self.marks else 0
+            items = st[start:]
+            del st[start:]
+            if name == "TUPLE":
+                st.append(bool(items))
+            return name == "SETITEMS" and any(items[0::2])
+        elif name == "SETITEM":
+            key = len(st) >= 2 and st[-2]
+            del st[-2:]
+            return key
+        elif name.endswith("PUT"):
+            self.memo[arg] = bool(st) and st[-1]
+        elif name.endswith("GET"):
+            st.append(self.memo.get(arg, False))
+        return False
+
+
 def unpickle_state_dict(data: bytes, field: str = PICKLE_NAME) -> dict[str, _TensorRef]:
     """The name -> tensor reference mapping a checkpoint's pickle holds; nothing outside the stand-ins runs.
 
@@ -651,11 +732,10 @@ def unpickle_state_dict(data: bytes, field: str = PICKLE_NAME) -> dict[str, _Ten
         raise FormatError(f"expected a state dict (name -> tensor), found {type(obj).__name__}", field=field)
     for name, value in obj.items():
         if not isinstance(name, str):
-            shown = repr(name) if isinstance(name, int | float | bytes | None) else type(name).__name__
-            raise FormatError(f"expected tensor names, found key {shown[:40]}", field=field)  # (no str() of a
-            #                                                     deeply nested tuple: it would recurse)
+            raise FormatError(f"expected tensor names, found key {brief(name)}", field=field)  # (brief: no str()
+            #                                              of a deeply nested or shared tuple: it would recurse)
         if not isinstance(value, _TensorRef):
-            raise FormatError(f"expected a tensor, found {type(value).__name__}", field=f"tensor {name!r}")
+            raise FormatError(f"expected a tensor, found {type(value).__name__}", field=f"tensor {shown(name)}")
     return dict(obj)
 
 
@@ -669,13 +749,13 @@ def _tensors(buf: memoryview, refs: dict[str, _TensorRef], members: dict[str, _M
     for name, ref in refs.items():
         s = ref.storage
         m = members.get(f"{prefix}data/{s.key}")
-        where = {"field": f"tensor {name!r}"}
+        where = {"field": f"tensor {shown(name)}"}
         if m is None:
-            raise FormatError(f"storage {s.key!r} has no record {prefix}data/{s.key}", **where)
+            raise FormatError(f"storage {shown(s.key)} has no record {shown(prefix + 'data/' + s.key)}", **where)
         itemsize = DTYPES[s.dtype][2]
         if s.numel * itemsize > m.size:
-            raise FormatError(f"storage {s.key!r} claims {s.numel:,} x {itemsize} bytes, its record "
-                              f"{m.name!r} holds {m.size:,}", **where)
+            raise FormatError(f"storage {shown(s.key)} claims {s.numel:,} x {itemsize} bytes, its record "
+                              f"{shown(m.name)} holds {m.size:,}", **where)
         start = tensor_extent(ref, name)
         numel = _numel(ref.size)
         out[name] = PthTensor(name, s.dtype, ref.size, _data_offset(buf, m) + start * itemsize, numel * itemsize)
@@ -689,20 +769,23 @@ def tensor_extent(ref: _TensorRef, name: str) -> int:
         FormatError: a negative size or stride, more dimensions than sizes, elements past the
             storage, or a non-contiguous layout.
     """
-    where = {"field": f"tensor {name!r}"}
+    where = {"field": f"tensor {shown(name)}"}
     size, stride, numel = ref.size, ref.stride, ref.storage.numel
-    if len(size) != len(stride) or any(n < 0 for n in size) or any(s < 0 for s in stride) or ref.storage_offset < 0:
-        raise FormatError(f"size {list(size)}, stride {list(stride)}, offset {ref.storage_offset}: expected "
-                          "non-negative values, one stride per dimension", **where)
+    if (len(size) != len(stride) or any(not 0 <= n <= INT64_MAX for n in (*size, *stride, ref.storage_offset))):
+        raise FormatError(f"size {brief(size)}, stride {brief(stride)}, offset {brief(ref.storage_offset)}: expected "
+                          "values 0..2**63-1, one stride per dimension", **where)
     if ref.storage_offset > numel:
         raise FormatError(f"storage offset {ref.storage_offset:,} is past the {numel:,} elements of storage "
-                          f"{ref.storage.key!r}", **where)
+                          f"{shown(ref.storage.key)}", **where)
+    if (hit := product_overflow(size, DTYPES[ref.storage.dtype][2])) is not None:  # before a zero size returns
+        raise FormatError(f"size {brief(size)}: the sizes up to size[{hit[0]}] (zeros skipped) make {hit[1]} bytes, "
+                          "above 2**63-1", **where)
     if 0 in size:
         return ref.storage_offset
     last = ref.storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if last >= numel:
         raise FormatError(f"size {list(size)}, stride {list(stride)} from offset {ref.storage_offset:,} reach "
-                          f"element {last:,} of a {numel:,}-element storage {ref.storage.key!r}", **where)
+                          f"element {last:,} of a {numel:,}-element storage {shown(ref.storage.key)}", **where)
     if not _contiguous(size, stride):
         raise FormatError(f"stride {list(stride)} for size {list(size)} is not contiguous; re-save the "
                           "checkpoint with .contiguous() tensors", **where)

@@ -21,6 +21,7 @@ DEFAULT_ALIGNMENT = 32  # ggjt: every tensor's data starts at an absolute file o
 MAX_DIMS = 4  # the record format allows more; no loader of the era accepted more than 4 (LLaMA uses 1-2)
 MAX_NAME_LEN = 4096  # no real name comes close; bounds allocation before the file size check
 MAX_TOKEN_LEN = 1 << 16  # a vocabulary entry longer than this is corruption, not a token
+INT64_MAX = (1 << 63) - 1  # every product of a tensor's dims, in elements and in bytes, stays at or below this
 
 U32 = struct.Struct("<I")
 I32 = struct.Struct("<i")
@@ -195,6 +196,7 @@ GGUF_VERSIONS = (2, 3)  # GGUFVersion below; v1 (u32 counts, Aug 2023 only) is n
 GGUF_WRITE_VERSION = 3
 GGUF_HEADER = struct.Struct("<IIQQ")  # magic, version, tensor_count, metadata_kv_count
 GGUF_ALIGNMENT_KEY = "general.alignment"  # u32, a power of two; absent -> DEFAULT_ALIGNMENT (32)
+GGUF_MAX_ALIGNMENT = 1 << 24  # 16 MiB: above any page size a loader aligns to; bounds the padding read on open
 GGUF_MAX_NAME_LEN = 63  # llama.cpp's GGML_MAX_NAME (64) counts the NUL; the writer stays inside it
 GGUF_MAX_ARRAY_DEPTH = 8  # arrays of arrays nest; deeper than this is corruption (and would recurse)
 GGUF_MAX_NE = (1 << 63) - 1  # each dim must fit an int64_t in ggml

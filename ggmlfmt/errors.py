@@ -4,6 +4,24 @@ from __future__ import annotations
 
 import os
 
+EXCERPT_BYTES = 16  # bytes of a bad region a message shows (as hex): the message stays one short line
+EXCERPT_CHARS = 80  # characters of a name or key from a file a message shows
+
+
+def excerpt(data: bytes | memoryview) -> str:
+    """Hex of at most EXCERPT_BYTES bytes of `data`, and how many there are in all when more.
+
+    Only those bytes are copied (pass a memoryview of a region of any size). Every message that
+    quotes bytes from a file goes through here.
+    """
+    head = bytes(data[:EXCERPT_BYTES]).hex()
+    return head if len(data) <= EXCERPT_BYTES else f"{head}... ({len(data)} bytes)"
+
+
+def shown(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """repr() of a name or key from a file, cut to `limit` characters first (the repr of the cut part only)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
 
 class FormatError(ValueError):
     """A file is not what it claims to be: says where (file, offset, field), expected and found."""

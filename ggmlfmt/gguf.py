@@ -23,6 +23,7 @@ from .constants import (
     GGUF_ALIGNMENT_KEY,
     GGUF_BLOCK_GENERATION,
     GGUF_HEADER,
+    GGUF_MAX_ALIGNMENT,
     GGUF_MAX_ARRAY_DEPTH,
     GGUF_MAX_NAME_LEN,
     GGUF_MAX_NE,
@@ -30,6 +31,7 @@ from .constants import (
     GGUF_SCALAR_STRUCTS,
     GGUF_VERSIONS,
     GGUF_WRITE_VERSION,
+    INT64_MAX,
     MAGIC_GGUF,
     MAX_DIMS,
     MAX_NAME_LEN,
@@ -41,9 +43,10 @@ from .constants import (
     GGUFValueType,
     GGUFVersion,
 )
-from .errors import BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion
-from .layout import (Plan, TensorInfo, TensorSpec, _walk_lengths, align_up, block_problem, cached_unpack, tensor_nbytes,
-                     walk_entries)
+from .errors import (BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion, excerpt,
+                     shown)
+from .layout import (Plan, TensorInfo, TensorSpec, _walk_lengths, align_up, block_problem, cached_unpack, dims_problem,
+                     tensor_nbytes, walk_entries)
 
 GGUF_LAYOUTS: dict[GGMLType, BlockLayout] = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION]
 TypePath = tuple[GGUFValueType, ...]  # (UINT32,), (ARRAY, STRING), (ARRAY, ARRAY, INT32), ...
@@ -54,6 +57,7 @@ _INFO_TAIL = struct.Struct("<IQ")  # type, offset
 _NE = {n: struct.Struct(f"<{n}Q") for n in range(1, MAX_DIMS + 1)}
 _unpack_u64 = U64.unpack_from
 _SHORT = 0x7F  # the longest string of the vectorised walk's first try (docs/format.md §11.4)
+_PAD_STEP = 1 << 16  # bytes of padding checked per numpy call: no copy, no allocation past this
 
 
 class GGUFStrings(Sequence[str]):
@@ -181,7 +185,7 @@ def _value_type(code: int, at: int, field: str) -> GGUFValueType:
     return GGUFValueType(code)
 
 
-def _string(buf: memoryview, pos: int, field: str, max_len: int | None = None) -> tuple[str, int]:
+def _string(buf: memoryview, pos: int, field: str, max_len: int | None = None, min_len: int = 0) -> tuple[str, int]:
     """One string (u64 length, UTF-8 bytes) at pos; return it and the position after it.
 
     Raises:
@@ -189,8 +193,8 @@ def _string(buf: memoryview, pos: int, field: str, max_len: int | None = None) -
     """
     _need(buf, pos, 8, f"{field} length")
     (n,) = _unpack_u64(buf, pos)
-    if max_len is not None and n > max_len:
-        raise BadValue(f"expected a length 0..{max_len}, found {n}", offset=pos, field=f"{field} length")
+    if max_len is not None and not min_len <= n <= max_len:
+        raise BadValue(f"expected a length {min_len}..{max_len}, found {n}", offset=pos, field=f"{field} length")
     pos += 8
     if n > len(buf) - pos:
         raise Truncated(f"a {n}-byte string needs {n} bytes, {len(buf) - pos} left", offset=pos, field=field)
@@ -450,7 +454,7 @@ def _metadata(buf: memoryview, pos: int, n_kv: int) -> tuple[dict[str, Any], dic
 
 
 def _alignment(values: dict[str, Any], types: dict[str, TypePath], at: int) -> int:
-    """general.alignment if present (a u32, a power of two), else 32.
+    """general.alignment if present (a u32, a power of two up to GGUF_MAX_ALIGNMENT), else 32 (§11.5).
 
     Raises:
         BadValue.
@@ -461,8 +465,9 @@ def _alignment(values: dict[str, Any], types: dict[str, TypePath], at: int) -> i
         found = "/".join(t.name for t in types[GGUF_ALIGNMENT_KEY])
         raise BadValue(f"expected a UINT32, found a {found}", offset=at, field=GGUF_ALIGNMENT_KEY)
     align = values[GGUF_ALIGNMENT_KEY]
-    if align <= 0 or align & (align - 1):
-        raise BadValue(f"expected a power of two, found {align}", offset=at, field=GGUF_ALIGNMENT_KEY)
+    if align <= 0 or align & (align - 1) or align > GGUF_MAX_ALIGNMENT:
+        raise BadValue(f"expected a power of two 1..{GGUF_MAX_ALIGNMENT} (2**{GGUF_MAX_ALIGNMENT.bit_length() - 1}), "
+                       f"found {align}", offset=at, field=GGUF_ALIGNMENT_KEY)
     return align
 
 
@@ -482,8 +487,8 @@ def _tensor_info(buf: memoryview, pos: int, i: int, alignment: int) -> tuple[tup
         Truncated, BadValue.
     """
     record = pos
-    name, pos = _string(buf, pos, f"tensor[{i}].name", MAX_NAME_LEN)
-    what = f"tensor {name!r}"
+    name, pos = _string(buf, pos, f"tensor[{i}].name", MAX_NAME_LEN, 1)
+    what = f"tensor {shown(name)}"
     _need(buf, pos, 4, f"{what}.n_dims")
     (n_dims,) = U32.unpack_from(buf, pos)
     if not 1 <= n_dims <= MAX_DIMS:
@@ -499,6 +504,9 @@ def _tensor_info(buf: memoryview, pos: int, i: int, alignment: int) -> tuple[tup
     ggml_type, block = _tensor_type(code, pos, f"{what}.type")
     if (why := block_problem(ne[0], ggml_type, block)) is not None:
         raise BadValue(why, offset=dims_at, field=f"{what}.ne[0]")
+    if (problem := dims_problem(ne, block)) is not None:
+        d, why = problem
+        raise BadValue(why, offset=dims_at + 8 * d, field=f"{what}.ne[{d}]")
     if offset % alignment:
         raise BadLayout(f"expected an offset that is a multiple of the alignment {alignment}, found {offset}",
                         offset=pos + 4, field=f"{what}.offset")
@@ -510,6 +518,10 @@ _TYPE_ROWS = {int(t): (t, b, b.elements, b.nbytes) for t, b in GGUF_LAYOUTS.item
 _INFO_REST = (None, *(struct.Struct(f"<{n}QIQ").unpack_from for n in range(1, MAX_DIMS + 1)))  # ne, type, offset
 _NAME_NDIMS: dict[int, Any] = {}  # name length -> unpack_from of (name bytes, n_dims)
 _NEW_TUPLE = tuple.__new__  # TensorInfo(...) minus one Python call
+# The fast loop takes a tensor whose dims are all >= 1 and multiply to at most this many elements: then
+# every product of them, in elements and in bytes (at most 8 per element), is <= INT64_MAX; others go
+# to the checked decoder (dims_problem).
+_FAST_MAX_ELEMENTS = INT64_MAX // max(-(-b.nbytes // b.elements) for b in GGUF_LAYOUTS.values())
 
 
 def _tensor_infos(buf: memoryview, pos: int, n_tensors: int, alignment: int) -> tuple[list[tuple], int]:
@@ -522,7 +534,7 @@ def _tensor_infos(buf: memoryview, pos: int, n_tensors: int, alignment: int) -> 
     Raises:
         Truncated, BadValue, BadLayout.
     """
-    size, rows, rest, prod = len(buf), _TYPE_ROWS, _INFO_REST, math.prod  # locals: the loop is hot
+    size, rows, rest, prod, most = len(buf), _TYPE_ROWS, _INFO_REST, math.prod, _FAST_MAX_ELEMENTS  # locals: hot loop
     names, unpack_len = _NAME_NDIMS, _unpack_u64
     raw: list[tuple] = []
     seen: set[str] = set()
@@ -531,7 +543,7 @@ def _tensor_infos(buf: memoryview, pos: int, n_tensors: int, alignment: int) -> 
         if size - pos >= 8:
             (name_len,) = unpack_len(buf, pos)
             dims_at = pos + 12 + name_len
-            if name_len <= MAX_NAME_LEN and dims_at <= size:
+            if 0 < name_len <= MAX_NAME_LEN and dims_at <= size:
                 raw_name, n_dims = (names.get(name_len) or cached_unpack(names, name_len, f"<{name_len}sI"))(buf, pos + 8)
                 end = dims_at + 8 * n_dims + _INFO_TAIL.size
                 if 0 < n_dims <= MAX_DIMS and end <= size:
@@ -541,13 +553,13 @@ def _tensor_infos(buf: memoryview, pos: int, n_tensors: int, alignment: int) -> 
                         name = raw_name.decode("utf-8")
                     except UnicodeDecodeError:
                         name = None
-                    if (name is not None and row is not None and max(ne) <= GGUF_MAX_NE
-                            and ne[0] % row[2] == 0 and offset % alignment == 0):
-                        info = (name, row[0], ne, offset, prod(ne[1:]) * (ne[0] // row[2]) * row[3], pos, row[1])
+                    if (name is not None and row is not None and ne[0] % row[2] == 0 and offset % alignment == 0
+                            and 0 < (n := prod(ne)) <= most):
+                        info = (name, row[0], ne, offset, n // row[2] * row[3], pos, row[1])
         if info is None:
             info, end = _tensor_info(buf, pos, i, alignment)
         if info[0] in seen:
-            raise BadLayout(f"duplicate tensor name {info[0]!r}", offset=info[5], field=f"tensor[{i}].name")
+            raise BadLayout(f"duplicate tensor name {shown(info[0])}", offset=info[5], field=f"tensor[{i}].name")
         seen.add(info[0])
         raw.append(info)
         pos = end
@@ -565,7 +577,7 @@ def _place(raw: list[tuple], data_start: int, size: int) -> tuple[TensorInfo, ..
         if data_start + rel + nbytes > size:
             raise Truncated(f"{ggml_type.name} {list(ne)} data at data_start {data_start:#x} + {rel:#x} needs "
                             f"{nbytes} bytes, {max(size - data_start - rel, 0)} left", offset=record,
-                            field=f"tensor {name!r} data")
+                            field=f"tensor {shown(name)} data")
         infos.append(new(TensorInfo, (name, ggml_type, ne, data_start + rel, nbytes, record, block)))
     if len(infos) > 1:
         starts = np.array([t[3] for t in infos], np.int64)  # all < size now: no overflow
@@ -574,8 +586,8 @@ def _place(raw: list[tuple], data_start: int, size: int) -> tuple[TensorInfo, ..
         clash = np.flatnonzero(starts[order][1:] < ends[order][:-1])
         if len(clash):
             a, b = infos[order[clash[0]]], infos[order[clash[0] + 1]]
-            raise BadLayout(f"data overlaps tensor {a.name!r}'s ({a.offset:#x}..{a.offset + a.nbytes:#x})",
-                            offset=b.record_offset, field=f"tensor {b.name!r} offset")
+            raise BadLayout(f"data overlaps tensor {shown(a.name)}'s ({a.offset:#x}..{a.offset + a.nbytes:#x})",
+                            offset=b.record_offset, field=f"tensor {shown(b.name)} offset")
     return tuple(infos)
 
 
@@ -610,13 +622,20 @@ def decode_gguf(buf: memoryview | bytes, *, path: str | None = None) -> GGUFInde
 def _check_padding(buf: memoryview, pos: int, data_start: int) -> None:
     """The padding after the tensor infos is zero (as far as the file goes: a file without tensors may end early).
 
+    At most GGUF_MAX_ALIGNMENT - 1 bytes, read in place _PAD_STEP at a time (nothing copied but the
+    excerpt a message shows).
+
     Raises:
         BadLayout.
     """
-    pad = bytes(buf[pos : min(data_start, len(buf))])
-    if pad.strip(b"\0"):
-        raise BadLayout(f"expected {len(pad)} zero bytes of alignment padding, found {pad.hex()}", offset=pos,
-                        field="padding after tensor infos")
+    end = min(data_start, len(buf))
+    for at in range(pos, end, _PAD_STEP):
+        step = np.frombuffer(buf, np.uint8, min(_PAD_STEP, end - at), at)
+        if step.any():
+            bad = at + int((step != 0).argmax())  # the first non-zero byte
+            raise BadLayout(f"expected {end - pos} zero bytes of alignment padding, found byte {buf[bad]:#04x} at "
+                            f"padding byte {bad - pos}: {excerpt(buf[bad:end])}", offset=bad,
+                            field="padding after tensor infos")
 
 
 # ---------------------------------------------------------------- planning a file to write
@@ -790,6 +809,7 @@ def _check_gguf_spec(spec: TensorSpec, seen: set[str]) -> tuple[BlockLayout, byt
         raise CannotWrite(f"tensor {spec.name!r}: GGUF stores 1..{MAX_DIMS} dims here, not {len(spec.ne)}")
     if any(not isinstance(n, (int, np.integer)) or n < 0 or n > GGUF_MAX_NE for n in spec.ne):
         raise CannotWrite(f"tensor {spec.name!r}: every dim must be an integer 0..2**63-1, got {list(spec.ne)}")
+    spec_ne = tuple(int(n) for n in spec.ne)
     name = spec.name.encode("utf-8") if isinstance(spec.name, str) else b""
     if not 0 < len(name) <= GGUF_MAX_NAME_LEN:
         raise CannotWrite(f"tensor name must be 1..{GGUF_MAX_NAME_LEN} UTF-8 bytes (llama.cpp's limit), "
@@ -802,6 +822,8 @@ def _check_gguf_spec(spec: TensorSpec, seen: set[str]) -> tuple[BlockLayout, byt
     block = GGUF_LAYOUTS[GGMLType(spec.type)]
     if (why := block_problem(spec.ne[0], spec.type, block)) is not None:
         raise CannotWrite(f"tensor {spec.name!r}: {why}")
+    if (problem := dims_problem(spec_ne, block)) is not None:
+        raise CannotWrite(f"tensor {spec.name!r}: {problem[1]}")
     return block, name
 
 
@@ -816,8 +838,9 @@ def plan_gguf(metadata: Metadata, specs: Sequence[TensorSpec], *, alignment: int
     Raises:
         CannotWrite: a key, value, name, dims or type that cannot be stored, naming it.
     """
-    if not isinstance(alignment, int) or alignment < 8 or alignment & (alignment - 1) or alignment >= 1 << 32:
-        raise CannotWrite(f"alignment must be a power of two, 8 or more (and fit a u32), got {alignment!r}")
+    if not isinstance(alignment, int) or alignment < 8 or alignment & (alignment - 1) or alignment > GGUF_MAX_ALIGNMENT:
+        raise CannotWrite(f"alignment must be a power of two, 8 or more and at most {GGUF_MAX_ALIGNMENT} (what "
+                          f"readers accept, docs/format.md §11.5), got {alignment!r}")
     n_kv, kv = encode_metadata(metadata, alignment)
     seen: set[str] = set()
     checked = [(spec, *_check_gguf_spec(spec, seen)) for spec in specs]

@@ -21,6 +21,7 @@ from .constants import (
     BLOCK_LAYOUTS,
     DEFAULT_ALIGNMENT,
     HPARAMS,
+    INT64_MAX,
     MAGIC_OF,
     MAGICS,
     MAX_DIMS,
@@ -42,7 +43,7 @@ from .constants import (
     GGMLType,
     GGUFVersion,
 )
-from .errors import BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion
+from .errors import BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion, excerpt, shown
 
 
 def align_up(pos: int, align: int = DEFAULT_ALIGNMENT) -> int:
@@ -330,6 +331,39 @@ def block_problem(ne0: int, ggml_type: GGMLType, block: BlockLayout) -> str | No
     """Why ne[0] cannot hold whole blocks of this type (None: it can); every reader and planner, ggjt and GGUF."""
     if ne0 % block.elements:
         return f"ne[0] = {ne0} is not a multiple of the {GGMLType(ggml_type).name} block size {block.elements}"
+    return None
+
+
+def product_overflow(dims: Iterable[int], unit: int = 1, *, skip_zeros: bool = True) -> tuple[int, int] | None:
+    """(d, product) at the first dim where `unit` x dims[0] x ... x dims[d] passes INT64_MAX; else None.
+
+    skip_zeros: a zero dim counts as 1, as numpy counts a shape (an empty view still multiplies the
+    other dims into its strides); without it a zero ends the product, as llama.cpp's element count
+    does (docs/format.md §11.5). Python ints: nothing wraps here.
+    """
+    p = unit
+    for d, n in enumerate(dims):
+        if n == 0 and not skip_zeros:
+            return None
+        if n > 1:
+            p *= n
+            if p > INT64_MAX:
+                return d, p
+    return None
+
+
+def dims_problem(ne: Sequence[int], block: BlockLayout) -> tuple[int, str] | None:
+    """(d, why) when the dims `ne` (ggml order, each >= 0) overflow int64 (docs/format.md §11.5), else None.
+
+    Elements as llama.cpp counts them (a zero ends the product), bytes as numpy counts a view of the
+    tensor (block bytes x ne[0] / block elements x ne[1] x ..., zeros skipped). Every reader and
+    planner asks this before it computes a size or makes a view.
+    """
+    if (hit := product_overflow(ne, skip_zeros=False)) is not None:
+        return hit[0], f"ne = {list(ne)}: the dims up to ne[{hit[0]}] make {hit[1]} elements, above 2**63-1"
+    if (hit := product_overflow((ne[0] // block.elements, *ne[1:]), block.nbytes)) is not None:
+        return hit[0], (f"ne = {list(ne)}: the dims up to ne[{hit[0]}] (zeros skipped) make {hit[1]} bytes, "
+                        "above 2**63-1")
     return None
 
 
@@ -651,16 +685,19 @@ def decode_record(cur: _Cursor, i: int, version: FileVersion) -> TensorInfo:
     try:
         name = bytes(raw_name).decode("utf-8")
     except UnicodeDecodeError:
-        raise BadValue(f"expected a UTF-8 tensor name, found {bytes(raw_name)!r}", offset=cur.pos - name_len,
+        raise BadValue(f"expected a UTF-8 tensor name, found bytes {excerpt(raw_name)}", offset=cur.pos - name_len,
                        field=f"{what}.name") from None
-    what = f"tensor {name!r}"
+    what = f"tensor {shown(name)}"
     if (why := block_problem(ne[0], ggml_type, block)) is not None:
         raise BadValue(why, offset=dims_at, field=f"{what}.ne[0]")
+    if (problem := dims_problem(ne, block)) is not None:
+        d, why = problem
+        raise BadValue(why, offset=dims_at + 4 * d, field=f"{what}.ne[{d}]")
     if version.aligned:
         data_offset = align_up(cur.pos)
         pad = cur.take(data_offset - cur.pos, f"{what} padding")
         if any(pad):
-            raise BadLayout(f"expected {len(pad)} zero bytes of alignment padding, found {bytes(pad).hex()}",
+            raise BadLayout(f"expected {len(pad)} zero bytes of alignment padding, found {excerpt(pad)}",
                             offset=data_offset - len(pad), field=f"{what} padding")
     data_offset = cur.pos
     nbytes = tensor_nbytes(ne, block)
@@ -730,7 +767,9 @@ def _decode_records(cur: _Cursor, version: FileVersion) -> list[TensorInfo]:
                 data_at = (name_end + DEFAULT_ALIGNMENT - 1) // DEFAULT_ALIGNMENT * DEFAULT_ALIGNMENT \
                     if aligned else name_end
                 pad = data_at - name_end
-                if min(ne) >= 0 and ne[0] % elements == 0 and data_at <= size:
+                # dims > 0: a zero-size tensor takes the checked path (dims_problem); with every dim >= 1,
+                # nbytes <= size bounds every product of them (< 2 elements per byte in these formats)
+                if min(ne) > 0 and ne[0] % elements == 0 and data_at <= size:
                     raw_name, raw_pad = (name_pad.get((name_len, pad)) or cached_unpack(name_pad, (name_len, pad), f"{name_len}s{pad}s"))(buf, name_at)
                     nbytes = prod(ne[1:]) * (ne[0] // elements) * block_bytes
                     try:
@@ -744,7 +783,7 @@ def _decode_records(cur: _Cursor, version: FileVersion) -> list[TensorInfo]:
             info = decode_record(cur, len(tensors), version)
             name, data_at, nbytes = info.name, info.offset, info.nbytes
         if name in seen:
-            raise BadLayout(f"duplicate tensor name {name!r} (first at offset {seen[name]:#x})",
+            raise BadLayout(f"duplicate tensor name {shown(name)} (first at offset {seen[name]:#x})",
                             offset=pos, field=f"tensor[{len(tensors)}].name")
         seen[name] = pos
         tensors.append(info)
@@ -884,4 +923,6 @@ def _check_spec(spec: TensorSpec, version: FileVersion, seen: set[str]) -> tuple
         raise CannotWrite(f"tensor {spec.name!r}: {e.msg}") from None
     if (why := block_problem(spec.ne[0], spec.type, block)) is not None:
         raise CannotWrite(f"tensor {spec.name!r}: {why}")
+    if (problem := dims_problem(spec.ne, block)) is not None:
+        raise CannotWrite(f"tensor {spec.name!r}: {problem[1]}")
     return block, name

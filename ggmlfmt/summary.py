@@ -11,6 +11,7 @@ from .gguf import GGUFIndex, GGUFStrings, TypePath
 from .layout import Index, align_up, record_head_size
 
 ARRAY_HEAD = 8  # items of a long metadata array that inspect shows
+MAX_COLUMN = 64  # widest name or key column: a longer one overflows its own line, not every line (docs/safety.md)
 
 
 def _ftype_name(ftype: int) -> str:
@@ -118,7 +119,7 @@ def _render_gguf_head(desc: dict[str, Any]) -> list[str]:
     layout = "" if desc["llama_cpp_layout"] else " (not llama.cpp's sequential order: llama.cpp refuses it)"
     lines = [f"format     gguf v{desc['version']}, alignment {desc['alignment']}{layout}",
              f"metadata   {len(desc['metadata'])} keys"]
-    width = max([len(k) for k in desc["metadata"]] + [3])
+    width = min(max([len(k) for k in desc["metadata"]] + [3]), MAX_COLUMN)
     for key, m in desc["metadata"].items():
         count = f" x{m['count']}" if "count" in m else ""
         shown = m.get("value", m.get("first"))
@@ -148,7 +149,7 @@ def _render_table(desc: dict[str, Any], lines: list[str]) -> str:
     """The tensor table and byte accounting after the header lines."""
     b = desc["bytes"]
     names = [t["name"] if t["name"].isprintable() else repr(t["name"]) for t in desc["tensors"]]  # no raw control bytes
-    width = max([len(n) for n in names] + [4])
+    width = min(max([len(n) for n in names] + [4]), MAX_COLUMN)
     tw = max([len(t["type"]) for t in desc["tensors"]] + [5])
     lines.append(f"{'name':<{width}}  {'type':<{tw}}  {'shape':<18}  {'offset':>12}  {'bytes':>12}  align")
     for name, t in zip(names, desc["tensors"]):

@@ -7,8 +7,11 @@ the code under test.
 
 from __future__ import annotations
 
+import functools
+import os
+import traceback
 import tracemalloc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -152,3 +155,97 @@ def decode_or_format_error(decode: Callable[[], T], n_bytes: int, *, prefix: str
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert peak < 64 * n_bytes + (1 << 20), f"{what}decoding {n_bytes} bytes allocated {peak}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fuzzing in a worker whose address space is capped (issue 17)
+
+WORKER_HEADROOM = 1 << 30  # address space a fuzz worker may map beyond what it had when it was forked
+
+
+def _mapped_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_capped(fn: Callable[[], object], headroom: int = WORKER_HEADROOM, timeout: float | None = None) -> None:
+    """Run fn() in a forked child whose RLIMIT_AS is what it has mapped plus `headroom`; fail here if it fails.
+
+    tracemalloc sees Python's and numpy's allocations, not a map or a C library's; and on a big machine
+    an allocation sized by a hostile field may simply succeed. Under the cap any such allocation of a
+    GiB or more raises MemoryError (or kills the child), which fails the test with the child's traceback
+    (hypothesis' falsifying example included). With `timeout`, a child still running after that many
+    seconds is killed and the test fails (a guard against a hang in C code, not a speed check).
+    """
+    import resource
+    import select
+    import signal
+
+    import pytest
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            limit = _mapped_bytes() + headroom
+            resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+            fn()
+            status = 0
+        except BaseException:  # noqa: BLE001 - everything goes to the parent
+            os.write(write_end, traceback.format_exc()[-20000:].encode("utf-8", "replace"))
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as r:
+        if timeout is not None and not select.select([r], [], [], timeout)[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"fuzz worker still running after {timeout} s: killed", pytrace=False)
+        report = r.read().decode("utf-8", "replace")
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        how = f"exit status {os.waitstatus_to_exitcode(status)}"
+        pytest.fail(f"fuzz worker (address space capped at +{headroom >> 20} MiB) failed, {how}:\n{report}",
+                    pytrace=False)
+
+
+def capped(test: Callable[..., object]) -> Callable[..., None]:
+    """Decorator: the (hypothesis) test runs whole in run_capped's worker; fixtures are passed through."""
+
+    @functools.wraps(test)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        run_capped(lambda: test(*args, **kwargs))
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Independent judges of a tensor's dims: llama.cpp's rule, and whether numpy can view it
+
+INT64_MAX = (1 << 63) - 1
+
+
+def llama_cpp_dims_ok(ne: Sequence[int]) -> bool:
+    """gguf.cpp's check (gguf_init_from_file_impl): each ne >= 0, and the running product of ne[0..3] (missing
+    dims are 1; a factor of 0 or 1 is not checked) never passes INT64_MAX / the next factor."""
+    dims = [*ne, *[1] * (4 - len(ne))]
+    if min(dims) < 0 or max(dims) > INT64_MAX:
+        return False
+    product = dims[0]
+    for n in dims[1:]:
+        if n > 1 and INT64_MAX // n < product:
+            return False
+        product *= n
+    return True
+
+
+def numpy_can_view(data: bytes | np.ndarray, shape: Sequence[int], itemsize: int, offset: int = 0) -> bool:
+    """Whether numpy makes an ndarray of `shape` with `itemsize`-byte items at `offset` of `data` (the judge of
+    "a view can be made"): False on numpy's own "array is too big" or a bad dimension."""
+    try:
+        view = np.ndarray(tuple(shape), np.dtype(f"V{itemsize}"), data, offset)
+    except (ValueError, OverflowError, TypeError):
+        return False
+    return view.nbytes == itemsize * int(np.prod(shape, dtype=object))

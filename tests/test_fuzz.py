@@ -37,26 +37,36 @@ class Sample:
     fields: tuple[builders.Field, ...]
 
 
-def _sample(fmt: str, version: int | None) -> Sample:
-    """A small valid file with 1-D, 2-D and (where the version has them) quantized tensors."""
+def _sample(fmt: str, version: int | None, *, first_name: str = "tok_embeddings.weight", zero: bool = False) -> Sample:
+    """A small file with 1-D, 2-D and (where the version has them) quantized tensors.
+
+    Valid for names of 1..4096 bytes; zero appends a zero-size 4-dim F32 tensor
+    (ne 32, 0, 1, 1; no data), whose other dims a mutation can then make overflow behind the zero.
+    """
     layout = builders.layout_of(fmt, version)
     rng = np.random.default_rng(7)
     hp = builders.llama_hparams(n_vocab=5, dim=64, n_mult=32, n_head=2, n_layer=1, ftype=1)
     vocab = [(b" \xe2\x81\x87 ", 0.0), (b"", 0.0), (b"", 0.0), (b"\n", -1.5), (b" the", -2.25)]
     vocab = [(t, s if fmt != "ggml" else None) for t, s in vocab]
     tensors = [
-        ("tok_embeddings.weight", 1, (64, 5), rng.standard_normal((5, 64)).astype("<f2").tobytes()),
+        (first_name, 1, (64, 5), rng.standard_normal((5, 64)).astype("<f2").tobytes()),
         ("norm.weight", 0, (64,), rng.standard_normal(64).astype("<f4").tobytes()),
         ("layers.0.attention.wq.weight", 2, (64, 2), builders.quantize(rng.standard_normal((2, 64)), "Q4_0", layout)),
         ("layers.0.attention.wk.weight", 8, (32, 3, 1, 1),
          builders.quantize(rng.standard_normal((3, 32)), "Q8_0", layout)),
-    ]
-    data, fields = builders.build_file_with_fields(fmt, version, hp, vocab, tensors)
+    ] + ([("zero", 0, (32, 0, 1, 1), b"")] if zero else [])
+    valid = not zero and 0 < len(first_name.encode()) <= 4096  # the builder's own check refuses these
+    data, fields = builders.build_file_with_fields(fmt, version, hp, vocab, tensors, validate=valid)
     return Sample(data, tuple(fields))
 
 
 FORMATS = [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3)]
-SAMPLES = {f"{fmt}{version or ''}": _sample(fmt, version) for fmt, version in FORMATS}
+BASES = {f"{fmt}{version or ''}": _sample(fmt, version) for fmt, version in FORMATS}
+# More valid starting points (issue 17): a zero-size tensor last, and first names of 1 and 4,096 bytes (a name
+# length of 0 or 4,097 is an int mutation away)
+SAMPLES = {**BASES, "ggjt3-zero": _sample("ggjt", 3, zero=True), "ggml-zero": _sample("ggml", None, zero=True),
+           "ggmf1-name1": _sample("ggmf", 1, first_name="t"), "ggjt2-name4096": _sample("ggjt", 2, first_name="n" * 4096)}
+BIG_I32 = [1, 32, 65536, 1 << 20, 1 << 30, 0x7FFFFFFF]
 
 
 def _set_field(data: bytes, field: builders.Field, value: int) -> bytes:
@@ -72,8 +82,16 @@ def mutants(draw: st.DrawFn) -> tuple[str, bytes]:
     data = sample.data
     numeric = [f for f in sample.fields if f.fmt and f.fmt[-1] in "iI"]
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["int", "int", "int", "cut", "bytes", "insert", "delete", "append", "dup"]))
-        if kind == "int":
+        kind = draw(st.sampled_from(["int", "int", "int", "cut", "bytes", "insert", "delete", "append", "dup",
+                                     "dims"]))
+        if kind == "dims":  # one dim of the last tensor 0, the others big; its data cut: an overflow behind a zero
+            last = max(int(f.name[7:].split("]")[0]) for f in sample.fields if f.name.startswith("tensor["))
+            dims = [f for f in sample.fields if f.name.startswith(f"tensor[{last}].ne[")]
+            zero_at = draw(st.integers(0, len(dims) - 1))
+            for i, f in enumerate(dims):
+                data = _set_field(data, f, 0 if i == zero_at else draw(st.sampled_from(BIG_I32)))
+            data = data[: next(f.offset for f in sample.fields if f.name == f"tensor[{last}].data")]
+        elif kind == "int":
             field = draw(st.sampled_from(numeric))
             value = draw(st.one_of(st.sampled_from(INTERESTING_I32), st.integers(-(2**31), 2**32 - 1)))
             data = _set_field(data, field, value)
@@ -98,10 +116,16 @@ def _check_consistent(index, data: bytes) -> None:
         assert t.record_offset < t.offset <= t.offset + t.nbytes <= len(data)
         if index.version.aligned:
             assert t.offset % 32 == 0
+        assert 1 <= len(t.name.encode()) <= 4096
+        # the judges: llama.cpp's dims rule, and numpy making the view (last axis in blocks)
+        assert strategies.llama_cpp_dims_ok(t.ne), t.ne
+        view_shape = (*reversed(t.ne[1:]), t.ne[0] // t.block.elements)
+        assert strategies.numpy_can_view(data, view_shape, t.block.nbytes, t.offset), t.ne
         pos = t.offset + t.nbytes
     assert pos == len(data)
 
 
+@strategies.capped
 @settings(max_examples=FUZZ_EXAMPLES, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(mutants())
 def test_mutated_files_give_format_error_or_consistent_index(case):
@@ -112,7 +136,7 @@ def test_mutated_files_give_format_error_or_consistent_index(case):
         _check_consistent(index, data)
 
 
-@pytest.mark.parametrize("key", sorted(SAMPLES))
+@pytest.mark.parametrize("key", sorted(BASES))
 def test_every_truncation_is_a_format_error(key):
     data = SAMPLES[key].data
     boundaries = {t["record_offset"] for t in builders.parse_file(data)["tensors"]}
@@ -156,6 +180,7 @@ def _two_part_set() -> tuple[list[bytes], list[builders.Field]]:
 PARTS, PART1_FIELDS = _two_part_set()
 
 
+@strategies.capped
 @settings(max_examples=FUZZ_EXAMPLES // 4, deadline=5000,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(field=st.sampled_from([f for f in PART1_FIELDS if f.fmt and f.fmt[-1] in "iI"]),
@@ -175,3 +200,10 @@ def test_migrate_answers_a_mutated_part_with_format_error_only(tmp_path_factory,
         assert sorted(p.name for p in d.iterdir()) == ["m.bin", "m.bin.1"]  # nothing written, no temp left
         return
     decode_index((d / "out.bin").read_bytes())  # a mutation that changed nothing structural: output is valid
+
+
+def test_the_fuzz_worker_fails_an_allocation_of_a_gib():
+    """The control of strategies.capped: the same worker passes a 64 MiB allocation and fails a 1.5 GiB one."""
+    strategies.run_capped(lambda: np.empty(64 << 20, np.uint8))
+    with pytest.raises(pytest.fail.Exception, match="MemoryError"):
+        strategies.run_capped(lambda: np.empty(3 << 29, np.uint8))

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import strategies
 from convert.pth import parse_checkpoint
+from ggmlfmt import FormatError
 from convert.pthwrite import BF16, save_checkpoint
 
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "")
@@ -144,6 +146,7 @@ def _check(data: bytes, name: str) -> None:
         assert view.nbytes == t.nbytes
 
 
+@strategies.capped
 @settings(max_examples=ZIP_EXAMPLES, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(zip_mutants())
 def test_mutated_zips_give_format_error_or_tensors_inside_the_file(case: tuple[str, bytes]) -> None:
@@ -165,6 +168,8 @@ SNIPPETS = [
     b"R", b"b", b"Q", b"u", b"s", b"}", b"0", b"2", b".", b"N", b"\x88", b"\x89", b"\x85", b"\x86", b"\x87",
     b"\x8a\x08" + (1 << 62).to_bytes(8, "little"), b"\x8a\xff", b"J\xff\xff\xff\xff", b"K\x00", b"M\xff\xff",
     b"X\xff\xff\xff\x7f", b"X\x07\x00\x00\x00storage", b"\x80\x04\x95", b"]", b"c", b"i", b"\x93", b"\x94",
+    b"q\x00h\x00\x86" * 40,  # a tuple of two references to the one before, 40 deep: 2**40 leaves (issue 17)
+    b"\x8a\x09" + (1 << 64).to_bytes(9, "little"), b"\x8a\x08" + (1 << 61).to_bytes(8, "little"), b"K\x00",
 ]
 
 
@@ -196,14 +201,19 @@ def pickle_mutants(draw: st.DrawFn) -> tuple[str, bytes]:
         elif kind == "dup":
             end = draw(st.integers(pos, len(pkl)))
             pkl = pkl[:end] + pkl[pos:end] + pkl[end:]
+    return key, _zipped([(records[0][0], pkl), *records[1:]])
+
+
+def _zipped(records: list[tuple[str, bytes]]) -> bytes:
+    """A stored (uncompressed) zip of these records, by the standard library."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(records[0][0], pkl)
-        for name, data in records[1:]:
+        for name, data in records:
             z.writestr(name, data)
-    return key, out.getvalue()
+    return out.getvalue()
 
 
+@strategies.capped
 @settings(max_examples=PICKLE_EXAMPLES, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(pickle_mutants())
 def test_mutated_pickles_give_format_error_or_tensors_inside_the_file(case: tuple[str, bytes]) -> None:
@@ -213,3 +223,81 @@ def test_mutated_pickles_give_format_error_or_tensors_inside_the_file(case: tupl
 def test_unmutated_samples_parse() -> None:
     for key, sample in SAMPLES.items():
         assert parse_checkpoint(memoryview(sample.data)), key
+
+
+# ---------------------------------------------------------------- issue 17: sizes and shared values from a pickle
+
+
+def _u(text: str) -> bytes:
+    raw = text.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw  # BINUNICODE
+
+
+def _i(n: int) -> bytes:
+    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw  # LONG1
+
+
+def _checkpoint(name: str, size: tuple[int, ...], stride: tuple[int, ...], numel: int, *,
+                pid: bytes | None = None, items: bytes | None = None) -> bytes:
+    """A zip checkpoint whose data.pkl is hand-written as torch.save writes one FloatStorage tensor (struct only)."""
+    ints = lambda xs: b"(" + b"".join(_i(x) for x in xs) + b"t"  # noqa: E731
+    pid = pid or b"(" + _u("storage") + b"ctorch\nFloatStorage\n" + _u("0") + _u("cpu") + _i(numel) + b"t"
+    tensor = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + b"Q" + _i(0) + ints(size) + ints(stride) + b"\x89"
+              + b"ccollections\nOrderedDict\n)Rt" + b"R")
+    items = _u(name) + tensor if items is None else items
+    pkl = b"\x80\x02ccollections\nOrderedDict\n)R(" + items + b"u."
+    return _zipped([("archive/data.pkl", pkl), ("archive/byteorder", b"little"), ("archive/data/0", bytes(16))])
+
+
+def test_a_hand_written_checkpoint_parses():
+    """The control of the cases below: the same pickle with a sane size is a 2 x 2 tensor at the record's data."""
+    data = _checkpoint("w", (2, 2), (2, 1), 4)
+    t = parse_checkpoint(memoryview(data))["w"]
+    assert (t.shape, t.nbytes, data[t.offset : t.offset + 16]) == ((2, 2), 16, bytes(16))
+
+
+@pytest.mark.parametrize("size", [(0, 2**62, 2**62), (0, 2**61), (2**62, 4, 0), (0, 2**60), (0, 2**61 - 1), (3, 0)])
+def test_zero_size_tensors_are_refused_when_numpy_could_not_shape_them(size):
+    """A zero in the size hides no overflow: the rest times 4 bytes must stay within int64, as numpy requires."""
+    data = _checkpoint("w", size, tuple(1 for _ in size), 4)
+    if strategies.numpy_can_view(b"", size, 4):
+        t = parse_checkpoint(memoryview(data))["w"]
+        view = np.frombuffer(data, np.uint8)[t.offset : t.offset + t.nbytes].view("<f4").reshape(t.shape)
+        assert view.shape == size and view.size == 0
+    else:
+        with pytest.raises(FormatError, match=r"tensor 'w': size .* \(zeros skipped\) make \d+ bytes, above 2\*\*63-1"):
+            parse_checkpoint(memoryview(data))
+
+
+DOUBLING = b"q\x00h\x00\x86" * 40  # (x, x), then ((x, x), (x, x)), ...: 2**40 leaves in 200 bytes
+
+
+def test_a_shared_tuple_as_storage_id_is_named_in_a_short_line():
+    """str() of it would build 2**40 leaves (a MemoryError after 41 s at depth 30, before issue 17)."""
+    data = _checkpoint("w", (2, 2), (2, 1), 4, pid=_u("a") + DOUBLING)
+
+    def parse() -> None:
+        with pytest.raises(FormatError, match="persistent id, found") as e:
+            parse_checkpoint(memoryview(data))
+        assert len(str(e.value)) < 300 and "\n" not in str(e.value)
+
+    strategies.run_capped(parse, timeout=60)
+
+
+def test_a_shared_tuple_as_a_dict_key_is_refused_before_it_is_hashed():
+    """SETITEM hashes its key, walking all 2**40 leaves (hours); the opcode scan refuses the tuple first."""
+    data = _checkpoint("", (), (), 0, items=_u("a") + DOUBLING + b"N")
+
+    def parse() -> None:
+        with pytest.raises(FormatError, match="SETITEMS at byte \\d+ uses a tuple as a dict key"):
+            parse_checkpoint(memoryview(data))
+
+    strategies.run_capped(parse, timeout=60)
+
+
+def test_a_huge_name_is_quoted_short():
+    data = _checkpoint("n" * 100_000, (2, 2), (2, 9), 4)  # a stride past the storage
+    with pytest.raises(FormatError) as e:
+        parse_checkpoint(memoryview(data))
+    assert "tensor 'nnnn" in str(e.value) and "(100000 characters)" in str(e.value) and len(str(e.value)) < 400

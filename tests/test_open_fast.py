@@ -22,7 +22,7 @@ import builders
 import test_fuzz as fz
 from ggmlfmt import FormatError, GGMLType, Vocab, layout, load
 from ggmlfmt.constants import BLOCK_LAYOUTS
-from ggmlfmt.errors import BadLayout, Truncated
+from ggmlfmt.errors import BadLayout, Truncated, shown
 from ggmlfmt.layout import (
     Index,
     TensorInfo,
@@ -74,7 +74,7 @@ def _reference_index(data: bytes, path: str) -> Index:
         while cur.pos < cur.size:
             info = decode_record(cur, len(tensors), version)
             if info.name in seen:
-                raise BadLayout(f"duplicate tensor name {info.name!r} (first at offset {seen[info.name]:#x})",
+                raise BadLayout(f"duplicate tensor name {shown(info.name)} (first at offset {seen[info.name]:#x})",
                                 offset=info.record_offset, field=f"tensor[{len(tensors)}].name")
             seen[info.name] = info.record_offset
             tensors.append(info)

@@ -189,7 +189,8 @@ def _reference_decode(data: bytes):
         for i in range(n_tensors):
             info, pos = gguf._tensor_info(buf, pos, i, alignment)
             if info[0] in seen:
-                raise gguf.BadLayout(f"duplicate tensor name {info[0]!r}", offset=info[5], field=f"tensor[{i}].name")
+                raise gguf.BadLayout(f"duplicate tensor name {gguf.shown(info[0])}", offset=info[5],
+                                     field=f"tensor[{i}].name")
             seen.add(info[0])
             raw.append(info)
         return raw, pos

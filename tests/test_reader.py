@@ -242,11 +242,19 @@ def test_row_length_that_is_not_whole_blocks_is_a_bad_value(tmp_path):
 
 def test_sizes_beyond_any_file_are_truncated_without_overflow(tmp_path):
     big = 2**31 - 1
+    raw, fields = builders.build_file_with_fields("ggjt", 1, HP, VOCAB, [("huge", 0, (big, 2**28, 2, 1), b"")],
+                                                  validate=False)
+    e = expect(tmp_path, raw, Truncated, fields[-1].offset, "tensor 'huge' data (F32 [2147483647, 268435456, 2, 1])")
+    assert f"need {4 * big * 2**29} bytes" in str(e)  # 2**62 - 2**31: within int64, far beyond the file
+
+
+def test_dims_whose_product_passes_int64_are_refused_before_any_size(tmp_path):
+    big = 2**31 - 1  # big**3 > 2**63 - 1 (issue 17: a product of the dims is checked, as llama.cpp does)
     raw, fields = builders.build_file_with_fields("ggjt", 1, HP, VOCAB, [("huge", 0, (big, big, big, big), b"")],
                                                   validate=False)
-    e = expect(tmp_path, raw, Truncated, fields[-1].offset, "tensor 'huge' data (F32 [2147483647, 2147483647, "
-               "2147483647, 2147483647])")
-    assert f"need {4 * big**4} bytes" in str(e)
+    ne2 = next(f for f in fields if f.name == "tensor[0].ne[2]")
+    e = expect(tmp_path, raw, BadValue, ne2.offset, "tensor 'huge'.ne[2]", match="above 2\\*\\*63-1")
+    assert f"make {big**3} elements" in str(e)
 
 
 def test_non_zero_padding_is_a_bad_layout(tmp_path):
