@@ -10,7 +10,7 @@ so results are the reference's bit for bit, NaNs and signed zeros included.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -19,7 +19,8 @@ from .layout import TensorInfo
 
 CHUNK_ELEMENTS = 1 << 17  # values per kernel call (512 KiB of float32): bounds the temporaries
 _F32 = np.float32
-_SHIFT2 = np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)  # the four 2-bit fields of a byte, low first
+_SHIFT2 = np.array([0, 2, 4, 6], np.uint8).reshape(1, 4, 1)  # the four 2-bit fields of a byte, low first
+NIBBLES, CRUMBS, BITS = ((0, 4), 0x0F), ((0, 2, 4, 6), 0x03), (tuple(range(8)), 0x01)  # (shifts, mask) of a split
 
 
 def _scale(c: np.ndarray, field: str = "d") -> np.ndarray:
@@ -27,13 +28,27 @@ def _scale(c: np.ndarray, field: str = "d") -> np.ndarray:
     return c[field].astype(_F32)[:, None]
 
 
-def _halves(qs: np.ndarray) -> np.ndarray:
-    """4-bit codes of (k, groups, n) bytes: per group, the n low nibbles then the n high ones (k, groups * 2n)."""
-    k, g, n = qs.shape
-    codes = np.empty((k, g, 2, n), np.uint8)
-    np.bitwise_and(qs, 0x0F, out=codes[:, :, 0])
-    np.right_shift(qs, 4, out=codes[:, :, 1])
-    return codes.reshape(k, g * 2 * n)
+def _split(c: np.ndarray, field: str, groups: int, split: tuple[tuple[int, ...], int]) -> np.ndarray:
+    """Codes packed several to a byte in `field`, in the K-quant order, as (k, values) u8.
+
+    The field's bytes are cut into `groups` runs of n bytes; each run gives its n codes at the first
+    shift, then its n codes at the next shift, and so on. Shifts and masks work on 8 bytes at a time
+    over the whole chunk; one gather of 8-byte words (no per-block numpy call) puts them in order.
+    """
+    shifts, mask = split
+    words = np.ascontiguousarray(c[field]).view("<u8")  # every split field is a multiple of 8 bytes
+    planes = np.empty((len(shifts), *words.shape), np.uint64)
+    for plane, shift in zip(planes, shifts):
+        np.bitwise_and(np.right_shift(words, np.uint64(shift), out=plane), np.uint64(mask * 0x0101010101010101), out=plane)
+    order = _word_order(len(c), groups, len(shifts), words.shape[1] // groups)
+    return np.take(planes.reshape(-1), order, mode="clip").view(np.uint8).reshape(len(c), -1)
+
+
+@lru_cache(maxsize=32)
+def _word_order(k: int, groups: int, planes: int, n: int) -> np.ndarray:
+    """Where each word of the codes (k, groups, planes, n) comes from in the planes (planes, k, groups, n), as int32."""
+    order = np.arange(planes * k * groups * n, dtype=np.int32).reshape(planes, k, groups, n)
+    return np.ascontiguousarray(order.transpose(1, 2, 0, 3)).reshape(-1)
 
 
 def _interleaved(qs: np.ndarray) -> np.ndarray:
@@ -42,20 +57,6 @@ def _interleaved(qs: np.ndarray) -> np.ndarray:
     np.bitwise_and(qs, 0x0F, out=codes[..., 0])
     np.right_shift(qs, 4, out=codes[..., 1])
     return codes.reshape(qs.shape[0], -1)
-
-
-def _crumbs(qs: np.ndarray) -> np.ndarray:
-    """2-bit codes of (k, groups, 32) bytes: per group, bits 0-1 of the 32 bytes, then bits 2-3, 4-5, 6-7."""
-    k, g, n = qs.shape
-    codes = np.empty((k, g, 4, n), np.uint8)
-    np.right_shift(qs[:, :, None, :], _SHIFT2, out=codes)
-    np.bitwise_and(codes, 0x03, out=codes)
-    return codes.reshape(k, g * 4 * n)
-
-
-def _bit_planes(bits: np.ndarray) -> np.ndarray:
-    """(k, n) bytes -> (k, 8 * n): bit 0 of every byte, then bit 1 of every byte, ... (K-quant high bits)."""
-    return np.unpackbits(bits[:, None, :], axis=1, bitorder="little").reshape(bits.shape[0], -1)
 
 
 def _add_high(codes: np.ndarray, bits: np.ndarray, shift: int) -> None:
@@ -106,8 +107,7 @@ def _legacy(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     if "qh" not in names and "m" not in names and c.dtype["qs"].base == np.int8:  # Q8_0
         np.multiply(c["qs"], d, out=o)
         return
-    qs = c["qs"]
-    codes = _interleaved(qs) if layout.nibble_order == "interleaved" else _halves(qs[:, None, :])
+    codes = _interleaved(c["qs"]) if layout.nibble_order == "interleaved" else _split(c, "qs", 1, NIBBLES)
     if "qh" in names:
         _add_high(codes, np.unpackbits(c["qh"], axis=-1, bitorder="little"), 4)  # bit k = element k's fifth bit
     if "m" in names:
@@ -119,45 +119,53 @@ def _legacy(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
 # ----------------------------------------------------------------- GGUF's K-quants (docs/format.md §17.1)
 
 
-def _k_scales(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_K/Q5_K: the eight 6-bit scales and eight 6-bit mins packed in 12 bytes, as (k, 8) u8 each."""
-    a, b, c = packed[:, 0:4], packed[:, 4:8], packed[:, 8:12]
-    scales = np.concatenate([a & 0x3F, (c & 0x0F) | (a >> 6) << 4], axis=1)
-    mins = np.concatenate([b & 0x3F, c >> 4 | (b >> 6) << 4], axis=1)
+def _rows(c: np.ndarray, field: str) -> np.ndarray:
+    """A small per-block field as (field bytes, k): one copy, then every row operation runs over all k blocks at once."""
+    return np.ascontiguousarray(c[field].T)
+
+
+def _k_scales(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K: the eight 6-bit scales and eight 6-bit mins packed in 12 bytes, as (8, k) u8 each."""
+    s = _rows(c, "scales")
+    a, b, m = s[0:4], s[4:8], s[8:12]
+    scales = np.concatenate([a & 0x3F, (m & 0x0F) | (a >> 6) << 4])
+    mins = np.concatenate([b & 0x3F, m >> 4 | (b >> 6) << 4])
     return scales, mins
 
 
+def _times(c: np.ndarray, field: str, x: np.ndarray) -> np.ndarray:
+    """d * x for every block: the f16/f32 scale `field` times (n, k) small integers -> (k, n) float32."""
+    return (c[field].astype(_F32) * x.astype(_F32)).T
+
+
 def _q2_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    k, s = len(c), c["scales"]
-    dl = _scale(c) * (s & 0x0F).astype(_F32)
-    ml = _scale(c, "dmin") * (s >> 4).astype(_F32)
-    _scaled(o, dl, _crumbs(c["qs"].reshape(k, 2, 32)), ml, sub=True)
+    s = _rows(c, "scales")
+    dl, ml = _times(c, "d", s & 0x0F), _times(c, "dmin", s >> 4)
+    _scaled(o, dl, _split(c, "qs", 2, CRUMBS), ml, sub=True)
 
 
 def _q3_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    k, s = len(c), c["scales"]
-    high = (s[:, None, 8:12] >> _SHIFT2[0]) & 0x03  # (k, 4, 4): scale i's top two bits at byte 8 + i % 4, bits 2 (i // 4)
-    low = np.concatenate([s[:, :8] & 0x0F, s[:, :8] >> 4], axis=1)
-    scales = _signed(low | high.reshape(k, 16) << 4, 32)
-    codes = _crumbs(c["qs"].reshape(k, 2, 32))
-    _add_high(codes, _bit_planes(c["hmask"]), 2)
-    _scaled(o, _scale(c) * scales.astype(_F32), _signed(codes, 4))
+    s = _rows(c, "scales")
+    high = (s[None, 8:12] >> _SHIFT2.reshape(4, 1, 1)) & 0x03  # (4, 4, k): scale i's top two bits at byte 8 + i % 4, bits 2 (i // 4)
+    low = np.concatenate([s[:8] & 0x0F, s[:8] >> 4])
+    scales = _signed(low | high.reshape(16, -1) << 4, 32)
+    codes = _split(c, "qs", 2, CRUMBS)
+    _add_high(codes, _split(c, "hmask", 1, BITS), 2)  # element e's bit is bit e // 32 of hmask[e % 32]
+    _scaled(o, _times(c, "d", scales), _signed(codes, 4))
 
 
 def _q4_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    k = len(c)
-    scales, mins = _k_scales(c["scales"])
-    codes = _halves(c["qs"].reshape(k, 4, 32))
+    scales, mins = _k_scales(c)
+    codes = _split(c, "qs", 4, NIBBLES)
     if "qh" in c.dtype.names:  # Q5_K: element e's fifth bit is bit e // 32 of qh[e % 32]
-        _add_high(codes, _bit_planes(c["qh"]), 4)
-    _scaled(o, _scale(c) * scales.astype(_F32), codes, _scale(c, "dmin") * mins.astype(_F32), sub=True)
+        _add_high(codes, _split(c, "qh", 1, BITS), 4)
+    _scaled(o, _times(c, "d", scales), codes, _times(c, "dmin", mins), sub=True)
 
 
 def _q6_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    k = len(c)
-    codes = _halves(c["ql"].reshape(k, 2, 64))
-    _add_high(codes, _crumbs(c["qh"].reshape(k, 2, 32)), 4)
-    _scaled(o, _scale(c) * c["scales"].astype(_F32), _signed(codes, 32))
+    codes = _split(c, "ql", 2, NIBBLES)
+    _add_high(codes, _split(c, "qh", 2, CRUMBS), 4)
+    _scaled(o, _times(c, "d", _rows(c, "scales")), _signed(codes, 32))
 
 
 def _q8_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
@@ -168,18 +176,15 @@ def _q8_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
 
 
 def _iq4_nl(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    np.multiply(_scale(c), _lookup(_halves(c["qs"][:, None, :]), IQ4_NL_VALUES), out=o)
+    np.multiply(_scale(c), _lookup(_split(c, "qs", 1, NIBBLES), IQ4_NL_VALUES), out=o)
 
 
 def _iq4_xs(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    k = len(c)
-    low = np.empty((k, 4, 2), np.uint8)
-    np.bitwise_and(c["scales_l"], 0x0F, out=low[:, :, 0])
-    np.right_shift(c["scales_l"], 4, out=low[:, :, 1])
-    high = (c["scales_h"][:, None] >> np.arange(0, 16, 2, dtype=np.uint16)) & 0x03  # scale i: bits 2i, 2i+1
-    scales = _signed(low.reshape(k, 8) | high.astype(np.uint8) << 4, 32)
-    values = _lookup(_halves(c["qs"].reshape(k, 8, 16)), IQ4_NL_VALUES)
-    _scaled(o, _scale(c) * scales.astype(_F32), values)
+    s = _rows(c, "scales_l")
+    low = np.stack([s & 0x0F, s >> 4], axis=1).reshape(8, -1)  # scale i: nibble i % 2 of byte i // 2
+    high = (c["scales_h"] >> np.arange(0, 16, 2, dtype=np.uint16)[:, None]) & 0x03  # scale i: bits 2i, 2i+1
+    scales = _signed(low | high.astype(np.uint8) << 4, 32)
+    _scaled(o, _times(c, "d", scales), _lookup(_split(c, "qs", 8, NIBBLES), IQ4_NL_VALUES))
 
 
 def _tq1_0(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
@@ -194,14 +199,14 @@ def _tq1_0(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
 
 
 def _tq2_0(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    np.multiply(_scale(c), _signed(_crumbs(c["qs"].reshape(len(c), 2, 32)), 1), out=o)
+    np.multiply(_scale(c), _signed(_split(c, "qs", 2, CRUMBS), 1), out=o)
 
 
 def _mxfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     e = c["e"].astype(np.uint32)[:, None]
     # half of 2**(e - 127), as f32 bits: an exponent field of e - 1, or a subnormal for e < 2
     d = np.where(e < 2, np.uint32(0x00200000) << e, (e - 1) << 23).view(_F32)
-    np.multiply(d, _lookup(_halves(c["qs"][:, None, :]), MXFP4_VALUES), out=o)
+    np.multiply(d, _lookup(_split(c, "qs", 1, NIBBLES), MXFP4_VALUES), out=o)
 
 
 Kernel = Callable[[np.ndarray, np.ndarray, BlockLayout], None]
@@ -236,11 +241,12 @@ def dequantize_blocks(blocks: np.ndarray, ggml_type: GGMLType, generation: int) 
     kernel = KERNELS.get(t)
     if kernel is None:
         raise ValueError(f"no numpy dequantizer for {t.name}; its blocks are raw bytes here")
-    flat = blocks.reshape(-1)
+    flat = np.ascontiguousarray(blocks).reshape(-1)  # kernels read each chunk's bytes whole
     out = np.empty((flat.shape[0], layout.elements), _F32)
     step = max(1, CHUNK_ELEMENTS // layout.elements)
-    for start in range(0, flat.shape[0], step):
-        kernel(flat[start : start + step], out[start : start + step], layout)
+    with np.errstate(all="ignore"):  # NaN/inf scales give NaN/inf values, as in the reference; not an error
+        for start in range(0, flat.shape[0], step):
+            kernel(flat[start : start + step], out[start : start + step], layout)
     return out.reshape(*blocks.shape[:-1], blocks.shape[-1] * layout.elements)  # not -1: zero blocks are legal
 
 
