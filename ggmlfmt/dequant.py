@@ -46,8 +46,8 @@ def _split(c: np.ndarray, field: str, groups: int, split: tuple[tuple[int, ...],
 
 @lru_cache(maxsize=32)
 def _word_order(k: int, groups: int, planes: int, n: int) -> np.ndarray:
-    """Where each word of the codes (k, groups, planes, n) comes from in the planes (planes, k, groups, n), as int32."""
-    order = np.arange(planes * k * groups * n, dtype=np.int32).reshape(planes, k, groups, n)
+    """Where each word of the codes (k, groups, planes, n) comes from in the planes (planes, k, groups, n)."""
+    order = np.arange(planes * k * groups * n, dtype=np.intp).reshape(planes, k, groups, n)
     return np.ascontiguousarray(order.transpose(1, 2, 0, 3)).reshape(-1)
 
 
@@ -61,7 +61,7 @@ def _interleaved(qs: np.ndarray) -> np.ndarray:
 
 def _add_high(codes: np.ndarray, bits: np.ndarray, shift: int) -> None:
     """codes |= bits << shift, in place (bits are 0/1 or small codes of the same shape)."""
-    np.left_shift(bits, shift, out=bits)
+    np.multiply(bits, np.uint8(1 << shift), out=bits)  # numpy's uint8 left_shift has no fast loop; multiply has
     np.bitwise_or(codes, bits, out=codes)
 
 
@@ -135,7 +135,7 @@ def _k_scales(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _times(c: np.ndarray, field: str, x: np.ndarray) -> np.ndarray:
     """d * x for every block: the f16/f32 scale `field` times (n, k) small integers -> (k, n) float32."""
-    return (c[field].astype(_F32) * x.astype(_F32)).T
+    return np.ascontiguousarray((c[field].astype(_F32) * x.astype(_F32)).T)
 
 
 def _q2_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:

@@ -25,13 +25,13 @@ GGMLFMT_RANKS = {
     "ggmlfmt.libc": 0,  # stdlib only: the C calls os/mmap lack (mincore, mlock, sync_file_range), each optional, lazily bound
     "ggmlfmt.layout": 1,
     "ggmlfmt.floats": 1,  # element casts (f16, f32, bf16) bit-identical to torch's
+    "ggmlfmt.dequant": 1.75,  # blocks -> float32; below reader, whose Model.floats uses it
     "ggmlfmt.gguf": 1.5,  # GGUF bytes <-> records; builds on layout's TensorInfo and Plan
     "ggmlfmt.loadopts": 1,  # load options: how a file's bytes are brought into memory (map, advice, lock, pread)
     "ggmlfmt.cachestat": 1,  # page-cache diagnostics: residency (mincore), eviction, which mapping holds an array
     "ggmlfmt.reader": 2,
     "ggmlfmt.writer": 2,
     "ggmlfmt.parts": 2,
-    "ggmlfmt.dequant": 2,
     "ggmlfmt.summary": 2,
     "ggmlfmt.llama": 2,  # what GGUF says about a LLaMA model (names, metadata, vocabulary); pure
     "ggmlfmt.tokenizer": 3,  # SentencePiece tokenizer.model -> ggjt texts or GGUF pieces (sentencepiece, lazily)
