@@ -297,10 +297,19 @@ GGUF_BLOCK_FIELDS: dict[GGMLType, list[tuple]] = {
     GGMLType.TQ1_0: [("qs", "u1", 48), ("qh", "u1", 4), ("d", "<f2")],  # 54
     GGMLType.TQ2_0: [("qs", "u1", 64), ("d", "<f2")],  # 66
     GGMLType.MXFP4: [("e", "u1"), ("qs", "u1", 16)],  # 17, 32 elements
+    # the grid types (§17.5): codes index the lattice grids of ggmlfmt/iqgrids.py
+    GGMLType.IQ2_XXS: [("d", "<f2"), ("qs", "<u2", 32)],  # 66: 8 x (4 grid indices, u32 signs + scale)
+    GGMLType.IQ2_XS: [("d", "<f2"), ("qs", "<u2", 32), ("scales", "u1", 8)],  # 74
+    GGMLType.IQ2_S: [("d", "<f2"), ("qs", "u1", 32), ("signs", "u1", 32), ("qh", "u1", 8), ("scales", "u1", 8)],  # 82
+    GGMLType.IQ3_XXS: [("d", "<f2"), ("qs", "u1", 64), ("scales_signs", "<u4", 8)],  # 98
+    GGMLType.IQ3_S: [("d", "<f2"), ("qs", "u1", 64), ("qh", "u1", 8), ("signs", "u1", 32), ("scales", "u1", 4)],  # 110
+    GGMLType.IQ1_S: [("d", "<f2"), ("qs", "u1", 32), ("qh", "<u2", 8)],  # 50
+    GGMLType.IQ1_M: [("qs", "u1", 32), ("qh", "u1", 16), ("scales", "<u2", 4)],  # 56; the f16 scale is spread over scales
 }
 # Value tables of the non-linear types (docs/format.md §17.3), as signed integers.
 IQ4_NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 MXFP4_VALUES = (0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12)  # E2M1 values times two
+IQ1_DELTA = 0.125  # IQ1_S/IQ1_M: added to (or, with the group's sign bit, subtracted from) each grid value
 
 
 def _gguf_layout(t: GGMLType, elements: int, nbytes: int) -> BlockLayout:

@@ -1,5 +1,5 @@
 """numpy dequantization to float32 of every block type we know the layout of: the 2023 types of each
-generation, and GGUF's K-quants, IQ4_NL/IQ4_XS, TQ1_0/TQ2_0 and MXFP4 (docs/format.md §5.3, §17).
+generation, and GGUF's K-quants, IQ types, TQ1_0/TQ2_0 and MXFP4 (docs/format.md §5.3, §17).
 
 Each type is one kernel that turns a chunk of blocks into its float32 values: integer codes first
 (bytes, cheap), then one or two float passes over the chunk of output, which stays in cache. Every
@@ -14,7 +14,8 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-from .constants import BLOCK_LAYOUTS, IQ4_NL_VALUES, MXFP4_VALUES, BlockLayout, GGMLType
+from . import iqgrids
+from .constants import BLOCK_LAYOUTS, IQ1_DELTA, IQ4_NL_VALUES, MXFP4_VALUES, BlockLayout, GGMLType
 from .layout import TensorInfo
 
 CHUNK_ELEMENTS = 1 << 17  # values per kernel call (512 KiB of float32): bounds the temporaries
@@ -220,6 +221,117 @@ def _mxfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     _scaled(o, d, _lookup(_split(c, "qs", 1, NIBBLES), MXFP4_VALUES))
 
 
+# ----------------------------------------------------------------- the grid types (docs/format.md §17.5)
+
+
+@cache
+def _grid(name: str) -> np.ndarray:
+    """A lattice grid of ggmlfmt/iqgrids.py, one entry (8 or 4 value bytes) per u64 or u32."""
+    raw = bytes.fromhex(getattr(iqgrids, name))
+    return np.frombuffer(raw, "<u4" if name.startswith("IQ3") else "<u8")
+
+
+@cache
+def _sign_masks() -> np.ndarray:
+    """IQ2/IQ3 sign index (7 bits) -> u64 of 8 byte masks, 0xFF where the value is negative.
+
+    The 8th sign is the parity of the other seven (each group of 8 has an even number of minus signs).
+    """
+    i = np.arange(128, dtype=np.uint8)
+    parity = np.unpackbits(i[:, None], axis=1).sum(axis=1).astype(np.uint8) & 1
+    bits = np.unpackbits((i | parity << 7)[:, None], axis=1, bitorder="little")  # (128, 8): bit j = value j
+    return (bits * np.uint8(0xFF)).view("<u8").reshape(-1)
+
+
+def _lookup_grid(name: str, index: np.ndarray) -> np.ndarray:
+    """(k, entries) grid indices -> (k, values) int8: each entry's values, in entry order."""
+    return np.take(_grid(name), index, mode="clip").view(np.int8).reshape(len(index), -1)
+
+
+def _with_signs(values: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """values negated where the int8 mask is -1 (two's complement: (v ^ m) - m), in place."""
+    np.bitwise_xor(values, masks, out=values)
+    np.subtract(values, masks, out=values)
+    return values
+
+
+def _bit_masks(bits: np.ndarray) -> np.ndarray:
+    """(k, n) bytes -> (k, 8n) int8: -1 where bit e % 8 of byte e // 8 is set, else 0."""
+    return np.negative(np.unpackbits(bits, axis=1, bitorder="little").view(np.int8))
+
+
+def _nibble_pairs(b: np.ndarray) -> np.ndarray:
+    """(k, n) bytes -> (k, 2n) u8: low nibble of byte j at 2j, high nibble at 2j + 1."""
+    return np.stack([b & 0x0F, b >> 4], axis=2).reshape(len(b), -1)
+
+
+def _half_steps(c: np.ndarray, scales: np.ndarray, unit: float) -> np.ndarray:
+    """IQ2/IQ3_XXS group scales: d·(0.5 + s)·unit, in that order."""
+    return _scale(c) * (_F32(0.5) + scales.astype(_F32)) * _F32(unit)
+
+
+def _iq2_xxs(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    words = np.ascontiguousarray(c["qs"]).view("<u4").reshape(len(c), 8, 2)  # per group: 4 indices, signs + scale
+    index, aux = np.ascontiguousarray(words[:, :, 0]).view(np.uint8), words[:, :, 1]
+    signs = (aux[:, :, None] >> np.array([0, 7, 14, 21], np.uint32)) & 0x7F
+    masks = np.take(_sign_masks(), signs.reshape(len(c), -1)).view(np.int8)
+    _scaled(o, _half_steps(c, aux >> 28, 0.25), _with_signs(_lookup_grid("IQ2XXS_GRID", index), masks))
+
+
+def _iq2_xs(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    qs = np.ascontiguousarray(c["qs"])  # per 8 values: 9-bit grid index, 7-bit sign index
+    masks = np.take(_sign_masks(), qs >> 9).view(np.int8)
+    values = _with_signs(_lookup_grid("IQ2XS_GRID", qs & 0x1FF), masks)
+    _scaled(o, _half_steps(c, _nibble_pairs(c["scales"]), 0.25), values)
+
+
+def _iq2_s(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    high = (c["qh"][:, :, None] >> _SHIFT2[0, :, 0]) & 0x03  # entry i: bits 2 (i % 4) of qh[i // 4]
+    index = c["qs"].astype(np.uint16) | high.reshape(len(c), -1).astype(np.uint16) << 8
+    values = _with_signs(_lookup_grid("IQ2S_GRID", index), _bit_masks(c["signs"]))
+    _scaled(o, _half_steps(c, _nibble_pairs(c["scales"]), 0.25), values)
+
+
+def _iq3_xxs(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    aux = np.ascontiguousarray(c["scales_signs"])
+    signs = (aux[:, :, None] >> np.array([0, 7, 14, 21], np.uint32)) & 0x7F
+    masks = np.take(_sign_masks(), signs.reshape(len(c), -1)).view(np.int8)
+    values = _with_signs(_lookup_grid("IQ3XXS_GRID", np.ascontiguousarray(c["qs"])), masks)
+    _scaled(o, _half_steps(c, aux >> 28, 0.5), values)
+
+
+def _iq3_s(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    high = np.unpackbits(c["qh"], axis=1, bitorder="little").astype(np.uint16)  # entry i: bit i % 8 of qh[i // 8]
+    index = c["qs"].astype(np.uint16) | high << 8
+    values = _with_signs(_lookup_grid("IQ3S_GRID", index), _bit_masks(c["signs"]))
+    _scaled(o, _scale(c) * (1 + 2 * _nibble_pairs(c["scales"])), values)  # odd steps 1, 3, .. 31
+
+
+def _iq1(o: np.ndarray, dl: np.ndarray, index: np.ndarray, negative: np.ndarray) -> None:
+    """IQ1 values: dl·(grid + delta), delta ±IQ1_DELTA per grid entry (negative where `negative`)."""
+    delta = np.where(negative, _F32(-IQ1_DELTA), _F32(IQ1_DELTA))
+    grid = _lookup_grid("IQ1S_GRID", index).reshape(*index.shape, 8)
+    _scaled(o, dl, (grid + delta[:, :, None]).reshape(len(index), -1))
+
+
+def _iq1_s(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    qh = c["qh"]  # per group of 32: 4 x 3 high index bits, a 3-bit scale, the delta's sign
+    high = (qh[:, :, None] >> np.array([0, 3, 6, 9], np.uint16)) & 0x07
+    index = c["qs"].astype(np.uint16) | high.reshape(len(c), -1) << 8
+    negative = np.repeat((qh & 0x8000) != 0, 4, axis=1)
+    _iq1(o, _scale(c) * (2 * ((qh >> 12) & 0x07) + 1), index, negative)
+
+
+def _iq1_m(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    s = c["scales"]  # four u16: 4 x 3-bit group scales each, and a nibble of the block's f16 scale on top
+    bits = (s[:, 0] >> 12) | (s[:, 1] >> 8) & 0x00F0 | (s[:, 2] >> 4) & 0x0F00 | s[:, 3] & 0xF000
+    d = bits.astype(np.uint16).view(np.float16).astype(_F32)[:, None]
+    group = (s[:, :, None] >> np.array([0, 3, 6, 9], np.uint16)) & 0x07
+    half = _nibble_pairs(c["qh"])  # entry i: nibble i % 2 of qh[i // 2]: 3 high index bits, the delta's sign
+    index = c["qs"].astype(np.uint16) | (half & 0x07).astype(np.uint16) << 8
+    _iq1(o, d * (2 * group.reshape(len(c), -1) + 1), index, (half & 0x08) != 0)
+
+
 Kernel = Callable[[np.ndarray, np.ndarray, BlockLayout], None]
 KERNELS: dict[GGMLType, Kernel] = {
     **dict.fromkeys([GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_2, GGMLType.Q4_3, GGMLType.Q5_0, GGMLType.Q5_1,
@@ -227,6 +339,8 @@ KERNELS: dict[GGMLType, Kernel] = {
     GGMLType.Q2_K: _q2_k, GGMLType.Q3_K: _q3_k, GGMLType.Q4_K: _q4_k, GGMLType.Q5_K: _q4_k,
     GGMLType.Q6_K: _q6_k, GGMLType.Q8_K: _q8_k, GGMLType.IQ4_NL: _iq4_nl, GGMLType.IQ4_XS: _iq4_xs,
     GGMLType.TQ1_0: _tq1_0, GGMLType.TQ2_0: _tq2_0, GGMLType.MXFP4: _mxfp4,
+    GGMLType.IQ2_XXS: _iq2_xxs, GGMLType.IQ2_XS: _iq2_xs, GGMLType.IQ2_S: _iq2_s, GGMLType.IQ3_XXS: _iq3_xxs,
+    GGMLType.IQ3_S: _iq3_s, GGMLType.IQ1_S: _iq1_s, GGMLType.IQ1_M: _iq1_m,
 }
 
 
@@ -239,7 +353,7 @@ def dequantize_blocks(blocks: np.ndarray, ggml_type: GGMLType, generation: int) 
 
     Raises:
         ValueError: the array's dtype is not the block dtype of that type and generation, or the type has
-            no dequantizer here (GGUF's IQ1/IQ2/IQ3 types, NVFP4, Q1_0, Q8_1: docs/format.md §17.5).
+            no dequantizer here (NVFP4, Q1_0, Q8_1: docs/format.md §17.6).
     """
     t = GGMLType(ggml_type)
     layout = BLOCK_LAYOUTS[generation][t]

@@ -62,7 +62,7 @@ def float_values(view: np.ndarray, info: TensorInfo, generation: int) -> np.ndar
     """A tensor view as float32 with its PyTorch-order shape: F32 views as they are, everything else converted.
 
     Raises:
-        ValueError: the type has no dequantizer (docs/format.md §17.5); the message names the tensor.
+        ValueError: the type has no dequantizer (docs/format.md §17.6); the message names the tensor.
     """
     if info.type == GGMLType.F32:
         return view
@@ -76,7 +76,7 @@ class _Floats(Mapping[str, np.ndarray]):
     """name -> float32 values with the PyTorch-order shape, computed on each access (not kept).
 
     F32 tensors are their zero-copy view itself; F16, BF16, the integer types and F64 are cast;
-    quantized tensors are dequantized with the file's block generation (docs/format.md §17.6).
+    quantized tensors are dequantized with the file's block generation (docs/format.md §17.7).
     """
 
     def __init__(self, views: Mapping[str, np.ndarray], infos: Mapping[str, TensorInfo], generation: int) -> None:

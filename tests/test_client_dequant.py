@@ -31,8 +31,8 @@ FILE_TYPES = {
     "Q4_0": {GGMLType.Q4_0}, "Q4_1": {GGMLType.Q4_1}, "Q5_0": {GGMLType.Q5_0}, "Q5_1": {GGMLType.Q5_1},
     "Q8_0": {GGMLType.Q8_0}, "Q2_K": {GGMLType.Q2_K}, "Q3_K_M": {GGMLType.Q3_K}, "Q4_K_M": {GGMLType.Q4_K},
     "Q5_K_M": {GGMLType.Q5_K}, "Q6_K": {GGMLType.Q6_K}, "IQ4_NL": {GGMLType.IQ4_NL},
-    "IQ4_XS": {GGMLType.IQ4_XS}, "TQ1_0": {GGMLType.TQ1_0}, "TQ2_0": {GGMLType.TQ2_0},
-}
+    "IQ4_XS": {GGMLType.IQ4_XS}, "TQ1_0": {GGMLType.TQ1_0}, "TQ2_0": {GGMLType.TQ2_0}, "IQ3_M": {GGMLType.IQ3_S},
+}  # the other grid types (IQ1, IQ2, IQ3_XXS) need an importance matrix, which this API cannot take from Python
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,7 @@ GEN = GGUF_BLOCK_GENERATION
 JUDGED = [t for t in ggmlfmt.dequant.KERNELS if t in BLOCK_LAYOUTS[GEN] and t != GGMLType.Q8_K]
 QUANTIZABLE = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.TQ1_0,
                GGMLType.TQ2_0, GGMLType.MXFP4]  # the ones gguf.quants can quantize
-LEFT_OUT = [GGMLType.IQ2_XXS, GGMLType.IQ2_XS, GGMLType.IQ2_S, GGMLType.IQ3_XXS, GGMLType.IQ3_S, GGMLType.IQ1_S,
-            GGMLType.IQ1_M, GGMLType.NVFP4, GGMLType.Q1_0, GGMLType.Q8_1]  # docs/format.md §17.5
+LEFT_OUT = [GGMLType.NVFP4, GGMLType.Q1_0, GGMLType.Q8_1]  # docs/format.md §17.6
 
 
 def theirs(raw: np.ndarray, t: GGMLType) -> np.ndarray:
@@ -59,6 +58,10 @@ SPECIAL_F16 = [0x7C01, 0xFE00, 0x7E55, 0xFC00, 0x7C00, 0x0001, 0x8000]
 def with_special_scales(raw: np.ndarray, t: GGMLType) -> np.ndarray:
     raw = raw.copy()
     blocks = raw.view(BLOCK_LAYOUTS[GEN][t].dtype).reshape(-1)
+    if t == GGMLType.IQ1_M:  # its f16 scale is the top nibbles of the four u16 scales, lowest first
+        for i, special in enumerate(SPECIAL_F16[: len(blocks)]):
+            for j in range(4):
+                blocks["scales"][i, j] = blocks["scales"][i, j] & 0x0FFF | (special >> 4 * j & 0xF) << 12
     for i, field in enumerate(f for f in ("d", "dmin", "m") if f in blocks.dtype.names and blocks.dtype[f] == np.float16):
         n = min(len(blocks), len(SPECIAL_F16))
         blocks[field][:n] = np.array(np.roll(SPECIAL_F16, i)[:n], np.uint16).view(np.float16)
@@ -66,7 +69,7 @@ def with_special_scales(raw: np.ndarray, t: GGMLType) -> np.ndarray:
 
 
 def test_gguf_py_lists_the_types_we_leave_out_and_cannot_judge_q8_k():
-    """The coverage claims of docs/format.md §17.5 are about today's gguf-py, checked here."""
+    """The coverage claims of docs/format.md §17.6 are about today's gguf-py, checked here."""
     raw = random_rows(GGMLType.Q8_K, 1, 1, 0)
     with pytest.raises(NotImplementedError):
         gguf.quants.dequantize(raw, Q.Q8_K)
@@ -160,3 +163,24 @@ def test_q8_k_against_its_stated_layout():
         with np.errstate(all="ignore"):
             want += [d * np.float32(q) for q in struct.unpack_from("<256b", block, 4)]
     np.testing.assert_array_equal(bits(got), bits(np.array(want, np.float32)))
+
+
+GRIDS = {"IQ2XXS_GRID": "IQ2_XXS", "IQ2XS_GRID": "IQ2_XS", "IQ2S_GRID": "IQ2_S", "IQ3XXS_GRID": "IQ3_XXS",
+         "IQ3S_GRID": "IQ3_S", "IQ1S_GRID": "IQ1_S"}
+
+
+@pytest.mark.parametrize("name", GRIDS)
+def test_every_grid_entry_is_gguf_py_s(name):
+    """ggmlfmt/iqgrids.py (generated from llama.cpp's ggml-common.h) against the gguf package's own copy."""
+    cls = getattr(gguf.quants, GRIDS[name])
+    cls.init_grid()
+    theirs = cls.grid.reshape(cls.grid_shape)  # float32 (entries, values per entry)
+    ours = ggmlfmt.dequant._grid(name).view(np.int8).reshape(theirs.shape)
+    np.testing.assert_array_equal(ours.astype(np.float32), theirs)
+    assert len(np.unique(ours.view(f"V{ours.shape[1]}"))) == len(ours)  # no entry twice: a shifted parse would show
+
+
+def test_sign_parity_rule_gives_gguf_py_s_sign_table():
+    ksigns = np.frombuffer(gguf.quants.IQ2_XXS.ksigns, np.uint8)
+    masks = ggmlfmt.dequant._sign_masks().view(np.uint8).reshape(128, 8)
+    np.testing.assert_array_equal(np.packbits(masks == 0xFF, axis=1, bitorder="little").reshape(-1), ksigns)

@@ -55,7 +55,7 @@ def mixed(tmp_path_factory):
         ("tq2_0", gguf.quants.quantize(x, Q.TQ2_0), Q.TQ2_0),
         ("mxfp4", gguf.quants.quantize(x, Q.MXFP4), Q.MXFP4),
     ]
-    for t in (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, Q.TQ1_0):
+    for t in (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, Q.TQ1_0, Q.IQ2_XXS, Q.IQ3_S, Q.IQ1_M):
         tensors.append((t.name.lower(), random_blocks(t, 3, 2), t))  # 3 rows of 2 blocks
     path = tmp_path_factory.mktemp("floats") / "mixed.gguf"
     gguf_file(path, tensors)
@@ -114,9 +114,9 @@ def test_floats_of_2023_files_use_the_file_s_block_generation(tmp_path, fmt, ver
 
 
 def test_a_type_without_dequantizer_names_the_tensor(tmp_path):
-    path = tmp_path / "iq.gguf"
-    gguf_file(path, [("w", random_blocks(Q.IQ2_XXS, 1, 1), Q.IQ2_XXS)])
-    with pytest.raises(ValueError, match="tensor 'w': no numpy dequantizer for IQ2_XXS"):
+    path = tmp_path / "nvfp4.gguf"
+    gguf_file(path, [("w", random_blocks(Q.NVFP4, 1, 1), Q.NVFP4)])
+    with pytest.raises(ValueError, match="tensor 'w': no numpy dequantizer for NVFP4"):
         load(path).floats["w"]
 
 
