@@ -1,5 +1,5 @@
 """numpy dequantization to float32 of every block type we know the layout of: the 2023 types of each
-generation, and GGUF's K-quants, IQ types, TQ1_0/TQ2_0 and MXFP4 (docs/format.md §5.3, §17).
+generation, and GGUF's K-quants, IQ types, TQ1_0/TQ2_0, MXFP4 and NVFP4 (docs/format.md §5.3, §17).
 
 Each type is one kernel that turns a chunk of blocks into its float32 values: integer codes first
 (bytes, cheap), then one or two float passes over the chunk of output, which stays in cache. Every
@@ -221,6 +221,17 @@ def _mxfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     _scaled(o, d, _lookup(_split(c, "qs", 1, NIBBLES), MXFP4_VALUES))
 
 
+def _nvfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    x = c["d"]  # four unsigned E4M3 scales (bits 3-6 exponent, bias 7; bits 0-2 mantissa), halved
+    e, m = ((x >> 3) & 0x0F).astype(_F32), (x & 0x07).astype(_F32)
+    d = np.where(e == 0, m * _F32(2.0**-9), (1 + m / 8) * np.exp2(e - 7)) * _F32(0.5)  # exact in f32
+    d[(x == 0) | (x == 0x7F)] = 0
+    codes = np.empty((len(c), 4, 2, 8), np.uint8)  # per scale: 8 bytes, low nibbles then high nibbles
+    np.bitwise_and(c["qs"].reshape(-1, 4, 8), 0x0F, out=codes[:, :, 0])
+    np.right_shift(c["qs"].reshape(-1, 4, 8), 4, out=codes[:, :, 1])
+    _scaled(o, d.astype(_F32), _lookup(codes.reshape(len(c), -1), MXFP4_VALUES))
+
+
 # ----------------------------------------------------------------- the grid types (docs/format.md §17.5)
 
 
@@ -338,7 +349,7 @@ KERNELS: dict[GGMLType, Kernel] = {
                      GGMLType.Q8_0], _legacy),
     GGMLType.Q2_K: _q2_k, GGMLType.Q3_K: _q3_k, GGMLType.Q4_K: _q4_k, GGMLType.Q5_K: _q4_k,
     GGMLType.Q6_K: _q6_k, GGMLType.Q8_K: _q8_k, GGMLType.IQ4_NL: _iq4_nl, GGMLType.IQ4_XS: _iq4_xs,
-    GGMLType.TQ1_0: _tq1_0, GGMLType.TQ2_0: _tq2_0, GGMLType.MXFP4: _mxfp4,
+    GGMLType.TQ1_0: _tq1_0, GGMLType.TQ2_0: _tq2_0, GGMLType.MXFP4: _mxfp4, GGMLType.NVFP4: _nvfp4,
     GGMLType.IQ2_XXS: _iq2_xxs, GGMLType.IQ2_XS: _iq2_xs, GGMLType.IQ2_S: _iq2_s, GGMLType.IQ3_XXS: _iq3_xxs,
     GGMLType.IQ3_S: _iq3_s, GGMLType.IQ1_S: _iq1_s, GGMLType.IQ1_M: _iq1_m,
 }
@@ -353,7 +364,7 @@ def dequantize_blocks(blocks: np.ndarray, ggml_type: GGMLType, generation: int) 
 
     Raises:
         ValueError: the array's dtype is not the block dtype of that type and generation, or the type has
-            no dequantizer here (NVFP4, Q1_0, Q8_1: docs/format.md §17.6).
+            no dequantizer here (Q1_0, Q8_1: docs/format.md §17.6).
     """
     t = GGMLType(ggml_type)
     layout = BLOCK_LAYOUTS[generation][t]

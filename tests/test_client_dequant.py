@@ -32,7 +32,8 @@ FILE_TYPES = {
     "Q8_0": {GGMLType.Q8_0}, "Q2_K": {GGMLType.Q2_K}, "Q3_K_M": {GGMLType.Q3_K}, "Q4_K_M": {GGMLType.Q4_K},
     "Q5_K_M": {GGMLType.Q5_K}, "Q6_K": {GGMLType.Q6_K}, "IQ4_NL": {GGMLType.IQ4_NL},
     "IQ4_XS": {GGMLType.IQ4_XS}, "TQ1_0": {GGMLType.TQ1_0}, "TQ2_0": {GGMLType.TQ2_0}, "IQ3_M": {GGMLType.IQ3_S},
-}  # the other grid types (IQ1, IQ2, IQ3_XXS) need an importance matrix, which this API cannot take from Python
+}  # the other grid types (IQ1, IQ2, IQ3_XXS) need an importance matrix, which this API cannot take from Python;
+# this llama.cpp refuses to write NVFP4 ("invalid output file type")
 
 
 @pytest.fixture(scope="module")
