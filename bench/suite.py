@@ -349,7 +349,7 @@ def dequantizing(plan: Plan, work: Path) -> dict[str, Any]:
     for t in [t for t in KERNELS if t in BLOCK_LAYOUTS[GEN] and t.name != "Q8_K"]:
         layout, q = BLOCK_LAYOUTS[GEN][t], gguf.GGMLQuantizationType[t.name]
         raw = np.frombuffer(rng.bytes(rows * cols // layout.elements * layout.nbytes), np.uint8).reshape(rows, -1).copy()
-        for f in {"d", "dmin", "m"} & set(layout.dtype.names):
+        for f in [f for f in ("d", "dmin", "m") if f in layout.dtype.names and layout.dtype[f] == "<f2"]:
             raw.view(layout.dtype)[f] = rng.uniform(-0.01, 0.01, (rows, cols // layout.elements))
         ours = raw.view(layout.dtype)
         same = np.array_equal(dequantize_blocks(ours, t, GEN).view("<u4"), gguf.quants.dequantize(raw, q).view("<u4"))
