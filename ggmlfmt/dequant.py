@@ -2,9 +2,11 @@
 generation, and GGUF's K-quants, IQ types, TQ1_0/TQ2_0, MXFP4 and NVFP4 (docs/format.md §5.3, §17).
 
 Each type is one kernel that turns a chunk of blocks into its float32 values: integer codes first
-(bytes, cheap), then one or two float passes over the chunk of output, which stays in cache. Every
-float operation is the one of the format's definition in the same order (scale products first),
-so results are the reference's bit for bit, NaNs and signed zeros included.
+(bytes, worked 8 at a time over the whole chunk), then a cast and one or two float passes over the
+chunk of output, which stays in cache. Every float operation is the one of the format's definition
+in the same order (scale products first), so results are the reference's bit for bit, NaNs and
+signed zeros included. numpy's cost per call and per short row, not arithmetic, is what the kernels
+are shaped around: no per-block Python, few calls per chunk, no broadcasting over 16-value rows.
 """
 
 from __future__ import annotations
