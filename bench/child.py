@@ -22,7 +22,6 @@ Loaded = tuple[Any, list[Any]]  # (what keeps the data alive, the arrays or torc
 
 def _ggmlfmt(path: str, opts: dict[str, Any]) -> Loaded:
     import ggmlfmt
-
     model = ggmlfmt.load(path, **opts)
     return model, [model.tensors[n] for n in model.tensors]  # every view made: "open" is complete
 
@@ -34,14 +33,12 @@ def _floor(path: str, opts: dict[str, Any]) -> Loaded:
 
 def _safetensors(path: str, opts: dict[str, Any]) -> Loaded:
     from safetensors.torch import load_file
-
     t = load_file(path)
     return t, list(t.values())
 
 
 def _gguf_reader(path: str, opts: dict[str, Any]) -> Loaded:
     from gguf import GGUFReader
-
     r = GGUFReader(path)
     return r, [t.data for t in r.tensors]
 
@@ -49,7 +46,6 @@ def _gguf_reader(path: str, opts: dict[str, Any]) -> Loaded:
 def _torch(mmap_: bool) -> Callable[[str, dict[str, Any]], Loaded]:
     def load(path: str, opts: dict[str, Any]) -> Loaded:
         import torch
-
         t = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap_)
         return t, list(t.values())
     return load
@@ -67,7 +63,6 @@ NEEDS = {"ggmlfmt": "ggmlfmt", "ggmlfmt-gguf": "ggmlfmt", "safetensors.load_file
 def touch(arrays: list[Any]) -> int:
     """Read one byte of every page (and the last byte) of every array (ggmlfmt's toucher); a checksum."""
     from ggmlfmt.loadopts import touch as touch_pages
-
     return sum(touch_pages(a if isinstance(a, np.ndarray) else a.numpy()) for a in arrays)
 
 
@@ -83,8 +78,7 @@ def status_kib(pid: int | str, field: str) -> int:
 
 def measure(loader: str, path: str, opts: dict[str, Any], do_touch: bool) -> tuple[dict[str, Any], Any]:
     """Open (and touch); times, private memory added, faults; and the loaded data, kept alive by the caller."""
-    if loader in NEEDS:
-        __import__(NEEDS[loader])
+    __import__(NEEDS.get(loader, "numpy"))  # the loader's imports, before the clock
     anon0, ru0 = status_kib("self", "RssAnon"), resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     keep, arrays = LOADERS[loader](path, opts)

@@ -75,11 +75,9 @@ def write_set(directory: Path, dim: int, n_layer: int, n_vocab: int, formats: tu
             _write_gguf(paths[fmt], arrays, toks, scores, types)
         elif fmt == "safetensors":
             from safetensors.numpy import save_file
-
             save_file(arrays, str(paths[fmt]))
         else:
             import torch
-
             torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, paths[fmt])
     return paths
 
@@ -87,7 +85,6 @@ def write_set(directory: Path, dim: int, n_layer: int, n_vocab: int, formats: tu
 def _write_gguf(path: Path, arrays: dict[str, np.ndarray], toks: list[bytes], scores: np.ndarray,
                 types: list[int]) -> None:
     import gguf
-
     w = gguf.GGUFWriter(str(path), arch="llama")
     w.add_tokenizer_model("llama")  # a real LLaMA GGUF carries its vocabulary, as the ggjt file does
     w.add_token_list(pieces(toks))
@@ -95,10 +92,8 @@ def _write_gguf(path: Path, arrays: dict[str, np.ndarray], toks: list[bytes], sc
     w.add_token_types(types)
     for name, arr in arrays.items():
         w.add_tensor(name, arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    for step in (w.write_header_to_file, w.write_kv_data_to_file, w.write_tensors_to_file, w.close):
+        step()
 
 
 def checkpoint(root: Path, dim: int, n_heads: int, n_layer: int, n_vocab: int, n_shards: int) -> Path:
@@ -127,7 +122,6 @@ def ggmf_parts(path: Path, dim: int, n_heads: int, n_layer: int, n_vocab: int, n
     """The old multi-part ggmf f16 model (path, path.1, ...), written part by part with the planned writer."""
     from ggmlfmt.layout import plan
     from ggmlfmt.writer import FileWriter
-
     names = [path] + [path.with_name(f"{path.name}.{k}") for k in range(1, n_parts)]
     if all(p.exists() for p in names):
         return names

@@ -19,24 +19,11 @@ def med(values: list[Any], key: str | None = None) -> float | None:
     return statistics.median(ok) if ok else None
 
 
-def ratio(a: float | None, b: float | None) -> float | None:
-    return None if a is None or not b else a / b
-
-
-def ms(s: float | None) -> str:
-    return "–" if s is None else (f"{s * 1e3:,.0f} ms" if s >= 0.1 else f"{s * 1e3:,.2f} ms")
-
-
-def mib(b: float | None) -> str:
-    return "–" if b is None else f"{b / MiB:,.1f} MiB"
-
-
-def x(r: float | None) -> str:
-    return "–" if r is None else (f"{r:,.2f}×" if r < 10 else f"{r:,.0f}×")
-
-
-def pct(f: float | None) -> str:
-    return "–" if f is None else f"{100 * f:.1f}%"
+ratio = lambda a, b: None if a is None or not b else a / b  # noqa: E731
+ms = lambda s: "–" if s is None else (f"{s * 1e3:,.0f} ms" if s >= 0.1 else f"{s * 1e3:,.2f} ms")  # noqa: E731
+mib = lambda b: "–" if b is None else f"{b / MiB:,.1f} MiB"  # noqa: E731
+x = lambda r: "–" if r is None else (f"{r:,.2f}×" if r < 10 else f"{r:,.0f}×")  # noqa: E731
+pct = lambda f: "–" if f is None else f"{100 * f:.1f}%"  # noqa: E731
 
 
 def table(head: list[str], rows: list[list[str]]) -> str:
@@ -84,20 +71,13 @@ def conversion(r: dict[str, Any], t: Targets, migrate: bool = False) -> str:
 def conversion_section(r: dict[str, Any], t: Targets) -> str:
     dim, heads, layers, vocab = r["shape"]
     return (f"## Conversion: `convert-model` on a 13B-shaped slice\n\nA Meta checkpoint (LLaMA-13B widths in the full run: "
-            f"dim {dim}, {heads} heads, {layers} layer(s), vocabulary {vocab}) in 2 f16 shards of "
-            f"{', '.join(mib(b) for b in r['input'])}, with a `tokenizer.model` trained by "
-            "`ggmlfmt.tokenizer.train_tokenizer`. The floor is `cat shards > out; fsync(out)`: the converter "
-            "fsyncs too. Every step writes a new file: untimed, before it, the previous output is deleted and "
-            "`os.sync()` runs (deleting a 1.8 GB file costs 0.6-0.9 s on this disk; a step that replaced or "
-            "truncated the last one's output would be timing that). Private memory: peak RssAnon of the "
-            "process tree, sampled every 1 ms from /proc, worst of 3 runs, against a bare "
-            "`python -c \"import numpy\"`.\n\n" + conversion(r, t))
-
-
-def migration_section(r: dict[str, Any], t: Targets) -> str:
-    return ("## Migration: `migrate-old-weights` on the same slice\n\nThe same shapes as an old 2-part ggmf f16 "
-            f"model ({', '.join(mib(b) for b in r['input'])}), migrated to ggjt and to GGUF, against "
-            "`cat parts > out; fsync(out)`; memory measured as for conversion.\n\n" + conversion(r, t, True))
+            f"dim {dim}, {heads} heads, {layers} layer(s), vocabulary {vocab}) in 2 f16 shards of {', '.join(mib(b) for b in r['input'])}"
+            ", with a `tokenizer.model` trained by `ggmlfmt.tokenizer.train_tokenizer`. The floor is `cat shards "
+            "> out; fsync(out)`: the converter fsyncs too. Every step writes a new file: untimed, before it, the previous "
+            "output is deleted and `os.sync()` runs (deleting a 1.8 GB file costs 0.6-0.9 s on this disk; a step that "
+            "replaced or truncated the last one's output would be timing that). Private memory: peak RssAnon of the process "
+            "tree, sampled every 1 ms from /proc, worst of 3 runs, against a bare `python -c \"import numpy\"`.\n\n"
+            + conversion(r, t))
 
 
 def _loader_table(runs: dict[str, list[Any]], base: str, keys: tuple[str, ...]) -> str:
@@ -231,13 +211,26 @@ def copy_section(r: dict[str, Any]) -> str:
         + errors(r["cold"]) + errors(r["warm"])
 
 
+def dequant_section(r: dict[str, Any], t: Targets) -> str:
+    rows, rts = [], [ratio(med(d["times"]["gguf.quants"]), med(d["times"]["ggmlfmt"])) for d in r.values()]
+    for (name, d), rt in zip(r.items(), rts):
+        mbs = {k: sorted(d["output_bytes"] / s / 1e6 for s in v) for k, v in d["times"].items()}
+        rows.append([name, *(f"{med(v):,.0f} ({v[0]:,.0f}–{v[-1]:,.0f})" for v in mbs.values()), x(rt),
+                     "yes" if rt and rt >= 3 else "**no**", "yes" if d["identical"] else "**no**"])
+    worst = min((v for v in rts if v is not None), default=None)
+    return ("## Dequantizing: `ggmlfmt` against `gguf.quants.dequantize`\n\nThe same tensor of each type (random "
+            "quants, finite scales), dequantized to float32 by both in this process, alternating rounds. MB/s of float32 "
+            "output: median (min–max); the ratio is of the median times; identical: the same bit patterns.\n\n"
+            + table(["type", "ggmlfmt MB/s", "gguf.quants MB/s", "× gguf.quants", "≥ 3×", "identical"], rows)
+            + "\n\n- slowest type: " + t.check("dequantize vs gguf.quants, slowest type", worst, x(worst), "≥ 3×",
+                                                 worst is not None and worst >= 3) + "".join(errors(d["times"]) for d in r.values()))
+
+
 def plots(results: dict[str, Any], img: Path) -> None:
     """The PNGs the sections link (matplotlib, Agg backend)."""
     import matplotlib
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     def ok(name: str) -> bool:
         return name in results and "failed" not in results[name]
     if ok("load"):
@@ -273,7 +266,11 @@ def splice(text: str, name: str, content: str) -> str:
     return head + begin + "\n" + content.strip() + "\n" + end + rest.split(end, 1)[1]
 
 
-RENDER = {"conversion": conversion_section, "migration": migration_section, "open": open_section}
+RENDER = {"conversion": conversion_section, "open": open_section, "dequantize": dequant_section,
+          "migration": lambda r, t: ("## Migration: `migrate-old-weights` on the same slice\n\nThe same shapes as an old "
+                                     f"2-part ggmf f16 model ({', '.join(mib(b) for b in r['input'])}), migrated to ggjt and "
+                                     "to GGUF, against `cat parts > out; fsync(out)`; memory measured as for conversion."
+                                     "\n\n" + conversion(r, t, True))}
 PLAIN = {"load": load_section, "groups": groups_section, "copy": copy_section,
          "options": lambda r: "## Load options\n\n" + options_intro(r) + " What each option does: "
                               "[loading.md](loading.md).\n\n![options](img/options.png)\n\n" + options_table(r)}
@@ -296,10 +293,10 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
             f"Generated by `{meta['command']}` on {meta['date']} in {meta['durations']['total'] / 60:.1f} minutes."
             + quick + "\n",
             "Method: the contestants of each figure run in alternating rounds (forward, then reversed order), "
-            f"{meta['plan']['reps']} measured rounds" + (" after one discarded warm-up round" if meta["plan"]["warmup"]
-                                                         else "") + ", each measured run in a fresh process; every "
-            "figure is a median, every ratio is against the named alternative measured in the same rounds. Warm cache unless said; cold means `ggmlfmt evict` (posix_fadvise DONTNEED) checked with "
-            "mincore just before the run; on a virtual machine the host may still cache the disk.\n",
+            f"{meta['plan']['reps']} measured rounds" + (" after one discarded warm-up round" if meta["plan"]["warmup"] else "") + ", each "
+            "measured run in a fresh process (unless said); every figure is a median, every ratio is against the named "
+            "alternative measured in the same rounds. Warm cache unless said; cold means `ggmlfmt evict` (posix_fadvise "
+            "DONTNEED) checked with mincore just before the run; on a virtual machine the host may still cache the disk.\n",
             "## Machine\n", *(f"- {k}: {v}" for k, v in meta["machine"].items()), ""]
     summary = ["## Targets\n", table(["target", "measured", "goal", "verdict"], t.rows), ""] if t.rows else []
     tail = ["## Run time of the suite\n", table(["section", "wall time"], [[k, f"{v / 60:.1f} min"]

@@ -3,12 +3,12 @@ measured table of docs/loading.md.
 
     python bench/suite.py                   # the full suite (about 45 minutes on 2 quiet cores), rewrites docs/
     python bench/suite.py --quick           # a small smoke run, written to a temporary directory unless --out
-    python bench/suite.py --only open       # one section (conversion, migration, open, load, options, groups, copy)
+    python bench/suite.py --only dequantize # one section (SECTIONS: conversion, migration, open, ..., dequantize)
 
-Method, everywhere: the contestants of a figure run in alternating rounds (forward, then reversed), each
-measured run in a fresh process; every figure is the median, and every ratio is against a named
-alternative measured in the same rounds. Warm cache unless said. Test files (about 20 GB in the full run;
-sections share them) live under --dir and are deleted at the end.
+Method, everywhere: the contestants of a figure run in alternating rounds (forward, then reversed), each measured
+run in a fresh process (dequantize: in this one); every figure is the median, and every ratio is against a named
+alternative measured in the same rounds. Warm cache unless said. Test files (about 20 GB in the full run; sections
+share them) live under --dir and are deleted at the end.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
@@ -41,7 +42,7 @@ from ggmlfmt import cachestat  # noqa: E402 (evict: fadvise DONTNEED; residency:
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-SECTIONS = ("conversion", "migration", "open", "load", "options", "groups", "copy")
+SECTIONS = ("conversion", "migration", "open", "load", "options", "groups", "copy", "dequantize")
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,12 @@ class Plan:
     warmup: bool = True  # one discarded round first
     options: tuple[str, ...] = ()  # the load options measured (all when empty)
     load_caches: tuple[str, ...] = ("warm", "cold")
+    dequant: tuple[int, int] = (4096, 4096)  # rows, columns of the tensor of each type dequantized
 
 
 FULL = Plan(5, (5120, 40, 2, 32000), 1024, 64, (384, 1024, 2048), 11, (1, 2, 4, 8), 2048)
 QUICK = Plan(1, (256, 2, 1, 512), 128, 64, (128,), 1, (2,), 128, load_caches=("warm",), n_vocab=1000, warmup=False,
-             options=("default", "prefault", "method=pread"))
+             options=("default", "prefault", "method=pread"), dequant=(64, 1024))
 
 
 # ---------------------------------------------------------------- page cache, processes, rounds
@@ -72,8 +74,7 @@ QUICK = Plan(1, (256, 2, 1, 512), 128, 64, (128,), 1, (2,), 128, load_caches=("w
 
 def evict(path: Path) -> float:
     """Drop the file's cached pages; the fraction still cached (checked with mincore)."""
-    cachestat.evict(path)
-    return cachestat.residency(path).fraction
+    return (cachestat.evict(path), cachestat.residency(path).fraction)[1]
 
 
 def warm(*paths: Path) -> None:
@@ -87,11 +88,7 @@ def warm(*paths: Path) -> None:
 
 def load_run(loader: str, path: Path, *, cache: str = "warm", opts: dict[str, Any] | None = None,
              touch: bool = True) -> dict[str, Any]:
-    """One load in a fresh process (bench/child.py), the file brought to `cache` state first.
-
-    Raises:
-        RuntimeError: the child failed.
-    """
+    """One load in a fresh process (bench/child.py), the file brought to `cache` state first; RuntimeError if it fails."""
     before = evict(path) if cache == "cold" else (warm(path), 1.0)[1]
     cmd = [PY, str(Path(child.__file__)), loader, str(path), "--options", json.dumps(opts or {})]
     out = subprocess.run(cmd + ([] if touch else ["--no-touch"]), capture_output=True, text=True, cwd=ROOT)
@@ -103,23 +100,16 @@ def load_run(loader: str, path: Path, *, cache: str = "warm", opts: dict[str, An
 
 
 def settle(fresh: Path | None = None) -> None:
-    """Untimed, before a timed step: remove `fresh` (the step's output) and os.sync().
-
-    No step pays for an earlier one: neither its write-back nor deleting its output, which costs
-    0.6-0.9 s for a 1.8 GB file on this ext4 (mounted with `discard`), whether by unlink, by the
-    rename of --force or by the truncation of `cat > out`.
-    """
+    """Untimed, before a timed step: remove `fresh` (the step's output) and os.sync(). No step pays for an earlier
+    one: neither its write-back nor deleting its output, which costs 0.6-0.9 s for a 1.8 GB file on this ext4
+    (mounted with `discard`), whether by unlink, by the rename of --force or by the truncation of `cat > out`."""
     if fresh is not None:
         fresh.unlink(missing_ok=True)
     os.sync()
 
 
 def timed(cmd: list[str], stdout: Any = subprocess.DEVNULL, *, fresh: Path | None = None) -> float:
-    """Wall time of one command in a fresh process, after settle(fresh).
-
-    Raises:
-        RuntimeError: the command failed.
-    """
+    """Wall time of one command in a fresh process, after settle(fresh); RuntimeError if it fails."""
     settle(fresh)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -150,11 +140,8 @@ def _tree(pid: int) -> list[int]:
 
 
 def peak_private(cmd: list[str], *, fresh: Path | None = None) -> int:
-    """Peak RssAnon (bytes) of the command's process tree, sampled from /proc every millisecond, after settle(fresh).
-
-    Raises:
-        RuntimeError: the command failed.
-    """
+    """Peak RssAnon (bytes) of the command's process tree, sampled from /proc every millisecond, after settle(fresh);
+    RuntimeError if the command fails."""
     settle(fresh)
     proc, peak = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), 0
     while proc.poll() is None:
@@ -200,7 +187,6 @@ def rounds(steps: dict[str, Callable[[], Any]], plan: Plan, what: str) -> dict[s
 def conversion(plan: Plan, work: Path) -> dict[str, Any]:
     """convert-model on the 13B-shaped slice to ggjt and GGUF vs cat (+ fsync); memory; start-up."""
     from convert.demo import build_checkpoint
-
     dim, heads, layers, n_vocab = plan.slice
     model = files.checkpoint(work / "ckpt", dim, heads, layers, n_vocab, 2)
     shards, tiny = sorted(model.glob("consolidated.*.pth")), build_checkpoint(work / "tiny")
@@ -303,11 +289,8 @@ def options(plan: Plan, work: Path) -> dict[str, Any]:
 
 
 def _group(loader: str, path: Path, n: int) -> dict[str, Any]:
-    """N processes load + touch one file at once and hold it; private memory summed while all hold.
-
-    Raises:
-        RuntimeError: a child failed.
-    """
+    """N processes load + touch one file at once and hold it; private memory summed while all hold; RuntimeError if a
+    child fails."""
     warm(path)
     cmd = [PY, str(Path(child.__file__)), loader, str(path), "--hold"]
     procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -355,8 +338,29 @@ def copies(plan: Plan, work: Path) -> dict[str, Any]:
                                                   f"copy {c}") for c in ("cold", "warm")}}
 
 
+def dequantizing(plan: Plan, work: Path) -> dict[str, Any]:
+    """ggmlfmt vs gguf.quants dequantizing the same tensor of each type (random quants, finite scales; not Q8_K)."""
+    import gguf.quants
+    import numpy as np
+    from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION as GEN
+    from ggmlfmt.dequant import KERNELS, dequantize_blocks
+    out, (rows, cols), rng = {}, plan.dequant, np.random.default_rng(0)
+    np.seterr(all="ignore")  # gguf-py warns on the inf * 0 of huge MXFP4 scales; both make the same values
+    for t in [t for t in KERNELS if t in BLOCK_LAYOUTS[GEN] and t.name != "Q8_K"]:
+        layout, q = BLOCK_LAYOUTS[GEN][t], gguf.GGMLQuantizationType[t.name]
+        raw = np.frombuffer(rng.bytes(rows * cols // layout.elements * layout.nbytes), np.uint8).reshape(rows, -1).copy()
+        for f in [f for f in ("d", "dmin", "m") if f in layout.dtype.names and layout.dtype[f] == "<f2"]:
+            raw.view(layout.dtype)[f] = rng.uniform(-0.01, 0.01, (rows, cols // layout.elements))
+        ours = raw.view(layout.dtype)
+        same = np.array_equal(dequantize_blocks(ours, t, GEN).view("<u4"), gguf.quants.dequantize(raw, q).view("<u4"))
+        steps = {"ggmlfmt": lambda o=ours, t=t: timeit.timeit(lambda: dequantize_blocks(o, t, GEN), number=1),
+                 "gguf.quants": lambda r=raw, q=q: timeit.timeit(lambda: gguf.quants.dequantize(r, q), number=1)}
+        out[t.name] = {"times": rounds(steps, plan, f"dequantize {t.name}"), "identical": same, "output_bytes": 4 * rows * cols}
+    return out
+
+
 MEASURE = {"conversion": conversion, "migration": migration, "open": opening, "load": load_vs_size,
-           "options": options, "groups": groups, "copy": copies}
+           "options": options, "groups": groups, "copy": copies, "dequantize": dequantizing}
 
 
 # ---------------------------------------------------------------- the run
@@ -373,12 +377,8 @@ def machine(directory: Path) -> dict[str, str]:
     real = os.path.realpath(directory)
     dev, mnt, fs, options = max((m[:4] for m in mounts if real == m[1] or real.startswith(m[1].rstrip("/") + "/")),
                                 key=lambda m: len(m[1]), default=("?", "/", "?", "?"))
-    versions = []
-    for d in ("numpy", "torch", "safetensors", "gguf"):
-        try:
-            versions.append(f"{d} {metadata.version(d)}")
-        except metadata.PackageNotFoundError:
-            versions.append(f"{d} not installed")
+    installed = {d.metadata["Name"].lower(): d.version for d in metadata.distributions()}
+    versions = [f"{d} {installed[d]}" if d in installed else f"{d} not installed" for d in ("numpy", "torch", "safetensors", "gguf")]
     virt = " (virtual machine)" if "hypervisor" in first("/proc/cpuinfo", "flags") else ""
     return {"CPU": first("/proc/cpuinfo", "model name") + virt, "cores": str(os.cpu_count()),
             "memory": first("/proc/meminfo", "MemTotal"), "kernel": platform.release(),

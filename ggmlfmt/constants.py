@@ -283,12 +283,46 @@ _GGUF_SCALARS = {GGMLType.I8: "i1", GGMLType.I16: "<i2", GGMLType.I32: "<i4", GG
                  GGMLType.F64: "<f8", GGMLType.BF16: "<u2"}
 
 
+# GGUF's blocks beyond generation 3, field by field in file order (docs/format.md §17): 256-element
+# super-blocks (QK_K) for the K, IQ and TQ types, 32 elements for IQ4_NL and MXFP4. f2 = f16 scale,
+# u1/i1 bytes, u2 a u16 read whole. tests/test_gguf.py checks each size against GGUF_TYPE_SIZES.
+QK_K = 256
+GGUF_BLOCK_FIELDS: dict[GGMLType, list[tuple]] = {
+    GGMLType.Q2_K: [("scales", "u1", 16), ("qs", "u1", 64), ("d", "<f2"), ("dmin", "<f2")],  # 84
+    GGMLType.Q3_K: [("hmask", "u1", 32), ("qs", "u1", 64), ("scales", "u1", 12), ("d", "<f2")],  # 110
+    GGMLType.Q4_K: [("d", "<f2"), ("dmin", "<f2"), ("scales", "u1", 12), ("qs", "u1", 128)],  # 144
+    GGMLType.Q5_K: [("d", "<f2"), ("dmin", "<f2"), ("scales", "u1", 12), ("qh", "u1", 32), ("qs", "u1", 128)],  # 176
+    GGMLType.Q6_K: [("ql", "u1", 128), ("qh", "u1", 64), ("scales", "i1", 16), ("d", "<f2")],  # 210
+    GGMLType.Q8_K: [("d", "<f4"), ("qs", "i1", 256), ("bsums", "<i2", 16)],  # 292
+    GGMLType.IQ4_NL: [("d", "<f2"), ("qs", "u1", 16)],  # 18, 32 elements
+    GGMLType.IQ4_XS: [("d", "<f2"), ("scales_h", "<u2"), ("scales_l", "u1", 4), ("qs", "u1", 128)],  # 136
+    GGMLType.TQ1_0: [("qs", "u1", 48), ("qh", "u1", 4), ("d", "<f2")],  # 54
+    GGMLType.TQ2_0: [("qs", "u1", 64), ("d", "<f2")],  # 66
+    GGMLType.MXFP4: [("e", "u1"), ("qs", "u1", 16)],  # 17, 32 elements
+    GGMLType.NVFP4: [("d", "u1", 4), ("qs", "u1", 32)],  # 36, 64 elements: 4 UE4M3 scales of 16 values
+    # the grid types (§17.5): codes index the lattice grids of ggmlfmt/iqgrids.py
+    GGMLType.IQ2_XXS: [("d", "<f2"), ("qs", "<u2", 32)],  # 66: 8 x (4 grid indices, u32 signs + scale)
+    GGMLType.IQ2_XS: [("d", "<f2"), ("qs", "<u2", 32), ("scales", "u1", 8)],  # 74
+    GGMLType.IQ2_S: [("d", "<f2"), ("qs", "u1", 32), ("signs", "u1", 32), ("qh", "u1", 8), ("scales", "u1", 8)],  # 82
+    GGMLType.IQ3_XXS: [("d", "<f2"), ("qs", "u1", 64), ("scales_signs", "<u4", 8)],  # 98
+    GGMLType.IQ3_S: [("d", "<f2"), ("qs", "u1", 64), ("qh", "u1", 8), ("signs", "u1", 32), ("scales", "u1", 4)],  # 110
+    GGMLType.IQ1_S: [("d", "<f2"), ("qs", "u1", 32), ("qh", "<u2", 8)],  # 50
+    GGMLType.IQ1_M: [("qs", "u1", 32), ("qh", "u1", 16), ("scales", "<u2", 4)],  # 56; the f16 scale is spread over scales
+}
+# Value tables of the non-linear types (docs/format.md §17.3), as signed integers.
+IQ4_NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
+MXFP4_VALUES = (0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12)  # E2M1 values times two
+IQ1_DELTA = 0.125  # IQ1_S/IQ1_M: added to (or, with the group's sign bit, subtracted from) each grid value
+
+
 def _gguf_layout(t: GGMLType, elements: int, nbytes: int) -> BlockLayout:
     """GGUF's block of a type: generation 3's record where we know the fields, else `nbytes` opaque bytes."""
     if t in BLOCK_LAYOUTS[3]:  # tests/test_gguf.py checks these agree with GGUF_TYPE_SIZES
         return BLOCK_LAYOUTS[3][t]
     if t in _GGUF_SCALARS:
         return BlockLayout(1, np.dtype(_GGUF_SCALARS[t]))
+    if t in GGUF_BLOCK_FIELDS:
+        return BlockLayout(elements, np.dtype(GGUF_BLOCK_FIELDS[t]))
     return BlockLayout(elements, np.dtype((np.void, nbytes)))
 
 

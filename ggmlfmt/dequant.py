@@ -1,58 +1,391 @@
-"""numpy dequantization of every block type the 2023 files hold, and GGUF's plain and 2023-era types, to float32."""
+"""numpy dequantization to float32 of every block type we know the layout of: the 2023 types of each
+generation, and GGUF's K-quants, IQ types, TQ1_0/TQ2_0, MXFP4 and NVFP4 (docs/format.md §5.3, §17).
+
+Each type is one kernel that turns a chunk of blocks into its float32 values: integer codes first
+(bytes, worked 8 at a time over the whole chunk), then a cast and one or two float passes over the
+chunk of output, which stays in cache. Every float operation is the one of the format's definition
+in the same order (scale products first), so results are the reference's bit for bit, NaNs and
+signed zeros included. numpy's cost per call and per short row, not arithmetic, is what the kernels
+are shaped around: no per-block Python, few calls per chunk, no broadcasting over 16-value rows.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import cache, lru_cache
+
 import numpy as np
 
-from .constants import BLOCK_LAYOUTS, GGMLType
+from . import iqgrids
+from .constants import BLOCK_LAYOUTS, IQ1_DELTA, IQ4_NL_VALUES, MXFP4_VALUES, BlockLayout, GGMLType
 from .layout import TensorInfo
 
-
-def _nibbles(qs: np.ndarray, order: str) -> np.ndarray:
-    """4-bit values per element, from (..., n_bytes) packed bytes in the generation's order."""
-    lo, hi = qs & 0x0F, qs >> 4
-    if order == "interleaved":  # byte j = elements 2j (low), 2j+1 (high)
-        return np.stack([lo, hi], axis=-1).reshape(*qs.shape[:-1], 2 * qs.shape[-1])  # not -1: zero blocks
-    return np.concatenate([lo, hi], axis=-1)  # byte j = elements j (low), j + n_bytes (high)
+CHUNK_ELEMENTS = 1 << 17  # values per kernel call (512 KiB of float32): bounds the temporaries
+_F32 = np.float32
+_SHIFT2 = np.array([0, 2, 4, 6], np.uint8).reshape(1, 4, 1)  # the four 2-bit fields of a byte, low first
+NIBBLES, CRUMBS, BITS = ((0, 4), 0x0F), ((0, 2, 4, 6), 0x03), (tuple(range(8)), 0x01)  # (shifts, mask) of a split
 
 
-def _high_bits(qh: np.ndarray) -> np.ndarray:
-    """Bit k of the 32-bit little-endian qh word, for k = 0..31 (element k's fifth bit, in every generation)."""
-    return np.unpackbits(qh, axis=-1, bitorder="little")
+def _scale(c: np.ndarray, field: str = "d") -> np.ndarray:
+    """A block field widened to float32, shaped (k, 1) to broadcast over the block's values."""
+    return c[field].astype(_F32)[:, None]
+
+
+def _split(c: np.ndarray, field: str, groups: int, split: tuple[tuple[int, ...], int]) -> np.ndarray:
+    """Codes packed several to a byte in `field`, in the K-quant order, as (k, values) u8.
+
+    The field's bytes are cut into `groups` runs of n bytes; each run gives its n codes at the first
+    shift, then its n codes at the next shift, and so on. Shifts and masks work on 8 bytes at a time
+    over the whole chunk; one gather of 8-byte words (no per-block numpy call) puts them in order.
+    """
+    shifts, mask = split
+    words = np.ascontiguousarray(c[field]).view("<u8")  # every split field is a multiple of 8 bytes
+    planes = np.empty((len(shifts), *words.shape), np.uint64)
+    for plane, shift in zip(planes, shifts):
+        np.bitwise_and(np.right_shift(words, np.uint64(shift), out=plane), np.uint64(mask * 0x0101010101010101), out=plane)
+    order = _word_order(len(c), groups, len(shifts), words.shape[1] // groups)
+    return np.take(planes.reshape(-1), order, mode="clip").view(np.uint8).reshape(len(c), -1)
+
+
+@lru_cache(maxsize=32)
+def _word_order(k: int, groups: int, planes: int, n: int) -> np.ndarray:
+    """Where each word of the codes (k, groups, planes, n) comes from in the planes (planes, k, groups, n)."""
+    order = np.arange(planes * k * groups * n, dtype=np.intp).reshape(planes, k, groups, n)
+    return np.ascontiguousarray(order.transpose(1, 2, 0, 3)).reshape(-1)
+
+
+def _interleaved(qs: np.ndarray) -> np.ndarray:
+    """4-bit codes of (k, n) bytes in generation 1's order: byte j = elements 2j (low), 2j+1 (high)."""
+    codes = np.empty((*qs.shape, 2), np.uint8)
+    np.bitwise_and(qs, 0x0F, out=codes[..., 0])
+    np.right_shift(qs, 4, out=codes[..., 1])
+    return codes.reshape(qs.shape[0], -1)
+
+
+def _add_high(codes: np.ndarray, bits: np.ndarray, shift: int) -> None:
+    """codes |= bits << shift, in place (bits are 0/1 or small codes of the same shape)."""
+    np.multiply(bits, np.uint8(1 << shift), out=bits)  # numpy's uint8 left_shift has no fast loop; multiply has
+    np.bitwise_or(codes, bits, out=codes)
+
+
+def _signed(codes: np.ndarray, offset: int) -> np.ndarray:
+    """Unsigned codes minus `offset`, as int8 (the subtraction wraps in uint8; the view reads it back signed)."""
+    np.subtract(codes, np.uint8(offset), out=codes)
+    return codes.view(np.int8)
+
+
+@cache
+def _pair_table(values: tuple[int, ...]) -> np.ndarray:
+    """u16 table: two 4-bit codes (c0 | c1 << 8, as two adjacent code bytes read little-endian) -> two int8 values.
+
+    Looking up two codes at once halves the gathers of the non-linear types.
+    """
+    v = np.array(values, np.int8).view(np.uint8).astype(np.uint16)
+    i = np.arange(16 << 8, dtype=np.uint16)
+    return v[i & 0x0F] | v[(i >> 8) & 0x0F] << 8
+
+
+def _lookup(codes: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
+    """int8 value of each 4-bit code in (k, even n) contiguous codes."""
+    table = _pair_table(values)
+    pairs = np.take(table, codes.view("<u2"), mode="clip")  # codes < 16: every index is in the table
+    return pairs.view(np.int8)
+
+
+def _scaled(o: np.ndarray, d: np.ndarray, q: np.ndarray, m: np.ndarray | None = None, sub: bool = False) -> None:
+    """o = d * q (then + m, or - m when `sub`), per group: d and m are (k, groups), q is (k, groups * n).
+
+    Short groups get their scales repeated to one per value first: numpy broadcasting a scale over a
+    16 or 32 value row costs more per row than the repeat does; over longer rows it is the cheaper.
+    """
+    k, g = d.shape
+    n = q.shape[1] // g
+    np.copyto(o, q, casting="unsafe")
+    if n > 32:
+        o3 = o.reshape(k, g, n)
+        np.multiply(d[:, :, None], o3, out=o3)
+        if m is not None:
+            (np.subtract if sub else np.add)(o3, m[:, :, None], out=o3)
+        return
+    np.multiply(np.repeat(d.reshape(-1), n).reshape(o.shape), o, out=o)
+    if m is not None:
+        (np.subtract if sub else np.add)(o, np.repeat(m.reshape(-1), n).reshape(o.shape), out=o)
+
+
+# ----------------------------------------------------------------- the 2023 types (docs/format.md §5.3)
+
+
+def _legacy(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    d = _scale(c)
+    names = c.dtype.names
+    if "qh" not in names and "m" not in names and c.dtype["qs"].base == np.int8:  # Q8_0
+        _scaled(o, d, c["qs"])
+        return
+    codes = _interleaved(c["qs"]) if layout.nibble_order == "interleaved" else _split(c, "qs", 1, NIBBLES)
+    if "qh" in names:
+        _add_high(codes, np.unpackbits(c["qh"], axis=-1, bitorder="little"), 4)  # bit k = element k's fifth bit
+    if "m" in names:
+        _scaled(o, d, codes, _scale(c, "m"))
+    else:
+        _scaled(o, d, _signed(codes, 16 if "qh" in names else 8))
+
+
+# ----------------------------------------------------------------- GGUF's K-quants (docs/format.md §17.1)
+
+
+def _rows(c: np.ndarray, field: str) -> np.ndarray:
+    """A small per-block field as (field bytes, k): one copy, then every row operation runs over all k blocks at once."""
+    return np.ascontiguousarray(c[field].T)
+
+
+def _k_scales(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K/Q5_K: the eight 6-bit scales and eight 6-bit mins packed in 12 bytes, as (8, k) u8 each."""
+    s = _rows(c, "scales")
+    a, b, m = s[0:4], s[4:8], s[8:12]
+    scales = np.concatenate([a & 0x3F, (m & 0x0F) | (a >> 6) << 4])
+    mins = np.concatenate([b & 0x3F, m >> 4 | (b >> 6) << 4])
+    return scales, mins
+
+
+def _times(c: np.ndarray, field: str, x: np.ndarray) -> np.ndarray:
+    """d * x for every block: the f16/f32 scale `field` times (n, k) small integers -> (k, n) float32."""
+    return np.ascontiguousarray((c[field].astype(_F32) * x.astype(_F32)).T)
+
+
+def _q2_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    s = _rows(c, "scales")
+    dl, ml = _times(c, "d", s & 0x0F), _times(c, "dmin", s >> 4)
+    _scaled(o, dl, _split(c, "qs", 2, CRUMBS), ml, sub=True)
+
+
+def _q3_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    s = _rows(c, "scales")
+    high = (s[None, 8:12] >> _SHIFT2.reshape(4, 1, 1)) & 0x03  # (4, 4, k): scale i's top two bits at byte 8 + i % 4, bits 2 (i // 4)
+    low = np.concatenate([s[:8] & 0x0F, s[:8] >> 4])
+    scales = _signed(low | high.reshape(16, -1) << 4, 32)
+    codes = _split(c, "qs", 2, CRUMBS)
+    _add_high(codes, _split(c, "hmask", 1, BITS), 2)  # element e's bit is bit e // 32 of hmask[e % 32]
+    _scaled(o, _times(c, "d", scales), _signed(codes, 4))
+
+
+def _q4_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    scales, mins = _k_scales(c)
+    codes = _split(c, "qs", 4, NIBBLES)
+    if "qh" in c.dtype.names:  # Q5_K: element e's fifth bit is bit e // 32 of qh[e % 32]
+        _add_high(codes, _split(c, "qh", 1, BITS), 4)
+    _scaled(o, _times(c, "d", scales), codes, _times(c, "dmin", mins), sub=True)
+
+
+def _q6_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    codes = _split(c, "ql", 2, NIBBLES)
+    _add_high(codes, _split(c, "qh", 2, CRUMBS), 4)
+    _scaled(o, _times(c, "d", _rows(c, "scales")), _signed(codes, 32))
+
+
+def _q8_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    _scaled(o, _scale(c), c["qs"])
+
+
+# ----------------------------------------------------------------- IQ4, TQ, MXFP4 (docs/format.md §17.2-§17.4)
+
+
+def _iq4_nl(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    _scaled(o, _scale(c), _lookup(_split(c, "qs", 1, NIBBLES), IQ4_NL_VALUES))
+
+
+def _iq4_xs(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    s = _rows(c, "scales_l")
+    low = np.stack([s & 0x0F, s >> 4], axis=1).reshape(8, -1)  # scale i: nibble i % 2 of byte i // 2
+    high = (c["scales_h"] >> np.arange(0, 16, 2, dtype=np.uint16)[:, None]) & 0x03  # scale i: bits 2i, 2i+1
+    scales = _signed(low | high.astype(np.uint8) << 4, 32)
+    _scaled(o, _times(c, "d", scales), _lookup(_split(c, "qs", 8, NIBBLES), IQ4_NL_VALUES))
+
+
+def _tq1_0(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    k = len(c)
+    qs = c["qs"]
+    parts = [(qs[:, None, :32], 5), (qs[:, None, 32:], 5), (c["qh"][:, None, :], 4)]  # 160 + 80 + 16 values
+    # value j of a byte b is the j-th base-3 digit from the top of the fraction b / 256 (b was rounded up):
+    # shift it to the top by multiplying with 3**j (mod 256), then read it as (x * 3) >> 8.
+    x = np.concatenate([(b * np.array([1, 3, 9, 27, 81][:n], np.uint8)[:, None]).reshape(k, -1) for b, n in parts], axis=1)
+    trits = ((x.astype(np.uint16) * 3) >> 8).astype(np.uint8)
+    _scaled(o, _scale(c), _signed(trits, 1))
+
+
+def _tq2_0(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    _scaled(o, _scale(c), _signed(_split(c, "qs", 2, CRUMBS), 1))
+
+
+def _mxfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    e = c["e"].astype(np.uint32)[:, None]
+    # half of 2**(e - 127), as f32 bits: an exponent field of e - 1, or a subnormal for e < 2
+    d = np.where(e < 2, np.uint32(0x00200000) << e, (e - 1) << 23).view(_F32)
+    _scaled(o, d, _lookup(_split(c, "qs", 1, NIBBLES), MXFP4_VALUES))
+
+
+def _nvfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    x = c["d"]  # four unsigned E4M3 scales (bits 3-6 exponent, bias 7; bits 0-2 mantissa), halved
+    e, m = ((x >> 3) & 0x0F).astype(_F32), (x & 0x07).astype(_F32)
+    d = np.where(e == 0, m * _F32(2.0**-9), (1 + m / 8) * np.exp2(e - 7)) * _F32(0.5)  # exact in f32
+    d[(x == 0) | (x == 0x7F)] = 0
+    codes = np.empty((len(c), 4, 2, 8), np.uint8)  # per scale: 8 bytes, low nibbles then high nibbles
+    np.bitwise_and(c["qs"].reshape(-1, 4, 8), 0x0F, out=codes[:, :, 0])
+    np.right_shift(c["qs"].reshape(-1, 4, 8), 4, out=codes[:, :, 1])
+    _scaled(o, d.astype(_F32), _lookup(codes.reshape(len(c), -1), MXFP4_VALUES))
+
+
+# ----------------------------------------------------------------- the grid types (docs/format.md §17.5)
+
+
+@cache
+def _grid(name: str) -> np.ndarray:
+    """A lattice grid of ggmlfmt/iqgrids.py, one entry (8 or 4 value bytes) per u64 or u32."""
+    raw = bytes.fromhex(getattr(iqgrids, name))
+    return np.frombuffer(raw, "<u4" if name.startswith("IQ3") else "<u8")
+
+
+@cache
+def _sign_masks() -> np.ndarray:
+    """IQ2/IQ3 sign index (7 bits) -> u64 of 8 byte masks, 0xFF where the value is negative.
+
+    The 8th sign is the parity of the other seven (each group of 8 has an even number of minus signs).
+    """
+    i = np.arange(128, dtype=np.uint8)
+    parity = np.unpackbits(i[:, None], axis=1).sum(axis=1).astype(np.uint8) & 1
+    bits = np.unpackbits((i | parity << 7)[:, None], axis=1, bitorder="little")  # (128, 8): bit j = value j
+    return (bits * np.uint8(0xFF)).view("<u8").reshape(-1)
+
+
+def _lookup_grid(name: str, index: np.ndarray) -> np.ndarray:
+    """(k, entries) grid indices -> (k, values) int8: each entry's values, in entry order."""
+    return np.take(_grid(name), index, mode="clip").view(np.int8).reshape(len(index), -1)
+
+
+def _with_signs(values: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """values negated where the int8 mask is -1 (two's complement: (v ^ m) - m), in place."""
+    np.bitwise_xor(values, masks, out=values)
+    np.subtract(values, masks, out=values)
+    return values
+
+
+def _bit_masks(bits: np.ndarray) -> np.ndarray:
+    """(k, n) bytes -> (k, 8n) int8: -1 where bit e % 8 of byte e // 8 is set, else 0."""
+    return np.negative(np.unpackbits(bits, axis=1, bitorder="little").view(np.int8))
+
+
+def _nibble_pairs(b: np.ndarray) -> np.ndarray:
+    """(k, n) bytes -> (k, 2n) u8: low nibble of byte j at 2j, high nibble at 2j + 1."""
+    return np.stack([b & 0x0F, b >> 4], axis=2).reshape(len(b), -1)
+
+
+def _half_steps(c: np.ndarray, scales: np.ndarray, unit: float) -> np.ndarray:
+    """IQ2/IQ3_XXS group scales: d·(0.5 + s)·unit, in that order."""
+    return _scale(c) * (_F32(0.5) + scales.astype(_F32)) * _F32(unit)
+
+
+def _iq2_xxs(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    words = np.ascontiguousarray(c["qs"]).view("<u4").reshape(len(c), 8, 2)  # per group: 4 indices, signs + scale
+    index, aux = np.ascontiguousarray(words[:, :, 0]).view(np.uint8), words[:, :, 1]
+    signs = (aux[:, :, None] >> np.array([0, 7, 14, 21], np.uint32)) & 0x7F
+    masks = np.take(_sign_masks(), signs.reshape(len(c), -1)).view(np.int8)
+    _scaled(o, _half_steps(c, aux >> 28, 0.25), _with_signs(_lookup_grid("IQ2XXS_GRID", index), masks))
+
+
+def _iq2_xs(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    qs = np.ascontiguousarray(c["qs"])  # per 8 values: 9-bit grid index, 7-bit sign index
+    masks = np.take(_sign_masks(), qs >> 9).view(np.int8)
+    values = _with_signs(_lookup_grid("IQ2XS_GRID", qs & 0x1FF), masks)
+    _scaled(o, _half_steps(c, _nibble_pairs(c["scales"]), 0.25), values)
+
+
+def _iq2_s(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    high = (c["qh"][:, :, None] >> _SHIFT2[0, :, 0]) & 0x03  # entry i: bits 2 (i % 4) of qh[i // 4]
+    index = c["qs"].astype(np.uint16) | high.reshape(len(c), -1).astype(np.uint16) << 8
+    values = _with_signs(_lookup_grid("IQ2S_GRID", index), _bit_masks(c["signs"]))
+    _scaled(o, _half_steps(c, _nibble_pairs(c["scales"]), 0.25), values)
+
+
+def _iq3_xxs(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    aux = np.ascontiguousarray(c["scales_signs"])
+    signs = (aux[:, :, None] >> np.array([0, 7, 14, 21], np.uint32)) & 0x7F
+    masks = np.take(_sign_masks(), signs.reshape(len(c), -1)).view(np.int8)
+    values = _with_signs(_lookup_grid("IQ3XXS_GRID", np.ascontiguousarray(c["qs"])), masks)
+    _scaled(o, _half_steps(c, aux >> 28, 0.5), values)
+
+
+def _iq3_s(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    high = np.unpackbits(c["qh"], axis=1, bitorder="little").astype(np.uint16)  # entry i: bit i % 8 of qh[i // 8]
+    index = c["qs"].astype(np.uint16) | high << 8
+    values = _with_signs(_lookup_grid("IQ3S_GRID", index), _bit_masks(c["signs"]))
+    _scaled(o, _scale(c) * (1 + 2 * _nibble_pairs(c["scales"])), values)  # odd steps 1, 3, .. 31
+
+
+def _iq1(o: np.ndarray, dl: np.ndarray, index: np.ndarray, negative: np.ndarray) -> None:
+    """IQ1 values: dl·(grid + delta), delta ±IQ1_DELTA per grid entry (negative where `negative`)."""
+    delta = np.where(negative, _F32(-IQ1_DELTA), _F32(IQ1_DELTA))
+    grid = _lookup_grid("IQ1S_GRID", index).reshape(*index.shape, 8)
+    _scaled(o, dl, (grid + delta[:, :, None]).reshape(len(index), -1))
+
+
+def _iq1_s(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    qh = c["qh"]  # per group of 32: 4 x 3 high index bits, a 3-bit scale, the delta's sign
+    high = (qh[:, :, None] >> np.array([0, 3, 6, 9], np.uint16)) & 0x07
+    index = c["qs"].astype(np.uint16) | high.reshape(len(c), -1) << 8
+    negative = np.repeat((qh & 0x8000) != 0, 4, axis=1)
+    _iq1(o, _scale(c) * (2 * ((qh >> 12) & 0x07) + 1), index, negative)
+
+
+def _iq1_m(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    s = c["scales"]  # four u16: 4 x 3-bit group scales each, and a nibble of the block's f16 scale on top
+    bits = (s[:, 0] >> 12) | (s[:, 1] >> 8) & 0x00F0 | (s[:, 2] >> 4) & 0x0F00 | s[:, 3] & 0xF000
+    d = bits.astype(np.uint16).view(np.float16).astype(_F32)[:, None]
+    group = (s[:, :, None] >> np.array([0, 3, 6, 9], np.uint16)) & 0x07
+    half = _nibble_pairs(c["qh"])  # entry i: nibble i % 2 of qh[i // 2]: 3 high index bits, the delta's sign
+    index = c["qs"].astype(np.uint16) | (half & 0x07).astype(np.uint16) << 8
+    _iq1(o, d * (2 * group.reshape(len(c), -1) + 1), index, (half & 0x08) != 0)
+
+
+Kernel = Callable[[np.ndarray, np.ndarray, BlockLayout], None]
+KERNELS: dict[GGMLType, Kernel] = {
+    **dict.fromkeys([GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q4_2, GGMLType.Q4_3, GGMLType.Q5_0, GGMLType.Q5_1,
+                     GGMLType.Q8_0], _legacy),
+    GGMLType.Q2_K: _q2_k, GGMLType.Q3_K: _q3_k, GGMLType.Q4_K: _q4_k, GGMLType.Q5_K: _q4_k,
+    GGMLType.Q6_K: _q6_k, GGMLType.Q8_K: _q8_k, GGMLType.IQ4_NL: _iq4_nl, GGMLType.IQ4_XS: _iq4_xs,
+    GGMLType.TQ1_0: _tq1_0, GGMLType.TQ2_0: _tq2_0, GGMLType.MXFP4: _mxfp4, GGMLType.NVFP4: _nvfp4,
+    GGMLType.IQ2_XXS: _iq2_xxs, GGMLType.IQ2_XS: _iq2_xs, GGMLType.IQ2_S: _iq2_s, GGMLType.IQ3_XXS: _iq3_xxs,
+    GGMLType.IQ3_S: _iq3_s, GGMLType.IQ1_S: _iq1_s, GGMLType.IQ1_M: _iq1_m,
+}
 
 
 def dequantize_blocks(blocks: np.ndarray, ggml_type: GGMLType, generation: int) -> np.ndarray:
     """Float32 values of an array of blocks (..., n_blocks) -> (..., n_blocks * block elements).
 
     `generation` is 1..3 for the 2023 files, 4 (GGUF_BLOCK_GENERATION, i.e. GGUFVersion.block_generation)
-    for GGUF, whose blocks are generation 3's.
+    for GGUF. The blocks are converted CHUNK_ELEMENTS values at a time into the result, so the
+    temporaries stay small whatever the tensor's size.
 
     Raises:
         ValueError: the array's dtype is not the block dtype of that type and generation, or the type has
-            no dequantizer here (GGUF's K-quants and IQ types).
+            no dequantizer here (Q1_0, Q8_1: docs/format.md §17.6).
     """
-    layout = BLOCK_LAYOUTS[generation][GGMLType(ggml_type)]
+    t = GGMLType(ggml_type)
+    layout = BLOCK_LAYOUTS[generation][t]
     if blocks.dtype != layout.dtype:
-        raise ValueError(f"{GGMLType(ggml_type).name} v{generation} blocks have dtype {layout.dtype}, got {blocks.dtype}")
-    if ggml_type == GGMLType.BF16:  # the high half of an f32 (docs/format.md §11.6)
-        return (blocks.astype(np.uint32) << 16).view(np.float32)
+        raise ValueError(f"{t.name} v{generation} blocks have dtype {layout.dtype}, got {blocks.dtype}")
+    if t == GGMLType.BF16:  # the high half of an f32 (docs/format.md §11.6)
+        return (blocks.astype(np.uint32) << 16).view(_F32)
     if layout.elements == 1:
-        return blocks.astype(np.float32)
-    if layout.dtype.names is None:  # a GGUF type we view as opaque bytes (K-quants, IQ*, ...)
-        raise ValueError(f"no numpy dequantizer for {GGMLType(ggml_type).name}; its blocks are raw bytes here")
-    d = blocks["d"].astype(np.float32)[..., None]
-    if ggml_type == GGMLType.Q8_0:
-        x = blocks["qs"].astype(np.float32) * d
-    else:
-        q = _nibbles(blocks["qs"], layout.nibble_order).astype(np.int16)
-        if "qh" in blocks.dtype.names:
-            q |= _high_bits(blocks["qh"]).astype(np.int16) << 4
-        if "m" in blocks.dtype.names:
-            x = q.astype(np.float32) * d + blocks["m"].astype(np.float32)[..., None]
-        else:
-            offset = 16 if "qh" in blocks.dtype.names else 8
-            x = (q - offset).astype(np.float32) * d
-    return x.reshape(*blocks.shape[:-1], blocks.shape[-1] * layout.elements)  # not -1: zero blocks are legal
+        return blocks.astype(_F32)
+    kernel = KERNELS.get(t)
+    if kernel is None:
+        raise ValueError(f"no numpy dequantizer for {t.name}; its blocks are raw bytes here")
+    flat = np.ascontiguousarray(blocks).reshape(-1)  # kernels read each chunk's bytes whole
+    out = np.empty((flat.shape[0], layout.elements), _F32)
+    step = max(1, CHUNK_ELEMENTS // layout.elements)
+    with np.errstate(all="ignore"):  # NaN/inf scales give NaN/inf values, as in the reference; not an error
+        for start in range(0, flat.shape[0], step):
+            kernel(flat[start : start + step], out[start : start + step], layout)
+    return out.reshape(*blocks.shape[:-1], blocks.shape[-1] * layout.elements)  # not -1: zero blocks are legal
 
 
 def dequantize(array: np.ndarray, info: TensorInfo, generation: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .constants import FileVersion, GGMLType, GGUFVersion
+from .dequant import dequantize
 from .errors import FormatError, Truncated
 from .gguf import GGUFIndex, decode_gguf
 from .layout import HParams, Index, TensorInfo, Vocab, decode_index
@@ -57,6 +58,42 @@ class _Views(Mapping[str, np.ndarray]):
         return len(self._infos)
 
 
+def float_values(view: np.ndarray, info: TensorInfo, generation: int) -> np.ndarray:
+    """A tensor view as float32 with its PyTorch-order shape: F32 views as they are, everything else converted.
+
+    Raises:
+        ValueError: the type has no dequantizer (docs/format.md §17.6); the message names the tensor.
+    """
+    if info.type == GGMLType.F32:
+        return view
+    try:
+        return dequantize(view, info, generation)
+    except ValueError as e:
+        raise ValueError(f"tensor {info.name!r}: {e}") from None
+
+
+class _Floats(Mapping[str, np.ndarray]):
+    """name -> float32 values with the PyTorch-order shape, computed on each access (not kept).
+
+    F32 tensors are their zero-copy view itself; F16, BF16, the integer types and F64 are cast;
+    quantized tensors are dequantized with the file's block generation (docs/format.md §17.7).
+    """
+
+    def __init__(self, views: Mapping[str, np.ndarray], infos: Mapping[str, TensorInfo], generation: int) -> None:
+        self._views = views
+        self._infos = infos
+        self._generation = generation
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return float_values(self._views[name], self._infos[name], self._generation)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._infos)
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+
 class Model:
     """An opened model file: its format, header, vocabulary, and tensors as views into `data` (the whole file)."""
 
@@ -66,6 +103,8 @@ class Model:
         self._data = data
         self.info: Mapping[str, TensorInfo] = index.by_name()
         self.tensors: Mapping[str, np.ndarray] = _Views(data, self.info)
+        # float32 values per tensor, whatever its type: no type or block generation to pass
+        self.floats: Mapping[str, np.ndarray] = _Floats(self.tensors, self.info, index.version.block_generation)
 
     @property
     def version(self) -> FileVersion | GGUFVersion:
@@ -104,12 +143,14 @@ class Model:
         """
         return self._data
 
-    def torch_tensors(self) -> dict[str, torch.Tensor]:
+    def torch_tensors(self, *, floats: bool = False) -> dict[str, torch.Tensor]:
         """Every tensor as a torch.Tensor sharing memory with a private (copy-on-write) map of the file.
 
         Reads share the page cache like the read-only map; a write to a tensor copies just that
         page into this process and never reaches the file. F32/F16 (and GGUF's BF16 and integer
         types) as themselves; quantized tensors come as uint8 tensors of their raw block bytes.
+        With floats=True every tensor is float32 (`Model.floats`): F32 tensors still share the
+        private map, the others are new memory holding their dequantized or widened values.
 
         Raises:
             ImportError: torch is not installed.
@@ -118,8 +159,12 @@ class Model:
 
         private = np.memmap(self.path, dtype=np.uint8, mode="c")
         out = {}
+        generation = self.version.block_generation
         for name, info in self.info.items():
             view = tensor_view(private, info)
+            if floats and info.type != GGMLType.F32:
+                out[name] = torch.from_numpy(float_values(view, info, generation))
+                continue
             if info.quantized:
                 view = private[info.offset : info.offset + info.nbytes].reshape(*info.shape[:-1], info.row_bytes)
             if not view.flags.aligned:  # ggml/ggmf data is unaligned; torch needs aligned storage
@@ -133,6 +178,7 @@ class Model:
     def close(self) -> None:
         """Drop this object's reference to the map (views handed out keep it alive until freed)."""
         self.tensors = _Views(np.zeros(0, np.uint8), {})
+        self.floats = _Floats(self.tensors, {}, 0)
         self._data = np.zeros(0, np.uint8)
 
     def __enter__(self) -> Model:

@@ -86,9 +86,14 @@ def describe_gguf(index: GGUFIndex) -> dict[str, Any]:
                 "nbytes": t.nbytes, "aligned": (t.offset - index.data_start) % index.alignment == 0}
                for t in index.tensors]
     data = sum(t.nbytes for t in index.tensors)
-    size, end = index.file_size, index.data_end
-    padded_end = min(size, index.data_start + align_up(end - index.data_start, index.alignment))
-    padding = (min(size, index.data_start) - index.infos_end) + (end - index.data_start - data if index.tensors else 0)
+    # Regions in file order, each clipped to the file: the padding after the infos (llama.cpp writes
+    # none when there is no tensor data, so it may be short or absent), the data section with its
+    # gaps, the padding after the last tensor as far as the file has it, then whatever follows.
+    size = index.file_size
+    head_end = min(size, index.data_start)
+    end = index.data_end if index.tensors else head_end
+    padded_end = min(size, index.data_start + align_up(end - index.data_start, index.alignment)) if index.tensors else end
+    padding = (head_end - index.infos_end) + (end - index.data_start - data if index.tensors else 0)
     return {
         "format": "gguf",
         "version": index.version.number,
@@ -100,9 +105,9 @@ def describe_gguf(index: GGUFIndex) -> dict[str, Any]:
             "header": index.header_size,
             "metadata": index.infos_start - index.header_size,
             "tensor_infos": index.infos_end - index.infos_start,
-            "padding": padding + max(padded_end - end, 0),
+            "padding": padding + padded_end - end,
             "data": data,
-            "trailing": size - max(padded_end, end, min(size, index.data_start)),
+            "trailing": size - padded_end,
             "total": size,
         },
     }

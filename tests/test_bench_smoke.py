@@ -15,7 +15,7 @@ for _module in ("torch", "safetensors", "gguf", "matplotlib"):  # the bench extr
     pytest.importorskip(_module)
 
 SECTIONS = ("Conversion", "Migration", "Opening a model file", "Loading against file size", "Load options",
-            "N processes", "Copying")
+            "N processes", "Copying", "Dequantizing")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def test_every_section_is_written_with_targets_and_plots(docs: Path) -> None:
     assert "not measured" not in text and "Failed runs" not in text, text
     verdicts = [line for line in text.splitlines() if line.startswith("| ") and line.rstrip().endswith(
         ("| met |", "| **missed** |"))]
-    assert len(verdicts) == 14, verdicts  # 4 conversion, 4 migration, 6 opening rows
+    assert len(verdicts) == 15, verdicts  # 4 conversion, 4 migration, 6 opening rows, 1 dequantizing
     for png in ("load_time", "options", "nprocs", "copy"):
         assert (docs / "img" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -46,6 +46,7 @@ def test_raw_results_hold_the_same_tensors_for_every_loader(docs: Path) -> None:
     assert set(seen.values()) == {(147, seen["ggmlfmt"][1])}, seen  # 3 + 16 * 9 tensors, the same bytes
     index = results["open"]["index"]
     assert {r[0]["n"] for r in index.values()} == {291}  # the 7B-shaped index
+    assert all(d["identical"] for d in results["dequantize"].values()) and "Q6_K" in results["dequantize"]
     cold = results["open"]["cold"]["open"][0]
     assert cold["cached_before"] < 0.01 and cold["cached_after"] < 0.5  # evicted, then open read the index only
 

@@ -143,12 +143,10 @@ def test_dequantize_agrees_with_gguf_py_for_every_type_we_can_write(tmp_path):
     gen = model.version.block_generation
     for name, arr, raw, shape in tensors:
         info = model.info[name]
-        if info.type in (GGMLType.Q4_K,):
-            with pytest.raises(ValueError, match="no numpy dequantizer for Q4_K"):
-                dequantize(model.tensors[name], info, gen)
-            continue
         expected = gguf.quants.dequantize(arr, raw) if raw is not None else arr.astype(np.float32)
-        np.testing.assert_array_equal(dequantize(model.tensors[name], info, gen), expected.reshape(shape))
+        got = dequantize(model.tensors[name], info, gen)
+        assert got.shape == shape  # bit patterns: the random Q4_K scales include NaNs
+        np.testing.assert_array_equal(got.view(np.uint32), expected.reshape(shape).view(np.uint32))
 
 
 def _our_metadata():
