@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any
 
-from client_common import cap_address_space, client_version, keep_stdout_for_json
+from client_common import cap_address_space, client_version, keep_stdout_for_json, write_json
 
 
 def tokenize(llama_cpp: Any, vocab: Any, text: bytes, add_special: bool, parse_special: bool) -> list[int]:
@@ -75,9 +75,7 @@ def main(argv: list[str]) -> int:
            "eot": int(llama_cpp.llama_vocab_eot(vocab)), "add_bos": bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
            "results": results}
     llama_cpp.llama_model_free(model)
-    with os.fdopen(real_stdout, "w") as f:
-        json.dump(out, f)
-        f.write("\n")
+    write_json(real_stdout, out)
     return 0
 
 
