@@ -82,7 +82,7 @@ def weights(seed: int, *, tied: bool = False) -> dict[str, np.ndarray]:
     shapes["norm.weight"] = (dim,)
     if not tied:
         shapes["output.weight"] = (N_VOCAB, dim)
-    std = {"tok_embeddings.weight": 1.0, "output.weight": 0.1, "wq": 0.2, "wk": 0.2}
+    std = {"tok_embeddings.weight": 1.0, "output.weight": 0.1, "wq": 0.4, "wk": 0.4}  # RoPE matters
     out = {}
     for name, shape in shapes.items():
         if len(shape) == 1:
@@ -134,10 +134,12 @@ def build(root: Path, n_shards: int, *, seed: int = 5, params: dict[str, Any] | 
     return Llama3(root, model_dir, full, paths, params)
 
 
-def rope_factors(n_rot: int, theta: float, factor: float = 8.0) -> np.ndarray:
-    """Meta's apply_scaling (llama-models, models/llama3/model.py) in torch, as divisors of the frequencies."""
+def rope_factors(n_rot: int, theta: float, factor: float = 8.0, high: float = 4.0) -> np.ndarray:
+    """Meta's apply_scaling (llama-models, models/llama3/model.py) in torch, as divisors of the frequencies.
+
+    Meta's code fixes factor 8 and high 4; its Llama 4 version takes both as arguments, as here."""
     freqs = 1.0 / (theta ** (torch.arange(0, n_rot, 2)[: n_rot // 2].float() / n_rot))
-    old_context, low, high = 8192, 1, 4
+    old_context, low = 8192, 1
     wavelen = 2 * torch.pi / freqs
     new = torch.where(wavelen > old_context / low, freqs / factor, freqs)
     smooth = (old_context / wavelen - low) / (high - low)
