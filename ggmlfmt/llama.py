@@ -274,7 +274,7 @@ LLAMA_CONTROL_NAMES = {1: "<s>", 2: "</s>"}  # LLaMA's bos and eos; the old file
 class GGUFVocab:
     """tokenizer.ggml.*: the pieces as stored in GGUF, with scores, types and special ids.
 
-    SentencePiece (model "llama"): pieces, scores, types. Byte-level BPE (model "gpt2", §15.2): pieces
+    SentencePiece (model "llama"): pieces, scores, types. Byte-level BPE (model "gpt2", §15.1): pieces
     in GPT-2's byte alphabet, no scores, `pre` naming llama.cpp's pre-tokenizer, and `merges`
     ("left right", in rank order). `extra_ids` holds further tokenizer.ggml.<key> ids (eot, eom).
     """

@@ -1,4 +1,4 @@
-"""Meta's Llama 3 tokenizer.model (a tiktoken BPE file) -> the byte-level BPE vocabulary GGUF stores (§15.2).
+"""Meta's Llama 3 tokenizer.model (a tiktoken BPE file) -> the byte-level BPE vocabulary GGUF stores (§15.1).
 
 The file is one line per token: the token's bytes in base64, a space, its rank (= its id). The 256
 special tokens are not in it: Meta's tokenizer code appends them after the last rank, in an order
@@ -37,7 +37,7 @@ def _reserved(numbers: range) -> list[str]:
     return [f"<|reserved_special_token_{i}|>" for i in numbers]
 
 
-# The 256 special tokens appended after the base tokens, per release of Meta's tokenizer code (§15.2):
+# The 256 special tokens appended after the base tokens, per release of Meta's tokenizer code (§15.1):
 # meta-llama/llama3 (Llama 3, April 2024), meta-llama/llama-models at its first commit (Llama 3.1,
 # July 2024) and after "Support for Llama3.2" (Llama 3.2 and 3.3, September 2024 on).
 SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {
@@ -152,7 +152,7 @@ def _parse_line(line: bytes, pos: int) -> tuple[bytes, int]:
 
 
 def bpe_merges(tokens: list[bytes]) -> list[tuple[int, int]]:
-    """Every merge of a rank-ordered BPE vocabulary as (left id, right id), in merge order (§15.2).
+    """Every merge of a rank-ordered BPE vocabulary as (left id, right id), in merge order (§15.1).
 
     A merge is any split of a token into two tokens; merges are ordered by the token they make, then
     by the left id, then the right id.

@@ -1,4 +1,4 @@
-"""The tiktoken reader and the byte-level BPE vocabulary it builds (docs/format.md §15.2).
+"""The tiktoken reader and the byte-level BPE vocabulary it builds (docs/format.md §15.1).
 
 Judges: tiktoken (its file reader, and its Encoding over the same ranks), Meta's special-token lists
 restated in tests/llama3.py, and a plain re-implementation of llama.cpp's BPE loop (merge the adjacent
