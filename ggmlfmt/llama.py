@@ -164,7 +164,7 @@ def llama_hparams(shapes: Mapping[str, Sequence[int]], *, n_vocab: int, n_embd: 
 
     n_ff comes from layers.0.feed_forward.w1 and head_count_kv from layers.0.attention.wk; every layer
     is checked against them. context_length / rms_eps None: the LLaMA-1 values, named in `defaults`.
-    tied_embeddings: the model has no output.weight (llama.cpp then uses the token embedding, §16.3).
+    tied_embeddings: the model has no output.weight (llama.cpp then uses the token embedding, §16.1).
 
     Raises:
         FormatError: a missing tensor, a shape that disagrees, n_rot other than the head size (today's

@@ -16,6 +16,7 @@ from __future__ import annotations
 import binascii
 import os
 import re
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -83,9 +84,9 @@ def read_ranks(path: str | os.PathLike[str]) -> list[bytes]:
         size = os.fstat(f.fileno()).st_size
         if size > MAX_FILE_BYTES:
             raise BadValue(f"expected at most {MAX_FILE_BYTES:,} bytes, found {size:,}", path=path, field="size")
-        data = f.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:  # grew since fstat
-        raise BadValue(f"expected at most {MAX_FILE_BYTES:,} bytes", path=path, field="size")
+        data = f.read(size + 1)  # read() allocates what it is asked for: the file's size, not the cap
+    if len(data) > size:  # grew since fstat
+        raise BadValue(f"grew while being read (from {size:,} bytes)", path=path, field="size")
     try:
         return parse_ranks(data)
     except FormatError as e:
@@ -151,14 +152,13 @@ def _parse_line(line: bytes, pos: int) -> tuple[bytes, int]:
     return token, int(m[2])
 
 
-def bpe_merges(tokens: list[bytes]) -> list[tuple[int, int]]:
+def bpe_merges(tokens: list[bytes]) -> Iterator[tuple[int, int]]:
     """Every merge of a rank-ordered BPE vocabulary as (left id, right id), in merge order (§15.1).
 
     A merge is any split of a token into two tokens; merges are ordered by the token they make, then
-    by the left id, then the right id.
+    by the left id, then the right id. A generator: the caller keeps only what it makes of them.
     """
     rank = {t: i for i, t in enumerate(tokens)}
-    merges: list[tuple[int, int]] = []
     for token in tokens:
         if len(token) < 2:
             continue
@@ -167,8 +167,7 @@ def bpe_merges(tokens: list[bytes]) -> list[tuple[int, int]]:
             left, right = rank.get(token[:cut]), rank.get(token[cut:])
             if left is not None and right is not None:
                 local.append((left, right))
-        merges += sorted(local)
-    return merges
+        yield from sorted(local)
 
 
 def special_tokens(release: str) -> tuple[str, ...]:
