@@ -287,7 +287,7 @@ class GGUFVocab:
     eos_id: int | None
     model: str = "llama"  # tokenizer.ggml.model
     pre: str | None = None  # tokenizer.ggml.pre
-    merges: tuple[str, ...] | None = None  # tokenizer.ggml.merges
+    merges: Sequence[str] | None = None  # tokenizer.ggml.merges
     extra_ids: tuple[tuple[str, int], ...] = ()  # (key without prefix, id), e.g. ("eot_token_id", 128009)
 
     def __post_init__(self) -> None:

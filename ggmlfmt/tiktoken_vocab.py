@@ -16,7 +16,9 @@ from __future__ import annotations
 import binascii
 import os
 import re
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from typing import overload
 
 import numpy as np
 
@@ -170,6 +172,42 @@ def bpe_merges(tokens: list[bytes]) -> Iterator[tuple[int, int]]:
         yield from sorted(local)
 
 
+class Merges(Sequence[str]):
+    """tokenizer.ggml.merges as `"LEFT RIGHT"` strings made on demand from two id arrays.
+
+    Meta's file has 280,147 merges: as Python strings they would hold ~20 MB for the whole
+    conversion; as two int32 arrays they hold 2.2 MB, and each string lives only while it is encoded.
+    """
+
+    def __init__(self, pieces: Sequence[str], pairs: Iterable[tuple[int, int]]) -> None:
+        ids = array("i")
+        for left, right in pairs:
+            ids.append(left)
+            ids.append(right)
+        self._pieces = pieces
+        self._ids = np.frombuffer(ids, dtype=np.int32).reshape(-1, 2) if ids else np.zeros((0, 2), np.int32)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self._text(left, right) for left, right in self._ids[i].tolist()]
+        left, right = self._ids[i].tolist()
+        return self._text(left, right)
+
+    def __iter__(self) -> Iterator[str]:
+        for left, right in self._ids.tolist():
+            yield self._text(left, right)
+
+    def _text(self, left: int, right: int) -> str:
+        return f"{self._pieces[left]} {self._pieces[right]}"
+
+
 def special_tokens(release: str) -> tuple[str, ...]:
     """The 256 special tokens of a Llama 3 release (a key of RELEASES: "3", "3.1", "3.2", "3.3"), in id order.
 
@@ -187,7 +225,7 @@ def bpe_vocab(tokens: list[bytes], specials: tuple[str, ...]) -> GGUFVocab:
     alphabet = bytes_to_unicode()
     table = [alphabet[b] for b in range(256)]
     pieces = ["".join([table[b] for b in t]) for t in tokens]
-    merges = tuple(f"{pieces[a]} {pieces[b]}" for a, b in bpe_merges(tokens))
+    merges = Merges(pieces, bpe_merges(tokens))
     n = len(tokens)
     types = np.full(n + len(specials), TokenType.NORMAL, np.int32)
     types[n:] = TokenType.CONTROL
