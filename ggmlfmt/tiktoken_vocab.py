@@ -172,6 +172,9 @@ def bpe_merges(tokens: list[bytes]) -> Iterator[tuple[int, int]]:
         yield from sorted(local)
 
 
+_ITER_ROWS = 4096  # merges spelled per step
+
+
 class Merges(Sequence[str]):
     """tokenizer.ggml.merges as `"LEFT RIGHT"` strings made on demand from two id arrays.
 
@@ -201,8 +204,9 @@ class Merges(Sequence[str]):
         return self._text(left, right)
 
     def __iter__(self) -> Iterator[str]:
-        for left, right in self._ids.tolist():
-            yield self._text(left, right)
+        for start in range(0, len(self._ids), _ITER_ROWS):  # tolist() of all 280k pairs would cost ~30 MB
+            for left, right in self._ids[start : start + _ITER_ROWS].tolist():
+                yield self._text(left, right)
 
     def _text(self, left: int, right: int) -> str:
         return f"{self._pieces[left]} {self._pieces[right]}"
