@@ -158,3 +158,10 @@ def test_control_the_good_file_reads(tmp_path: Path) -> None:
     path.write_bytes(GOOD)
     assert len(load_tiktoken_vocab(path, "3")) == 257 + 256
     assert list(load_tiktoken_vocab(path, "3").merges) == ["a b"]
+
+
+def test_merges_index_like_the_list_they_spell(tok_file: Path) -> None:
+    merges = load_tiktoken_vocab(tok_file, "3.1").merges
+    spelled = list(merges)
+    assert len(merges) == len(spelled) and merges[0] == spelled[0] and merges[-1] == spelled[-1]
+    assert merges[5:9] == spelled[5:9] and all(m.count(" ") == 1 for m in spelled)
