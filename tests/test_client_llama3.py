@@ -1,8 +1,8 @@
 """Today's llama.cpp (llama-cpp-python 0.3.36) runs convert-model's GGUF of Llama 3 checkpoints.
 
 Tokenization: the client's ids for a set of texts equal tiktoken's over the same ranks and special tokens
-(tests/llama3.py), with special-token spellings read as text and as specials; detokenization gives the
-text back; bos/eos/eot ids and the control type of every special token are Meta's. Logits: the client on
+(tests/llama3.py), with special-token spellings read as text and as specials; the tokens' pieces give the
+text back (llama_detokenize too, but for llama.cpp's space clean-up before ? ! . ,); bos/eos/eot ids and the control type of every special token are Meta's. Logits: the client on
 1-, 2- and 4-shard bf16 checkpoints (vocab-parallel embedding, GQA, scaled RoPE) agrees with
 tests/client/reference.py on the source weights with the rope factors applied. Controls: tiktoken with
 another release's specials disagrees; the same file without rope_freqs, and with the embedding unsharded
@@ -66,11 +66,34 @@ def test_client_tokenizes_as_tiktoken(tmp_path: Path, client: Path, release: str
         assert got["plain"] == enc.encode(text, disallowed_special=()), text
         assert got["special"] == enc.encode(text, allowed_special="all"), text
         assert got["with_bos"] == [bos, *got["special"]], text
-        assert bytes.fromhex(got["detok_hex"]) == text.encode("utf-8"), text
+        assert bytes.fromhex(got["pieces_hex"]) == text.encode("utf-8"), text
+        assert bytes.fromhex(got["detok_hex"]) == text.encode("utf-8"), text  # TEXTS avoid llama.cpp's clean-up
     # every special token is a control token to llama.cpp (llama_token_attr), every base token normal
     attrs = gguf_check.run_gguf_client(client, path, [], vocab_only=True)["attrs"]
     assert attrs[: llama3.N_BASE] == [gguf_check.TOKEN_TYPE_ATTR[1]] * llama3.N_BASE
     assert attrs[llama3.N_BASE :] == [gguf_check.TOKEN_TYPE_ATTR[3]] * 256
+
+
+@pytest.mark.slow
+def test_corpus_round_trips_through_pieces(tmp_path: Path, client: Path) -> None:
+    """Every corpus line: ids as tiktoken's, pieces give the text back; llama_detokenize differs exactly by
+    llama.cpp's space clean-up for llama-bpe (its first pass, restated: a space before ? ! . , is dropped)."""
+    ck = llama3.build(tmp_path, 1)
+    path = convert_checkpoint(ck.model_dir, outtype="f16", fmt="gguf").outfile
+    lines = llama3.CORPUS.read_text(encoding="utf-8").splitlines()
+    out = tokenize(client, path, lines, tmp_path)
+    enc = llama3.encoding("3.1")
+    cleaned = 0
+    for text, got in zip(lines, out["results"], strict=True):
+        assert got["plain"] == enc.encode(text, disallowed_special=()), text
+        assert bytes.fromhex(got["pieces_hex"]) == text.encode("utf-8"), text
+        if " '" not in text:
+            want = text
+            for mark in "?!.,":
+                want = want.replace(" " + mark, mark)
+            assert bytes.fromhex(got["detok_hex"]).decode("utf-8") == want, text
+            cleaned += want != text
+    assert cleaned >= 1  # the clean-up is real: the corpus has " !c"
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@ Run with the CLIENT venv's python (llama_cpp and the stdlib only):
 TEXTS_JSON: a file holding a JSON list of strings. stdout: one JSON object {"client", "n_vocab", "bos",
 "eos", "eot", "add_bos", "results": [{"plain": ids (llama_tokenize, add_special false,
 parse_special false), "special": ids (parse_special true), "with_bos": ids (add_special true, parse_special
-true), "detok_hex": bytes of llama_detokenize(plain) (remove_special false, unparse_special true)}]}.
+true), "detok_hex": bytes of llama_detokenize(plain) (remove_special false, unparse_special true; for
+llama-bpe llama.cpp then cleans spaces: " ?", " !", " .", " ," lose their space, and some " '"
+contractions), "pieces_hex": the llama_token_to_piece bytes of plain, joined}]}.
 Only the vocabulary is loaded (vocab_only). Exit 1 when the model does not load.
 """
 
@@ -45,6 +47,16 @@ def detokenize(llama_cpp: Any, vocab: Any, ids: list[int]) -> bytes:
         size = -n
 
 
+def pieces(llama_cpp: Any, vocab: Any, ids: list[int]) -> bytes:
+    """The ids' pieces (llama_token_to_piece, special tokens rendered) joined: detokenization without clean-up."""
+    buf = ctypes.create_string_buffer(512)
+    out = []
+    for i in ids:
+        n = int(llama_cpp.llama_token_to_piece(vocab, i, buf, len(buf), 0, True))
+        out.append(buf.raw[: max(n, 0)])
+    return b"".join(out)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: run_gguf_tokenize.py MODEL TEXTS_JSON", file=sys.stderr)
@@ -69,7 +81,8 @@ def main(argv: list[str]) -> int:
         plain = tokenize(llama_cpp, vocab, raw, False, False)
         results.append({"plain": plain, "special": tokenize(llama_cpp, vocab, raw, False, True),
                         "with_bos": tokenize(llama_cpp, vocab, raw, True, True),
-                        "detok_hex": detokenize(llama_cpp, vocab, plain).hex()})
+                        "detok_hex": detokenize(llama_cpp, vocab, plain).hex(),
+                        "pieces_hex": pieces(llama_cpp, vocab, plain).hex()})
     out = {"client": client_version(), "n_vocab": int(llama_cpp.llama_vocab_n_tokens(vocab)),
            "bos": int(llama_cpp.llama_vocab_bos(vocab)), "eos": int(llama_cpp.llama_vocab_eos(vocab)),
            "eot": int(llama_cpp.llama_vocab_eot(vocab)), "add_bos": bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
