@@ -233,3 +233,18 @@ def test_use_scaled_rope_must_be_a_boolean(tmp_path: Path) -> None:
     (ck.model_dir / "params.json").write_text(json.dumps({**llama3.PARAMS, "rope_high_freq_factor": 1}))
     with pytest.raises(FormatError, match=r"rope_high_freq_factor: expected a number above 1"):
         plan_conversion(ck.model_dir, fmt="gguf")
+
+
+def test_dry_run_shows_the_llama3_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ck = llama3.build(tmp_path, 2)
+    assert main([str(ck.model_dir), "--format", "gguf", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "meta: tokenizer.ggml.pre = 'llama-bpe'" in out and "meta: llama.context_length = 131072" in out
+    assert "rope_freqs.weight" in out.splitlines()[out.splitlines().index(next(
+        line for line in out.splitlines() if line.startswith("tensor "))) + 1]  # the first tensor
+    assert "context length 131072, Llama 3.1's" in err and "special tokens of Llama 3.1" in err
+    assert not list(ck.model_dir.glob("*.gguf"))
+    assert main([str(ck.model_dir), "--format", "gguf", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [t["split_axis"] for t in plan["tensors"] if t["checkpoint_name"] == "tok_embeddings.weight"] == [0]
+    assert plan["metadata"]["tokenizer.ggml.merges"]["count"] >= llama3.N_MERGES
