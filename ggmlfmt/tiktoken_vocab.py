@@ -160,16 +160,16 @@ def bpe_merges(tokens: list[bytes]) -> Iterator[tuple[int, int]]:
     A merge is any split of a token into two tokens; merges are ordered by the token they make, then
     by the left id, then the right id. A generator: the caller keeps only what it makes of them.
     """
-    rank = {t: i for i, t in enumerate(tokens)}
+    get = {t: i for i, t in enumerate(tokens)}.get
     for token in tokens:
-        if len(token) < 2:
-            continue
         local = []
         for cut in range(1, len(token)):
-            left, right = rank.get(token[:cut]), rank.get(token[cut:])
-            if left is not None and right is not None:
+            left = get(token[:cut])
+            if left is not None and (right := get(token[cut:])) is not None:
                 local.append((left, right))
-        yield from sorted(local)
+        if len(local) > 1:
+            local.sort()
+        yield from local
 
 
 _ITER_ROWS = 4096  # merges spelled per step
