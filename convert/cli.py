@@ -57,9 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--outfile", metavar="PATH",
                    help="output file (default MODEL_DIR/ggml-model-OUTTYPE.bin, or .gguf with --format gguf)")
     p.add_argument("--ctx", type=int, metavar="N",
-                   help="gguf: llama.context_length (default 2048, LLaMA-1's; a checkpoint does not store it)")
+                   help="gguf: llama.context_length (default 2048, LLaMA-1's; Llama 3: 8192, 3.1+: 131072; a "
+                        "checkpoint does not store it)")
     p.add_argument("--eps", type=float, metavar="X",
                    help="gguf: RMS-norm epsilon when params.json has no norm_eps (default 1e-6, LLaMA-1's)")
+    p.add_argument("--llama-release", choices=("3", "3.1", "3.2", "3.3"), default=None,
+                   help="Llama 3 (tiktoken tokenizer.model): whose special tokens to append (default: 3 without "
+                        "use_scaled_rope in params.json, else 3.1, or 3.2 when there is no output.weight)")
     p.add_argument("--vocab", metavar="PATH",
                    help="tokenizer.model to use (default: MODEL_DIR/tokenizer.model, else its parent's)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
@@ -77,7 +81,7 @@ def _convert(args: argparse.Namespace) -> int:
     if not args.dry_run:
         refuse_existing(out, overwrite=args.force)
     cp = plan_conversion(model_dir, out, outtype=args.outtype, tokenizer=args.vocab, fmt=fmt, context_length=args.ctx,
-                         rms_eps=args.eps)
+                         rms_eps=args.eps, llama_release=args.llama_release)
     if args.dry_run:
         print(json.dumps(plan_dict(cp, out.exists()), indent=2) if args.json else render_plan(cp, out.exists()))
         return 0

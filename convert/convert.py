@@ -19,14 +19,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ggmlfmt.atomic import refuse_existing
 from ggmlfmt.constants import CHUNK_BYTES, FTYPE_2D_TYPE, FileVersion, FType, GGMLType
 from ggmlfmt.floats import CASTS
 from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
-from ggmlfmt.llama import GGUFVocab, LlamaHParams, OutTensor, plan_llama_gguf, skipped_tensor
-from ggmlfmt.parts import full_shape, n_parts_for_dim, split_axis
-from ggmlfmt.unshard import Piece, Source, open_read_only, write_tensors
+from ggmlfmt.llama import (
+    ROPE_FREQS,
+    GGUFVocab,
+    LlamaHParams,
+    OutTensor,
+    llama3_rope_factors,
+    plan_llama_gguf,
+    skipped_tensor,
+)
+from ggmlfmt.parts import full_shape, n_parts_for_dim, split_axis, split_axis_by_shape
+from ggmlfmt.tiktoken_vocab import N_SPECIAL, bpe_vocab, looks_like_tiktoken, read_ranks, special_tokens
+from ggmlfmt.unshard import Piece, Source, computed_source, open_read_only, write_tensors
 from ggmlfmt.writer import FileWriter
 
 from .checkpoint import TensorMeta, check_shards, find_shards, find_tokenizer, skipped_name
@@ -35,6 +46,10 @@ from .params import Params, gguf_hparams, read_params
 from ggmlfmt.tokenizer import load_gguf_vocab, load_vocab
 
 log = logging.getLogger(__name__)
+
+COMPUTED = "computed"  # source_dtype of a tensor no shard holds (the plan shows it)
+SNIFF_BYTES = 64  # how much of tokenizer.model tells tiktoken from SentencePiece
+LLAMA3_CONTEXT = {"3": 8192, "3.1": 131072, "3.2": 131072, "3.3": 131072}  # Meta's context length per release
 
 OUTTYPES = {"f32": FType.ALL_F32, "f16": FType.MOSTLY_F16}  # --outtype -> header ftype; FTYPE_2D_TYPE gives the 2-D type
 FORMATS = ("ggjt", "gguf")
@@ -68,6 +83,7 @@ class ConversionPlan:
     skipped: tuple[str, ...]  # checkpoint keys not written (rope.freqs)
     format: str = "ggjt"  # "ggjt" (v1) or "gguf" (v3)
     gguf: GGUFContent | None = None  # what the GGUF metadata says; None for ggjt
+    computed: tuple[tuple[str, np.ndarray], ...] = ()  # tensors no shard holds (rope_freqs.weight), by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +121,16 @@ def resolve_format(fmt: str | None, outfile: str | os.PathLike[str] | None) -> s
 
 def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
                     outtype: str = "f16", tokenizer: str | os.PathLike[str] | None = None, fmt: str | None = None,
-                    context_length: int | None = None, rms_eps: float | None = None) -> ConversionPlan:
+                    context_length: int | None = None, rms_eps: float | None = None,
+                    llama_release: str | None = None) -> ConversionPlan:
     """Check every input and lay out the output file; reads shard metadata only, writes nothing.
 
     fmt None: gguf when outfile ends in .gguf, else ggjt (resolve_format).
     fmt "ggjt": the 2023 file (context_length and rms_eps must be None). fmt "gguf": context_length
     None means LLaMA-1's 2048; rms_eps applies only when params.json has no norm_eps (None: 1e-6).
+    A tiktoken tokenizer.model makes it a Llama 3 checkpoint (GGUF only, docs/format.md §16.1):
+    llama_release ("3", "3.1", "3.2", "3.3") chooses the special tokens, None infers it from params.json;
+    context_length None is then the release's (8,192 for 3, 131,072 for 3.1+).
 
     Raises:
         FormatError: bad params.json, tokenizer or shards (names the file, and the field or tensor),
@@ -136,21 +156,91 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     vocab_path = find_tokenizer(model_dir, tokenizer)
     shards = find_shards(model_dir)
     refuse_existing(out, overwrite=True, inputs=[params_path, vocab_path, *shards])  # --force never replaces an input
-    tokens: Vocab | GGUFVocab = load_vocab(vocab_path) if fmt == "ggjt" else load_gguf_vocab(vocab_path)
-    if params.vocab_size > 0 and params.vocab_size != len(tokens):
-        raise FormatError(f"{params.vocab_size} does not match the {len(tokens)} pieces of {vocab_path}",
+    ranks = _tiktoken_ranks(vocab_path, fmt, llama_release)
+    tokens: Vocab | GGUFVocab | None = None
+    if ranks is None:
+        tokens = load_vocab(vocab_path) if fmt == "ggjt" else load_gguf_vocab(vocab_path)
+    n_vocab = len(tokens) if ranks is None else len(ranks) + N_SPECIAL
+    if params.vocab_size > 0 and params.vocab_size != n_vocab:
+        pieces = "pieces" if ranks is None else f"tokens ({len(ranks)} ranks + {N_SPECIAL} special)"
+        raise FormatError(f"{params.vocab_size} does not match the {n_vocab} {pieces} of {vocab_path}",
                           path=str(params_path), field="vocab_size")
     metas = check_shards(shards)
+    llama3 = None if ranks is None else _llama3(params, metas, ranks, llama_release, context_length)
+    if llama3 is not None:
+        tokens, context_length = llama3.vocab, llama3.context_length
     if fmt == "gguf":
         layout, entries, skipped, content = _plan_gguf(model_dir, params, tokens, metas, shards, outtype,
-                                                       context_length)
+                                                       context_length, llama3)
     else:
         layout, entries, skipped = _plan_ggjt(params, tokens, metas, shards, outtype)
         content = None
     _log_plan(shards, params, layout)
     _warn_rounding(entries, outtype)
+    computed = () if llama3 is None or llama3.rope_freqs is None else ((ROPE_FREQS, llama3.rope_freqs),)
     return ConversionPlan(model_dir, out, outtype, vocab_path, tuple(shards), params, layout, tuple(entries),
-                          tuple(skipped), fmt, content)
+                          tuple(skipped), fmt, content, computed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Llama3:
+    """What a Llama 3 checkpoint adds (docs/format.md §16.1): its vocabulary, context length, tied
+    embeddings, and the scaled-RoPE factors (None without use_scaled_rope)."""
+
+    vocab: GGUFVocab
+    context_length: int
+    tied: bool
+    rope_freqs: np.ndarray | None
+
+
+def _tiktoken_ranks(vocab_path: Path, fmt: str, llama_release: str | None) -> list[bytes] | None:
+    """The base tokens of a tiktoken tokenizer.model (Llama 3), or None for a SentencePiece one.
+
+    Raises:
+        CannotWrite: a tiktoken tokenizer with fmt "ggjt", or llama_release for a SentencePiece one.
+        FormatError: a bad tiktoken file. OSError: unreadable.
+    """
+    with open(vocab_path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    if not looks_like_tiktoken(head):
+        if llama_release is not None:
+            raise CannotWrite(f"{vocab_path}: a SentencePiece tokenizer; --llama-release applies to Llama 3 "
+                              "checkpoints, whose tokenizer.model is a tiktoken file")
+        return None
+    if fmt != "gguf":
+        raise CannotWrite(f"{vocab_path}: a tiktoken tokenizer (Llama 3), which a ggjt file cannot hold; "
+                          "use --format gguf")
+    return read_ranks(vocab_path)
+
+
+def _llama3(params: Params, metas: list[TensorMeta], ranks: list[bytes], release: str | None,
+            context_length: int | None) -> _Llama3:
+    """The release (given, or from params.json), its special tokens and context length, tied embeddings, rope_freqs.
+
+    Raises:
+        CannotWrite: an unknown release.
+    """
+    tied = not any(m.name == "output.weight" for m in metas)
+    if release is None:
+        release, why = (("3", "params.json has no use_scaled_rope") if not params.use_scaled_rope
+                        else ("3.2", "use_scaled_rope and no output.weight") if tied
+                        else ("3.1", "params.json has use_scaled_rope"))
+        log.info("special tokens of Llama %s (%s); --llama-release chooses another release's", release, why)
+    vocab = bpe_vocab(ranks, special_tokens(release))
+    if context_length is None:
+        context_length = LLAMA3_CONTEXT[release]
+        log.info("context length %d, Llama %s's (a checkpoint does not store it); --ctx N sets it", context_length,
+                 release)
+    if tied:
+        log.info("no output.weight: the output shares the token embedding (tied), so the file has none and "
+                 "llama.cpp uses token_embd.weight")
+    rope = None
+    if params.rope_scaling is not None:
+        factor, high = params.rope_scaling
+        rope = llama3_rope_factors(params.n_rot, params.rope_theta or 10000.0, factor=factor, high_freq_factor=high)
+        log.info("scaled RoPE (use_scaled_rope): rope_freqs.weight, %d factors, scale %g, high-frequency factor %g",
+                 len(rope), factor, high)
+    return _Llama3(vocab, context_length, tied, rope)
 
 
 def _with_eps(params: Params, rms_eps: float | None, path: Path) -> Params:
@@ -189,16 +279,26 @@ def _plan_ggjt(params: Params, tokens: Vocab, metas: list[TensorMeta], shards: l
 
 
 def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[TensorMeta], shards: list[Path],
-               outtype: str, context_length: int | None) -> tuple[Plan, list[TensorEntry], list[str], GGUFContent]:
+               outtype: str, context_length: int | None, llama3: _Llama3 | None = None,
+               ) -> tuple[Plan, list[TensorEntry], list[str], GGUFContent]:
     """The GGUF layout (docs/format.md §8.1): shapes checked with GQA/ffn_dim_multiplier, names mapped.
+
+    Llama 3 (docs/format.md §16.1): no output.weight when tied; rope_freqs.weight first when computed.
 
     Raises:
         FormatError: a tensor GGUF's LLaMA does not have, a shape params.json does not imply, a bad value.
     """
+    tied = llama3 is not None and llama3.tied
     expected = params.shapes(len(vocab), gguf=True)
+    if tied:
+        del expected["output.weight"]
     pending, skipped = _specs(metas, shards, params, expected, FTYPE_2D_TYPE[OUTTYPES[outtype]], gguf=True)
+    if llama3 is not None and llama3.rope_freqs is not None:
+        n = len(llama3.rope_freqs)
+        meta = TensorMeta(ROPE_FREQS, (n,), COMPUTED, None)
+        pending.insert(0, _Pending(meta, None, (n,), TensorSpec.from_shape(ROPE_FREQS, GGMLType.F32, (n,))))
     shapes = {p.meta.name: p.shape for p in pending}
-    hp = gguf_hparams(params, len(vocab), shapes, context_length=context_length,
+    hp = gguf_hparams(params, len(vocab), shapes, context_length=context_length, tied_embeddings=tied,
                       path=str(model_dir / "params.json"))
     for field in hp.defaults:
         value, option = (hp.context_length, "--ctx N") if field == "context_length" else (hp.rms_eps, "--eps X")
@@ -262,9 +362,10 @@ def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected
         if skip(m.name):
             skipped.append(m.name)
             continue
-        axis = split_axis(m.name, len(m.shape))
-        shape = full_shape(m.shape, axis, n_parts)
         want = expected.pop(m.name, None)
+        axis = split_axis(m.name, len(m.shape)) if want is None else split_axis_by_shape(m.name, m.shape, want,
+                                                                                           n_parts)
+        shape = full_shape(m.shape, axis, n_parts)
         if want is None and gguf:
             raise FormatError("not a LLaMA tensor; today's llama.cpp refuses a GGUF file with tensors it does not "
                               "expect", path=str(shards[0]), field=f"tensor {m.name!r}")
@@ -273,7 +374,8 @@ def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected
                         shards[0], m.name)
         elif shape != want:
             raise FormatError(f"full shape {list(shape)} ({n_parts} shard(s) of {list(m.shape)}) differs from "
-                              f"{list(want)} implied by params.json and the tokenizer", path=str(shards[0]),
+                              f"{list(want)} implied by params.json and the tokenizer; neither a split by rows nor "
+                              "one by columns gives it", path=str(shards[0]),
                               field=f"tensor {m.name!r}")
         ggml_type = GGMLType.F32 if len(shape) == 1 else two_d_type  # 1-D always f32 (docs/format.md §4.4)
         pending.append(_Pending(m, axis, shape, TensorSpec.from_shape(m.name, ggml_type, shape)))
@@ -308,7 +410,11 @@ def _sources(cp: ConversionPlan, shards: list[Checkpoint], fds: list[int]) -> It
     Raises:
         FormatError: a shard no longer holds the tensor as planned (it changed since planning).
     """
+    computed = dict(cp.computed)
     for e in cp.entries:
+        if e.name in computed:
+            yield computed_source(e.info, computed[e.name])
+            continue
         pieces = []
         for path, shard, fd in zip(cp.shards, shards, fds):
             t = shard.tensors.get(e.name)
@@ -323,10 +429,11 @@ def _sources(cp: ConversionPlan, shards: list[Checkpoint], fds: list[int]) -> It
 def convert_checkpoint(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
                        outtype: str = "f16", tokenizer: str | os.PathLike[str] | None = None, force: bool = False,
                        progress: Callable[[int], Any] | None = None, fmt: str | None = None,
-                       context_length: int | None = None, rms_eps: float | None = None) -> ConversionPlan:
+                       context_length: int | None = None, rms_eps: float | None = None,
+                       llama_release: str | None = None) -> ConversionPlan:
     """Convert Meta's consolidated.NN.pth shards in `model_dir` into one ggjt v1 or GGUF v3 file; return the plan.
 
-    fmt, context_length, rms_eps: as plan_conversion.
+    fmt, context_length, rms_eps, llama_release: as plan_conversion.
 
     Raises:
         FileExistsError: the output exists and force is False (checked before any other work).
@@ -336,7 +443,7 @@ def convert_checkpoint(model_dir: str | os.PathLike[str], outfile: str | os.Path
     out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype, fmt)
     refuse_existing(out, overwrite=force)
     cp = plan_conversion(model_dir, out, outtype=outtype, tokenizer=tokenizer, fmt=fmt, context_length=context_length,
-                         rms_eps=rms_eps)
+                         rms_eps=rms_eps, llama_release=llama_release)
     write_conversion(cp, force=force, progress=progress)
     log.info("wrote %s: %d tensors from %d shard(s), %s bytes", cp.outfile, len(cp.entries), len(cp.shards),
              f"{cp.plan.size:,}")

@@ -23,11 +23,14 @@ MAX_FFN_MULTIPLIER = 16.0  # Meta's largest is 1.3 (LLaMA-2 70B); a larger facto
 MAX_ROPE_THETA = 1e12  # Meta: 10,000 (LLaMA-1/2), 500,000 (LLaMA-3); beyond f32's comfortable range is nonsense
 
 REQUIRED = ("dim", "multiple_of", "n_heads", "n_layers")
+LLAMA3_ROPE_FACTOR = 8.0  # Meta's apply_scaling (llama-models, models/llama3/model.py), every Llama 3.x release
+LLAMA3_HIGH_FREQ_FACTOR = 4.0  # its low_freq_factor is 1 and old_context_len 8192 (§16.2)
+MAX_ROPE_SCALING = 1024.0
 
 
 @dataclass(frozen=True, slots=True)
 class Params:
-    """The fields of params.json: those the 2023 header uses, then the LLaMA-2 ones (None: absent)."""
+    """The fields of params.json: those the 2023 header uses, then the LLaMA-2 and Llama 3 ones (None: absent)."""
 
     dim: int
     multiple_of: int
@@ -38,6 +41,17 @@ class Params:
     ffn_dim_multiplier: float | None = None  # LLaMA-2 70B: 1.3
     norm_eps: float | None = None  # every Meta release has it (1e-06 LLaMA-1, 1e-05 LLaMA-2)
     rope_theta: float | None = None
+    use_scaled_rope: bool | None = None  # Llama 3.1+: true (§16.2); absent in Llama 3 and before
+    rope_scaling_factor: float | None = None  # Meta's apply_scaling for Llama 3 hard-codes 8; a params.json may say
+    rope_high_freq_factor: float | None = None  # ... and 4 (both keys as Meta's Llama 4 params name them)
+
+    @property
+    def rope_scaling(self) -> tuple[float, float] | None:
+        """(scale factor, high-frequency factor) of Llama 3.1+ scaled RoPE, or None without use_scaled_rope."""
+        if not self.use_scaled_rope:
+            return None
+        return (LLAMA3_ROPE_FACTOR if self.rope_scaling_factor is None else self.rope_scaling_factor,
+                LLAMA3_HIGH_FREQ_FACTOR if self.rope_high_freq_factor is None else self.rope_high_freq_factor)
 
     @property
     def n_rot(self) -> int:
@@ -127,7 +141,27 @@ def parse_params(obj: Any, *, path: str = "params.json") -> Params:
     if vocab_size == 0:
         raise FormatError("expected -1 (from the tokenizer) or a positive size, found 0", path=path,
                           field="vocab_size")
-    return Params(dim, multiple_of, n_heads, n_layers, vocab_size, *_llama2_fields(obj, n_heads, path))
+    return Params(dim, multiple_of, n_heads, n_layers, vocab_size, *_llama2_fields(obj, n_heads, path),
+                  *_llama3_fields(obj, path))
+
+
+def _llama3_fields(obj: dict[str, Any], path: str) -> tuple[Any, ...]:
+    """use_scaled_rope, rope_scaling_factor, rope_high_freq_factor (None when absent or JSON null).
+
+    Raises:
+        FormatError: use_scaled_rope not a JSON boolean; a factor not a number in (0, MAX_ROPE_SCALING), or a
+            high-frequency factor not above the low one (1).
+    """
+    scaled = obj.get("use_scaled_rope")
+    if scaled is not None and not isinstance(scaled, bool):
+        raise FormatError(f"expected true or false, found {json.dumps(scaled)[:40]}", path=path,
+                          field="use_scaled_rope")
+    present = {k: obj[k] for k in ("rope_scaling_factor", "rope_high_freq_factor") if obj.get(k) is not None}
+    factors = [_float_field(present, k, MAX_ROPE_SCALING, path) for k in ("rope_scaling_factor",
+                                                                         "rope_high_freq_factor")]
+    if factors[1] is not None and factors[1] <= 1:  # the blend divides by (high - low), low being 1
+        raise FormatError(f"expected a number above 1, found {factors[1]!r}", path=path, field="rope_high_freq_factor")
+    return (scaled, *factors)
 
 
 def _llama2_fields(obj: dict[str, Any], n_heads: int, path: str) -> tuple[Any, ...]:
@@ -168,7 +202,8 @@ def _float_field(obj: dict[str, Any], key: str, hi: float, path: str) -> float |
 
 
 def gguf_hparams(params: Params, n_vocab: int, shapes: Mapping[str, Sequence[int]], *,
-                 context_length: int | None = None, path: str = "params.json") -> LlamaHParams:
+                 context_length: int | None = None, tied_embeddings: bool = False,
+                 path: str = "params.json") -> LlamaHParams:
     """GGUF hyper-parameters of a checkpoint: params.json's values, checked against the full tensor shapes.
 
     context_length None: LLaMA-1's 2048 (named in the result's `defaults`, for the caller to log); norm_eps
@@ -179,7 +214,7 @@ def gguf_hparams(params: Params, n_vocab: int, shapes: Mapping[str, Sequence[int
     """
     hp = llama_hparams(shapes, n_vocab=n_vocab, n_embd=params.dim, n_head=params.n_heads,
                        n_layer=params.n_layers, n_rot=params.n_rot, context_length=context_length,
-                       rms_eps=params.norm_eps, rope_freq_base=params.rope_theta)
+                       rms_eps=params.norm_eps, rope_freq_base=params.rope_theta, tied_embeddings=tied_embeddings)
     for field, ours, theirs in (("ffn_dim_multiplier", params.hidden_dim, hp.n_ff),
                                 ("n_kv_heads", params.n_head_kv, hp.n_head_kv)):
         if ours != theirs:

@@ -709,8 +709,11 @@ def _encode_items(path: TypePath, value: Any, key: str) -> tuple[int, bytes]:
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (Sequence, np.ndarray)):
         raise CannotWrite(f"metadata {key!r}: an ARRAY must be a sequence or a 1-D numpy array, "
                          f"got {type(value).__name__}")
-    if etype is GGUFValueType.STRING:
-        return len(value), b"".join([_encode_scalar(etype, v, key) for v in value])
+    if etype is GGUFValueType.STRING:  # appended one by one: no list of n small bytes objects (Llama 3: 408,403)
+        out = bytearray()
+        for v in value:
+            out += _encode_scalar(etype, v, key)
+        return len(value), bytes(out)
     if etype is GGUFValueType.ARRAY:
         parts = []
         for v in value:

@@ -33,10 +33,13 @@ from .layout import Plan, TensorSpec, Vocab
 
 # ------------------------------------------------------------------ tensor names (§13)
 
+ROPE_FREQS = "rope_freqs.weight"  # llama.cpp's per-frequency RoPE factors (LLM_TENSOR_ROPE_FREQS)
+
 _GLOBAL_NAMES = {
     "tok_embeddings.weight": "token_embd.weight",
     "norm.weight": "output_norm.weight",
     "output.weight": "output.weight",
+    ROPE_FREQS: ROPE_FREQS,  # computed, not read: Llama 3.1+ scaled RoPE (§16.2)
 }
 _LAYER_NAMES = {
     "attention_norm": "attn_norm",
@@ -156,11 +159,12 @@ def _rows(shapes: Mapping[str, Sequence[int]], name: str) -> int:
 
 def llama_hparams(shapes: Mapping[str, Sequence[int]], *, n_vocab: int, n_embd: int, n_head: int, n_layer: int,
                   n_rot: int, context_length: int | None = None, rms_eps: float | None = None,
-                  rope_freq_base: float | None = None) -> LlamaHParams:
+                  rope_freq_base: float | None = None, tied_embeddings: bool = False) -> LlamaHParams:
     """GGUF hyper-parameters from the header/params values and the full tensors' PyTorch-order shapes.
 
     n_ff comes from layers.0.feed_forward.w1 and head_count_kv from layers.0.attention.wk; every layer
     is checked against them. context_length / rms_eps None: the LLaMA-1 values, named in `defaults`.
+    tied_embeddings: the model has no output.weight (llama.cpp then uses the token embedding, §16.1).
 
     Raises:
         FormatError: a missing tensor, a shape that disagrees, n_rot other than the head size (today's
@@ -173,7 +177,10 @@ def llama_hparams(shapes: Mapping[str, Sequence[int]], *, n_vocab: int, n_embd: 
         raise FormatError(f"n_rot {n_rot} is not the head size {head}; today's llama.cpp rotates whole heads "
                           "only (llama.rope.dimension_count must equal it)", field="n_rot")
     _expect(shapes, "tok_embeddings.weight", (n_vocab, n_embd), "n_vocab x n_embd")
-    _expect(shapes, "output.weight", (n_vocab, n_embd), "n_vocab x n_embd")
+    if not tied_embeddings:
+        _expect(shapes, "output.weight", (n_vocab, n_embd), "n_vocab x n_embd")
+    elif "output.weight" in shapes:
+        raise FormatError("present, although the embeddings were declared tied", field="tensor 'output.weight'")
     _expect(shapes, "norm.weight", (n_embd,), "n_embd")
     n_ff = _rows(shapes, "layers.0.feed_forward.w1.weight")
     kv_rows = _rows(shapes, "layers.0.attention.wk.weight")
@@ -192,6 +199,33 @@ def llama_hparams(shapes: Mapping[str, Sequence[int]], *, n_vocab: int, n_embd: 
         _check_positive_float("rope_freq_base", rope_freq_base)
     return LlamaHParams(n_vocab, n_embd, n_layer, n_head, kv_rows // head, n_ff, n_rot, ctx, eps, rope_freq_base,
                         defaults)
+
+
+def llama3_rope_factors(n_rot: int, theta: float, *, factor: float = 8.0, low_freq_factor: float = 1.0,
+                        high_freq_factor: float = 4.0, old_context: int = 8192) -> np.ndarray:
+    """rope_freqs.weight of Llama 3.1+ scaled RoPE (§16.2): one float32 divisor per rotary frequency.
+
+    Meta's apply_scaling divides frequency i by factor when its wavelength exceeds old_context /
+    low_freq_factor, keeps it below old_context / high_freq_factor, and blends in between; llama.cpp
+    takes the divisors (its rope multiplies the angle by 1/divisor). Computed in float32, operation
+    by operation, as llama.cpp's HF converter does (rope_type llama3).
+    """
+    f32 = np.float32
+    exponents = np.arange(0, n_rot, 2, dtype=f32) / f32(n_rot)
+    freqs = f32(1.0) / (np.float64(theta) ** exponents.astype(np.float64)).astype(f32)  # torch: pow in double
+    low_wavelen, high_wavelen = old_context / low_freq_factor, old_context / high_freq_factor
+    out = np.empty(len(freqs), f32)
+    for i, freq in enumerate(freqs):
+        wavelen = (f32(1) / freq) * f32(2 * math.pi)  # torch's scalar / tensor is reciprocal, then product
+        if wavelen < high_wavelen:
+            out[i] = 1.0
+        elif wavelen > low_wavelen:
+            out[i] = factor
+        else:
+            smooth = ((f32(1) / wavelen) * f32(old_context) - f32(low_freq_factor)) / f32(high_freq_factor
+                                                                                         - low_freq_factor)
+            out[i] = f32(1) / ((f32(1) - smooth) / f32(factor) + smooth)
+    return out
 
 
 def llama_shapes(n_vocab: int, n_embd: int, n_layer: int, n_ff: int, kv_rows: int) -> dict[str, tuple[int, ...]]:
@@ -238,18 +272,28 @@ LLAMA_CONTROL_NAMES = {1: "<s>", 2: "</s>"}  # LLaMA's bos and eos; the old file
 
 @dataclass(frozen=True, slots=True)
 class GGUFVocab:
-    """tokenizer.ggml.*: SentencePiece pieces as stored in GGUF, with scores, types and special ids."""
+    """tokenizer.ggml.*: the pieces as stored in GGUF, with scores, types and special ids.
+
+    SentencePiece (model "llama"): pieces, scores, types. Byte-level BPE (model "gpt2", §15.1): pieces
+    in GPT-2's byte alphabet, no scores, `pre` naming llama.cpp's pre-tokenizer, and `merges`
+    ("left right", in rank order). `extra_ids` holds further tokenizer.ggml.<key> ids (eot, eom).
+    """
 
     pieces: tuple[str, ...]
-    scores: np.ndarray  # float32, one per piece
+    scores: np.ndarray | None  # float32, one per piece; None: not written (BPE)
     types: np.ndarray  # int32 TokenType codes, one per piece
     unk_id: int | None
     bos_id: int | None
     eos_id: int | None
+    model: str = "llama"  # tokenizer.ggml.model
+    pre: str | None = None  # tokenizer.ggml.pre
+    merges: Sequence[str] | None = None  # tokenizer.ggml.merges
+    extra_ids: tuple[tuple[str, int], ...] = ()  # (key without prefix, id), e.g. ("eot_token_id", 128009)
 
     def __post_init__(self) -> None:
-        if not len(self.pieces) == len(self.scores) == len(self.types):
-            raise CannotWrite(f"{len(self.pieces)} pieces, {len(self.scores)} scores, {len(self.types)} types")
+        n_scores = len(self.pieces) if self.scores is None else len(self.scores)
+        if not len(self.pieces) == n_scores == len(self.types):
+            raise CannotWrite(f"{len(self.pieces)} pieces, {n_scores} scores, {len(self.types)} types")
 
     def __len__(self) -> int:
         return len(self.pieces)
@@ -378,13 +422,18 @@ def _tokenizer_metadata(vocab: GGUFVocab) -> list[MetaKV]:
     Raises:
         FormatError: a special id outside the vocabulary.
     """
-    arr = GGUFValueType.ARRAY
-    out = [MetaKV("tokenizer.ggml.model", GGUFValueType.STRING, "llama"),
-           MetaKV("tokenizer.ggml.tokens", arr, (GGUFValueType.STRING, vocab.pieces)),
-           MetaKV("tokenizer.ggml.scores", arr, (GGUFValueType.FLOAT32, vocab.scores)),
-           MetaKV("tokenizer.ggml.token_type", arr, (GGUFValueType.INT32, vocab.types))]
+    arr, s = GGUFValueType.ARRAY, GGUFValueType.STRING
+    out = [MetaKV("tokenizer.ggml.model", s, vocab.model)]
+    if vocab.pre is not None:
+        out.append(MetaKV("tokenizer.ggml.pre", s, vocab.pre))
+    out.append(MetaKV("tokenizer.ggml.tokens", arr, (s, vocab.pieces)))
+    if vocab.scores is not None:
+        out.append(MetaKV("tokenizer.ggml.scores", arr, (GGUFValueType.FLOAT32, vocab.scores)))
+    out.append(MetaKV("tokenizer.ggml.token_type", arr, (GGUFValueType.INT32, vocab.types)))
+    if vocab.merges is not None:
+        out.append(MetaKV("tokenizer.ggml.merges", arr, (s, vocab.merges)))
     for key, value in (("bos_token_id", vocab.bos_id), ("eos_token_id", vocab.eos_id),
-                       ("unknown_token_id", vocab.unk_id)):
+                       ("unknown_token_id", vocab.unk_id), *vocab.extra_ids):
         if value is None:
             continue
         if not 0 <= value < len(vocab):

@@ -28,6 +28,23 @@ def split_axis(name: str, ndim: int) -> int | None:
     return 0
 
 
+def split_axis_by_shape(name: str, shard_shape: Sequence[int], want: Sequence[int], n_parts: int) -> int | None:
+    """The axis along which n_parts shards of `shard_shape` make the full shape `want` (§6.3).
+
+    The shapes decide: a 2-D tensor splits along the axis whose shard size times n_parts gives
+    `want` (Meta's LLaMA-1/2 split the token embedding by columns, Llama 3's vocab-parallel
+    embedding by rows). The name rule (split_axis) answers where the shapes cannot tell: 1-D
+    tensors, one shard, or shapes that fit no split, which the caller then refuses by comparing
+    full_shape with `want`.
+    """
+    shard, want = tuple(shard_shape), tuple(want)
+    if len(shard) >= 2 and n_parts > 1:
+        fits = [axis for axis in range(len(shard)) if full_shape(shard, axis, n_parts) == want]
+        if len(fits) == 1:
+            return fits[0]
+    return split_axis(name, len(shard))
+
+
 def n_parts_for_dim(n_embd: int) -> int | None:
     """Number of Meta shards / old part files the 2023 tools used for a model width (None if not a LLaMA size)."""
     return N_PARTS_BY_DIM.get(n_embd)

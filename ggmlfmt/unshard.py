@@ -46,7 +46,7 @@ class Piece:
     dtype; `fd` and `offset` locate the same bytes for in-kernel copies.
     """
 
-    fd: int
+    fd: int | None  # None: no file, the bytes are `array` in memory (a computed tensor, see computed_source)
     offset: int
     array: np.ndarray
 
@@ -59,6 +59,12 @@ class Source:
     axis: int | None  # PyTorch axis the parts split (None: replicated, taken from part 0)
     pieces: Sequence[Piece]  # one per part, in part order
     convert: Convert | None = None  # None: the bytes pass unchanged
+
+
+def computed_source(info: TensorInfo, array: np.ndarray) -> Source:
+    """A tensor no input holds (e.g. Llama 3.1's rope_freqs): `array`'s elements, already in the planned type."""
+    rows = np.ascontiguousarray(array).reshape(max(info.n_rows, 1), -1)
+    return Source(info, None, [Piece(None, 0, rows)])
 
 
 def open_read_only(stack: ExitStack, path: str | os.PathLike[str]) -> int:
@@ -122,7 +128,9 @@ def _write_one(w: FileWriter, src: Source, buf: _Buffer) -> None:
         if region is None:
             continue
         row, _, n_rows = region
-        if src.convert is None:
+        if src.convert is None and piece.fd is None:
+            w.write_region(info.name, piece.array, row=row)
+        elif src.convert is None:
             w.copy_rows(info.name, piece.fd, piece.offset, row=row, n_rows=n_rows, fallback=piece.array)
         else:
             _convert_rows(w, info, [piece], [0], row, n_rows, src.convert, buf)

@@ -35,6 +35,7 @@ GGMLFMT_RANKS = {
     "ggmlfmt.parts": 2,
     "ggmlfmt.summary": 2,
     "ggmlfmt.llama": 2,  # what GGUF says about a LLaMA model (names, metadata, vocabulary); pure
+    "ggmlfmt.tiktoken_vocab": 3,  # Meta's Llama 3 tiktoken tokenizer.model -> GGUF byte-level BPE vocabulary (stdlib)
     "ggmlfmt.tokenizer": 3,  # SentencePiece tokenizer.model -> ggjt texts or GGUF pieces (sentencepiece, lazily)
     "ggmlfmt.copying": 3,  # the page-cache-friendly copy of `ggmlfmt copy`; commits through atomic.TempFile
     "ggmlfmt.requant": 3,  # old blocks -> GGUF blocks; imports dequant for the F32 targets

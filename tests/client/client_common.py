@@ -44,3 +44,12 @@ def keep_stdout_for_json() -> int:
     real_stdout = os.dup(1)
     os.dup2(2, 1)
     return real_stdout
+
+
+def write_json(fd: int, obj: object) -> None:
+    """The JSON result, one line, on the descriptor keep_stdout_for_json returned (closed after)."""
+    import json
+
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+        f.write("\n")

@@ -22,15 +22,19 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float = NORM_EPS) -> np.nda
     return (x / np.sqrt(ms + eps)) * weight
 
 
-def rope(x: np.ndarray, positions: np.ndarray, theta: float = ROPE_THETA, n_rot: int | None = None) -> np.ndarray:
+def rope(x: np.ndarray, positions: np.ndarray, theta: float = ROPE_THETA, n_rot: int | None = None,
+         factors: np.ndarray | None = None) -> np.ndarray:
     """Rotate adjacent pairs (2i, 2i+1) of the first n_rot head dims (default all); x is (T, H, hd).
 
     This is ggml rope mode 0 / Meta model.py; like ggml, frequencies are theta^(-2i/n_rot) and the dims
-    past n_rot pass through unchanged.
+    past n_rot pass through unchanged. factors (n_rot/2 divisors, Llama 3.1's scaled RoPE as
+    rope_freqs.weight holds them): frequency i is divided by factors[i].
     """
     hd = x.shape[-1]
     n_rot = hd if n_rot is None else n_rot
     freqs = theta ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)  # (n_rot/2,)
+    if factors is not None:
+        freqs = freqs / np.asarray(factors, dtype=np.float64)
     angles = positions[:, None].astype(np.float64) * freqs[None, :]  # (T, n_rot/2)
     cos = np.cos(angles)[:, None, :].astype(x.dtype)
     sin = np.sin(angles)[:, None, :].astype(x.dtype)
@@ -48,7 +52,8 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 def attention(x: np.ndarray, wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, wo: np.ndarray,
               n_heads: int, positions: np.ndarray, *, n_kv_heads: int | None = None,
-              rope_theta: float = ROPE_THETA, n_rot: int | None = None) -> np.ndarray:
+              rope_theta: float = ROPE_THETA, n_rot: int | None = None,
+              rope_factors: np.ndarray | None = None) -> np.ndarray:
     """Causal multi-head self-attention with RoPE on q and k; x is (T, dim).
 
     With n_kv_heads < n_heads (GQA), wk/wv have n_kv_heads * head_dim rows and query head h uses KV
@@ -57,8 +62,8 @@ def attention(x: np.ndarray, wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, wo:
     t, dim = x.shape
     hd = dim // n_heads
     n_kv = n_heads if n_kv_heads is None else n_kv_heads
-    q = rope((x @ wq.T).reshape(t, n_heads, hd), positions, rope_theta, n_rot)
-    k = rope((x @ wk.T).reshape(t, n_kv, hd), positions, rope_theta, n_rot)
+    q = rope((x @ wq.T).reshape(t, n_heads, hd), positions, rope_theta, n_rot, rope_factors)
+    k = rope((x @ wk.T).reshape(t, n_kv, hd), positions, rope_theta, n_rot, rope_factors)
     v = (x @ wv.T).reshape(t, n_kv, hd)
     k, v = np.repeat(k, n_heads // n_kv, axis=1), np.repeat(v, n_heads // n_kv, axis=1)
     scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd).astype(x.dtype)  # (H, T, T)
@@ -86,10 +91,12 @@ def n_layers_of(weights: Mapping[str, np.ndarray]) -> int:
 
 def forward(weights: Mapping[str, np.ndarray], n_heads: int, tokens: Sequence[int],
             dtype: type = np.float32, *, n_kv_heads: int | None = None, norm_eps: float = NORM_EPS,
-            rope_theta: float = ROPE_THETA, n_rot: int | None = None) -> np.ndarray:
+            rope_theta: float = ROPE_THETA, n_rot: int | None = None,
+            rope_factors: np.ndarray | None = None) -> np.ndarray:
     """Return logits (n_tokens, n_vocab) as float32 for a prompt evaluated from position 0.
 
-    n_kv_heads None = n_heads (no GQA); n_rot None = the whole head dim. Other defaults: LLaMA-1.
+    n_kv_heads None = n_heads (no GQA); n_rot None = the whole head dim; rope_factors None = plain RoPE.
+    Without output.weight the output shares the token embedding (tied). Other defaults: LLaMA-1.
     """
     w = {name: np.asarray(a, dtype=dtype) for name, a in weights.items()}
     positions = np.arange(len(tokens))
@@ -99,9 +106,9 @@ def forward(weights: Mapping[str, np.ndarray], n_heads: int, tokens: Sequence[in
         x = rms_norm(h, w[p + "attention_norm.weight"], norm_eps)
         h = h + attention(x, w[p + "attention.wq.weight"], w[p + "attention.wk.weight"],
                           w[p + "attention.wv.weight"], w[p + "attention.wo.weight"], n_heads, positions,
-                          n_kv_heads=n_kv_heads, rope_theta=rope_theta, n_rot=n_rot)
+                          n_kv_heads=n_kv_heads, rope_theta=rope_theta, n_rot=n_rot, rope_factors=rope_factors)
         x = rms_norm(h, w[p + "ffn_norm.weight"], norm_eps)
         h = h + feed_forward(x, w[p + "feed_forward.w1.weight"], w[p + "feed_forward.w2.weight"],
                              w[p + "feed_forward.w3.weight"])
     h = rms_norm(h, w["norm.weight"], norm_eps)
-    return (h @ w["output.weight"].T).astype(np.float32)
+    return (h @ w.get("output.weight", w["tok_embeddings.weight"]).T).astype(np.float32)
