@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ggmlfmt.constants import INT64_MAX
+from ggmlfmt.constants import INT64_MAX, MAX_NAME_LEN
 from ggmlfmt.errors import FormatError, shown
 from ggmlfmt.layout import product_overflow
 
@@ -734,6 +734,9 @@ def unpickle_state_dict(data: bytes, field: str = PICKLE_NAME) -> dict[str, _Ten
         if not isinstance(name, str):
             raise FormatError(f"expected tensor names, found key {brief(name)}", field=field)  # (brief: no str()
             #                                              of a deeply nested or shared tuple: it would recurse)
+        if len(name) > MAX_NAME_LEN:  # no output format stores it, and every later message would quote it
+            raise FormatError(f"expected a name of at most {MAX_NAME_LEN} characters, found {len(name)}",
+                              field=f"tensor {shown(name)}")
         if not isinstance(value, _TensorRef):
             raise FormatError(f"expected a tensor, found {type(value).__name__}", field=f"tensor {shown(name)}")
     return dict(obj)

@@ -19,7 +19,7 @@ from .atomic import remove_stale_temps
 from .command import add_common_options, run
 from .loadopts import ADVICE, touch
 from .reader import load, read_index
-from .summary import describe, render
+from .summary import column_width, describe, render
 
 if TYPE_CHECKING:  # the diagnostics and the copy are imported by the commands that use them
     from .cachestat import Residency
@@ -79,7 +79,7 @@ def _residency(args: argparse.Namespace) -> int:
         print(json.dumps({"file": args.file, "size": res.file_size, "cached_bytes": res.resident_bytes,
                           "cached": res.fraction, "exact": res.exact, "tensors": rows}, indent=2))
         return 0
-    width = max([len(r["name"]) for r in rows] + [4])
+    width = column_width([r["name"] for r in rows], 4)
     print(f"{'name':<{width}}  {'bytes':>14}  cached")
     for r in rows:
         print(f"{r['name']:<{width}}  {r['nbytes']:>14,}  {100 * r['cached']:5.1f}%")

@@ -43,7 +43,8 @@ from .constants import (
     GGMLType,
     GGUFVersion,
 )
-from .errors import BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion, excerpt, shown
+from .errors import (BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion, excerpt,
+                     shown)
 
 
 def align_up(pos: int, align: int = DEFAULT_ALIGNMENT) -> int:

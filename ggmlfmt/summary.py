@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,15 @@ from .layout import Index, align_up, record_head_size
 
 ARRAY_HEAD = 8  # items of a long metadata array that inspect shows
 MAX_COLUMN = 64  # widest name or key column: a longer one overflows its own line, not every line (docs/safety.md)
+
+
+def column_width(texts: Iterable[str], minimum: int) -> int:
+    """Width of a table column for these names or keys: the longest, at least `minimum`, at most MAX_COLUMN.
+
+    A name from a file may be 4,096 bytes; padding every line to it would make the table grow with the
+    longest name times the number of lines, not with the file.
+    """
+    return min(max([len(t) for t in texts] + [minimum]), MAX_COLUMN)
 
 
 def _ftype_name(ftype: int) -> str:
@@ -124,7 +134,7 @@ def _render_gguf_head(desc: dict[str, Any]) -> list[str]:
     layout = "" if desc["llama_cpp_layout"] else " (not llama.cpp's sequential order: llama.cpp refuses it)"
     lines = [f"format     gguf v{desc['version']}, alignment {desc['alignment']}{layout}",
              f"metadata   {len(desc['metadata'])} keys"]
-    width = min(max([len(k) for k in desc["metadata"]] + [3]), MAX_COLUMN)
+    width = column_width(desc["metadata"], 3)
     for key, m in desc["metadata"].items():
         count = f" x{m['count']}" if "count" in m else ""
         shown = m.get("value", m.get("first"))
@@ -154,7 +164,7 @@ def _render_table(desc: dict[str, Any], lines: list[str]) -> str:
     """The tensor table and byte accounting after the header lines."""
     b = desc["bytes"]
     names = [t["name"] if t["name"].isprintable() else repr(t["name"]) for t in desc["tensors"]]  # no raw control bytes
-    width = min(max([len(n) for n in names] + [4]), MAX_COLUMN)
+    width = column_width(names, 4)
     tw = max([len(t["type"]) for t in desc["tensors"]] + [5])
     lines.append(f"{'name':<{width}}  {'type':<{tw}}  {'shape':<18}  {'offset':>12}  {'bytes':>12}  align")
     for name, t in zip(names, desc["tensors"]):

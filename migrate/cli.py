@@ -8,6 +8,7 @@ import sys
 
 from ggmlfmt.command import add_common_options, progress_bar, run
 from ggmlfmt.errors import CannotWrite
+from ggmlfmt.summary import column_width
 
 from .migrate import Migration, check_destination, open_migration, write_migration
 from .sources import find_parts
@@ -55,7 +56,7 @@ def render_plan(m: Migration) -> str:
     parts = ", ".join(p.path.name for p in m.parts)
     lines = [f"input   {m.source_version}, {m.n_parts} part(s): {parts}",
              f"output  {m.plan.version}, {len(m.plan.tensors)} tensors", ""]
-    width = max([len(t.name) for t in m.plan.tensors] + [6])
+    width = column_width([t.name for t in m.plan.tensors], 6)
     lines.append(f"{'tensor':<{width}}  {'type':<5}  {'shape':<16}  {'split':<7}  {'offset':>14}  {'bytes':>14}")
     for t in m.plan.tensors:
         shape = "x".join(map(str, t.shape))
@@ -93,7 +94,7 @@ def render_gguf_plan(m: GGUFMigration) -> str:
              f"llama   n_vocab {hp.n_vocab}, n_embd {hp.n_embd}, n_layer {hp.n_layer}, n_head {hp.n_head}, "
              f"n_head_kv {hp.n_head_kv}, n_ff {hp.n_ff}, n_rot {hp.n_rot}, context {hp.context_length}, "
              f"eps {hp.rms_eps:g}", ""]
-    width = max([len(t.name) for t in m.plan.tensors] + [6])
+    width = column_width([t.name for t in m.plan.tensors], 6)
     lines.append(f"{'tensor':<{width}}  {'type':<12}  {'shape':<16}  {'split':<7}  {'offset':>14}  {'bytes':>14}")
     for mv, t in zip(m.moves, m.plan.tensors):
         shape = "x".join(map(str, t.shape))

@@ -296,8 +296,13 @@ def test_a_shared_tuple_as_a_dict_key_is_refused_before_it_is_hashed():
     strategies.run_capped(parse, timeout=60)
 
 
-def test_a_huge_name_is_quoted_short():
-    data = _checkpoint("n" * 100_000, (2, 2), (2, 9), 4)  # a stride past the storage
-    with pytest.raises(FormatError) as e:
-        parse_checkpoint(memoryview(data))
+def test_names_are_at_most_4096_characters_and_quoted_short():
+    """A longer name could not be written to any output, and every message about it would quote it whole."""
+    t = parse_checkpoint(memoryview(_checkpoint("n" * 4096, (2, 2), (2, 1), 4)))["n" * 4096]
+    assert t.shape == (2, 2)
+    with pytest.raises(FormatError, match="expected a name of at most 4096 characters, found 100000") as e:
+        parse_checkpoint(memoryview(_checkpoint("n" * 100_000, (2, 2), (2, 1), 4)))
     assert "tensor 'nnnn" in str(e.value) and "(100000 characters)" in str(e.value) and len(str(e.value)) < 400
+    with pytest.raises(FormatError) as e:
+        parse_checkpoint(memoryview(_checkpoint("n" * 4096, (2, 2), (2, 9), 4)))  # a stride past the storage
+    assert "reach element" in str(e.value) and "(4096 characters)" in str(e.value) and len(str(e.value)) < 400
