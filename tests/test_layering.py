@@ -25,7 +25,8 @@ GGMLFMT_RANKS = {
     "ggmlfmt.libc": 0,  # stdlib only: the C calls os/mmap lack (mincore, mlock, sync_file_range), each optional, lazily bound
     "ggmlfmt.layout": 1,
     "ggmlfmt.floats": 1,  # element casts (f16, f32, bf16) bit-identical to torch's
-    "ggmlfmt.gguf": 1.5,  # GGUF bytes <-> records; builds on layout's TensorInfo and Plan
+    "ggmlfmt.gguf": 1.5,
+    "ggmlfmt.quantize": 1.5,  # float rows -> Q8_0 blocks as llama.cpp's reference; widens with floats  # GGUF bytes <-> records; builds on layout's TensorInfo and Plan
     "ggmlfmt.loadopts": 1,  # load options: how a file's bytes are brought into memory (map, advice, lock, pread)
     "ggmlfmt.cachestat": 1,  # page-cache diagnostics: residency (mincore), eviction, which mapping holds an array
     "ggmlfmt.reader": 2,

@@ -1,0 +1,156 @@
+"""Float rows -> Q8_0 blocks, byte-identical to llama.cpp's reference quantizer (docs/format.md §10.7).
+
+llama.cpp's `quantize_row_q8_0_ref` (which `gguf.quants.quantize(a, GGMLQuantizationType.Q8_0)`
+mirrors in numpy): per block of 32 float32 values, d = amax / 127, id = 1/d (0 when d is 0),
+q = x * id rounded half away from zero, as int8; d is stored as f16. We compute the same float32
+products in the same order; only the rounding is done in fewer steps (trunc(y + copysign(0.5 - 2^-25, y)),
+which equals half-away-from-zero rounding for every |y| < 2^23, docs/format.md §10.7).
+
+Memory stays bounded: a call converts a block of whole rows (the engine's few MB), cut into steps of
+QUANT_STEP_ELEMENTS so every temporary stays in the CPU cache, and spread over a small thread pool
+(numpy releases the GIL inside its loops, so both cores of a 2-core machine work).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import numpy.typing as npt
+
+from .constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGMLType
+from .floats import NotFinite, bf16_to_f32
+
+Q8_0_LAYOUT = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][GGMLType.Q8_0]
+Q8_0_BLOCK = Q8_0_LAYOUT.elements  # 32 values per block
+Q8_0_MAX = np.float32(127)  # (1 << 7) - 1: the largest |q|
+# Rounding half away from zero as trunc(y + copysign(HALF_DOWN, y)): the float32 just below 0.5, so that
+# 0.49999997 + 0.5 cannot round up to 1.0, while every true tie (k + 0.5) still rounds up to k + 1.
+HALF_DOWN = np.nextafter(np.float32(0.5), np.float32(0))
+HALF_DOWN_BITS = HALF_DOWN.view(np.uint32)
+SIGN_BIT = np.uint32(0x80000000)
+QUANT_STEP_ELEMENTS = 1 << 15  # values per step (128 KiB of float32): every temporary stays in the cache
+QUANT_THREADS = max(1, min(2, os.cpu_count() or 1))  # workers over row ranges; 2: the machines we measure on
+MIN_ROWS_PER_THREAD = 4  # smaller calls run on the caller's thread
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(QUANT_THREADS, thread_name_prefix="ggmlfmt-q8_0")
+        return _pool
+
+
+def _as_f32(src: np.ndarray) -> npt.NDArray[np.float32]:
+    """float32 rows unchanged; float16 widened; uint16 rows are bfloat16 bit patterns (widened exactly)."""
+    if src.dtype == np.float32:
+        return src
+    if src.dtype == np.uint16:
+        return bf16_to_f32(src)
+    if src.dtype == np.float16:
+        return src.astype(np.float32)
+    raise TypeError(f"cannot quantize {src.dtype} values")
+
+
+def _quantize_blocks(x: npt.NDArray[np.float32], d_out: np.ndarray, qs_out: np.ndarray) -> None:
+    """x: (n, 32) float32 blocks -> d_out (n,) f16 scales and qs_out (n, 32) int8, as the reference does.
+
+    Same float32 operations as the reference; numpy's slow spots avoided (a per-row max of 32, a
+    broadcast multiply, copysign): reduceat for amax, the inverse scale repeated, the sign by bits.
+
+    Raises:
+        NotFinite: a NaN or infinity (index into x's flat order).
+        FloatingPointError: a scale beyond f16's range (|x| > 65504 * 127): it would be stored as infinity.
+    """
+    n = x.shape[0]
+    flat = x.reshape(-1)
+    amax = np.maximum.reduceat(np.abs(flat), np.arange(0, n * Q8_0_BLOCK, Q8_0_BLOCK))
+    if not np.isfinite(amax).all():
+        bad = int(np.flatnonzero(~np.isfinite(flat))[0])
+        raise NotFinite(bad, float(flat[bad]))
+    d = amax / Q8_0_MAX
+    inv = np.zeros_like(d)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        np.divide(np.float32(1), d, out=inv, where=d != 0)  # id = d ? 1/d : 0 (inf when d is subnormal, as in C)
+        y = flat * np.repeat(inv, Q8_0_BLOCK)
+        half = y.view(np.uint32) & SIGN_BIT  # HALF_DOWN with y's sign, built from the bits
+        half |= HALF_DOWN_BITS
+        y += half.view(np.float32)
+        np.copyto(qs_out, y.reshape(n, Q8_0_BLOCK), casting="unsafe")  # truncates toward 0; +-inf, NaN -> 0, as C
+    with np.errstate(over="ignore"):
+        scales = d.astype(np.float16)
+    if np.isinf(scales).any():
+        raise FloatingPointError("overflow: a Q8_0 scale is beyond float16's range")
+    d_out[...] = scales
+
+
+def _quantize_range(src: np.ndarray, dst: np.ndarray, start: int, stop: int) -> None:
+    """Rows [start, stop) of src into dst, QUANT_STEP_ELEMENTS at a time.
+
+    Raises:
+        NotFinite: with the index into src's flat order.
+        FloatingPointError: as _quantize_blocks.
+    """
+    n_cols = src.shape[1]
+    step = max(1, QUANT_STEP_ELEMENTS // max(n_cols, 1))
+    for r in range(start, stop, step):
+        m = min(step, stop - r)
+        x = _as_f32(src[r : r + m]).reshape(-1, Q8_0_BLOCK)
+        out = dst[r : r + m]  # may be a column slice of a wider buffer: written through, never reshaped
+        qs = np.empty((x.shape[0], Q8_0_BLOCK), np.int8)
+        d = np.empty(x.shape[0], np.float16)
+        try:
+            _quantize_blocks(x, d, qs)
+        except NotFinite as e:
+            raise NotFinite(r * n_cols + e.index, e.value) from None
+        out["d"] = d.reshape(out.shape)
+        out["qs"] = qs.reshape(*out.shape, Q8_0_BLOCK)
+
+
+def quantize_q8_0(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Fill dst (m, k/32 Q8_0 records) from src (m, k: float32, float16, or bfloat16 bit patterns as uint16).
+
+    The engine's converter signature (ggmlfmt.unshard.Convert). Rows are spread over QUANT_THREADS.
+
+    Raises:
+        ValueError: k is not a multiple of 32 or dst does not fit (a caller's bug: plans check row lengths).
+        NotFinite: a NaN or infinity; its index counts src's elements in row-major order (the first one).
+        FloatingPointError: a value whose block scale f16 cannot hold (|x| > 65504 * 127 = 8,319,008).
+    """
+    if src.ndim != 2 or src.shape[1] % Q8_0_BLOCK or dst.shape != (src.shape[0], src.shape[1] // Q8_0_BLOCK):
+        raise ValueError(f"cannot quantize {src.shape} values into {dst.shape} Q8_0 blocks")
+    n_rows = src.shape[0]
+    n_threads = min(QUANT_THREADS, n_rows // MIN_ROWS_PER_THREAD)
+    if n_threads <= 1:
+        _quantize_range(src, dst, 0, n_rows)
+        return dst
+    bounds = [n_rows * k // n_threads for k in range(n_threads + 1)]
+    jobs = [_executor().submit(_quantize_range, src, dst, a, b) for a, b in zip(bounds, bounds[1:])]
+    errors = []
+    for job in jobs:  # wait for all (dst must not be written after we return), report the first in row order
+        try:
+            job.result()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after every worker stopped
+            errors.append(e)
+    if errors:
+        raise errors[0]
+    return dst
+
+
+def quantize_rows_q8_0(a: np.ndarray) -> np.ndarray:
+    """A 2-D float array (or bfloat16 bits as uint16) -> a new (m, k/32) array of Q8_0 records (tests, tools).
+
+    Raises:
+        as quantize_q8_0.
+    """
+    a = np.ascontiguousarray(a)
+    if a.ndim != 2 or a.shape[1] % Q8_0_BLOCK:
+        raise ValueError(f"cannot quantize shape {a.shape}: rows must be whole blocks of {Q8_0_BLOCK}")
+    dst = np.empty((a.shape[0], a.shape[1] // Q8_0_BLOCK), Q8_0_LAYOUT.dtype)
+    return quantize_q8_0(a, dst)
