@@ -38,7 +38,7 @@ from ggmlfmt.tokenizer import load_gguf_vocab, load_vocab
 
 log = logging.getLogger(__name__)
 
-# --outtype -> the type of every 2-D weight (docs/format.md §8.2); "auto": the checkpoint's own (AUTO_TYPES)
+# --outtype -> the type of every 2-D weight (docs/format.md §8.3); "auto": the checkpoint's own (AUTO_TYPES)
 OUTTYPES: dict[str, GGMLType | None] = {"auto": None, "bf16": GGMLType.BF16, "f16": GGMLType.F16,
                                         "f32": GGMLType.F32, "q8_0": GGMLType.Q8_0}
 AUTO_TYPES = {"bfloat16": GGMLType.BF16, "float16": GGMLType.F16, "float32": GGMLType.F32}  # never rounds
