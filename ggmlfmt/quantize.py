@@ -3,8 +3,9 @@
 llama.cpp's `quantize_row_q8_0_ref` (which `gguf.quants.quantize(a, GGMLQuantizationType.Q8_0)`
 mirrors in numpy): per block of 32 float32 values, d = amax / 127, id = 1/d (0 when d is 0),
 q = x * id rounded half away from zero, as int8; d is stored as f16. We compute the same float32
-products in the same order; only the rounding is done in fewer steps (trunc(y + copysign(0.5 - 2^-25, y)),
-which equals half-away-from-zero rounding for every |y| < 2^23, docs/format.md §10.7).
+products in the same order; only the rounding is done in fewer steps (trunc(|y| + 0.5 - 2^-25),
+which equals half-away-from-zero rounding for every |y| < 2^23, docs/format.md §10.7), on |x|, with the
+sign put back on the int8 result (the rounding is symmetric).
 
 Memory stays bounded: a call converts a block of whole rows (the engine's few MB), cut into steps of
 QUANT_STEP_ELEMENTS so every temporary stays in the CPU cache, and spread over a small thread pool
@@ -21,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGMLType
-from .floats import NotFinite, bf16_to_f32
+from .floats import NotFinite
 
 Q8_0_LAYOUT = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][GGMLType.Q8_0]
 Q8_0_BLOCK = Q8_0_LAYOUT.elements  # 32 values per block
@@ -29,8 +30,6 @@ Q8_0_MAX = np.float32(127)  # (1 << 7) - 1: the largest |q|
 # Rounding half away from zero as trunc(y + copysign(HALF_DOWN, y)): the float32 just below 0.5, so that
 # 0.49999997 + 0.5 cannot round up to 1.0, while every true tie (k + 0.5) still rounds up to k + 1.
 HALF_DOWN = np.nextafter(np.float32(0.5), np.float32(0))
-HALF_DOWN_BITS = HALF_DOWN.view(np.uint32)
-SIGN_BIT = np.uint32(0x80000000)
 QUANT_STEP_ELEMENTS = 1 << 15  # values per step (128 KiB of float32): every temporary stays in the cache
 QUANT_THREADS = max(1, min(2, os.cpu_count() or 1))  # workers over row ranges; 2: the machines we measure on
 MIN_ROWS_PER_THREAD = 4  # smaller calls run on the caller's thread
@@ -47,42 +46,60 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-def _as_f32(src: np.ndarray) -> npt.NDArray[np.float32]:
-    """float32 rows unchanged; float16 widened; uint16 rows are bfloat16 bit patterns (widened exactly)."""
-    if src.dtype == np.float32:
-        return src
-    if src.dtype == np.uint16:
-        return bf16_to_f32(src)
-    if src.dtype == np.float16:
-        return src.astype(np.float32)
-    raise TypeError(f"cannot quantize {src.dtype} values")
+# Per source dtype: (unsigned view, mask of the magnitude bits, first bit pattern that is not finite, how the
+# magnitude bits become float32 bits: shift, then a power-of-two factor that re-biases f16's exponent)
+_MAGNITUDES = {
+    np.dtype(np.float32): (np.uint32, 0x7FFFFFFF, 0x7F800000, 0, None),
+    np.dtype(np.float16): (np.uint16, 0x7FFF, 0x7C00, 13, np.float32(2.0**112)),  # exact, subnormals included
+    np.dtype(np.uint16): (np.uint16, 0x7FFF, 0x7F80, 16, None),  # bfloat16 bit patterns
+}
 
 
-def _quantize_blocks(x: npt.NDArray[np.float32], d_out: np.ndarray, qs_out: np.ndarray) -> None:
-    """x: (n, 32) float32 blocks -> d_out (n,) f16 scales and qs_out (n, 32) int8, as the reference does.
+def _widen(bits: np.ndarray, shift: int, factor: np.float32 | None) -> npt.NDArray[np.float32]:
+    """Magnitude bits (sign cleared) of float32, float16 or bfloat16 -> float32 values, exactly."""
+    if bits.dtype == np.uint32:
+        return bits.view(np.float32)
+    wide = bits.astype(np.uint32)
+    wide <<= shift
+    out = wide.view(np.float32)
+    if factor is not None:
+        out *= factor
+    return out
 
-    Same float32 operations as the reference; numpy's slow spots avoided (a per-row max of 32, a
-    broadcast multiply, copysign): reduceat for amax, the inverse scale repeated, the sign by bits.
+
+def _quantize_blocks(src: np.ndarray, d_out: np.ndarray, qs_out: np.ndarray) -> None:
+    """src: flat values (float32, float16 or bfloat16 bits), whole blocks -> d_out (n,) f16, qs_out (n, 32) int8.
+
+    The reference's float32 operations on |x| (its rounding is symmetric: q(-x) = -q(x)), the sign put
+    back on the int8 results. numpy's slow spots avoided: amax as a reduceat over the magnitude bits
+    (ordered like the values, NaN above infinity), the inverse scale repeated rather than broadcast.
 
     Raises:
-        NotFinite: a NaN or infinity (index into x's flat order).
+        NotFinite: a NaN or infinity (index into src).
         FloatingPointError: a scale beyond f16's range (|x| > 65504 * 127): it would be stored as infinity.
     """
-    n = x.shape[0]
-    flat = x.reshape(-1)
-    amax = np.maximum.reduceat(np.abs(flat), np.arange(0, n * Q8_0_BLOCK, Q8_0_BLOCK))
-    if not np.isfinite(amax).all():
-        bad = int(np.flatnonzero(~np.isfinite(flat))[0])
-        raise NotFinite(bad, float(flat[bad]))
+    unsigned, mask, not_finite, shift, factor = _MAGNITUDES[src.dtype]
+    raw = src.view(unsigned)
+    mag = raw & unsigned(mask)
+    n = mag.size // Q8_0_BLOCK
+    amax_bits = np.maximum.reduceat(mag, np.arange(0, mag.size, Q8_0_BLOCK))
+    if amax_bits.max() >= not_finite:
+        bad = int(np.flatnonzero(mag >= not_finite)[0])
+        raise NotFinite(bad, float(_widen(raw[bad : bad + 1] & unsigned(mask), shift, factor)[0])
+                        * (-1.0 if raw[bad] > mask else 1.0))
+    amax = _widen(amax_bits, shift, factor)
     d = amax / Q8_0_MAX
     inv = np.zeros_like(d)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         np.divide(np.float32(1), d, out=inv, where=d != 0)  # id = d ? 1/d : 0 (inf when d is subnormal, as in C)
-        y = flat * np.repeat(inv, Q8_0_BLOCK)
-        half = y.view(np.uint32) & SIGN_BIT  # HALF_DOWN with y's sign, built from the bits
-        half |= HALF_DOWN_BITS
-        y += half.view(np.float32)
-        np.copyto(qs_out, y.reshape(n, Q8_0_BLOCK), casting="unsafe")  # truncates toward 0; +-inf, NaN -> 0, as C
+        y = _widen(mag, shift, factor)  # |x| (float32: a view of mag, a temporary of ours)
+        y *= np.repeat(inv, Q8_0_BLOCK)
+        y += HALF_DOWN
+        q = qs_out.reshape(-1)
+        np.copyto(q, y, casting="unsafe")  # truncates toward 0: half away from zero; inf, NaN -> 0, as C on x86
+    negative = (raw >> (8 * raw.itemsize - 1)).astype(np.int8)  # 1 where the sign bit is set
+    q ^= -negative
+    q += negative  # (q ^ -1) + 1 = -q
     with np.errstate(over="ignore"):
         scales = d.astype(np.float16)
     if np.isinf(scales).any():
@@ -101,12 +118,11 @@ def _quantize_range(src: np.ndarray, dst: np.ndarray, start: int, stop: int) -> 
     step = max(1, QUANT_STEP_ELEMENTS // max(n_cols, 1))
     for r in range(start, stop, step):
         m = min(step, stop - r)
-        x = _as_f32(src[r : r + m]).reshape(-1, Q8_0_BLOCK)
         out = dst[r : r + m]  # may be a column slice of a wider buffer: written through, never reshaped
-        qs = np.empty((x.shape[0], Q8_0_BLOCK), np.int8)
-        d = np.empty(x.shape[0], np.float16)
+        qs = np.empty((out.size, Q8_0_BLOCK), np.int8)
+        d = np.empty(out.size, np.float16)
         try:
-            _quantize_blocks(x, d, qs)
+            _quantize_blocks(np.ascontiguousarray(src[r : r + m]).reshape(-1), d, qs)
         except NotFinite as e:
             raise NotFinite(r * n_cols + e.index, e.value) from None
         out["d"] = d.reshape(out.shape)
@@ -123,6 +139,8 @@ def quantize_q8_0(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
         NotFinite: a NaN or infinity; its index counts src's elements in row-major order (the first one).
         FloatingPointError: a value whose block scale f16 cannot hold (|x| > 65504 * 127 = 8,319,008).
     """
+    if src.dtype not in _MAGNITUDES:
+        raise TypeError(f"cannot quantize {src.dtype} values")
     if src.ndim != 2 or src.shape[1] % Q8_0_BLOCK or dst.shape != (src.shape[0], src.shape[1] // Q8_0_BLOCK):
         raise ValueError(f"cannot quantize {src.shape} values into {dst.shape} Q8_0 blocks")
     n_rows = src.shape[0]
