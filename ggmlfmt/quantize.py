@@ -46,53 +46,49 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-# Per source dtype: (unsigned view, mask of the magnitude bits, first bit pattern that is not finite, how the
-# magnitude bits become float32 bits: shift, then a power-of-two factor that re-biases f16's exponent)
+# Per source dtype: (its unsigned view, the mask of its magnitude bits, the shift that makes them float32's
+# bits, a power-of-two factor that re-biases f16's exponent). Shifted magnitudes order like the values.
 _MAGNITUDES = {
-    np.dtype(np.float32): (np.uint32, 0x7FFFFFFF, 0x7F800000, 0, None),
-    np.dtype(np.float16): (np.uint16, 0x7FFF, 0x7C00, 13, np.float32(2.0**112)),  # exact, subnormals included
-    np.dtype(np.uint16): (np.uint16, 0x7FFF, 0x7F80, 16, None),  # bfloat16 bit patterns
+    np.dtype(np.float32): (np.uint32, 0x7FFFFFFF, 0, None),
+    np.dtype(np.float16): (np.uint16, 0x7FFF, 13, np.float32(2.0**112)),  # exact, subnormals included
+    np.dtype(np.uint16): (np.uint16, 0x7FFF, 16, None),  # bfloat16 bit patterns
 }
-
-
-def _widen(bits: np.ndarray, shift: int, factor: np.float32 | None) -> npt.NDArray[np.float32]:
-    """Magnitude bits (sign cleared) of float32, float16 or bfloat16 -> float32 values, exactly."""
-    if bits.dtype == np.uint32:
-        return bits.view(np.float32)
-    wide = bits.astype(np.uint32)
-    wide <<= shift
-    out = wide.view(np.float32)
-    if factor is not None:
-        out *= factor
-    return out
+F32_INF_BITS = 0x7F800000
 
 
 def _quantize_blocks(src: np.ndarray, d_out: np.ndarray, qs_out: np.ndarray) -> None:
     """src: flat values (float32, float16 or bfloat16 bits), whole blocks -> d_out (n,) f16, qs_out (n, 32) int8.
 
     The reference's float32 operations on |x| (its rounding is symmetric: q(-x) = -q(x)), the sign put
-    back on the int8 results. numpy's slow spots avoided: amax as a reduceat over the magnitude bits
-    (ordered like the values, NaN above infinity), the inverse scale repeated rather than broadcast.
+    back on the int8 results. numpy's slow spots avoided: amax as a reduceat over the magnitudes' float32
+    bits (ordered like the values, NaN above infinity), the inverse scale repeated rather than broadcast.
 
     Raises:
         NotFinite: a NaN or infinity (index into src).
         FloatingPointError: a scale beyond f16's range (|x| > 65504 * 127): it would be stored as infinity.
     """
-    unsigned, mask, not_finite, shift, factor = _MAGNITUDES[src.dtype]
+    unsigned, mask, shift, factor = _MAGNITUDES[src.dtype]
     raw = src.view(unsigned)
-    mag = raw & unsigned(mask)
-    n = mag.size // Q8_0_BLOCK
+    if shift:  # f16, bf16: widened to float32 bits
+        mag = raw.astype(np.uint32)
+        mag &= mask
+        mag <<= shift
+    else:
+        mag = raw & np.uint32(mask)
     amax_bits = np.maximum.reduceat(mag, np.arange(0, mag.size, Q8_0_BLOCK))
+    y = mag.view(np.float32)  # |x|, in a temporary of ours
+    if factor is not None:
+        y *= factor
+    not_finite = F32_INF_BITS if factor is None else 0x7C00 << shift  # before the f16 factor: its inf bits
     if amax_bits.max() >= not_finite:
-        bad = int(np.flatnonzero(mag >= not_finite)[0])
-        raise NotFinite(bad, float(_widen(raw[bad : bad + 1] & unsigned(mask), shift, factor)[0])
-                        * (-1.0 if raw[bad] > mask else 1.0))
-    amax = _widen(amax_bits, shift, factor)
+        bad = int(np.flatnonzero(mag >= not_finite if factor is None else ~np.isfinite(src))[0])
+        raise NotFinite(bad, float(np.float32(src[bad])) if factor is not None or shift == 0
+                        else float(np.uint32(int(raw[bad]) << 16).view(np.float32)))
+    amax = amax_bits.view(np.float32) if factor is None else amax_bits.view(np.float32) * factor
     d = amax / Q8_0_MAX
     inv = np.zeros_like(d)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         np.divide(np.float32(1), d, out=inv, where=d != 0)  # id = d ? 1/d : 0 (inf when d is subnormal, as in C)
-        y = _widen(mag, shift, factor)  # |x| (float32: a view of mag, a temporary of ours)
         y *= np.repeat(inv, Q8_0_BLOCK)
         y += HALF_DOWN
         q = qs_out.reshape(-1)
