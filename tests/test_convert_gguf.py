@@ -337,14 +337,16 @@ def test_gguf_is_the_default_and_a_bin_outfile_means_ggjt(tmp_path: Path, capsys
 # ------------------------------------------------------------------ dry run
 
 
-def test_dry_run_json_is_the_plan_of_the_file_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("outtype", ["f16", "q8_0"])
+def test_dry_run_json_is_the_plan_of_the_file_written(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                      outtype: str) -> None:
     model_dir, _, _ = build_llama2(tmp_path, 2)
-    assert main([str(model_dir), "--format", "gguf", "--outtype", "f16", "--dry-run", "--json", "--ctx", "4096"]) == 0
+    assert main([str(model_dir), "--format", "gguf", "--outtype", outtype, "--dry-run", "--json", "--ctx", "4096"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    out = model_dir / "ggml-model-f16.gguf"
+    out = model_dir / f"ggml-model-{outtype}.gguf"
     assert not out.exists() and plan["format"] == "gguf v3" and plan["outfile"] == str(out)
     assert plan["skipped"] == ["rope.freqs"] and plan["defaults"] == []
-    assert main([str(model_dir), "--format", "gguf", "--outtype", "f16", "--ctx", "4096", "--quiet"]) == 0
+    assert main([str(model_dir), "--format", "gguf", "--outtype", outtype, "--ctx", "4096", "--quiet"]) == 0
     reader = gguf.GGUFReader(out)
     assert plan["file_size"] == out.stat().st_size
     assert [(t["name"], t["ne"], t["type"], t["offset"], t["nbytes"]) for t in plan["tensors"]] == [
