@@ -19,7 +19,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import numpy.typing as npt
 
 from .constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGMLType
 from .floats import NotFinite
@@ -27,11 +26,12 @@ from .floats import NotFinite
 Q8_0_LAYOUT = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][GGMLType.Q8_0]
 Q8_0_BLOCK = Q8_0_LAYOUT.elements  # 32 values per block
 Q8_0_MAX = np.float32(127)  # (1 << 7) - 1: the largest |q|
-# Rounding half away from zero as trunc(y + copysign(HALF_DOWN, y)): the float32 just below 0.5, so that
-# 0.49999997 + 0.5 cannot round up to 1.0, while every true tie (k + 0.5) still rounds up to k + 1.
+# Rounding half away from zero of |y| as trunc(|y| + HALF_DOWN), the float32 just below 0.5: 0.49999997 + it
+# cannot round up to 1.0, while every true tie k + 0.5 still reaches k + 1 (docs/format.md §10.7).
 HALF_DOWN = np.nextafter(np.float32(0.5), np.float32(0))
 QUANT_STEP_ELEMENTS = 1 << 15  # values per step (128 KiB of float32): every temporary stays in the cache
-QUANT_THREADS = max(1, min(2, os.cpu_count() or 1))  # workers over row ranges; 2: the machines we measure on
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+QUANT_THREADS = max(1, min(4, _CPUS))  # workers over row ranges (numpy's loops release the GIL)
 MIN_ROWS_PER_THREAD = 4  # smaller calls run on the caller's thread
 
 _pool: ThreadPoolExecutor | None = None
@@ -80,10 +80,10 @@ def _quantize_blocks(src: np.ndarray, d_out: np.ndarray, qs_out: np.ndarray) -> 
     if factor is not None:
         y *= factor
     not_finite = F32_INF_BITS if factor is None else 0x7C00 << shift  # before the f16 factor: its inf bits
-    if amax_bits.max() >= not_finite:
-        bad = int(np.flatnonzero(mag >= not_finite if factor is None else ~np.isfinite(src))[0])
-        raise NotFinite(bad, float(np.float32(src[bad])) if factor is not None or shift == 0
-                        else float(np.uint32(int(raw[bad]) << 16).view(np.float32)))
+    if amax_bits.max() >= not_finite:  # found again, only here, in values widened to float32
+        values = src.astype(np.float32) if shift != 16 else (raw.astype(np.uint32) << 16).view(np.float32)
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise NotFinite(bad, float(values[bad]))
     amax = amax_bits.view(np.float32) if factor is None else amax_bits.view(np.float32) * factor
     d = amax / Q8_0_MAX
     inv = np.zeros_like(d)
