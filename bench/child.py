@@ -1,8 +1,6 @@
-"""One load in a fresh process: open FILE with LOADER, optionally touch every page, print one JSON line.
-
-Run by bench/suite.py (`python bench/child.py ggmlfmt model.bin` works by hand too). The loader's imports
-happen before the clock starts: we time opening and touching, not importing torch. With --hold it then
-waits for a line on stdin, so a parent can keep N loaded processes alive at once.
+"""One load in a fresh process: open FILE with LOADER, optionally touch every page, print one JSON line (run by
+bench/suite.py; `python bench/child.py ggmlfmt model.bin` by hand). Imports happen before the clock starts.
+With --hold it then waits for a line on stdin, so a parent can keep N loaded processes alive at once.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""The suite's inputs, each written once: LLaMA-shaped tensors as ggjt, GGUF, safetensors and torch files;
-a Meta checkpoint (13B widths, 2 shards); the same slice as old 2-part ggmf files.
-
-Shapes come from convert.params.Params.shapes (the one statement of LLaMA's shapes); the feed-forward
-width from its Params. Tensor data is 1 MiB of random halves, tiled: finite values, cheap to make.
+"""The suite's inputs, each written once: LLaMA-shaped tensors as ggjt, GGUF, safetensors and torch files; a Meta
+checkpoint (13B widths, 2 shards, f16 or bf16); the same slice as old 2-part ggmf files. Shapes from
+convert.params.Params.shapes; data: random halves, tiled (finite, cheap to make).
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import ggmlfmt
-from convert.pthwrite import save_checkpoint
+from convert.pthwrite import BF16, save_checkpoint
 from convert.demo import params_json
 from convert.params import Params
 from ggmlfmt.constants import FileVersion
@@ -96,22 +94,27 @@ def _write_gguf(path: Path, arrays: dict[str, np.ndarray], toks: list[bytes], sc
         step()
 
 
-def checkpoint(root: Path, dim: int, n_heads: int, n_layer: int, n_vocab: int, n_shards: int) -> Path:
-    """Meta's layout: root/tokenizer.model (trained) and root/slice/{params.json, consolidated.NN.pth} in f16."""
-    model_dir = root / "slice"
+def checkpoint(root: Path, dim: int, n_heads: int, n_layer: int, n_vocab: int, n_shards: int, bf16: bool = False) -> Path:
+    """Meta's layout: root/tokenizer.model (trained) and root/slice/{params.json, consolidated.NN.pth} in f16
+    (root/slice-bf16 in bf16: the same values, as LLaMA-2 and later ship)."""
+    model_dir = root / ("slice-bf16" if bf16 else "slice")
     if (model_dir / "params.json").exists():
         return model_dir
     model_dir.mkdir(parents=True)
     p = params(dim, n_layer, n_heads)
-    train_tokenizer(root / "tokenizer.model", n_vocab)
+    if not (root / "tokenizer.model").exists():
+        train_tokenizer(root / "tokenizer.model", n_vocab)
     noise = np.random.default_rng(1).standard_normal(8 << 20).astype(np.float16)
+    if bf16:  # f16 -> f32 (exact) -> its top 16 bits: bf16 patterns of nearly the same values
+        noise = BF16((noise.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16))  # type: ignore[assignment]
     shapes = p.shapes(n_vocab)
     for k in range(n_shards):  # one shard in memory at a time
         parts = {}
         for name, shape in shapes.items():
             axis = split_axis(name, len(shape))
             cut = shape if axis is None else tuple(d // n_shards if i == axis else d for i, d in enumerate(shape))
-            parts[name] = np.ones(cut, np.float16) if axis is None else np.resize(np.roll(noise, k), cut)
+            parts[name] = np.ones(cut, np.float16) if axis is None else (
+                BF16(np.resize(np.roll(noise.bits, k), cut)) if bf16 else np.resize(np.roll(noise, k), cut))
         parts["rope.freqs"] = np.ones(p.dim // p.n_heads // 2, np.float16)
         save_checkpoint(model_dir / f"consolidated.{k:02d}.pth", parts)
     (model_dir / "params.json").write_text(json.dumps(params_json(p)))

@@ -48,21 +48,38 @@ class Targets:
         return f"{shown} (target {goal}: {verdict})"
 
 
+# step -> (its name in the tables, the goal × cat + fsync); llama.cpp's converter has no goal: it is the bar
+CONVERT_GOALS = {"ggjt": ("ggjt f16", 1.25), "gguf": ("GGUF f16 → F16", 1.1), "bf16": ("GGUF bf16 → BF16", 1.1),
+                 "q8_0": ("GGUF f16 → Q8_0", 2.5), "llama.cpp f16": ("f16", None), "llama.cpp q8_0": ("q8_0", None)}
+MIGRATE_GOALS = {"ggjt": ("ggjt", 1.15), "gguf": ("GGUF", 1.15)}
+
+
+def spread(values: list[Any]) -> str:
+    ok = sorted(v for v in values if not isinstance(v, dict))
+    return f"{ms(ok[0])} / {ms(statistics.median(ok))} / {ms(ok[-1])}" if ok else "–"
+
+
 def conversion(r: dict[str, Any], t: Targets, migrate: bool = False) -> str:
     m, floor = {k: med(v) for k, v in r["times"].items()}, med(r["times"]["cat + fsync"])
-    cmd, goal = ("migrate-old-weights", 1.15) if migrate else ("convert-model", 1.25)
-    rows = [[f"`{k}`" if k.startswith("cat") else f"`{cmd}` → {k} f16", ms(v), x(ratio(v, floor))]
-            for k, v in m.items() if k in ("cat", "cat + fsync", "ggjt", "gguf")]
-    lines = [table(["what", "median wall time", "× cat + fsync"], rows), ""]
-    for fmt in ("ggjt", "gguf"):
-        rt = ratio(m.get(fmt), floor)
-        lines.append(f"- {cmd} → {fmt}: " + t.check(f"{cmd} → {fmt} f16, × cat + fsync", rt, x(rt), f"≤ {goal}×",
-                                                    rt is not None and rt <= goal))
-        extra = r["memory"][fmt] - r["numpy"]
-        lines.append(f"- peak private memory of {cmd} → {fmt}: {mib(r['memory'][fmt])}, bare numpy "
-                     f"{mib(r['numpy'])}: " + t.check(f"{cmd} → {fmt}, private memory above numpy", extra,
-                                                      f"{extra / 1e6:+,.1f} MB", "≤ +64 MB", extra <= 64e6))
+    cmd, goals = ("migrate-old-weights", MIGRATE_GOALS) if migrate else ("convert-model", CONVERT_GOALS)
+    rows = [[f"`{k}`" if k.startswith("cat") else f"`{'convert_legacy_llama.py' if k[0] == 'l' else cmd}` → "
+             f"{goals[k][0]}", spread(r["times"][k]), x(ratio(v, floor)), mib(r["memory"].get(k))]
+            for k, v in m.items() if k not in ("help", "tiny")]
+    lines = [table(["what", "wall time: min / median / max", "median × cat + fsync", "peak private"], rows), ""]
+    for k, (name, goal) in [(k, g) for k, g in goals.items() if g[1] is not None]:
+        rt, extra = ratio(m.get(k), floor), r["memory"][k] - r["numpy"]
+        lines.append(f"- {cmd} → {name}: " + t.check(f"{cmd} → {name}, × cat + fsync", rt, x(rt), f"≤ {goal}×",
+                                                     rt is not None and rt <= goal) + "; private memory above a bare "
+                     f"numpy ({mib(r['numpy'])}): " + t.check(f"{cmd} → {name}, private memory above numpy", extra,
+                                                             f"{extra / 1e6:+,.1f} MB", "≤ +64 MB", extra <= 64e6))
     if not migrate:
+        lead = ratio(m.get("llama.cpp f16"), m.get("gguf"))
+        q = ratio(med(r["quantizers"]["gguf.quants q8_0"]), med(r["quantizers"]["ggmlfmt q8_0"]))
+        lines += ["- llama.cpp's converter ÷ ours, f16: " + t.check("convert_legacy_llama.py f16 ÷ convert-model", lead,
+                                                                   x(lead), "≥ 2×", lead is not None and lead >= 2),
+                  "- q8_0 quantizer throughput, ours ÷ `gguf.quants.quantize` (the same f16 layer tensors, in "
+                  "process, alternating rounds): " + t.check("q8_0 quantizer vs gguf.quants", q, x(q), "≥ 3×",
+                                                             q is not None and q >= 3)]
         lines.append(f"- start-up: `convert-model --help` {ms(m['help'])}; converting the tiny demo checkpoint "
                      f"(`convert.demo.build_checkpoint`) to ggjt {ms(m['tiny'])}.")
     return "\n".join(lines) + errors(r["times"])
@@ -71,13 +88,15 @@ def conversion(r: dict[str, Any], t: Targets, migrate: bool = False) -> str:
 def conversion_section(r: dict[str, Any], t: Targets) -> str:
     dim, heads, layers, vocab = r["shape"]
     return (f"## Conversion: `convert-model` on a 13B-shaped slice\n\nA Meta checkpoint (LLaMA-13B widths in the full run: "
-            f"dim {dim}, {heads} heads, {layers} layer(s), vocabulary {vocab}) in 2 f16 shards of {', '.join(mib(b) for b in r['input'])}"
-            ", with a `tokenizer.model` trained by `ggmlfmt.tokenizer.train_tokenizer`. The floor is `cat shards "
-            "> out; fsync(out)`: the converter fsyncs too. Every step writes a new file: untimed, before it, the previous "
-            "output is deleted and `os.sync()` runs (deleting a 1.8 GB file costs 0.6-0.9 s on this disk; a step that "
-            "replaced or truncated the last one's output would be timing that). Private memory: peak RssAnon of the process "
-            "tree, sampled every 1 ms from /proc, worst of 3 runs, against a bare `python -c \"import numpy\"`.\n\n"
-            + conversion(r, t))
+            f"dim {dim}, {heads} heads, {layers} layer(s), vocabulary {vocab}) in 2 f16 shards of "
+            f"{', '.join(mib(b) for b in r['input'])} (and the same values as 2 bf16 shards), with a `tokenizer.model` "
+            "trained by `ggmlfmt.tokenizer.train_tokenizer`; llama.cpp's `examples/convert_legacy_llama.py` "
+            "(llama-cpp-python 0.3.36 sdist, its vendored gguf-py) converts the f16 shards too. The floor is `cat shards > out; fsync(out)`: the converter "
+            "fsyncs too. Every step writes a new file: untimed, before it, the previous output is deleted and "
+            "`os.sync()` runs (deleting a 1.8 GB file costs 0.6-0.9 s on this disk; a step that replaced or "
+            "truncated the last one's output would be timing that). Private memory: peak RssAnon of the "
+            "process tree, sampled every 1 ms from /proc, worst of 3 runs, against a bare "
+            "`python -c \"import numpy\"`.\n\n" + conversion(r, t))
 
 
 def _loader_table(runs: dict[str, list[Any]], base: str, keys: tuple[str, ...]) -> str:
@@ -136,8 +155,7 @@ def cold(runs: dict[str, list[Any]], size: int) -> str:
              x(ratio(med(v, "total_s"), cat)), pct(med(v, "cached_before")),
              pct(med(v, "cached_after")) if "cached_after" in (v[0] if v else {}) else "–"]
             for k, v in runs.items()]
-    read = med(runs["open"], "cached_after")
-    n = len([v for v in runs["open"] if "error" not in v])
+    read, n = med(runs["open"], "cached_after"), len([v for v in runs["open"] if "error" not in v])
     return (f"Median of {n} alternating rounds. \"Cached after\" is the share of the file in the page cache after "
             "the run: what it read.\n\n" + table(["what", "median", "× cat", "cached before", "cached after"], rows)
             + (f"\n\nA cold open read {pct(read)} of the {size / 1e6:,.0f} MB file "
@@ -159,8 +177,7 @@ def load_section(r: dict[str, Any]) -> str:
                                        for _, d in sizes])
         out += [f"### {cache} cache\n", table(["loader", *(f"{d['size'] / 1e9:.2f} GB" for _, d in sizes)], rows), ""]
     rows = [[f"`{ld}`"] + [mib(med(d["warm"][ld], "anon_added")) for _, d in sizes] for ld in sizes[0][1]["warm"]]
-    out += ["### Private memory added (RssAnon, warm)\n",
-            table(["loader", *(f"{d['size'] / 1e9:.2f} GB" for _, d in sizes)], rows)]
+    out += ["### Private memory added (RssAnon, warm)\n", table(["loader", *(f"{d['size'] / 1e9:.2f} GB" for _, d in sizes)], rows)]
     return "\n".join(out) + "".join(errors(d[c]) for _, d in sizes for c in ("warm", "cold") if c in d)
 
 

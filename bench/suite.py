@@ -1,14 +1,14 @@
 """The benchmark suite: measures everything docs/benchmarks.md states and rewrites it, its plots and the
-measured table of docs/loading.md.
+measured table of docs/loading.md. `python bench/suite.py` (about 45 minutes on 2 quiet cores) rewrites docs/;
+`--quick`: a small smoke run into a temporary directory unless --out; `--only open`: one section.
 
     python bench/suite.py                   # the full suite (about 45 minutes on 2 quiet cores), rewrites docs/
     python bench/suite.py --quick           # a small smoke run, written to a temporary directory unless --out
     python bench/suite.py --only dequantize # one section (SECTIONS: conversion, migration, open, ..., dequantize)
 
-Method, everywhere: the contestants of a figure run in alternating rounds (forward, then reversed), each measured
-run in a fresh process (dequantize: in this one); every figure is the median, and every ratio is against a named
-alternative measured in the same rounds. Warm cache unless said. Test files (about 20 GB in the full run; sections
-share them) live under --dir and are deleted at the end.
+Method: the contestants of a figure run in alternating rounds (forward, then reversed), each measured run in
+a fresh process (dequantize: in this one); figures are medians, ratios against a named alternative of the same
+rounds. Warm cache unless said. Test files (about 20 GB in the full run) live under --dir and are deleted at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests" / "client")]
 import child  # noqa: E402
 import files  # noqa: E402
 import report  # noqa: E402
@@ -81,14 +82,13 @@ def warm(*paths: Path) -> None:
     """Read every file through once unless it is fully cached already."""
     for p in paths:
         if cachestat.residency(p).fraction < 0.999:
-            with open(p, "rb", buffering=0) as f:
-                while f.read(16 << 20):
-                    pass
+            with open(p, "rb", buffering=0) as f, open(os.devnull, "wb") as null:
+                shutil.copyfileobj(f, null, 16 << 20)
 
 
 def load_run(loader: str, path: Path, *, cache: str = "warm", opts: dict[str, Any] | None = None,
              touch: bool = True) -> dict[str, Any]:
-    """One load in a fresh process (bench/child.py), the file brought to `cache` state first; RuntimeError if it fails."""
+    """One load in a fresh process (bench/child.py), the file brought to `cache` state first. Raises RuntimeError."""
     before = evict(path) if cache == "cold" else (warm(path), 1.0)[1]
     cmd = [PY, str(Path(child.__file__)), loader, str(path), "--options", json.dumps(opts or {})]
     out = subprocess.run(cmd + ([] if touch else ["--no-touch"]), capture_output=True, text=True, cwd=ROOT)
@@ -101,15 +101,14 @@ def load_run(loader: str, path: Path, *, cache: str = "warm", opts: dict[str, An
 
 def settle(fresh: Path | None = None) -> None:
     """Untimed, before a timed step: remove `fresh` (the step's output) and os.sync(). No step pays for an earlier
-    one: neither its write-back nor deleting its output, which costs 0.6-0.9 s for a 1.8 GB file on this ext4
-    (mounted with `discard`), whether by unlink, by the rename of --force or by the truncation of `cat > out`."""
+    one's write-back or for deleting its output (0.6-0.9 s for 1.8 GB on this ext4 mounted with `discard`)."""
     if fresh is not None:
         fresh.unlink(missing_ok=True)
     os.sync()
 
 
 def timed(cmd: list[str], stdout: Any = subprocess.DEVNULL, *, fresh: Path | None = None) -> float:
-    """Wall time of one command in a fresh process, after settle(fresh); RuntimeError if it fails."""
+    """Wall time of one command in a fresh process, after settle(fresh). Raises RuntimeError if it fails."""
     settle(fresh)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -140,8 +139,7 @@ def _tree(pid: int) -> list[int]:
 
 
 def peak_private(cmd: list[str], *, fresh: Path | None = None) -> int:
-    """Peak RssAnon (bytes) of the command's process tree, sampled from /proc every millisecond, after settle(fresh);
-    RuntimeError if the command fails."""
+    """Peak RssAnon (bytes) of the command's process tree (/proc, every 1 ms) after settle(fresh); RuntimeError."""
     settle(fresh)
     proc, peak = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), 0
     while proc.poll() is None:
@@ -159,10 +157,8 @@ def bare_numpy() -> int:
 
 
 def rounds(steps: dict[str, Callable[[], Any]], plan: Plan, what: str) -> dict[str, list[Any]]:
-    """Run every step once per round, in alternating order (forward, reversed); name -> results.
-
-    A step that fails is recorded as {"error": ...} and dropped from later rounds.
-    """
+    """Run every step once per round, in alternating order (forward, reversed); name -> results. A step that
+    fails is recorded as {"error": ...} and dropped from later rounds."""
     runs: dict[str, list[Any]] = {name: [] for name in steps}
     for rep in range(-1 if plan.warmup else 0, plan.reps):
         order = list(steps) if rep % 2 == 0 else list(steps)[::-1]
@@ -185,27 +181,39 @@ def rounds(steps: dict[str, Callable[[], Any]], plan: Plan, what: str) -> dict[s
 
 
 def conversion(plan: Plan, work: Path) -> dict[str, Any]:
-    """convert-model on the 13B-shaped slice to ggjt and GGUF vs cat (+ fsync); memory; start-up."""
+    """convert-model (f16, bf16 shards -> ggjt, GGUF f16/bf16/q8_0), convert_legacy_llama.py, cat; memory; q8_0."""
+    import gguf
+    import sdist  # tests/client: llama.cpp's own converters, from the llama-cpp-python sdist (fetched once)
     from convert.demo import build_checkpoint
-    dim, heads, layers, n_vocab = plan.slice
-    model = files.checkpoint(work / "ckpt", dim, heads, layers, n_vocab, 2)
-    shards, tiny = sorted(model.glob("consolidated.*.pth")), build_checkpoint(work / "tiny")
-    warm(*shards)
-    out = work / "out"
+    from convert.pth import open_checkpoint
+    from ggmlfmt.quantize import quantize_rows_q8_0
 
-    def convert(src: Path, fmt: str) -> list[str]:
-        return [PY, "-m", "convert.cli", str(src), "--outfile", str(out), "--format", fmt, "--quiet"]
+    model, bf16 = (files.checkpoint(work / "ckpt", *plan.slice, 2, bf16=b) for b in (False, True))
+    shards, tiny = sorted(model.glob("consolidated.*.pth")), build_checkpoint(work / "tiny")
+    warm(*shards, *bf16.glob("consolidated.*.pth"))
+    out, tree = work / "out", sdist.llama_cpp_tree()
+    convert = lambda src, fmt, outtype="auto": [PY, "-m", "convert.cli", str(src), "--outfile", str(out),  # noqa: E731
+                                                "--format", fmt, "--outtype", outtype, "--quiet"]
+    legacy = lambda outtype: ["env", f"PYTHONPATH={tree / 'gguf-py'}", PY, str(tree / "examples" /  # noqa: E731
+                              "convert_legacy_llama.py"), str(model), "--vocab-dir", str(model.parent), "--outtype",
+                              outtype, "--outfile", str(out)]
+    cmds = {"ggjt": convert(model, "ggjt"), "gguf": convert(model, "gguf"), "bf16": convert(bf16, "gguf"),
+            "q8_0": convert(model, "gguf", "q8_0"), "llama.cpp f16": legacy("f16"), "llama.cpp q8_0": legacy("q8_0")}
     steps = {"cat": lambda: cat_into(shards, out, False), "cat + fsync": lambda: cat_into(shards, out, True),
-             "ggjt": lambda: timed(convert(model, "ggjt"), fresh=out),
-             "gguf": lambda: timed(convert(model, "gguf"), fresh=out),
+             **{k: (lambda c=c: timed(c, fresh=out)) for k, c in cmds.items()},
              "help": lambda: timed([PY, "-m", "convert.cli", "--help"]),
              "tiny": lambda: timed(convert(tiny, "ggjt"), fresh=out)}
     times = rounds(steps, plan, "conversion")
-    memory = {fmt: max(peak_private(convert(model, fmt), fresh=out) for _ in range(min(3, plan.reps)))
-              for fmt in ("ggjt", "gguf")}
+    memory = {k: max(peak_private(c, fresh=out) for _ in range(min(3, plan.reps))) for k, c in cmds.items()}
     out.unlink(missing_ok=True)
+    ck = open_checkpoint(shards[0])  # our quantizer and gguf's, in process, on the same f16 layer matrices
+    mats = [ck.array(n) for n, t in ck.tensors.items() if n.startswith("layers.") and len(t.shape) == 2]
+    quants = {"ggmlfmt q8_0": quantize_rows_q8_0,
+              "gguf.quants q8_0": lambda a: gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0)}
+    clock = lambda fn: timeit.timeit(lambda: [fn(a) for a in mats], number=1)  # noqa: E731
     return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(s) for s in shards],
-            "shape": plan.slice}
+            "shape": plan.slice, "quantizers": rounds({k: (lambda f=f: clock(f)) for k, f in quants.items()}, plan,
+                                                      "q8_0 quantizers")}
 
 
 def migration(plan: Plan, work: Path) -> dict[str, Any]:
@@ -289,8 +297,7 @@ def options(plan: Plan, work: Path) -> dict[str, Any]:
 
 
 def _group(loader: str, path: Path, n: int) -> dict[str, Any]:
-    """N processes load + touch one file at once and hold it; private memory summed while all hold; RuntimeError if a
-    child fails."""
+    """N processes load + touch one file at once and hold it; private memory summed while all hold; RuntimeError."""
     warm(path)
     cmd = [PY, str(Path(child.__file__)), loader, str(path), "--hold"]
     procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -378,7 +385,7 @@ def machine(directory: Path) -> dict[str, str]:
     dev, mnt, fs, options = max((m[:4] for m in mounts if real == m[1] or real.startswith(m[1].rstrip("/") + "/")),
                                 key=lambda m: len(m[1]), default=("?", "/", "?", "?"))
     installed = {d.metadata["Name"].lower(): d.version for d in metadata.distributions()}
-    versions = [f"{d} {installed[d]}" if d in installed else f"{d} not installed" for d in ("numpy", "torch", "safetensors", "gguf")]
+    versions = [f"{d} {installed.get(d, 'not installed')}" for d in ("numpy", "torch", "safetensors", "gguf")]
     virt = " (virtual machine)" if "hypervisor" in first("/proc/cpuinfo", "flags") else ""
     return {"CPU": first("/proc/cpuinfo", "model name") + virt, "cores": str(os.cpu_count()),
             "memory": first("/proc/meminfo", "MemTotal"), "kernel": platform.release(),
@@ -401,8 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s", stream=sys.stderr)
     logging.getLogger("gguf").setLevel(logging.WARNING)  # GGUFWriter's per-file chatter
     plan, start = (QUICK if args.quick else FULL), time.time()
-    # Every measured run starts a fresh interpreter. Where PYTHONDONTWRITEBYTECODE is set, each would
-    # recompile the project's source (0.2 s of every start-up here), which an installed copy never does.
+    # Fresh interpreters would recompile the source under PYTHONDONTWRITEBYTECODE (0.2 s each); installs never do.
     for package in ("ggmlfmt", "convert", "migrate"):
         compileall.compile_dir(ROOT / package, quiet=1)
     out = args.out or (Path(tempfile.mkdtemp(prefix="ggmlfmt-bench-")) if args.quick else ROOT / "docs")

@@ -26,9 +26,10 @@ from .convert import (
     OUTTYPES,
     ConversionPlan,
     TensorEntry,
-    default_outfile,
+    early_outfile,
     plan_conversion,
     resolve_format,
+    resolved_outtype,
     write_conversion,
 )
 
@@ -40,22 +41,26 @@ DEFAULTED_KEYS = {"context_length": "llama.context_length", "rms_eps": "llama.at
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Convert Meta LLaMA consolidated.NN.pth shards (MODEL_DIR with params.json) into one "
-                    "32-byte aligned ggjt v1 file, byte for byte what llama.cpp's 2023 converter wrote, or "
-                    "(--format gguf) one GGUF v3 file for today's llama.cpp.")
+        description="Convert Meta LLaMA consolidated.NN.pth shards (MODEL_DIR with params.json) into one GGUF v3 "
+                    "file for today's llama.cpp, or (--format ggjt) one 32-byte aligned ggjt v1 file, byte for byte "
+                    "what llama.cpp's 2023 converter wrote.")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("model_dir", nargs="?", metavar="MODEL_DIR",
                        help="directory with params.json and consolidated.00.pth, .01, ...")
     which.add_argument("--demo", nargs="?", const="", metavar="DIR",
                        help="build a tiny 2-shard checkpoint in DIR (default: a new temporary directory), "
                             "convert it, load the result and report what it holds and cost")
-    p.add_argument("--outtype", choices=sorted(OUTTYPES), default="f16",
-                   help="type of the 2-D weights (1-D tensors are always f32); default f16")
+    p.add_argument("--outtype", choices=list(OUTTYPES), default="auto",
+                   help="type of the 2-D weights (1-D tensors are always f32): auto (default) keeps each one's "
+                        "checkpoint type (bf16, f16 or f32: never rounds); bf16, f16, f32 cast (rounding to nearest "
+                        "even, said on stderr); q8_0 quantizes as llama.cpp's reference does. ggjt: f16 or f32 "
+                        "only, auto meaning f16")
     p.add_argument("--format", choices=FORMATS, default=None, dest="fmt",
-                   help="output format: ggjt (default; the 2023 file) or gguf (today's llama.cpp); an --outfile "
-                        "ending in .gguf implies gguf")
+                   help="output format: gguf (default; today's llama.cpp) or ggjt (the 2023 file). Without it an "
+                        "--outfile ending in .bin means ggjt (said on stderr), in .gguf gguf")
     p.add_argument("--outfile", metavar="PATH",
-                   help="output file (default MODEL_DIR/ggml-model-OUTTYPE.bin, or .gguf with --format gguf)")
+                   help="output file (default MODEL_DIR/ggml-model-OUTTYPE.gguf, auto naming the type it resolves "
+                        "to, e.g. ggml-model-bf16.gguf; .bin with --format ggjt)")
     p.add_argument("--ctx", type=int, metavar="N",
                    help="gguf: llama.context_length (default 2048, LLaMA-1's; Llama 3: 8192, 3.1+: 131072; a "
                         "checkpoint does not store it)")
@@ -76,15 +81,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _convert(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir)
-    fmt = resolve_format(args.fmt, args.outfile)
-    out = Path(args.outfile) if args.outfile else default_outfile(model_dir, args.outtype, fmt)
-    if not args.dry_run:
-        refuse_existing(out, overwrite=args.force)
-    cp = plan_conversion(model_dir, out, outtype=args.outtype, tokenizer=args.vocab, fmt=fmt, context_length=args.ctx,
-                         rms_eps=args.eps, llama_release=args.llama_release)
+    out = early_outfile(model_dir, args.outfile, args.outtype, resolve_format(args.fmt, args.outfile))
+    if out is not None and not args.dry_run:
+        refuse_existing(out, overwrite=args.force)  # before reading the checkpoint when the name is known
+    cp = plan_conversion(model_dir, out, outtype=args.outtype, tokenizer=args.vocab, fmt=args.fmt,
+                         context_length=args.ctx, rms_eps=args.eps,
+                         llama_release=args.llama_release)
     if args.dry_run:
-        print(json.dumps(plan_dict(cp, out.exists()), indent=2) if args.json else render_plan(cp, out.exists()))
+        exists = cp.outfile.exists()
+        print(json.dumps(plan_dict(cp, exists), indent=2) if args.json else render_plan(cp, exists))
         return 0
+    if out is None:
+        refuse_existing(cp.outfile, overwrite=args.force)  # "auto" named it from the checkpoint
     with progress_bar(cp.plan.data_bytes, desc=PROG, quiet=args.quiet) as update:
         write_conversion(cp, force=args.force, progress=update)
     if not args.quiet:
@@ -125,8 +133,9 @@ def _metadata(cp: ConversionPlan) -> dict[str, Any]:
     if cp.gguf is None:
         raise TypeError("not a GGUF plan")
     types_2d = [e.info.type for e in cp.entries if len(e.shape) == 2]
+    quantized = any(e.info.block.elements > 1 for e in cp.entries)
     kvs = llama_metadata(cp.gguf.hparams, cp.gguf.vocab, name=cp.gguf.name, file_type=llama_file_type(types_2d),
-                         quantized=False)
+                         quantized=quantized, n_params=cp.gguf.n_params)
     out: dict[str, Any] = {}
     for kv in kvs:
         if kv.type == GGUFValueType.ARRAY:
@@ -142,7 +151,10 @@ def _render_gguf(cp: ConversionPlan, out_exists: bool) -> str:
     """A GGUF plan as text: the metadata summary, one line per tensor (GGUF name, ne, type, offset), totals."""
     meta = _metadata(cp)  # raises for a ggjt plan
     defaulted = {DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults}
-    lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} (gguf v3, 2-D {cp.outtype})"]
+    label = cp.outtype
+    if label == "auto":  # say what it resolved to
+        label += ": " + resolved_outtype([e.info.type for e in cp.entries if len(e.shape) == 2])
+    lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} (gguf v3, 2-D {label})"]
     for key, value in meta.items():
         shown = (f"[{value['count']} {value['type']}]" if isinstance(value, dict)
                  else str(np.float32(value)) if isinstance(value, float) else repr(value))
@@ -192,7 +204,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"built   a {report.n_shards}-shard Meta-layout checkpoint in {report.model_dir} "
           f"(tokenizer {report.root / 'tokenizer.model'})")
     print(f"wrote   {report.outfile} ({report.file_size:,} bytes)")
-    print(f"format  {report.file_format}; " + ", ".join(f"{k} {v}" for k, v in report.hparams.items()))
+    print(f"format  {report.file_format}; " + ", ".join(f"{k} {v:g}" for k, v in report.hparams.items()))
     print(f"vocab   {report.n_vocab} tokens; first: " + " ".join(repr(t) for t in report.tokens))
     print(f"tensors {len(report.tensors)}:")
     width = max(len(n) for n, _, _ in report.tensors)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -22,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from ggmlfmt.atomic import refuse_existing
-from ggmlfmt.constants import CHUNK_BYTES, FTYPE_2D_TYPE, FileVersion, FType, GGMLType
+from ggmlfmt.constants import BLOCK_LAYOUTS, CHUNK_BYTES, GGUF_BLOCK_GENERATION, FileVersion, FType, GGMLType
 from ggmlfmt.floats import CASTS
+from ggmlfmt.quantize import quantize_q8_0
 from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
 from ggmlfmt.llama import (
@@ -51,9 +53,17 @@ COMPUTED = "computed"  # source_dtype of a tensor no shard holds (the plan shows
 SNIFF_BYTES = 64  # how much of tokenizer.model tells tiktoken from SentencePiece
 LLAMA3_CONTEXT = {"3": 8192, "3.1": 131072, "3.2": 131072, "3.3": 131072}  # Meta's context length per release
 
-OUTTYPES = {"f32": FType.ALL_F32, "f16": FType.MOSTLY_F16}  # --outtype -> header ftype; FTYPE_2D_TYPE gives the 2-D type
+# --outtype -> the type of every 2-D weight (docs/format.md §8.3); "auto": the checkpoint's own (AUTO_TYPES)
+OUTTYPES: dict[str, GGMLType | None] = {"auto": None, "bf16": GGMLType.BF16, "f16": GGMLType.F16,
+                                        "f32": GGMLType.F32, "q8_0": GGMLType.Q8_0}
+AUTO_TYPES = {"bfloat16": GGMLType.BF16, "float16": GGMLType.F16, "float32": GGMLType.F32}  # never rounds
+TYPE_NAMES = {t: name for name, t in OUTTYPES.items() if t is not None}  # GGMLType -> its --outtype (file names)
+GGJT_FTYPES = {"f16": FType.MOSTLY_F16, "f32": FType.ALL_F32}  # the 2023 file's types; "auto" means f16 there
+GGJT_AUTO = "f16"  # the 2023 converter's default, kept so the ggjt default output is unchanged
 FORMATS = ("ggjt", "gguf")
 SUFFIXES = {"ggjt": ".bin", "gguf": ".gguf"}
+# Converters by (checkpoint dtype, output type) beyond the float casts: the q8_0 quantizer (ggmlfmt.quantize)
+QUANTIZERS = {(dtype, GGMLType.Q8_0): quantize_q8_0 for dtype in AUTO_TYPES}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,39 +103,82 @@ class GGUFContent:
     hparams: LlamaHParams
     vocab: GGUFVocab
     name: str
+    n_params: int | None = None  # every checkpoint tensor's values (general.size_label)
 
 
-def default_outfile(model_dir: str | os.PathLike[str], outtype: str, fmt: str = "ggjt") -> Path:
-    """MODEL_DIR/ggml-model-<outtype>.bin (the 2023 converter's name), or .gguf for GGUF."""
+def default_outfile(model_dir: str | os.PathLike[str], outtype: str, fmt: str = "gguf") -> Path:
+    """MODEL_DIR/ggml-model-<outtype>.gguf, or .bin for ggjt (the 2023 converter's name).
+
+    outtype "auto" must be resolved first (resolved_outtype): the name says what the file holds.
+    """
+    if outtype == "auto":
+        raise CannotWrite("outtype 'auto' names no file: resolve it from the checkpoint first")
     return Path(model_dir) / f"ggml-model-{outtype}{SUFFIXES[fmt]}"
 
 
+def implied_format(outfile: str | os.PathLike[str] | None) -> str | None:
+    """The format an output name implies: gguf for .gguf, ggjt for .bin (docs/format.md §8.2), else None."""
+    name = os.fspath(outfile) if outfile is not None else ""
+    return "gguf" if name.endswith(".gguf") else "ggjt" if name.endswith(".bin") else None
+
+
 def resolve_format(fmt: str | None, outfile: str | os.PathLike[str] | None) -> str:
-    """The output format: `fmt` if given, else gguf for an outfile ending in .gguf, else ggjt.
+    """The output format: `fmt` if given, else what the outfile's name implies (.bin: ggjt), else gguf.
 
     Raises:
         CannotWrite: an unknown format, or --format ggjt with an outfile ending in .gguf.
     """
-    implied = "gguf" if outfile is not None and os.fspath(outfile).endswith(".gguf") else None
     if fmt is None:
-        return implied or "ggjt"
+        return implied_format(outfile) or "gguf"
     if fmt not in FORMATS:
         raise CannotWrite(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if implied and fmt != implied:
+    if fmt == "ggjt" and implied_format(outfile) == "gguf":
         raise CannotWrite(f"{outfile}: a .gguf output name with --format {fmt}; drop one of them")
     return fmt
+
+
+def check_outtype(outtype: str, fmt: str) -> str:
+    """The outtype to plan with: ggjt's "auto" is f16 (the 2023 default).
+
+    Raises:
+        CannotWrite: an unknown outtype, or one the 2023 format has no type for.
+    """
+    if outtype not in OUTTYPES:
+        raise CannotWrite(f"outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
+    if fmt == "ggjt" and outtype == "auto":
+        return GGJT_AUTO
+    if fmt == "ggjt" and outtype not in GGJT_FTYPES:
+        raise CannotWrite(f"--outtype {outtype} needs --format gguf: the 2023 ggjt file holds only "
+                          f"{' and '.join(GGJT_FTYPES)} weights")
+    return outtype
+
+
+def output_type(outtype: str, source_dtype: str, ndim: int) -> GGMLType:
+    """The type a tensor is written as: 1-D always F32; 2-D the outtype's, or with "auto" the checkpoint's."""
+    if ndim == 1:
+        return GGMLType.F32  # docs/format.md §4.4
+    fixed = OUTTYPES[outtype]
+    return fixed if fixed is not None else AUTO_TYPES[source_dtype]
+
+
+def resolved_outtype(types_2d: list[GGMLType]) -> str:
+    """The outtype a file's 2-D types amount to (the most common one, as general.file_type): its name's part."""
+    if not types_2d:
+        return "f32"
+    return TYPE_NAMES[max(set(types_2d), key=lambda t: (types_2d.count(t), -types_2d.index(t)))]
 
 
 
 
 
 def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
-                    outtype: str = "f16", tokenizer: str | os.PathLike[str] | None = None, fmt: str | None = None,
+                    outtype: str = "auto", tokenizer: str | os.PathLike[str] | None = None, fmt: str | None = None,
                     context_length: int | None = None, rms_eps: float | None = None,
                     llama_release: str | None = None) -> ConversionPlan:
     """Check every input and lay out the output file; reads shard metadata only, writes nothing.
 
-    fmt None: gguf when outfile ends in .gguf, else ggjt (resolve_format).
+    fmt None: what outfile's name implies, else gguf (resolve_format). outtype "auto": each 2-D weight
+    keeps its checkpoint type (gguf), f16 for ggjt; outfile None: MODEL_DIR/ggml-model-<resolved outtype>.
     fmt "ggjt": the 2023 file (context_length and rms_eps must be None). fmt "gguf": context_length
     None means LLaMA-1's 2048; rms_eps applies only when params.json has no norm_eps (None: 1e-6).
     A tiktoken tokenizer.model makes it a Llama 3 checkpoint (GGUF only, docs/format.md §16.1):
@@ -139,9 +192,9 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
             path that is one of the inputs.
         OSError: an input cannot be read.
     """
-    if outtype not in OUTTYPES:
-        raise CannotWrite(f"outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
+    bin_note = fmt is None and implied_format(outfile) == "ggjt"
     fmt = resolve_format(fmt, outfile)
+    outtype = check_outtype(outtype, fmt)
     if fmt == "ggjt" and (context_length is not None or rms_eps is not None):
         raise CannotWrite("--ctx and --eps apply to --format gguf only (a ggjt file stores neither)")
     model_dir = Path(model_dir)
@@ -152,10 +205,10 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     if fmt == "ggjt" and (problem := params.ggjt_problem()) is not None:
         raise FormatError(problem, path=str(params_path))  # before any shape error the tensors would give
     params = _with_eps(params, rms_eps, params_path) if fmt == "gguf" else params
-    out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype, fmt)
     vocab_path = find_tokenizer(model_dir, tokenizer)
     shards = find_shards(model_dir)
-    refuse_existing(out, overwrite=True, inputs=[params_path, vocab_path, *shards])  # --force never replaces an input
+    if outfile is not None:
+        refuse_existing(outfile, overwrite=True, inputs=[params_path, vocab_path, *shards])  # before reading more
     ranks = _tiktoken_ranks(vocab_path, fmt, llama_release)
     tokens: Vocab | GGUFVocab | None = None
     if ranks is None:
@@ -176,9 +229,15 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
         layout, entries, skipped = _plan_ggjt(params, tokens, metas, shards, outtype)
         content = None
     _log_plan(shards, params, layout)
-    _warn_rounding(entries, outtype)
+    if bin_note:  # said once every input is checked, so that an error stays one line
+        log.info("%s: a .bin name without --format writes the 2023 ggjt file (--format gguf for today's "
+                 "llama.cpp)", outfile)
+    _warn_rounding(entries)
+    if outfile is None:
+        outfile = default_outfile(model_dir, resolved_outtype([e.info.type for e in entries if len(e.shape) == 2]), fmt)
+        refuse_existing(outfile, overwrite=True, inputs=[params_path, vocab_path, *shards])  # --force never replaces an input
     computed = () if llama3 is None or llama3.rope_freqs is None else ((ROPE_FREQS, llama3.rope_freqs),)
-    return ConversionPlan(model_dir, out, outtype, vocab_path, tuple(shards), params, layout, tuple(entries),
+    return ConversionPlan(model_dir, Path(outfile), outtype, vocab_path, tuple(shards), params, layout, tuple(entries),
                           tuple(skipped), fmt, content, computed)
 
 
@@ -273,7 +332,7 @@ def _plan_ggjt(params: Params, tokens: Vocab, metas: list[TensorMeta], shards: l
         FormatError: a LLaMA tensor missing or with another shape than the header implies.
     """
     hparams = _hparams(params, len(tokens), outtype)
-    pending, skipped = _specs(metas, shards, params, params.shapes(len(tokens)), FTYPE_2D_TYPE[OUTTYPES[outtype]])
+    pending, skipped = _specs(metas, shards, params, params.shapes(len(tokens)), outtype)
     layout = plan(FileVersion.GGJT_V1, hparams, tokens, [p.spec for p in pending])
     return layout, _entries(pending, layout), skipped
 
@@ -292,7 +351,7 @@ def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[Te
     expected = params.shapes(len(vocab), gguf=True)
     if tied:
         del expected["output.weight"]
-    pending, skipped = _specs(metas, shards, params, expected, FTYPE_2D_TYPE[OUTTYPES[outtype]], gguf=True)
+    pending, skipped = _specs(metas, shards, params, expected, outtype, gguf=True)
     if llama3 is not None and llama3.rope_freqs is not None:
         n = len(llama3.rope_freqs)
         meta = TensorMeta(ROPE_FREQS, (n,), COMPUTED, None)
@@ -305,12 +364,14 @@ def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[Te
         log.warning("%s not in the checkpoint: using %g, LLaMA-1's value (%s sets it)",
                     "context length" if field == "context_length" else "norm_eps", value, option)
     name = model_dir.resolve().name or "llama"
-    layout = plan_llama_gguf(hp, vocab, [OutTensor(p.meta.name, p.spec.type, p.shape) for p in pending], name=name)
-    return layout, _entries(pending, layout), skipped, GGUFContent(hp, vocab, name)
+    n_params = sum(math.prod(full_shape(m.shape, split_axis(m.name, len(m.shape)), len(shards))) for m in metas)
+    layout = plan_llama_gguf(hp, vocab, [OutTensor(p.meta.name, p.spec.type, p.shape) for p in pending], name=name,
+                             n_params=n_params)
+    return layout, _entries(pending, layout), skipped, GGUFContent(hp, vocab, name, n_params)
 
 
 def _hparams(params: Params, n_vocab: int, outtype: str) -> HParams:
-    ftype = OUTTYPES[outtype]
+    ftype = GGJT_FTYPES[outtype]
     return HParams(n_vocab, params.dim, params.multiple_of, params.n_heads, params.n_layers, params.n_rot, int(ftype))
 
 
@@ -321,13 +382,23 @@ def _log_plan(shards: list[Path], params: Params, layout: Plan) -> None:
     log.debug("planned %d tensors, %s bytes", len(layout.tensors), f"{layout.size:,}")
 
 
-def _warn_rounding(entries: list[TensorEntry], outtype: str) -> None:
-    """Say so before writing when a cast rounds (f32 or bf16 weights to f16): never silently lossy."""
-    narrowed = [e.name for e in entries if e.info.type == GGMLType.F16 and e.source_dtype != "float16"]
-    if narrowed:
-        dtypes = sorted({e.source_dtype for e in entries if e.name in set(narrowed)})
-        log.warning("%d tensor(s) are %s in the checkpoint and are rounded to float16 (to nearest even); "
-                    "--outtype f32 keeps every value exact", len(narrowed), "/".join(dtypes))
+# (output type, checkpoint dtype) pairs that round (f16 and bf16 each lack the other's bits)
+_ROUNDS = {(GGMLType.F16, "float32"), (GGMLType.F16, "bfloat16"), (GGMLType.BF16, "float32"),
+           (GGMLType.BF16, "float16")}
+
+
+def _warn_rounding(entries: list[TensorEntry]) -> None:
+    """Say so before writing when a cast rounds or weights are quantized: never silently lossy."""
+    for out_type in (GGMLType.F16, GGMLType.BF16):
+        narrowed = [e for e in entries if (e.info.type, e.source_dtype) in _ROUNDS and e.info.type == out_type]
+        if narrowed:
+            dtypes = sorted({e.source_dtype for e in narrowed})
+            log.warning("%d tensor(s) are %s in the checkpoint and are rounded to %s (to nearest even); "
+                        "--outtype f32 keeps every value exact (for GGUF, auto too)", len(narrowed), "/".join(dtypes),
+                        "float16" if out_type == GGMLType.F16 else "bfloat16")
+    quantized = sum(e.info.type == GGMLType.Q8_0 for e in entries)
+    if quantized:
+        log.info("%d tensor(s) are quantized to q8_0 (llama.cpp's reference rounding; lossy by design)", quantized)
 
 
 # ------------------------------------------------------------------ what goes into the file
@@ -344,7 +415,7 @@ class _Pending:
 
 
 def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected: dict[str, tuple[int, ...]],
-           two_d_type: GGMLType, *, gguf: bool = False) -> tuple[list[_Pending], list[str]]:
+           outtype: str, *, gguf: bool = False) -> tuple[list[_Pending], list[str]]:
     """Output tensors in checkpoint key order, with their types, checked against the shapes params.json implies.
 
     `expected` (from llama_shapes) is consumed. gguf: a tensor outside LLaMA is refused (today's
@@ -353,6 +424,7 @@ def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected
     Raises:
         FormatError: a LLaMA tensor is missing or has another shape than the header says; with gguf,
             a tensor that is not LLaMA's.
+        CannotWrite: a row length the output type's blocks do not divide (q8_0: 32 values per block).
     """
     n_parts = len(shards)
     skip = skipped_tensor if gguf else skipped_name
@@ -377,7 +449,11 @@ def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected
                               f"{list(want)} implied by params.json and the tokenizer; neither a split by rows nor "
                               "one by columns gives it", path=str(shards[0]),
                               field=f"tensor {m.name!r}")
-        ggml_type = GGMLType.F32 if len(shape) == 1 else two_d_type  # 1-D always f32 (docs/format.md §4.4)
+        ggml_type = output_type(outtype, m.dtype, len(shape))
+        per_block = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][ggml_type].elements
+        if shape[-1] % per_block:
+            raise CannotWrite(f"tensor {m.name!r}: rows of {shape[-1]} values are not whole {ggml_type.name} blocks "
+                              f"of {per_block}; choose another --outtype")
         pending.append(_Pending(m, axis, shape, TensorSpec.from_shape(m.name, ggml_type, shape)))
     if expected:
         name = next(iter(expected))
@@ -423,11 +499,30 @@ def _sources(cp: ConversionPlan, shards: list[Checkpoint], fds: list[int]) -> It
                                   field=f"tensor {e.name!r}")
             rows = shard.array(e.name)
             pieces.append(Piece(fd, t.offset, rows.reshape(1, -1) if rows.ndim == 1 else rows))
-        yield Source(e.info, e.axis, pieces, CASTS.get((e.source_dtype, e.info.type)))
+        yield Source(e.info, e.axis, pieces, converter(e.source_dtype, e.info.type))
+
+
+def converter(source_dtype: str, out_type: GGMLType) -> Callable[[Any, Any], object] | None:
+    """The engine's convert for a checkpoint dtype -> output type; None when the bytes pass unchanged."""
+    key = (source_dtype, out_type)
+    return CASTS.get(key) or QUANTIZERS.get(key)
+
+
+def early_outfile(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None, outtype: str,
+                  fmt: str) -> Path | None:
+    """The output path when known before planning (given, or a fixed outtype's default); None for GGUF "auto".
+
+    Raises:
+        CannotWrite: as check_outtype.
+    """
+    outtype = check_outtype(outtype, fmt)
+    if outfile is not None:
+        return Path(outfile)
+    return None if outtype == "auto" else default_outfile(model_dir, outtype, fmt)
 
 
 def convert_checkpoint(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
-                       outtype: str = "f16", tokenizer: str | os.PathLike[str] | None = None, force: bool = False,
+                       outtype: str = "auto", tokenizer: str | os.PathLike[str] | None = None, force: bool = False,
                        progress: Callable[[int], Any] | None = None, fmt: str | None = None,
                        context_length: int | None = None, rms_eps: float | None = None,
                        llama_release: str | None = None) -> ConversionPlan:
@@ -439,10 +534,11 @@ def convert_checkpoint(model_dir: str | os.PathLike[str], outfile: str | os.Path
         FileExistsError: the output exists and force is False (checked before any other work).
         FormatError (CannotWrite among them), OSError: as plan_conversion and write_conversion.
     """
-    fmt = resolve_format(fmt, outfile)
-    out = Path(outfile) if outfile is not None else default_outfile(model_dir, outtype, fmt)
-    refuse_existing(out, overwrite=force)
-    cp = plan_conversion(model_dir, out, outtype=outtype, tokenizer=tokenizer, fmt=fmt, context_length=context_length,
+    given, fmt = fmt, resolve_format(fmt, outfile)
+    out = early_outfile(model_dir, outfile, outtype, fmt)
+    if out is not None:
+        refuse_existing(out, overwrite=force)
+    cp = plan_conversion(model_dir, out, outtype=outtype, tokenizer=tokenizer, fmt=given, context_length=context_length,
                          rms_eps=rms_eps, llama_release=llama_release)
     write_conversion(cp, force=force, progress=progress)
     log.info("wrote %s: %d tensors from %d shard(s), %s bytes", cp.outfile, len(cp.entries), len(cp.shards),

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -130,9 +130,9 @@ class DemoReport:
     outfile: Path
     n_shards: int
     file_format: str
-    hparams: dict[str, int]
+    hparams: dict[str, int | float]  # GGUF: the llama.* values, keys without the "llama." prefix
     n_vocab: int
-    tokens: tuple[bytes, ...]  # the first few, as stored
+    tokens: tuple[str, ...]  # the first few pieces, as stored
     tensors: tuple[tuple[str, tuple[int, ...], str], ...]  # name, shape, type
     mismatched: tuple[str, ...]  # tensors that differ from the shards concatenated (what torch.cat gives)
     file_size: int
@@ -151,15 +151,18 @@ def run_demo(root: str | os.PathLike[str], *, force: bool = False, cfg: DemoConf
     if root.exists() and any(root.iterdir()) and not force:
         raise FileExistsError(errno.EEXIST, "demo directory is not empty (use --force to reuse it)", str(root))
     model_dir = build_checkpoint(root, cfg)
-    cp = convert_checkpoint(model_dir, force=force)
+    cp = convert_checkpoint(model_dir, force=force)  # the default: GGUF, each weight in its checkpoint type
     expected = cat_shards(list(cp.shards), {e.name: e.axis for e in cp.entries})
     model = load(cp.outfile)
-    mismatched = tuple(e.name for e in cp.entries
-                       if not np.array_equal(model.tensors[e.name], expected[e.name].astype(e.info.block.dtype)))
+    mismatched = tuple(e.info.name for e in cp.entries
+                       if not np.array_equal(model.tensors[e.info.name], expected[e.name].astype(e.info.block.dtype)))
     usage = measure(start)
-    return DemoReport(root, model_dir, cp.outfile, len(cp.shards), str(model.version),
-                      asdict(model.hparams),
-                      len(model.vocab), model.vocab.tokens[:8],
+    meta = model.metadata
+    hparams = {k.removeprefix("llama."): v for k, v in meta.items()
+               if k.startswith("llama.") and isinstance(v, (int, float))}
+    pieces = meta["tokenizer.ggml.tokens"]
+    return DemoReport(root, model_dir, cp.outfile, len(cp.shards), f"gguf v{int(model.version)}", hparams,
+                      len(pieces), tuple(str(pieces[i]) for i in range(min(8, len(pieces)))),
                       tuple((n, model.info[n].shape, model.info[n].type.name) for n in model.info),
                       mismatched, os.path.getsize(cp.outfile), usage.wall_s, usage.max_rss_kib)
 

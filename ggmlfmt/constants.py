@@ -328,6 +328,10 @@ def _gguf_layout(t: GGMLType, elements: int, nbytes: int) -> BlockLayout:
 
 BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION] = {t: _gguf_layout(t, *size) for t, size in GGUF_TYPE_SIZES.items()}
 
+# GGUF's general.file_type (today's llama_ftype) for "mostly BF16": GGUF only, so not an FType of the 2023
+# headers (gguf-py's LlamaFileType.MOSTLY_BF16).
+GGUF_FTYPE_MOSTLY_BF16 = 32
+
 # Header ftype -> the type of 2-D tensors it promises (None: a mix, see FType.MOSTLY_Q4_1_SOME_F16).
 FTYPE_2D_TYPE = {
     FType.ALL_F32: GGMLType.F32,

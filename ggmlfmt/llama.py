@@ -18,6 +18,7 @@ import numpy as np
 from .constants import (
     BLOCK_LAYOUTS,
     GGUF_BLOCK_GENERATION,
+    GGUF_FTYPE_MOSTLY_BF16,
     GGUF_QUANTIZATION_VERSION,
     LLAMA1_CONTEXT_LENGTH,
     LLAMA1_RMS_EPS,
@@ -88,8 +89,9 @@ def gguf_tensor_name(name: str, n_layer: int | None = None) -> str:
 
 # ------------------------------------------------------------------ file type (§14)
 
-_FTYPE_OF = {
+_FTYPE_OF: dict[GGMLType, int] = {
     GGMLType.F32: FType.ALL_F32,
+    GGMLType.BF16: GGUF_FTYPE_MOSTLY_BF16,
     GGMLType.F16: FType.MOSTLY_F16,
     GGMLType.Q4_0: FType.MOSTLY_Q4_0,
     GGMLType.Q4_1: FType.MOSTLY_Q4_1,
@@ -99,7 +101,7 @@ _FTYPE_OF = {
 }
 
 
-def llama_file_type(types_2d: Iterable[GGMLType]) -> FType:
+def llama_file_type(types_2d: Iterable[GGMLType]) -> int:
     """general.file_type from the GGUF types of the 2-D tensors: the most common one (ties: the first seen).
 
     Raises:
@@ -113,6 +115,17 @@ def llama_file_type(types_2d: Iterable[GGMLType]) -> FType:
         raise BadValue(f"{dominant.name} has no GGUF file type; expected one of "
                        f"{', '.join(t.name for t in _FTYPE_OF)}", field="general.file_type")
     return _FTYPE_OF[dominant]
+
+
+def size_label(n_params: int) -> str:
+    """general.size_label as llama.cpp's converters write it (§14.2): the parameter count rounded to
+    at least two significant digits with a K, M, B or T suffix (7,000,000 -> "7.0M", 6.74e9 -> "6.7B")."""
+    for above, factor, suffix in ((1e12, 1e-12, "T"), (1e9, 1e-9, "B"), (1e6, 1e-6, "M"), (-1, 1e-3, "K")):
+        if n_params > above:
+            break
+    scaled = n_params * factor  # multiplied, as llama.cpp does: the same float, so the same rounding
+    digits = len(str(round(scaled)).lstrip("0"))  # integer digits; none below 1
+    return f"{scaled:.{max(2 - digits, 0)}f}{suffix}"
 
 
 # ------------------------------------------------------------------ hyper-parameters (§14, §16)
@@ -393,8 +406,11 @@ class MetaKV(NamedTuple):
 
 
 def llama_metadata(hp: LlamaHParams, vocab: GGUFVocab, *, name: str, file_type: int,
-                   quantized: bool) -> list[MetaKV]:
+                   quantized: bool, n_params: int | None = None) -> list[MetaKV]:
     """Every key/value today's llama.cpp reads for a LLaMA model, in the order we write them.
+
+    n_params (the checkpoint's parameter count, every tensor as llama.cpp's Meta converter counts):
+    also general.size_label and llama.vocab_size, which that converter writes (§14.2).
 
     Raises:
         FormatError: the vocabulary size is not n_vocab, or a special id is outside the vocabulary.
@@ -404,8 +420,12 @@ def llama_metadata(hp: LlamaHParams, vocab: GGUFVocab, *, name: str, file_type: 
     u32, s = GGUFValueType.UINT32, GGUFValueType.STRING
     out = [MetaKV("general.architecture", s, "llama"), MetaKV("general.name", s, name),
            MetaKV("general.file_type", u32, int(file_type))]
+    if n_params is not None:
+        out.append(MetaKV("general.size_label", s, size_label(n_params)))
     if quantized:
         out.append(MetaKV("general.quantization_version", u32, GGUF_QUANTIZATION_VERSION))
+    if n_params is not None:
+        out.append(MetaKV("llama.vocab_size", u32, hp.n_vocab))
     out += [MetaKV(f"llama.{k}", u32, v) for k, v in (
         ("context_length", hp.context_length), ("embedding_length", hp.n_embd), ("block_count", hp.n_layer),
         ("feed_forward_length", hp.n_ff), ("rope.dimension_count", hp.n_rot),
@@ -453,11 +473,12 @@ class OutTensor(NamedTuple):
     shape: tuple[int, ...]
 
 
-def plan_llama_gguf(hp: LlamaHParams, vocab: GGUFVocab, tensors: Sequence[OutTensor], *, name: str) -> Plan:
+def plan_llama_gguf(hp: LlamaHParams, vocab: GGUFVocab, tensors: Sequence[OutTensor], *, name: str,
+                    n_params: int | None = None) -> Plan:
     """Lay out a GGUF v3 LLaMA file: metadata (§14), tensors under their GGUF names (§13), in the given order.
 
     general.file_type is the most common 2-D type; general.quantization_version is written when any
-    tensor is quantized. The returned plan names tensors by their GGUF names.
+    tensor is quantized; n_params as llama_metadata. The returned plan names tensors by their GGUF names.
 
     Raises:
         FormatError: a value llama.cpp would refuse (vocabulary size, special ids, unknown tensors).
@@ -465,7 +486,8 @@ def plan_llama_gguf(hp: LlamaHParams, vocab: GGUFVocab, tensors: Sequence[OutTen
     """
     types_2d = [t.type for t in tensors if len(t.shape) == 2]
     quantized = any(BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][t.type].elements > 1 for t in tensors)
-    meta = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=quantized)
+    meta = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=quantized,
+                          n_params=n_params)
     specs = [TensorSpec.from_shape(gguf_tensor_name(t.name, hp.n_layer), t.type, t.shape) for t in tensors]
     return plan_gguf([_triple(kv) for kv in meta], specs)
 

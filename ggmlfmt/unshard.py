@@ -9,8 +9,10 @@ part's bytes lie in its file, and a typed read-only view of them. Every part is 
   move inside the kernel with `os.copy_file_range`, no trip through Python objects;
 - column splits (each part holds a slice of every row) are gathered into blocks of whole output
   rows, a few MB at a time, and written with one `pwrite` each;
-- casts and block repacking (f16 -> f32, bf16 -> f16/f32, old quantized blocks -> new ones) go
-  through the same bounded buffer, so private memory stays flat whatever the model size.
+- casts, quantizing and block repacking (f16/bf16/f32 casts, float values -> q8_0 blocks, old
+  quantized blocks -> new ones) go through the same bounded buffer, so private memory stays flat
+  whatever the model size; values quantized from column splits are first joined into whole rows
+  in a second bounded buffer (a block may straddle two parts).
 
 The writer's coverage proof at commit still checks that every byte was written exactly once.
 """
@@ -27,6 +29,7 @@ import numpy as np
 
 from .constants import CHUNK_BYTES
 from .errors import CannotWrite
+from .floats import NotFinite
 from .layout import TensorInfo
 from .parts import shard_region
 from .writer import FileWriter
@@ -96,6 +99,16 @@ def write_tensors(writer: FileWriter, sources: Iterable[Source], *, chunk_bytes:
             except FloatingPointError:
                 raise CannotWrite(f"tensor {src.info.name!r}: a value is beyond the range of {src.info.type.name} "
                                  "and would become infinity; choose a wider output type") from None
+            except _BadValue as e:
+                raise CannotWrite(f"tensor {src.info.name!r}: element {e.index:,} (row {e.row}, column {e.col}) is "
+                                  f"{e.value}; {src.info.type.name} needs finite values") from None
+
+
+class _BadValue(Exception):
+    """A NotFinite from a converter, placed in the whole tensor (row-major, PyTorch order)."""
+
+    def __init__(self, row: int, col: int, n_cols: int, value: float) -> None:
+        self.row, self.col, self.index, self.value = row, col, row * n_cols + col, value
 
 
 class _Buffer:
@@ -103,6 +116,13 @@ class _Buffer:
 
     def __init__(self, nbytes: int) -> None:
         self.data = np.empty(nbytes, dtype=np.uint8)
+        self.gather = np.empty(0, dtype=np.uint8)  # whole source rows for a block converter (allocated on use)
+
+    def gathered(self, nbytes: int) -> np.ndarray:
+        """The gather buffer, at least `nbytes` long."""
+        if len(self.gather) < nbytes:
+            self.gather = np.empty(nbytes, dtype=np.uint8)
+        return self.gather
 
     def rows(self, row_bytes: int, limit: int) -> int:
         """How many whole rows of `row_bytes` fit (at least one, growing the buffer if needed), at most limit."""
@@ -113,6 +133,12 @@ class _Buffer:
 
 def _write_one(w: FileWriter, src: Source, buf: _Buffer) -> None:
     info, n = src.info, len(src.pieces)
+    if src.axis == 1 and n > 1 and src.convert is not None and info.block.elements > 1 \
+            and src.pieces[0].array.dtype.fields is None:
+        # values quantized into blocks, which may straddle parts (4 parts of a 64-value row hold 16 each):
+        # whole rows are joined first
+        _gather_convert_rows(w, info, src.pieces, src.convert, buf)
+        return
     regions = [shard_region(info, src.axis, n, k) for k in range(n)]
     for k, (piece, region) in enumerate(zip(src.pieces, regions)):
         if region is not None:
@@ -173,5 +199,34 @@ def _convert_rows(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece], cols
             if convert is None:
                 dst[...] = src.view(np.uint8).reshape(m, width)
             else:
-                convert(src, dst.view(info.block.dtype))
+                _convert(convert, src, dst.view(info.block.dtype), row + r)
         w.write_region(info.name, out, row=row + r)
+
+
+def _convert(convert: Convert, src: np.ndarray, dst: np.ndarray, row: int) -> None:
+    """convert(src, dst) for whole rows starting at tensor row `row`. Raises: _BadValue for a NotFinite."""
+    try:
+        convert(src, dst)
+    except NotFinite as e:
+        n_cols = src.shape[1]
+        raise _BadValue(row + e.index // n_cols, e.index % n_cols, n_cols, e.value) from None
+
+
+def _gather_convert_rows(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece], convert: Convert,
+                         buf: _Buffer) -> None:
+    """Column split into a block type: each block of rows is joined from every part, then converted whole."""
+    widths = [p.array.shape[1] for p in pieces]
+    dtype = pieces[0].array.dtype
+    if sum(widths) != info.ne[0] or any(p.array.dtype != dtype or p.array.shape[0] != info.n_rows for p in pieces):
+        raise CannotWrite(f"tensor {info.name!r}: parts of {widths} {dtype} columns do not make rows of {info.ne[0]}")
+    src_row_bytes = sum(widths) * dtype.itemsize
+    step = buf.rows(max(info.row_bytes, src_row_bytes), info.n_rows)
+    starts = np.cumsum([0, *widths])
+    for r in range(0, info.n_rows, step):
+        m = min(step, info.n_rows - r)
+        rows = buf.gathered(m * src_row_bytes)[: m * src_row_bytes].view(dtype).reshape(m, sum(widths))
+        for piece, a, b in zip(pieces, starts, starts[1:]):
+            rows[:, a:b] = piece.array[r : r + m]
+        out = buf.data[: m * info.row_bytes].reshape(m, info.row_bytes)
+        _convert(convert, rows, out.view(info.block.dtype), r)
+        w.write_region(info.name, out, row=r)

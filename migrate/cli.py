@@ -23,16 +23,17 @@ _SPLIT_NAMES = {0: "rows", 1: "columns", None: "none"}
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Upgrade old llama.cpp model files (unversioned 'ggml' or 'ggmf' v1, one or several parts) "
-                    "to one aligned ggjt v1 file, as the 2023 migrate script did; or, with --format gguf, those "
-                    "and single-file ggjt v1/v2/v3 files to one GGUF file for today's llama.cpp. Needs numpy only.",
+        description="Upgrade old llama.cpp model files (unversioned 'ggml' or 'ggmf' v1, one or several parts, "
+                    "or single-file ggjt v1/v2/v3) to one GGUF file for today's llama.cpp; or, with --format ggjt, "
+                    "the ggml/ggmf ones to one aligned ggjt v1 file, as the 2023 migrate script did. Needs numpy only.",
     )
     p.add_argument("src", metavar="SRC", help="the first part, e.g. ggml-model-q4_0.bin; SRC.1, SRC.2, ... are "
                                                "found automatically and their number is checked")
-    p.add_argument("dst", metavar="DST", help="the file to write (via a temporary file and a rename); a name "
-                                               "ending in .gguf implies --format gguf")
+    p.add_argument("dst", metavar="DST", help="the file to write (via a temporary file and a rename); without "
+                                               "--format a name ending in .bin means ggjt (said on stderr), any "
+                                               "other gguf")
     p.add_argument("--format", choices=("ggjt", "gguf"), default=None,
-                   help="ggjt: ggjt v1, byte-identical to the 2023 script (the default); gguf: GGUF v3")
+                   help="gguf: GGUF v3 (the default); ggjt: ggjt v1, byte-identical to the 2023 script")
     g = p.add_argument_group("GGUF output (docs/format.md §9.1)")
     g.add_argument("--lossless", action="store_true",
                    help="write tensors whose f32 block scales f16 would round as F32 values instead")
@@ -68,15 +69,17 @@ def render_plan(m: Migration) -> str:
 
 
 def output_format(args: argparse.Namespace) -> str:
-    """ggjt or gguf from --format and DST's name; GGUF-only options without GGUF are refused.
+    """ggjt or gguf from --format and DST's name (.bin: ggjt, which _migrate says on stderr; else gguf);
+    GGUF-only options without GGUF are refused.
 
     Raises:
         CannotWrite: --format ggjt with a .gguf DST, or a GGUF option with ggjt output.
     """
-    implied = "gguf" if str(args.dst).endswith(".gguf") else None
-    if args.format == "ggjt" and implied:
+    dst = str(args.dst)
+    implied = "gguf" if dst.endswith(".gguf") else "ggjt" if dst.endswith(".bin") else None
+    if args.format == "ggjt" and implied == "gguf":
         raise CannotWrite(f"{args.dst}: a .gguf name for --format ggjt output; choose one or the other")
-    fmt = args.format or implied or "ggjt"
+    fmt = args.format or implied or "gguf"
     given = [o for o, v in (("--lossless", args.lossless), ("--vocab", args.vocab), ("--ctx", args.ctx),
                             ("--eps", args.eps)) if v not in (None, False)]
     if fmt == "ggjt" and given:
@@ -126,6 +129,9 @@ def _migrate(args: argparse.Namespace) -> int:
     if output_format(args) == "gguf":
         return _migrate_gguf(args)
     m = open_migration(args.src)
+    if args.format is None:  # said once the parts are checked, so that an error stays one line
+        log.info("%s: a .bin name without --format writes the 2023 ggjt file (--format gguf for today's "
+                    "llama.cpp)", args.dst)
     if args.dry_run:
         print(render_plan(m))
         return 0

@@ -34,7 +34,7 @@ def test_every_section_is_written_with_targets_and_plots(docs: Path) -> None:
     assert "not measured" not in text and "Failed runs" not in text, text
     verdicts = [line for line in text.splitlines() if line.startswith("| ") and line.rstrip().endswith(
         ("| met |", "| **missed** |"))]
-    assert len(verdicts) == 15, verdicts  # 4 conversion, 4 migration, 6 opening rows, 1 dequantizing
+    assert len(verdicts) == 21, verdicts  # 10 conversion, 4 migration, 6 opening rows, 1 dequantizing
     for png in ("load_time", "options", "nprocs", "copy"):
         assert (docs / "img" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -35,7 +35,7 @@ def test_client_0178_loads_conversions_of_1_2_and_4_shards(tmp_path: Path, outty
     outputs, logits = {}, {}
     for n_shards in (1, 2, 4):
         ck = build(tmp_path / f"{n_shards}-shards", n_shards, n_heads=N_HEADS, seed=7)
-        outputs[n_shards] = convert_checkpoint(ck.model_dir, outtype=outtype).outfile
+        outputs[n_shards] = convert_checkpoint(ck.model_dir, outtype=outtype, fmt="ggjt").outfile
         out = setup_client.run_client(python, outputs[n_shards], PROMPT, n_ctx=64)
         assert out["client"] == CLIENT and out["n_vocab"] == VOCAB_SIZE
         logits[n_shards] = np.asarray(out["logits"], dtype=np.float32)
@@ -58,7 +58,7 @@ def test_client_0178_loads_conversions_of_1_2_and_4_shards(tmp_path: Path, outty
 def test_client_0178_reads_our_vocabulary(tmp_path: Path) -> None:
     python = client_python(CLIENT)
     ck = build(tmp_path, 2, n_heads=N_HEADS)
-    model = convert_checkpoint(ck.model_dir).outfile
+    model = convert_checkpoint(ck.model_dir, fmt="ggjt").outfile
     out = setup_client.run_client(python, model, [1], n_ctx=8, vocab_only=True)
     want = vocab_entries(ck.tokenizer)
     got = [bytes.fromhex(h) for h in out["tokens_hex"]]

@@ -285,7 +285,7 @@ def test_2023_client_on_ggjt_and_today_on_gguf_agree(tmp_path: Path, client: Pat
 
     old_python = client_python("0.1.78")
     ck = build(tmp_path / "ck", 1, n_heads=4, seed=7)
-    ggjt = convert_checkpoint(ck.model_dir, outtype="f16").outfile
+    ggjt = convert_checkpoint(ck.model_dir, outtype="f16", fmt="ggjt").outfile
     old = np.asarray(setup_client.run_client(old_python, ggjt, PROMPT)["logits"], dtype=np.float32)
     weights = {n: a.astype(np.float32) for n, a in ck.full.items() if n != "rope.freqs"}
     hp = TinyLlama()

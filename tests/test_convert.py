@@ -50,7 +50,7 @@ def test_checkpoints_have_the_llama_shapes_of_the_spec(tmp_path: Path, dim: int,
 @pytest.mark.parametrize("n_shards", SHARDS)
 def test_every_tensor_equals_torch_cat_of_the_shards(tmp_path: Path, n_shards: int) -> None:
     ck = build(tmp_path, n_shards)
-    cp = convert_checkpoint(ck.model_dir)
+    cp = convert_checkpoint(ck.model_dir, fmt="ggjt")
     assert cp.outfile == ck.model_dir / "ggml-model-f16.bin"
     want = expected_tensors(ck.paths)
     with load(cp.outfile) as model:
@@ -65,7 +65,7 @@ def test_every_tensor_equals_torch_cat_of_the_shards(tmp_path: Path, n_shards: i
 @pytest.mark.parametrize("outtype, ftype", [("f16", 1), ("f32", 0)])
 def test_bytes_equal_the_2023_algorithm(tmp_path: Path, n_shards: int, outtype: str, ftype: int) -> None:
     ck = build(tmp_path, n_shards)
-    cp = convert_checkpoint(ck.model_dir, outtype=outtype)
+    cp = convert_checkpoint(ck.model_dir, fmt="ggjt", outtype=outtype)
     assert cp.outfile.name == f"ggml-model-{outtype}.bin"
     assert cp.outfile.read_bytes() == reference_file(ck.tokenizer, ck.params, ck.paths, ftype)
 
@@ -73,13 +73,13 @@ def test_bytes_equal_the_2023_algorithm(tmp_path: Path, n_shards: int, outtype: 
 def test_small_chunks_give_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ck = build(tmp_path, 2)
     monkeypatch.setattr(conv, "CHUNK_BYTES", 100)  # several chunks per tensor, ragged last chunk
-    cp = convert_checkpoint(ck.model_dir, outtype="f32")
+    cp = convert_checkpoint(ck.model_dir, fmt="ggjt", outtype="f32")
     assert cp.outfile.read_bytes() == reference_file(ck.tokenizer, ck.params, ck.paths, 0)
 
 
 def test_header_vocab_and_records_by_independent_parser(tmp_path: Path) -> None:
     ck = build(tmp_path, 4)
-    cp = convert_checkpoint(ck.model_dir)
+    cp = convert_checkpoint(ck.model_dir, fmt="ggjt")
     parsed = parse_file(cp.outfile.read_bytes())
     assert (parsed["magic"], parsed["version"]) == ("ggjt", 1)
     assert parsed["hparams"] == {"n_vocab": VOCAB_SIZE, "n_embd": 64, "n_mult": 32, "n_head": 4, "n_layer": 2,
@@ -137,7 +137,7 @@ def test_tokenizer_in_model_dir_wins_then_parent_then_vocab_flag(tmp_path: Path)
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_other_checkpoint_dtypes_are_cast_explicitly(tmp_path: Path, dtype: str) -> None:
     ck = build(tmp_path, 2, dtype=dtype)
-    cp = convert_checkpoint(ck.model_dir)
+    cp = convert_checkpoint(ck.model_dir, fmt="ggjt")
     with load(cp.outfile) as model:
         for name, t in expected_tensors(ck.paths).items():
             want = t.float() if t.dim() == 1 else t.to(torch.float16)
@@ -150,7 +150,7 @@ def test_a_shard_missing_from_the_writes_is_an_error_not_a_hole(tmp_path: Path,
     real = conv._sources
     monkeypatch.setattr(conv, "_sources", lambda *a: (s for s in real(*a) if s.info.name != "tok_embeddings.weight"))
     with pytest.raises(IncompleteWrite, match="tok_embeddings.weight.*no bytes written"):
-        convert_checkpoint(ck.model_dir)
+        convert_checkpoint(ck.model_dir, fmt="ggjt")
     assert sorted(p.name for p in ck.model_dir.iterdir()) == ["consolidated.00.pth", "consolidated.01.pth",
                                                               "params.json"]
 
@@ -161,34 +161,34 @@ def test_a_shard_missing_from_the_writes_is_an_error_not_a_hole(tmp_path: Path,
 def test_cli_converts_and_refuses_to_overwrite_without_force(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ck = build(tmp_path, 2)
     out = tmp_path / "out.bin"
-    assert main([str(ck.model_dir), "--outfile", str(out), "--quiet"]) == 0
+    assert main([str(ck.model_dir), "--format", "ggjt", "--outfile", str(out), "--quiet"]) == 0
     first = out.read_bytes()
     capsys.readouterr()
     out.write_bytes(b"keep me")
-    assert main([str(ck.model_dir), "--outfile", str(out)]) == 1
+    assert main([str(ck.model_dir), "--format", "ggjt", "--outfile", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "out.bin: output exists (use --force" in err
     assert out.read_bytes() == b"keep me"
-    assert main([str(ck.model_dir), "--outfile", str(out), "--force", "--quiet"]) == 0
+    assert main([str(ck.model_dir), "--format", "ggjt", "--outfile", str(out), "--force", "--quiet"]) == 0
     assert out.read_bytes() == first
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_cli_progress_bar_and_rusage_go_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ck = build(tmp_path, 2)
-    assert main([str(ck.model_dir), "--rusage"]) == 0
+    assert main([str(ck.model_dir), "--format", "ggjt", "--rusage"]) == 0
     captured = capsys.readouterr()
     assert captured.out == ""  # stdout carries results only; a conversion has none
     assert "B/s" in captured.err or "it/s" in captured.err  # tqdm's rate
     assert "wrote" in captured.err and "rusage: peak RSS" in captured.err
-    assert main([str(ck.model_dir), "--force", "--quiet"]) == 0
+    assert main([str(ck.model_dir), "--format", "ggjt", "--force", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
 
 
 def test_cli_refuses_to_replace_an_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ck = build(tmp_path, 2)
     before = ck.paths[1].read_bytes()
-    assert main([str(ck.model_dir), "--outfile", str(ck.paths[1]), "--force"]) == 1
+    assert main([str(ck.model_dir), "--format", "ggjt", "--outfile", str(ck.paths[1]), "--force"]) == 1
     assert "would replace an input" in capsys.readouterr().err
     assert ck.paths[1].read_bytes() == before
 
@@ -200,16 +200,16 @@ def _listing(d: Path) -> list[tuple[str, int, int]]:
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ck = build(tmp_path, 2)
     before = _listing(tmp_path)
-    assert main([str(ck.model_dir), "--dry-run"]) == 0
+    assert main([str(ck.model_dir), "--format", "ggjt", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert _listing(tmp_path) == before
     assert "tok_embeddings.weight" in out and "rope.freqs" in out.splitlines()[-1]
     row = next(line for line in out.splitlines() if line.startswith("layers.1.feed_forward.w2.weight"))
     assert row.split()[1:4] == ["64x192", "F16", "1"]
-    assert main([str(ck.model_dir), "--dry-run", "--json"]) == 0
+    assert main([str(ck.model_dir), "--format", "ggjt", "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert _listing(tmp_path) == before
-    assert plan["file_size"] == plan_conversion(ck.model_dir).plan.size
+    assert plan["file_size"] == plan_conversion(ck.model_dir, fmt="ggjt").plan.size
     by_name = {t["name"]: t for t in plan["tensors"]}
     assert by_name["output.weight"]["split_axis"] == 0 and by_name["norm.weight"]["split_axis"] is None
     assert all(t["offset"] % 32 == 0 for t in plan["tensors"])
@@ -227,7 +227,7 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path,
 def test_demo_builds_converts_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["--demo", str(tmp_path / "demo"), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "format  ggjt v1" in out and "21/21 tensors equal torch.cat of the 2 shards" in out
+    assert "format  gguf v3" in out and "21/21 tensors equal torch.cat of the 2 shards" in out
     assert "peak RSS" in out and "vocab   320 tokens" in out
     assert main(["--demo", str(tmp_path / "demo"), "--quiet"]) == 1  # not empty: needs --force
     assert "not empty" in capsys.readouterr().err

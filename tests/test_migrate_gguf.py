@@ -184,13 +184,19 @@ def test_ggjt_v1_q4_2_and_q4_3_become_f32(tmp_path, capsys, old):
     assert f"16 {old} tensor(s) written as F32 values" in err
 
 
-def test_format_gguf_with_any_name_and_bin_default_stays_ggjt(tmp_path, capsys):
+def test_gguf_is_the_default_and_a_bin_name_still_means_ggjt(tmp_path, capsys):
     ts = tensors("Q4_1")
     src = write_parts(tmp_path, "ggmf", ts, 2)
     assert run(capsys, src, tmp_path / "a.bin", "--format", "gguf")[0] == 0
     assert (tmp_path / "a.bin").read_bytes()[:4] == b"GGUF"
-    assert run(capsys, src, tmp_path / "b.bin")[0] == 0
-    assert (tmp_path / "b.bin").read_bytes()[:4] == b"tjgg"  # ggjt, little-endian magic
+    rc, _, err = run(capsys, src, tmp_path / "b.bin")
+    assert rc == 0 and (tmp_path / "b.bin").read_bytes()[:4] == b"tjgg"  # ggjt, little-endian magic
+    assert sum("a .bin name without --format" in line and "--format gguf" in line for line in err.splitlines()) == 1
+    rc, _, err = run(capsys, src, tmp_path / "c.bin", "--format", "ggjt")
+    assert rc == 0 and "a .bin name" not in err and (tmp_path / "c.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
+    rc, _, err = run(capsys, src, tmp_path / "d.model")  # any other name: GGUF, the default
+    assert rc == 0 and "a .bin name" not in err
+    assert (tmp_path / "d.model").read_bytes() == (tmp_path / "a.bin").read_bytes()
 
 
 def test_f16_norms_become_f32_and_rope_freqs_are_left_out(tmp_path, capsys):

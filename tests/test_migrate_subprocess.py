@@ -78,7 +78,7 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
     src = _small_model(tmp_path)
     shown = _run_on_terminal([sys.executable, "-m", "migrate", str(src), str(tmp_path / "a.bin")], _env())
     assert b"\rmigrate:   0%|" in shown and b"309k [" in shown  # bytes, scaled; too fast to reach 100%
-    piped = subprocess.run([sys.executable, "-m", "migrate", str(src), str(tmp_path / "b.bin")],
+    piped = subprocess.run([sys.executable, "-m", "migrate", str(src), str(tmp_path / "b.bin"), "--format", "ggjt"],
                            capture_output=True, env=_env(), timeout=120)
     assert b"%|" not in piped.stderr  # logs and CI get no bar noise
     quiet = _run_on_terminal([sys.executable, "-m", "migrate", str(src), str(tmp_path / "c.bin"), "-q"], _env())
@@ -116,7 +116,7 @@ def _inputs(src: Path) -> dict[str, str]:
 
 
 def _start(src: Path, dst: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "migrate", str(src), str(dst), "--force"],
+    return subprocess.Popen([sys.executable, "-m", "migrate", str(src), str(dst), "--force", "--format", "ggjt"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
 
 
