@@ -216,7 +216,7 @@ def test_bad_tokenizer_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_tiktoken_needs_gguf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plain = {k: v for k, v in llama3.PARAMS.items() if k not in ("n_kv_heads", "ffn_dim_multiplier")}  # ggjt-able
     ck = llama3.build(tmp_path, 1, params=plain)
-    _one_line(capsys, [str(ck.model_dir), "--quiet"], "tiktoken tokenizer (Llama 3)", "use --format gguf")
+    _one_line(capsys, [str(ck.model_dir), "--format", "ggjt", "--quiet"], "tiktoken tokenizer (Llama 3)", "use --format gguf")
     assert not list(ck.model_dir.glob("*.bin"))
 
 
