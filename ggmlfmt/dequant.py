@@ -179,7 +179,7 @@ def _q4_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
 def _q6_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     codes = _split(c, "ql", 2, NIBBLES)
     _add_high(codes, _split(c, "qh", 2, CRUMBS), 4)
-    _scaled(o, _times(c, "d", _rows(c, "scales")), _signed(codes, 32))
+    _scaled(o, _scale(c) * c["scales"].astype(_F32), _signed(codes, 32))
 
 
 def _q8_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
