@@ -283,10 +283,9 @@ _GGUF_SCALARS = {GGMLType.I8: "i1", GGMLType.I16: "<i2", GGMLType.I32: "<i4", GG
                  GGMLType.F64: "<f8", GGMLType.BF16: "<u2"}
 
 
-# GGUF's blocks beyond generation 3, field by field in file order (docs/format.md §17): 256-element
-# super-blocks (QK_K) for the K, IQ and TQ types, 32 elements for IQ4_NL and MXFP4. f2 = f16 scale,
-# u1/i1 bytes, u2 a u16 read whole. tests/test_gguf.py checks each size against GGUF_TYPE_SIZES.
-QK_K = 256
+# GGUF's blocks beyond generation 3, field by field in file order (docs/format.md §17); the elements
+# per block are GGUF_TYPE_SIZES' (256 for the K, IQ and TQ types, 32 for IQ4_NL and MXFP4, 64 for
+# NVFP4). f2 = f16 scale, u1/i1 bytes, u2/u4 read whole. tests/test_gguf.py checks every size.
 GGUF_BLOCK_FIELDS: dict[GGMLType, list[tuple]] = {
     GGMLType.Q2_K: [("scales", "u1", 16), ("qs", "u1", 64), ("d", "<f2"), ("dmin", "<f2")],  # 84
     GGMLType.Q3_K: [("hmask", "u1", 32), ("qs", "u1", 64), ("scales", "u1", 12), ("d", "<f2")],  # 110

@@ -179,7 +179,7 @@ def _q4_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
 def _q6_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     codes = _split(c, "ql", 2, NIBBLES)
     _add_high(codes, _split(c, "qh", 2, CRUMBS), 4)
-    _scaled(o, _times(c, "d", _rows(c, "scales")), _signed(codes, 32))
+    _scaled(o, _scale(c) * c["scales"].astype(_F32), _signed(codes, 32))
 
 
 def _q8_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
@@ -206,9 +206,10 @@ def _tq1_0(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     qs = c["qs"]
     parts = [(qs[:, None, :32], 5), (qs[:, None, 32:], 5), (c["qh"][:, None, :], 4)]  # 160 + 80 + 16 values
     # value j of a byte b is the j-th base-3 digit from the top of the fraction b / 256 (b was rounded up):
-    # shift it to the top by multiplying with 3**j (mod 256), then read it as (x * 3) >> 8.
+    # shift it to the top by multiplying with 3**j (mod 256), then read it as (x * 3) >> 8, which is
+    # 0 up to x = 85, 1 up to 170, else 2.
     x = np.concatenate([(b * np.array([1, 3, 9, 27, 81][:n], np.uint8)[:, None]).reshape(k, -1) for b, n in parts], axis=1)
-    trits = ((x.astype(np.uint16) * 3) >> 8).astype(np.uint8)
+    trits = (x > 85).view(np.uint8) + (x > 170).view(np.uint8)
     _scaled(o, _scale(c), _signed(trits, 1))
 
 
