@@ -224,15 +224,23 @@ def _mxfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     _scaled(o, d, _lookup(_split(c, "qs", 1, NIBBLES), MXFP4_VALUES))
 
 
-def _nvfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    x = c["d"]  # four unsigned E4M3 scales (bits 3-6 exponent, bias 7; bits 0-2 mantissa), halved
+@cache
+def _ue4m3_halves() -> np.ndarray:
+    """Byte -> half its unsigned E4M3 value (bits 3-6 exponent, bias 7; bits 0-2 mantissa; bit 7 unread), f32.
+
+    0x00 and 0x7F (E4M3's NaN) give 0. Every value is exact in f32.
+    """
+    x = np.arange(256, dtype=np.uint8)
     e, m = ((x >> 3) & 0x0F).astype(_F32), (x & 0x07).astype(_F32)
-    d = np.where(e == 0, m * _F32(2.0**-9), (1 + m / 8) * np.exp2(e - 7)) * _F32(0.5)  # exact in f32
+    d = np.where(e == 0, m * _F32(2.0**-9), (1 + m / 8) * np.exp2(e - 7)) * _F32(0.5)
     d[(x == 0) | (x == 0x7F)] = 0
-    codes = np.empty((len(c), 4, 2, 8), np.uint8)  # per scale: 8 bytes, low nibbles then high nibbles
-    np.bitwise_and(c["qs"].reshape(-1, 4, 8), 0x0F, out=codes[:, :, 0])
-    np.right_shift(c["qs"].reshape(-1, 4, 8), 4, out=codes[:, :, 1])
-    _scaled(o, d.astype(_F32), _lookup(codes.reshape(len(c), -1), MXFP4_VALUES))
+    return d.astype(_F32)
+
+
+def _nvfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    d = np.take(_ue4m3_halves(), c["d"])  # four scales, each of 16 values
+    codes = _split(c, "qs", 4, NIBBLES)  # per scale: 8 bytes, low nibbles then high nibbles
+    _scaled(o, d, _lookup(codes, MXFP4_VALUES))
 
 
 # ----------------------------------------------------------------- the grid types (docs/format.md §17.5)
