@@ -152,20 +152,25 @@ def _times(c: np.ndarray, field: str, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((c[field].astype(_F32) * x.astype(_F32)).T)
 
 
+_LOW4, _LOW2 = np.uint32(0x0F0F0F0F), np.uint32(0x03030303)  # a 4-bit and a 2-bit field in each byte of a u32
+
+
 def _q2_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    s = _rows(c, "scales")
-    dl, ml = _times(c, "d", s & 0x0F), _times(c, "dmin", s >> 4)
+    w = np.ascontiguousarray(c["scales"]).view("<u4")  # 16 bytes as 4 words: whole-array operations, 4 scales each
+    scales, mins = (w & _LOW4).view(np.uint8), ((w >> 4) & _LOW4).view(np.uint8)
+    dl, ml = _scale(c) * scales.astype(_F32), _scale(c, "dmin") * mins.astype(_F32)
     _scaled(o, dl, _split(c, "qs", 2, CRUMBS), ml, sub=True)
 
 
 def _q3_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    s = _rows(c, "scales")
-    high = (s[None, 8:12] >> _SHIFT2.reshape(4, 1, 1)) & 0x03  # (4, 4, k): scale i's top two bits at byte 8 + i % 4, bits 2 (i // 4)
-    low = np.concatenate([s[:8] & 0x0F, s[:8] >> 4])
-    scales = _signed(low | high.reshape(16, -1) << 4, 32)
+    w = np.ascontiguousarray(c["scales"]).view("<u4")  # words 0, 1: low nibbles of scales 0-7, high of 8-15
+    s = np.empty((len(c), 4), np.uint32)  # word 2, bits 2j, 2j+1 of byte b: top bits of scale 4j + b
+    for j, low in enumerate((w[:, 0] & _LOW4, w[:, 1] & _LOW4, (w[:, 0] >> 4) & _LOW4, (w[:, 1] >> 4) & _LOW4)):
+        s[:, j] = low | ((w[:, 2] >> np.uint32(2 * j)) & _LOW2) << 4
+    scales = _signed(s.view(np.uint8), 32)
     codes = _split(c, "qs", 2, CRUMBS)
     _add_high(codes, _split(c, "hmask", 1, BITS), 2)  # element e's bit is bit e // 32 of hmask[e % 32]
-    _scaled(o, _times(c, "d", scales), _signed(codes, 4))
+    _scaled(o, _scale(c) * scales.astype(_F32), _signed(codes, 4))
 
 
 def _q4_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
