@@ -206,16 +206,33 @@ def _iq4_xs(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     _scaled(o, _times(c, "d", scales), _lookup(_split(c, "qs", 8, NIBBLES), IQ4_NL_VALUES))
 
 
+_POWERS3 = np.array([1, 3, 9, 27, 81], np.uint8)[:, None, None]
+
+
+def _digits(b: np.ndarray, n: int) -> np.ndarray:
+    """Base-3 digits 0..n-1 of (k, m) TQ1_0 bytes as (n, k, m) u8, over the whole chunk at once.
+
+    A byte holds its digits as a fraction of 256, rounded up: digit j is brought to the top by
+    multiplying with 3**j (mod 256), then read as (x * 3) >> 8, which is 0 up to x = 85, 1 up to 170,
+    else 2.
+    """
+    x = np.ascontiguousarray(b)[None] * _POWERS3[:n]
+    return (x > 85).view(np.uint8) + (x > 170).view(np.uint8)
+
+
+@lru_cache(maxsize=8)
+def _tq1_order(k: int) -> np.ndarray:
+    """Words of qs digits (5, k, 6 words) in value order: per block, bytes 0-31 of each digit, then 32-47 of each."""
+    order = np.arange(5 * k * 6, dtype=np.intp).reshape(5, k, 6).transpose(1, 0, 2)
+    return np.concatenate([order[:, :, :4].reshape(k, -1), order[:, :, 4:].reshape(k, -1)], axis=1)
+
+
 def _tq1_0(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     k = len(c)
-    qs = c["qs"]
-    parts = [(qs[:, None, :32], 5), (qs[:, None, 32:], 5), (c["qh"][:, None, :], 4)]  # 160 + 80 + 16 values
-    # value j of a byte b is the j-th base-3 digit from the top of the fraction b / 256 (b was rounded up):
-    # shift it to the top by multiplying with 3**j (mod 256), then read it as (x * 3) >> 8, which is
-    # 0 up to x = 85, 1 up to 170, else 2.
-    x = np.concatenate([(b * np.array([1, 3, 9, 27, 81][:n], np.uint8)[:, None]).reshape(k, -1) for b, n in parts], axis=1)
-    trits = (x > 85).view(np.uint8) + (x > 170).view(np.uint8)
-    _scaled(o, _scale(c), _signed(trits, 1))
+    head = np.take(_digits(c["qs"], 5).view("<u8").reshape(-1), _tq1_order(k))  # values 0-239: 30 words
+    tail = _digits(c["qh"], 4).view("<u4").reshape(4, k).T  # values 240-255: qh byte l, digit j -> 240 + 4j + l
+    codes = np.concatenate([head.view(np.uint8).reshape(k, -1), tail.copy().view(np.uint8)], axis=1)
+    _scaled(o, _scale(c), _signed(codes, 1))
 
 
 def _tq2_0(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
