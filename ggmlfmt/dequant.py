@@ -20,7 +20,7 @@ from . import iqgrids
 from .constants import BLOCK_LAYOUTS, IQ1_DELTA, IQ4_NL_VALUES, MXFP4_VALUES, BlockLayout, GGMLType
 from .layout import TensorInfo
 
-CHUNK_ELEMENTS = 1 << 17  # values per kernel call (512 KiB of float32): bounds the temporaries
+CHUNK_ELEMENTS = 1 << 19  # values per kernel call (2 MiB of float32; temporaries a few MiB): measured best
 _F32 = np.float32
 _SHIFT2 = np.array([0, 2, 4, 6], np.uint8).reshape(1, 4, 1)  # the four 2-bit fields of a byte, low first
 NIBBLES, CRUMBS, BITS = ((0, 4), 0x0F), ((0, 2, 4, 6), 0x03), (tuple(range(8)), 0x01)  # (shifts, mask) of a split
@@ -47,7 +47,7 @@ def _split(c: np.ndarray, field: str, groups: int, split: tuple[tuple[int, ...],
     return np.take(planes.reshape(-1), order, mode="clip").view(np.uint8).reshape(len(c), -1)
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=8)  # one per chunk shape in use; at most 512 KiB each
 def _word_order(k: int, groups: int, planes: int, n: int) -> np.ndarray:
     """Where each word of the codes (k, groups, planes, n) comes from in the planes (planes, k, groups, n)."""
     order = np.arange(planes * k * groups * n, dtype=np.intp).reshape(planes, k, groups, n)
@@ -152,20 +152,25 @@ def _times(c: np.ndarray, field: str, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((c[field].astype(_F32) * x.astype(_F32)).T)
 
 
+_LOW4, _LOW2 = np.uint32(0x0F0F0F0F), np.uint32(0x03030303)  # a 4-bit and a 2-bit field in each byte of a u32
+
+
 def _q2_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    s = _rows(c, "scales")
-    dl, ml = _times(c, "d", s & 0x0F), _times(c, "dmin", s >> 4)
+    w = np.ascontiguousarray(c["scales"]).view("<u4")  # 16 bytes as 4 words: whole-array operations, 4 scales each
+    scales, mins = (w & _LOW4).view(np.uint8), ((w >> 4) & _LOW4).view(np.uint8)
+    dl, ml = _scale(c) * scales.astype(_F32), _scale(c, "dmin") * mins.astype(_F32)
     _scaled(o, dl, _split(c, "qs", 2, CRUMBS), ml, sub=True)
 
 
 def _q3_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    s = _rows(c, "scales")
-    high = (s[None, 8:12] >> _SHIFT2.reshape(4, 1, 1)) & 0x03  # (4, 4, k): scale i's top two bits at byte 8 + i % 4, bits 2 (i // 4)
-    low = np.concatenate([s[:8] & 0x0F, s[:8] >> 4])
-    scales = _signed(low | high.reshape(16, -1) << 4, 32)
+    w = np.ascontiguousarray(c["scales"]).view("<u4")  # words 0, 1: low nibbles of scales 0-7, high of 8-15
+    s = np.empty((len(c), 4), np.uint32)  # word 2, bits 2j, 2j+1 of byte b: top bits of scale 4j + b
+    for j, low in enumerate((w[:, 0] & _LOW4, w[:, 1] & _LOW4, (w[:, 0] >> 4) & _LOW4, (w[:, 1] >> 4) & _LOW4)):
+        s[:, j] = low | ((w[:, 2] >> np.uint32(2 * j)) & _LOW2) << 4
+    scales = _signed(s.view(np.uint8), 32)
     codes = _split(c, "qs", 2, CRUMBS)
     _add_high(codes, _split(c, "hmask", 1, BITS), 2)  # element e's bit is bit e // 32 of hmask[e % 32]
-    _scaled(o, _times(c, "d", scales), _signed(codes, 4))
+    _scaled(o, _scale(c) * scales.astype(_F32), _signed(codes, 4))
 
 
 def _q4_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
@@ -201,16 +206,33 @@ def _iq4_xs(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     _scaled(o, _times(c, "d", scales), _lookup(_split(c, "qs", 8, NIBBLES), IQ4_NL_VALUES))
 
 
+_POWERS3 = np.array([1, 3, 9, 27, 81], np.uint8)[:, None, None]
+
+
+def _digits(b: np.ndarray, n: int) -> np.ndarray:
+    """Base-3 digits 0..n-1 of (k, m) TQ1_0 bytes as (n, k, m) u8, over the whole chunk at once.
+
+    A byte holds its digits as a fraction of 256, rounded up: digit j is brought to the top by
+    multiplying with 3**j (mod 256), then read as (x * 3) >> 8, which is 0 up to x = 85, 1 up to 170,
+    else 2.
+    """
+    x = np.ascontiguousarray(b)[None] * _POWERS3[:n]
+    return (x > 85).view(np.uint8) + (x > 170).view(np.uint8)
+
+
+@lru_cache(maxsize=8)
+def _tq1_order(k: int) -> np.ndarray:
+    """Words of qs digits (5, k, 6 words) in value order: per block, bytes 0-31 of each digit, then 32-47 of each."""
+    order = np.arange(5 * k * 6, dtype=np.intp).reshape(5, k, 6).transpose(1, 0, 2)
+    return np.concatenate([order[:, :, :4].reshape(k, -1), order[:, :, 4:].reshape(k, -1)], axis=1)
+
+
 def _tq1_0(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     k = len(c)
-    qs = c["qs"]
-    parts = [(qs[:, None, :32], 5), (qs[:, None, 32:], 5), (c["qh"][:, None, :], 4)]  # 160 + 80 + 16 values
-    # value j of a byte b is the j-th base-3 digit from the top of the fraction b / 256 (b was rounded up):
-    # shift it to the top by multiplying with 3**j (mod 256), then read it as (x * 3) >> 8, which is
-    # 0 up to x = 85, 1 up to 170, else 2.
-    x = np.concatenate([(b * np.array([1, 3, 9, 27, 81][:n], np.uint8)[:, None]).reshape(k, -1) for b, n in parts], axis=1)
-    trits = (x > 85).view(np.uint8) + (x > 170).view(np.uint8)
-    _scaled(o, _scale(c), _signed(trits, 1))
+    head = np.take(_digits(c["qs"], 5).view("<u8").reshape(-1), _tq1_order(k))  # values 0-239: 30 words
+    tail = _digits(c["qh"], 4).view("<u4").reshape(4, k).T  # values 240-255: qh byte l, digit j -> 240 + 4j + l
+    codes = np.concatenate([head.view(np.uint8).reshape(k, -1), tail.copy().view(np.uint8)], axis=1)
+    _scaled(o, _scale(c), _signed(codes, 1))
 
 
 def _tq2_0(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
@@ -224,15 +246,23 @@ def _mxfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     _scaled(o, d, _lookup(_split(c, "qs", 1, NIBBLES), MXFP4_VALUES))
 
 
-def _nvfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    x = c["d"]  # four unsigned E4M3 scales (bits 3-6 exponent, bias 7; bits 0-2 mantissa), halved
+@cache
+def _ue4m3_halves() -> np.ndarray:
+    """Byte -> half its unsigned E4M3 value (bits 3-6 exponent, bias 7; bits 0-2 mantissa; bit 7 unread), f32.
+
+    0x00 and 0x7F (E4M3's NaN) give 0. Every value is exact in f32.
+    """
+    x = np.arange(256, dtype=np.uint8)
     e, m = ((x >> 3) & 0x0F).astype(_F32), (x & 0x07).astype(_F32)
-    d = np.where(e == 0, m * _F32(2.0**-9), (1 + m / 8) * np.exp2(e - 7)) * _F32(0.5)  # exact in f32
+    d = np.where(e == 0, m * _F32(2.0**-9), (1 + m / 8) * np.exp2(e - 7)) * _F32(0.5)
     d[(x == 0) | (x == 0x7F)] = 0
-    codes = np.empty((len(c), 4, 2, 8), np.uint8)  # per scale: 8 bytes, low nibbles then high nibbles
-    np.bitwise_and(c["qs"].reshape(-1, 4, 8), 0x0F, out=codes[:, :, 0])
-    np.right_shift(c["qs"].reshape(-1, 4, 8), 4, out=codes[:, :, 1])
-    _scaled(o, d.astype(_F32), _lookup(codes.reshape(len(c), -1), MXFP4_VALUES))
+    return d.astype(_F32)
+
+
+def _nvfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
+    d = np.take(_ue4m3_halves(), c["d"])  # four scales, each of 16 values
+    codes = _split(c, "qs", 4, NIBBLES)  # per scale: 8 bytes, low nibbles then high nibbles
+    _scaled(o, d, _lookup(codes, MXFP4_VALUES))
 
 
 # ----------------------------------------------------------------- the grid types (docs/format.md §17.5)
