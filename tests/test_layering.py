@@ -26,6 +26,7 @@ GGMLFMT_RANKS = {
     "ggmlfmt.layout": 1,
     "ggmlfmt.floats": 1,  # element casts (f16, f32, bf16) bit-identical to torch's
     "ggmlfmt.gguf": 1.5,  # GGUF bytes <-> records; builds on layout's TensorInfo and Plan
+    "ggmlfmt.safetensors": 1.5,  # safetensors header bounded and checked -> TensorInfo records (layout's)
     "ggmlfmt.loadopts": 1,  # load options: how a file's bytes are brought into memory (map, advice, lock, pread)
     "ggmlfmt.cachestat": 1,  # page-cache diagnostics: residency (mincore), eviction, which mapping holds an array
     "ggmlfmt.reader": 2,
