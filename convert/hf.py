@@ -1,0 +1,540 @@
+"""Hugging Face LLaMA-family directories (config.json + safetensors or pytorch_model*.bin) -> GGUF, torch-free.
+
+The same two phases as Meta checkpoints (convert.py): planning reads config.json, the tokenizer and
+every weight file's header, checks them against each other and lays out every byte; writing maps
+every weight file at once and hands each tensor to the unsharding engine. What differs is where the
+tensors come from (docs/format.md §21):
+
+- weights: `model.safetensors`, `model-0000k-of-0000n.safetensors` + `model.safetensors.index.json`,
+  or `pytorch_model*.bin` (+ index) read by convert.pth (nothing from a pickle runs); every file an
+  index names stays inside the model directory, and the index and the files agree exactly;
+- names: Hugging Face's mapped to Meta's, which ggmlfmt.llama maps to GGUF's (§13);
+- q_proj/k_proj: rows permuted back from Hugging Face's rotate-half order to llama.cpp's per head.
+  Rows move whole, so the permutation is a row gather: each output row is a one-row piece copied
+  with copy_file_range (or cast through the engine's buffer), memory stays flat;
+- llama3 rope scaling: rope_freqs.weight computed as llama.cpp's converter computes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ggmlfmt.atomic import refuse_existing
+from ggmlfmt.constants import CHUNK_BYTES, FTYPE_2D_TYPE, GGMLType, GGUFValueType
+from ggmlfmt.errors import CannotWrite, FormatError
+from ggmlfmt.gguf import plan_gguf
+from ggmlfmt.layout import Plan, TensorSpec
+from ggmlfmt.llama import GGUFVocab, MetaKV, _triple, gguf_tensor_name, llama_file_type, llama_hparams, llama_metadata
+from ggmlfmt.reader import load
+from ggmlfmt.safetensors import dtype_name
+from ggmlfmt.tokenizer import load_gguf_vocab
+from ggmlfmt.unshard import Piece, Source, open_read_only, write_tensors
+from ggmlfmt.floats import CASTS
+from ggmlfmt.writer import FileWriter
+
+from .checkpoint import FLOAT_DTYPES, find_tokenizer
+from .convert import OUTTYPES, ConversionPlan, GGUFContent, TensorEntry, _warn_rounding, default_outfile
+from .params import MAX_DIM, MAX_LAYERS, MAX_PARAMS_BYTES, Params
+from .pth import open_checkpoint
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.json"
+ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+MAX_INDEX_BYTES = 64 << 20  # a 405B model's index is ~100 KB
+MAX_FF = 1 << 20
+MAX_VOCAB = 1 << 24
+MAX_CONTEXT = (1 << 32) - 1  # llama.context_length is a u32
+MAX_FILES = 1 << 12
+SAFETENSORS = ("model.safetensors", "model.safetensors.index.json", re.compile(r"model-\d{5}-of-\d{5}\.safetensors"))
+PYTORCH = ("pytorch_model.bin", "pytorch_model.bin.index.json", re.compile(r"pytorch_model-\d{5}-of-\d{5}\.bin"))
+ROPE_FREQS = "rope_freqs.weight"
+SKIPPED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # a buffer older checkpoints saved
+
+# Hugging Face name -> Meta name (ggmlfmt.llama maps Meta's to GGUF's, docs/format.md §13)
+_GLOBAL = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
+           "lm_head.weight": "output.weight"}
+_LAYER = {"input_layernorm": "attention_norm", "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
+          "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
+          "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "feed_forward.w1",
+          "mlp.down_proj": "feed_forward.w2", "mlp.up_proj": "feed_forward.w3"}
+_LAYER_RE = re.compile(r"model\.layers\.(0|[1-9][0-9]{0,5})\.(.+)\.weight")
+
+
+# ------------------------------------------------------------------ config.json
+
+
+@dataclass(frozen=True, slots=True)
+class HFConfig:
+    """The fields of config.json a LLaMA-family conversion uses, bound-checked."""
+
+    architecture: str
+    n_embd: int
+    n_ff: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    n_vocab: int
+    rms_eps: float
+    rope_theta: float | None
+    context_length: int | None
+    tied: bool
+    rope: dict[str, Any]  # rope_type, factor, ... (rope_type "default": none)
+    bos_id: int | None
+    eos_id: int | None
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+def read_config(path: Path) -> HFConfig:
+    """config.json, size-capped, every size bounded before use.
+
+    Raises:
+        FormatError: not JSON, an architecture other than LLaMA's or Mistral's (named), a missing or
+            absurd size, an unsupported rope scaling. OSError: unreadable.
+    """
+    obj = read_json(path, MAX_PARAMS_BYTES)
+    where = {"path": str(path)}
+    archs = obj.get("architectures")
+    if not (isinstance(archs, list) and len(archs) == 1 and archs[0] in ARCHITECTURES):
+        raise FormatError(f"architectures {json.dumps(archs)[:80]}; convert-model converts "
+                          f"{' and '.join(ARCHITECTURES)} only", field="architectures", **where)
+    n_embd = _int(obj, "hidden_size", 1, MAX_DIM, path)
+    n_head = _int(obj, "num_attention_heads", 1, n_embd, path)
+    n_kv = _int(obj, "num_key_value_heads", 1, n_head, path) if obj.get("num_key_value_heads") is not None else n_head
+    if n_embd % n_head or n_head % n_kv:
+        raise FormatError(f"{n_head} heads of {n_kv} key/value heads do not divide hidden_size {n_embd}",
+                          field="num_key_value_heads", **where)
+    if obj.get("head_dim") not in (None, n_embd // n_head):
+        raise FormatError(f"head_dim {json.dumps(obj['head_dim'])[:20]} is not hidden_size / num_attention_heads "
+                          f"({n_embd // n_head}); llama.cpp's llama rotates whole heads of that size",
+                          field="head_dim", **where)
+    for flag in ("attention_bias", "mlp_bias"):
+        if obj.get(flag):
+            raise FormatError("true: bias tensors are not part of the LLaMA model we convert", field=flag, **where)
+    ctx = _int(obj, "max_position_embeddings", 1, MAX_CONTEXT, path) if "max_position_embeddings" in obj else None
+    rope = _rope(obj, path)
+    theta = rope.pop("rope_theta", obj.get("rope_theta"))
+    return HFConfig(archs[0], n_embd, _int(obj, "intermediate_size", 1, MAX_FF, path),
+                    _int(obj, "num_hidden_layers", 1, MAX_LAYERS, path), n_head, n_kv,
+                    _int(obj, "vocab_size", 1, MAX_VOCAB, path), _float(obj, "rms_norm_eps", 1.0, path),
+                    None if theta is None else _float({"rope_theta": theta}, "rope_theta", 1e12, path), ctx,
+                    bool(obj.get("tie_word_embeddings", False)), rope, _opt_id(obj, "bos_token_id", path),
+                    _opt_id(obj, "eos_token_id", path))
+
+
+def _rope(obj: dict[str, Any], path: Path) -> dict[str, Any]:
+    """rope_parameters (transformers 5) or rope_scaling (earlier): rope_type and its numbers, checked.
+
+    Raises:
+        FormatError: a rope type other than default, linear, llama3 (named), or a bad factor.
+    """
+    rope = obj.get("rope_parameters") or obj.get("rope_scaling") or {}
+    field = "rope_parameters" if obj.get("rope_parameters") else "rope_scaling"
+    if not isinstance(rope, dict):
+        raise FormatError(f"expected an object, found {json.dumps(rope)[:40]}", path=str(path), field=field)
+    rope = dict(rope)
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ("default", "linear", "llama3"):
+        raise FormatError(f"rope type {json.dumps(kind)[:40]}; we convert default, linear and llama3 only",
+                          path=str(path), field=field)
+    out: dict[str, Any] = {"rope_type": kind}
+    if "rope_theta" in rope:
+        out["rope_theta"] = rope["rope_theta"]
+    keys = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                                               "original_max_position_embeddings")}.get(kind, ())
+    for key in keys:
+        if key in rope:
+            out[key] = _float(rope, key, 1e9, path)
+    if kind == "linear" and "factor" not in out:
+        raise FormatError("linear rope scaling without a factor", path=str(path), field=field)
+    return out
+
+
+def read_json(path: Path, cap: int) -> dict[str, Any]:
+    """A JSON object from a file of at most `cap` bytes.
+
+    Raises:
+        FormatError: larger, not JSON, not an object. OSError: unreadable.
+    """
+    with open(path, "rb") as f:
+        raw = f.read(cap + 1)
+    if len(raw) > cap:
+        raise FormatError(f"expected a JSON file of at most {cap:,} bytes, found more", path=str(path))
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise FormatError(f"not valid JSON: {' '.join(str(e).split())[:120]}", path=str(path)) from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"expected a JSON object, found {type(obj).__name__}", path=str(path))
+    return obj
+
+
+def _int(obj: dict[str, Any], key: str, lo: int, hi: int, path: Path) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise FormatError(f"expected an integer in {lo}..{hi:,}, found {json.dumps(value)[:40]}", path=str(path),
+                          field=key)
+    return value
+
+
+def _opt_id(obj: dict[str, Any], key: str, path: Path) -> int | None:
+    return None if not isinstance(obj.get(key), int) else _int(obj, key, 0, MAX_VOCAB, path)
+
+
+def _float(obj: dict[str, Any], key: str, hi: float, path: Path) -> float:
+    value = obj.get(key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    try:
+        number = float(value) if ok else math.nan
+    except OverflowError:
+        number = math.inf
+    if not (math.isfinite(number) and 0 < number < hi):
+        raise FormatError(f"expected a number in (0, {hi:g}), found {json.dumps(value)[:40]}", path=str(path),
+                          field=key)
+    return number
+
+
+# ------------------------------------------------------------------ weight files
+
+
+def find_weights(model_dir: Path) -> tuple[list[Path], Path | None]:
+    """The weight files and their index (None: one file): safetensors first, else pytorch_model*.bin.
+
+    Raises:
+        FormatError: none found; an index naming a path outside the directory or a missing file; a shard
+            on disk the index does not name.
+    """
+    for single, index, shard in (SAFETENSORS, PYTORCH):
+        if (model_dir / index).is_file():
+            return _indexed(model_dir, model_dir / index, shard), model_dir / index
+        if (model_dir / single).is_file():
+            return [model_dir / single], None
+    raise FormatError("no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
+                      "pytorch_model.bin.index.json", path=str(model_dir))
+
+
+def weight_map(index_path: Path) -> dict[str, str]:
+    """tensor name -> file name from an index's weight_map.
+
+    Raises:
+        FormatError: not an object of strings.
+    """
+    obj = read_json(index_path, MAX_INDEX_BYTES)
+    wm = obj.get("weight_map")
+    if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+        raise FormatError("expected a non-empty object of tensor name -> file name", path=str(index_path),
+                          field="weight_map")
+    return wm
+
+
+def _indexed(model_dir: Path, index_path: Path, shard: re.Pattern[str]) -> list[Path]:
+    files = sorted(set(weight_map(index_path).values()))
+    if len(files) > MAX_FILES:
+        raise FormatError(f"{len(files):,} files; expected at most {MAX_FILES:,}", path=str(index_path),
+                          field="weight_map")
+    root = model_dir.resolve()
+    paths = []
+    for name in files:
+        p = Path(name)
+        if p.is_absolute() or ".." in p.parts or not name or root not in (root / p).resolve().parents:
+            raise FormatError(f"file {name[:80]!r} is not inside the model directory", path=str(index_path),
+                              field="weight_map")
+        if not (model_dir / p).is_file():
+            raise FormatError(f"names {name[:80]!r}, which does not exist", path=str(index_path), field="weight_map")
+        paths.append(model_dir / p)
+    listed = {p.name for p in paths}
+    extra = sorted(q.name for q in model_dir.iterdir() if shard.fullmatch(q.name) and q.name not in listed)
+    if extra:
+        raise FormatError(f"{extra[0]} is in the directory but not in the index; which set is the model?",
+                          path=str(index_path), field="weight_map")
+    return paths
+
+
+@dataclass(frozen=True, slots=True)
+class WeightMeta:
+    """One tensor of a weight file."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # "float16" | "bfloat16" | "float32" (others refused)
+    file: int  # index into the plan's files
+
+
+class _Opened:
+    """A weight file open for reading: tensor records (shape, dtype, offset) and zero-copy views."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if path.suffix == ".safetensors":
+            self._st = load(path)
+            self._pt = None
+            self.records = {n: (info.shape, dtype_name(self._st.index, n), info.offset)
+                            for n, info in self._st.info.items()}
+        else:
+            self._pt = open_checkpoint(path)
+            self._st = None
+            self.records = {n: (t.shape, t.dtype, t.offset) for n, t in self._pt.tensors.items()}
+
+    def array(self, name: str) -> np.ndarray:
+        return self._st.tensors[name] if self._st is not None else self._pt.array(name)
+
+    def close(self) -> None:
+        (self._st or self._pt).close()
+
+
+def _open(stack: ExitStack, path: Path) -> _Opened:
+    opened = _Opened(path)
+    stack.callback(opened.close)
+    return opened
+
+
+def describe_weights(files: list[Path], index: dict[str, str] | None) -> list[WeightMeta]:
+    """Every tensor of every file in file and data order, checked against the index (one file open at a time).
+
+    Raises:
+        FormatError: a tensor in two files, a tensor the index places elsewhere or does not list, a
+            listed tensor missing, a dtype other than f16/bf16/f32.
+    """
+    metas: list[WeightMeta] = []
+    seen: dict[str, Path] = {}
+    for k, path in enumerate(files):
+        with ExitStack() as stack:
+            opened = _open(stack, path)
+            for name, (shape, dtype, _) in opened.records.items():
+                where = {"path": str(path), "field": f"tensor {name[:80]!r}"}
+                if name in seen:
+                    raise FormatError(f"also in {seen[name].name}", **where)
+                if index is not None and index.get(name) != path.name:
+                    raise FormatError(f"the index places it in {index.get(name)!r}", **where)
+                if dtype not in FLOAT_DTYPES:
+                    raise FormatError(f"expected floating-point data ({', '.join(FLOAT_DTYPES)}), found {dtype}",
+                                      **where)
+                seen[name] = path
+                metas.append(WeightMeta(name, tuple(shape), dtype, k))
+    if index is not None and (missing := sorted(set(index) - set(seen))):
+        raise FormatError(f"names {missing[0][:80]!r}, which no file holds", field="weight_map",
+                          path=str(files[0].parent))
+    return metas
+
+
+def meta_name(name: str) -> str:
+    """The Meta name of a Hugging Face LLaMA tensor name.
+
+    Raises:
+        FormatError: not a LLaMA tensor.
+    """
+    if name in _GLOBAL:
+        return _GLOBAL[name]
+    m = _LAYER_RE.fullmatch(name)
+    if m is not None and m[2] in _LAYER:
+        return f"layers.{m[1]}.{_LAYER[m[2]]}.weight"
+    raise FormatError("not a LLaMA tensor; today's llama.cpp refuses a file with tensors it does not expect",
+                      field=f"tensor {name[:80]!r}")
+
+
+# ------------------------------------------------------------------ q/k permutation and rope factors
+
+
+def unpermute_rows(n_rows: int, n_heads: int) -> np.ndarray:
+    """For each output row, the Hugging Face row it comes from (docs/format.md §21.3).
+
+    Hugging Face keeps each head's rotary pairs as (first half, second half) (rotate-half order);
+    llama.cpp wants them interleaved. Per head of d rows: output row 2i+j is input row j*d/2+i
+    (llama.cpp's reshape(n_head, 2, d/2, ...).swapaxes(1, 2)).
+    """
+    d = n_rows // n_heads
+    out = np.arange(n_rows).reshape(n_heads, d // 2, 2)  # (head, i, j) -> output row
+    head, i, j = np.indices(out.shape)
+    return (head * d + j * (d // 2) + i).reshape(-1)
+
+
+def llama3_factors(head_dim: int, theta: float, rope: dict[str, Any]) -> np.ndarray:
+    """rope_freqs.weight for rope_type llama3, in float32 step by step as llama.cpp's converter computes it."""
+    f32 = np.float32
+    factor = rope.get("factor", 8.0)
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old = rope.get("original_max_position_embeddings", 8192)
+    freqs = f32(1.0) / (theta ** (np.arange(0, head_dim, 2, dtype=f32) / f32(head_dim))).astype(f32)
+    low_wavelen, high_wavelen = old / low, old / high
+    out = np.empty(len(freqs), f32)
+    for k, freq in enumerate(freqs):
+        wavelen = f32(2 * math.pi) / freq
+        if wavelen < high_wavelen:
+            out[k] = 1
+        elif wavelen > low_wavelen:
+            out[k] = factor
+        else:
+            smooth = (f32(old) / wavelen - f32(low)) / f32(high - low)
+            out[k] = f32(1) / ((f32(1) - smooth) / f32(factor) + smooth)
+    return out
+
+
+# ------------------------------------------------------------------ planning
+
+
+@dataclass(frozen=True, slots=True)
+class HFSource:
+    """What writing needs beyond the plan's entries: each tensor's file and permutation, computed tensors."""
+
+    files: tuple[Path, ...]
+    file_of: dict[str, int]  # Hugging Face name -> index into files
+    heads: dict[str, int]  # Hugging Face name -> heads to unpermute (q_proj, k_proj)
+    computed: dict[str, np.ndarray]  # GGUF name -> data (rope_freqs.weight)
+
+
+def plan_hf(model_dir: Path, outfile: Path | None, *, outtype: str, tokenizer: str | os.PathLike[str] | None,
+            fmt: str, context_length: int | None, rms_eps: float | None) -> ConversionPlan:
+    """Check a Hugging Face directory and lay out its GGUF file (convert.plan_conversion calls this).
+
+    Raises:
+        FormatError: bad config.json, index, weight files or tokenizer (names the file and field).
+        CannotWrite: ggjt asked for, --eps given (config.json has rms_norm_eps), an output that is an input.
+    """
+    if fmt != "gguf":
+        raise CannotWrite(f"{model_dir}: a Hugging Face directory converts to GGUF only; use --format gguf")
+    if rms_eps is not None:
+        raise CannotWrite(f"{model_dir / CONFIG}: has rms_norm_eps; --eps applies only to Meta checkpoints")
+    config_path = model_dir / CONFIG
+    cfg = read_config(config_path)
+    out = outfile if outfile is not None else default_outfile(model_dir, outtype, fmt)
+    vocab_path = find_tokenizer(model_dir, tokenizer)
+    files, index_path = find_weights(model_dir)
+    refuse_existing(out, overwrite=True, inputs=[config_path, vocab_path, *files])
+    vocab = _vocab(vocab_path, cfg, config_path)
+    metas = describe_weights(files, None if index_path is None else weight_map(index_path))
+    return _plan(model_dir, out, outtype, cfg, vocab, vocab_path, files, metas, context_length)
+
+
+def _vocab(path: Path, cfg: HFConfig, config_path: Path) -> GGUFVocab:
+    """The SentencePiece vocabulary, with config.json's bos/eos ids when it names them (llama.cpp's choice).
+
+    Raises:
+        FormatError: another size than vocab_size, or a special id outside it.
+    """
+    vocab = load_gguf_vocab(path)
+    if len(vocab) != cfg.n_vocab:
+        raise FormatError(f"{cfg.n_vocab} does not match the {len(vocab)} pieces of {path}", path=str(config_path),
+                          field="vocab_size")
+    return replace(vocab, bos_id=vocab.bos_id if cfg.bos_id is None else cfg.bos_id,
+                   eos_id=vocab.eos_id if cfg.eos_id is None else cfg.eos_id)
+
+
+def _plan(model_dir: Path, out: Path, outtype: str, cfg: HFConfig, vocab: GGUFVocab, vocab_path: Path,
+          files: list[Path], metas: list[WeightMeta], context_length: int | None) -> ConversionPlan:
+    two_d = FTYPE_2D_TYPE[OUTTYPES[outtype]]
+    skipped = [m.name for m in metas if SKIPPED.fullmatch(m.name)]
+    kept = [m for m in metas if not SKIPPED.fullmatch(m.name)]
+    named = []
+    for m in kept:
+        try:
+            named.append((meta_name(m.name), m))
+        except FormatError as e:
+            raise e.with_path(files[m.file]) from None
+    shapes = {meta: m.shape for meta, m in named}
+    if cfg.tied and "output.weight" not in shapes and "tok_embeddings.weight" in shapes:
+        checked = {**shapes, "output.weight": shapes["tok_embeddings.weight"]}  # llama.cpp reads the embedding
+    else:
+        checked = shapes
+    try:  # every LLaMA tensor present with its shape; a layer beyond n_layer is refused by gguf_tensor_name
+        hp = llama_hparams(checked, n_vocab=cfg.n_vocab, n_embd=cfg.n_embd, n_head=cfg.n_head, n_layer=cfg.n_layer,
+                           n_rot=cfg.head_dim, context_length=context_length or cfg.context_length,
+                           rms_eps=cfg.rms_eps, rope_freq_base=cfg.rope_theta)
+    except FormatError as e:
+        raise e.with_path(files[0]) from None
+    for field, ours, theirs in (("intermediate_size", cfg.n_ff, hp.n_ff),
+                                ("num_key_value_heads", cfg.n_head_kv, hp.n_head_kv)):
+        if ours != theirs:
+            raise FormatError(f"{ours}, the tensors imply {theirs}", path=str(model_dir / CONFIG), field=field)
+    heads = {m.name: (cfg.n_head if meta.endswith("wq.weight") else cfg.n_head_kv)
+             for meta, m in named if meta.endswith(("attention.wq.weight", "attention.wk.weight"))}
+    specs, pending = [], []
+    for meta, m in named:
+        ggml_type = GGMLType.F32 if len(m.shape) == 1 else two_d
+        try:
+            gguf_name = gguf_tensor_name(meta, hp.n_layer)
+        except FormatError as e:
+            raise e.with_path(files[m.file]) from None
+        specs.append(TensorSpec.from_shape(gguf_name, ggml_type, m.shape))
+        pending.append(m)
+    computed: dict[str, np.ndarray] = {}
+    if cfg.rope["rope_type"] == "llama3":
+        computed[ROPE_FREQS] = llama3_factors(cfg.head_dim, cfg.rope_theta or 10000.0, cfg.rope)
+        specs.append(TensorSpec.from_shape(ROPE_FREQS, GGMLType.F32, computed[ROPE_FREQS].shape))
+    name = model_dir.resolve().name or "llama"
+    types_2d = [s.type for s in specs if len(s.ne) == 2]
+    kvs = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=False)
+    plan = plan_gguf([_triple(kv) for kv in kvs + _rope_metadata(cfg)], specs)
+    entries = [TensorEntry(m.name, m.shape, m.shape, None, m.dtype, info)
+               for m, info in zip(pending, plan.tensors, strict=False)]
+    _warn_rounding(entries, outtype)
+    source = HFSource(tuple(files), {m.name: m.file for m in pending}, heads, computed)
+    params = Params(cfg.n_embd, 1, cfg.n_head, cfg.n_layer, cfg.n_vocab, cfg.n_head_kv, None, cfg.rms_eps,
+                    cfg.rope_theta)
+    log.debug("planned %d tensors, %s bytes", len(plan.tensors), f"{plan.size:,}")
+    return ConversionPlan(model_dir, out, outtype, vocab_path, tuple(files), params, plan, tuple(entries),
+                          tuple(skipped), "gguf", GGUFContent(hp, vocab, name), source)
+
+
+def _rope_metadata(cfg: HFConfig) -> list[MetaKV]:
+    """llama.rope.scaling.* for linear scaling (llama3's lives in rope_freqs.weight)."""
+    if cfg.rope["rope_type"] != "linear":
+        return []
+    return [MetaKV("llama.rope.scaling.type", GGUFValueType.STRING, "linear"),
+            MetaKV("llama.rope.scaling.factor", GGUFValueType.FLOAT32, cfg.rope["factor"])]
+
+
+# ------------------------------------------------------------------ writing
+
+
+def write_hf(cp: ConversionPlan, *, force: bool = False, progress: Callable[[int], Any] | None = None) -> None:
+    """Write a planned Hugging Face conversion: every file mapped at once, each tensor to its place, then commit.
+
+    Raises:
+        FileExistsError, IncompleteWrite, FormatError, OSError: as convert.write_conversion.
+    """
+    src: HFSource = cp.source
+    with ExitStack() as stack:
+        opened = [_open(stack, p) for p in src.files]
+        fds = [open_read_only(stack, p) for p in src.files]
+        writer = stack.enter_context(FileWriter(cp.outfile, cp.plan, overwrite=force, progress=progress))
+        write_tensors(writer, _sources(cp, src, opened, fds), chunk_bytes=CHUNK_BYTES)
+        for name, data in src.computed.items():
+            writer.write_tensor(name, np.ascontiguousarray(data, "<f4"))
+
+
+def _sources(cp: ConversionPlan, src: HFSource, opened: list[_Opened], fds: list[int]) -> Iterator[Source]:
+    """Each planned tensor as engine pieces: one run, or one piece per row for an unpermuted q/k.
+
+    Raises:
+        FormatError: a file no longer holds the tensor as planned.
+    """
+    for e in cp.entries:
+        k = src.file_of[e.name]
+        record = opened[k].records.get(e.name)
+        if record is None or tuple(record[0]) != e.shard_shape or record[1] != e.source_dtype:
+            raise FormatError("changed since it was checked: re-run the conversion", path=str(src.files[k]),
+                              field=f"tensor {e.name!r}")
+        rows = opened[k].array(e.name)
+        rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
+        cast = CASTS.get((e.source_dtype, e.info.type))
+        if e.name not in src.heads:
+            yield Source(e.info, None, [Piece(fds[k], record[2], rows)], cast)
+            continue
+        row_bytes = rows.shape[1] * rows.itemsize
+        order = unpermute_rows(rows.shape[0], src.heads[e.name])
+        pieces = [Piece(fds[k], record[2] + int(r) * row_bytes, rows[r : r + 1]) for r in order]
+        yield Source(e.info, 0, pieces, cast)

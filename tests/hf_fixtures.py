@@ -1,0 +1,104 @@
+"""Hugging Face LLaMA-family model directories built by transformers, and llama.cpp's converter run on them.
+
+Random weights at tiny sizes (GQA: 4 query heads, 2 key/value heads, head size 16), written by
+`save_pretrained` (safetensors, sharded when asked, or pytorch_model.bin), with the SentencePiece
+tokenizer.model the other tests train. `peer_convert` runs llama.cpp's own convert_hf_to_gguf.py
+from the llama-cpp-python 0.3.36 sdist (with its vendored gguf-py first on the path) on the same
+directory: the independent expectation for names, shapes, types, data and metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meta import VOCAB_SIZE, tokenizer_bytes
+
+HIDDEN, HEADS, KV_HEADS, LAYERS, FF = 64, 4, 2, 2, 96
+SDIST_ROOT = Path(__file__).resolve().parents[1] / ".cache" / "sdist" / "llama_cpp_python-0.3.36"
+LLAMA_CPP = SDIST_ROOT / "vendor" / "llama.cpp"
+PEER = LLAMA_CPP / "convert_hf_to_gguf.py"
+
+
+@dataclass
+class HFModel:
+    """A model directory, and the transformers model it was saved from (float32 master weights)."""
+
+    model_dir: Path
+    model: Any  # transformers.LlamaForCausalLM
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def build_hf(model_dir: Path, *, dtype: str = "bfloat16", shards: int = 1, bin_format: bool = False,
+             tie: bool = False, rope_scaling: dict[str, Any] | None = None, arch: str = "LlamaForCausalLM",
+             seed: int = 0, tokenizer: bool = True, **overrides: Any) -> HFModel:
+    """Save a random tiny LLaMA/Mistral with transformers into model_dir (its own config.json, weights, tokenizer)."""
+    import torch
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    cls = transformers.MistralConfig if arch == "MistralForCausalLM" else transformers.LlamaConfig
+    kwargs: dict[str, Any] = dict(vocab_size=VOCAB_SIZE, hidden_size=HIDDEN, intermediate_size=FF,
+                                  num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
+                                  max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=tie,
+                                  bos_token_id=1, eos_token_id=2)
+    if rope_scaling is not None:
+        kwargs["rope_scaling"] = rope_scaling
+    kwargs.update(overrides)
+    config = cls(**kwargs)
+    model_cls = transformers.MistralForCausalLM if arch == "MistralForCausalLM" else transformers.LlamaForCausalLM
+    model = model_cls(config).eval()
+    with torch.no_grad():  # transformers initialises norms to 1; random ones catch a swapped norm
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+    model_dir.mkdir(parents=True, exist_ok=True)
+    saved = model.to(getattr(torch, dtype))
+    total = sum(p.numel() * p.element_size() for p in saved.parameters())
+    shard_size = max(1, total // shards + 1) if shards > 1 else "50GB"
+    saved.save_pretrained(model_dir, max_shard_size=shard_size)
+    if bin_format:  # transformers 5 saves safetensors only: the same weights as a torch.save zip checkpoint
+        torch.save({k: v.contiguous() for k, v in saved.state_dict().items() if k != "lm_head.weight" or not tie},
+                   model_dir / "pytorch_model.bin")
+        (model_dir / "model.safetensors").unlink()
+    model = model.float()
+    if tokenizer:
+        (model_dir / "tokenizer.model").write_bytes(tokenizer_bytes())
+    import json
+
+    return HFModel(model_dir, model, json.loads((model_dir / "config.json").read_text()))
+
+
+def ensure_peer() -> Path:
+    """convert_hf_to_gguf.py of the llama-cpp-python 0.3.36 sdist, downloaded (pip) and unpacked on first use."""
+    import fcntl
+    import tarfile
+
+    if PEER.is_file():
+        return PEER
+    root = SDIST_ROOT.parent
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock-0.3.36", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not PEER.is_file():
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                            "llama-cpp-python==0.3.36", "-d", str(root)], check=True, capture_output=True)
+            with tarfile.open(root / "llama_cpp_python-0.3.36.tar.gz") as tar:
+                tar.extractall(root, filter="data")
+    return PEER
+
+
+def peer_convert(model_dir: Path, outfile: Path, outtype: str) -> subprocess.CompletedProcess[str]:
+    """llama.cpp's convert_hf_to_gguf.py on model_dir (vendored gguf-py first on the path); raises on failure."""
+    ensure_peer()
+    env = {**os.environ, "PYTHONPATH": str(LLAMA_CPP / "gguf-py"), "NO_LOCAL_GGUF": ""}
+    proc = subprocess.run([sys.executable, str(PEER), str(model_dir), "--outfile", str(outfile), "--outtype", outtype],
+                          capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
