@@ -44,6 +44,7 @@ from ggmlfmt.floats import CASTS
 from ggmlfmt.writer import FileWriter
 
 from .checkpoint import FLOAT_DTYPES, find_tokenizer
+from .hf_vocab import apply_tokenizer_files, read_json
 from .convert import OUTTYPES, ConversionPlan, GGUFContent, TensorEntry, _warn_rounding, default_outfile
 from .params import MAX_DIM, MAX_LAYERS, MAX_PARAMS_BYTES, Params
 from .pth import open_checkpoint
@@ -162,25 +163,6 @@ def _rope(obj: dict[str, Any], path: Path) -> dict[str, Any]:
     if kind == "linear" and "factor" not in out:
         raise FormatError("linear rope scaling without a factor", path=str(path), field=field)
     return out
-
-
-def read_json(path: Path, cap: int) -> dict[str, Any]:
-    """A JSON object from a file of at most `cap` bytes.
-
-    Raises:
-        FormatError: larger, not JSON, not an object. OSError: unreadable.
-    """
-    with open(path, "rb") as f:
-        raw = f.read(cap + 1)
-    if len(raw) > cap:
-        raise FormatError(f"expected a JSON file of at most {cap:,} bytes, found more", path=str(path))
-    try:
-        obj = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise FormatError(f"not valid JSON: {' '.join(str(e).split())[:120]}", path=str(path)) from None
-    if not isinstance(obj, dict):
-        raise FormatError(f"expected a JSON object, found {type(obj).__name__}", path=str(path))
-    return obj
 
 
 def _int(obj: dict[str, Any], key: str, lo: int, hi: int, path: Path) -> int:
@@ -414,27 +396,30 @@ def plan_hf(model_dir: Path, outfile: Path | None, *, outtype: str, tokenizer: s
     vocab_path = find_tokenizer(model_dir, tokenizer)
     files, index_path = find_weights(model_dir)
     refuse_existing(out, overwrite=True, inputs=[config_path, vocab_path, *files])
-    vocab = _vocab(vocab_path, cfg, config_path)
+    vocab, tokenizer_keys = _vocab(vocab_path, cfg, config_path)
     metas = describe_weights(files, None if index_path is None else weight_map(index_path))
-    return _plan(model_dir, out, outtype, cfg, vocab, vocab_path, files, metas, context_length)
+    return _plan(model_dir, out, outtype, cfg, vocab, vocab_path, files, metas, context_length, tokenizer_keys)
 
 
-def _vocab(path: Path, cfg: HFConfig, config_path: Path) -> GGUFVocab:
-    """The SentencePiece vocabulary, with config.json's bos/eos ids when it names them (llama.cpp's choice).
+def _vocab(path: Path, cfg: HFConfig, config_path: Path) -> tuple[GGUFVocab, list[MetaKV]]:
+    """The SentencePiece vocabulary with the directory's tokenizer files applied (hf_vocab) and config.json's
+    bos/eos ids when it names them (llama.cpp's choice); and the tokenizer keys those files add.
 
     Raises:
-        FormatError: another size than vocab_size, or a special id outside it.
+        FormatError: another size than vocab_size, a special id outside it, a bad tokenizer file.
     """
     vocab = load_gguf_vocab(path)
     if len(vocab) != cfg.n_vocab:
         raise FormatError(f"{cfg.n_vocab} does not match the {len(vocab)} pieces of {path}", path=str(config_path),
                           field="vocab_size")
+    vocab, keys = apply_tokenizer_files(config_path.parent, vocab)
     return replace(vocab, bos_id=vocab.bos_id if cfg.bos_id is None else cfg.bos_id,
-                   eos_id=vocab.eos_id if cfg.eos_id is None else cfg.eos_id)
+                   eos_id=vocab.eos_id if cfg.eos_id is None else cfg.eos_id), keys
 
 
 def _plan(model_dir: Path, out: Path, outtype: str, cfg: HFConfig, vocab: GGUFVocab, vocab_path: Path,
-          files: list[Path], metas: list[WeightMeta], context_length: int | None) -> ConversionPlan:
+          files: list[Path], metas: list[WeightMeta], context_length: int | None,
+          tokenizer_keys: list[MetaKV]) -> ConversionPlan:
     two_d = FTYPE_2D_TYPE[OUTTYPES[outtype]]
     skipped = [m.name for m in metas if SKIPPED.fullmatch(m.name)]
     kept = [m for m in metas if not SKIPPED.fullmatch(m.name)]
@@ -477,7 +462,7 @@ def _plan(model_dir: Path, out: Path, outtype: str, cfg: HFConfig, vocab: GGUFVo
     name = model_dir.resolve().name or "llama"
     types_2d = [s.type for s in specs if len(s.ne) == 2]
     kvs = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=False)
-    plan = plan_gguf([_triple(kv) for kv in kvs + _rope_metadata(cfg)], specs)
+    plan = plan_gguf([_triple(kv) for kv in kvs + _rope_metadata(cfg) + tokenizer_keys], specs)
     entries = [TensorEntry(m.name, m.shape, m.shape, None, m.dtype, info)
                for m, info in zip(pending, plan.tensors, strict=False)]
     _warn_rounding(entries, outtype)

@@ -9,6 +9,7 @@ directory: the independent expectation for names, shapes, types, data and metada
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,7 +36,8 @@ class HFModel:
 
 def build_hf(model_dir: Path, *, dtype: str = "bfloat16", shards: int = 1, bin_format: bool = False,
              tie: bool = False, rope_scaling: dict[str, Any] | None = None, arch: str = "LlamaForCausalLM",
-             seed: int = 0, tokenizer: bool = True, **overrides: Any) -> HFModel:
+             seed: int = 0, tokenizer: bool = True, tokenizer_config: dict[str, Any] | None = None,
+             **overrides: Any) -> HFModel:
     """Save a random tiny LLaMA/Mistral with transformers into model_dir (its own config.json, weights, tokenizer)."""
     import torch
     import transformers
@@ -69,7 +71,8 @@ def build_hf(model_dir: Path, *, dtype: str = "bfloat16", shards: int = 1, bin_f
     model = model.float()
     if tokenizer:
         (model_dir / "tokenizer.model").write_bytes(tokenizer_bytes())
-    import json
+    if tokenizer_config is not None:
+        (model_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
 
     return HFModel(model_dir, model, json.loads((model_dir / "config.json").read_text()))
 

@@ -36,6 +36,13 @@ ONLY_PEER = {"general.quantization_version", "general.size_label", "general.type
              "llama.attention.value_length", "llama.vocab_size", "tokenizer.ggml.pre"}
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 64}
+TOKENIZER_CONFIG = {  # what a Hugging Face repository's tokenizer_config.json holds (§21.6)
+    "add_bos_token": True, "add_eos_token": False, "add_prefix_space": True, "bos_token": "<s>",
+    "chat_template": "{% for m in messages %}<s>[INST] {{ m['content'] }} [/INST]{% endfor %}",
+    "added_tokens_decoder": {"0": {"content": "<unk>", "special": True}, "3": {"content": "<ctl>", "special": True},
+                             "4": {"content": "<user>", "special": False},
+                             "300": {"content": "<|im_end|>", "special": False}},
+}
 VARIANTS = {  # name -> build_hf arguments
     "bf16-3-shards": dict(shards=3),
     "f16-2-shards-tied": dict(dtype="float16", shards=2, tie=True),
@@ -43,6 +50,7 @@ VARIANTS = {  # name -> build_hf arguments
     "bf16-llama3-rope": dict(rope_scaling=LLAMA3, rope_theta=500000.0),
     "bf16-linear-rope": dict(rope_scaling={"rope_type": "linear", "factor": 2.0}),
     "f32-mistral": dict(arch="MistralForCausalLM", dtype="float32"),
+    "bf16-tokenizer-config": dict(tokenizer_config=TOKENIZER_CONFIG),
 }
 
 
@@ -76,6 +84,10 @@ def test_tensors_and_metadata_equal_convert_hf_to_gguf(tmp_path: Path, variant: 
     names = {t.name for t in gguf.GGUFReader(ours).tensors}
     assert ("output.weight" in names) != ("tied" in variant)
     assert ("rope_freqs.weight" in names) == ("llama3" in variant)
+    if "tokenizer-config" in variant:
+        with load(ours) as m:
+            assert m.metadata["tokenizer.chat_template"] == TOKENIZER_CONFIG["chat_template"]
+            assert m.metadata["tokenizer.ggml.add_bos_token"] is True and m.metadata["tokenizer.ggml.token_type"][300] == 3
 
 
 def _reorder_rows(path: Path, name: str, order: np.ndarray) -> None:
@@ -249,6 +261,19 @@ def test_absurd_config_json(tmp_path: Path, capsys: pytest.CaptureFixture, chang
     config = model_dir / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), **change}))
     _refused(model_dir, capsys, r"config\.json: " + pattern)
+
+
+@pytest.mark.parametrize("config, pattern", [
+    ({"added_tokens_decoder": {"320": {"content": "x"}}}, "token '320': id 320 is not one of the 320 tokens"),
+    ({"added_tokens_decoder": {"5": {"special": True}}}, "expected an object with a string content"),
+    ({"add_bos_token": "yes"}, 'add_bos_token: expected true or false, found "yes"'),
+    ([1], "expected a JSON object, found list"),
+])
+def test_bad_tokenizer_config(tmp_path: Path, capsys: pytest.CaptureFixture, config: object, pattern: str) -> None:
+    model_dir = tmp_path / "m"
+    build_hf(model_dir)
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    _refused(model_dir, capsys, r"tokenizer_config\.json: .*" + pattern)
 
 
 def test_huge_config_json_is_not_read(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
