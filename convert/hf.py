@@ -44,6 +44,7 @@ from ggmlfmt.floats import CASTS
 from ggmlfmt.writer import FileWriter
 
 from .checkpoint import FLOAT_DTYPES, find_tokenizer
+from .hf_bpe import TOKENIZER_JSON, load_bpe_vocab
 from .hf_vocab import apply_tokenizer_files, read_json
 from .convert import OUTTYPES, ConversionPlan, GGUFContent, TensorEntry, _warn_rounding, default_outfile
 from .params import MAX_DIM, MAX_LAYERS, MAX_PARAMS_BYTES, Params
@@ -52,6 +53,7 @@ from .pth import open_checkpoint
 log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
+SPECIAL_KINDS = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 MAX_INDEX_BYTES = 64 << 20  # a 405B model's index is ~100 KB
 MAX_FF = 1 << 20
@@ -92,8 +94,7 @@ class HFConfig:
     context_length: int | None
     tied: bool
     rope: dict[str, Any]  # rope_type, factor, ... (rope_type "default": none)
-    bos_id: int | None
-    eos_id: int | None
+    token_ids: dict[str, int | None]  # "<kind>_token_id" values: bos, eos, unk, sep, pad, cls, mask
 
     @property
     def head_dim(self) -> int:
@@ -133,8 +134,8 @@ def read_config(path: Path) -> HFConfig:
                     _int(obj, "num_hidden_layers", 1, MAX_LAYERS, path), n_head, n_kv,
                     _int(obj, "vocab_size", 1, MAX_VOCAB, path), _float(obj, "rms_norm_eps", 1.0, path),
                     None if theta is None else _float({"rope_theta": theta}, "rope_theta", 1e12, path), ctx,
-                    bool(obj.get("tie_word_embeddings", False)), rope, _opt_id(obj, "bos_token_id", path),
-                    _opt_id(obj, "eos_token_id", path))
+                    bool(obj.get("tie_word_embeddings", False)), rope,
+                    {kind: _opt_id(obj, f"{kind}_token_id", path) for kind in SPECIAL_KINDS})
 
 
 def _rope(obj: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -376,6 +377,7 @@ class HFSource:
     file_of: dict[str, int]  # Hugging Face name -> index into files
     heads: dict[str, int]  # Hugging Face name -> heads to unpermute (q_proj, k_proj)
     computed: dict[str, np.ndarray]  # GGUF name -> data (rope_freqs.weight)
+    metadata: tuple[MetaKV, ...] = ()  # every key written (what --dry-run shows)
 
 
 def plan_hf(model_dir: Path, outfile: Path | None, *, outtype: str, tokenizer: str | os.PathLike[str] | None,
@@ -393,12 +395,41 @@ def plan_hf(model_dir: Path, outfile: Path | None, *, outtype: str, tokenizer: s
     config_path = model_dir / CONFIG
     cfg = read_config(config_path)
     out = outfile if outfile is not None else default_outfile(model_dir, outtype, fmt)
-    vocab_path = find_tokenizer(model_dir, tokenizer)
+    vocab_path = _find_vocab(model_dir, tokenizer)
     files, index_path = find_weights(model_dir)
     refuse_existing(out, overwrite=True, inputs=[config_path, vocab_path, *files])
-    vocab, tokenizer_keys = _vocab(vocab_path, cfg, config_path)
+    if vocab_path.name == TOKENIZER_JSON:
+        vocab, tokenizer_keys = _bpe(vocab_path, cfg, config_path)
+    else:
+        vocab, tokenizer_keys = _vocab(vocab_path, cfg, config_path)
     metas = describe_weights(files, None if index_path is None else weight_map(index_path))
     return _plan(model_dir, out, outtype, cfg, vocab, vocab_path, files, metas, context_length, tokenizer_keys)
+
+
+def _find_vocab(model_dir: Path, tokenizer: str | os.PathLike[str] | None) -> Path:
+    """tokenizer.model (as for Meta directories, or --vocab), else the directory's tokenizer.json.
+
+    Raises:
+        FileNotFoundError: neither exists.
+    """
+    try:
+        return find_tokenizer(model_dir, tokenizer)
+    except FileNotFoundError:
+        if (model_dir / TOKENIZER_JSON).is_file():
+            return model_dir / TOKENIZER_JSON
+        raise
+
+
+def _bpe(path: Path, cfg: HFConfig, config_path: Path) -> tuple[GGUFVocab, list[MetaKV]]:
+    """A byte-level BPE tokenizer.json (convert.hf_bpe): a stand-in GGUFVocab of the right size for the
+    hyper-parameter keys, and every tokenizer.* key, which replace the stand-in's.
+
+    Raises:
+        FormatError: as hf_bpe.load_bpe_vocab.
+    """
+    bpe = load_bpe_vocab(path.parent, cfg.n_vocab, cfg.token_ids)
+    n = len(bpe)
+    return GGUFVocab(bpe.pieces, np.zeros(n, np.float32), bpe.types, None, None, None), bpe.metadata()
 
 
 def _vocab(path: Path, cfg: HFConfig, config_path: Path) -> tuple[GGUFVocab, list[MetaKV]]:
@@ -413,8 +444,8 @@ def _vocab(path: Path, cfg: HFConfig, config_path: Path) -> tuple[GGUFVocab, lis
         raise FormatError(f"{cfg.n_vocab} does not match the {len(vocab)} pieces of {path}", path=str(config_path),
                           field="vocab_size")
     vocab, keys = apply_tokenizer_files(config_path.parent, vocab)
-    return replace(vocab, bos_id=vocab.bos_id if cfg.bos_id is None else cfg.bos_id,
-                   eos_id=vocab.eos_id if cfg.eos_id is None else cfg.eos_id), keys
+    bos, eos = cfg.token_ids["bos"], cfg.token_ids["eos"]
+    return replace(vocab, bos_id=vocab.bos_id if bos is None else bos, eos_id=vocab.eos_id if eos is None else eos), keys
 
 
 def _plan(model_dir: Path, out: Path, outtype: str, cfg: HFConfig, vocab: GGUFVocab, vocab_path: Path,
@@ -462,11 +493,14 @@ def _plan(model_dir: Path, out: Path, outtype: str, cfg: HFConfig, vocab: GGUFVo
     name = model_dir.resolve().name or "llama"
     types_2d = [s.type for s in specs if len(s.ne) == 2]
     kvs = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=False)
-    plan = plan_gguf([_triple(kv) for kv in kvs + _rope_metadata(cfg) + tokenizer_keys], specs)
+    if any(kv.key == "tokenizer.ggml.model" for kv in tokenizer_keys):  # BPE: its keys replace the stand-in's
+        kvs = [kv for kv in kvs if not kv.key.startswith("tokenizer.")]
+    kvs += _rope_metadata(cfg) + tokenizer_keys
+    plan = plan_gguf([_triple(kv) for kv in kvs], specs)
     entries = [TensorEntry(m.name, m.shape, m.shape, None, m.dtype, info)
                for m, info in zip(pending, plan.tensors, strict=False)]
     _warn_rounding(entries, outtype)
-    source = HFSource(tuple(files), {m.name: m.file for m in pending}, heads, computed)
+    source = HFSource(tuple(files), {m.name: m.file for m in pending}, heads, computed, tuple(kvs))
     params = Params(cfg.n_embd, 1, cfg.n_head, cfg.n_layer, cfg.n_vocab, cfg.n_head_kv, None, cfg.rms_eps,
                     cfg.rope_theta)
     log.debug("planned %d tensors, %s bytes", len(plan.tensors), f"{plan.size:,}")

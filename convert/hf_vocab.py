@@ -30,7 +30,16 @@ SPACE_MARKER = "\u2581"
 LOOKS_SPECIAL = ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
 
 
-def _looks_special(text: str) -> bool:
+def is_utf8(text: str) -> bool:
+    """Whether a str from JSON can be written as UTF-8 (a lone surrogate escape cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def looks_special(text: str) -> bool:
     return text in LOOKS_SPECIAL or (text.startswith("<|") and text.endswith("|>")) or (
         text.startswith("<\uff5c") and text.endswith("\uff5c>"))
 
@@ -47,6 +56,8 @@ def apply_tokenizer_files(model_dir: Path, vocab: GGUFVocab) -> tuple[GGUFVocab,
     if added.is_file():
         for text, token_id in read_json(added, MAX_TOKENIZER_CONFIG_BYTES).items():
             i = _token_id(token_id, len(pieces), added, text)
+            if not is_utf8(text):
+                raise FormatError("a token that is not UTF-8", path=str(added), field=f"token {i}")
             pieces[i], scores[i], types[i] = text, ADDED_SCORE, TokenType.USER_DEFINED
     path = model_dir / TOKENIZER_CONFIG
     if not path.is_file():
@@ -56,15 +67,15 @@ def apply_tokenizer_files(model_dir: Path, vocab: GGUFVocab) -> tuple[GGUFVocab,
     if not isinstance(decoder, dict):
         raise FormatError("expected an object of id -> token", path=str(path), field="added_tokens_decoder")
     for key, entry in decoder.items():
-        i = _token_id(int(key) if key.isdigit() else key, len(pieces), path, key)
+        i = _token_id(int(key) if key.isdigit() and len(key) < 10 else key, len(pieces), path, key)
         text = entry.get("content") if isinstance(entry, dict) else None
-        if not isinstance(text, str):
+        if not isinstance(text, str) or not is_utf8(text):
             raise FormatError("expected an object with a string content", path=str(path),
                               field=f"added_tokens_decoder[{key[:20]!r}]")
-        special = bool(entry.get("special")) or _looks_special(text)
+        special = bool(entry.get("special")) or looks_special(text)
         pieces[i] = text if special else text.replace(SPACE_MARKER, " ")
         scores[i], types[i] = ADDED_SCORE, TokenType.CONTROL if special else TokenType.USER_DEFINED
-    return replace(vocab, pieces=tuple(pieces), scores=scores, types=types), _settings(config, path)
+    return replace(vocab, pieces=tuple(pieces), scores=scores, types=types), settings(config, path)
 
 
 def read_json(path: Path, cap: int) -> dict[str, Any]:
@@ -77,6 +88,11 @@ def read_json(path: Path, cap: int) -> dict[str, Any]:
         raw = f.read(cap + 1)
     if len(raw) > cap:
         raise FormatError(f"expected a JSON file of at most {cap:,} bytes, found more", path=str(path))
+    return parse_json(raw, path)
+
+
+def parse_json(raw: bytes, path: Path) -> dict[str, Any]:
+    """Raises: FormatError unless raw is a JSON object."""
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError) as e:
@@ -93,7 +109,7 @@ def _token_id(value: Any, n: int, path: Path, what: str) -> int:
     return value
 
 
-def _settings(config: dict[str, Any], path: Path) -> list[MetaKV]:
+def settings(config: dict[str, Any], path: Path) -> list[MetaKV]:
     """tokenizer.ggml.add_bos_token, add_eos_token, add_space_prefix, chat_template from tokenizer_config.json.
 
     Raises:
@@ -109,9 +125,9 @@ def _settings(config: dict[str, Any], path: Path) -> list[MetaKV]:
             raise FormatError(f"expected true or false, found {json.dumps(value)[:20]}", path=str(path), field=key)
         out.append(MetaKV(f"tokenizer.ggml.{gguf_key}", GGUFValueType.BOOL, value))
     template = config.get("chat_template")
-    if isinstance(template, str):
+    if isinstance(template, str) and is_utf8(template):
         out.append(MetaKV("tokenizer.chat_template", GGUFValueType.STRING, template))
     elif template is not None:
-        log.warning("%s: chat_template is a %s, not a string; not converted (only a single template is)",
-                    path, type(template).__name__)
+        log.warning("%s: chat_template is not a UTF-8 string (found %s); not converted (only a single template "
+                    "is)", path, type(template).__name__)
     return out

@@ -105,3 +105,61 @@ def peer_convert(model_dir: Path, outfile: Path, outtype: str) -> subprocess.Com
     if proc.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+# ------------------------------------------------------------------ Llama 3's tokenizer.json, rebuilt
+
+LLAMA3_VOCAB_GGUF = LLAMA_CPP / "models" / "ggml-vocab-llama-bpe.gguf"  # llama.cpp's own Llama 3 vocabulary
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")  # Meta's tokenizer.json for Llama 3 (restated, not our code's copy)
+LLAMA3_TEMPLATE = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+                   "{{ m['content'] }}<|eot_id|>{% endfor %}")
+
+
+def llama3_vocab_tests() -> list[tuple[str, list[int]]]:
+    """llama.cpp's recorded Hugging Face tokenizations of its test strings for the Llama 3 vocabulary."""
+    ensure_peer()
+    texts = LLAMA3_VOCAB_GGUF.with_suffix(".gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    ids = LLAMA3_VOCAB_GGUF.with_suffix(".gguf.out").read_text(encoding="utf-8").split("\n")
+    return [(t, [int(x) for x in line.split()]) for t, line in zip(texts, ids, strict=False)]
+
+
+def write_llama3_tokenizer(model_dir: Path) -> int:
+    """tokenizer.json and tokenizer_config.json as Meta's Llama 3 repositories hold them, rebuilt from llama.cpp's
+    GGUF vocabulary file (tokens, types, merges); returns the vocabulary size (128,256)."""
+    import gguf
+
+    ensure_peer()
+    r = gguf.GGUFReader(LLAMA3_VOCAB_GGUF)
+    tokens = r.fields["tokenizer.ggml.tokens"].contents()
+    types = r.fields["tokenizer.ggml.token_type"].contents()
+    merges = r.fields["tokenizer.ggml.merges"].contents()
+    normal = {t: i for i, (t, k) in enumerate(zip(tokens, types)) if k == 1}
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for i, (t, k) in enumerate(zip(tokens, types)) if k != 1]
+    bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": {"type": "Sequence", "processors": [
+            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+            {"type": "TemplateProcessing",
+             "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+             "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                      {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+             "special_tokens": {bos: {"id": bos, "ids": [128000], "tokens": [bos]}}}]},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": normal, "merges": merges},
+    }
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    config = {"bos_token": bos, "eos_token": eos, "clean_up_tokenization_spaces": True,
+              "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": LLAMA3_TEMPLATE,
+              "model_input_names": ["input_ids", "attention_mask"], "model_max_length": 131072,
+              "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added}}
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    return len(tokens)

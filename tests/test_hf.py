@@ -58,7 +58,8 @@ def _fields(reader: gguf.GGUFReader) -> dict[str, tuple[list, object]]:
     return {k: (f.types, f.contents()) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
 
 
-def assert_same_as_peer(ours: Path, peer: Path) -> None:
+def assert_same_as_peer(ours: Path, peer: Path, *, only_ours: set[str] = ONLY_OURS,
+                        only_peer: set[str] = ONLY_PEER) -> None:
     a, b = gguf.GGUFReader(ours), gguf.GGUFReader(peer)
     ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
     assert sorted(ta) == sorted(tb)
@@ -67,7 +68,7 @@ def assert_same_as_peer(ours: Path, peer: Path) -> None:
         assert (t.tensor_type, list(t.shape)) == (u.tensor_type, list(u.shape)), name
         assert t.data.tobytes() == u.data.tobytes(), f"{name}: data differs from convert_hf_to_gguf.py's"
     fa, fb = _fields(a), _fields(b)
-    assert set(fa) - set(fb) == ONLY_OURS and set(fb) - set(fa) == ONLY_PEER
+    assert set(fa) - set(fb) == only_ours and set(fb) - set(fa) == only_peer
     for key in set(fa) & set(fb):
         assert fa[key] == fb[key], key
 
