@@ -78,3 +78,79 @@ def test_controls_fail_the_comparison(tmp_path: Path, client: Path, control: str
     print(f"{control}: rel {gguf_check.relative_error(bad, want):.2e}")
     with pytest.raises(AssertionError, match="differ from the numpy reference"):
         gguf_check.assert_logits_match(bad, want, TOLERANCE)
+
+
+# ------------------------------------------------------------------ byte-level BPE (Llama 3's tokenizer.json)
+
+_TOKENIZE = """
+import json, sys, llama_cpp
+texts = json.loads(sys.stdin.read())
+m = llama_cpp.Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)
+print(json.dumps([m.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in texts]
+                 + [m.tokenize(b"Hello world", add_bos=True, special=False)]))
+"""
+
+
+def client_tokenize(client: Path, path: Path, texts: list[str]) -> list[list[int]]:
+    """llama.cpp's tokenization of each text (no bos, special tokens parsed), then of "Hello world" with bos."""
+    import json
+    import subprocess
+
+    proc = subprocess.run([str(client), "-c", _TOKENIZE, str(path)], input=json.dumps(texts), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_llama3_bpe_tokenization_and_logits(tmp_path: Path, client: Path) -> None:
+    import tokenizers
+
+    from hf_fixtures import llama3_vocab_tests, write_llama3_tokenizer
+    from test_hf_bpe import LLAMA3_CONFIG
+
+    model_dir = tmp_path / "m"
+    build_hf(model_dir, seed=5, **LLAMA3_CONFIG)
+    write_llama3_tokenizer(model_dir)
+    path = convert_checkpoint(model_dir, outtype="f32", fmt="gguf").outfile
+    hf = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    texts = [t for t, _ in llama3_vocab_tests()] + ["<|begin_of_text|> is text here", "x <|eot_id|>"]
+    *got, with_bos = client_tokenize(client, path, texts)
+    for text, ids in zip(texts, got, strict=True):
+        assert ids == hf.encode(text, add_special_tokens=False).ids, text
+    assert with_bos == hf.encode("Hello world").ids == [128000, 9906, 1917]
+    control = tmp_path / "starcoder.gguf"  # control: the same file with another pre-tokenizer tokenizes differently
+    raw = path.read_bytes()
+    at = raw.index(b"\x09" + bytes(7) + b"llama-bpe")
+    control.write_bytes(raw[:at + 8] + b"starcoder" + raw[at + 17:])
+    *other, _ = client_tokenize(client, control, texts)
+    assert sum(a != b for a, b in zip(other, got)) >= 3
+    prompt = [128000, 9906, 1917, 0, 13, 88075, 220, 127999, 128009, 42]
+    out = gguf_check.run_gguf_client(client, path, prompt)
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = model(torch.tensor([prompt])).logits[0].numpy()
+    rel = gguf_check.assert_logits_match(out["logits"], want, TOLERANCE)
+    print(f"llama3 bpe f32: rel {rel:.2e}")
+
+
+@pytest.mark.slow
+def test_sentencepiece_tokenization_equals_sentencepiece(tmp_path: Path, client: Path) -> None:
+    """llama.cpp on our GGUF of a SentencePiece directory tokenizes as the tokenizer.model's own library does
+    (what transformers' slow LlamaTokenizer calls)."""
+    import sentencepiece
+
+    model_dir = tmp_path / "m"
+    build_hf(model_dir, seed=5)
+    path = convert_checkpoint(model_dir, outtype="f16", fmt="gguf").outfile
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
+    # no leading or repeated spaces, no newlines: the trained model's normalizer (nmt_nfkc) collapses or
+    # replaces them, llama.cpp's SentencePiece tokenizer does not normalize
+    texts = ["The quick brown fox", "Hello, world! 1234567890", "élégante marquise", "unseen: ☃ 🦙 ÿ"]
+    *got, with_bos = client_tokenize(client, path, texts)
+    for text, ids in zip(texts, got, strict=True):
+        assert ids == sp.encode(text), text
+    assert with_bos == [1, *sp.encode("Hello world")]
+    assert any(len(ids) > len(text.split()) + 1 for text, ids in zip(texts, got))  # byte fallback was exercised
