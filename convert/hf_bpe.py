@@ -262,10 +262,15 @@ def _post_processor_flags(post: Any, config: dict[str, Any], extra: list[MetaKV]
     return kept + [MetaKV(f"tokenizer.ggml.add_{k}_token", GGUFValueType.BOOL, v) for k, v in flags.items()]
 
 
-def _special(item: Any) -> str | None:
-    token = item.get("SpecialToken") if isinstance(item, dict) else None
-    name = token.get("id") if isinstance(token, dict) else None
+def _item(item: Any, kind: str) -> str | None:
+    """The id of a template item {"SpecialToken": {"id": ...}} or {"Sequence": {"id": ...}}, if it is that kind."""
+    inner = item.get(kind) if isinstance(item, dict) else None
+    name = inner.get("id") if isinstance(inner, dict) else None
     return name if isinstance(name, str) else None
+
+
+def _special(item: Any) -> str | None:
+    return _item(item, "SpecialToken")
 
 
 def _template_flags(step: dict[str, Any], names: dict[str, Any], path: Path) -> dict[str, bool]:
@@ -284,7 +289,7 @@ def _template_flags(step: dict[str, Any], names: dict[str, Any], path: Path) -> 
         start = 1 if first and _special(pair[0]) == first else 0
         stop = -1 if last and _special(pair[-1]) == last else None
         middle = pair[start:stop]
-        ends = [m.get("Sequence", {}).get("id") if isinstance(m, dict) else None for m in middle[:1] + middle[-1:]]
+        ends = [_item(m, "Sequence") for m in middle[:1] + middle[-1:]]
         if ends == ["A", "B"] and (between := middle[1:-1]):
             seps = (names["sep"], names["eos"])
             flags["sep"] = (_special(between[0]) in seps and not last) or (
