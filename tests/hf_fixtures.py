@@ -124,6 +124,24 @@ def llama3_vocab_tests() -> list[tuple[str, list[int]]]:
     return [(t, [int(x) for x in line.split()]) for t, line in zip(texts, ids, strict=False)]
 
 
+def llama3_pre_tokenizer() -> dict[str, Any]:
+    """tokenizer.json's pre_tokenizer in Meta's Llama 3 repositories: the split pattern, then bytes."""
+    return {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+
+
+def bos_post_processor(bos: str, bos_id: int) -> dict[str, Any]:
+    """tokenizer.json's post_processor in Meta's Llama 3 repositories: bos before every sequence."""
+    return {"type": "Sequence", "processors": [
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        {"type": "TemplateProcessing",
+         "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+         "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                  {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+         "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]}}}]}
+
+
 def write_llama3_tokenizer(model_dir: Path) -> int:
     """tokenizer.json and tokenizer_config.json as Meta's Llama 3 repositories hold them, rebuilt from llama.cpp's
     GGUF vocabulary file (tokens, types, merges); returns the vocabulary size (128,256)."""
@@ -140,16 +158,7 @@ def write_llama3_tokenizer(model_dir: Path) -> int:
     bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
     tokenizer = {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
-        "post_processor": {"type": "Sequence", "processors": [
-            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
-            {"type": "TemplateProcessing",
-             "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-             "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                      {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-             "special_tokens": {bos: {"id": bos, "ids": [128000], "tokens": [bos]}}}]},
+        "pre_tokenizer": llama3_pre_tokenizer(), "post_processor": bos_post_processor(bos, 128000),
         "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
         "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                   "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,

@@ -26,22 +26,14 @@ import strategies
 from convert.hf_bpe import bpe_from_json
 from convert.hf_vocab import parse_json
 from ggmlfmt.constants import TokenType
-from hf_fixtures import LLAMA3_SPLIT
+from hf_fixtures import bos_post_processor, llama3_pre_tokenizer
 
 FUZZ_EXAMPLES = {"fuzz": 10_000}.get(os.environ.get("HYPOTHESIS_PROFILE", ""), 300)
 N_VOCAB = 8
 TOKENIZER = {
     "added_tokens": [{"id": 6, "content": "<|bos|>", "special": True}, {"id": 7, "content": "x\u2581y", "special": False}],
     "normalizer": None,
-    "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
-    "post_processor": {"type": "Sequence", "processors": [
-        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
-        {"type": "TemplateProcessing",
-         "single": [{"SpecialToken": {"id": "<|bos|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-         "pair": [{"SpecialToken": {"id": "<|bos|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                  {"SpecialToken": {"id": "<|bos|>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}]}]},
+    "pre_tokenizer": llama3_pre_tokenizer(), "post_processor": bos_post_processor("<|bos|>", 6),
     "model": {"type": "BPE", "byte_fallback": False, "ignore_merges": True,
               "vocab": {"a": 0, "b": 1, "Ġ": 2, "ab": 3, "Ġa": 4, "Ġab": 5}, "merges": ["a b", ["Ġ", "a"], "Ġa b"]},
 }

@@ -18,7 +18,7 @@ import pytest
 from convert import convert_checkpoint
 from convert.hf_bpe import LLAMA3_PATTERN, bpe_from_json, pre_tokenizer
 from ggmlfmt import FormatError, load
-from hf_fixtures import LLAMA3_SPLIT, build_hf, llama3_vocab_tests, peer_convert, write_llama3_tokenizer
+from hf_fixtures import LLAMA3_SPLIT, build_hf, llama3_pre_tokenizer, llama3_vocab_tests, peer_convert, write_llama3_tokenizer
 from test_hf import ONLY_PEER, _refused, assert_same_as_peer
 
 LLAMA3_CONFIG = dict(tokenizer=False, tie=True, vocab_size=128256, bos_token_id=128000, eos_token_id=128001,
@@ -61,9 +61,9 @@ def test_tokenizer_keys_equal_convert_hf_to_gguf(llama3_dir: Path, tmp_path: Pat
 
 
 def _byte_level(pattern: str) -> dict:
-    return {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+    pre = llama3_pre_tokenizer()
+    pre["pretokenizers"][0]["pattern"]["Regex"] = pattern
+    return pre
 
 
 def test_pre_tokenizer_is_recognised_from_what_the_file_declares() -> None:
