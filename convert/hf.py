@@ -34,7 +34,7 @@ from ggmlfmt.atomic import refuse_existing
 from ggmlfmt.constants import CHUNK_BYTES, FTYPE_2D_TYPE, GGMLType, GGUFValueType
 from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.gguf import plan_gguf
-from ggmlfmt.layout import Plan, TensorSpec
+from ggmlfmt.layout import TensorSpec
 from ggmlfmt.llama import GGUFVocab, MetaKV, _triple, gguf_tensor_name, llama_file_type, llama_hparams, llama_metadata
 from ggmlfmt.reader import load
 from ggmlfmt.safetensors import dtype_name
@@ -229,13 +229,14 @@ def _indexed(model_dir: Path, index_path: Path, shard: re.Pattern[str]) -> list[
     if len(files) > MAX_FILES:
         raise FormatError(f"{len(files):,} files; expected at most {MAX_FILES:,}", path=str(index_path),
                           field="weight_map")
-    root = model_dir.resolve()
     paths = []
     for name in files:
         p = Path(name)
-        if p.is_absolute() or ".." in p.parts or not name or root not in (root / p).resolve().parents:
-            raise FormatError(f"file {name[:80]!r} is not inside the model directory", path=str(index_path),
-                              field="weight_map")
+        # a bare file name: no absolute path, no "..", no subdirectory (Hugging Face shards lie beside the
+        # index). The file itself may be a symlink, as in Hugging Face's cache snapshots.
+        if p.is_absolute() or len(p.parts) != 1 or p.name in (".", "..") or p.name != name:
+            raise FormatError(f"file {name[:80]!r} is not a file name inside the model directory",
+                              path=str(index_path), field="weight_map")
         if not (model_dir / p).is_file():
             raise FormatError(f"names {name[:80]!r}, which does not exist", path=str(index_path), field="weight_map")
         paths.append(model_dir / p)

@@ -216,8 +216,9 @@ def test_hostile_safetensors(tmp_path: Path, capsys: pytest.CaptureFixture, case
 
 
 @pytest.mark.parametrize("change, pattern", [
-    (lambda wm, files: {**wm, next(iter(wm)): "../outside.safetensors"}, "'../outside.safetensors' is not inside"),
-    (lambda wm, files: {**wm, next(iter(wm)): "/etc/passwd"}, "'/etc/passwd' is not inside"),
+    (lambda wm, files: {**wm, next(iter(wm)): "../outside.safetensors"}, "'../outside.safetensors' is not a file name inside"),
+    (lambda wm, files: {**wm, next(iter(wm)): "/etc/passwd"}, "'/etc/passwd' is not a file name inside"),
+    (lambda wm, files: {**wm, next(iter(wm)): "sub/" + files[0]}, "is not a file name inside"),
     (lambda wm, files: {**wm, next(iter(wm)): "model-00009-of-00009.safetensors"}, "which does not exist"),
     (lambda wm, files: {k: v for k, v in wm.items() if v != files[1]}, "is in the directory but not in the index"),
     (lambda wm, files: {**wm, "model.layers.9.mlp.up_proj.weight": files[0]}, "which no file holds"),
