@@ -236,6 +236,32 @@ def test_hostile_index(tmp_path: Path, capsys: pytest.CaptureFixture, change, pa
     _refused(model_dir, capsys, pattern)
 
 
+def test_a_tensor_in_two_files_or_where_the_index_does_not_say(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import safetensors.numpy
+
+    model_dir = tmp_path / "m"
+    build_hf(model_dir, shards=3, dtype="float32")
+    index = json.loads((model_dir / "model.safetensors.index.json").read_text())["weight_map"]
+    files = sorted(set(index.values()))
+    name = next(n for n, f in index.items() if f == files[0])
+    moved = safetensors.numpy.load_file(str(model_dir / files[1]))
+    safetensors.numpy.save_file({**moved, name: np.zeros(3, np.float32)}, str(model_dir / files[1]))
+    _refused(model_dir, capsys, f"{files[1]}: tensor '{re.escape(name)}': (also in {files[0]}|the index places it in)")
+    safetensors.numpy.save_file({**moved, "x": np.zeros(3, np.int64)}, str(model_dir / files[1]))
+    _refused(model_dir, capsys, "tensor 'x': the index places it in None")
+
+
+def test_integer_weights_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import safetensors.numpy
+
+    model_dir = tmp_path / "m"
+    build_hf(model_dir, dtype="float32")
+    weights = safetensors.numpy.load_file(str(model_dir / "model.safetensors"))
+    weights["model.norm.weight"] = weights["model.norm.weight"].astype(np.int32)
+    safetensors.numpy.save_file(weights, str(model_dir / "model.safetensors"))
+    _refused(model_dir, capsys, r"tensor 'model.norm.weight': expected floating-point data .*found I32")
+
+
 def test_bin_pickle_naming_os_system_is_refused_and_does_not_run(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
     model_dir = tmp_path / "m"
@@ -256,6 +282,9 @@ def test_bin_pickle_naming_os_system_is_refused_and_does_not_run(tmp_path: Path,
     ({"architectures": ["GPT2LMHeadModel"]}, r'architectures: architectures \["GPT2LMHeadModel"\]'),
     ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, 'rope_parameters: rope type "yarn"'),
     ({"rms_norm_eps": "tiny"}, "rms_norm_eps: expected a number"),
+    ({"head_dim": 32}, "head_dim: head_dim 32 is not hidden_size / num_attention_heads"),
+    ({"attention_bias": True}, "attention_bias: true: bias tensors"),
+    ({"intermediate_size": 97}, "intermediate_size: 97, the tensors imply 96"),
 ])
 def test_absurd_config_json(tmp_path: Path, capsys: pytest.CaptureFixture, change: dict, pattern: str) -> None:
     model_dir = tmp_path / "m"
