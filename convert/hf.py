@@ -120,6 +120,9 @@ def read_config(path: Path) -> HFConfig:
     if n_embd % n_head or n_head % n_kv:
         raise FormatError(f"{n_head} heads of {n_kv} key/value heads do not divide hidden_size {n_embd}",
                           field="num_key_value_heads", **where)
+    if (n_embd // n_head) % 2:
+        raise FormatError(f"head size {n_embd // n_head} (hidden_size / num_attention_heads) is odd; RoPE rotates "
+                          "pairs of rows", field="num_attention_heads", **where)
     if obj.get("head_dim") not in (None, n_embd // n_head):
         raise FormatError(f"head_dim {json.dumps(obj['head_dim'])[:20]} is not hidden_size / num_attention_heads "
                           f"({n_embd // n_head}); llama.cpp's llama rotates whole heads of that size",
@@ -472,6 +475,9 @@ def _plan(model_dir: Path, out: Path, outtype: str, cfg: HFConfig, vocab: GGUFVo
                            rms_eps=cfg.rms_eps, rope_freq_base=cfg.rope_theta)
     except FormatError as e:
         raise e.with_path(files[0]) from None
+    if hp.defaults:
+        log.warning("%s has no max_position_embeddings: llama.context_length %d, LLaMA-1's (--ctx N sets it)",
+                    model_dir / CONFIG, hp.context_length)
     for field, ours, theirs in (("intermediate_size", cfg.n_ff, hp.n_ff),
                                 ("num_key_value_heads", cfg.n_head_kv, hp.n_head_kv)):
         if ours != theirs:

@@ -283,6 +283,7 @@ def test_bin_pickle_naming_os_system_is_refused_and_does_not_run(tmp_path: Path,
     ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, 'rope_parameters: rope type "yarn"'),
     ({"rms_norm_eps": "tiny"}, "rms_norm_eps: expected a number"),
     ({"head_dim": 32}, "head_dim: head_dim 32 is not hidden_size / num_attention_heads"),
+    ({"hidden_size": 60}, "num_attention_heads: head size 15 .* is odd"),
     ({"attention_bias": True}, "attention_bias: true: bias tensors"),
     ({"intermediate_size": 97}, "intermediate_size: 97, the tensors imply 96"),
 ])
