@@ -154,15 +154,28 @@ def test_llama3_factors_as_the_peer_computes_them_at_head_dim_128() -> None:
     assert got.tobytes() == want.tobytes()
 
 
-def test_runs_with_torch_unimportable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("weights, vocab", [("safetensors", "tokenizer.model"), ("bin", "tokenizer.json")])
+def test_runs_with_torch_unimportable(tmp_path: Path, weights: str, vocab: str) -> None:
+    from hf_fixtures import llama3_pre_tokenizer
+
     model_dir = tmp_path / "Tiny"
-    build_hf(model_dir, shards=2)
+    build_hf(model_dir, shards=2 if weights == "safetensors" else 1, bin_format=weights == "bin",
+             tokenizer=vocab == "tokenizer.model", dtype="bfloat16" if weights == "safetensors" else "float16")
+    if vocab == "tokenizer.json":  # a byte-level BPE of the model's 320 ids: 256 byte tokens and 64 merges of them
+        alphabet = [chr(c) for c in range(0x21, 0x7F)] + [chr(0x100 + k) for k in range(256 - 94)]
+        merges = [f"{alphabet[k]} {alphabet[k + 1]}" for k in range(64)]
+        vocab_map = {t: i for i, t in enumerate(alphabet + [m.replace(" ", "") for m in merges])}
+        (model_dir / "tokenizer.json").write_text(json.dumps({
+            "model": {"type": "BPE", "byte_fallback": False, "vocab": vocab_map, "merges": merges},
+            "added_tokens": [], "normalizer": None, "pre_tokenizer": llama3_pre_tokenizer()}))
     out = tmp_path / "m.gguf"
-    proc = run_with_unimportable("torch,transformers,safetensors", "convert",
-                                 [str(model_dir), "--format", "gguf", "--outfile", str(out), "-q"])
+    proc = run_with_unimportable("torch,transformers,safetensors,tokenizers,sentencepiece"
+                                 if vocab == "tokenizer.json" else "torch,transformers,safetensors,tokenizers",
+                                 "convert", [str(model_dir), "--format", "gguf", "--outfile", str(out), "-q"])
     assert proc.returncode == 0 and "rc=0" in proc.stdout and "loaded=[]" in proc.stdout, proc.stderr
     with load(out) as m:
         assert m.metadata["general.architecture"] == "llama" and "blk.1.attn_k.weight" in m.tensors
+        assert m.metadata["tokenizer.ggml.model"] == ("gpt2" if vocab == "tokenizer.json" else "llama")
 
 
 def test_dry_run_json_names_hf_tensors_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
