@@ -63,6 +63,9 @@ MAX_FILES = 1 << 12
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json", re.compile(r"model-\d{5}-of-\d{5}\.safetensors"))
 PYTORCH = ("pytorch_model.bin", "pytorch_model.bin.index.json", re.compile(r"pytorch_model-\d{5}-of-\d{5}\.bin"))
 ROPE_FREQS = "rope_freqs.weight"
+# yarn's optional numbers -> llama.rope.scaling.<key> (attention_factor is the newer name of attn_factor)
+YARN_KEYS = {"extrapolation_factor": "yarn_ext_factor", "attention_factor": "yarn_attn_factor",
+             "attn_factor": "yarn_attn_factor", "beta_fast": "yarn_beta_fast", "beta_slow": "yarn_beta_slow"}
 SKIPPED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # a buffer older checkpoints saved
 
 # Hugging Face name -> Meta name (ggmlfmt.llama maps Meta's to GGUF's, docs/format.md §13)
@@ -153,19 +156,23 @@ def _rope(obj: dict[str, Any], path: Path) -> dict[str, Any]:
         raise FormatError(f"expected an object, found {json.dumps(rope)[:40]}", path=str(path), field=field)
     rope = dict(rope)
     kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind not in ("default", "linear", "llama3"):
-        raise FormatError(f"rope type {json.dumps(kind)[:40]}; we convert default, linear and llama3 only",
+    if kind not in ("default", "linear", "llama3", "yarn"):
+        raise FormatError(f"rope type {json.dumps(kind)[:40]}; we convert default, linear, yarn and llama3 only",
                           path=str(path), field=field)
     out: dict[str, Any] = {"rope_type": kind}
     if "rope_theta" in rope:
         out["rope_theta"] = rope["rope_theta"]
     keys = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor",
-                                               "original_max_position_embeddings")}.get(kind, ())
+                                               "original_max_position_embeddings"),
+            "yarn": ("factor", "original_max_position_embeddings", *YARN_KEYS)}.get(kind, ())
     for key in keys:
-        if key in rope:
+        if key in rope and rope[key] is not None:
             out[key] = _float(rope, key, 1e9, path)
-    if kind == "linear" and "factor" not in out:
-        raise FormatError("linear rope scaling without a factor", path=str(path), field=field)
+    for key in {"linear": ("factor",), "yarn": ("factor", "original_max_position_embeddings")}.get(kind, ()):
+        if key not in out:
+            raise FormatError(f"{kind} rope scaling without {key}", path=str(path), field=field)
+    if "original_max_position_embeddings" in out and kind == "yarn":
+        out["original_max_position_embeddings"] = _int(rope, "original_max_position_embeddings", 1, MAX_CONTEXT, path)
     return out
 
 
@@ -516,11 +523,19 @@ def _plan(model_dir: Path, out: Path, outtype: str, cfg: HFConfig, vocab: GGUFVo
 
 
 def _rope_metadata(cfg: HFConfig) -> list[MetaKV]:
-    """llama.rope.scaling.* for linear scaling (llama3's lives in rope_freqs.weight)."""
-    if cfg.rope["rope_type"] != "linear":
+    """llama.rope.scaling.* for linear and yarn scaling (llama3's lives in rope_freqs.weight)."""
+    kind, f32 = cfg.rope["rope_type"], GGUFValueType.FLOAT32
+    if kind not in ("linear", "yarn"):
         return []
-    return [MetaKV("llama.rope.scaling.type", GGUFValueType.STRING, "linear"),
-            MetaKV("llama.rope.scaling.factor", GGUFValueType.FLOAT32, cfg.rope["factor"])]
+    out = [MetaKV("llama.rope.scaling.type", GGUFValueType.STRING, kind),
+           MetaKV("llama.rope.scaling.factor", f32, cfg.rope["factor"])]
+    if kind == "yarn":
+        out.append(MetaKV("llama.rope.scaling.original_context_length", GGUFValueType.UINT32,
+                          cfg.rope["original_max_position_embeddings"]))
+        for key, gguf_key in YARN_KEYS.items():
+            if key in cfg.rope and not (key == "attn_factor" and "attention_factor" in cfg.rope):
+                out.append(MetaKV(f"llama.rope.scaling.{gguf_key}", f32, cfg.rope[key]))
+    return out
 
 
 # ------------------------------------------------------------------ writing

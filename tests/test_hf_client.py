@@ -31,14 +31,22 @@ CASES = {
     "f16-tied": dict(dtype="float16", tie=True),
     "bf16-llama3-rope": dict(rope_scaling=LLAMA3, rope_theta=500000.0),
     "f32-linear-rope": dict(dtype="float32", rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    "f32-yarn-rope": dict(dtype="float32", rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                         "original_max_position_embeddings": 64}),
 }
 
 
-def transformers_logits(model_dir: Path, outtype: str) -> np.ndarray:
-    """transformers' forward pass over PROMPT on the saved weights, 2-D ones rounded as outtype stores them."""
+def transformers_logits(model_dir: Path, outtype: str, *, unscaled: bool = False) -> np.ndarray:
+    """transformers' forward pass over PROMPT on the saved weights, 2-D ones rounded as outtype stores them.
+
+    unscaled: with the config's rope scaling removed (a control: the client must have used it).
+    """
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    config = transformers.AutoConfig.from_pretrained(model_dir)
+    if unscaled:
+        config.rope_parameters = {"rope_type": "default", "rope_theta": config.rope_parameters["rope_theta"]}
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32).eval()
     with torch.no_grad():
         if outtype == "f16":
             for p in model.parameters():
@@ -58,6 +66,10 @@ def test_client_logits_agree_with_transformers(tmp_path: Path, client: Path, cas
     assert (out["n_head"], out["n_head_kv"], out["n_layer"]) == (4, 2, 2)
     rel = gguf_check.assert_logits_match(out["logits"], transformers_logits(model_dir, outtype), TOLERANCE)
     print(f"{case} {outtype}: rel {rel:.2e}")
+    if "rope" in case:  # control: the client did scale RoPE as the file says
+        plain = gguf_check.relative_error(out["logits"], transformers_logits(model_dir, outtype, unscaled=True))
+        print(f"{case} {outtype} against unscaled RoPE: rel {plain:.2e}")
+        assert plain > TOLERANCE
 
 
 @pytest.mark.slow
