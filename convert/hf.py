@@ -44,8 +44,8 @@ from ggmlfmt.floats import CASTS
 from ggmlfmt.writer import FileWriter
 
 from .checkpoint import FLOAT_DTYPES, find_tokenizer
-from .hf_bpe import TOKENIZER_JSON, load_bpe_vocab
-from .hf_vocab import apply_tokenizer_files, read_json
+from .hf_bpe import MAX_TOKENIZER_JSON_BYTES, TOKENIZER_JSON, load_bpe_vocab, post_processor_flags, special_ids
+from .hf_vocab import MAX_TOKENIZER_CONFIG_BYTES, TOKENIZER_CONFIG, apply_tokenizer_files, read_json
 from .convert import OUTTYPES, ConversionPlan, GGUFContent, TensorEntry, _warn_rounding, default_outfile
 from .params import MAX_DIM, MAX_LAYERS, MAX_PARAMS_BYTES, Params
 from .pth import open_checkpoint
@@ -454,9 +454,20 @@ def _vocab(path: Path, cfg: HFConfig, config_path: Path) -> tuple[GGUFVocab, lis
     if len(vocab) != cfg.n_vocab:
         raise FormatError(f"{cfg.n_vocab} does not match the {len(vocab)} pieces of {path}", path=str(config_path),
                           field="vocab_size")
-    vocab, keys = apply_tokenizer_files(config_path.parent, vocab)
-    bos, eos = cfg.token_ids["bos"], cfg.token_ids["eos"]
-    return replace(vocab, bos_id=vocab.bos_id if bos is None else bos, eos_id=vocab.eos_id if eos is None else eos), keys
+    model_dir = config_path.parent
+    vocab, keys = apply_tokenizer_files(model_dir, vocab)
+    special = {f"{k}_token_id": v for k, v in cfg.token_ids.items() if k in ("bos", "eos") and v is not None}
+    if (model_dir / TOKENIZER_JSON).is_file():  # its added tokens name the special ids, its post-processor the flags
+        obj = read_json(model_dir / TOKENIZER_JSON, MAX_TOKENIZER_JSON_BYTES)
+        tc_path = model_dir / TOKENIZER_CONFIG
+        tc = read_json(tc_path, MAX_TOKENIZER_CONFIG_BYTES) if tc_path.is_file() else {}
+        special = special_ids(tc, obj.get("added_tokens"), cfg.token_ids, len(vocab), tc_path)
+        keys = post_processor_flags(obj.get("post_processor"), tc, keys, model_dir / TOKENIZER_JSON)
+    ids = {k: special.pop(k, None) for k in ("bos_token_id", "eos_token_id", "unknown_token_id")}
+    keys += [MetaKV(f"tokenizer.ggml.{k}", GGUFValueType.UINT32, v) for k, v in special.items()]
+    return replace(vocab, bos_id=ids["bos_token_id"] if ids["bos_token_id"] is not None else vocab.bos_id,
+                   eos_id=ids["eos_token_id"] if ids["eos_token_id"] is not None else vocab.eos_id,
+                   unk_id=ids["unknown_token_id"] if ids["unknown_token_id"] is not None else vocab.unk_id), keys
 
 
 def _plan(model_dir: Path, out: Path, outtype: str, cfg: HFConfig, vocab: GGUFVocab, vocab_path: Path,

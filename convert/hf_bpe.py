@@ -114,9 +114,9 @@ def bpe_from_json(obj: dict[str, Any], config: dict[str, Any], n_vocab: int, con
             types[i] = TokenType.USER_DEFINED
             pieces[i] = text.replace("\u2581", " ")
     merges = tuple(_merges(model.get("merges"), path))
-    special = _special_ids(config, added_tokens, config_ids, n_vocab, config_path)
+    special = special_ids(config, added_tokens, config_ids, n_vocab, config_path)
     extra = settings(config, config_path) if config else []
-    extra = _post_processor_flags(obj.get("post_processor"), config, extra, path)
+    extra = post_processor_flags(obj.get("post_processor"), config, extra, path)
     return BPEVocab(tuple(pieces), types, pre, merges, special, extra)
 
 
@@ -205,16 +205,17 @@ def _merges(merges: Any, path: Path) -> Iterable[str]:
                               field=f"model.merges[{k}]")
 
 
-def _special_ids(config: dict[str, Any], added: list[Any], config_ids: dict[str, int | None], n_vocab: int,
-                 path: Path) -> dict[str, int]:
+def special_ids(config: dict[str, Any], added: Any, config_ids: dict[str, int | None], n_vocab: int,
+                path: Path) -> dict[str, int]:
     """tokenizer.ggml.<kind>_token_id: the added token tokenizer_config.json names, else config.json's id.
 
     Raises:
         FormatError: an id outside the vocabulary.
     """
-    by_text = {}
-    for entry in added:
-        by_text.setdefault(entry["content"], entry["id"])
+    by_text: dict[str, Any] = {}
+    for entry in added if isinstance(added, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+            by_text.setdefault(entry["content"], entry.get("id"))
     out = {}
     for kind, key in SPECIAL_KEYS.items():
         name = config.get(f"{kind}_token")
@@ -224,14 +225,14 @@ def _special_ids(config: dict[str, Any], added: list[Any], config_ids: dict[str,
             token_id = config_ids.get(kind)
         if token_id is None:
             continue
-        if not 0 <= token_id < n_vocab:
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < n_vocab:
             raise FormatError(f"{kind} id {token_id} is outside the {n_vocab:,} tokens", path=str(path),
                               field=f"{kind}_token")
         out[key] = token_id
     return out
 
 
-def _post_processor_flags(post: Any, config: dict[str, Any], extra: list[MetaKV], path: Path) -> list[MetaKV]:
+def post_processor_flags(post: Any, config: dict[str, Any], extra: list[MetaKV], path: Path) -> list[MetaKV]:
     """add_bos/add_eos/add_sep as the post-processors say; tokenizer_config.json's flags for the others.
 
     ByteLevel: bos and eos not added (unless a later step says so); RobertaProcessing: bos, eos, sep

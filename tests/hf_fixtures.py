@@ -37,7 +37,7 @@ class HFModel:
 def build_hf(model_dir: Path, *, dtype: str = "bfloat16", shards: int = 1, bin_format: bool = False,
              tie: bool = False, rope_scaling: dict[str, Any] | None = None, arch: str = "LlamaForCausalLM",
              seed: int = 0, tokenizer: bool = True, tokenizer_config: dict[str, Any] | None = None,
-             **overrides: Any) -> HFModel:
+             llama2_tokenizer_json: bool = False, **overrides: Any) -> HFModel:
     """Save a random tiny LLaMA/Mistral with transformers into model_dir (its own config.json, weights, tokenizer)."""
     import torch
     import transformers
@@ -73,8 +73,37 @@ def build_hf(model_dir: Path, *, dtype: str = "bfloat16", shards: int = 1, bin_f
         (model_dir / "tokenizer.model").write_bytes(tokenizer_bytes())
     if tokenizer_config is not None:
         (model_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    if llama2_tokenizer_json:
+        write_llama2_tokenizer_json(model_dir)
 
     return HFModel(model_dir, model, json.loads((model_dir / "config.json").read_text()))
+
+
+def write_llama2_tokenizer_json(model_dir: Path) -> None:
+    """The tokenizer.json Llama 2's repositories hold beside tokenizer.model (transformers' conversion of it):
+    its SentencePiece pieces as a byte-fallback BPE, <unk> <s> </s> as added tokens, bos before every sequence."""
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
+    added = [{"id": i, "content": sp.id_to_piece(i), "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for i in range(3)]
+    bos = sp.id_to_piece(1)
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"},
+                                                           {"type": "Replace", "pattern": {"String": " "},
+                                                            "content": "\u2581"}]},
+        "pre_tokenizer": None,
+        "post_processor": {"type": "TemplateProcessing",
+                           "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                           "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                                    {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                           "special_tokens": {bos: {"id": bos, "ids": [1], "tokens": [bos]}}},
+        "decoder": None,
+        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>", "byte_fallback": True, "fuse_unk": True,
+                  "vocab": {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}, "merges": []},
+    }
+    (model_dir / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
 
 
 def ensure_peer() -> Path:

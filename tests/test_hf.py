@@ -43,6 +43,9 @@ TOKENIZER_CONFIG = {  # what a Hugging Face repository's tokenizer_config.json h
                              "4": {"content": "<user>", "special": False},
                              "300": {"content": "<|im_end|>", "special": False}},
 }
+LLAMA2_TOKENIZER_CONFIG = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
+                           "unk_token": "<unk>", "pad_token": None, "legacy": False,
+                           "tokenizer_class": "LlamaTokenizer"}
 VARIANTS = {  # name -> build_hf arguments
     "bf16-3-shards": dict(shards=3),
     "f16-2-shards-tied": dict(dtype="float16", shards=2, tie=True),
@@ -53,6 +56,10 @@ VARIANTS = {  # name -> build_hf arguments
                                          "beta_fast": 32.0, "beta_slow": 1.0}),
     "f32-mistral": dict(arch="MistralForCausalLM", dtype="float32"),
     "bf16-tokenizer-config": dict(tokenizer_config=TOKENIZER_CONFIG),
+    # Llama 2's repositories: tokenizer.model, tokenizer.json and tokenizer_config.json naming the special tokens;
+    # config.json's eos id 3 loses to the token tokenizer_config.json names (</s>, 2), as in llama.cpp's converter
+    "bf16-llama2-tokenizer-files": dict(tokenizer_config=LLAMA2_TOKENIZER_CONFIG, llama2_tokenizer_json=True,
+                                        eos_token_id=3),
 }
 
 
@@ -83,10 +90,16 @@ def test_tensors_and_metadata_equal_convert_hf_to_gguf(tmp_path: Path, variant: 
     build_hf(model_dir, **VARIANTS[variant])
     ours = convert_checkpoint(model_dir, tmp_path / "ours.gguf", outtype=outtype, fmt="gguf").outfile
     peer_convert(model_dir, tmp_path / "peer.gguf", outtype)
-    assert_same_as_peer(ours, tmp_path / "peer.gguf")
+    # with tokenizer.json naming <unk>, llama.cpp's converter writes its id too
+    both_unk = "llama2-tokenizer" in variant
+    assert_same_as_peer(ours, tmp_path / "peer.gguf",
+                        only_ours=ONLY_OURS - {"tokenizer.ggml.unknown_token_id"} if both_unk else ONLY_OURS)
     names = {t.name for t in gguf.GGUFReader(ours).tensors}
     assert ("output.weight" in names) != ("tied" in variant)
     assert ("rope_freqs.weight" in names) == ("llama3" in variant)
+    if "llama2-tokenizer" in variant:
+        with load(ours) as m:
+            assert m.metadata["tokenizer.ggml.eos_token_id"] == 2 and m.metadata["tokenizer.ggml.add_sep_token"] is False
     if "tokenizer-config" in variant:
         with load(ours) as m:
             assert m.metadata["tokenizer.chat_template"] == TOKENIZER_CONFIG["chat_template"]
