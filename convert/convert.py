@@ -42,7 +42,7 @@ from ggmlfmt.tiktoken_vocab import N_SPECIAL, bpe_vocab, looks_like_tiktoken, re
 from ggmlfmt.unshard import Piece, Source, computed_source, open_read_only, write_tensors
 from ggmlfmt.writer import FileWriter
 
-from .checkpoint import TensorMeta, check_shards, find_shards, find_tokenizer, skipped_name
+from .checkpoint import TensorMeta, check_shards, find_shards, find_tokenizer, is_hf_dir, skipped_name
 from .pth import Checkpoint, open_checkpoint
 from .params import Params, gguf_hparams, read_params
 from ggmlfmt.tokenizer import load_gguf_vocab, load_vocab
@@ -94,6 +94,7 @@ class ConversionPlan:
     format: str = "ggjt"  # "ggjt" (v1) or "gguf" (v3)
     gguf: GGUFContent | None = None  # what the GGUF metadata says; None for ggjt
     computed: tuple[tuple[str, np.ndarray], ...] = ()  # tensors no shard holds (rope_freqs.weight), by name
+    source: Any = None  # None: Meta shards; a Hugging Face directory: convert.hf.HFSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +201,11 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a model directory", str(model_dir))
+    if is_hf_dir(model_dir):
+        from .hf import plan_hf  # hf builds on this module's records
+
+        return plan_hf(model_dir, None if outfile is None else Path(outfile), outtype=outtype, tokenizer=tokenizer,
+                       fmt=fmt, context_length=context_length, rms_eps=rms_eps)
     params_path = model_dir / "params.json"
     params = read_params(params_path)  # first: absurd values stop everything
     if fmt == "ggjt" and (problem := params.ggjt_problem()) is not None:
@@ -473,6 +479,10 @@ def write_conversion(cp: ConversionPlan, *, force: bool = False, progress: Calla
         IncompleteWrite: the shards did not cover every data byte exactly once.
         FormatError, OSError: a shard changed since planning, disk full, ...
     """
+    if cp.source is not None:
+        from .hf import write_hf
+
+        return write_hf(cp, force=force, progress=progress)
     with ExitStack() as stack:
         shards = [stack.enter_context(open_checkpoint(p)) for p in cp.shards]
         fds = [open_read_only(stack, p) for p in cp.shards]
