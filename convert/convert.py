@@ -32,6 +32,7 @@ from ggmlfmt.llama import (
     ROPE_FREQS,
     GGUFVocab,
     LlamaHParams,
+    MetaKV,
     OutTensor,
     llama3_rope_factors,
     plan_llama_gguf,
@@ -105,6 +106,7 @@ class GGUFContent:
     vocab: GGUFVocab
     name: str
     n_params: int | None = None  # every checkpoint tensor's values (general.size_label)
+    extra: tuple[MetaKV, ...] = ()  # written after the tokenizer keys (a Hugging Face directory's, §19)
 
 
 def default_outfile(model_dir: str | os.PathLike[str], outtype: str, fmt: str = "gguf") -> Path:
@@ -160,6 +162,14 @@ def output_type(outtype: str, source_dtype: str, ndim: int) -> GGMLType:
         return GGMLType.F32  # docs/format.md §4.4
     fixed = OUTTYPES[outtype]
     return fixed if fixed is not None else AUTO_TYPES[source_dtype]
+
+
+def check_rows(name: str, ggml_type: GGMLType, shape: tuple[int, ...]) -> None:
+    """Raises: CannotWrite when rows of `shape` are not whole blocks of `ggml_type` (q8_0: 32 values)."""
+    per_block = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][ggml_type].elements
+    if shape[-1] % per_block:
+        raise CannotWrite(f"tensor {name!r}: rows of {shape[-1]} values are not whole {ggml_type.name} blocks "
+                          f"of {per_block}; choose another --outtype")
 
 
 def resolved_outtype(types_2d: list[GGMLType]) -> str:
@@ -238,7 +248,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     if bin_note:  # said once every input is checked, so that an error stays one line
         log.info("%s: a .bin name without --format writes the 2023 ggjt file (--format gguf for today's "
                  "llama.cpp)", outfile)
-    _warn_rounding(entries)
+    warn_rounding(entries)
     if outfile is None:
         outfile = default_outfile(model_dir, resolved_outtype([e.info.type for e in entries if len(e.shape) == 2]), fmt)
         refuse_existing(outfile, overwrite=True, inputs=[params_path, vocab_path, *shards])  # --force never replaces an input
@@ -393,7 +403,7 @@ _ROUNDS = {(GGMLType.F16, "float32"), (GGMLType.F16, "bfloat16"), (GGMLType.BF16
            (GGMLType.BF16, "float16")}
 
 
-def _warn_rounding(entries: list[TensorEntry]) -> None:
+def warn_rounding(entries: list[TensorEntry]) -> None:
     """Say so before writing when a cast rounds or weights are quantized: never silently lossy."""
     for out_type in (GGMLType.F16, GGMLType.BF16):
         narrowed = [e for e in entries if (e.info.type, e.source_dtype) in _ROUNDS and e.info.type == out_type]
@@ -456,10 +466,7 @@ def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected
                               "one by columns gives it", path=str(shards[0]),
                               field=f"tensor {m.name!r}")
         ggml_type = output_type(outtype, m.dtype, len(shape))
-        per_block = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][ggml_type].elements
-        if shape[-1] % per_block:
-            raise CannotWrite(f"tensor {m.name!r}: rows of {shape[-1]} values are not whole {ggml_type.name} blocks "
-                              f"of {per_block}; choose another --outtype")
+        check_rows(m.name, ggml_type, shape)
         pending.append(_Pending(m, axis, shape, TensorSpec.from_shape(m.name, ggml_type, shape)))
     if expected:
         name = next(iter(expected))

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ggmlfmt.atomic import refuse_existing
-from ggmlfmt.constants import CHUNK_BYTES, GGMLType, GGUFValueType
+from ggmlfmt.constants import BLOCK_LAYOUTS, CHUNK_BYTES, GGUF_BLOCK_GENERATION, GGMLType, GGUFValueType
 from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.gguf import plan_gguf
 from ggmlfmt.layout import TensorSpec
@@ -40,13 +40,22 @@ from ggmlfmt.reader import load
 from ggmlfmt.safetensors import dtype_name
 from ggmlfmt.tokenizer import load_gguf_vocab
 from ggmlfmt.unshard import Piece, Source, open_read_only, write_tensors
-from ggmlfmt.floats import CASTS
 from ggmlfmt.writer import FileWriter
 
 from .checkpoint import FLOAT_DTYPES, find_tokenizer
 from .hf_bpe import MAX_TOKENIZER_JSON_BYTES, TOKENIZER_JSON, load_bpe_vocab, post_processor_flags, special_ids
 from .hf_vocab import MAX_TOKENIZER_CONFIG_BYTES, TOKENIZER_CONFIG, apply_tokenizer_files, read_json
-from .convert import ConversionPlan, GGUFContent, TensorEntry, _warn_rounding, default_outfile, output_type, resolved_outtype
+from .convert import (
+    ConversionPlan,
+    GGUFContent,
+    TensorEntry,
+    check_rows,
+    converter,
+    default_outfile,
+    output_type,
+    resolved_outtype,
+    warn_rounding,
+)
 from .params import MAX_DIM, MAX_LAYERS, MAX_PARAMS_BYTES, Params
 from .pth import open_checkpoint
 
@@ -504,6 +513,7 @@ def _plan(model_dir: Path, out: Path | None, outtype: str, cfg: HFConfig, vocab:
     specs, pending = [], []
     for meta, m in named:
         ggml_type = output_type(outtype, m.dtype, len(m.shape))
+        check_rows(m.name, ggml_type, m.shape)
         try:
             gguf_name = gguf_tensor_name(meta, hp.n_layer)
         except FormatError as e:
@@ -516,14 +526,17 @@ def _plan(model_dir: Path, out: Path | None, outtype: str, cfg: HFConfig, vocab:
         specs.append(TensorSpec.from_shape(ROPE_FREQS, GGMLType.F32, computed[ROPE_FREQS].shape))
     name = model_dir.resolve().name or "llama"
     types_2d = [s.type for s in specs if len(s.ne) == 2]
-    kvs = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=False)
+    quantized = any(BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][s.type].elements > 1 for s in specs)
+    n_params = sum(math.prod(s.ne) for s in specs)  # what the peer counts: every tensor it writes (§19.5)
+    kvs = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=quantized,
+                         n_params=n_params)
     if any(kv.key == "tokenizer.ggml.model" for kv in tokenizer_keys):  # BPE: its keys replace the stand-in's
         kvs = [kv for kv in kvs if not kv.key.startswith("tokenizer.")]
     kvs += _rope_metadata(cfg) + tokenizer_keys
     plan = plan_gguf([_triple(kv) for kv in kvs], specs)
     entries = [TensorEntry(m.name, m.shape, m.shape, None, m.dtype, info)
                for m, info in zip(pending, plan.tensors, strict=False)]
-    _warn_rounding(entries)
+    warn_rounding(entries)
     if out is None:
         out = default_outfile(model_dir, resolved_outtype(types_2d), fmt="gguf")
         refuse_existing(out, overwrite=True, inputs=[model_dir / CONFIG, vocab_path, *files])
@@ -532,7 +545,7 @@ def _plan(model_dir: Path, out: Path | None, outtype: str, cfg: HFConfig, vocab:
                     cfg.rope_theta)
     log.debug("planned %d tensors, %s bytes", len(plan.tensors), f"{plan.size:,}")
     return ConversionPlan(model_dir, out, outtype, vocab_path, tuple(files), params, plan, tuple(entries),
-                          tuple(skipped), "gguf", GGUFContent(hp, vocab, name), source=source)
+                          tuple(skipped), "gguf", GGUFContent(hp, vocab, name, n_params), source=source)
 
 
 def _rope_metadata(cfg: HFConfig) -> list[MetaKV]:
@@ -584,7 +597,7 @@ def _sources(cp: ConversionPlan, src: HFSource, opened: list[_Opened], fds: list
                               field=f"tensor {e.name!r}")
         rows = opened[k].array(e.name)
         rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
-        cast = CASTS.get((e.source_dtype, e.info.type))
+        cast = converter(e.source_dtype, e.info.type)
         if e.name not in src.heads:
             yield Source(e.info, None, [Piece(fds[k], record[2], rows)], cast)
             continue

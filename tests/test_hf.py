@@ -32,8 +32,9 @@ from test_convert_hostile import RunsCode
 
 # keys only one side writes (docs/format.md §21.5 gives each reason)
 ONLY_OURS = {"general.alignment", "tokenizer.ggml.unknown_token_id"}
-ONLY_PEER = {"general.quantization_version", "general.size_label", "general.type", "llama.attention.key_length",
-             "llama.attention.value_length", "llama.vocab_size", "tokenizer.ggml.pre"}
+ONLY_PEER = {"general.quantization_version", "general.type", "llama.attention.key_length",
+             "llama.attention.value_length", "tokenizer.ggml.pre"}
+OUTTYPES = ["f16", "f32", "bf16", "q8_0"]  # every --outtype both converters take, auto apart (see below)
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 64}
 TOKENIZER_CONFIG = {  # what a Hugging Face repository's tokenizer_config.json holds (§21.6)
@@ -83,17 +84,23 @@ def assert_same_as_peer(ours: Path, peer: Path, *, only_ours: set[str] = ONLY_OU
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("outtype", ["f16", "f32"])
+@pytest.mark.parametrize("outtype", OUTTYPES)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_tensors_and_metadata_equal_convert_hf_to_gguf(tmp_path: Path, variant: str, outtype: str) -> None:
-    model_dir = tmp_path / "Tiny"  # general.name: the peer title-cases the directory name (§21.5)
+    model_dir = tmp_path / "Tiny"  # general.name: the peer title-cases the directory name (§19.5)
     build_hf(model_dir, **VARIANTS[variant])
-    ours = convert_checkpoint(model_dir, tmp_path / "ours.gguf", outtype=outtype, fmt="gguf").outfile
+    ours = convert_checkpoint(model_dir, tmp_path / "ours.gguf", outtype=outtype).outfile  # GGUF: the default
     peer_convert(model_dir, tmp_path / "peer.gguf", outtype)
     # with tokenizer.json naming <unk>, llama.cpp's converter writes its id too
     both_unk = "llama2-tokenizer" in variant
-    assert_same_as_peer(ours, tmp_path / "peer.gguf",
+    # the peer always writes general.quantization_version, we only for a quantized file (§14.2)
+    only_peer = ONLY_PEER - {"general.quantization_version"} if outtype == "q8_0" else ONLY_PEER
+    assert_same_as_peer(ours, tmp_path / "peer.gguf", only_peer=only_peer,
                         only_ours=ONLY_OURS - {"tokenizer.ggml.unknown_token_id"} if both_unk else ONLY_OURS)
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(ours).tensors}
+    want_2d = {"f16": gguf.GGMLQuantizationType.F16, "f32": gguf.GGMLQuantizationType.F32,
+               "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[outtype]
+    assert types["blk.0.attn_q.weight"] == types["token_embd.weight"] == want_2d  # the outtype was applied
     names = {t.name for t in gguf.GGUFReader(ours).tensors}
     assert ("output.weight" in names) != ("tied" in variant)
     assert ("rope_freqs.weight" in names) == ("llama3" in variant)
@@ -104,6 +111,35 @@ def test_tensors_and_metadata_equal_convert_hf_to_gguf(tmp_path: Path, variant: 
         with load(ours) as m:
             assert m.metadata["tokenizer.chat_template"] == TOKENIZER_CONFIG["chat_template"]
             assert m.metadata["tokenizer.ggml.add_bos_token"] is True and m.metadata["tokenizer.ggml.token_type"][300] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant, kept", [("bf16-3-shards", "bf16"), ("f16-bin", "f16"), ("f32-mistral", "f32")])
+def test_no_options_is_gguf_auto_as_the_peers_auto_for_bf16_and_f16(tmp_path: Path, variant: str, kept: str,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """`convert-model HF_DIR`: GGUF, each weight in its checkpoint type, named ggml-model-<type>.gguf. The
+    peer's --outtype auto makes the same file from bf16 and f16 checkpoints; from an f32 one it rounds to
+    F16 where we keep F32 (docs/format.md §19.5), so there ours is the peer's --outtype f32."""
+    import safetensors.torch
+
+    model_dir = tmp_path / "Tiny"
+    build_hf(model_dir, **VARIANTS[variant])
+    assert main([str(model_dir), "-q"]) == 0
+    ours = model_dir / f"ggml-model-{kept}.gguf"
+    assert [p.name for p in model_dir.glob("*.gguf")] == [ours.name]
+    peer_convert(model_dir, tmp_path / "peer.gguf", "auto" if kept != "f32" else "f32")
+    assert_same_as_peer(ours, tmp_path / "peer.gguf")
+    if kept == "f32":  # control: the peer's own auto differs from ours here (F16)
+        peer_convert(model_dir, tmp_path / "peer-auto.gguf", "auto")
+        with pytest.raises(AssertionError):
+            assert_same_as_peer(ours, tmp_path / "peer-auto.gguf")
+    if kept == "bf16":  # copied unchanged: the bytes safetensors holds (transformers' writer, read by its library)
+        weights = {}
+        for f in model_dir.glob("model-*.safetensors"):
+            weights.update(safetensors.torch.load_file(f))
+        t = next(t for t in gguf.GGUFReader(ours).tensors if t.name == "blk.1.ffn_up.weight")
+        assert t.data.tobytes() == weights["model.layers.1.mlp.up_proj.weight"].view(torch.int16).numpy().tobytes()
+        assert t.data.tobytes() != weights["model.layers.0.mlp.up_proj.weight"].view(torch.int16).numpy().tobytes()
 
 
 def _reorder_rows(path: Path, name: str, order: np.ndarray) -> None:
