@@ -35,17 +35,28 @@ from ggmlfmt.constants import BLOCK_LAYOUTS, CHUNK_BYTES, GGUF_BLOCK_GENERATION,
 from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.gguf import plan_gguf
 from ggmlfmt.layout import TensorSpec
-from ggmlfmt.llama import GGUFVocab, MetaKV, _triple, gguf_tensor_name, llama_file_type, llama_hparams, llama_metadata
+from ggmlfmt.llama import (
+    ROPE_FREQS,
+    GGUFVocab,
+    MetaKV,
+    _triple,
+    gguf_tensor_name,
+    llama3_rope_factors,
+    llama_file_type,
+    llama_hparams,
+    llama_metadata,
+)
 from ggmlfmt.reader import load
 from ggmlfmt.safetensors import dtype_name
 from ggmlfmt.tokenizer import load_gguf_vocab
-from ggmlfmt.unshard import Piece, Source, open_read_only, write_tensors
+from ggmlfmt.unshard import Piece, Source, computed_source, open_read_only, write_tensors
 from ggmlfmt.writer import FileWriter
 
 from .checkpoint import FLOAT_DTYPES, find_tokenizer
 from .hf_bpe import MAX_TOKENIZER_JSON_BYTES, TOKENIZER_JSON, load_bpe_vocab, post_processor_flags, special_ids
 from .hf_vocab import MAX_TOKENIZER_CONFIG_BYTES, TOKENIZER_CONFIG, apply_tokenizer_files, read_json
 from .convert import (
+    COMPUTED,
     ConversionPlan,
     GGUFContent,
     TensorEntry,
@@ -71,7 +82,6 @@ MAX_CONTEXT = (1 << 32) - 1  # llama.context_length is a u32
 MAX_FILES = 1 << 12
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json", re.compile(r"model-\d{5}-of-\d{5}\.safetensors"))
 PYTORCH = ("pytorch_model.bin", "pytorch_model.bin.index.json", re.compile(r"pytorch_model-\d{5}-of-\d{5}\.bin"))
-ROPE_FREQS = "rope_freqs.weight"
 # yarn's optional numbers -> llama.rope.scaling.<key> (attention_factor is the newer name of attn_factor)
 YARN_KEYS = {"extrapolation_factor": "yarn_ext_factor", "attention_factor": "yarn_attn_factor",
              "attn_factor": "yarn_attn_factor", "beta_fast": "yarn_beta_fast", "beta_slow": "yarn_beta_slow"}
@@ -349,7 +359,7 @@ def meta_name(name: str) -> str:
                       field=f"tensor {name[:80]!r}")
 
 
-# ------------------------------------------------------------------ q/k permutation and rope factors
+# ------------------------------------------------------------------ q/k permutation
 
 
 def unpermute_rows(n_rows: int, n_heads: int) -> np.ndarray:
@@ -365,38 +375,16 @@ def unpermute_rows(n_rows: int, n_heads: int) -> np.ndarray:
     return (head * d + j * (d // 2) + i).reshape(-1)
 
 
-def llama3_factors(head_dim: int, theta: float, rope: dict[str, Any]) -> np.ndarray:
-    """rope_freqs.weight for rope_type llama3, in float32 step by step as llama.cpp's converter computes it."""
-    f32 = np.float32
-    factor = rope.get("factor", 8.0)
-    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
-    old = rope.get("original_max_position_embeddings", 8192)
-    freqs = f32(1.0) / (theta ** (np.arange(0, head_dim, 2, dtype=f32) / f32(head_dim))).astype(f32)
-    low_wavelen, high_wavelen = old / low, old / high
-    out = np.empty(len(freqs), f32)
-    for k, freq in enumerate(freqs):
-        wavelen = f32(2 * math.pi) / freq
-        if wavelen < high_wavelen:
-            out[k] = 1
-        elif wavelen > low_wavelen:
-            out[k] = factor
-        else:
-            smooth = (f32(old) / wavelen - f32(low)) / f32(high - low)
-            out[k] = f32(1) / ((f32(1) - smooth) / f32(factor) + smooth)
-    return out
-
-
 # ------------------------------------------------------------------ planning
 
 
 @dataclass(frozen=True, slots=True)
 class HFSource:
-    """What writing needs beyond the plan's entries: each tensor's file and permutation, computed tensors."""
+    """What writing needs beyond the plan's entries: each tensor's file and the heads of q/k."""
 
     files: tuple[Path, ...]
     file_of: dict[str, int]  # Hugging Face name -> index into files
     heads: dict[str, int]  # Hugging Face name -> heads to unpermute (q_proj, k_proj)
-    computed: dict[str, np.ndarray]  # GGUF name -> data (rope_freqs.weight)
     metadata: tuple[MetaKV, ...] = ()  # every key written (what --dry-run shows)
 
 
@@ -491,14 +479,11 @@ def _plan(model_dir: Path, out: Path | None, outtype: str, cfg: HFConfig, vocab:
         except FormatError as e:
             raise e.with_path(files[m.file]) from None
     shapes = {meta: m.shape for meta, m in named}
-    if cfg.tied and "output.weight" not in shapes and "tok_embeddings.weight" in shapes:
-        checked = {**shapes, "output.weight": shapes["tok_embeddings.weight"]}  # llama.cpp reads the embedding
-    else:
-        checked = shapes
+    tied = cfg.tied and "output.weight" not in shapes  # no lm_head: llama.cpp reads the token embedding
     try:  # every LLaMA tensor present with its shape; a layer beyond n_layer is refused by gguf_tensor_name
-        hp = llama_hparams(checked, n_vocab=cfg.n_vocab, n_embd=cfg.n_embd, n_head=cfg.n_head, n_layer=cfg.n_layer,
+        hp = llama_hparams(shapes, n_vocab=cfg.n_vocab, n_embd=cfg.n_embd, n_head=cfg.n_head, n_layer=cfg.n_layer,
                            n_rot=cfg.head_dim, context_length=context_length or cfg.context_length,
-                           rms_eps=cfg.rms_eps, rope_freq_base=cfg.rope_theta)
+                           rms_eps=cfg.rms_eps, rope_freq_base=cfg.rope_theta, tied_embeddings=tied)
     except FormatError as e:
         raise e.with_path(files[0]) from None
     if hp.defaults:
@@ -511,6 +496,16 @@ def _plan(model_dir: Path, out: Path | None, outtype: str, cfg: HFConfig, vocab:
     heads = {m.name: (cfg.n_head if meta.endswith("wq.weight") else cfg.n_head_kv)
              for meta, m in named if meta.endswith(("attention.wq.weight", "attention.wk.weight"))}
     specs, pending = [], []
+    computed = ()
+    if cfg.rope["rope_type"] == "llama3":  # first, as the peer writes it
+        rope = cfg.rope
+        factors = llama3_rope_factors(cfg.head_dim, cfg.rope_theta or 10000.0, factor=rope.get("factor", 8.0),
+                                      low_freq_factor=rope.get("low_freq_factor", 1.0),
+                                      high_freq_factor=rope.get("high_freq_factor", 4.0),
+                                      old_context=rope.get("original_max_position_embeddings", 8192))
+        computed = ((ROPE_FREQS, factors),)
+        specs.append(TensorSpec.from_shape(ROPE_FREQS, GGMLType.F32, factors.shape))
+        pending.append(WeightMeta(ROPE_FREQS, factors.shape, COMPUTED, -1))
     for meta, m in named:
         ggml_type = output_type(outtype, m.dtype, len(m.shape))
         check_rows(m.name, ggml_type, m.shape)
@@ -520,10 +515,6 @@ def _plan(model_dir: Path, out: Path | None, outtype: str, cfg: HFConfig, vocab:
             raise e.with_path(files[m.file]) from None
         specs.append(TensorSpec.from_shape(gguf_name, ggml_type, m.shape))
         pending.append(m)
-    computed: dict[str, np.ndarray] = {}
-    if cfg.rope["rope_type"] == "llama3":
-        computed[ROPE_FREQS] = llama3_factors(cfg.head_dim, cfg.rope_theta or 10000.0, cfg.rope)
-        specs.append(TensorSpec.from_shape(ROPE_FREQS, GGMLType.F32, computed[ROPE_FREQS].shape))
     name = model_dir.resolve().name or "llama"
     types_2d = [s.type for s in specs if len(s.ne) == 2]
     quantized = any(BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][s.type].elements > 1 for s in specs)
@@ -535,17 +526,18 @@ def _plan(model_dir: Path, out: Path | None, outtype: str, cfg: HFConfig, vocab:
     kvs += _rope_metadata(cfg) + tokenizer_keys
     plan = plan_gguf([_triple(kv) for kv in kvs], specs)
     entries = [TensorEntry(m.name, m.shape, m.shape, None, m.dtype, info)
-               for m, info in zip(pending, plan.tensors, strict=False)]
+               for m, info in zip(pending, plan.tensors, strict=True)]
     warn_rounding(entries)
     if out is None:
         out = default_outfile(model_dir, resolved_outtype(types_2d), fmt="gguf")
         refuse_existing(out, overwrite=True, inputs=[model_dir / CONFIG, vocab_path, *files])
-    source = HFSource(tuple(files), {m.name: m.file for m in pending}, heads, computed, tuple(kvs))
+    source = HFSource(tuple(files), {m.name: m.file for m in pending if m.dtype != COMPUTED}, heads, tuple(kvs))
     params = Params(cfg.n_embd, 1, cfg.n_head, cfg.n_layer, cfg.n_vocab, cfg.n_head_kv, None, cfg.rms_eps,
                     cfg.rope_theta)
     log.debug("planned %d tensors, %s bytes", len(plan.tensors), f"{plan.size:,}")
     return ConversionPlan(model_dir, out, outtype, vocab_path, tuple(files), params, plan, tuple(entries),
-                          tuple(skipped), "gguf", GGUFContent(hp, vocab, name, n_params), source=source)
+                          tuple(skipped), "gguf", GGUFContent(hp, vocab, name, n_params), computed,
+                          source)
 
 
 def _rope_metadata(cfg: HFConfig) -> list[MetaKV]:
@@ -579,8 +571,6 @@ def write_hf(cp: ConversionPlan, *, force: bool = False, progress: Callable[[int
         fds = [open_read_only(stack, p) for p in src.files]
         writer = stack.enter_context(FileWriter(cp.outfile, cp.plan, overwrite=force, progress=progress))
         write_tensors(writer, _sources(cp, src, opened, fds), chunk_bytes=CHUNK_BYTES)
-        for name, data in src.computed.items():
-            writer.write_tensor(name, np.ascontiguousarray(data, "<f4"))
 
 
 def _sources(cp: ConversionPlan, src: HFSource, opened: list[_Opened], fds: list[int]) -> Iterator[Source]:
@@ -589,7 +579,11 @@ def _sources(cp: ConversionPlan, src: HFSource, opened: list[_Opened], fds: list
     Raises:
         FormatError: a file no longer holds the tensor as planned.
     """
+    computed = dict(cp.computed)
     for e in cp.entries:
+        if e.name in computed:
+            yield computed_source(e.info, computed[e.name])
+            continue
         k = src.file_of[e.name]
         record = opened[k].records.get(e.name)
         if record is None or tuple(record[0]) != e.shard_shape or record[1] != e.source_dtype:

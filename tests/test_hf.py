@@ -180,29 +180,31 @@ def test_unpermute_rows_is_llama_cpp_permute() -> None:
     assert not np.array_equal(unpermute_rows(64, 4), np.arange(64))  # control: it does move rows
 
 
-def test_llama3_factors_as_the_peer_computes_them_at_head_dim_128() -> None:
-    """The peer's generate_extra_tensors, restated with torch float32 ops (Llama 3.1-8B's values)."""
+def test_llama3_factors_as_the_peer_computes_them() -> None:
+    """The peer's generate_extra_tensors, restated with torch float32 ops, at the head sizes and factors of
+    Llama 3.1 (128, 8) and 3.2 (64 and 128, 32) and the fixtures' (16, old context 64)."""
     import math
 
-    from convert.hf import llama3_factors
+    from ggmlfmt.llama import llama3_rope_factors
 
-    rope = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    base, dim = 500000.0, 128
-    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-    want = []
-    for freq in freqs:
-        wavelen = 2 * math.pi / freq
-        if wavelen < 8192 / 4.0:
-            want.append(1)
-        elif wavelen > 8192 / 1.0:
-            want.append(8.0)
-        else:
-            smooth = (8192 / wavelen - 1.0) / (4.0 - 1.0)
-            want.append(1 / ((1 - smooth) / 8.0 + smooth))
-    want = torch.tensor(want, dtype=torch.float32).numpy()
-    got = llama3_factors(dim, base, rope)
-    assert 1 < np.count_nonzero((want > 1) & (want < 8))  # the blend region is exercised
-    assert got.tobytes() == want.tobytes()
+    for dim, factor, old in ((128, 8.0, 8192), (128, 32.0, 8192), (64, 32.0, 8192), (16, 8.0, 64)):
+        base = 500000.0
+        freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        want = []
+        for freq in freqs:
+            wavelen = 2 * math.pi / freq
+            if wavelen < old / 4.0:
+                want.append(1)
+            elif wavelen > old / 1.0:
+                want.append(factor)
+            else:
+                smooth = (old / wavelen - 1.0) / (4.0 - 1.0)
+                want.append(1 / ((1 - smooth) / factor + smooth))
+        want = torch.tensor(want, dtype=torch.float32).numpy()
+        got = llama3_rope_factors(dim, base, factor=factor, old_context=old)
+        assert 0 < np.count_nonzero((want > 1) & (want < factor))  # the blend region is exercised
+        assert got.tobytes() == want.tobytes(), (dim, factor, old)
+        assert got.tobytes() != llama3_rope_factors(dim, base, factor=factor, old_context=old // 2).tobytes()
 
 
 @pytest.mark.parametrize("weights, vocab", [("safetensors", "tokenizer.model"), ("bin", "tokenizer.json")])
