@@ -134,9 +134,8 @@ def _metadata(cp: ConversionPlan) -> dict[str, Any]:
         raise TypeError("not a GGUF plan")
     types_2d = [e.info.type for e in cp.entries if len(e.shape) == 2]
     quantized = any(e.info.block.elements > 1 for e in cp.entries)
-    kvs = cp.source.metadata if cp.source is not None else llama_metadata(  # a Hugging Face plan has its own
-        cp.gguf.hparams, cp.gguf.vocab, name=cp.gguf.name, file_type=llama_file_type(types_2d), quantized=quantized,
-        n_params=cp.gguf.n_params)
+    kvs = llama_metadata(cp.gguf.hparams, cp.gguf.vocab, name=cp.gguf.name, file_type=llama_file_type(types_2d),
+                         quantized=quantized, n_params=cp.gguf.n_params, extra=cp.gguf.extra)
     out: dict[str, Any] = {}
     for kv in kvs:
         if kv.type == GGUFValueType.ARRAY:

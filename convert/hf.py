@@ -24,27 +24,24 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ggmlfmt.atomic import refuse_existing
-from ggmlfmt.constants import BLOCK_LAYOUTS, CHUNK_BYTES, GGUF_BLOCK_GENERATION, GGMLType, GGUFValueType
+from ggmlfmt.constants import CHUNK_BYTES, GGMLType, GGUFValueType
 from ggmlfmt.errors import CannotWrite, FormatError
-from ggmlfmt.gguf import plan_gguf
-from ggmlfmt.layout import TensorSpec
 from ggmlfmt.llama import (
     ROPE_FREQS,
     GGUFVocab,
     MetaKV,
-    _triple,
+    OutTensor,
     gguf_tensor_name,
     llama3_rope_factors,
-    llama_file_type,
     llama_hparams,
-    llama_metadata,
+    plan_llama_gguf,
 )
 from ggmlfmt.reader import load
 from ggmlfmt.safetensors import dtype_name
@@ -53,7 +50,14 @@ from ggmlfmt.unshard import Piece, Source, computed_source, open_read_only, writ
 from ggmlfmt.writer import FileWriter
 
 from .checkpoint import FLOAT_DTYPES, find_tokenizer
-from .hf_bpe import MAX_TOKENIZER_JSON_BYTES, TOKENIZER_JSON, load_bpe_vocab, post_processor_flags, special_ids
+from .hf_bpe import (
+    MAX_TOKENIZER_JSON_BYTES,
+    TOKENIZER_JSON,
+    load_bpe_vocab,
+    post_processor_flags,
+    special_ids,
+    with_special_ids,
+)
 from .hf_vocab import MAX_TOKENIZER_CONFIG_BYTES, TOKENIZER_CONFIG, apply_tokenizer_files, read_json
 from .convert import (
     COMPUTED,
@@ -385,7 +389,6 @@ class HFSource:
     files: tuple[Path, ...]
     file_of: dict[str, int]  # Hugging Face name -> index into files
     heads: dict[str, int]  # Hugging Face name -> heads to unpermute (q_proj, k_proj)
-    metadata: tuple[MetaKV, ...] = ()  # every key written (what --dry-run shows)
 
 
 def plan_hf(model_dir: Path, outfile: Path | None, *, outtype: str, tokenizer: str | os.PathLike[str] | None,
@@ -407,7 +410,7 @@ def plan_hf(model_dir: Path, outfile: Path | None, *, outtype: str, tokenizer: s
     if outfile is not None:
         refuse_existing(outfile, overwrite=True, inputs=[config_path, vocab_path, *files])
     if vocab_path.name == TOKENIZER_JSON:
-        vocab, tokenizer_keys = _bpe(vocab_path, cfg, config_path)
+        vocab, tokenizer_keys = load_bpe_vocab(model_dir, cfg.n_vocab, cfg.token_ids)
     else:
         vocab, tokenizer_keys = _vocab(vocab_path, cfg, config_path)
     metas = describe_weights(files, None if index_path is None else weight_map(index_path))
@@ -426,18 +429,6 @@ def _find_vocab(model_dir: Path, tokenizer: str | os.PathLike[str] | None) -> Pa
         if (model_dir / TOKENIZER_JSON).is_file():
             return model_dir / TOKENIZER_JSON
         raise
-
-
-def _bpe(path: Path, cfg: HFConfig, config_path: Path) -> tuple[GGUFVocab, list[MetaKV]]:
-    """A byte-level BPE tokenizer.json (convert.hf_bpe): a stand-in GGUFVocab of the right size for the
-    hyper-parameter keys, and every tokenizer.* key, which replace the stand-in's.
-
-    Raises:
-        FormatError: as hf_bpe.load_bpe_vocab.
-    """
-    bpe = load_bpe_vocab(path.parent, cfg.n_vocab, cfg.token_ids)
-    n = len(bpe)
-    return GGUFVocab(bpe.pieces, np.zeros(n, np.float32), bpe.types, None, None, None), bpe.metadata()
 
 
 def _vocab(path: Path, cfg: HFConfig, config_path: Path) -> tuple[GGUFVocab, list[MetaKV]]:
@@ -460,11 +451,7 @@ def _vocab(path: Path, cfg: HFConfig, config_path: Path) -> tuple[GGUFVocab, lis
         tc = read_json(tc_path, MAX_TOKENIZER_CONFIG_BYTES) if tc_path.is_file() else {}
         special = special_ids(tc, obj.get("added_tokens"), cfg.token_ids, len(vocab), tc_path)
         keys = post_processor_flags(obj.get("post_processor"), tc, keys, model_dir / TOKENIZER_JSON)
-    ids = {k: special.pop(k, None) for k in ("bos_token_id", "eos_token_id", "unknown_token_id")}
-    keys += [MetaKV(f"tokenizer.ggml.{k}", GGUFValueType.UINT32, v) for k, v in special.items()]
-    return replace(vocab, bos_id=ids["bos_token_id"] if ids["bos_token_id"] is not None else vocab.bos_id,
-                   eos_id=ids["eos_token_id"] if ids["eos_token_id"] is not None else vocab.eos_id,
-                   unk_id=ids["unknown_token_id"] if ids["unknown_token_id"] is not None else vocab.unk_id), keys
+    return with_special_ids(vocab, special), keys
 
 
 def _plan(model_dir: Path, out: Path | None, outtype: str, cfg: HFConfig, vocab: GGUFVocab, vocab_path: Path,
@@ -495,7 +482,7 @@ def _plan(model_dir: Path, out: Path | None, outtype: str, cfg: HFConfig, vocab:
             raise FormatError(f"{ours}, the tensors imply {theirs}", path=str(model_dir / CONFIG), field=field)
     heads = {m.name: (cfg.n_head if meta.endswith("wq.weight") else cfg.n_head_kv)
              for meta, m in named if meta.endswith(("attention.wq.weight", "attention.wk.weight"))}
-    specs, pending = [], []
+    tensors, pending = [], []
     computed = ()
     if cfg.rope["rope_type"] == "llama3":  # first, as the peer writes it
         rope = cfg.rope
@@ -504,39 +491,33 @@ def _plan(model_dir: Path, out: Path | None, outtype: str, cfg: HFConfig, vocab:
                                       high_freq_factor=rope.get("high_freq_factor", 4.0),
                                       old_context=rope.get("original_max_position_embeddings", 8192))
         computed = ((ROPE_FREQS, factors),)
-        specs.append(TensorSpec.from_shape(ROPE_FREQS, GGMLType.F32, factors.shape))
+        tensors.append(OutTensor(ROPE_FREQS, GGMLType.F32, factors.shape))
         pending.append(WeightMeta(ROPE_FREQS, factors.shape, COMPUTED, -1))
     for meta, m in named:
-        ggml_type = output_type(outtype, m.dtype, len(m.shape))
-        check_rows(m.name, ggml_type, m.shape)
-        try:
-            gguf_name = gguf_tensor_name(meta, hp.n_layer)
+        try:  # a layer beyond n_layer, named with the file that holds it
+            gguf_tensor_name(meta, hp.n_layer)
         except FormatError as e:
             raise e.with_path(files[m.file]) from None
-        specs.append(TensorSpec.from_shape(gguf_name, ggml_type, m.shape))
+        ggml_type = output_type(outtype, m.dtype, len(m.shape))
+        check_rows(m.name, ggml_type, m.shape)
+        tensors.append(OutTensor(meta, ggml_type, m.shape))
         pending.append(m)
     name = model_dir.resolve().name or "llama"
-    types_2d = [s.type for s in specs if len(s.ne) == 2]
-    quantized = any(BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][s.type].elements > 1 for s in specs)
-    n_params = sum(math.prod(s.ne) for s in specs)  # what the peer counts: every tensor it writes (§19.5)
-    kvs = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=quantized,
-                         n_params=n_params)
-    if any(kv.key == "tokenizer.ggml.model" for kv in tokenizer_keys):  # BPE: its keys replace the stand-in's
-        kvs = [kv for kv in kvs if not kv.key.startswith("tokenizer.")]
-    kvs += _rope_metadata(cfg) + tokenizer_keys
-    plan = plan_gguf([_triple(kv) for kv in kvs], specs)
+    n_params = sum(math.prod(t.shape) for t in tensors)  # what the peer counts: every tensor it writes (§19.5)
+    extra = tuple(_rope_metadata(cfg) + tokenizer_keys)
+    plan = plan_llama_gguf(hp, vocab, tensors, name=name, n_params=n_params, extra=extra)
     entries = [TensorEntry(m.name, m.shape, m.shape, None, m.dtype, info)
                for m, info in zip(pending, plan.tensors, strict=True)]
     warn_rounding(entries)
     if out is None:
-        out = default_outfile(model_dir, resolved_outtype(types_2d), fmt="gguf")
+        out = default_outfile(model_dir, resolved_outtype([t.type for t in tensors if len(t.shape) == 2]), "gguf")
         refuse_existing(out, overwrite=True, inputs=[model_dir / CONFIG, vocab_path, *files])
-    source = HFSource(tuple(files), {m.name: m.file for m in pending if m.dtype != COMPUTED}, heads, tuple(kvs))
+    source = HFSource(tuple(files), {m.name: m.file for m in pending if m.dtype != COMPUTED}, heads)
     params = Params(cfg.n_embd, 1, cfg.n_head, cfg.n_layer, cfg.n_vocab, cfg.n_head_kv, None, cfg.rms_eps,
                     cfg.rope_theta)
     log.debug("planned %d tensors, %s bytes", len(plan.tensors), f"{plan.size:,}")
     return ConversionPlan(model_dir, out, outtype, vocab_path, tuple(files), params, plan, tuple(entries),
-                          tuple(skipped), "gguf", GGUFContent(hp, vocab, name, n_params), computed,
+                          tuple(skipped), "gguf", GGUFContent(hp, vocab, name, n_params, extra), computed,
                           source)
 
 

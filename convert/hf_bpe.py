@@ -7,15 +7,15 @@ the file declares (its Split pattern and ByteLevel step), and anything else is r
 found, never guessed. Special ids come from tokenizer_config.json's token names, else config.json's ids;
 add_bos/add_eos from the post-processor's template, else tokenizer_config.json.
 
-The vocabulary is returned as GGUF metadata entries (model "gpt2", pre, tokens, token types, merges,
-special ids): the same keys ggmlfmt.llama writes for Meta's Llama 3 tiktoken vocabulary.
+The vocabulary is returned as ggmlfmt.llama's GGUFVocab in its byte-level BPE form (model "gpt2", pre,
+merges, no scores): the form Meta's Llama 3 tiktoken vocabulary takes, so both write the same keys.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,14 @@ import numpy as np
 
 from ggmlfmt.constants import GGUFValueType, TokenType
 from ggmlfmt.errors import FormatError
-from ggmlfmt.llama import MetaKV
+from ggmlfmt.llama import GGUFVocab, MetaKV
+from ggmlfmt.tiktoken_vocab import BPE_MODEL
 
 from .hf_vocab import MAX_TOKENIZER_CONFIG_BYTES, TOKENIZER_CONFIG, is_utf8, looks_special, read_json, settings
 
 TOKENIZER_JSON = "tokenizer.json"
 MAX_TOKENIZER_JSON_BYTES = 64 << 20  # Llama 3's is 9 MB; the largest released ones are ~35 MB
 MAX_TOKEN_CHARS = 1024
-BPE_MODEL = "gpt2"  # tokenizer.ggml.model of every byte-level BPE
 # Split patterns (with a ByteLevel step that does not split again) -> llama.cpp's pre-tokenizer name.
 # Llama 3's pattern, as Meta's tokenizer.json for Llama 3, 3.1, 3.2 and 3.3 declares it.
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -42,34 +42,10 @@ SPECIAL_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_to
                 "sep": "seperator_token_id", "pad": "padding_token_id", "cls": "cls_token_id", "mask": "mask_token_id"}
 
 
-@dataclass(frozen=True, slots=True)
-class BPEVocab:
-    """A byte-level BPE vocabulary, shaped like ggmlfmt.llama.GGUFVocab's BPE form (model, pre, merges)."""
-
-    pieces: tuple[str, ...]
-    types: np.ndarray  # int32 TokenType codes
-    pre: str
-    merges: tuple[str, ...]
-    special: dict[str, int]  # tokenizer.ggml.<key> -> id
-    settings: list[MetaKV]  # add_bos_token, add_eos_token, chat_template, ...
-    model: str = BPE_MODEL
-
-    def __len__(self) -> int:
-        return len(self.pieces)
-
-    def metadata(self) -> list[MetaKV]:
-        """Every tokenizer.* entry of the GGUF file."""
-        arr, s = GGUFValueType.ARRAY, GGUFValueType.STRING
-        out = [MetaKV("tokenizer.ggml.model", s, self.model), MetaKV("tokenizer.ggml.pre", s, self.pre),
-               MetaKV("tokenizer.ggml.tokens", arr, (s, self.pieces)),
-               MetaKV("tokenizer.ggml.token_type", arr, (GGUFValueType.INT32, self.types)),
-               MetaKV("tokenizer.ggml.merges", arr, (s, self.merges))]
-        out += [MetaKV(f"tokenizer.ggml.{k}", GGUFValueType.UINT32, v) for k, v in self.special.items()]
-        return out + self.settings
-
-
-def load_bpe_vocab(model_dir: Path, n_vocab: int, config_ids: dict[str, int | None]) -> BPEVocab:
-    """The byte-level BPE vocabulary of model_dir's tokenizer.json (and tokenizer_config.json).
+def load_bpe_vocab(model_dir: Path, n_vocab: int,
+                   config_ids: dict[str, int | None]) -> tuple[GGUFVocab, list[MetaKV]]:
+    """The byte-level BPE vocabulary of model_dir's tokenizer.json (and tokenizer_config.json), and the
+    tokenizer settings they add (add_bos_token, add_eos_token, add_sep_token, chat_template, ...).
 
     config_ids: config.json's "<kind>_token_id" values by kind ("bos", ...), used where
     tokenizer_config.json names no token.
@@ -85,7 +61,7 @@ def load_bpe_vocab(model_dir: Path, n_vocab: int, config_ids: dict[str, int | No
 
 
 def bpe_from_json(obj: dict[str, Any], config: dict[str, Any], n_vocab: int, config_ids: dict[str, int | None],
-                  path: Path, config_path: Path) -> BPEVocab:
+                  path: Path, config_path: Path) -> tuple[GGUFVocab, list[MetaKV]]:
     """load_bpe_vocab on the decoded tokenizer.json and tokenizer_config.json objects.
 
     Raises:
@@ -117,7 +93,18 @@ def bpe_from_json(obj: dict[str, Any], config: dict[str, Any], n_vocab: int, con
     special = special_ids(config, added_tokens, config_ids, n_vocab, config_path)
     extra = settings(config, config_path) if config else []
     extra = post_processor_flags(obj.get("post_processor"), config, extra, path)
-    return BPEVocab(tuple(pieces), types, pre, merges, special, extra)
+    vocab = GGUFVocab(tuple(pieces), None, types, None, None, None, model=BPE_MODEL, pre=pre, merges=merges)
+    return with_special_ids(vocab, special), extra
+
+
+def with_special_ids(vocab: GGUFVocab, special: dict[str, int]) -> GGUFVocab:
+    """vocab with special_ids' result applied: bos, eos and unknown replace the vocabulary's own, the
+    others (seperator, padding, cls, mask) become its extra_ids."""
+    ids = {k: special.get(k) for k in ("bos_token_id", "eos_token_id", "unknown_token_id")}
+    return replace(vocab, bos_id=vocab.bos_id if ids["bos_token_id"] is None else ids["bos_token_id"],
+                   eos_id=vocab.eos_id if ids["eos_token_id"] is None else ids["eos_token_id"],
+                   unk_id=vocab.unk_id if ids["unknown_token_id"] is None else ids["unknown_token_id"],
+                   extra_ids=tuple((k, v) for k, v in special.items() if k not in ids))
 
 
 def pre_tokenizer(pre: Any, path: Path) -> str:

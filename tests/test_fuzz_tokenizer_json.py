@@ -99,9 +99,9 @@ def _parse(tokenizer: bytes, config: bytes):
 
 
 def test_the_sample_is_valid() -> None:
-    v = _parse(json.dumps(TOKENIZER).encode(), json.dumps(CONFIG).encode())
+    v, _ = _parse(json.dumps(TOKENIZER).encode(), json.dumps(CONFIG).encode())
     assert v.pre == "llama-bpe" and v.pieces[7] == "x y" and list(v.types[5:]) == [1, 3, 4]
-    assert v.merges == ("a b", "Ġ a", "Ġa b") and v.special == {"bos_token_id": 6, "eos_token_id": 6}
+    assert v.merges == ("a b", "Ġ a", "Ġa b") and (v.bos_id, v.eos_id, v.unk_id, v.extra_ids) == (6, 6, None, ())
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
@@ -112,12 +112,14 @@ def test_mutated_tokenizer_json_gives_format_error_or_consistent_vocabulary(file
                                           prefix="tokenizer")
     if v is None:
         return
+    v, settings = v
     assert len(v.pieces) == len(v.types) == N_VOCAB
     for piece in v.pieces:
         assert isinstance(piece, str) and piece.encode("utf-8")
     assert set(v.types.tolist()) <= {int(t) for t in TokenType}
     for m in v.merges:
         assert m.count(" ") == 1 and m.encode("utf-8")
-    assert all(0 <= i < N_VOCAB for i in v.special.values())
-    for kv in v.metadata():
+    ids = [v.bos_id, v.eos_id, v.unk_id, *(i for _, i in v.extra_ids)]
+    assert all(0 <= i < N_VOCAB for i in ids if i is not None)
+    for kv in settings:
         assert kv.key.startswith("tokenizer.")

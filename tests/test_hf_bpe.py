@@ -95,9 +95,11 @@ def _tiny(**change) -> dict:
 
 
 def test_tiny_bpe_parses() -> None:
-    v = bpe_from_json(_tiny(), {}, 4, {"bos": 3}, Path("t.json"), Path("c.json"))
+    v, settings = bpe_from_json(_tiny(), {}, 4, {"bos": 3}, Path("t.json"), Path("c.json"))
     assert v.pieces == ("a", "b", "ab", "<|x|>") and list(v.types) == [1, 1, 1, 3] and v.merges == ("a b",)
-    assert v.special == {"bos_token_id": 3}
+    assert (v.model, v.pre, v.scores, v.bos_id, v.eos_id, v.unk_id, v.extra_ids) == ("gpt2", "llama-bpe", None, 3,
+                                                                                     None, None, ())
+    assert settings == []
 
 
 @pytest.mark.parametrize("change, field, words", [
