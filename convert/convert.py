@@ -194,7 +194,8 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     None means LLaMA-1's 2048; rms_eps applies only when params.json has no norm_eps (None: 1e-6).
     A tiktoken tokenizer.model makes it a Llama 3 checkpoint (GGUF only, docs/format.md §16.1):
     llama_release ("3", "3.1", "3.2", "3.3") chooses the special tokens, None infers it from params.json;
-    context_length None is then the release's (8,192 for 3, 131,072 for 3.1+).
+    context_length None is then the release's (8,192 for 3, 131,072 for 3.1+). A Hugging Face directory
+    (config.json, no params.json) goes to convert.hf.plan_hf (docs/format.md §19).
 
     Raises:
         FormatError: bad params.json, tokenizer or shards (names the file, and the field or tensor),
@@ -215,7 +216,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
         from .hf import plan_hf  # hf builds on this module's records
 
         return plan_hf(model_dir, None if outfile is None else Path(outfile), outtype=outtype, tokenizer=tokenizer,
-                       fmt=fmt, context_length=context_length, rms_eps=rms_eps)
+                       fmt=fmt, context_length=context_length, rms_eps=rms_eps, llama_release=llama_release)
     params_path = model_dir / "params.json"
     params = read_params(params_path)  # first: absurd values stop everything
     if fmt == "ggjt" and (problem := params.ggjt_problem()) is not None:

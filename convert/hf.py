@@ -392,17 +392,26 @@ class HFSource:
 
 
 def plan_hf(model_dir: Path, outfile: Path | None, *, outtype: str, tokenizer: str | os.PathLike[str] | None,
-            fmt: str, context_length: int | None, rms_eps: float | None) -> ConversionPlan:
+            fmt: str, context_length: int | None, rms_eps: float | None,
+            llama_release: str | None = None) -> ConversionPlan:
     """Check a Hugging Face directory and lay out its GGUF file (convert.plan_conversion calls this).
+
+    outtype: as convert.plan_conversion (checked there); outfile None: MODEL_DIR/ggml-model-<resolved outtype>.gguf.
 
     Raises:
         FormatError: bad config.json, index, weight files or tokenizer (names the file and field).
-        CannotWrite: ggjt asked for, --eps given (config.json has rms_norm_eps), an output that is an input.
+        CannotWrite: ggjt asked for (--format ggjt or a .bin output name), --eps given (config.json has
+            rms_norm_eps), --llama-release given (config.json and the tokenizer files say it all), an output
+            that is an input.
     """
     if fmt != "gguf":
-        raise CannotWrite(f"{model_dir}: a Hugging Face directory converts to GGUF only; use --format gguf")
+        raise CannotWrite(f"{model_dir}: a Hugging Face directory converts to GGUF only; drop --format ggjt "
+                          "or name the output .gguf")
     if rms_eps is not None:
         raise CannotWrite(f"{model_dir / CONFIG}: has rms_norm_eps; --eps applies only to Meta checkpoints")
+    if llama_release is not None:
+        raise CannotWrite(f"{model_dir / CONFIG}: a Hugging Face directory; --llama-release applies only to Meta's "
+                          "Llama 3 checkpoints (tokenizer_config.json names the special tokens here)")
     config_path = model_dir / CONFIG
     cfg = read_config(config_path)
     vocab_path = _find_vocab(model_dir, tokenizer)

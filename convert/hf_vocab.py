@@ -17,7 +17,7 @@ import numpy as np
 
 from ggmlfmt.constants import GGUFValueType, TokenType
 from ggmlfmt.errors import FormatError
-from ggmlfmt.llama import GGUFVocab, MetaKV
+from ggmlfmt.llama import SPACE_MARKER, GGUFVocab, MetaKV
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,6 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 ADDED_TOKENS = "added_tokens.json"
 MAX_TOKENIZER_CONFIG_BYTES = 16 << 20  # real ones are < 1 MB (a few hundred added tokens and a chat template)
 ADDED_SCORE = np.float32(-1000.0)  # llama.cpp's converter gives every listed token this score
-SPACE_MARKER = "\u2581"
 # added tokens llama.cpp's converter treats as control even when not marked special (does_token_look_special)
 LOOKS_SPECIAL = ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
 

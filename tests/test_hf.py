@@ -388,3 +388,21 @@ def test_ggjt_is_refused_for_a_hugging_face_directory(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="converts to GGUF only"):
         plan_conversion(model_dir, fmt="ggjt")
 
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--format", "ggjt"], "converts to GGUF only; drop --format ggjt or name the output .gguf"),
+    (["--outfile", "OUT/m.bin"], "converts to GGUF only"),  # a .bin name without --format means ggjt
+    (["--llama-release", "3.1"], "--llama-release applies only to Meta's Llama 3 checkpoints"),
+    (["--eps", "1e-5"], "--eps applies only to Meta checkpoints"),
+])
+def test_options_a_hugging_face_directory_does_not_take(tmp_path: Path, capsys: pytest.CaptureFixture, args: list,
+                                                          pattern: str) -> None:
+    model_dir = tmp_path / "m"
+    build_hf(model_dir)
+    capsys.readouterr()
+    assert main([str(model_dir), *[a.replace("OUT", str(tmp_path)) for a in args]]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and pattern in err, err
+    assert not list(tmp_path.glob("*.bin")) and not list(model_dir.glob("ggml-model*"))
+    assert main([str(model_dir), "-q"]) == 0  # control: the same directory without the option converts
+
