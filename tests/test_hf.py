@@ -406,3 +406,11 @@ def test_options_a_hugging_face_directory_does_not_take(tmp_path: Path, capsys: 
     assert not list(tmp_path.glob("*.bin")) and not list(model_dir.glob("ggml-model*"))
     assert main([str(model_dir), "-q"]) == 0  # control: the same directory without the option converts
 
+
+
+def test_help_names_hugging_face_directories(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "A Hugging Face LLaMA or Mistral directory (config.json" in out and "convert_hf_to_gguf.py" in out
+    assert "Hugging Face: config.json's max_position_embeddings" in out
