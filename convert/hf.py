@@ -3,7 +3,7 @@
 The same two phases as Meta checkpoints (convert.py): planning reads config.json, the tokenizer and
 every weight file's header, checks them against each other and lays out every byte; writing maps
 every weight file at once and hands each tensor to the unsharding engine. What differs is where the
-tensors come from (docs/format.md §21):
+tensors come from (docs/format.md §19):
 
 - weights: `model.safetensors`, `model-0000k-of-0000n.safetensors` + `model.safetensors.index.json`,
   or `pytorch_model*.bin` (+ index) read by convert.pth (nothing from a pickle runs); every file an
@@ -367,7 +367,7 @@ def meta_name(name: str) -> str:
 
 
 def unpermute_rows(n_rows: int, n_heads: int) -> np.ndarray:
-    """For each output row, the Hugging Face row it comes from (docs/format.md §21.3).
+    """For each output row, the Hugging Face row it comes from (docs/format.md §19.3).
 
     Hugging Face keeps each head's rotary pairs as (first half, second half) (rotate-half order);
     llama.cpp wants them interleaved. Per head of d rows: output row 2i+j is input row j*d/2+i

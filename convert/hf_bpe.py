@@ -1,6 +1,6 @@
 """A Hugging Face tokenizer.json (byte-level BPE, as Llama 3's) -> the tokenizer.ggml.* entries GGUF stores.
 
-docs/format.md §21.7. The file is size-capped before it is parsed; the vocabulary must give every id
+docs/format.md §19.7. The file is size-capped before it is parsed; the vocabulary must give every id
 below config.json's vocab_size exactly one token (model vocabulary and added tokens together); merges
 are kept in rank order as "left right"; the pre-tokenizer llama.cpp must use is recognised from what
 the file declares (its Split pattern and ByteLevel step), and anything else is refused naming what was

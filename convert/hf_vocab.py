@@ -1,6 +1,6 @@
 """What a Hugging Face directory adds to a SentencePiece vocabulary: tokenizer_config.json and added_tokens.json.
 
-docs/format.md §21.6. Both files are optional and size-capped; what they say is applied as llama.cpp's
+docs/format.md §19.6. Both files are optional and size-capped; what they say is applied as llama.cpp's
 converter applies it: tokens they list become user-defined or control pieces (score -1000), and
 `add_bos_token`, `add_eos_token`, `add_prefix_space` and `chat_template` become tokenizer.ggml.* keys.
 """

@@ -210,7 +210,7 @@ HEAD_READAHEAD = 1 << 20  # header + vocabulary are read in order; LLaMA's 32,00
 
 def decode_any(buf: memoryview, path: str) -> Index | GGUFIndex | SafetensorsIndex:
     """Parse a GGUF file (b"GGUF" first), a 2023 one (its magic first), or a safetensors one (no magic:
-    a name ending in .safetensors, or '{' after the 8-byte header length, docs/format.md §20).
+    a name ending in .safetensors, or '{' after the 8-byte header length, docs/format.md §18).
 
     Raises:
         FormatError.

@@ -2,7 +2,7 @@
 
 A safetensors file is an 8-byte little-endian header length N, N bytes of JSON, then the data
 section; each tensor names its dtype, shape and [begin, end) byte range in the data section
-(docs/format.md §20). Every bound is checked before anything is read or allocated: N against the
+(docs/format.md §18). Every bound is checked before anything is read or allocated: N against the
 file size and MAX_HEADER_BYTES, each shape's element count (every partial product) against the
 data section, each byte range against its shape, and the ranges against each other (they tile the
 data section exactly, as the reference reader requires: no overlap, no hole).

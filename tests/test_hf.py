@@ -4,7 +4,7 @@ Fixtures are saved by transformers (tests/hf_fixtures.py): random tiny LLaMA/Mis
 sharded safetensors in bf16 and f16, a pytorch_model.bin, tied embeddings, llama3 and linear rope
 scaling. The peer converts the same directory: every tensor must be equal byte for byte (name,
 shape, type, data), and every metadata key both write must hold the same value; the keys only one
-side writes are exactly the ones docs/format.md §21.5 lists. Controls: a converted file whose q/k
+side writes are exactly the ones docs/format.md §19.5 lists. Controls: a converted file whose q/k
 rows were left in Hugging Face's order, or with one changed byte, differs from the peer's.
 Hostile inputs: each one stderr line, exit status 1, and no output file.
 """
@@ -30,14 +30,14 @@ from helpers import run_with_unimportable
 from hf_fixtures import build_hf, peer_convert
 from test_convert_hostile import RunsCode
 
-# keys only one side writes (docs/format.md §21.5 gives each reason)
+# keys only one side writes (docs/format.md §19.5 gives each reason)
 ONLY_OURS = {"general.alignment", "tokenizer.ggml.unknown_token_id"}
 ONLY_PEER = {"general.quantization_version", "general.type", "llama.attention.key_length",
              "llama.attention.value_length", "tokenizer.ggml.pre"}
 OUTTYPES = ["f16", "f32", "bf16", "q8_0"]  # every --outtype both converters take, auto apart (see below)
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 64}
-TOKENIZER_CONFIG = {  # what a Hugging Face repository's tokenizer_config.json holds (§21.6)
+TOKENIZER_CONFIG = {  # what a Hugging Face repository's tokenizer_config.json holds (§19.6)
     "add_bos_token": True, "add_eos_token": False, "add_prefix_space": True, "bos_token": "<s>",
     "chat_template": "{% for m in messages %}<s>[INST] {{ m['content'] }} [/INST]{% endfor %}",
     "added_tokens_decoder": {"0": {"content": "<unk>", "special": True}, "3": {"content": "<ctl>", "special": True},

@@ -2,7 +2,7 @@
 
 Files are written by `safetensors.numpy.save_file` and `safetensors.torch.save_file`; every tensor
 `ggmlfmt.load` returns must equal what the package's own reader returns, as a read-only view of the
-one map. Hostile headers are hand-built with struct (the layout of docs/format.md §20): each gives
+one map. Hostile headers are hand-built with struct (the layout of docs/format.md §18): each gives
 one FormatError line naming the file, and the package refuses the same bytes (a control that the
 bytes really are bad).
 """
