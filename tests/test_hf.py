@@ -142,7 +142,7 @@ def test_no_options_is_gguf_auto_as_the_peers_auto_for_bf16_and_f16(tmp_path: Pa
         assert t.data.tobytes() != weights["model.layers.0.mlp.up_proj.weight"].view(torch.int16).numpy().tobytes()
 
 
-def _reorder_rows(path: Path, name: str, order: np.ndarray) -> None:
+def reorder_rows(path: Path, name: str, order: np.ndarray) -> None:
     """Rewrite one tensor of a GGUF in place with its rows taken in `order`."""
     t = next(t for t in gguf.GGUFReader(path).tensors if t.name == name)
     rows = np.array(t.data).reshape(len(order), -1)
@@ -166,7 +166,7 @@ def test_controls_unpermuted_rows_or_one_changed_byte_differ_from_the_peer(tmp_p
                 f.write(b"\x55")
         else:
             name, heads = ("blk.0.attn_q.weight", 4) if control.startswith("q") else ("blk.1.attn_k.weight", 2)
-            _reorder_rows(ours, name, np.argsort(unpermute_rows(64 if heads == 4 else 32, heads)))
+            reorder_rows(ours, name, np.argsort(unpermute_rows(64 if heads == 4 else 32, heads)))
         with pytest.raises(AssertionError, match="data differs"):
             assert_same_as_peer(ours, tmp_path / "peer.gguf")
 
@@ -245,7 +245,7 @@ def test_dry_run_json_names_hf_tensors_and_writes_nothing(tmp_path: Path, capsys
 # ------------------------------------------------------------------ hostile inputs
 
 
-def _refused(model_dir: Path, capsys: pytest.CaptureFixture, pattern: str) -> str:
+def refused(model_dir: Path, capsys: pytest.CaptureFixture, pattern: str) -> str:
     """convert-model: exit status 1, one stderr line matching pattern, no output file (nor a temp)."""
     capsys.readouterr()  # what building the fixture printed
     assert main([str(model_dir), "--format", "gguf"]) == 1
@@ -278,7 +278,7 @@ def test_hostile_safetensors(tmp_path: Path, capsys: pytest.CaptureFixture, case
     model_dir = tmp_path / "m"
     build_hf(model_dir)
     _header_file(model_dir / "model.safetensors", header, data, length)
-    _refused(model_dir, capsys, r"model\.safetensors: .*" + pattern)
+    refused(model_dir, capsys, r"model\.safetensors: .*" + pattern)
 
 
 @pytest.mark.parametrize("change, pattern", [
@@ -299,7 +299,7 @@ def test_hostile_index(tmp_path: Path, capsys: pytest.CaptureFixture, change, pa
     (tmp_path / "outside.safetensors").write_bytes((model_dir / files[0]).read_bytes())
     obj["weight_map"] = change(obj["weight_map"], files)
     index.write_text(json.dumps(obj))
-    _refused(model_dir, capsys, pattern)
+    refused(model_dir, capsys, pattern)
 
 
 def test_a_tensor_in_two_files_or_where_the_index_does_not_say(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -312,9 +312,9 @@ def test_a_tensor_in_two_files_or_where_the_index_does_not_say(tmp_path: Path, c
     name = next(n for n, f in index.items() if f == files[0])
     moved = safetensors.numpy.load_file(str(model_dir / files[1]))
     safetensors.numpy.save_file({**moved, name: np.zeros(3, np.float32)}, str(model_dir / files[1]))
-    _refused(model_dir, capsys, f"{files[1]}: tensor '{re.escape(name)}': (also in {files[0]}|the index places it in)")
+    refused(model_dir, capsys, f"{files[1]}: tensor '{re.escape(name)}': (also in {files[0]}|the index places it in)")
     safetensors.numpy.save_file({**moved, "x": np.zeros(3, np.int64)}, str(model_dir / files[1]))
-    _refused(model_dir, capsys, "tensor 'x': the index places it in None")
+    refused(model_dir, capsys, "tensor 'x': the index places it in None")
 
 
 def test_integer_weights_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -325,7 +325,7 @@ def test_integer_weights_are_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
     weights = safetensors.numpy.load_file(str(model_dir / "model.safetensors"))
     weights["model.norm.weight"] = weights["model.norm.weight"].astype(np.int32)
     safetensors.numpy.save_file(weights, str(model_dir / "model.safetensors"))
-    _refused(model_dir, capsys, r"tensor 'model.norm.weight': expected floating-point data .*found I32")
+    refused(model_dir, capsys, r"tensor 'model.norm.weight': expected floating-point data .*found I32")
 
 
 def test_bin_pickle_naming_os_system_is_refused_and_does_not_run(tmp_path: Path,
@@ -334,7 +334,7 @@ def test_bin_pickle_naming_os_system_is_refused_and_does_not_run(tmp_path: Path,
     build_hf(model_dir, dtype="float16", bin_format=True)
     marker = tmp_path / "pwned"
     torch.save({"model.embed_tokens.weight": RunsCode(os.system, f"touch {marker}")}, model_dir / "pytorch_model.bin")
-    _refused(model_dir, capsys, r"pytorch_model\.bin: .*global (posix|os)\.system is not allowed")
+    refused(model_dir, capsys, r"pytorch_model\.bin: .*global (posix|os)\.system is not allowed")
     assert not marker.exists()
 
 
@@ -359,7 +359,7 @@ def test_absurd_config_json(tmp_path: Path, capsys: pytest.CaptureFixture, chang
     build_hf(model_dir)
     config = model_dir / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), **change}))
-    _refused(model_dir, capsys, r"config\.json: " + pattern)
+    refused(model_dir, capsys, r"config\.json: " + pattern)
 
 
 @pytest.mark.parametrize("config, pattern", [
@@ -372,14 +372,14 @@ def test_bad_tokenizer_config(tmp_path: Path, capsys: pytest.CaptureFixture, con
     model_dir = tmp_path / "m"
     build_hf(model_dir)
     (model_dir / "tokenizer_config.json").write_text(json.dumps(config))
-    _refused(model_dir, capsys, r"tokenizer_config\.json: .*" + pattern)
+    refused(model_dir, capsys, r"tokenizer_config\.json: .*" + pattern)
 
 
 def test_huge_config_json_is_not_read(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     model_dir = tmp_path / "m"
     build_hf(model_dir)
     (model_dir / "config.json").write_text('{"a": "' + "x" * (2 << 20) + '"}')
-    _refused(model_dir, capsys, "at most 1,048,576 bytes")
+    refused(model_dir, capsys, "at most 1,048,576 bytes")
 
 
 def test_ggjt_is_refused_for_a_hugging_face_directory(tmp_path: Path) -> None:

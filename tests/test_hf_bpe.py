@@ -19,7 +19,7 @@ from convert import convert_checkpoint
 from convert.hf_bpe import LLAMA3_PATTERN, bpe_from_json, pre_tokenizer
 from ggmlfmt import FormatError, load
 from hf_fixtures import LLAMA3_SPLIT, build_hf, llama3_pre_tokenizer, llama3_vocab_tests, peer_convert, write_llama3_tokenizer
-from test_hf import ONLY_PEER, _refused, assert_same_as_peer
+from test_hf import ONLY_PEER, refused, assert_same_as_peer
 
 LLAMA3_CONFIG = dict(tokenizer=False, tie=True, vocab_size=128256, bos_token_id=128000, eos_token_id=128001,
                      rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
@@ -124,6 +124,6 @@ def test_hostile_tokenizer_json_in_a_directory(tmp_path: Path, capsys: pytest.Ca
     model_dir = tmp_path / "m"
     build_hf(model_dir, tokenizer=False, vocab_size=4, bos_token_id=0, eos_token_id=1)
     (model_dir / "tokenizer.json").write_text(json.dumps(_tiny(pre_tokenizer=_byte_level(r"\s+"))))
-    _refused(model_dir, capsys, r"tokenizer\.json: pre_tokenizer: split pattern \"\\\\s\+\" is not one")
+    refused(model_dir, capsys, r"tokenizer\.json: pre_tokenizer: split pattern \"\\\\s\+\" is not one")
     (model_dir / "tokenizer.json").write_text('{"model": "' + "x" * (64 << 20) + '"}')
-    _refused(model_dir, capsys, r"tokenizer\.json: expected a JSON file of at most 67,108,864 bytes")
+    refused(model_dir, capsys, r"tokenizer\.json: expected a JSON file of at most 67,108,864 bytes")

@@ -22,8 +22,8 @@ import gguf_check
 from convert import convert_checkpoint
 from convert.hf import unpermute_rows
 from hf_fixtures import build_hf
-from test_client_convert_gguf import PROMPT, _scale_tensor
-from test_hf import LLAMA3, _reorder_rows
+from test_client_convert_gguf import PROMPT, scale_tensor
+from test_hf import LLAMA3, reorder_rows
 
 TOLERANCE = 1.5e-3  # the docstring gives the measurements
 CASES = {
@@ -82,10 +82,10 @@ def test_controls_fail_the_comparison(tmp_path: Path, client: Path, control: str
     gguf_check.assert_logits_match(gguf_check.run_gguf_client(client, path, PROMPT)["logits"], want,
                                    TOLERANCE)  # the intact file passes
     if control == "one tensor scaled":
-        _scale_tensor(path, "blk.1.attn_q.weight", 1.5)
+        scale_tensor(path, "blk.1.attn_q.weight", 1.5)
     else:
         for name in ("blk.0.attn_q.weight", "blk.1.attn_q.weight"):
-            _reorder_rows(path, name, np.argsort(unpermute_rows(64, 4)))
+            reorder_rows(path, name, np.argsort(unpermute_rows(64, 4)))
     bad = gguf_check.run_gguf_client(client, path, PROMPT)["logits"]
     print(f"{control}: rel {gguf_check.relative_error(bad, want):.2e}")
     with pytest.raises(AssertionError, match="differ from the numpy reference"):
