@@ -49,7 +49,7 @@ from ggmlfmt.tokenizer import load_gguf_vocab
 from ggmlfmt.unshard import Piece, Source, computed_source, open_read_only, write_tensors
 from ggmlfmt.writer import FileWriter
 
-from .checkpoint import FLOAT_DTYPES, find_tokenizer
+from .checkpoint import FLOAT_DTYPES, TOKENIZER, find_tokenizer
 from .hf_bpe import (
     MAX_TOKENIZER_JSON_BYTES,
     TOKENIZER_JSON,
@@ -427,17 +427,15 @@ def plan_hf(model_dir: Path, outfile: Path | None, *, outtype: str, tokenizer: s
 
 
 def _find_vocab(model_dir: Path, tokenizer: str | os.PathLike[str] | None) -> Path:
-    """tokenizer.model (as for Meta directories, or --vocab), else the directory's tokenizer.json.
+    """--vocab, else the directory's tokenizer.model, else its tokenizer.json, else the parent's tokenizer.model
+    (Meta's LLaMA-1 layout; a Hugging Face directory's own tokenizer.json comes before it).
 
     Raises:
-        FileNotFoundError: neither exists.
+        FileNotFoundError: none exists.
     """
-    try:
-        return find_tokenizer(model_dir, tokenizer)
-    except FileNotFoundError:
-        if (model_dir / TOKENIZER_JSON).is_file():
-            return model_dir / TOKENIZER_JSON
-        raise
+    if tokenizer is None and not (model_dir / TOKENIZER).is_file() and (model_dir / TOKENIZER_JSON).is_file():
+        return model_dir / TOKENIZER_JSON
+    return find_tokenizer(model_dir, tokenizer)
 
 
 def _vocab(path: Path, cfg: HFConfig, config_path: Path) -> tuple[GGUFVocab, list[MetaKV]]:

@@ -127,3 +127,20 @@ def test_hostile_tokenizer_json_in_a_directory(tmp_path: Path, capsys: pytest.Ca
     refused(model_dir, capsys, r"tokenizer\.json: pre_tokenizer: split pattern \"\\\\s\+\" is not one")
     (model_dir / "tokenizer.json").write_text('{"model": "' + "x" * (64 << 20) + '"}')
     refused(model_dir, capsys, r"tokenizer\.json: expected a JSON file of at most 67,108,864 bytes")
+
+
+def test_the_directorys_tokenizer_json_comes_before_the_parents_tokenizer_model(tmp_path: Path) -> None:
+    """Meta's LLaMA-1 layout keeps tokenizer.model beside the model directories; a Hugging Face directory
+    among them with only a tokenizer.json uses its own."""
+    from convert import plan_conversion
+    from meta import tokenizer_bytes
+
+    model_dir = tmp_path / "m"
+    build_hf(model_dir, tokenizer=False, vocab_size=4, bos_token_id=0, eos_token_id=1)
+    (model_dir / "tokenizer.json").write_text(json.dumps(_tiny()))
+    (tmp_path / "tokenizer.model").write_bytes(tokenizer_bytes())
+    cp = plan_conversion(model_dir)
+    assert cp.vocab_path == model_dir / "tokenizer.json" and cp.gguf.vocab.pieces == ("a", "b", "ab", "<|x|>")
+    (model_dir / "tokenizer.json").unlink()  # control: without it, the parent's (320 pieces, not this model's)
+    with pytest.raises(FormatError, match="does not match the 320 pieces"):
+        plan_conversion(model_dir)
