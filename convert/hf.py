@@ -12,7 +12,10 @@ tensors come from (docs/format.md §19):
 - q_proj/k_proj: rows permuted back from Hugging Face's rotate-half order to llama.cpp's per head.
   Rows move whole, so the permutation is a row gather: each output row is a one-row piece copied
   with copy_file_range (or cast through the engine's buffer), memory stays flat;
-- llama3 rope scaling: rope_freqs.weight computed as llama.cpp's converter computes it.
+- llama3 rope scaling: rope_freqs.weight from ggmlfmt.llama.llama3_rope_factors, written from memory.
+
+Everything else is shared with Meta checkpoints: output types and converters (convert.output_type,
+convert.converter), the vocabulary as llama.GGUFVocab, the layout by llama.plan_llama_gguf.
 """
 
 from __future__ import annotations
