@@ -48,10 +48,18 @@ class Targets:
         return f"{shown} (target {goal}: {verdict})"
 
 
-# step -> (its name in the tables, the goal × cat + fsync); llama.cpp's converter has no goal: it is the bar
-CONVERT_GOALS = {"ggjt": ("ggjt f16", 1.25), "gguf": ("GGUF f16 → F16", 1.1), "bf16": ("GGUF bf16 → BF16", 1.1),
-                 "q8_0": ("GGUF f16 → Q8_0", 2.5), "llama.cpp f16": ("f16", None), "llama.cpp q8_0": ("q8_0", None)}
-MIGRATE_GOALS = {"ggjt": ("ggjt", 1.15), "gguf": ("GGUF", 1.15)}
+# step -> (its row in the tables, the goal × cat + fsync or None); memory targets for ours (rows naming a command
+# of this project); a peer has no goal: it is the bar
+CONVERT_GOALS = {"ggjt": ("`convert-model` → ggjt f16", 1.25), "gguf": ("`convert-model` → GGUF f16 → F16", 1.1),
+                 "bf16": ("`convert-model` → GGUF bf16 → BF16", 1.1), "q8_0": ("`convert-model` → GGUF f16 → Q8_0", 2.5),
+                 "llama.cpp f16": ("`convert_legacy_llama.py` → f16", None),
+                 "llama.cpp q8_0": ("`convert_legacy_llama.py` → q8_0", None),
+                 "help": ("`convert-model --help`", None), "tiny": ("`convert-model` tiny demo → ggjt", None)}
+MIGRATE_GOALS = {"ggjt": ("`migrate-old-weights` → ggjt", 1.15), "gguf": ("`migrate-old-weights` → GGUF", 1.15)}
+META_GOALS = {"bf16": ("`convert-model META_DIR` bf16 → BF16", 1.1), "q8_0": ("`convert-model META_DIR` → Q8_0", None),
+              "vocabulary": ("vocabulary build (in process)", None)}
+HF_GOALS = {"bf16": ("`convert-model HF_DIR` bf16 → BF16", 1.1), "q8_0": ("`convert-model HF_DIR` → Q8_0", 2.5),
+            "peer bf16": ("`convert_hf_to_gguf.py` → bf16", None), "peer q8_0": ("`convert_hf_to_gguf.py` → q8_0", None)}
 
 
 def spread(values: list[Any]) -> str:
@@ -59,30 +67,69 @@ def spread(values: list[Any]) -> str:
     return f"{ms(ok[0])} / {ms(statistics.median(ok))} / {ms(ok[-1])}" if ok else "–"
 
 
-def conversion(r: dict[str, Any], t: Targets, migrate: bool = False) -> str:
-    m, floor = {k: med(v) for k, v in r["times"].items()}, med(r["times"]["cat + fsync"])
-    cmd, goals = ("migrate-old-weights", MIGRATE_GOALS) if migrate else ("convert-model", CONVERT_GOALS)
-    rows = [[f"`{k}`" if k.startswith("cat") else f"`{'convert_legacy_llama.py' if k[0] == 'l' else cmd}` → "
-             f"{goals[k][0]}", spread(r["times"][k]), x(ratio(v, floor)), mib(r["memory"].get(k))]
-            for k, v in m.items() if k not in ("help", "tiny")]
-    lines = [table(["what", "wall time: min / median / max", "median × cat + fsync", "peak private"], rows), ""]
-    for k, (name, goal) in [(k, g) for k, g in goals.items() if g[1] is not None]:
-        rt, extra = ratio(m.get(k), floor), r["memory"][k] - r["numpy"]
-        lines.append(f"- {cmd} → {name}: " + t.check(f"{cmd} → {name}, × cat + fsync", rt, x(rt), f"≤ {goal}×",
-                                                     rt is not None and rt <= goal) + "; private memory above a bare "
-                     f"numpy ({mib(r['numpy'])}): " + t.check(f"{cmd} → {name}, private memory above numpy", extra,
-                                                             f"{extra / 1e6:+,.1f} MB", "≤ +64 MB", extra <= 64e6))
-    if not migrate:
-        lead = ratio(m.get("llama.cpp f16"), m.get("gguf"))
-        q = ratio(med(r["quantizers"]["gguf.quants q8_0"]), med(r["quantizers"]["ggmlfmt q8_0"]))
-        lines += ["- llama.cpp's converter ÷ ours, f16: " + t.check("convert_legacy_llama.py f16 ÷ convert-model", lead,
-                                                                   x(lead), "≥ 2×", lead is not None and lead >= 2),
-                  "- q8_0 quantizer throughput, ours ÷ `gguf.quants.quantize` (the same f16 layer tensors, in "
-                  "process, alternating rounds): " + t.check("q8_0 quantizer vs gguf.quants", q, x(q), "≥ 3×",
-                                                             q is not None and q >= 3)]
-        lines.append(f"- start-up: `convert-model --help` {ms(m['help'])}; converting the tiny demo checkpoint "
-                     f"(`convert.demo.build_checkpoint`) to ggjt {ms(m['tiny'])}.")
-    return "\n".join(lines) + errors(r["times"])
+def race(r: dict[str, Any], t: Targets, goals: dict[str, tuple[str, float | None]]) -> list[str]:
+    """A race of suite.race: every timed step's min / median / max, × the floor, peak private memory; its targets
+    (time and memory for each of ours; `not measured` rows when the race did not run); whether the floor moved."""
+    times, memory = r.get("times", {}), r.get("memory", {})
+    m, floor = {k: med(v) for k, v in times.items()}, med(times.get("cat + fsync", []))
+    lines = [table(["what", "wall time: min / median / max", "median × cat + fsync", "peak private"], [
+        [goals.get(k, (f"`{k}`",))[0], spread(v), x(ratio(m[k], floor)), mib(memory.get(k))]
+        for k, v in times.items()]), ""] if times else []
+    ok = sorted(v for v in times.get("cat + fsync", []) if not isinstance(v, dict))
+    if ok and ok[-1] > 1.3 * ok[0]:
+        lines.append(f"- **The floor moved between rounds** (max ÷ min {ok[-1] / ok[0]:.2f} > 1.3): the disk or the "
+                     "machine was not quiet in this run, and every ratio to it is in doubt.")
+    for k, (name, goal) in goals.items():
+        if name.startswith(("`convert-model`", "`convert-model ", "`migrate")) and not name.startswith("`convert-model -"):
+            if goal is not None:
+                rt = ratio(m.get(k), floor)
+                lines.append(f"- {name}: " + t.check(f"{name}, × cat + fsync", rt, x(rt), f"≤ {goal}×",
+                                                     rt is not None and rt <= goal))
+            extra = memory[k] - r["numpy"] if k in memory else None
+            lines.append(f"- {name}: private memory above a bare numpy ({mib(r.get('numpy'))}): " + t.check(
+                f"{name}, private memory above numpy", extra, "–" if extra is None else f"{extra / 1e6:+,.1f} MB",
+                "≤ +64 MB", extra is not None and extra <= 64e6) if "tiny" not in name else "")
+    return [line for line in lines if line != ""][:-1] + ["" if lines else "", errors(times)] if False else \
+        [ln for ln in lines if ln != "" or ln is lines[1]] + ([errors(times)] if times else [])
+
+
+def conversion(r: dict[str, Any], t: Targets) -> str:
+    lines, m = race(r, t, CONVERT_GOALS), {k: med(v) for k, v in r["times"].items()}
+    lead = ratio(m.get("llama.cpp f16"), m.get("gguf"))
+    q = ratio(med(r["quantizers"]["gguf.quants q8_0"]), med(r["quantizers"]["ggmlfmt q8_0"]))
+    lines[-1:-1] = ["- llama.cpp's converter ÷ ours, f16: " + t.check("convert_legacy_llama.py f16 ÷ convert-model",
+                                                                     lead, x(lead), "≥ 2×", lead is not None and lead >= 2),
+                    "- q8_0 quantizer throughput, ours ÷ `gguf.quants.quantize` (the same f16 layer tensors, in "
+                    "process, alternating rounds): " + t.check("q8_0 quantizer vs gguf.quants", q, x(q), "≥ 3×",
+                                                               q is not None and q >= 3)]
+    return "\n".join(lines)
+
+
+def llama3_section(r: dict[str, Any], t: Targets) -> str:
+    dim, heads, kv, layers, _ = r["shape"]
+    meta, hf = r["meta"], r["hf"]
+    vocab = med(meta["times"]["vocabulary"])
+    lines = [f"## Llama 3: `convert-model` on a Llama-3-8B-shaped slice\n\ndim {dim}, {heads} heads, {kv} KV heads, "
+             f"{layers} layer(s), feed-forward multiplier 1.3, vocabulary 128,256, bf16 in 2 shards, in the two layouts "
+             "people download. The rows as in Conversion (same settle, floor and memory sampling).\n",
+             f"### Meta's layout (consolidated.NN.pth of {', '.join(mib(b) for b in meta['input'])}, params.json, Llama 3's "
+             "tiktoken tokenizer.model: its 128,000 ranks taken from llama.cpp's copy of the vocabulary)\n",
+             *race(meta, t, META_GOALS), "- building the 128,256-token vocabulary with its merges (`load_tiktoken_vocab`, "
+             "in process): " + t.check("Llama 3 vocabulary build", vocab, ms(vocab), "≤ 2 s", vocab is not None and vocab <= 2),
+             "\n### Hugging Face's layout (config.json, 2 safetensors shards and their index, Llama 3's tokenizer.json), "
+             "against llama.cpp's `convert_hf_to_gguf.py` (llama-cpp-python 0.3.36 sdist, its vendored gguf-py)\n"]
+    if "absent" in hf:
+        lines.append(f"Hugging Face layout: not measured: this checkout cannot convert it ({hf['absent']}).\n")
+    lines += race(hf, t, HF_GOALS)
+    m, mem, theirs = {k: med(v) for k, v in hf.get("times", {}).items()}, hf.get("memory", {}), "`convert_hf_to_gguf.py`"
+    for o in ("bf16", "q8_0"):
+        fast, share = ratio(m.get(f"peer {o}"), m.get(o)), ratio(mem.get(o), mem.get(f"peer {o}"))
+        lines += [f"- {theirs} ÷ ours, {o}: " + t.check(f"{theirs} {o} ÷ convert-model HF_DIR", fast, x(fast), "≥ 3×",
+                                                         fast is not None and fast >= 3),
+                  f"- our peak private memory ÷ theirs, {o}: " + t.check(
+                      f"convert-model HF_DIR {o} peak memory ÷ {theirs}'s", share, pct(share), "≤ 10%",
+                      share is not None and share <= 0.1)]
+    return "\n".join(lines)
 
 
 def conversion_section(r: dict[str, Any], t: Targets) -> str:
@@ -96,7 +143,7 @@ def conversion_section(r: dict[str, Any], t: Targets) -> str:
             "`os.sync()` runs (deleting a 1.8 GB file costs 0.6-0.9 s on this disk; a step that replaced or "
             "truncated the last one's output would be timing that). Private memory: peak RssAnon of the "
             "process tree, sampled every 1 ms from /proc, worst of 3 runs, against a bare "
-            "`python -c \"import numpy\"`.\n\n" + conversion(r, t))
+            "`python -c \"import numpy\"`. Each timed row: min / median / max over the rounds.\n\n" + conversion(r, t))
 
 
 def _loader_table(runs: dict[str, list[Any]], base: str, keys: tuple[str, ...]) -> str:
@@ -283,11 +330,11 @@ def splice(text: str, name: str, content: str) -> str:
     return head + begin + "\n" + content.strip() + "\n" + end + rest.split(end, 1)[1]
 
 
-RENDER = {"conversion": conversion_section, "open": open_section, "dequantize": dequant_section,
+RENDER = {"conversion": conversion_section, "open": open_section, "dequantize": dequant_section, "llama3": llama3_section,
           "migration": lambda r, t: ("## Migration: `migrate-old-weights` on the same slice\n\nThe same shapes as an old "
                                      f"2-part ggmf f16 model ({', '.join(mib(b) for b in r['input'])}), migrated to ggjt and "
                                      "to GGUF, against `cat parts > out; fsync(out)`; memory measured as for conversion."
-                                     "\n\n" + conversion(r, t, True))}
+                                     "\n\n" + "\n".join(race(r, t, MIGRATE_GOALS)))}
 PLAIN = {"load": load_section, "groups": groups_section, "copy": copy_section,
          "options": lambda r: "## Load options\n\n" + options_intro(r) + " What each option does: "
                               "[loading.md](loading.md).\n\n![options](img/options.png)\n\n" + options_table(r)}

@@ -1,14 +1,14 @@
 """The benchmark suite: measures everything docs/benchmarks.md states and rewrites it, its plots and the
-measured table of docs/loading.md. `python bench/suite.py` (about 45 minutes on 2 quiet cores) rewrites docs/;
-`--quick`: a small smoke run into a temporary directory unless --out; `--only open`: one section.
+measured table of docs/loading.md.
 
-    python bench/suite.py                   # the full suite (about 45 minutes on 2 quiet cores), rewrites docs/
+    python bench/suite.py                   # the full suite (about 50 minutes on 2 quiet cores), rewrites docs/
     python bench/suite.py --quick           # a small smoke run, written to a temporary directory unless --out
-    python bench/suite.py --only dequantize # one section (SECTIONS: conversion, migration, open, ..., dequantize)
+    python bench/suite.py --only dequantize # one section (SECTIONS: conversion, migration, llama3, open, ...)
 
 Method: the contestants of a figure run in alternating rounds (forward, then reversed), each measured run in
-a fresh process (dequantize: in this one); figures are medians, ratios against a named alternative of the same
-rounds. Warm cache unless said. Test files (about 20 GB in the full run) live under --dir and are deleted at the end.
+a fresh process (dequantize: in this one), each after settle(); figures are min / median / max, ratios of medians
+against a named alternative of the same rounds. Warm cache unless said. Test files (about 25 GB in the full run)
+live under --dir and are deleted at the end.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests" / "client")]
+sys.path[:0] = [str(Path(__file__).resolve().parent), *(str(Path(__file__).resolve().parents[1] / "tests" / d) for d in ("client", ""))]
 import child  # noqa: E402
 import files  # noqa: E402
 import report  # noqa: E402
@@ -43,7 +43,8 @@ from ggmlfmt import cachestat  # noqa: E402 (evict: fadvise DONTNEED; residency:
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-SECTIONS = ("conversion", "migration", "open", "load", "options", "groups", "copy", "dequantize")
+DISK = [os.stat(tempfile.gettempdir()).st_dev]  # the device settle() waits for (--dir's)
+SECTIONS = ("conversion", "migration", "llama3", "open", "load", "options", "groups", "copy", "dequantize")
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,12 @@ class Plan:
     options: tuple[str, ...] = ()  # the load options measured (all when empty)
     load_caches: tuple[str, ...] = ("warm", "cold")
     dequant: tuple[int, int] = (4096, 4096)  # rows, columns of the tensor of each type dequantized
+    llama3: tuple[int, ...] = (4096, 32, 8, 2, 1024)  # dim, heads, KV heads, layers, multiple_of (Llama-3-8B widths)
 
 
 FULL = Plan(5, (5120, 40, 2, 32000), 1024, 64, (384, 1024, 2048), 11, (1, 2, 4, 8), 2048)
 QUICK = Plan(1, (256, 2, 1, 512), 128, 64, (128,), 1, (2,), 128, load_caches=("warm",), n_vocab=1000, warmup=False,
-             options=("default", "prefault", "method=pread"), dequant=(64, 1024))
+             options=("default", "prefault", "method=pread"), dequant=(64, 1024), llama3=(64, 4, 2, 1, 32))
 
 
 # ---------------------------------------------------------------- page cache, processes, rounds
@@ -99,12 +101,23 @@ def load_run(loader: str, path: Path, *, cache: str = "warm", opts: dict[str, An
     return r
 
 
-def settle(fresh: Path | None = None) -> None:
-    """Untimed, before a timed step: remove `fresh` (the step's output) and os.sync(). No step pays for an earlier
-    one's write-back or for deleting its output (0.6-0.9 s for 1.8 GB on this ext4 mounted with `discard`)."""
+def settle(fresh: Path | None = None, quiet: float = 0.2, cap: float = 10.0) -> None:
+    """Untimed, before a timed step: remove `fresh` (the last output; deleting 1.8 GB costs 0.6-0.9 s with `discard`),
+    os.sync(), then wait (at most `cap` s) until the disk holding --dir has nothing in flight and has written and
+    discarded nothing for `quiet` s: sync returns while ext4 is still writing its journal and discarding freed blocks."""
     if fresh is not None:
         fresh.unlink(missing_ok=True)
     os.sync()
+    stat, t0 = Path(f"/sys/dev/block/{os.major(DISK[0])}:{os.minor(DISK[0])}/stat"), time.perf_counter()
+    last = still = None
+    while stat.exists() and time.perf_counter() - t0 < cap:
+        f = stat.read_text().split()  # fields 7, 9, 14 (1-based): sectors written, in flight, sectors discarded
+        now = (f[6], f[13] if len(f) > 13 else "") if f[8] == "0" else None
+        still = time.perf_counter() if now is None or now != last else still
+        if now is not None and time.perf_counter() - still >= quiet:
+            return
+        last = now
+        time.sleep(0.01)
 
 
 def timed(cmd: list[str], stdout: Any = subprocess.DEVNULL, *, fresh: Path | None = None) -> float:
@@ -180,6 +193,23 @@ def rounds(steps: dict[str, Callable[[], Any]], plan: Plan, what: str) -> dict[s
 # ---------------------------------------------------------------- sections
 
 
+def race(plan: Plan, what: str, inputs: list[Path], out: Path, cmds: dict[str, list[str]],
+         **extra: Callable[[], Any]) -> dict[str, Any]:
+    """`cat inputs > out; fsync(out)` against every command (each writes `out`) and `extra` steps, in alternating
+    rounds; then each command's peak private memory (worst of up to 3 runs) and a bare numpy's."""
+    warm(*inputs)
+    steps = {"cat + fsync": lambda: cat_into(inputs, out, True), **extra,
+             **{k: (lambda c=c: timed(c, fresh=out)) for k, c in cmds.items()}}
+    times = rounds(steps, plan, what)
+    memory = {k: max(peak_private(c, fresh=out) for _ in range(min(3, plan.reps))) for k, c in cmds.items()}
+    out.unlink(missing_ok=True)
+    return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(p) for p in inputs]}
+
+
+def convert(src: Path, out: Path, outtype: str = "auto", fmt: str = "gguf") -> list[str]:
+    return [PY, "-m", "convert.cli", str(src), "--outfile", str(out), "--format", fmt, "--outtype", outtype, "--quiet"]
+
+
 def conversion(plan: Plan, work: Path) -> dict[str, Any]:
     """convert-model (f16, bf16 shards -> ggjt, GGUF f16/bf16/q8_0), convert_legacy_llama.py, cat; memory; q8_0."""
     import gguf
@@ -190,49 +220,51 @@ def conversion(plan: Plan, work: Path) -> dict[str, Any]:
 
     model, bf16 = (files.checkpoint(work / "ckpt", *plan.slice, 2, bf16=b) for b in (False, True))
     shards, tiny = sorted(model.glob("consolidated.*.pth")), build_checkpoint(work / "tiny")
-    warm(*shards, *bf16.glob("consolidated.*.pth"))
+    warm(*bf16.glob("consolidated.*.pth"))
     out, tree = work / "out", sdist.llama_cpp_tree()
-    convert = lambda src, fmt, outtype="auto": [PY, "-m", "convert.cli", str(src), "--outfile", str(out),  # noqa: E731
-                                                "--format", fmt, "--outtype", outtype, "--quiet"]
     legacy = lambda outtype: ["env", f"PYTHONPATH={tree / 'gguf-py'}", PY, str(tree / "examples" /  # noqa: E731
                               "convert_legacy_llama.py"), str(model), "--vocab-dir", str(model.parent), "--outtype",
                               outtype, "--outfile", str(out)]
-    cmds = {"ggjt": convert(model, "ggjt"), "gguf": convert(model, "gguf"), "bf16": convert(bf16, "gguf"),
-            "q8_0": convert(model, "gguf", "q8_0"), "llama.cpp f16": legacy("f16"), "llama.cpp q8_0": legacy("q8_0")}
-    steps = {"cat": lambda: cat_into(shards, out, False), "cat + fsync": lambda: cat_into(shards, out, True),
-             **{k: (lambda c=c: timed(c, fresh=out)) for k, c in cmds.items()},
-             "help": lambda: timed([PY, "-m", "convert.cli", "--help"]),
-             "tiny": lambda: timed(convert(tiny, "ggjt"), fresh=out)}
-    times = rounds(steps, plan, "conversion")
-    memory = {k: max(peak_private(c, fresh=out) for _ in range(min(3, plan.reps))) for k, c in cmds.items()}
-    out.unlink(missing_ok=True)
+    cmds = {"ggjt": convert(model, out, fmt="ggjt"), "gguf": convert(model, out), "bf16": convert(bf16, out),
+            "q8_0": convert(model, out, "q8_0"), "llama.cpp f16": legacy("f16"), "llama.cpp q8_0": legacy("q8_0")}
+    r = race(plan, "conversion", shards, out, cmds, cat=lambda: cat_into(shards, out, False),
+             help=lambda: timed([PY, "-m", "convert.cli", "--help"]),
+             tiny=lambda: timed(convert(tiny, out, fmt="ggjt"), fresh=out))
     ck = open_checkpoint(shards[0])  # our quantizer and gguf's, in process, on the same f16 layer matrices
     mats = [ck.array(n) for n, t in ck.tensors.items() if n.startswith("layers.") and len(t.shape) == 2]
     quants = {"ggmlfmt q8_0": quantize_rows_q8_0,
               "gguf.quants q8_0": lambda a: gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0)}
     clock = lambda fn: timeit.timeit(lambda: [fn(a) for a in mats], number=1)  # noqa: E731
-    return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(s) for s in shards],
-            "shape": plan.slice, "quantizers": rounds({k: (lambda f=f: clock(f)) for k, f in quants.items()}, plan,
-                                                      "q8_0 quantizers")}
+    return {**r, "shape": plan.slice, "quantizers": rounds({k: (lambda f=f: clock(f)) for k, f in quants.items()},
+                                                           plan, "q8_0 quantizers")}
 
 
 def migration(plan: Plan, work: Path) -> dict[str, Any]:
     """migrate-old-weights of the same slice as 2-part ggmf f16, to ggjt and to GGUF, vs cat + fsync; memory."""
-    dim, heads, layers, n_vocab = plan.slice
     (work / "ggmf").mkdir(exist_ok=True)
-    parts = files.ggmf_parts(work / "ggmf" / "model-f16.bin", dim, heads, layers, n_vocab, 2)
-    warm(*parts)
-    out = work / "out"
+    parts, out = files.ggmf_parts(work / "ggmf" / "model-f16.bin", *plan.slice, 2), work / "out"
+    return race(plan, "migration", parts, out, {f: [PY, "-m", "migrate", str(parts[0]), str(out), "--format", f,
+                                                    "--quiet"] for f in ("ggjt", "gguf")})
 
-    def migrate(fmt: str) -> list[str]:
-        return [PY, "-m", "migrate", str(parts[0]), str(out), "--format", fmt, "--quiet"]
-    steps = {"cat + fsync": lambda: cat_into(parts, out, True), "ggjt": lambda: timed(migrate("ggjt"), fresh=out),
-             "gguf": lambda: timed(migrate("gguf"), fresh=out)}
-    times = rounds(steps, plan, "migration")
-    memory = {fmt: max(peak_private(migrate(fmt), fresh=out) for _ in range(min(3, plan.reps)))
-              for fmt in ("ggjt", "gguf")}
-    out.unlink(missing_ok=True)
-    return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(p) for p in parts]}
+
+def llama3(plan: Plan, work: Path) -> dict[str, Any]:
+    """Llama-3-8B-shaped slice, bf16, 2 shards: Meta's layout (and its vocabulary build) and Hugging Face's against
+    cat + fsync, and Hugging Face's against llama.cpp's convert_hf_to_gguf.py; memory."""
+    from ggmlfmt.tiktoken_vocab import load_tiktoken_vocab
+    meta, out = files.llama3_meta(work / "llama3", *plan.llama3), work / "out"
+    vocab = lambda: timeit.timeit(lambda: len(load_tiktoken_vocab(meta.parent / "tokenizer.model", "3.1").merges),  # noqa: E731
+                                  number=1)
+    r = {"shape": plan.llama3, "meta": race(plan, "llama3 meta", sorted(meta.glob("*.pth")), out, {
+        "bf16": convert(meta, out), "q8_0": convert(meta, out, "q8_0")}, vocabulary=vocab)}
+    try:
+        hf, peer = files.llama3_hf(work / "llama3-hf", *plan.llama3), files.hf_peer()
+    except (ImportError, FileNotFoundError) as e:  # no Hugging Face support in this checkout (or no peer to run)
+        return {**r, "hf": {"absent": f"{type(e).__name__}: {e}"}}
+    theirs = lambda t: ["env", f"PYTHONPATH={peer.parent / 'gguf-py'}", "NO_LOCAL_GGUF=1", PY, str(peer), str(hf),  # noqa: E731
+                        "--outfile", str(out), "--outtype", t]
+    return {**r, "hf": race(plan, "llama3 hf", sorted(hf.glob("*.safetensors")), out, {
+        "bf16": convert(hf, out), "q8_0": convert(hf, out, "q8_0"), "peer bf16": theirs("bf16"),
+        "peer q8_0": theirs("q8_0")})}
 
 
 def _loaders(paths: dict[str, Path], loaders: tuple[str, ...], plan: Plan, what: str,
@@ -366,7 +398,7 @@ def dequantizing(plan: Plan, work: Path) -> dict[str, Any]:
     return out
 
 
-MEASURE = {"conversion": conversion, "migration": migration, "open": opening, "load": load_vs_size,
+MEASURE = {"conversion": conversion, "migration": migration, "llama3": llama3, "open": opening, "load": load_vs_size,
            "options": options, "groups": groups, "copy": copies, "dequantize": dequantizing}
 
 
@@ -407,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s", stream=sys.stderr)
     logging.getLogger("gguf").setLevel(logging.WARNING)  # GGUFWriter's per-file chatter
-    plan, start = (QUICK if args.quick else FULL), time.time()
+    plan, start, DISK[0] = (QUICK if args.quick else FULL), time.time(), os.stat(args.dir).st_dev
     # Fresh interpreters would recompile the source under PYTHONDONTWRITEBYTECODE (0.2 s each); installs never do.
     for package in ("ggmlfmt", "convert", "migrate"):
         compileall.compile_dir(ROOT / package, quiet=1)
