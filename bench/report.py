@@ -54,7 +54,7 @@ CONVERT_GOALS = {"ggjt": ("`convert-model` → ggjt f16", 1.25), "gguf": ("`conv
                  "bf16": ("`convert-model` → GGUF bf16 → BF16", 1.1), "q8_0": ("`convert-model` → GGUF f16 → Q8_0", 2.5),
                  "llama.cpp f16": ("`convert_legacy_llama.py` → f16", None),
                  "llama.cpp q8_0": ("`convert_legacy_llama.py` → q8_0", None),
-                 "help": ("`convert-model --help`", None), "tiny": ("`convert-model` tiny demo → ggjt", None)}
+                 "help": ("`convert-model --help`", None), "tiny": ("tiny demo checkpoint → ggjt", None)}
 MIGRATE_GOALS = {"ggjt": ("`migrate-old-weights` → ggjt", 1.15), "gguf": ("`migrate-old-weights` → GGUF", 1.15)}
 META_GOALS = {"bf16": ("`convert-model META_DIR` bf16 → BF16", 1.1), "q8_0": ("`convert-model META_DIR` → Q8_0", None),
               "vocabulary": ("vocabulary build (in process)", None)}
@@ -79,18 +79,17 @@ def race(r: dict[str, Any], t: Targets, goals: dict[str, tuple[str, float | None
     if ok and ok[-1] > 1.3 * ok[0]:
         lines.append(f"- **The floor moved between rounds** (max ÷ min {ok[-1] / ok[0]:.2f} > 1.3): the disk or the "
                      "machine was not quiet in this run, and every ratio to it is in doubt.")
-    for k, (name, goal) in goals.items():
-        if name.startswith(("`convert-model`", "`convert-model ", "`migrate")) and not name.startswith("`convert-model -"):
-            if goal is not None:
-                rt = ratio(m.get(k), floor)
-                lines.append(f"- {name}: " + t.check(f"{name}, × cat + fsync", rt, x(rt), f"≤ {goal}×",
-                                                     rt is not None and rt <= goal))
-            extra = memory[k] - r["numpy"] if k in memory else None
-            lines.append(f"- {name}: private memory above a bare numpy ({mib(r.get('numpy'))}): " + t.check(
-                f"{name}, private memory above numpy", extra, "–" if extra is None else f"{extra / 1e6:+,.1f} MB",
-                "≤ +64 MB", extra is not None and extra <= 64e6) if "tiny" not in name else "")
-    return [line for line in lines if line != ""][:-1] + ["" if lines else "", errors(times)] if False else \
-        [ln for ln in lines if ln != "" or ln is lines[1]] + ([errors(times)] if times else [])
+    for k, (name, goal) in [(k, g) for k, g in goals.items() if g[0].startswith(("`convert-model` → ", "`convert-model "
+                                                                                "META", "`convert-model HF", "`migrate"))]:
+        if goal is not None:
+            rt = ratio(m.get(k), floor)
+            lines.append(f"- {name}: " + t.check(f"{name}, × cat + fsync", rt, x(rt), f"≤ {goal}×",
+                                                 rt is not None and rt <= goal))
+        extra = memory[k] - r["numpy"] if k in memory else None
+        lines.append(f"- {name}: private memory above a bare numpy ({mib(r.get('numpy'))}): " + t.check(
+            f"{name}, private memory above numpy", extra, "–" if extra is None else f"{extra / 1e6:+,.1f} MB",
+            "≤ +64 MB", extra is not None and extra <= 64e6))
+    return lines + ([errors(times)] if times else [])
 
 
 def conversion(r: dict[str, Any], t: Targets) -> str:
@@ -140,8 +139,9 @@ def conversion_section(r: dict[str, Any], t: Targets) -> str:
             "trained by `ggmlfmt.tokenizer.train_tokenizer`; llama.cpp's `examples/convert_legacy_llama.py` "
             "(llama-cpp-python 0.3.36 sdist, its vendored gguf-py) converts the f16 shards too. The floor is `cat shards > out; fsync(out)`: the converter "
             "fsyncs too. Every step writes a new file: untimed, before it, the previous output is deleted and "
-            "`os.sync()` runs (deleting a 1.8 GB file costs 0.6-0.9 s on this disk; a step that replaced or "
-            "truncated the last one's output would be timing that). Private memory: peak RssAnon of the "
+            "`os.sync()` runs, then the suite waits until the disk has nothing in flight and has written and discarded "
+            "nothing for 200 ms (sync returns while ext4 still commits and discards). Every row: min / median / max; a "
+            "floor that moved by more than 1.3× between rounds is flagged. Private memory: peak RssAnon of the "
             "process tree, sampled every 1 ms from /proc, worst of 3 runs, against a bare "
             "`python -c \"import numpy\"`. Each timed row: min / median / max over the rounds.\n\n" + conversion(r, t))
 

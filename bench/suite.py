@@ -297,7 +297,7 @@ def opening(plan: Plan, work: Path) -> dict[str, Any]:
     return out
 
 
-LOAD_LOADERS = tuple(child.LOADERS)
+LOAD_LOADERS = tuple(child.FORMAT)
 OPTIONS: dict[str, dict[str, Any]] = {
     "default": {}, "prefault": {"prefault": True}, "advice=sequential": {"advice": "sequential"},
     "advice=random": {"advice": "random"}, "advice=willneed": {"advice": "willneed"},
