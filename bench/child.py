@@ -5,7 +5,6 @@ With --hold it then waits for a line on stdin, so a parent can keep N loaded pro
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import sys
@@ -76,21 +75,16 @@ def measure(loader: str, path: str, opts: dict[str, Any], do_touch: bool) -> tup
             "major_faults": ru1.ru_majflt - ru0.ru_majflt}, (keep, arrays)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("loader", choices=sorted(FORMAT))
-    p.add_argument("path")
-    p.add_argument("--options", default="{}", help="JSON keyword arguments for ggmlfmt.load")
-    p.add_argument("--no-touch", action="store_true", help="open only")
-    p.add_argument("--hold", action="store_true", help="after reporting, wait for a line on stdin")
-    a = p.parse_args()
-    report, loaded = measure(a.loader, a.path, json.loads(a.options), not a.no_touch)
+def main(argv: list[str]) -> int:
+    """argv: LOADER PATH [--options JSON (ggmlfmt.load's keywords)] [--no-touch] [--hold]."""
+    opts = json.loads(argv[argv.index("--options") + 1]) if "--options" in argv else {}
+    report, loaded = measure(argv[0], argv[1], opts, "--no-touch" not in argv)
     print(json.dumps(report), flush=True)
-    if a.hold:
+    if "--hold" in argv:
         sys.stdin.readline()
     del loaded
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

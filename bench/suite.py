@@ -33,7 +33,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), *(str(Path(__file__).resolve().parents[1] / "tests" / d) for d in ("client", ""))]
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests" / "client"), str(ROOT / "tests")]  # tests: sdist, hf_fixtures
 import child  # noqa: E402
 import files  # noqa: E402
 import report  # noqa: E402
@@ -41,7 +42,6 @@ import report  # noqa: E402
 from ggmlfmt import cachestat  # noqa: E402 (evict: fadvise DONTNEED; residency: mincore)
 
 log = logging.getLogger("bench")
-ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 DISK = [os.stat(tempfile.gettempdir()).st_dev]  # the device settle() waits for (--dir's)
 SECTIONS = ("conversion", "migration", "llama3", "open", "load", "options", "groups", "copy", "dequantize")
@@ -120,27 +120,30 @@ def settle(fresh: Path | None = None, quiet: float = 0.2, cap: float = 10.0) -> 
         time.sleep(0.01)
 
 
-def timed(cmd: list[str], stdout: Any = subprocess.DEVNULL, *, fresh: Path | None = None) -> float:
-    """Wall time of one command in a fresh process, after settle(fresh). Raises RuntimeError if it fails."""
+def run(cmd: list[str], fresh: Path | None = None, sample: bool = False) -> tuple[float, int]:
+    """One command in a fresh process after settle(fresh): its wall time and (when `sample`: /proc every 1 ms) the
+    peak RssAnon in bytes of its process tree. Raises RuntimeError if it fails."""
     settle(fresh)
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    if out.returncode:
-        raise RuntimeError(f"{shlex.join(cmd[:4])}: exit {out.returncode}: {out.stderr.strip()[-300:]}")
-    return time.perf_counter() - t0
+    with tempfile.TemporaryFile() as err:
+        t0, peak, proc = time.perf_counter(), 0, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        while sample and proc.poll() is None:
+            peak = max(peak, sum(child.status_kib(p, "RssAnon") for p in _tree(proc.pid)))
+            time.sleep(0.001)
+        elapsed = (proc.wait(), time.perf_counter() - t0)[1]
+        if proc.returncode:
+            raise RuntimeError(f"{shlex.join(cmd[:4])}: exit {proc.returncode}: "
+                               f"{(err.seek(0), err.read())[1].decode(errors='replace').strip()[-300:]}")
+    return elapsed, peak * 1024
+
+
+def timed(cmd: list[str], *, fresh: Path | None = None) -> float:
+    return run(cmd, fresh)[0]
 
 
 def cat_into(paths: list[Path], out: Path, fsync: bool) -> float:
-    """`cat paths > out` (then fsync(out)) into a new file: the floor a durable converter is compared with."""
-    settle(out)
-    t0 = time.perf_counter()
-    with open(out, "wb") as f:
-        subprocess.run(["cat", *map(str, paths)], stdout=f, check=True)
-        if fsync:
-            os.fsync(f.fileno())
-    elapsed = time.perf_counter() - t0
-    out.unlink()
-    return elapsed
+    """`cat paths > out` (then `sync out`: fsync) into a new file, timed as every step: the floor of a durable converter."""
+    return timed(["sh", "-c", 'cat "$@" > "$0"' + (' && sync "$0"' if fsync else ""), str(out), *map(str, paths)],
+                 fresh=out)
 
 
 def _tree(pid: int) -> list[int]:
@@ -149,18 +152,6 @@ def _tree(pid: int) -> list[int]:
     except OSError:
         return [pid]
     return [pid] + [q for k in kids for q in _tree(int(k))]
-
-
-def peak_private(cmd: list[str], *, fresh: Path | None = None) -> int:
-    """Peak RssAnon (bytes) of the command's process tree (/proc, every 1 ms) after settle(fresh); RuntimeError."""
-    settle(fresh)
-    proc, peak = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), 0
-    while proc.poll() is None:
-        peak = max(peak, sum(child.status_kib(p, "RssAnon") for p in _tree(proc.pid)))
-        time.sleep(0.001)
-    if proc.returncode:
-        raise RuntimeError(f"{shlex.join(cmd[:4])}: exit {proc.returncode}: {proc.stderr.read()[-300:]!r}")
-    return peak * 1024
 
 
 def bare_numpy() -> int:
@@ -201,7 +192,7 @@ def race(plan: Plan, what: str, inputs: list[Path], out: Path, cmds: dict[str, l
     steps = {"cat + fsync": lambda: cat_into(inputs, out, True), **extra,
              **{k: (lambda c=c: timed(c, fresh=out)) for k, c in cmds.items()}}
     times = rounds(steps, plan, what)
-    memory = {k: max(peak_private(c, fresh=out) for _ in range(min(3, plan.reps))) for k, c in cmds.items()}
+    memory = {k: max(run(c, out, sample=True)[1] for _ in range(min(3, plan.reps))) for k, c in cmds.items()}
     out.unlink(missing_ok=True)
     return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(p) for p in inputs]}
 
@@ -257,7 +248,7 @@ def llama3(plan: Plan, work: Path) -> dict[str, Any]:
     r = {"shape": plan.llama3, "meta": race(plan, "llama3 meta", sorted(meta.glob("*.pth")), out, {
         "bf16": convert(meta, out), "q8_0": convert(meta, out, "q8_0")}, vocabulary=vocab)}
     try:
-        hf, peer = files.llama3_hf(work / "llama3-hf", *plan.llama3), files.hf_peer()
+        hf, peer = files.llama3_hf(work / "llama3-hf", *plan.llama3)
     except (ImportError, FileNotFoundError) as e:  # no Hugging Face support in this checkout (or no peer to run)
         return {**r, "hf": {"absent": f"{type(e).__name__}: {e}"}}
     theirs = lambda t: ["env", f"PYTHONPATH={peer.parent / 'gguf-py'}", "NO_LOCAL_GGUF=1", PY, str(peer), str(hf),  # noqa: E731
