@@ -79,9 +79,10 @@ def race(r: dict[str, Any], t: Targets, goals: dict[str, tuple[str, float | None
     floor moved; the targets of ours (`not measured` when the race did not run)."""
     times, memory = r.get("times", {}), r.get("memory", {})
     m, floor = {k: med(v) for k, v in times.items()}, med(times.get("cat + fsync", []))
-    lines = [table(["what", "wall time: min / median / max", "median × cat + fsync", "peak private"], [
-        [goals.get(k, (f"`{k}`",))[0], spread(v), x(ratio(m[k], floor)), mib(memory.get(k))]
-        for k, v in times.items()]), ""] if times else []
+    lines = [table(["what", "wall time: min / median / max", "median × cat + fsync", "CPU wait, median", "peak private"],
+                   [[goals.get(k, (f"`{k}`",))[0], spread(v), x(ratio(m[k], floor)),
+                     ms(med(r["cpu_wait"][k])) if k in r["cpu_wait"] else "–", mib(memory.get(k))]
+                    for k, v in times.items()]), ""] if times else []
     ok = sorted(v for v in times.get("cat + fsync", []) if not isinstance(v, dict))
     if ok and ok[-1] > 1.3 * ok[0]:
         lines.append(f"- **The floor moved between rounds** (max ÷ min {ok[-1] / ok[0]:.2f} > 1.3): the disk or the "
@@ -94,16 +95,6 @@ def race(r: dict[str, Any], t: Targets, goals: dict[str, tuple[str, float | None
             f"{name}, private memory above numpy", extra, "–" if extra is None else f"{extra / 1e6:+,.1f} MB",
             "≤ +64 MB", extra is not None and extra <= 64e6))
     return lines + ([errors(times)] if times else [])
-
-
-def conversion(r: dict[str, Any], t: Targets) -> str:
-    lines, m = race(r, t, CONVERT_GOALS), {k: med(v) for k, v in r["times"].items()}
-    q = ratio(med(r["quantizers"]["gguf.quants q8_0"]), med(r["quantizers"]["ggmlfmt q8_0"]))
-    lines[-1:-1] = ["- llama.cpp's converter ÷ ours, f16: " + t.times("convert_legacy_llama.py f16 ÷ convert-model",
-                                                                     ratio(m.get("llama.cpp f16"), m.get("gguf")), 2),
-                    "- q8_0 quantizer throughput, ours ÷ `gguf.quants.quantize` (the same f16 layer tensors, in "
-                    "process, alternating rounds): " + t.times("q8_0 quantizer vs gguf.quants", q, 3)]
-    return "\n".join(lines)
 
 
 def llama3_section(r: dict[str, Any], t: Targets) -> str:
@@ -130,18 +121,26 @@ def llama3_section(r: dict[str, Any], t: Targets) -> str:
 
 
 def conversion_section(r: dict[str, Any], t: Targets) -> str:
-    dim, heads, layers, vocab = r["shape"]
-    return (f"## Conversion: `convert-model` on a 13B-shaped slice\n\nA Meta checkpoint (LLaMA-13B widths in the full run: "
-            f"dim {dim}, {heads} heads, {layers} layer(s), vocabulary {vocab}) in 2 f16 shards of "
+    (dim, heads, layers, vocab), m = r["shape"], {k: med(v) for k, v in r["times"].items()}
+    lines = race(r, t, CONVERT_GOALS)
+    q = ratio(med(r["quantizers"]["gguf.quants q8_0"]), med(r["quantizers"]["ggmlfmt q8_0"]))
+    lines[-1:-1] = ["- llama.cpp's converter ÷ ours, f16: " + t.times("convert_legacy_llama.py f16 ÷ convert-model",
+                                                                     ratio(m.get("llama.cpp f16"), m.get("gguf")), 2),
+                    "- q8_0 quantizer throughput, ours ÷ `gguf.quants.quantize` (the same f16 layer tensors, in "
+                    "process, alternating rounds): " + t.times("q8_0 quantizer vs gguf.quants", q, 3)]
+    return (f"## Conversion: `convert-model` on a 13B-shaped slice\n\nA Meta checkpoint (LLaMA-13B widths in the full "
+            f"run: dim {dim}, {heads} heads, {layers} layer(s), vocabulary {vocab}) in 2 f16 shards of "
             f"{', '.join(mib(b) for b in r['input'])} (and the same values as 2 bf16 shards), with a `tokenizer.model` "
             "trained by `ggmlfmt.tokenizer.train_tokenizer`; llama.cpp's `examples/convert_legacy_llama.py` "
-            "(llama-cpp-python 0.3.36 sdist, its vendored gguf-py) converts the f16 shards too. The floor is `sh -c 'cat shards > out && sync out'` "
-            "(`sync FILE` fsyncs it, as the converter does), started and timed exactly as each converter. Every step writes a new file: untimed, before it, the previous output is deleted and "
-            "`os.sync()` runs, then the suite waits until the disk has nothing in flight and has written and discarded "
-            "nothing for 200 ms (sync returns while ext4 still commits and discards). Every row: min / median / max; a "
-            "floor that moved by more than 1.3× between rounds is flagged. Private memory: peak RssAnon of the "
-            "process tree, sampled every 1 ms from /proc, worst of 3 runs, against a bare "
-            "`python -c \"import numpy\"`.\n\n" + conversion(r, t))
+            "(llama-cpp-python 0.3.36 sdist, its vendored gguf-py) converts the f16 shards too. The floor is "
+            "`sh -c 'cat shards > out && sync out'` (`sync FILE` fsyncs it, as the converter does), started and timed "
+            "exactly as each converter is. Every step writes a new file: untimed, before it, the previous output is "
+            "deleted, `os.sync()` runs, then the suite waits until the disk has nothing in flight and has written and "
+            "discarded nothing for 200 ms (`settle`). Every row: min / median / max; a floor that moved by more than "
+            "1.3× between rounds is flagged. Private memory: peak RssAnon of the process tree, sampled every 1 ms from "
+            "/proc, worst of 3 runs, against a bare `python -c \"import numpy\"`. CPU wait: how long tasks of this machine "
+            "waited for a CPU during the step (/proc/pressure/cpu, `some`): on a shared machine the floor, a CPU-bound "
+            "copy then a write-back, grows with it.\n\n" + "\n".join(lines))
 
 
 def _loader_table(runs: dict[str, list[Any]], base: str, keys: tuple[str, ...]) -> str:

@@ -120,12 +120,21 @@ def settle(fresh: Path | None = None, quiet: float = 0.2, cap: float = 10.0) -> 
         time.sleep(0.01)
 
 
-def run(cmd: list[str], fresh: Path | None = None, sample: bool = False) -> tuple[float, int]:
-    """One command in a fresh process after settle(fresh): its wall time and (when `sample`: /proc every 1 ms) the
-    peak RssAnon in bytes of its process tree. Raises RuntimeError if it fails."""
+def cpu_wait() -> float:
+    """Seconds that some task of this machine waited for a CPU, since boot (/proc/pressure/cpu; 0 without PSI)."""
+    try:
+        return int(Path("/proc/pressure/cpu").read_text().split()[4].split("=")[1]) / 1e6
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def run(cmd: list[str], fresh: Path | None = None, sample: bool = False) -> tuple[float, int, float]:
+    """One command in a fresh process after settle(fresh): its wall time, (when `sample`: /proc every 1 ms) the peak
+    RssAnon in bytes of its process tree, and the machine's CPU wait meanwhile. Raises RuntimeError if it fails."""
     settle(fresh)
     with tempfile.TemporaryFile() as err:
-        t0, peak, proc = time.perf_counter(), 0, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        t0, w0, peak = time.perf_counter(), cpu_wait(), 0
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
         while sample and proc.poll() is None:
             peak = max(peak, sum(child.status_kib(p, "RssAnon") for p in _tree(proc.pid)))
             time.sleep(0.001)
@@ -133,17 +142,16 @@ def run(cmd: list[str], fresh: Path | None = None, sample: bool = False) -> tupl
         if proc.returncode:
             raise RuntimeError(f"{shlex.join(cmd[:4])}: exit {proc.returncode}: "
                                f"{(err.seek(0), err.read())[1].decode(errors='replace').strip()[-300:]}")
-    return elapsed, peak * 1024
+    return elapsed, peak * 1024, cpu_wait() - w0
 
 
 def timed(cmd: list[str], *, fresh: Path | None = None) -> float:
     return run(cmd, fresh)[0]
 
 
-def cat_into(paths: list[Path], out: Path, fsync: bool) -> float:
-    """`cat paths > out` (then `sync out`: fsync) into a new file, timed as every step: the floor of a durable converter."""
-    return timed(["sh", "-c", 'cat "$@" > "$0"' + (' && sync "$0"' if fsync else ""), str(out), *map(str, paths)],
-                 fresh=out)
+def cat(paths: list[Path], out: Path, fsync: bool = True) -> list[str]:
+    """`cat paths > out` (then `sync out`: fsync), a command like any other: the floor of a durable converter."""
+    return ["sh", "-c", 'cat "$@" > "$0"' + (' && sync "$0"' if fsync else ""), str(out), *map(str, paths)]
 
 
 def _tree(pid: int) -> list[int]:
@@ -187,14 +195,21 @@ def rounds(steps: dict[str, Callable[[], Any]], plan: Plan, what: str) -> dict[s
 def race(plan: Plan, what: str, inputs: list[Path], out: Path, cmds: dict[str, list[str]],
          **extra: Callable[[], Any]) -> dict[str, Any]:
     """`cat inputs > out; fsync(out)` against every command (each writes `out`) and `extra` steps, in alternating
-    rounds; then each command's peak private memory (worst of up to 3 runs) and a bare numpy's."""
+    rounds, with the machine's CPU wait during each; then each command's peak private memory (worst of up to 3
+    runs; not of the cat floors) and a bare numpy's."""
     warm(*inputs)
-    steps = {"cat + fsync": lambda: cat_into(inputs, out, True), **extra,
-             **{k: (lambda c=c: timed(c, fresh=out)) for k, c in cmds.items()}}
-    times = rounds(steps, plan, what)
-    memory = {k: max(run(c, out, sample=True)[1] for _ in range(min(3, plan.reps))) for k, c in cmds.items()}
+    cmds, waits = {"cat + fsync": cat(inputs, out), **cmds}, {}
+
+    def step(k: str) -> float:
+        t, _, w = run(cmds[k], out)
+        waits.setdefault(k, []).append(w)
+        return t
+    times = rounds({**{k: (lambda k=k: step(k)) for k in cmds}, **extra}, plan, what)
+    memory = {k: max(run(c, out, sample=True)[1] for _ in range(min(3, plan.reps))) for k, c in cmds.items()
+              if not k.startswith("cat")}
     out.unlink(missing_ok=True)
-    return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(p) for p in inputs]}
+    return {"times": times, "cpu_wait": {k: v[-plan.reps:] for k, v in waits.items()}, "memory": memory, "numpy": bare_numpy(),
+            "input": [files.size(p) for p in inputs]}
 
 
 def convert(src: Path, out: Path, outtype: str = "auto", fmt: str = "gguf") -> list[str]:
@@ -218,9 +233,8 @@ def conversion(plan: Plan, work: Path) -> dict[str, Any]:
                               outtype, "--outfile", str(out)]
     cmds = {"ggjt": convert(model, out, fmt="ggjt"), "gguf": convert(model, out), "bf16": convert(bf16, out),
             "q8_0": convert(model, out, "q8_0"), "llama.cpp f16": legacy("f16"), "llama.cpp q8_0": legacy("q8_0")}
-    r = race(plan, "conversion", shards, out, cmds, cat=lambda: cat_into(shards, out, False),
-             help=lambda: timed([PY, "-m", "convert.cli", "--help"]),
-             tiny=lambda: timed(convert(tiny, out, fmt="ggjt"), fresh=out))
+    r = race(plan, "conversion", shards, out, {"cat": cat(shards, out, False), **cmds, "help": [
+        PY, "-m", "convert.cli", "--help"], "tiny": convert(tiny, out, fmt="ggjt")})
     ck = open_checkpoint(shards[0])  # our quantizer and gguf's, in process, on the same f16 layer matrices
     mats = [ck.array(n) for n, t in ck.tensors.items() if n.startswith("layers.") and len(t.shape) == 2]
     quants = {"ggmlfmt q8_0": quantize_rows_q8_0,
@@ -276,15 +290,11 @@ def opening(plan: Plan, work: Path) -> dict[str, Any]:
            "index": _loaders(index, four, plan, "open 7B index", touch=False),
            "sizes": {"v32": files.size(small["ggjt"]), "v32000": files.size(real["ggjt"]),
                      "index_gguf": files.size(index["gguf"]), "n_vocab": plan.n_vocab}}
-    path = real["ggjt"]
-
-    def cat_cold() -> dict[str, Any]:
-        left = evict(path)
-        return {"total_s": timed(["cat", str(path)]), "cached_before": left}
-    cold = replace(plan, reps=plan.cold_reps)
+    path, cold = real["ggjt"], replace(plan, reps=plan.cold_reps)
     out["cold"] = rounds({"open": lambda: load_run("ggmlfmt", path, cache="cold", touch=False),
-                          "open + touch": lambda: load_run("ggmlfmt", path, cache="cold"),
-                          "cat > /dev/null": cat_cold}, cold, "cold open")
+                          "open + touch": lambda: load_run("ggmlfmt", path, cache="cold"),  # evicted, then cat:
+                          "cat > /dev/null": lambda: {"cached_before": evict(path), "total_s": timed(["cat", str(path)])}},
+                         cold, "cold open")
     return out
 
 
@@ -398,20 +408,17 @@ MEASURE = {"conversion": conversion, "migration": migration, "llama3": llama3, "
 
 def machine(directory: Path) -> dict[str, str]:
     """Name -> value lines: what the numbers were measured on."""
-    def first(path: str, key: str) -> str:
-        try:
-            return next((ln.split(":", 1)[1].strip() for ln in open(path) if ln.startswith(key)), "?")
-        except OSError:
-            return "?"
+    info = {k.strip(): v.strip() for f in ("/proc/cpuinfo", "/proc/meminfo") for k, v in
+            (ln.split(":", 1) for ln in open(f) if ":" in ln)}
     mounts = [ln.split() for ln in open("/proc/mounts")]
     real = os.path.realpath(directory)
     dev, mnt, fs, options = max((m[:4] for m in mounts if real == m[1] or real.startswith(m[1].rstrip("/") + "/")),
                                 key=lambda m: len(m[1]), default=("?", "/", "?", "?"))
     installed = {d.metadata["Name"].lower(): d.version for d in metadata.distributions()}
     versions = [f"{d} {installed.get(d, 'not installed')}" for d in ("numpy", "torch", "safetensors", "gguf")]
-    virt = " (virtual machine)" if "hypervisor" in first("/proc/cpuinfo", "flags") else ""
-    return {"CPU": first("/proc/cpuinfo", "model name") + virt, "cores": str(os.cpu_count()),
-            "memory": first("/proc/meminfo", "MemTotal"), "kernel": platform.release(),
+    virt = " (virtual machine)" if "hypervisor" in info.get("flags", "?") else ""
+    return {"CPU": info.get("model name", "?") + virt, "cores": str(os.cpu_count()),
+            "memory": info.get("MemTotal", "?"), "kernel": platform.release(),
             "filesystem": f"{fs} on {dev} at {mnt} (files in {directory}; mount options {options})",
             "transparent huge pages": Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip(),
             "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
