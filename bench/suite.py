@@ -1,7 +1,7 @@
 """The benchmark suite: measures everything docs/benchmarks.md states and rewrites it, its plots and the
 measured table of docs/loading.md.
 
-    python bench/suite.py                   # the full suite (about 50 minutes on 2 quiet cores), rewrites docs/
+    python bench/suite.py                   # the full suite (about 70 minutes on 2 quiet cores), rewrites docs/
     python bench/suite.py --quick           # a small smoke run, written to a temporary directory unless --out
     python bench/suite.py --only dequantize # one section (SECTIONS: conversion, migration, llama3, open, ...)
 
@@ -366,14 +366,11 @@ def copies(plan: Plan, work: Path) -> dict[str, Any]:
     """`ggmlfmt copy` vs cp (and cp + sha256sum), source cold and warm: time, what stays cached."""
     src, dst = files.write_set(work, plan.copy_dim, 16, plan.n_vocab, ("ggjt",))["ggjt"], work / "copy.bin"
 
-    def one(method: str, cache: str) -> dict[str, Any]:
-        dst.unlink(missing_ok=True)
+    def one(method: str, cache: str) -> dict[str, Any]:  # the copy is removed before the next one (settle)
         before = evict(src) if cache == "cold" else (warm(src), 1.0)[1]
-        t = timed(COPIERS[method](str(src), str(dst)))
-        r = {"total_s": t, "src_before": before, "src_after": cachestat.residency(src).fraction,
-             "dst_after": cachestat.residency(dst).fraction}
-        dst.unlink()
-        return r
+        t = timed(COPIERS[method](str(src), str(dst)), fresh=dst)
+        return {"total_s": t, "src_before": before, "src_after": cachestat.residency(src).fraction,
+                "dst_after": cachestat.residency(dst).fraction}
     return {"size": files.size(src), **{c: rounds({m: (lambda m=m, c=c: one(m, c)) for m in COPIERS}, plan,
                                                   f"copy {c}") for c in ("cold", "warm")}}
 
