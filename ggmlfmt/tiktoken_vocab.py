@@ -238,10 +238,9 @@ def bpe_merges(tokens: list[bytes]) -> Iterator[tuple[int, int]]:
 
 
 _HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2**64
-_STEP = 1 << 18  # elements of the index arrays of one numpy step (2 MiB each)
+_STEP = 1 << 17  # bytes or elements handled by one numpy step (index arrays of 1 MiB)
 _HASH_MIX = 0xD6E8FEB86659FD93  # odd
 _INDEX_BITS = 18  # 262,144 buckets: about one token's hash in two for Meta's 128,000 tokens
-_MERGES_PER_STEP = 1 << 16
 _INDEX_WIDEST = 64  # more tokens in one bucket (hashes made to share their top bits): binary search
 
 
@@ -266,33 +265,23 @@ def _merge_pairs(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
     powers[1:] = np.cumprod(np.full(longest, _HASH_BASE, np.uint64))
     inverses = np.ones(longest + 1, np.uint64)
     inverses[1:] = np.cumprod(np.full(longest, pow(_HASH_BASE, -1, 1 << 64), np.uint64))
-    running = np.zeros(len(raw) + 1, np.uint64)  # running[i]: the sum of the weights of bytes 0..i-1
-    for lo in range(0, len(raw), _STEP):
-        hi = min(lo + _STEP, len(raw))
-        first, last = int(np.searchsorted(ends, lo, side="right")), int(np.searchsorted(starts, hi))
-        inside = np.minimum(ends[first:last], hi) - np.maximum(starts[first:last], lo)
-        weights = raw[lo:hi].astype(np.uint64)
-        weights += np.uint64(1)
-        weights *= powers[np.arange(lo, hi) - np.repeat(starts[first:last], inside)]  # B ** (place in its token)
-        np.cumsum(weights, out=running[lo + 1 : hi + 1])
-        running[lo + 1 : hi + 1] += running[lo]
-        del weights
-    hashes = running[ends] - running[starts]
+    hashes = np.empty(n, np.uint64)
+    for first, last in _chunks(lengths):
+        running = _running_sums(raw, starts, lengths, powers, first, last)
+        hashes[first:last] = running[ends[first:last] - starts[first]] - running[starts[first:last] - starts[first]]
     index = _HashIndex(hashes)
     if not index.unique:
         return None
     cuts = np.maximum(lengths - 1, 0)
-    work = np.cumsum(cuts * lengths)  # the bytes that checking every split of tokens 0..i would compare
     found = []
-    first = 0
-    while first < n:
-        done = int(work[first - 1]) if first else 0
-        last = max(first + 1, int(np.searchsorted(work, done + _STEP, side="right")))
-        ids = np.arange(first, last)
-        token = np.repeat(ids, cuts[first:last])
+    for first, last in _chunks(cuts * lengths):  # the bytes that checking every split of a token compares
+        running = _running_sums(raw, starts, lengths, powers, first, last)
+        token = np.repeat(np.arange(first, last), cuts[first:last])
         cut = np.arange(len(token)) - np.repeat(np.cumsum(cuts[first:last]) - cuts[first:last], cuts[first:last]) + 1
         start = starts[token]
-        left_hash = running[start + cut] - running[start]
+        local = start - starts[first]
+        left_hash = running[local + cut] - running[local]
+        del running, local
         left = index.find(left_hash)  # -1: none; lengths[-1] is some token's, never a cut's
         keep = np.flatnonzero((left >= 0) & (lengths[left] == cut))
         token, cut, start, left, left_hash = token[keep], cut[keep], start[keep], left[keep], left_hash[keep]
@@ -310,8 +299,31 @@ def _merge_pairs(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
             by = np.argsort(key, kind="stable")  # runs already sorted: timsort's merging is short
             left, right = left[by], right[by]
         found.append(np.stack([left, right], 1).astype(np.int32))
-        first = last
     return np.concatenate(found)
+
+
+def _chunks(cost: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Consecutive ranges [first, last) of items whose costs add up to at most _STEP (at least one item each)."""
+    total = np.cumsum(cost)
+    first = 0
+    while first < len(cost):
+        done = int(total[first - 1]) if first else 0
+        last = max(first + 1, int(np.searchsorted(total, done + _STEP, side="right")))
+        yield first, last
+        first = last
+
+
+def _running_sums(raw: np.ndarray, starts: np.ndarray, lengths: np.ndarray, powers: np.ndarray, first: int,
+                  last: int) -> np.ndarray:
+    """Running sums of the weighted bytes of tokens first..last-1 (element i: the weights of their first i bytes),
+    each byte weighing (byte + 1) * B ** (its place in its token), modulo 2**64."""
+    lo = int(starts[first])
+    weights = raw[lo : int(starts[last - 1] + lengths[last - 1])].astype(np.uint64)
+    weights += np.uint64(1)
+    weights *= powers[np.arange(len(weights)) - np.repeat(starts[first:last] - lo, lengths[first:last])]
+    running = np.zeros(len(weights) + 1, np.uint64)
+    np.cumsum(weights, out=running[1:])
+    return running
 
 
 class _HashIndex:
@@ -352,17 +364,12 @@ class _HashIndex:
 
 
 def _gather(source: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The runs source[starts[i] : starts[i] + lengths[i]], one after the other, _STEP bytes at a time."""
+    """The runs source[starts[i] : starts[i] + lengths[i]], one after the other, about _STEP bytes at a time."""
     ends = np.cumsum(lengths)
     out = np.empty(int(ends[-1]) if len(ends) else 0, source.dtype)
-    first = 0
-    while first < len(lengths):
-        lo = int(ends[first - 1]) if first else 0
-        last = max(first + 1, int(np.searchsorted(ends, lo + _STEP, side="right")))
-        run = lengths[first:last]
-        out[lo : ends[last - 1]] = source[np.arange(lo, int(ends[last - 1]))
-                                          - np.repeat(ends[first:last] - run - starts[first:last], run)]
-        first = last
+    for first, last in _chunks(lengths):
+        lo, hi, run = int(ends[first] - lengths[first]), int(ends[last - 1]), lengths[first:last]
+        out[lo:hi] = source[np.arange(lo, hi) - np.repeat(ends[first:last] - run - starts[first:last], run)]
     return out
 
 
@@ -370,15 +377,14 @@ def _spelled_merges(utf8: np.ndarray, piece_start: np.ndarray, piece_len: np.nda
     """tokenizer.ggml.merges as GGUF encodes it: for each (left, right), a u64 length and `LEFT RIGHT` in UTF-8.
 
     utf8: the pieces' UTF-8 bytes, ending with a space (the byte that joins each merge's two pieces).
-    Spelled _MERGES_PER_STEP merges at a time.
+    Spelled about _STEP bytes at a time.
     """
     left, right = pairs[:, 0], pairs[:, 1]
     size = piece_len[left] + 1 + piece_len[right]
     ends = np.cumsum(size + 8)
     out = np.empty(int(ends[-1]) if len(ends) else 0, np.uint8)
     space = len(utf8) - 1
-    for lo in range(0, len(size), _MERGES_PER_STEP):
-        hi = min(lo + _MERGES_PER_STEP, len(size))
+    for lo, hi in _chunks(size + 8):
         m, a, b = hi - lo, left[lo:hi], right[lo:hi]
         source = np.concatenate([utf8, size[lo:hi].astype("<u8").view(np.uint8)])  # + the 8-byte lengths
         runs = np.stack([len(utf8) + 8 * np.arange(m), piece_start[a], np.full(m, space), piece_start[b]], 1)
