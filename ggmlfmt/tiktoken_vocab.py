@@ -239,7 +239,7 @@ def bpe_merges(tokens: list[bytes]) -> Iterator[tuple[int, int]]:
 
 _HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2**64
 _STEP = 1 << 17  # bytes or elements handled by one numpy step (index arrays of 1 MiB)
-_HASH_MIX = 0xD6E8FEB86659FD93  # odd
+_HASH_MIX = 0xD6E8FEB86659FD93  # odd: multiplying by it permutes the hashes and spreads small ones
 _INDEX_BITS = 18  # 262,144 buckets: about one token's hash in two for Meta's 128,000 tokens
 _INDEX_WIDEST = 64  # more tokens in one bucket (hashes made to share their top bits): binary search
 
@@ -282,7 +282,7 @@ def _merge_pairs(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
         local = start - starts[first]
         left_hash = running[local + cut] - running[local]
         del running, local
-        left = index.find(left_hash)  # -1: none; lengths[-1] is some token's, never a cut's
+        left = index.find(left_hash)  # -1: no token has that hash (lengths[-1] is read, then masked)
         keep = np.flatnonzero((left >= 0) & (lengths[left] == cut))
         token, cut, start, left, left_hash = token[keep], cut[keep], start[keep], left[keep], left_hash[keep]
         right = index.find((hashes[token] - left_hash) * inverses[cut])
