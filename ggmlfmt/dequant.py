@@ -31,27 +31,40 @@ def _scale(c: np.ndarray, field: str = "d") -> np.ndarray:
     return c[field].astype(_F32)[:, None]
 
 
+def _column(c: np.ndarray, field: str) -> np.ndarray:
+    """A field of every block of a contiguous chunk, copied contiguous: (k, *field shape).
+
+    The copy moves each block's field as one opaque item of its size: numpy copies a long 1-D run of
+    those fast, where a (k, n) strided copy pays per row of n bytes.
+    """
+    dt, offset = c.dtype.fields[field][:2]
+    items = np.ndarray((len(c),), np.dtype((np.void, dt.itemsize)), buffer=c, offset=offset, strides=c.strides)
+    return items.copy().view(dt.base).reshape(len(c), *dt.shape)
+
+
 def _split(c: np.ndarray, field: str, groups: int, split: tuple[tuple[int, ...], int]) -> np.ndarray:
     """Codes packed several to a byte in `field`, in the K-quant order, as (k, values) u8.
 
     The field's bytes are cut into `groups` runs of n bytes; each run gives its n codes at the first
     shift, then its n codes at the next shift, and so on. Shifts and masks work on 8 bytes at a time
-    over the whole chunk; one gather of 8-byte words (no per-block numpy call) puts them in order.
+    over the whole chunk, one plane per shift; each plane then goes to its place as runs of n bytes
+    moved as single items by one gather (no per-block numpy call).
     """
     shifts, mask = split
-    words = np.ascontiguousarray(c[field]).view("<u8")  # every split field is a multiple of 8 bytes
+    words = _column(c, field).view("<u8")  # every split field is a multiple of 8 bytes
+    k, n = len(c), words.shape[1] * 8 // groups
     planes = np.empty((len(shifts), *words.shape), np.uint64)
     for plane, shift in zip(planes, shifts):
         np.bitwise_and(np.right_shift(words, np.uint64(shift), out=plane), np.uint64(mask * 0x0101010101010101), out=plane)
-    order = _word_order(len(c), groups, len(shifts), words.shape[1] // groups)
-    return np.take(planes.reshape(-1), order, mode="clip").view(np.uint8).reshape(len(c), -1)
+    runs = planes.view(np.dtype((np.void, n))).reshape(-1)  # (planes, k, groups) runs of n codes
+    return np.take(runs, _run_order(k, groups, len(shifts)), mode="clip").view(np.uint8).reshape(k, -1)
 
 
-@lru_cache(maxsize=8)  # one per chunk shape in use; at most 512 KiB each
-def _word_order(k: int, groups: int, planes: int, n: int) -> np.ndarray:
-    """Where each word of the codes (k, groups, planes, n) comes from in the planes (planes, k, groups, n)."""
-    order = np.arange(planes * k * groups * n, dtype=np.intp).reshape(planes, k, groups, n)
-    return np.ascontiguousarray(order.transpose(1, 2, 0, 3)).reshape(-1)
+@lru_cache(maxsize=16)  # one per chunk shape in use; at most 128 KiB each
+def _run_order(k: int, groups: int, planes: int) -> np.ndarray:
+    """Where each run of the codes (k, groups, planes) comes from in the planes (planes, k, groups)."""
+    order = np.arange(planes * k * groups, dtype=np.intp).reshape(planes, k, groups)
+    return np.ascontiguousarray(order.transpose(1, 2, 0)).reshape(-1)
 
 
 def _interleaved(qs: np.ndarray) -> np.ndarray:
@@ -115,15 +128,29 @@ def _scaled(o: np.ndarray, d: np.ndarray, q: np.ndarray, m: np.ndarray | None = 
 # ----------------------------------------------------------------- the 2023 types (docs/format.md §5.3)
 
 
+def _halves(qs: np.ndarray) -> np.ndarray:
+    """4-bit codes of (k, 16) contiguous bytes in the halves order: byte j = elements j (low), j + 16 (high)."""
+    k = len(qs)
+    planes = np.empty((2, k, 16), np.uint8)
+    np.bitwise_and(qs, 0x0F, out=planes[0])
+    np.right_shift(qs, 4, out=planes[1])
+    codes = np.empty((k, 2, 16), np.uint8)
+    rows = codes.view("V16")  # (k, 2, 1): each half of a block as one 16-byte item, copied in two 1-D runs
+    for half in range(2):
+        np.copyto(rows[:, half, 0], planes[half].view("V16")[:, 0])
+    return codes.reshape(k, 32)
+
+
 def _legacy(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     d = _scale(c)
     names = c.dtype.names
     if "qh" not in names and "m" not in names and c.dtype["qs"].base == np.int8:  # Q8_0
-        _scaled(o, d, c["qs"])
+        _scaled(o, d, _column(c, "qs"))
         return
-    codes = _interleaved(c["qs"]) if layout.nibble_order == "interleaved" else _split(c, "qs", 1, NIBBLES)
+    qs = _column(c, "qs")
+    codes = _interleaved(qs) if layout.nibble_order == "interleaved" else _halves(qs)
     if "qh" in names:
-        _add_high(codes, np.unpackbits(c["qh"], axis=-1, bitorder="little"), 4)  # bit k = element k's fifth bit
+        _add_high(codes, np.unpackbits(_column(c, "qh").reshape(-1), bitorder="little").reshape(codes.shape), 4)  # bit k = element k's fifth bit
     if "m" in names:
         _scaled(o, d, codes, _scale(c, "m"))
     else:
