@@ -6,7 +6,10 @@ Each type is one kernel that turns a chunk of blocks into its float32 values: in
 chunk of output, which stays in cache. Every float operation is the one of the format's definition
 in the same order (scale products first), so results are the reference's bit for bit, NaNs and
 signed zeros included. numpy's cost per call and per short row, not arithmetic, is what the kernels
-are shaped around: no per-block Python, few calls per chunk, no broadcasting over 16-value rows.
+are shaped around: no per-block Python, few calls per chunk, no broadcasting over 16-value rows, no
+(k, n) strided copies (a block's field moves as one opaque n-byte item; runs of codes are put in
+order by one gather of whole runs), float16 scales widened by a table lookup rather than numpy's
+slow float16 cast.
 """
 
 from __future__ import annotations
@@ -69,9 +72,8 @@ def _split(c: np.ndarray, field: str, groups: int, split: tuple[tuple[int, ...],
     shifts, mask = split
     words = _column(c, field).view("<u8")  # every split field is a multiple of 8 bytes
     k, n = len(c), words.shape[1] * 8 // groups
-    planes = np.empty((len(shifts), *words.shape), np.uint64)
-    for plane, shift in zip(planes, shifts):
-        np.bitwise_and(np.right_shift(words, np.uint64(shift), out=plane), np.uint64(mask * 0x0101010101010101), out=plane)
+    planes = np.right_shift(words[None], np.array(shifts, np.uint64)[:, None, None])  # one call: (planes, k, words)
+    np.bitwise_and(planes, np.uint64(mask * 0x0101010101010101), out=planes)
     runs = planes.view(np.dtype((np.void, n))).reshape(-1)  # (planes, k, groups) runs of n codes
     return np.take(runs, _run_order((len(shifts), k, groups), (1, 2, 0)), mode="clip").view(np.uint8).reshape(k, -1)
 
@@ -248,7 +250,7 @@ def _q6_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     codes = np.take(low.view(runs).reshape(-1), _run_order((2, k * 2, 2), (1, 0, 2)), mode="clip").view("<u8")
     np.bitwise_or(codes, np.take(high.view(runs).reshape(-1), _run_order((4, k, 2), (1, 2, 0)), mode="clip").view("<u8"), out=codes)
     scales = np.repeat(_widen(c["d"]), 16) * _column(c, "scales").reshape(-1).astype(_F32)  # d * scale, per 16
-    _scaled(o, scales.reshape(k, 16), codes.view(np.int8).reshape(k, 256))  # low | high = low + high - 32
+    _scaled(o, scales.reshape(k, 16), codes.view(np.int8).reshape(k, 256))  # low | high: the code - 32, as int8
 
 
 def _q8_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
