@@ -167,7 +167,8 @@ def _legacy(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     qs = _column(c, "qs")
     codes = _interleaved(qs) if layout.nibble_order == "interleaved" else _halves(qs)
     if "qh" in names:
-        _add_high(codes, np.unpackbits(_column(c, "qh").reshape(-1), bitorder="little").reshape(codes.shape), 4)  # bit k = element k's fifth bit
+        fifth = np.unpackbits(_column(c, "qh").reshape(-1), bitorder="little")  # bit k = element k's fifth bit
+        _add_high(codes, fifth.reshape(codes.shape), 4)
     if "m" in names:
         _scaled(o, d, codes, _scale(c, "m"))
     else:
@@ -248,7 +249,8 @@ def _q6_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     np.left_shift(np.bitwise_and(high, _M4, out=high), np.uint64(4), out=high)
     runs = np.dtype((np.void, 32))
     codes = np.take(low.view(runs).reshape(-1), _run_order((2, k * 2, 2), (1, 0, 2)), mode="clip").view("<u8")
-    np.bitwise_or(codes, np.take(high.view(runs).reshape(-1), _run_order((4, k, 2), (1, 2, 0)), mode="clip").view("<u8"), out=codes)
+    high = np.take(high.view(runs).reshape(-1), _run_order((4, k, 2), (1, 2, 0)), mode="clip").view("<u8")
+    np.bitwise_or(codes, high, out=codes)
     scales = np.repeat(_widen(c["d"]), 16) * _column(c, "scales").reshape(-1).astype(_F32)  # d * scale, per 16
     _scaled(o, scales.reshape(k, 16), codes.view(np.int8).reshape(k, 256))  # low | high: the code - 32, as int8
 
