@@ -5,12 +5,10 @@ With --hold it then waits for a line on stdin, so a parent can keep N loaded pro
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,40 +16,28 @@ import numpy as np
 Loaded = tuple[Any, list[Any]]  # (what keeps the data alive, the arrays or torch tensors)
 
 
-def _ggmlfmt(path: str, opts: dict[str, Any]) -> Loaded:
-    import ggmlfmt
-    model = ggmlfmt.load(path, **opts)
-    return model, [model.tensors[n] for n in model.tensors]  # every view made: "open" is complete
-
-
-def _floor(path: str, opts: dict[str, Any]) -> Loaded:
-    data = np.memmap(path, dtype=np.uint8, mode="r")  # one bare map of the whole file: the least a loader does
-    return data, [data]
-
-
-def _safetensors(path: str, opts: dict[str, Any]) -> Loaded:
-    from safetensors.torch import load_file
-    t = load_file(path)
+def load(loader: str, path: str, opts: dict[str, Any]) -> Loaded:
+    """Open path with loader: what keeps the data alive, and every array or torch tensor (all views made)."""
+    if loader.startswith("ggmlfmt"):
+        import ggmlfmt
+        model = ggmlfmt.load(path, **opts)
+        return model, [model.tensors[n] for n in model.tensors]
+    if loader == "memmap-floor":
+        data = np.memmap(path, dtype=np.uint8, mode="r")  # one bare map of the whole file: the least a loader does
+        return data, [data]
+    if loader == "gguf.GGUFReader":
+        from gguf import GGUFReader
+        r = GGUFReader(path)
+        return r, [t.data for t in r.tensors]
+    if loader == "safetensors.load_file":
+        from safetensors.torch import load_file
+        t = load_file(path)
+    else:
+        import torch
+        t = torch.load(path, map_location="cpu", weights_only=True, mmap=loader == "torch.load-mmap")
     return t, list(t.values())
 
 
-def _gguf_reader(path: str, opts: dict[str, Any]) -> Loaded:
-    from gguf import GGUFReader
-    r = GGUFReader(path)
-    return r, [t.data for t in r.tensors]
-
-
-def _torch(mmap_: bool) -> Callable[[str, dict[str, Any]], Loaded]:
-    def load(path: str, opts: dict[str, Any]) -> Loaded:
-        import torch
-        t = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap_)
-        return t, list(t.values())
-    return load
-
-
-LOADERS = {"ggmlfmt": _ggmlfmt, "ggmlfmt-gguf": _ggmlfmt, "memmap-floor": _floor,
-           "safetensors.load_file": _safetensors, "gguf.GGUFReader": _gguf_reader,
-           "torch.load-mmap": _torch(True), "torch.load": _torch(False)}
 FORMAT = {"ggmlfmt": "ggjt", "ggmlfmt-gguf": "gguf", "memmap-floor": "ggjt", "safetensors.load_file": "safetensors",
           "gguf.GGUFReader": "gguf", "torch.load-mmap": "pt", "torch.load": "pt"}  # the file each loader reads
 NEEDS = {"ggmlfmt": "ggmlfmt", "ggmlfmt-gguf": "ggmlfmt", "safetensors.load_file": "safetensors.torch",
@@ -79,7 +65,7 @@ def measure(loader: str, path: str, opts: dict[str, Any], do_touch: bool) -> tup
     __import__(NEEDS.get(loader, "numpy"))  # the loader's imports, before the clock
     anon0, ru0 = status_kib("self", "RssAnon"), resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    keep, arrays = LOADERS[loader](path, opts)
+    keep, arrays = load(loader, path, opts)
     t1 = time.perf_counter()
     checksum = touch(arrays) if do_touch else 0
     t2 = time.perf_counter()
@@ -89,21 +75,16 @@ def measure(loader: str, path: str, opts: dict[str, Any], do_touch: bool) -> tup
             "major_faults": ru1.ru_majflt - ru0.ru_majflt}, (keep, arrays)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("loader", choices=sorted(LOADERS))
-    p.add_argument("path")
-    p.add_argument("--options", default="{}", help="JSON keyword arguments for ggmlfmt.load")
-    p.add_argument("--no-touch", action="store_true", help="open only")
-    p.add_argument("--hold", action="store_true", help="after reporting, wait for a line on stdin")
-    a = p.parse_args()
-    report, loaded = measure(a.loader, a.path, json.loads(a.options), not a.no_touch)
+def main(argv: list[str]) -> int:
+    """argv: LOADER PATH [--options JSON (ggmlfmt.load's keywords)] [--no-touch] [--hold]."""
+    opts = json.loads(argv[argv.index("--options") + 1]) if "--options" in argv else {}
+    report, loaded = measure(argv[0], argv[1], opts, "--no-touch" not in argv)
     print(json.dumps(report), flush=True)
-    if a.hold:
+    if "--hold" in argv:
         sys.stdin.readline()
     del loaded
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -24,6 +24,7 @@ ms = lambda s: "–" if s is None else (f"{s * 1e3:,.0f} ms" if s >= 0.1 else f"
 mib = lambda b: "–" if b is None else f"{b / MiB:,.1f} MiB"  # noqa: E731
 x = lambda r: "–" if r is None else (f"{r:,.2f}×" if r < 10 else f"{r:,.0f}×")  # noqa: E731
 pct = lambda f: "–" if f is None else f"{100 * f:.1f}%"  # noqa: E731
+vs = lambda v, base, fmt=ms: f"{fmt(v)} ({x(ratio(v, base))})"  # noqa: E731  (a value and its ratio to base)
 
 
 def table(head: list[str], rows: list[list[str]]) -> str:
@@ -47,11 +48,25 @@ class Targets:
         self.rows.append([what, shown, goal, verdict])
         return f"{shown} (target {goal}: {verdict})"
 
+    def times(self, what: str, value: float | None, bound: float, most: bool = False) -> str:
+        """A ratio target: value ≥ bound× (≤ when `most`)."""
+        return self.check(what, value, x(value), f"{'≤' if most else '≥'} {bound}×",
+                          value is not None and (value <= bound if most else value >= bound))
 
-# step -> (its name in the tables, the goal × cat + fsync); llama.cpp's converter has no goal: it is the bar
-CONVERT_GOALS = {"ggjt": ("ggjt f16", 1.25), "gguf": ("GGUF f16 → F16", 1.1), "bf16": ("GGUF bf16 → BF16", 1.1),
-                 "q8_0": ("GGUF f16 → Q8_0", 2.5), "llama.cpp f16": ("f16", None), "llama.cpp q8_0": ("q8_0", None)}
-MIGRATE_GOALS = {"ggjt": ("ggjt", 1.15), "gguf": ("GGUF", 1.15)}
+
+# step -> (its row in the tables, its goal × cat + fsync or None, ours: memory ≤ +64 MB above numpy is a target too)
+CONVERT_GOALS = {"ggjt": ("`convert-model` → ggjt f16", 1.25, True), "gguf": ("`convert-model` → GGUF f16 → F16", 1.1, True),
+                 "bf16": ("`convert-model` → GGUF bf16 → BF16", 1.1, True),
+                 "q8_0": ("`convert-model` → GGUF f16 → Q8_0", 2.5, True),
+                 "llama.cpp f16": ("`convert_legacy_llama.py` → f16", None, False),
+                 "llama.cpp q8_0": ("`convert_legacy_llama.py` → q8_0", None, False),
+                 "help": ("`convert-model --help`", None, False), "tiny": ("tiny demo checkpoint → ggjt", None, False)}
+MIGRATE_GOALS = {"ggjt": ("`migrate-old-weights` → ggjt", 1.15, True), "gguf": ("`migrate-old-weights` → GGUF", 1.15, True)}
+META_GOALS = {"bf16": ("`convert-model META_DIR` bf16 → BF16", 1.1, True),
+              "q8_0": ("`convert-model META_DIR` → Q8_0", None, True), "vocabulary": ("vocabulary build", None, False)}
+HF_GOALS = {"bf16": ("`convert-model HF_DIR` bf16 → BF16", 1.1, True), "q8_0": ("`convert-model HF_DIR` → Q8_0", 2.5, True),
+            "peer bf16": ("`convert_hf_to_gguf.py` → bf16", None, False),
+            "peer q8_0": ("`convert_hf_to_gguf.py` → q8_0", None, False)}
 
 
 def spread(values: list[Any]) -> str:
@@ -59,54 +74,78 @@ def spread(values: list[Any]) -> str:
     return f"{ms(ok[0])} / {ms(statistics.median(ok))} / {ms(ok[-1])}" if ok else "–"
 
 
-def conversion(r: dict[str, Any], t: Targets, migrate: bool = False) -> str:
-    m, floor = {k: med(v) for k, v in r["times"].items()}, med(r["times"]["cat + fsync"])
-    cmd, goals = ("migrate-old-weights", MIGRATE_GOALS) if migrate else ("convert-model", CONVERT_GOALS)
-    rows = [[f"`{k}`" if k.startswith("cat") else f"`{'convert_legacy_llama.py' if k[0] == 'l' else cmd}` → "
-             f"{goals[k][0]}", spread(r["times"][k]), x(ratio(v, floor)), mib(r["memory"].get(k))]
-            for k, v in m.items() if k not in ("help", "tiny")]
-    lines = [table(["what", "wall time: min / median / max", "median × cat + fsync", "peak private"], rows), ""]
-    for k, (name, goal) in [(k, g) for k, g in goals.items() if g[1] is not None]:
-        rt, extra = ratio(m.get(k), floor), r["memory"][k] - r["numpy"]
-        lines.append(f"- {cmd} → {name}: " + t.check(f"{cmd} → {name}, × cat + fsync", rt, x(rt), f"≤ {goal}×",
-                                                     rt is not None and rt <= goal) + "; private memory above a bare "
-                     f"numpy ({mib(r['numpy'])}): " + t.check(f"{cmd} → {name}, private memory above numpy", extra,
-                                                             f"{extra / 1e6:+,.1f} MB", "≤ +64 MB", extra <= 64e6))
-    if not migrate:
-        lead = ratio(m.get("llama.cpp f16"), m.get("gguf"))
-        q = ratio(med(r["quantizers"]["gguf.quants q8_0"]), med(r["quantizers"]["ggmlfmt q8_0"]))
-        lines += ["- llama.cpp's converter ÷ ours, f16: " + t.check("convert_legacy_llama.py f16 ÷ convert-model", lead,
-                                                                   x(lead), "≥ 2×", lead is not None and lead >= 2),
-                  "- q8_0 quantizer throughput, ours ÷ `gguf.quants.quantize` (the same f16 layer tensors, in "
-                  "process, alternating rounds): " + t.check("q8_0 quantizer vs gguf.quants", q, x(q), "≥ 3×",
-                                                             q is not None and q >= 3)]
-        lines.append(f"- start-up: `convert-model --help` {ms(m['help'])}; converting the tiny demo checkpoint "
-                     f"(`convert.demo.build_checkpoint`) to ggjt {ms(m['tiny'])}.")
-    return "\n".join(lines) + errors(r["times"])
+def race(r: dict[str, Any], t: Targets, goals: dict[str, tuple[str, float | None, bool]]) -> list[str]:
+    """A race of suite.race: every timed step's min / median / max, × the floor, peak private memory; whether the
+    floor moved; the targets of ours (`not measured` when the race did not run)."""
+    times, memory = r.get("times", {}), r.get("memory", {})
+    m, floor = {k: med(v) for k, v in times.items()}, med(times.get("cat + fsync", []))
+    lines = [table(["what", "wall time: min / median / max", "median × cat + fsync", "CPU wait, median", "peak private"],
+                   [[goals.get(k, (f"`{k}`",))[0], spread(v), x(ratio(m[k], floor)),
+                     ms(med(r["cpu_wait"][k])) if k in r["cpu_wait"] else "–", mib(memory.get(k))]
+                    for k, v in times.items()]), ""] if times else []
+    ok = sorted(v for v in times.get("cat + fsync", []) if not isinstance(v, dict))
+    if ok and ok[-1] > 1.3 * ok[0]:
+        lines.append(f"- **The floor moved between rounds** (max ÷ min {ok[-1] / ok[0]:.2f} > 1.3): the disk or the "
+                     "machine was not quiet in this run, and every ratio to it is in doubt.")
+    for k, (name, goal, _) in [(k, g) for k, g in goals.items() if g[2]]:
+        if goal is not None:
+            lines.append(f"- {name}: " + t.times(f"{name}, × cat + fsync", ratio(m.get(k), floor), goal, most=True))
+        extra = memory[k] - r["numpy"] if k in memory else None
+        lines.append(f"- {name}: private memory above a bare numpy ({mib(r.get('numpy'))}): " + t.check(
+            f"{name}, private memory above numpy", extra, "–" if extra is None else f"{extra / 1e6:+,.1f} MB",
+            "≤ +64 MB", extra is not None and extra <= 64e6))
+    return lines + ([errors(times)] if times else [])
+
+
+def llama3_section(r: dict[str, Any], t: Targets) -> str:
+    (dim, heads, kv, layers, _), meta, hf = r["shape"], r["meta"], r["hf"]
+    vocab, peer = med(meta["times"]["vocabulary"]), "`convert_hf_to_gguf.py`"
+    lines = [f"## Llama 3: `convert-model` on a Llama-3-8B-shaped slice\n\ndim {dim}, {heads} heads, {kv} KV heads, "
+             f"{layers} layer(s), feed-forward multiplier 1.3, vocabulary 128,256, bf16 in 2 shards, in the two layouts "
+             "people download; floor, settle and memory as in Conversion.\n",
+             f"### Meta's layout (consolidated.NN.pth of {', '.join(mib(b) for b in meta['input'])}, params.json, Llama 3's "
+             "tiktoken tokenizer.model: its 128,000 ranks taken from llama.cpp's copy of the vocabulary)\n",
+             *race(meta, t, META_GOALS), "- building the 128,256-token vocabulary with its merges (`load_tiktoken_vocab`, "
+             "in process): " + t.check("Llama 3 vocabulary build", vocab, ms(vocab), "≤ 2 s", vocab is not None and vocab <= 2),
+             f"\n### Hugging Face's layout (config.json, 2 safetensors shards and their index, Llama 3's tokenizer.json), "
+             f"against llama.cpp's {peer} (llama-cpp-python 0.3.36 sdist, its vendored gguf-py)\n",
+             *([f"Hugging Face layout: not measured: this checkout cannot convert it ({hf['absent']}).\n"] if "absent" in hf
+               else []), *race(hf, t, HF_GOALS)]
+    m, mem = {k: med(v) for k, v in hf.get("times", {}).items()}, hf.get("memory", {})
+    for o in ("bf16", "q8_0"):
+        share = ratio(mem.get(o), mem.get(f"peer {o}"))
+        lines += [f"- {peer} ÷ ours, {o}: " + t.times(f"{peer} {o} ÷ convert-model HF_DIR", ratio(m.get(f"peer {o}"), m.get(o)), 3),
+                  f"- our peak private memory ÷ theirs, {o}: " + t.check(f"convert-model HF_DIR {o} peak memory ÷ {peer}'s",
+                                                                          share, pct(share), "≤ 10%", share is not None and share <= 0.1)]
+    return "\n".join(lines)
 
 
 def conversion_section(r: dict[str, Any], t: Targets) -> str:
-    dim, heads, layers, vocab = r["shape"]
-    return (f"## Conversion: `convert-model` on a 13B-shaped slice\n\nA Meta checkpoint (LLaMA-13B widths in the full run: "
-            f"dim {dim}, {heads} heads, {layers} layer(s), vocabulary {vocab}) in 2 f16 shards of "
+    (dim, heads, layers, vocab), m = r["shape"], {k: med(v) for k, v in r["times"].items()}
+    lines = race(r, t, CONVERT_GOALS)
+    q = ratio(med(r["quantizers"]["gguf.quants q8_0"]), med(r["quantizers"]["ggmlfmt q8_0"]))
+    lines[-1:-1] = ["- llama.cpp's converter ÷ ours, f16: " + t.times("convert_legacy_llama.py f16 ÷ convert-model",
+                                                                     ratio(m.get("llama.cpp f16"), m.get("gguf")), 2),
+                    "- q8_0 quantizer throughput, ours ÷ `gguf.quants.quantize` (the same f16 layer tensors, in "
+                    "process, alternating rounds): " + t.times("q8_0 quantizer vs gguf.quants", q, 3)]
+    return (f"## Conversion: `convert-model` on a 13B-shaped slice\n\nA Meta checkpoint (LLaMA-13B widths in the full "
+            f"run: dim {dim}, {heads} heads, {layers} layer(s), vocabulary {vocab}) in 2 f16 shards of "
             f"{', '.join(mib(b) for b in r['input'])} (and the same values as 2 bf16 shards), with a `tokenizer.model` "
             "trained by `ggmlfmt.tokenizer.train_tokenizer`; llama.cpp's `examples/convert_legacy_llama.py` "
-            "(llama-cpp-python 0.3.36 sdist, its vendored gguf-py) converts the f16 shards too. The floor is `cat shards > out; fsync(out)`: the converter "
-            "fsyncs too. Every step writes a new file: untimed, before it, the previous output is deleted and "
-            "`os.sync()` runs (deleting a 1.8 GB file costs 0.6-0.9 s on this disk; a step that replaced or "
-            "truncated the last one's output would be timing that). Private memory: peak RssAnon of the "
-            "process tree, sampled every 1 ms from /proc, worst of 3 runs, against a bare "
-            "`python -c \"import numpy\"`.\n\n" + conversion(r, t))
+            "(llama-cpp-python 0.3.36 sdist, its vendored gguf-py) converts the f16 shards too. The floor is "
+            "`sh -c 'cat shards > out && sync out'` (`sync FILE` fsyncs it, as the converter does), started and timed "
+            "exactly as each converter is. Every step writes a new file: untimed, before it, the previous output is "
+            "deleted, `os.sync()` runs, then the suite waits until the disk has nothing in flight and has written and "
+            "discarded nothing for 200 ms (`settle`). Every row: min / median / max; a floor that moved by more than "
+            "1.3× between rounds is flagged. Private memory: peak RssAnon of the process tree, sampled every 1 ms from "
+            "/proc, worst of 3 runs, against a bare `python -c \"import numpy\"`. CPU wait: how long tasks of this machine "
+            "waited for a CPU during the step (/proc/pressure/cpu, `some`): on a shared machine the floor, a CPU-bound "
+            "copy then a write-back, grows with it.\n\n" + "\n".join(lines))
 
 
 def _loader_table(runs: dict[str, list[Any]], base: str, keys: tuple[str, ...]) -> str:
-    rows = []
-    for ld, vs in runs.items():
-        cells = [f"`{ld}`"]
-        for k in keys:
-            v = med(vs, k)
-            cells.append(mib(v) if k == "anon_added" else f"{ms(v)} ({x(ratio(v, med(runs[base], k)))})")
-        rows.append(cells)
+    rows = [[f"`{ld}`", *(mib(med(v, k)) if k == "anon_added" else vs(med(v, k), med(runs[base], k)) for k in keys)]
+            for ld, v in runs.items()]
     names = {"open_s": f"open (× {base})", "total_s": f"open + touch (× {base})", "anon_added": "private added"}
     return table(["loader", *(names[k] for k in keys)], rows) + errors(runs)
 
@@ -125,10 +164,8 @@ def open_section(r: dict[str, Any], t: Targets) -> str:
              "ratio to the first row.\n",
              f"### (a) 147 LLaMA-shaped tensors, 32-entry vocabulary ({s['v32'] / 1e6:,.0f} MB, warm)\n",
              _loader_table(a, "ggmlfmt", ("open_s", "total_s", "anon_added")), "",
-             "- open, safetensors ÷ ggmlfmt: " + t.check("(a) open vs safetensors.load_file", st, x(st), "≥ 4×",
-                                                         st is not None and st >= 4),
-             "- open + touch, ggmlfmt ÷ memmap floor: " + t.check("(a) open + touch vs memmap floor", floor, x(floor),
-                                                                  "≤ 1.25×", floor is not None and floor <= 1.25),
+             "- open, safetensors ÷ ggmlfmt: " + t.times("(a) open vs safetensors.load_file", st, 4),
+             "- open + touch, ggmlfmt ÷ memmap floor: " + t.times("(a) open + touch vs memmap floor", floor, 1.25, True),
              "- private memory added by open + touch: " + t.check("(a) private memory added", priv, mib(priv),
                                                                   "< 8 MB", priv is not None and priv < 8e6), "",
              f"### (b) The same tensors, {s['n_vocab']:,}-token SentencePiece-like vocabulary, ggjt and GGUF "
@@ -137,11 +174,9 @@ def open_section(r: dict[str, Any], t: Targets) -> str:
              "`ggmlfmt.load` on it.\n", _loader_table(b, "ggmlfmt", ("open_s", "total_s", "anon_added")), ""]
     for ld in ("ggmlfmt", "ggmlfmt-gguf"):
         v = ratio(o(b, "safetensors.load_file"), o(b, ld))
-        parts.append(f"- open, safetensors ÷ `{ld}`: " + t.check(f"(b) `{ld}` open vs safetensors", v, x(v), "≥ 1×",
-                                                               v is not None and v >= 1))
+        parts.append(f"- open, safetensors ÷ `{ld}`: " + t.times(f"(b) `{ld}` open vs safetensors", v, 1))
     g = ratio(o(b, "gguf.GGUFReader"), o(b, "ggmlfmt-gguf"))
-    parts += ["- open, GGUFReader ÷ `ggmlfmt-gguf` (same GGUF file): " + t.check(
-        "(b) GGUF open vs gguf.GGUFReader", g, x(g), "≥ 100×", g is not None and g >= 100), "",
+    parts += ["- open, GGUFReader ÷ `ggmlfmt-gguf` (same GGUF file): " + t.times("(b) GGUF open vs gguf.GGUFReader", g, 100), "",
         f"### (c) A 7B-shaped index: 291 tensors, {s['n_vocab']:,} tokens (small dims: {s['index_gguf'] / 1e6:,.1f} MB; the "
         "index is what is timed), open only\n", _loader_table(c, "ggmlfmt", ("open_s",)), "",
         "### (d) Cold cache: the (b) ggjt file evicted (`ggmlfmt evict`, checked with mincore) before every run\n",
@@ -170,11 +205,8 @@ def load_section(r: dict[str, Any]) -> str:
            "and a torch checkpoint, at each size; every loader, warm and cold (evicted before each run). Cell: "
            "median and its ratio to `ggmlfmt` at the same size.\n", "![load time](img/load_time.png)\n"]
     for cache in [c for c in ("warm", "cold") if c in sizes[0][1]]:
-        rows = []
-        for ld in next(iter(r.values()))[cache]:
-            rows.append([f"`{ld}`"] + [f"{ms(med(d[cache][ld], 'total_s'))} "
-                                       f"({x(ratio(med(d[cache][ld], 'total_s'), med(d[cache]['ggmlfmt'], 'total_s')))})"
-                                       for _, d in sizes])
+        rows = [[f"`{ld}`", *(vs(med(d[cache][ld], "total_s"), med(d[cache]["ggmlfmt"], "total_s")) for _, d in sizes)]
+                for ld in sizes[0][1][cache]]
         out += [f"### {cache} cache\n", table(["loader", *(f"{d['size'] / 1e9:.2f} GB" for _, d in sizes)], rows), ""]
     rows = [[f"`{ld}`"] + [mib(med(d["warm"][ld], "anon_added")) for _, d in sizes] for ld in sizes[0][1]["warm"]]
     out += ["### Private memory added (RssAnon, warm)\n", table(["loader", *(f"{d['size'] / 1e9:.2f} GB" for _, d in sizes)], rows)]
@@ -182,14 +214,9 @@ def load_section(r: dict[str, Any]) -> str:
 
 
 def options_table(r: dict[str, Any]) -> str:
-    rows = []
-    for name in r["warm"]:
-        cells = [f"`{name}`"]
-        for c in ("warm", "cold"):
-            v = med(r[c][name], "total_s")
-            cells.append(f"{ms(v)} ({x(ratio(v, med(r[c]['default'], 'total_s')))})")
-        rows.append(cells + [ms(med(r["cold"][name], "open_s")), mib(med(r["warm"][name], "anon_added")),
-                             f"{med(r['cold'][name], 'major_faults') or 0:,.0f}"])
+    rows = [[f"`{n}`", *(vs(med(r[c][n], "total_s"), med(r[c]["default"], "total_s")) for c in ("warm", "cold")),
+             ms(med(r["cold"][n], "open_s")), mib(med(r["warm"][n], "anon_added")),
+             f"{med(r['cold'][n], 'major_faults') or 0:,.0f}"] for n in r["warm"]]
     return table(["option", "warm: open + touch (× default)", "cold: open + touch (× default)", "cold: open",
                   "private memory (warm)", "major faults (cold)"], rows) + errors(r["warm"]) + errors(r["cold"])
 
@@ -203,9 +230,8 @@ def options_intro(r: dict[str, Any]) -> str:
 def groups_section(r: dict[str, Any]) -> str:
     runs, ns = r["runs"], sorted({int(k.split("|")[1]) for k in r["runs"]})
     lds = list(dict.fromkeys(k.split("|")[0] for k in runs))
-    rows = [[f"`{ld}`"] + [f"{mib(med(runs[f'{ld}|{n}'], 'anon_added'))} "
-                           f"({x(ratio(med(runs[f'{ld}|{n}'], 'anon_added'), med(runs[f'ggmlfmt|{n}'], 'anon_added')))})"
-                           f"; Σ PSS {mib(med(runs[f'{ld}|{n}'], 'pss'))}" for n in ns] for ld in lds]
+    rows = [[f"`{ld}`"] + [vs(med(runs[f"{ld}|{n}"], "anon_added"), med(runs[f"ggmlfmt|{n}"], "anon_added"), mib)
+                           + f"; Σ PSS {mib(med(runs[f'{ld}|{n}'], 'pss'))}" for n in ns] for ld in lds]
     return "\n".join([f"## N processes loading the same {r['size'] / 1e9:.2f} GB file (warm)\n",
                       "N processes start together, each loads and touches every tensor, then all hold their data while "
                       "the parent reads their memory. Cell: total private memory added (Σ RssAnon after − before), its "
@@ -215,11 +241,8 @@ def groups_section(r: dict[str, Any]) -> str:
 
 
 def copy_section(r: dict[str, Any]) -> str:
-    rows = []
-    for c in ("cold", "warm"):
-        base = med(r[c]["cp"], "total_s")
-        rows += [[c, f"`{m}`", f"{ms(med(v, 'total_s'))} ({x(ratio(med(v, 'total_s'), base))})",
-                  pct(med(v, "src_after")), pct(med(v, "dst_after"))] for m, v in r[c].items()]
+    rows = [[c, f"`{m}`", vs(med(v, "total_s"), med(r[c]["cp"], "total_s")), pct(med(v, "src_after")),
+             pct(med(v, "dst_after"))] for c in ("cold", "warm") for m, v in r[c].items()]
     return "\n".join([f"## Copying a {r['size'] / 1e9:.2f} GB file: `ggmlfmt copy` against `cp`\n",
                       "Whole-command time (× `cp` in the same cache state) and the share of each file left in the page "
                       "cache. `ggmlfmt copy` also fsyncs and hashes both files (sha256); `cp + sha256sum` is the equally "
@@ -239,8 +262,7 @@ def dequant_section(r: dict[str, Any], t: Targets) -> str:
             "quants, finite scales), dequantized to float32 by both in this process, alternating rounds. MB/s of float32 "
             "output: median (min–max); the ratio is of the median times; identical: the same bit patterns.\n\n"
             + table(["type", "ggmlfmt MB/s", "gguf.quants MB/s", "× gguf.quants", "≥ 3×", "identical"], rows)
-            + "\n\n- slowest type: " + t.check("dequantize vs gguf.quants, slowest type", worst, x(worst), "≥ 3×",
-                                                 worst is not None and worst >= 3) + "".join(errors(d["times"]) for d in r.values()))
+            + "\n\n- slowest type: " + t.times("dequantize vs gguf.quants, slowest type", worst, 3) + "".join(errors(d["times"]) for d in r.values()))
 
 
 def plots(results: dict[str, Any], img: Path) -> None:
@@ -283,15 +305,15 @@ def splice(text: str, name: str, content: str) -> str:
     return head + begin + "\n" + content.strip() + "\n" + end + rest.split(end, 1)[1]
 
 
-RENDER = {"conversion": conversion_section, "open": open_section, "dequantize": dequant_section,
+RENDER = {"conversion": conversion_section, "open": open_section, "dequantize": dequant_section, "llama3": llama3_section,
+          "load": lambda r, t: load_section(r), "groups": lambda r, t: groups_section(r),
+          "copy": lambda r, t: copy_section(r),
+          "options": lambda r, t: "## Load options\n\n" + options_intro(r) + " What each option does: "
+                                  "[loading.md](loading.md).\n\n![options](img/options.png)\n\n" + options_table(r),
           "migration": lambda r, t: ("## Migration: `migrate-old-weights` on the same slice\n\nThe same shapes as an old "
                                      f"2-part ggmf f16 model ({', '.join(mib(b) for b in r['input'])}), migrated to ggjt and "
                                      "to GGUF, against `cat parts > out; fsync(out)`; memory measured as for conversion."
-                                     "\n\n" + conversion(r, t, True))}
-PLAIN = {"load": load_section, "groups": groups_section, "copy": copy_section,
-         "options": lambda r: "## Load options\n\n" + options_intro(r) + " What each option does: "
-                              "[loading.md](loading.md).\n\n![options](img/options.png)\n\n" + options_table(r)}
-
+                                     "\n\n" + "\n".join(race(r, t, MIGRATE_GOALS)))}
 
 def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
     """Write benchmarks.md, img/*.png and img/suite-results.json into `out`; splice loading.md there if present."""
@@ -302,7 +324,7 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
         if "failed" in r:
             body.append(f"## {name}: not measured\n\nThe section failed: {r['failed']}")
         else:
-            body.append(RENDER[name](r, t) if name in RENDER else PLAIN[name](r))
+            body.append(RENDER[name](r, t))
     plots(results, img)
     quick = ("\n\n> **Quick smoke run (`--quick`)**: tiny files, one round; these numbers show the machinery works, "
              "not how fast anything is." if meta["quick"] else "")
@@ -311,8 +333,9 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
             + quick + "\n",
             "Method: the contestants of each figure run in alternating rounds (forward, then reversed order), "
             f"{meta['plan']['reps']} measured rounds" + (" after one discarded warm-up round" if meta["plan"]["warmup"] else "") + ", each "
-            "measured run in a fresh process (unless said); every figure is a median, every ratio is against the named "
-            "alternative measured in the same rounds. Warm cache unless said; cold means `ggmlfmt evict` (posix_fadvise "
+            "measured run in a fresh process (unless said) after `settle` (the last output removed, `os.sync()`, then "
+            "a wait until the disk is idle); timed rows show min / median / max, every ratio is of medians, against the "
+            "named alternative measured in the same rounds. Warm cache unless said; cold means `ggmlfmt evict` (posix_fadvise "
             "DONTNEED) checked with mincore just before the run; on a virtual machine the host may still cache the disk.\n",
             "## Machine\n", *(f"- {k}: {v}" for k, v in meta["machine"].items()), ""]
     summary = ["## Targets\n", table(["target", "measured", "goal", "verdict"], t.rows), ""] if t.rows else []

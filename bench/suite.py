@@ -1,14 +1,14 @@
 """The benchmark suite: measures everything docs/benchmarks.md states and rewrites it, its plots and the
-measured table of docs/loading.md. `python bench/suite.py` (about 45 minutes on 2 quiet cores) rewrites docs/;
-`--quick`: a small smoke run into a temporary directory unless --out; `--only open`: one section.
+measured table of docs/loading.md.
 
-    python bench/suite.py                   # the full suite (about 45 minutes on 2 quiet cores), rewrites docs/
+    python bench/suite.py                   # the full suite (about 70 minutes on 2 quiet cores), rewrites docs/
     python bench/suite.py --quick           # a small smoke run, written to a temporary directory unless --out
-    python bench/suite.py --only dequantize # one section (SECTIONS: conversion, migration, open, ..., dequantize)
+    python bench/suite.py --only dequantize # one section (SECTIONS: conversion, migration, llama3, open, ...)
 
 Method: the contestants of a figure run in alternating rounds (forward, then reversed), each measured run in
-a fresh process (dequantize: in this one); figures are medians, ratios against a named alternative of the same
-rounds. Warm cache unless said. Test files (about 20 GB in the full run) live under --dir and are deleted at the end.
+a fresh process (dequantize: in this one), each after settle(); figures are min / median / max, ratios of medians
+against a named alternative of the same rounds. Warm cache unless said. Test files (about 25 GB in the full run)
+live under --dir and are deleted at the end.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "tests" / "client")]
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests" / "client"), str(ROOT / "tests")]  # tests: sdist, hf_fixtures
 import child  # noqa: E402
 import files  # noqa: E402
 import report  # noqa: E402
@@ -41,9 +42,9 @@ import report  # noqa: E402
 from ggmlfmt import cachestat  # noqa: E402 (evict: fadvise DONTNEED; residency: mincore)
 
 log = logging.getLogger("bench")
-ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-SECTIONS = ("conversion", "migration", "open", "load", "options", "groups", "copy", "dequantize")
+DISK = [os.stat(tempfile.gettempdir()).st_dev]  # the device settle() waits for (--dir's)
+SECTIONS = ("conversion", "migration", "llama3", "open", "load", "options", "groups", "copy", "dequantize")
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,12 @@ class Plan:
     options: tuple[str, ...] = ()  # the load options measured (all when empty)
     load_caches: tuple[str, ...] = ("warm", "cold")
     dequant: tuple[int, int] = (4096, 4096)  # rows, columns of the tensor of each type dequantized
+    llama3: tuple[int, ...] = (4096, 32, 8, 2, 1024)  # dim, heads, KV heads, layers, multiple_of (Llama-3-8B widths)
 
 
 FULL = Plan(5, (5120, 40, 2, 32000), 1024, 64, (384, 1024, 2048), 11, (1, 2, 4, 8), 2048)
 QUICK = Plan(1, (256, 2, 1, 512), 128, 64, (128,), 1, (2,), 128, load_caches=("warm",), n_vocab=1000, warmup=False,
-             options=("default", "prefault", "method=pread"), dequant=(64, 1024))
+             options=("default", "prefault", "method=pread"), dequant=(64, 1024), llama3=(64, 4, 2, 1, 32))
 
 
 # ---------------------------------------------------------------- page cache, processes, rounds
@@ -99,35 +101,57 @@ def load_run(loader: str, path: Path, *, cache: str = "warm", opts: dict[str, An
     return r
 
 
-def settle(fresh: Path | None = None) -> None:
-    """Untimed, before a timed step: remove `fresh` (the step's output) and os.sync(). No step pays for an earlier
-    one's write-back or for deleting its output (0.6-0.9 s for 1.8 GB on this ext4 mounted with `discard`)."""
+def settle(fresh: Path | None = None, quiet: float = 0.2, cap: float = 10.0) -> None:
+    """Untimed, before a timed step: remove `fresh` (the last output; deleting 1.8 GB costs 0.6-0.9 s with `discard`),
+    os.sync(), then wait (at most `cap` s) until the disk holding --dir has nothing in flight and has written and
+    discarded nothing for `quiet` s: sync returns while ext4 is still writing its journal and discarding freed blocks."""
     if fresh is not None:
         fresh.unlink(missing_ok=True)
     os.sync()
+    stat, t0 = Path(f"/sys/dev/block/{os.major(DISK[0])}:{os.minor(DISK[0])}/stat"), time.perf_counter()
+    last = still = None
+    while stat.exists() and time.perf_counter() - t0 < cap:
+        f = stat.read_text().split()  # fields 7, 9, 14 (1-based): sectors written, in flight, sectors discarded
+        now = (f[6], f[13] if len(f) > 13 else "") if f[8] == "0" else None
+        still = time.perf_counter() if now is None or now != last else still
+        if now is not None and time.perf_counter() - still >= quiet:
+            return
+        last = now
+        time.sleep(0.01)
 
 
-def timed(cmd: list[str], stdout: Any = subprocess.DEVNULL, *, fresh: Path | None = None) -> float:
-    """Wall time of one command in a fresh process, after settle(fresh). Raises RuntimeError if it fails."""
+def cpu_wait() -> float:
+    """Seconds that some task of this machine waited for a CPU, since boot (/proc/pressure/cpu; 0 without PSI)."""
+    try:
+        return int(Path("/proc/pressure/cpu").read_text().split()[4].split("=")[1]) / 1e6
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def run(cmd: list[str], fresh: Path | None = None, sample: bool = False) -> tuple[float, int, float]:
+    """One command in a fresh process after settle(fresh): its wall time, (when `sample`: /proc every 1 ms) the peak
+    RssAnon in bytes of its process tree, and the machine's CPU wait meanwhile. Raises RuntimeError if it fails."""
     settle(fresh)
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    if out.returncode:
-        raise RuntimeError(f"{shlex.join(cmd[:4])}: exit {out.returncode}: {out.stderr.strip()[-300:]}")
-    return time.perf_counter() - t0
+    with tempfile.TemporaryFile() as err:
+        t0, w0, peak = time.perf_counter(), cpu_wait(), 0
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        while sample and proc.poll() is None:
+            peak = max(peak, sum(child.status_kib(p, "RssAnon") for p in _tree(proc.pid)))
+            time.sleep(0.001)
+        elapsed = (proc.wait(), time.perf_counter() - t0)[1]
+        if proc.returncode:
+            raise RuntimeError(f"{shlex.join(cmd[:4])}: exit {proc.returncode}: "
+                               f"{(err.seek(0), err.read())[1].decode(errors='replace').strip()[-300:]}")
+    return elapsed, peak * 1024, cpu_wait() - w0
 
 
-def cat_into(paths: list[Path], out: Path, fsync: bool) -> float:
-    """`cat paths > out` (then fsync(out)) into a new file: the floor a durable converter is compared with."""
-    settle(out)
-    t0 = time.perf_counter()
-    with open(out, "wb") as f:
-        subprocess.run(["cat", *map(str, paths)], stdout=f, check=True)
-        if fsync:
-            os.fsync(f.fileno())
-    elapsed = time.perf_counter() - t0
-    out.unlink()
-    return elapsed
+def timed(cmd: list[str], *, fresh: Path | None = None) -> float:
+    return run(cmd, fresh)[0]
+
+
+def cat(paths: list[Path], out: Path, fsync: bool = True) -> list[str]:
+    """`cat paths > out` (then `sync out`: fsync), a command like any other: the floor of a durable converter."""
+    return ["sh", "-c", 'cat "$@" > "$0"' + (' && sync "$0"' if fsync else ""), str(out), *map(str, paths)]
 
 
 def _tree(pid: int) -> list[int]:
@@ -136,18 +160,6 @@ def _tree(pid: int) -> list[int]:
     except OSError:
         return [pid]
     return [pid] + [q for k in kids for q in _tree(int(k))]
-
-
-def peak_private(cmd: list[str], *, fresh: Path | None = None) -> int:
-    """Peak RssAnon (bytes) of the command's process tree (/proc, every 1 ms) after settle(fresh); RuntimeError."""
-    settle(fresh)
-    proc, peak = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), 0
-    while proc.poll() is None:
-        peak = max(peak, sum(child.status_kib(p, "RssAnon") for p in _tree(proc.pid)))
-        time.sleep(0.001)
-    if proc.returncode:
-        raise RuntimeError(f"{shlex.join(cmd[:4])}: exit {proc.returncode}: {proc.stderr.read()[-300:]!r}")
-    return peak * 1024
 
 
 def bare_numpy() -> int:
@@ -180,6 +192,30 @@ def rounds(steps: dict[str, Callable[[], Any]], plan: Plan, what: str) -> dict[s
 # ---------------------------------------------------------------- sections
 
 
+def race(plan: Plan, what: str, inputs: list[Path], out: Path, cmds: dict[str, list[str]],
+         **extra: Callable[[], Any]) -> dict[str, Any]:
+    """`cat inputs > out; fsync(out)` against every command (each writes `out`) and `extra` steps, in alternating
+    rounds, with the machine's CPU wait during each; then each command's peak private memory (worst of up to 3
+    runs; not of the cat floors) and a bare numpy's."""
+    warm(*inputs)
+    cmds, waits = {"cat + fsync": cat(inputs, out), **cmds}, {}
+
+    def step(k: str) -> float:
+        t, _, w = run(cmds[k], out)
+        waits.setdefault(k, []).append(w)
+        return t
+    times = rounds({**{k: (lambda k=k: step(k)) for k in cmds}, **extra}, plan, what)
+    memory = {k: max(run(c, out, sample=True)[1] for _ in range(min(3, plan.reps))) for k, c in cmds.items()
+              if not k.startswith("cat")}
+    out.unlink(missing_ok=True)
+    return {"times": times, "cpu_wait": {k: v[-plan.reps:] for k, v in waits.items()}, "memory": memory, "numpy": bare_numpy(),
+            "input": [files.size(p) for p in inputs]}
+
+
+def convert(src: Path, out: Path, outtype: str = "auto", fmt: str = "gguf") -> list[str]:
+    return [PY, "-m", "convert.cli", str(src), "--outfile", str(out), "--format", fmt, "--outtype", outtype, "--quiet"]
+
+
 def conversion(plan: Plan, work: Path) -> dict[str, Any]:
     """convert-model (f16, bf16 shards -> ggjt, GGUF f16/bf16/q8_0), convert_legacy_llama.py, cat; memory; q8_0."""
     import gguf
@@ -190,49 +226,50 @@ def conversion(plan: Plan, work: Path) -> dict[str, Any]:
 
     model, bf16 = (files.checkpoint(work / "ckpt", *plan.slice, 2, bf16=b) for b in (False, True))
     shards, tiny = sorted(model.glob("consolidated.*.pth")), build_checkpoint(work / "tiny")
-    warm(*shards, *bf16.glob("consolidated.*.pth"))
+    warm(*bf16.glob("consolidated.*.pth"))
     out, tree = work / "out", sdist.llama_cpp_tree()
-    convert = lambda src, fmt, outtype="auto": [PY, "-m", "convert.cli", str(src), "--outfile", str(out),  # noqa: E731
-                                                "--format", fmt, "--outtype", outtype, "--quiet"]
     legacy = lambda outtype: ["env", f"PYTHONPATH={tree / 'gguf-py'}", PY, str(tree / "examples" /  # noqa: E731
                               "convert_legacy_llama.py"), str(model), "--vocab-dir", str(model.parent), "--outtype",
                               outtype, "--outfile", str(out)]
-    cmds = {"ggjt": convert(model, "ggjt"), "gguf": convert(model, "gguf"), "bf16": convert(bf16, "gguf"),
-            "q8_0": convert(model, "gguf", "q8_0"), "llama.cpp f16": legacy("f16"), "llama.cpp q8_0": legacy("q8_0")}
-    steps = {"cat": lambda: cat_into(shards, out, False), "cat + fsync": lambda: cat_into(shards, out, True),
-             **{k: (lambda c=c: timed(c, fresh=out)) for k, c in cmds.items()},
-             "help": lambda: timed([PY, "-m", "convert.cli", "--help"]),
-             "tiny": lambda: timed(convert(tiny, "ggjt"), fresh=out)}
-    times = rounds(steps, plan, "conversion")
-    memory = {k: max(peak_private(c, fresh=out) for _ in range(min(3, plan.reps))) for k, c in cmds.items()}
-    out.unlink(missing_ok=True)
+    cmds = {"ggjt": convert(model, out, fmt="ggjt"), "gguf": convert(model, out), "bf16": convert(bf16, out),
+            "q8_0": convert(model, out, "q8_0"), "llama.cpp f16": legacy("f16"), "llama.cpp q8_0": legacy("q8_0")}
+    r = race(plan, "conversion", shards, out, {"cat": cat(shards, out, False), **cmds, "help": [
+        PY, "-m", "convert.cli", "--help"], "tiny": convert(tiny, out, fmt="ggjt")})
     ck = open_checkpoint(shards[0])  # our quantizer and gguf's, in process, on the same f16 layer matrices
     mats = [ck.array(n) for n, t in ck.tensors.items() if n.startswith("layers.") and len(t.shape) == 2]
     quants = {"ggmlfmt q8_0": quantize_rows_q8_0,
               "gguf.quants q8_0": lambda a: gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0)}
     clock = lambda fn: timeit.timeit(lambda: [fn(a) for a in mats], number=1)  # noqa: E731
-    return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(s) for s in shards],
-            "shape": plan.slice, "quantizers": rounds({k: (lambda f=f: clock(f)) for k, f in quants.items()}, plan,
-                                                      "q8_0 quantizers")}
+    return {**r, "shape": plan.slice, "quantizers": rounds({k: (lambda f=f: clock(f)) for k, f in quants.items()},
+                                                           plan, "q8_0 quantizers")}
 
 
 def migration(plan: Plan, work: Path) -> dict[str, Any]:
     """migrate-old-weights of the same slice as 2-part ggmf f16, to ggjt and to GGUF, vs cat + fsync; memory."""
-    dim, heads, layers, n_vocab = plan.slice
     (work / "ggmf").mkdir(exist_ok=True)
-    parts = files.ggmf_parts(work / "ggmf" / "model-f16.bin", dim, heads, layers, n_vocab, 2)
-    warm(*parts)
-    out = work / "out"
+    parts, out = files.ggmf_parts(work / "ggmf" / "model-f16.bin", *plan.slice, 2), work / "out"
+    return race(plan, "migration", parts, out, {f: [PY, "-m", "migrate", str(parts[0]), str(out), "--format", f,
+                                                    "--quiet"] for f in ("ggjt", "gguf")})
 
-    def migrate(fmt: str) -> list[str]:
-        return [PY, "-m", "migrate", str(parts[0]), str(out), "--format", fmt, "--quiet"]
-    steps = {"cat + fsync": lambda: cat_into(parts, out, True), "ggjt": lambda: timed(migrate("ggjt"), fresh=out),
-             "gguf": lambda: timed(migrate("gguf"), fresh=out)}
-    times = rounds(steps, plan, "migration")
-    memory = {fmt: max(peak_private(migrate(fmt), fresh=out) for _ in range(min(3, plan.reps)))
-              for fmt in ("ggjt", "gguf")}
-    out.unlink(missing_ok=True)
-    return {"times": times, "memory": memory, "numpy": bare_numpy(), "input": [files.size(p) for p in parts]}
+
+def llama3(plan: Plan, work: Path) -> dict[str, Any]:
+    """Llama-3-8B-shaped slice, bf16, 2 shards: Meta's layout (and its vocabulary build) and Hugging Face's against
+    cat + fsync, and Hugging Face's against llama.cpp's convert_hf_to_gguf.py; memory."""
+    from ggmlfmt.tiktoken_vocab import load_tiktoken_vocab
+    meta, out = files.llama3_meta(work / "llama3", *plan.llama3), work / "out"
+    vocab = lambda: timeit.timeit(lambda: len(load_tiktoken_vocab(meta.parent / "tokenizer.model", "3.1").merges),  # noqa: E731
+                                  number=1)
+    r = {"shape": plan.llama3, "meta": race(plan, "llama3 meta", sorted(meta.glob("*.pth")), out, {
+        "bf16": convert(meta, out), "q8_0": convert(meta, out, "q8_0")}, vocabulary=vocab)}
+    try:
+        hf, peer = files.llama3_hf(work / "llama3-hf", *plan.llama3)
+    except (ImportError, FileNotFoundError) as e:  # no Hugging Face support in this checkout (or no peer to run)
+        return {**r, "hf": {"absent": f"{type(e).__name__}: {e}"}}
+    theirs = lambda t: ["env", f"PYTHONPATH={peer.parent / 'gguf-py'}", "NO_LOCAL_GGUF=1", PY, str(peer), str(hf),  # noqa: E731
+                        "--outfile", str(out), "--outtype", t]
+    return {**r, "hf": race(plan, "llama3 hf", sorted(hf.glob("*.safetensors")), out, {
+        "bf16": convert(hf, out), "q8_0": convert(hf, out, "q8_0"), "peer bf16": theirs("bf16"),
+        "peer q8_0": theirs("q8_0")})}
 
 
 def _loaders(paths: dict[str, Path], loaders: tuple[str, ...], plan: Plan, what: str,
@@ -253,19 +290,15 @@ def opening(plan: Plan, work: Path) -> dict[str, Any]:
            "index": _loaders(index, four, plan, "open 7B index", touch=False),
            "sizes": {"v32": files.size(small["ggjt"]), "v32000": files.size(real["ggjt"]),
                      "index_gguf": files.size(index["gguf"]), "n_vocab": plan.n_vocab}}
-    path = real["ggjt"]
-
-    def cat_cold() -> dict[str, Any]:
-        left = evict(path)
-        return {"total_s": timed(["cat", str(path)]), "cached_before": left}
-    cold = replace(plan, reps=plan.cold_reps)
+    path, cold = real["ggjt"], replace(plan, reps=plan.cold_reps)
     out["cold"] = rounds({"open": lambda: load_run("ggmlfmt", path, cache="cold", touch=False),
-                          "open + touch": lambda: load_run("ggmlfmt", path, cache="cold"),
-                          "cat > /dev/null": cat_cold}, cold, "cold open")
+                          "open + touch": lambda: load_run("ggmlfmt", path, cache="cold"),  # evicted, then cat:
+                          "cat > /dev/null": lambda: {"cached_before": evict(path), "total_s": timed(["cat", str(path)])}},
+                         cold, "cold open")
     return out
 
 
-LOAD_LOADERS = tuple(child.LOADERS)
+LOAD_LOADERS = tuple(child.FORMAT)
 OPTIONS: dict[str, dict[str, Any]] = {
     "default": {}, "prefault": {"prefault": True}, "advice=sequential": {"advice": "sequential"},
     "advice=random": {"advice": "random"}, "advice=willneed": {"advice": "willneed"},
@@ -333,14 +366,11 @@ def copies(plan: Plan, work: Path) -> dict[str, Any]:
     """`ggmlfmt copy` vs cp (and cp + sha256sum), source cold and warm: time, what stays cached."""
     src, dst = files.write_set(work, plan.copy_dim, 16, plan.n_vocab, ("ggjt",))["ggjt"], work / "copy.bin"
 
-    def one(method: str, cache: str) -> dict[str, Any]:
-        dst.unlink(missing_ok=True)
+    def one(method: str, cache: str) -> dict[str, Any]:  # the copy is removed before the next one (settle)
         before = evict(src) if cache == "cold" else (warm(src), 1.0)[1]
-        t = timed(COPIERS[method](str(src), str(dst)))
-        r = {"total_s": t, "src_before": before, "src_after": cachestat.residency(src).fraction,
-             "dst_after": cachestat.residency(dst).fraction}
-        dst.unlink()
-        return r
+        t = timed(COPIERS[method](str(src), str(dst)), fresh=dst)
+        return {"total_s": t, "src_before": before, "src_after": cachestat.residency(src).fraction,
+                "dst_after": cachestat.residency(dst).fraction}
     return {"size": files.size(src), **{c: rounds({m: (lambda m=m, c=c: one(m, c)) for m in COPIERS}, plan,
                                                   f"copy {c}") for c in ("cold", "warm")}}
 
@@ -366,7 +396,7 @@ def dequantizing(plan: Plan, work: Path) -> dict[str, Any]:
     return out
 
 
-MEASURE = {"conversion": conversion, "migration": migration, "open": opening, "load": load_vs_size,
+MEASURE = {"conversion": conversion, "migration": migration, "llama3": llama3, "open": opening, "load": load_vs_size,
            "options": options, "groups": groups, "copy": copies, "dequantize": dequantizing}
 
 
@@ -375,20 +405,17 @@ MEASURE = {"conversion": conversion, "migration": migration, "open": opening, "l
 
 def machine(directory: Path) -> dict[str, str]:
     """Name -> value lines: what the numbers were measured on."""
-    def first(path: str, key: str) -> str:
-        try:
-            return next((ln.split(":", 1)[1].strip() for ln in open(path) if ln.startswith(key)), "?")
-        except OSError:
-            return "?"
+    info = {k.strip(): v.strip() for f in ("/proc/cpuinfo", "/proc/meminfo") for k, v in
+            (ln.split(":", 1) for ln in open(f) if ":" in ln)}
     mounts = [ln.split() for ln in open("/proc/mounts")]
     real = os.path.realpath(directory)
     dev, mnt, fs, options = max((m[:4] for m in mounts if real == m[1] or real.startswith(m[1].rstrip("/") + "/")),
                                 key=lambda m: len(m[1]), default=("?", "/", "?", "?"))
     installed = {d.metadata["Name"].lower(): d.version for d in metadata.distributions()}
     versions = [f"{d} {installed.get(d, 'not installed')}" for d in ("numpy", "torch", "safetensors", "gguf")]
-    virt = " (virtual machine)" if "hypervisor" in first("/proc/cpuinfo", "flags") else ""
-    return {"CPU": first("/proc/cpuinfo", "model name") + virt, "cores": str(os.cpu_count()),
-            "memory": first("/proc/meminfo", "MemTotal"), "kernel": platform.release(),
+    virt = " (virtual machine)" if "hypervisor" in info.get("flags", "?") else ""
+    return {"CPU": info.get("model name", "?") + virt, "cores": str(os.cpu_count()),
+            "memory": info.get("MemTotal", "?"), "kernel": platform.release(),
             "filesystem": f"{fs} on {dev} at {mnt} (files in {directory}; mount options {options})",
             "transparent huge pages": Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip(),
             "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -407,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s", stream=sys.stderr)
     logging.getLogger("gguf").setLevel(logging.WARNING)  # GGUFWriter's per-file chatter
-    plan, start = (QUICK if args.quick else FULL), time.time()
+    plan, start, DISK[0] = (QUICK if args.quick else FULL), time.time(), os.stat(args.dir).st_dev
     # Fresh interpreters would recompile the source under PYTHONDONTWRITEBYTECODE (0.2 s each); installs never do.
     for package in ("ggmlfmt", "convert", "migrate"):
         compileall.compile_dir(ROOT / package, quiet=1)

@@ -6,7 +6,10 @@ Each type is one kernel that turns a chunk of blocks into its float32 values: in
 chunk of output, which stays in cache. Every float operation is the one of the format's definition
 in the same order (scale products first), so results are the reference's bit for bit, NaNs and
 signed zeros included. numpy's cost per call and per short row, not arithmetic, is what the kernels
-are shaped around: no per-block Python, few calls per chunk, no broadcasting over 16-value rows.
+are shaped around: no per-block Python, few calls per chunk, no broadcasting over 16-value rows, no
+(k, n) strided copies (a block's field moves as one opaque n-byte item; runs of codes are put in
+order by one gather of whole runs), float16 scales widened by a table lookup rather than numpy's
+slow float16 cast.
 """
 
 from __future__ import annotations
@@ -26,9 +29,36 @@ _SHIFT2 = np.array([0, 2, 4, 6], np.uint8).reshape(1, 4, 1)  # the four 2-bit fi
 NIBBLES, CRUMBS, BITS = ((0, 4), 0x0F), ((0, 2, 4, 6), 0x03), (tuple(range(8)), 0x01)  # (shifts, mask) of a split
 
 
+@cache
+def _f16_values() -> np.ndarray:
+    """Every float16 bit pattern's float32 value (256 KiB), made by numpy's own cast, so a lookup is that cast.
+
+    numpy's float16 cast runs at several ns a value here; the lookup runs several times faster.
+    """
+    return np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(_F32)
+
+
+def _widen(x: np.ndarray) -> np.ndarray:
+    """float16 or float32 values (any strides) as a new float32 array."""
+    if x.dtype == np.float16:
+        return np.take(_f16_values(), x.view(np.uint16), mode="clip")  # every u16 is an index of the table
+    return x.astype(_F32)
+
+
 def _scale(c: np.ndarray, field: str = "d") -> np.ndarray:
     """A block field widened to float32, shaped (k, 1) to broadcast over the block's values."""
-    return c[field].astype(_F32)[:, None]
+    return _widen(c[field])[:, None]
+
+
+def _column(c: np.ndarray, field: str) -> np.ndarray:
+    """A field of every block of a contiguous chunk, copied contiguous: (k, *field shape).
+
+    The copy moves each block's field as one opaque item of its size: numpy copies a long 1-D run of
+    those fast, where a (k, n) strided copy pays per row of n bytes.
+    """
+    dt, offset = c.dtype.fields[field][:2]
+    items = np.ndarray((len(c),), np.dtype((np.void, dt.itemsize)), buffer=c, offset=offset, strides=c.strides)
+    return items.copy().view(dt.base).reshape(len(c), *dt.shape)
 
 
 def _split(c: np.ndarray, field: str, groups: int, split: tuple[tuple[int, ...], int]) -> np.ndarray:
@@ -36,22 +66,22 @@ def _split(c: np.ndarray, field: str, groups: int, split: tuple[tuple[int, ...],
 
     The field's bytes are cut into `groups` runs of n bytes; each run gives its n codes at the first
     shift, then its n codes at the next shift, and so on. Shifts and masks work on 8 bytes at a time
-    over the whole chunk; one gather of 8-byte words (no per-block numpy call) puts them in order.
+    over the whole chunk, one plane per shift; each plane then goes to its place as runs of n bytes
+    moved as single items by one gather (no per-block numpy call).
     """
     shifts, mask = split
-    words = np.ascontiguousarray(c[field]).view("<u8")  # every split field is a multiple of 8 bytes
-    planes = np.empty((len(shifts), *words.shape), np.uint64)
-    for plane, shift in zip(planes, shifts):
-        np.bitwise_and(np.right_shift(words, np.uint64(shift), out=plane), np.uint64(mask * 0x0101010101010101), out=plane)
-    order = _word_order(len(c), groups, len(shifts), words.shape[1] // groups)
-    return np.take(planes.reshape(-1), order, mode="clip").view(np.uint8).reshape(len(c), -1)
+    words = _column(c, field).view("<u8")  # every split field is a multiple of 8 bytes
+    k, n = len(c), words.shape[1] * 8 // groups
+    planes = np.right_shift(words[None], np.array(shifts, np.uint64)[:, None, None])  # one call: (planes, k, words)
+    np.bitwise_and(planes, np.uint64(mask * 0x0101010101010101), out=planes)
+    runs = planes.view(np.dtype((np.void, n))).reshape(-1)  # (planes, k, groups) runs of n codes
+    return np.take(runs, _run_order((len(shifts), k, groups), (1, 2, 0)), mode="clip").view(np.uint8).reshape(k, -1)
 
 
-@lru_cache(maxsize=8)  # one per chunk shape in use; at most 512 KiB each
-def _word_order(k: int, groups: int, planes: int, n: int) -> np.ndarray:
-    """Where each word of the codes (k, groups, planes, n) comes from in the planes (planes, k, groups, n)."""
-    order = np.arange(planes * k * groups * n, dtype=np.intp).reshape(planes, k, groups, n)
-    return np.ascontiguousarray(order.transpose(1, 2, 0, 3)).reshape(-1)
+@lru_cache(maxsize=16)  # one per chunk shape in use; at most 128 KiB each
+def _run_order(shape: tuple[int, ...], axes: tuple[int, ...]) -> np.ndarray:
+    """Where each run of runs laid out as `shape`, transposed to `axes`, comes from: the gather index."""
+    return np.ascontiguousarray(np.arange(np.prod(shape), dtype=np.intp).reshape(shape).transpose(axes)).reshape(-1)
 
 
 def _interleaved(qs: np.ndarray) -> np.ndarray:
@@ -115,15 +145,30 @@ def _scaled(o: np.ndarray, d: np.ndarray, q: np.ndarray, m: np.ndarray | None = 
 # ----------------------------------------------------------------- the 2023 types (docs/format.md §5.3)
 
 
+def _halves(qs: np.ndarray) -> np.ndarray:
+    """4-bit codes of (k, 16) contiguous bytes in the halves order: byte j = elements j (low), j + 16 (high)."""
+    k = len(qs)
+    planes = np.empty((2, k, 16), np.uint8)
+    np.bitwise_and(qs, 0x0F, out=planes[0])
+    np.right_shift(qs, 4, out=planes[1])
+    codes = np.empty((k, 2, 16), np.uint8)
+    rows = codes.view("V16")  # (k, 2, 1): each half of a block as one 16-byte item, copied in two 1-D runs
+    for half in range(2):
+        np.copyto(rows[:, half, 0], planes[half].view("V16")[:, 0])
+    return codes.reshape(k, 32)
+
+
 def _legacy(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     d = _scale(c)
     names = c.dtype.names
     if "qh" not in names and "m" not in names and c.dtype["qs"].base == np.int8:  # Q8_0
-        _scaled(o, d, c["qs"])
+        _scaled(o, d, c["qs"])  # 32-byte rows: the cast reads them in place faster than a copy would gather them
         return
-    codes = _interleaved(c["qs"]) if layout.nibble_order == "interleaved" else _split(c, "qs", 1, NIBBLES)
+    qs = _column(c, "qs")
+    codes = _interleaved(qs) if layout.nibble_order == "interleaved" else _halves(qs)
     if "qh" in names:
-        _add_high(codes, np.unpackbits(c["qh"], axis=-1, bitorder="little"), 4)  # bit k = element k's fifth bit
+        fifth = np.unpackbits(_column(c, "qh").reshape(-1), bitorder="little")  # bit k = element k's fifth bit
+        _add_high(codes, fifth.reshape(codes.shape), 4)
     if "m" in names:
         _scaled(o, d, codes, _scale(c, "m"))
     else:
@@ -149,17 +194,20 @@ def _k_scales(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _times(c: np.ndarray, field: str, x: np.ndarray) -> np.ndarray:
     """d * x for every block: the f16/f32 scale `field` times (n, k) small integers -> (k, n) float32."""
-    return np.ascontiguousarray((c[field].astype(_F32) * x.astype(_F32)).T)
+    return np.ascontiguousarray((_widen(c[field]) * x.astype(_F32)).T)
 
 
 _LOW4, _LOW2 = np.uint32(0x0F0F0F0F), np.uint32(0x03030303)  # a 4-bit and a 2-bit field in each byte of a u32
 
 
 def _q2_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    w = np.ascontiguousarray(c["scales"]).view("<u4")  # 16 bytes as 4 words: whole-array operations, 4 scales each
-    scales, mins = (w & _LOW4).view(np.uint8), ((w >> 4) & _LOW4).view(np.uint8)
-    dl, ml = _scale(c) * scales.astype(_F32), _scale(c, "dmin") * mins.astype(_F32)
-    _scaled(o, dl, _split(c, "qs", 2, CRUMBS), ml, sub=True)
+    s = _column(c, "scales").reshape(-1)  # byte i: scale i (low nibble), min i (high nibble)
+    x = np.empty((2, len(s)), _F32)
+    np.bitwise_and(s, np.uint8(0x0F), out=x[0], casting="unsafe")
+    np.right_shift(s, np.uint8(4), out=x[1], casting="unsafe")
+    d = _widen(np.stack([c["d"], c["dmin"]]))
+    np.multiply(np.repeat(d, 16, axis=1), x, out=x)  # d * scale, dmin * min
+    _scaled(o, x[0].reshape(len(c), 16), _split(c, "qs", 2, CRUMBS), x[1].reshape(len(c), 16), sub=True)
 
 
 def _q3_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
@@ -181,10 +229,30 @@ def _q4_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
     _scaled(o, _times(c, "d", scales), codes, _times(c, "dmin", mins), sub=True)
 
 
+_M2, _M4, _M14 = (np.uint64(b * 0x0101010101010101) for b in (0x03, 0x0F, 0x0E))  # a byte pattern in each byte
+_SHIFTS = np.array([0, 2, 4, 6], np.uint64)[:, None, None, None]  # the four 2-bit fields of each qh byte
+
+
 def _q6_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
-    codes = _split(c, "ql", 2, NIBBLES)
-    _add_high(codes, _split(c, "qh", 2, CRUMBS), 4)
-    _scaled(o, _scale(c) * c["scales"].astype(_F32), _signed(codes, 32))
+    # Per half of a block: ql bytes 0-31 (a), 32-63 (b) and qh bytes 0-31 (h) give the 32-value runs
+    # a & 15, b & 15, a >> 4, b >> 4 (low parts) and h's 2-bit fields 0, 1, 2, 3 (high parts).
+    # Each part is a whole-chunk plane of 8-byte words; one gather of 32-byte runs each puts them in value order.
+    k = len(c)
+    q = _column(c, "ql").view("<u8")
+    low = np.empty((2, *q.shape), np.uint64)
+    np.bitwise_and(q, _M4, out=low[0])
+    np.bitwise_and(np.right_shift(q, np.uint64(4), out=low[1]), _M4, out=low[1])
+    h = _column(c, "qh").view("<u8")
+    high = np.right_shift(h[None], _SHIFTS)  # (4, k, 2 halves, 4 words)
+    np.bitwise_and(high, _M2, out=high)
+    np.add(high, _M14, out=high)  # (field + 14) & 15 << 4 = (field << 4) - 32 as a byte: 0xE0, 0xF0, 0, 0x10
+    np.left_shift(np.bitwise_and(high, _M4, out=high), np.uint64(4), out=high)
+    runs = np.dtype((np.void, 32))
+    codes = np.take(low.view(runs).reshape(-1), _run_order((2, k * 2, 2), (1, 0, 2)), mode="clip").view("<u8")
+    high = np.take(high.view(runs).reshape(-1), _run_order((4, k, 2), (1, 2, 0)), mode="clip").view("<u8")
+    np.bitwise_or(codes, high, out=codes)
+    scales = np.repeat(_widen(c["d"]), 16) * _column(c, "scales").reshape(-1).astype(_F32)  # d * scale, per 16
+    _scaled(o, scales.reshape(k, 16), codes.view(np.int8).reshape(k, 256))  # low | high: the code - 32, as int8
 
 
 def _q8_k(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:

@@ -6,6 +6,10 @@ import os
 
 EXCERPT_BYTES = 16  # bytes of a bad region a message shows (as hex): the message stays one short line
 EXCERPT_CHARS = 80  # characters of a name or key from a file a message shows
+# What any FormatError shows of its field and its text, whatever a caller put in them: a name read from a
+# file (up to 4,096 bytes) quoted with !r instead of shown() still gives a short line.
+FIELD_CHARS = 160
+MESSAGE_CHARS = 600
 
 
 def excerpt(data: bytes | memoryview) -> str:
@@ -16,6 +20,10 @@ def excerpt(data: bytes | memoryview) -> str:
     """
     head = bytes(data[:EXCERPT_BYTES]).hex()
     return head if len(data) <= EXCERPT_BYTES else f"{head}... ({len(data)} bytes)"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def shown(text: str, limit: int = EXCERPT_CHARS) -> str:
@@ -34,10 +42,10 @@ class FormatError(ValueError):
         offset: int | None = None,
         field: str | None = None,
     ) -> None:
-        self.msg = msg
+        self.msg = _cut(msg, MESSAGE_CHARS)
         self.path = None if path is None else os.fspath(path)
         self.offset = offset
-        self.field = field
+        self.field = None if field is None else _cut(field, FIELD_CHARS)
         super().__init__(str(self))
 
     def __str__(self) -> str:

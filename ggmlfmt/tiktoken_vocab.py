@@ -16,14 +16,13 @@ from __future__ import annotations
 import binascii
 import os
 import re
-from array import array
-from collections.abc import Iterable, Iterator, Sequence
-from typing import overload
+from collections.abc import Iterator
 
 import numpy as np
 
 from .constants import TokenType
 from .errors import BadValue, CannotWrite, FormatError, Truncated
+from .gguf import GGUFStrings
 from .llama import GGUFVocab
 
 MAX_FILE_BYTES = 64 << 20  # Meta's is 2.2 MB for 128,000 tokens; o200k-sized files stay far below
@@ -99,6 +98,19 @@ def parse_ranks(data: bytes) -> list[bytes]:
     """read_ranks on the bytes of a file (an error names the offset of the bad line).
 
     Empty lines are skipped, as tiktoken's and Meta's readers do; a last line without newline is read.
+    A file like Meta's (every line `base64 rank\\n`, ranks 0..n-1 in order) is read in a few numpy
+    passes; any other file, and every file with an error, goes through the line-by-line reader,
+    which alone decides what is refused and how.
+
+    Raises:
+        FormatError: as read_ranks.
+    """
+    tokens = _parse_in_order(data)
+    return _parse_lines(data) if tokens is None else tokens
+
+
+def _parse_lines(data: bytes) -> list[bytes]:
+    """parse_ranks, one line at a time: every check, and the error of the first bad line.
 
     Raises:
         FormatError: as read_ranks.
@@ -140,6 +152,54 @@ def parse_ranks(data: bytes) -> list[bytes]:
     return tokens
 
 
+_RANK_DIGITS = 7  # as _LINE: ranks up to 9,999,999
+
+
+def _parse_in_order(data: bytes) -> list[bytes] | None:
+    """The tokens of a file whose lines are all `base64 rank\\n` with ranks 0, 1, 2, ... in file order, found
+    with one split and a few numpy passes; None for any other file (blank lines, \\r, ranks out of
+    order, any error), which _parse_lines then reads.
+
+    It accepts only what _parse_lines accepts, with the same tokens: every line is text, one space,
+    1..7 digits without a leading zero, at most MAX_LINE_BYTES in all; each text is decoded by the
+    same strict a2b_base64; the ranks are 0..n-1 in order, no token repeats, every byte is a token.
+    """
+    size = len(data)
+    parts = data.split()  # text, rank, text, rank, ... when the file is well formed
+    n = len(parts) // 2
+    if not n or len(parts) != 2 * n or n > MAX_TOKENS or data[-1] != 0x0A:
+        return None
+    lengths = np.fromiter(map(len, parts), np.int64, 2 * n).reshape(n, 2)
+    rank_len = lengths[:, 1]
+    line_ends = np.cumsum(lengths[:, 0] + rank_len + 2)  # one past each newline, if one space separates the two
+    if line_ends[-1] != size:
+        return None  # whitespace other than one byte between the parts and one after the last
+    raw = np.frombuffer(data, np.uint8)
+    spaces = line_ends - 2 - rank_len
+    if not (np.all(raw[line_ends - 1] == 0x0A) and np.all(raw[spaces] == 0x20)
+            and int((lengths[:, 0] + rank_len).max()) + 1 <= MAX_LINE_BYTES and int(rank_len.max()) <= _RANK_DIGITS):
+        return None
+    ranks = np.zeros(n, np.int64)
+    for k in range(_RANK_DIGITS):  # digit k of each rank that has one, most significant first
+        has = rank_len > k
+        digit = raw[spaces[has] + 1 + k] - np.uint8(0x30)  # a non-digit wraps to 10 or more
+        if np.any(digit > 9):
+            return None
+        ranks[has] = ranks[has] * 10 + digit
+    if np.any((raw[spaces + 1] == 0x30) & (rank_len > 1)) or not np.array_equal(ranks, np.arange(n)):
+        return None
+    a2b = binascii.a2b_base64
+    try:
+        tokens = [a2b(text, strict_mode=True) for text in parts[0::2]]
+    except binascii.Error:
+        return None
+    token_len = np.fromiter(map(len, tokens), np.int64, n)
+    singles = {tokens[i] for i in np.flatnonzero(token_len == 1).tolist()}
+    if not token_len.all() or len(singles) != 256 or len(set(tokens)) != n:
+        return None
+    return tokens
+
+
 def _parse_line(line: bytes, pos: int) -> tuple[bytes, int]:
     """Raises: FormatError for a line that is not `base64 rank` with strict base64 of a non-empty token."""
     m = _LINE.fullmatch(line)
@@ -152,6 +212,11 @@ def _parse_line(line: bytes, pos: int) -> tuple[bytes, int]:
     if not token:
         raise BadValue("empty token", offset=pos, field="token")
     return token, int(m[2])
+
+
+# GPT-2's byte alphabet as arrays: each byte's character as a UTF-16 code unit, and its UTF-8 length
+_CODE_UNITS = np.array([ord(c) for _, c in sorted(bytes_to_unicode().items())], "<u2")
+_UTF8_LENGTHS = np.array([len(chr(u).encode("utf-8")) for u in _CODE_UNITS.tolist()], np.int64)
 
 
 def bpe_merges(tokens: list[bytes]) -> Iterator[tuple[int, int]]:
@@ -172,44 +237,160 @@ def bpe_merges(tokens: list[bytes]) -> Iterator[tuple[int, int]]:
         yield from local
 
 
-_ITER_ROWS = 4096  # merges spelled per step
+_HASH_BASE = 0x9E3779B97F4A7C15  # odd, so invertible modulo 2**64
+_STEP = 1 << 17  # bytes or elements handled by one numpy step (index arrays of 1 MiB)
+_HASH_MIX = 0xD6E8FEB86659FD93  # odd: multiplying by it permutes the hashes and spreads small ones
+_INDEX_BITS = 18  # 262,144 buckets: about one token's hash in two for Meta's 128,000 tokens
+_INDEX_WIDEST = 64  # more tokens in one bucket (hashes made to share their top bits): binary search
 
 
-class Merges(Sequence[str]):
-    """tokenizer.ggml.merges as `"LEFT RIGHT"` strings made on demand from two id arrays.
+def _merge_pairs(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
+    """bpe_merges as an (m, 2) array of (left id, right id), found with hashes and checked byte by byte.
 
-    Meta's file has 280,147 merges: as Python strings they would hold ~20 MB for the whole
-    conversion; as two int32 arrays they hold 2.2 MB, and each string lives only while it is encoded.
+    raw: the tokens' bytes one after the other; lengths: each token's length.
+    A token's hash is the sum of (byte + 1) * B**i modulo 2**64, so that of every prefix is a
+    difference of running sums and that of the rest follows by B's inverse; each split whose two
+    hashes are tokens' hashes, and whose lengths and bytes are theirs, is a merge. Hashes cannot
+    miss a merge (equal bytes, equal hash) and a colliding pair is refused by the byte check; two
+    tokens with the same hash return None, and bpe_merges decides. Bytes and tokens are taken a few
+    at a time, so that no temporary array holds more than about _STEP elements.
     """
+    n = len(lengths)
+    if not n:
+        return np.zeros((0, 2), np.int64)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    longest = int(lengths.max())
+    powers = np.ones(longest + 1, np.uint64)
+    powers[1:] = np.cumprod(np.full(longest, _HASH_BASE, np.uint64))
+    inverses = np.ones(longest + 1, np.uint64)
+    inverses[1:] = np.cumprod(np.full(longest, pow(_HASH_BASE, -1, 1 << 64), np.uint64))
+    hashes = np.empty(n, np.uint64)
+    for first, last in _chunks(lengths):
+        running = _running_sums(raw, starts, lengths, powers, first, last)
+        hashes[first:last] = running[ends[first:last] - starts[first]] - running[starts[first:last] - starts[first]]
+    index = _HashIndex(hashes)
+    if not index.unique:
+        return None
+    cuts = np.maximum(lengths - 1, 0)
+    found = []
+    for first, last in _chunks(cuts * lengths):  # the bytes that checking every split of a token compares
+        running = _running_sums(raw, starts, lengths, powers, first, last)
+        token = np.repeat(np.arange(first, last), cuts[first:last])
+        cut = np.arange(len(token)) - np.repeat(np.cumsum(cuts[first:last]) - cuts[first:last], cuts[first:last]) + 1
+        start = starts[token]
+        local = start - starts[first]
+        left_hash = running[local + cut] - running[local]
+        del running, local
+        left = index.find(left_hash)  # -1: no token has that hash (lengths[-1] is read, then masked)
+        keep = np.flatnonzero((left >= 0) & (lengths[left] == cut))
+        token, cut, start, left, left_hash = token[keep], cut[keep], start[keep], left[keep], left_hash[keep]
+        right = index.find((hashes[token] - left_hash) * inverses[cut])
+        size = lengths[token]
+        keep = np.flatnonzero((right >= 0) & (lengths[right] == size - cut))
+        token, cut, start, left, right, size = token[keep], cut[keep], start[keep], left[keep], right[keep], size[keep]
+        whole = _gather(raw, start, size)
+        halves = _gather(raw, np.stack([starts[left], starts[right]], 1).reshape(-1),
+                         np.stack([cut, size - cut], 1).reshape(-1))
+        same = np.logical_and.reduceat(whole == halves, np.cumsum(size) - size) if len(size) else np.ones(0, bool)
+        token, left, right = token[same], left[same], right[same]
+        key = token * n + left  # found by token, then cut: a token's merges are put in the order of their left ids
+        if np.any(key[1:] < key[:-1]):
+            by = np.argsort(key, kind="stable")  # runs already sorted: timsort's merging is short
+            left, right = left[by], right[by]
+        found.append(np.stack([left, right], 1).astype(np.int32))
+    return np.concatenate(found)
 
-    def __init__(self, pieces: Sequence[str], pairs: Iterable[tuple[int, int]]) -> None:
-        ids = array("i")
-        for left, right in pairs:
-            ids.append(left)
-            ids.append(right)
-        self._pieces = pieces
-        self._ids = np.frombuffer(ids, dtype=np.int32).reshape(-1, 2) if ids else np.zeros((0, 2), np.int32)
 
-    def __len__(self) -> int:
-        return len(self._ids)
+def _chunks(cost: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Consecutive ranges [first, last) of items whose costs add up to at most _STEP (at least one item each)."""
+    total = np.cumsum(cost)
+    first = 0
+    while first < len(cost):
+        done = int(total[first - 1]) if first else 0
+        last = max(first + 1, int(np.searchsorted(total, done + _STEP, side="right")))
+        yield first, last
+        first = last
 
-    @overload
-    def __getitem__(self, i: int) -> str: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[str]: ...
-    def __getitem__(self, i: int | slice) -> str | list[str]:
-        if isinstance(i, slice):
-            return [self._text(left, right) for left, right in self._ids[i].tolist()]
-        left, right = self._ids[i].tolist()
-        return self._text(left, right)
 
-    def __iter__(self) -> Iterator[str]:
-        for start in range(0, len(self._ids), _ITER_ROWS):  # tolist() of all 280k pairs would cost ~30 MB
-            for left, right in self._ids[start : start + _ITER_ROWS].tolist():
-                yield self._text(left, right)
+def _running_sums(raw: np.ndarray, starts: np.ndarray, lengths: np.ndarray, powers: np.ndarray, first: int,
+                  last: int) -> np.ndarray:
+    """Running sums of the weighted bytes of tokens first..last-1 (element i: the weights of their first i bytes),
+    each byte weighing (byte + 1) * B ** (its place in its token), modulo 2**64."""
+    lo = int(starts[first])
+    weights = raw[lo : int(starts[last - 1] + lengths[last - 1])].astype(np.uint64)
+    weights += np.uint64(1)
+    weights *= powers[np.arange(len(weights)) - np.repeat(starts[first:last] - lo, lengths[first:last])]
+    running = np.zeros(len(weights) + 1, np.uint64)
+    np.cumsum(weights, out=running[1:])
+    return running
 
-    def _text(self, left: int, right: int) -> str:
-        return f"{self._pieces[left]} {self._pieces[right]}"
+
+class _HashIndex:
+    """Token hashes -> token ids. The hashes are multiplied by an odd constant (a one-to-one map that
+    spreads short tokens' small hashes over the top bits), sorted, and bucketed by their top
+    _INDEX_BITS bits."""
+
+    def __init__(self, hashes: np.ndarray) -> None:
+        keys = hashes * np.uint64(_HASH_MIX)
+        self.order = np.argsort(keys, kind="stable")
+        self.sorted = keys[self.order]
+        self.unique = not np.any(self.sorted[1:] == self.sorted[:-1])
+        self.starts = np.zeros((1 << _INDEX_BITS) + 1, np.int32)  # tokens number at most MAX_TOKENS
+        np.cumsum(np.bincount((self.sorted >> np.uint64(64 - _INDEX_BITS)).astype(np.int64),
+                              minlength=1 << _INDEX_BITS), out=self.starts[1:])
+        self.widest = int(np.diff(self.starts).max())
+
+    def find(self, wanted: np.ndarray) -> np.ndarray:
+        """The id of the token with each wanted hash, or -1: one look per token sharing its top bits
+        (binary search when some top bits are shared by more than _INDEX_WIDEST tokens)."""
+        wanted = wanted * np.uint64(_HASH_MIX)
+        if self.widest > _INDEX_WIDEST:
+            at = np.minimum(np.searchsorted(self.sorted, wanted), len(self.sorted) - 1)
+            return np.where(self.sorted[at] == wanted, self.order[at], -1)
+        bucket = (wanted >> np.uint64(64 - _INDEX_BITS)).astype(np.intp)
+        first, end = self.starts[bucket], self.starts[bucket + 1]
+        at = np.minimum(first, len(self.sorted) - 1)
+        hit = (self.sorted[at] == wanted) & (end > first)
+        out = np.where(hit, self.order[at], -1)
+        look = np.flatnonzero(~hit & (end > first + 1))
+        for k in range(1, self.widest):  # the k-th token of each bucket not yet found, if it has one
+            at = first[look] + k
+            hit = self.sorted[at] == wanted[look]
+            out[look[hit]] = self.order[at[hit]]
+            look = look[~hit]
+            look = look[end[look] > first[look] + k + 1]
+        return out
+
+
+def _gather(source: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The runs source[starts[i] : starts[i] + lengths[i]], one after the other, about _STEP bytes at a time."""
+    ends = np.cumsum(lengths)
+    out = np.empty(int(ends[-1]) if len(ends) else 0, source.dtype)
+    for first, last in _chunks(lengths):
+        lo, hi, run = int(ends[first] - lengths[first]), int(ends[last - 1]), lengths[first:last]
+        out[lo:hi] = source[np.arange(lo, hi) - np.repeat(ends[first:last] - run - starts[first:last], run)]
+    return out
+
+
+def _spelled_merges(utf8: np.ndarray, piece_start: np.ndarray, piece_len: np.ndarray, pairs: np.ndarray) -> GGUFStrings:
+    """tokenizer.ggml.merges as GGUF encodes it: for each (left, right), a u64 length and `LEFT RIGHT` in UTF-8.
+
+    utf8: the pieces' UTF-8 bytes, ending with a space (the byte that joins each merge's two pieces).
+    Spelled about _STEP bytes at a time.
+    """
+    left, right = pairs[:, 0], pairs[:, 1]
+    size = piece_len[left] + 1 + piece_len[right]
+    ends = np.cumsum(size + 8)
+    out = np.empty(int(ends[-1]) if len(ends) else 0, np.uint8)
+    space = len(utf8) - 1
+    for lo, hi in _chunks(size + 8):
+        m, a, b = hi - lo, left[lo:hi], right[lo:hi]
+        source = np.concatenate([utf8, size[lo:hi].astype("<u8").view(np.uint8)])  # + the 8-byte lengths
+        runs = np.stack([len(utf8) + 8 * np.arange(m), piece_start[a], np.full(m, space), piece_start[b]], 1)
+        run_len = np.stack([np.full(m, 8), piece_len[a], np.ones(m, np.int64), piece_len[b]], 1)
+        out[ends[lo] - size[lo] - 8 : ends[hi - 1]] = _gather(source, runs.reshape(-1), run_len.reshape(-1))
+    return GGUFStrings(out.tobytes(), ends)
 
 
 def special_tokens(release: str) -> tuple[str, ...]:
@@ -225,12 +406,30 @@ def special_tokens(release: str) -> tuple[str, ...]:
 
 def bpe_vocab(tokens: list[bytes], specials: tuple[str, ...]) -> GGUFVocab:
     """The GGUF vocabulary: base tokens in GPT-2's alphabet (NORMAL), then the specials (CONTROL), the merges,
-    pre-tokenizer llama-bpe, bos/eos and, where the specials have them, eot and eom ids."""
-    alphabet = bytes_to_unicode()
-    table = [alphabet[b] for b in range(256)]
-    pieces = ["".join([table[b] for b in t]) for t in tokens]
-    merges = Merges(pieces, bpe_merges(tokens))
+    pre-tokenizer llama-bpe, bos/eos and, where the specials have them, eot and eom ids.
+
+    The merges are kept as GGUF encodes them (a GGUFStrings: one bytes object, 6 MB for Meta's 280,147),
+    which the GGUF writer copies as they are.
+    """
     n = len(tokens)
+    lengths = np.fromiter(map(len, tokens), np.int64, n)
+    # the pieces: every token's bytes as characters, a newline (no character of the alphabet) between
+    # two tokens; one decode, one split
+    spelled = _CODE_UNITS[np.frombuffer(b"\n".join(tokens), np.uint8)]
+    spelled[np.cumsum(lengths[:-1]) + np.arange(n - 1)] = ord("\n")
+    text = spelled.tobytes().decode("utf-16-le")
+    del spelled
+    pieces = text.split("\n") if n else []
+    utf8 = text.encode("utf-8") + b" "  # + the space that joins a merge's two pieces
+    del text
+    newlines = np.flatnonzero(np.frombuffer(utf8, np.uint8) == ord("\n"))  # only between pieces in UTF-8 too
+    piece_start = np.concatenate([[0], newlines + 1])
+    piece_len = np.append(newlines, len(utf8) - 1) - piece_start
+    del newlines
+    pairs = _merge_pairs(np.frombuffer(b"".join(tokens), np.uint8), lengths)
+    if pairs is None:  # two tokens hash alike, or a token repeats: the plain search decides
+        pairs = np.array([ids for ids in bpe_merges(tokens)], np.int64).reshape(-1, 2)
+    merges = _spelled_merges(np.frombuffer(utf8, np.uint8), piece_start, piece_len, pairs)
     types = np.full(n + len(specials), TokenType.NORMAL, np.int32)
     types[n:] = TokenType.CONTROL
     ids = {name: n + i for i, name in enumerate(specials)}

@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 for _module in ("torch", "safetensors", "gguf", "matplotlib"):  # the bench extra (torch: the torch.load rows)
     pytest.importorskip(_module)
 
-SECTIONS = ("Conversion", "Migration", "Opening a model file", "Loading against file size", "Load options",
-            "N processes", "Copying", "Dequantizing")
+SECTIONS = ("Conversion", "Migration", "Llama 3", "Opening a model file", "Loading against file size",
+            "Load options", "N processes", "Copying", "Dequantizing")
+HF_ROWS = 8  # the Hugging Face subsection's targets: not measured where convert-model cannot read that layout
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +32,18 @@ def test_every_section_is_written_with_targets_and_plots(docs: Path) -> None:
     text = (docs / "benchmarks.md").read_text()
     for title in SECTIONS:
         assert f"## {title}" in text, title
-    assert "not measured" not in text and "Failed runs" not in text, text
-    verdicts = [line for line in text.splitlines() if line.startswith("| ") and line.rstrip().endswith(
-        ("| met |", "| **missed** |"))]
-    assert len(verdicts) == 21, verdicts  # 10 conversion, 4 migration, 6 opening rows, 1 dequantizing
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.rstrip().endswith(
+        ("| met |", "| **missed** |", "| not measured |"))]
+    assert len(rows) == 33, rows  # 10 conversion, 4 migration, 12 Llama 3, 6 opening rows, 1 dequantizing
+    absent = [r for r in rows if r.endswith("| not measured |")]
+    assert "Failed runs" not in text and "## llama3: not measured" not in text, text
+    try:
+        import convert.hf  # noqa: F401
+    except ImportError:  # main before the Hugging Face merge: exactly that subsection is left out, and says so
+        assert len(absent) == HF_ROWS and all("HF_DIR" in r for r in absent), absent
+        assert "Hugging Face layout: not measured: this checkout cannot convert it" in text
+    else:
+        assert not absent, absent
     for png in ("load_time", "options", "nprocs", "copy"):
         assert (docs / "img" / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
 

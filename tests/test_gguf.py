@@ -358,6 +358,17 @@ def test_a_string_array_is_utf8_element_by_element(strings):
         decode_gguf(raw)
 
 
+def test_a_string_array_encodes_element_by_element():
+    """Each element: u64 length, UTF-8 bytes (built by hand here), across the encoder's steps of 4,096;
+    a GGUFStrings read from a file encodes as the file held it."""
+    texts = ["", "a", "\u0120the", "\u4eca\u65e5", "x" * 300] * 2000
+    want = struct.pack("<IQ", V.STRING, len(texts)) + b"".join(gstr(t.encode()) for t in texts)
+    assert encode_value((V.ARRAY, V.STRING), texts) == encode_value((V.ARRAY, V.STRING), tuple(texts)) == want
+    read = decode_gguf(file_of([kv("k", V.ARRAY, want)], [])).metadata["k"]
+    assert isinstance(read, GGUFStrings) and encode_value((V.ARRAY, V.STRING), read) == want
+    assert encode_value((V.ARRAY, V.STRING), texts[:-1]) != want  # control: one element less differs
+
+
 def test_long_and_short_strings_decode_alike():
     strings = ["a" * 300, "", "▁" * 50, "x", "日本語" * 60]
     raw = header(0, 1) + kv("k", 9, struct.pack("<IQ", 8, 5) + b"".join(gstr(s.encode()) for s in strings))
@@ -453,6 +464,8 @@ def test_load_names_the_file(tmp_path):
     ([("k", V.BOOL, 2)], [], "'k': a BOOL"),
     ([("k", V.STRING, b"bytes")], [], "'k': a STRING must be str"),
     ([("k", V.STRING, "\udc80")], [], "'k': not encodable"),
+    ([("k", (V.ARRAY, V.STRING), ["a", b"b"])], [], "'k': a STRING must be str"),
+    ([("k", (V.ARRAY, V.STRING), ["a"] * 5000 + ["\udc80"])], [], "'k': not encodable"),
     ([("k", (V.ARRAY, V.UINT16), [1, 70000])], [], "'k': values .* do not fit an array of UINT16"),
     ([("k", (V.ARRAY, V.INT8), [1.5])], [], "'k'"),
     ([("k", V.ARRAY, [[1], [2]])], [], "'k': cannot tell the element type"),

@@ -262,3 +262,15 @@ def test_one_long_name_does_not_widen_every_line_of_inspect():
     assert len(lines) > 2200
     assert sum(len(line) for line in lines if "n" * 4096 not in line and "k" * 4096 not in line) < 200 * len(lines)
     assert len(text) < 2 * 4096 + 200 * len(lines)
+
+
+def test_every_format_error_is_a_short_line_whatever_its_caller_quoted() -> None:
+    """The root bound: a 4,096-character name quoted with !r in a field or a message still gives a short line."""
+    name = "n" * 4096
+    err = FormatError(f"shape [1], expected [2] for {name!r}", path="/m/x.pth", field=f"tensor {name!r}")
+    text = str(err)
+    assert len(text) < 1000 and "\n" not in text and text.startswith("/m/x.pth: tensor 'nnn")
+    assert "(4105 characters)" in text and "characters)" in text.split(": ", 2)[2]  # both were cut, and say so
+    short = FormatError("shape [1], expected [2]", path="/m/x.pth", field="tensor 'a'")
+    assert str(short) == "/m/x.pth: tensor 'a': shape [1], expected [2]"  # control: a normal message is untouched
+    assert len(str(CannotWrite("x" * 100_000))) < 1000  # the request family too

@@ -20,6 +20,7 @@ from ggmlfmt.constants import TokenType
 from ggmlfmt.errors import FormatError
 from ggmlfmt.tiktoken_vocab import (
     MAX_LINE_BYTES,
+    bpe_vocab,
     bytes_to_unicode,
     load_tiktoken_vocab,
     looks_like_tiktoken,
@@ -114,6 +115,50 @@ def test_control_merges_in_another_order_tokenize_differently(tok_file: Path) ->
     words = regex.findall(llama3.PAT, llama3.CORPUS.read_text(encoding="utf-8"))
     differ = [w for w in words if _llama_cpp_bpe(w.encode(), merge_rank, piece_id) != enc.encode_ordinary(w)]
     assert len(differ) > 10
+
+
+def _every_split(tokens: list[bytes], *, first_only: bool = False) -> list[str]:
+    """§15.1's merges, restated: token by token in rank order, each cut whose two sides are tokens, by left id."""
+    ids = {t: i for i, t in enumerate(tokens)}
+    table = bytes_to_unicode()
+    out = []
+    for t in tokens:
+        pairs = sorted((ids[t[:c]], ids[t[c:]]) for c in range(1, len(t)) if t[:c] in ids and t[c:] in ids)
+        for a, b in pairs[:1] if first_only else pairs:
+            out.append("".join(table[x] for x in tokens[a]) + " " + "".join(table[x] for x in tokens[b]))
+    return out
+
+
+def _thue_morse(a: int, b: int) -> bytes:
+    """The 1,024-byte Thue-Morse word over bytes a, b: it and its complement take the same value under every
+    polynomial hash modulo 2**64 (the difference is a product of ten factors 1 - x**(2**j), divisible by 2**64)."""
+    word = [0]
+    for _ in range(10):
+        word += [1 - x for x in word]
+    return bytes(a if x == 0 else b for x in word)
+
+
+_BYTES = [bytes([b]) for b in range(256)]
+_TM, _CTM = _thue_morse(ord("a"), ord("b")), _thue_morse(ord("b"), ord("a"))
+VOCABULARIES = {
+    # _TM = _TM[:512] + _CTM[:512]; a search by hash alone would take one of _TM, _CTM for the other
+    "two tokens that hash alike": _BYTES + [_TM[:512], _CTM[:512], _TM, _CTM, _TM + b"c", _CTM + b"c"],
+    "a split that hashes like a token": _BYTES + [b"ab", b"abc", _TM, _CTM + b"c"],  # _CTM is no token
+    "longest tokens": _BYTES + [b"a" * n for n in (2, 3, 100, 382, 383, 765)],  # a split is a merge where both sides are
+}
+
+
+@pytest.mark.parametrize("case", sorted(VOCABULARIES))
+def test_merges_are_every_split_in_rank_order(case: str) -> None:
+    tokens = VOCABULARIES[case]
+    assert list(bpe_vocab(tokens, special_tokens("3.1")).merges) == _every_split(tokens)
+
+
+def test_merges_of_the_trained_file_are_every_split(tok_file: Path) -> None:
+    tokens = read_ranks(tok_file)
+    merges = list(load_tiktoken_vocab(tok_file, "3.1").merges)
+    assert merges == _every_split(tokens)
+    assert merges != _every_split(tokens, first_only=True)  # control: one split per token is not the same list
 
 
 # ------------------------------------------------------------------ hostile files
