@@ -32,6 +32,11 @@ TOKENIZER = "tokenizer.model"
 FLOAT_DTYPES = tuple(DTYPES)  # every dtype convert.pth reads (its table); all cast to f16/f32
 
 
+def is_hf_dir(model_dir: Path) -> bool:
+    """A Hugging Face layout (convert.hf): config.json and no Meta params.json."""
+    return (model_dir / "config.json").is_file() and not (model_dir / "params.json").exists()
+
+
 def find_shards(model_dir: str | os.PathLike[str]) -> list[Path]:
     """consolidated.00.pth, .01, ... in `model_dir`: numbered from 00, without gaps.
 

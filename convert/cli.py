@@ -43,10 +43,14 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Convert Meta LLaMA consolidated.NN.pth shards (MODEL_DIR with params.json) into one GGUF v3 "
                     "file for today's llama.cpp, or (--format ggjt) one 32-byte aligned ggjt v1 file, byte for byte "
-                    "what llama.cpp's 2023 converter wrote.")
+                    "what llama.cpp's 2023 converter wrote. A Hugging Face LLaMA or Mistral directory (config.json "
+                    "with model*.safetensors or pytorch_model*.bin, tokenizer.model or tokenizer.json) becomes the "
+                    "GGUF file llama.cpp's convert_hf_to_gguf.py writes, without torch.")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("model_dir", nargs="?", metavar="MODEL_DIR",
-                       help="directory with params.json and consolidated.00.pth, .01, ...")
+                       help="Meta: directory with params.json and consolidated.00.pth, .01, ...; Hugging Face: "
+                            "directory with config.json and model.safetensors (or model-0000k-of-0000n.safetensors "
+                            "and their index, or pytorch_model*.bin)")
     which.add_argument("--demo", nargs="?", const="", metavar="DIR",
                        help="build a tiny 2-shard checkpoint in DIR (default: a new temporary directory), "
                             "convert it, load the result and report what it holds and cost")
@@ -63,14 +67,16 @@ def _parser() -> argparse.ArgumentParser:
                         "to, e.g. ggml-model-bf16.gguf; .bin with --format ggjt)")
     p.add_argument("--ctx", type=int, metavar="N",
                    help="gguf: llama.context_length (default 2048, LLaMA-1's; Llama 3: 8192, 3.1+: 131072; a "
-                        "checkpoint does not store it)")
+                        "Meta checkpoint does not store it; Hugging Face: config.json's max_position_embeddings)")
     p.add_argument("--eps", type=float, metavar="X",
-                   help="gguf: RMS-norm epsilon when params.json has no norm_eps (default 1e-6, LLaMA-1's)")
+                   help="gguf: RMS-norm epsilon when params.json has no norm_eps (default 1e-6, LLaMA-1's; "
+                        "Meta checkpoints only: config.json has rms_norm_eps)")
     p.add_argument("--llama-release", choices=("3", "3.1", "3.2", "3.3"), default=None,
-                   help="Llama 3 (tiktoken tokenizer.model): whose special tokens to append (default: 3 without "
-                        "use_scaled_rope in params.json, else 3.1, or 3.2 when there is no output.weight)")
+                   help="Meta's Llama 3 (tiktoken tokenizer.model): whose special tokens to append (default: 3 "
+                        "without use_scaled_rope in params.json, else 3.1, or 3.2 when there is no output.weight)")
     p.add_argument("--vocab", metavar="PATH",
-                   help="tokenizer.model to use (default: MODEL_DIR/tokenizer.model, else its parent's)")
+                   help="tokenizer.model to use (default: MODEL_DIR/tokenizer.model, else its parent's; a Hugging "
+                        "Face directory without one: its tokenizer.json)")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--dry-run", action="store_true",
                    help="check the inputs and print the plan (tensor, shape, split, offset, size), write nothing")
@@ -135,7 +141,7 @@ def _metadata(cp: ConversionPlan) -> dict[str, Any]:
     types_2d = [e.info.type for e in cp.entries if len(e.shape) == 2]
     quantized = any(e.info.block.elements > 1 for e in cp.entries)
     kvs = llama_metadata(cp.gguf.hparams, cp.gguf.vocab, name=cp.gguf.name, file_type=llama_file_type(types_2d),
-                         quantized=quantized, n_params=cp.gguf.n_params)
+                         quantized=quantized, n_params=cp.gguf.n_params, extra=cp.gguf.extra)
     out: dict[str, Any] = {}
     for kv in kvs:
         if kv.type == GGUFValueType.ARRAY:

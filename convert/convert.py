@@ -32,6 +32,7 @@ from ggmlfmt.llama import (
     ROPE_FREQS,
     GGUFVocab,
     LlamaHParams,
+    MetaKV,
     OutTensor,
     llama3_rope_factors,
     plan_llama_gguf,
@@ -42,7 +43,7 @@ from ggmlfmt.tiktoken_vocab import N_SPECIAL, bpe_vocab, looks_like_tiktoken, re
 from ggmlfmt.unshard import Piece, Source, computed_source, open_read_only, write_tensors
 from ggmlfmt.writer import FileWriter
 
-from .checkpoint import TensorMeta, check_shards, find_shards, find_tokenizer, skipped_name
+from .checkpoint import TensorMeta, check_shards, find_shards, find_tokenizer, is_hf_dir, skipped_name
 from .pth import Checkpoint, open_checkpoint
 from .params import Params, gguf_hparams, read_params
 from ggmlfmt.tokenizer import load_gguf_vocab, load_vocab
@@ -94,6 +95,7 @@ class ConversionPlan:
     format: str = "ggjt"  # "ggjt" (v1) or "gguf" (v3)
     gguf: GGUFContent | None = None  # what the GGUF metadata says; None for ggjt
     computed: tuple[tuple[str, np.ndarray], ...] = ()  # tensors no shard holds (rope_freqs.weight), by name
+    source: Any = None  # None: Meta shards; a Hugging Face directory: convert.hf.HFSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,7 @@ class GGUFContent:
     vocab: GGUFVocab
     name: str
     n_params: int | None = None  # every checkpoint tensor's values (general.size_label)
+    extra: tuple[MetaKV, ...] = ()  # written after the tokenizer keys (a Hugging Face directory's, §19)
 
 
 def default_outfile(model_dir: str | os.PathLike[str], outtype: str, fmt: str = "gguf") -> Path:
@@ -161,6 +164,14 @@ def output_type(outtype: str, source_dtype: str, ndim: int) -> GGMLType:
     return fixed if fixed is not None else AUTO_TYPES[source_dtype]
 
 
+def check_rows(name: str, ggml_type: GGMLType, shape: tuple[int, ...]) -> None:
+    """Raises: CannotWrite when rows of `shape` are not whole blocks of `ggml_type` (q8_0: 32 values)."""
+    per_block = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][ggml_type].elements
+    if shape[-1] % per_block:
+        raise CannotWrite(f"tensor {name!r}: rows of {shape[-1]} values are not whole {ggml_type.name} blocks "
+                          f"of {per_block}; choose another --outtype")
+
+
 def resolved_outtype(types_2d: list[GGMLType]) -> str:
     """The outtype a file's 2-D types amount to (the most common one, as general.file_type): its name's part."""
     if not types_2d:
@@ -183,7 +194,8 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     None means LLaMA-1's 2048; rms_eps applies only when params.json has no norm_eps (None: 1e-6).
     A tiktoken tokenizer.model makes it a Llama 3 checkpoint (GGUF only, docs/format.md §16.1):
     llama_release ("3", "3.1", "3.2", "3.3") chooses the special tokens, None infers it from params.json;
-    context_length None is then the release's (8,192 for 3, 131,072 for 3.1+).
+    context_length None is then the release's (8,192 for 3, 131,072 for 3.1+). A Hugging Face directory
+    (config.json, no params.json) goes to convert.hf.plan_hf (docs/format.md §19).
 
     Raises:
         FormatError: bad params.json, tokenizer or shards (names the file, and the field or tensor),
@@ -200,6 +212,11 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a model directory", str(model_dir))
+    if is_hf_dir(model_dir):
+        from .hf import plan_hf  # hf builds on this module's records
+
+        return plan_hf(model_dir, None if outfile is None else Path(outfile), outtype=outtype, tokenizer=tokenizer,
+                       fmt=fmt, context_length=context_length, rms_eps=rms_eps, llama_release=llama_release)
     params_path = model_dir / "params.json"
     params = read_params(params_path)  # first: absurd values stop everything
     if fmt == "ggjt" and (problem := params.ggjt_problem()) is not None:
@@ -232,7 +249,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     if bin_note:  # said once every input is checked, so that an error stays one line
         log.info("%s: a .bin name without --format writes the 2023 ggjt file (--format gguf for today's "
                  "llama.cpp)", outfile)
-    _warn_rounding(entries)
+    warn_rounding(entries)
     if outfile is None:
         outfile = default_outfile(model_dir, resolved_outtype([e.info.type for e in entries if len(e.shape) == 2]), fmt)
         refuse_existing(outfile, overwrite=True, inputs=[params_path, vocab_path, *shards])  # --force never replaces an input
@@ -387,7 +404,7 @@ _ROUNDS = {(GGMLType.F16, "float32"), (GGMLType.F16, "bfloat16"), (GGMLType.BF16
            (GGMLType.BF16, "float16")}
 
 
-def _warn_rounding(entries: list[TensorEntry]) -> None:
+def warn_rounding(entries: list[TensorEntry]) -> None:
     """Say so before writing when a cast rounds or weights are quantized: never silently lossy."""
     for out_type in (GGMLType.F16, GGMLType.BF16):
         narrowed = [e for e in entries if (e.info.type, e.source_dtype) in _ROUNDS and e.info.type == out_type]
@@ -450,10 +467,7 @@ def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected
                               "one by columns gives it", path=str(shards[0]),
                               field=f"tensor {m.name!r}")
         ggml_type = output_type(outtype, m.dtype, len(shape))
-        per_block = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][ggml_type].elements
-        if shape[-1] % per_block:
-            raise CannotWrite(f"tensor {m.name!r}: rows of {shape[-1]} values are not whole {ggml_type.name} blocks "
-                              f"of {per_block}; choose another --outtype")
+        check_rows(m.name, ggml_type, shape)
         pending.append(_Pending(m, axis, shape, TensorSpec.from_shape(m.name, ggml_type, shape)))
     if expected:
         name = next(iter(expected))
@@ -473,6 +487,10 @@ def write_conversion(cp: ConversionPlan, *, force: bool = False, progress: Calla
         IncompleteWrite: the shards did not cover every data byte exactly once.
         FormatError, OSError: a shard changed since planning, disk full, ...
     """
+    if cp.source is not None:
+        from .hf import write_hf
+
+        return write_hf(cp, force=force, progress=progress)
     with ExitStack() as stack:
         shards = [stack.enter_context(open_checkpoint(p)) for p in cp.shards]
         fds = [open_read_only(stack, p) for p in cp.shards]

@@ -406,11 +406,12 @@ class MetaKV(NamedTuple):
 
 
 def llama_metadata(hp: LlamaHParams, vocab: GGUFVocab, *, name: str, file_type: int,
-                   quantized: bool, n_params: int | None = None) -> list[MetaKV]:
+                   quantized: bool, n_params: int | None = None, extra: Sequence[MetaKV] = ()) -> list[MetaKV]:
     """Every key/value today's llama.cpp reads for a LLaMA model, in the order we write them.
 
     n_params (the checkpoint's parameter count, every tensor as llama.cpp's Meta converter counts):
-    also general.size_label and llama.vocab_size, which that converter writes (§14.2).
+    also general.size_label and llama.vocab_size, which that converter writes (§14.2). extra: further
+    entries written last, as given (a Hugging Face directory's rope scaling and tokenizer settings, §19).
 
     Raises:
         FormatError: the vocabulary size is not n_vocab, or a special id is outside the vocabulary.
@@ -433,7 +434,7 @@ def llama_metadata(hp: LlamaHParams, vocab: GGUFVocab, *, name: str, file_type: 
     out.append(MetaKV("llama.attention.layer_norm_rms_epsilon", GGUFValueType.FLOAT32, hp.rms_eps))
     if hp.rope_freq_base is not None:
         out.append(MetaKV("llama.rope.freq_base", GGUFValueType.FLOAT32, hp.rope_freq_base))
-    return out + _tokenizer_metadata(vocab)
+    return out + _tokenizer_metadata(vocab) + list(extra)
 
 
 def _tokenizer_metadata(vocab: GGUFVocab) -> list[MetaKV]:
@@ -474,11 +475,11 @@ class OutTensor(NamedTuple):
 
 
 def plan_llama_gguf(hp: LlamaHParams, vocab: GGUFVocab, tensors: Sequence[OutTensor], *, name: str,
-                    n_params: int | None = None) -> Plan:
+                    n_params: int | None = None, extra: Sequence[MetaKV] = ()) -> Plan:
     """Lay out a GGUF v3 LLaMA file: metadata (§14), tensors under their GGUF names (§13), in the given order.
 
     general.file_type is the most common 2-D type; general.quantization_version is written when any
-    tensor is quantized; n_params as llama_metadata. The returned plan names tensors by their GGUF names.
+    tensor is quantized; n_params and extra as llama_metadata. The returned plan names tensors by their GGUF names.
 
     Raises:
         FormatError: a value llama.cpp would refuse (vocabulary size, special ids, unknown tensors).
@@ -487,7 +488,7 @@ def plan_llama_gguf(hp: LlamaHParams, vocab: GGUFVocab, tensors: Sequence[OutTen
     types_2d = [t.type for t in tensors if len(t.shape) == 2]
     quantized = any(BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][t.type].elements > 1 for t in tensors)
     meta = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=quantized,
-                          n_params=n_params)
+                          n_params=n_params, extra=extra)
     specs = [TensorSpec.from_shape(gguf_tensor_name(t.name, hp.n_layer), t.type, t.shape) for t in tensors]
     return plan_gguf([_triple(kv) for kv in meta], specs)
 

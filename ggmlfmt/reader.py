@@ -1,4 +1,4 @@
-"""Open any 2023 llama.cpp model file, or a GGUF file, as one read-only numpy.memmap with zero-copy tensor views."""
+"""Open any 2023 llama.cpp model file, a GGUF file or a safetensors file, as one read-only numpy.memmap with zero-copy tensor views."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .constants import FileVersion, GGMLType, GGUFVersion
+from .constants import MAGICS, NOT_A_MODEL, FileVersion, GGMLType, GGUFVersion
 from .dequant import dequantize
 from .errors import FormatError, Truncated
 from .gguf import GGUFIndex, decode_gguf
 from .layout import HParams, Index, TensorInfo, Vocab, decode_index
 from .loadopts import Advice, LoadOptions, open_data
+from .safetensors import SafetensorsIndex, decode_safetensors, looks_like_safetensors
 
 if TYPE_CHECKING:
     import torch
@@ -97,7 +98,7 @@ class _Floats(Mapping[str, np.ndarray]):
 class Model:
     """An opened model file: its format, header, vocabulary, and tensors as views into `data` (the whole file)."""
 
-    def __init__(self, path: str, index: Index | GGUFIndex, data: np.ndarray) -> None:
+    def __init__(self, path: str, index: Index | GGUFIndex | SafetensorsIndex, data: np.ndarray) -> None:
         self.path = path
         self.index = index
         self._data = data
@@ -107,13 +108,14 @@ class Model:
         self.floats: Mapping[str, np.ndarray] = _Floats(self.tensors, self.info, index.version.block_generation)
 
     @property
-    def version(self) -> FileVersion | GGUFVersion:
-        """FileVersion for the 2023 formats, GGUFVersion (V2, V3) for GGUF; both have .block_generation."""
+    def version(self) -> FileVersion | GGUFVersion | Any:
+        """FileVersion for the 2023 formats, GGUFVersion (V2, V3) for GGUF, SafetensorsVersion; all have
+        .magic_name, .number and .block_generation."""
         return self.index.version
 
     @property
     def format(self) -> str:
-        """'ggml', 'ggmf', 'ggjt' or 'gguf'."""
+        """'ggml', 'ggmf', 'ggjt', 'gguf' or 'safetensors'."""
         return self.index.version.magic_name
 
     @property
@@ -128,8 +130,9 @@ class Model:
 
     @property
     def metadata(self) -> Mapping[str, Any]:
-        """GGUF's key -> value pairs (arrays as numpy arrays or GGUFStrings); empty for the 2023 formats."""
-        return self.index.metadata if isinstance(self.index, GGUFIndex) else {}
+        """GGUF's key -> value pairs (arrays as numpy arrays or GGUFStrings), safetensors' __metadata__ strings;
+        empty for the 2023 formats."""
+        return self.index.metadata if isinstance(self.index, (GGUFIndex, SafetensorsIndex)) else {}
 
     @property
     def data(self) -> np.ndarray:
@@ -205,18 +208,22 @@ def map_file(path: str | os.PathLike[str], mode: Literal["r", "c"] = "r") -> np.
 HEAD_READAHEAD = 1 << 20  # header + vocabulary are read in order; LLaMA's 32,000 tokens take ~0.45 MiB
 
 
-def decode_any(buf: memoryview, path: str) -> Index | GGUFIndex:
-    """Parse a GGUF file (b"GGUF" first) or a 2023 one.
+def decode_any(buf: memoryview, path: str) -> Index | GGUFIndex | SafetensorsIndex:
+    """Parse a GGUF file (b"GGUF" first), a 2023 one (its magic first), or a safetensors one (no magic:
+    a name ending in .safetensors, or '{' after the 8-byte header length, docs/format.md §18).
 
     Raises:
         FormatError.
     """
     if buf[:4] == b"GGUF":
         return decode_gguf(buf, path=path)
+    magic = int.from_bytes(buf[:4], "little")
+    if magic not in MAGICS and magic not in NOT_A_MODEL and looks_like_safetensors(buf, path):
+        return decode_safetensors(buf, path=path)
     return decode_index(buf, path=path)
 
 
-def decode_mapped(data: np.ndarray, path: str) -> Index | GGUFIndex:
+def decode_mapped(data: np.ndarray, path: str) -> Index | GGUFIndex | SafetensorsIndex:
     """Parse the index of a mapped file with readahead off, then give the map normal readahead back.
 
     Each tensor record sits right before that tensor's data, so on a cold file the kernel's
@@ -237,7 +244,7 @@ def decode_mapped(data: np.ndarray, path: str) -> Index | GGUFIndex:
         m.madvise(mmap.MADV_NORMAL)
 
 
-def read_index(path: str | os.PathLike[str]) -> Index | GGUFIndex:
+def read_index(path: str | os.PathLike[str]) -> Index | GGUFIndex | SafetensorsIndex:
     """Parse a file's structure (header, vocabulary, tensor records) without keeping a map.
 
     Raises:
@@ -257,7 +264,8 @@ def load(
     method: Literal["mmap", "pread"] = "mmap",
     threads: int = 0,
 ) -> Model:
-    """Open a ggml, ggmf, ggjt (v1-v3) or GGUF (v2, v3) file; tensors are views into one array of the whole file.
+    """Open a ggml, ggmf, ggjt (v1-v3), GGUF (v2, v3) or safetensors file; tensors are views into one array of the
+    whole file.
 
     By default that array is one memmap and nothing is copied. mode "r" maps read-only (writes
     to a view raise); "c" maps copy-on-write (writable views, changes stay in this process).

@@ -10,6 +10,7 @@ import numpy as np
 from .constants import DEFAULT_ALIGNMENT, FType
 from .gguf import GGUFIndex, GGUFStrings, TypePath
 from .layout import Index, align_up, record_head_size
+from .safetensors import SafetensorsIndex, describe_safetensors, render_safetensors_head
 
 ARRAY_HEAD = 8  # items of a long metadata array that inspect shows
 MAX_COLUMN = 64  # widest name or key column: a longer one overflows its own line, not every line (docs/safety.md)
@@ -28,10 +29,12 @@ def _ftype_name(ftype: int) -> str:
     return FType(ftype).name if ftype in FType._value2member_map_ else str(ftype)
 
 
-def describe(index: Index | GGUFIndex) -> dict[str, Any]:
+def describe(index: Index | GGUFIndex | SafetensorsIndex) -> dict[str, Any]:
     """Everything `ggmlfmt inspect` shows, as JSON-ready data."""
     if isinstance(index, GGUFIndex):
         return describe_gguf(index)
+    if isinstance(index, SafetensorsIndex):
+        return describe_safetensors(index)
     hp = index.hparams
     tensors = []
     record_bytes = padding = 0
@@ -148,6 +151,8 @@ def render(desc: dict[str, Any]) -> str:
     """The description as aligned text for a terminal."""
     if desc["format"] == "gguf":
         return _render_table(desc, _render_gguf_head(desc))
+    if desc["format"] == "safetensors":
+        return _render_table(desc, render_safetensors_head(desc))
     hp = desc["hparams"]
     version = desc["format"] + ("" if desc["version"] is None else f" v{desc['version']}")
     lines = [

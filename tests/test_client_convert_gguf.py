@@ -119,7 +119,7 @@ def test_f16_gguf_predicts_what_the_2023_client_predicts_on_the_ggjt_file(tmp_pa
     np.testing.assert_array_equal(new.argmax(-1)[decisive], want.argmax(-1)[decisive])
 
 
-def _scale_tensor(path: Path, name: str, factor: float) -> None:
+def scale_tensor(path: Path, name: str, factor: float) -> None:
     """Multiply one F16, BF16 or Q8_0 tensor of a written GGUF by factor, in place (offsets found by
     gguf.GGUFReader; Q8_0: its f16 block scales; BF16 through torch)."""
     t = next(t for t in gguf.GGUFReader(path).tensors if t.name == name)
@@ -152,7 +152,7 @@ def test_control_a_corrupted_tensor_fails_the_comparison(tmp_path: Path, client:
     gguf_check.assert_logits_match(gguf_check.run_gguf_client(client, path, PROMPT)["logits"], want,
                                    TOLERANCE[outtype])  # the intact file passes
     # one wq x2 (q8_0: its scales): measured 3.6e-2 for each, 2.4x the largest tolerance
-    _scale_tensor(path, "blk.1.attn_q.weight", 2.0)
+    scale_tensor(path, "blk.1.attn_q.weight", 2.0)
     corrupted = gguf_check.run_gguf_client(client, path, PROMPT)["logits"]
     print(f"control {outtype}: rel {gguf_check.relative_error(corrupted, want):.2e}")
     with pytest.raises(AssertionError, match="differ from the numpy reference"):

@@ -29,6 +29,7 @@ GGMLFMT_RANKS = {
     "ggmlfmt.dequant": 1.75,  # blocks -> float32; below reader, whose Model.floats uses it
     "ggmlfmt.gguf": 1.5,  # GGUF bytes <-> records; builds on layout's TensorInfo and Plan
     "ggmlfmt.quantize": 1.5,  # float rows -> Q8_0 blocks as llama.cpp's reference; widens with floats
+    "ggmlfmt.safetensors": 1.5,  # safetensors header bounded and checked -> TensorInfo records (layout's)
     "ggmlfmt.loadopts": 1,  # load options: how a file's bytes are brought into memory (map, advice, lock, pread)
     "ggmlfmt.cachestat": 1,  # page-cache diagnostics: residency (mincore), eviction, which mapping holds an array
     "ggmlfmt.reader": 2,

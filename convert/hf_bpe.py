@@ -1,0 +1,285 @@
+"""A Hugging Face tokenizer.json (byte-level BPE, as Llama 3's) -> the tokenizer.ggml.* entries GGUF stores.
+
+docs/format.md §19.7. The file is size-capped before it is parsed; the vocabulary must give every id
+below config.json's vocab_size exactly one token (model vocabulary and added tokens together); merges
+are kept in rank order as "left right"; the pre-tokenizer llama.cpp must use is recognised from what
+the file declares (its Split pattern and ByteLevel step), and anything else is refused naming what was
+found, never guessed. Special ids come from tokenizer_config.json's token names, else config.json's ids;
+add_bos/add_eos from the post-processor's template, else tokenizer_config.json.
+
+The vocabulary is returned as ggmlfmt.llama's GGUFVocab in its byte-level BPE form (model "gpt2", pre,
+merges, no scores): the form Meta's Llama 3 tiktoken vocabulary takes, so both write the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ggmlfmt.constants import GGUFValueType, TokenType
+from ggmlfmt.errors import FormatError
+from ggmlfmt.llama import GGUFVocab, MetaKV
+from ggmlfmt.tiktoken_vocab import BPE_MODEL
+
+from .hf_vocab import MAX_TOKENIZER_CONFIG_BYTES, TOKENIZER_CONFIG, is_utf8, looks_special, read_json, settings
+
+TOKENIZER_JSON = "tokenizer.json"
+MAX_TOKENIZER_JSON_BYTES = 64 << 20  # Llama 3's is 9 MB; the largest released ones are ~35 MB
+MAX_TOKEN_CHARS = 1024
+# Split patterns (with a ByteLevel step that does not split again) -> llama.cpp's pre-tokenizer name.
+# Llama 3's pattern, as Meta's tokenizer.json for Llama 3, 3.1, 3.2 and 3.3 declares it.
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+PRE_TOKENIZERS = {LLAMA3_PATTERN: "llama-bpe"}
+GPT2_PRE = "gpt-2"  # a lone ByteLevel step with use_regex: GPT-2's own pattern
+# tokenizer_config.json's <kind>_token -> tokenizer.ggml.<key> (llama.cpp's spellings, "seperator" included)
+SPECIAL_KEYS = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id",
+                "sep": "seperator_token_id", "pad": "padding_token_id", "cls": "cls_token_id", "mask": "mask_token_id"}
+
+
+def load_bpe_vocab(model_dir: Path, n_vocab: int,
+                   config_ids: dict[str, int | None]) -> tuple[GGUFVocab, list[MetaKV]]:
+    """The byte-level BPE vocabulary of model_dir's tokenizer.json (and tokenizer_config.json), and the
+    tokenizer settings they add (add_bos_token, add_eos_token, add_sep_token, chat_template, ...).
+
+    config_ids: config.json's "<kind>_token_id" values by kind ("bos", ...), used where
+    tokenizer_config.json names no token.
+
+    Raises:
+        FormatError: the file too large or not JSON, not a byte-level BPE, an unknown pre-tokenizer
+            (named), an id missing, repeated or out of range, a malformed merge. OSError: unreadable.
+    """
+    path = model_dir / TOKENIZER_JSON
+    config_path = model_dir / TOKENIZER_CONFIG
+    config = read_json(config_path, MAX_TOKENIZER_CONFIG_BYTES) if config_path.is_file() else {}
+    return bpe_from_json(read_json(path, MAX_TOKENIZER_JSON_BYTES), config, n_vocab, config_ids, path, config_path)
+
+
+def bpe_from_json(obj: dict[str, Any], config: dict[str, Any], n_vocab: int, config_ids: dict[str, int | None],
+                  path: Path, config_path: Path) -> tuple[GGUFVocab, list[MetaKV]]:
+    """load_bpe_vocab on the decoded tokenizer.json and tokenizer_config.json objects.
+
+    Raises:
+        FormatError: as load_bpe_vocab.
+    """
+    model = obj.get("model")
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        found = model.get("type") if isinstance(model, dict) else type(model).__name__
+        raise FormatError(f"model type {json.dumps(found)[:40]}; expected a BPE model", path=str(path), field="model")
+    if model.get("byte_fallback"):
+        raise FormatError("a SentencePiece-style BPE (byte_fallback); convert with its tokenizer.model",
+                          path=str(path), field="model.byte_fallback")
+    if obj.get("normalizer") is not None:
+        kind = obj["normalizer"].get("type") if isinstance(obj["normalizer"], dict) else obj["normalizer"]
+        raise FormatError(f"normalizer {json.dumps(kind)[:40]}; a byte-level BPE for llama.cpp has none",
+                          path=str(path), field="normalizer")
+    pre = pre_tokenizer(obj.get("pre_tokenizer"), path)
+    added_tokens = obj.get("added_tokens", [])
+    pieces, added = _pieces(model.get("vocab"), added_tokens, n_vocab, path)
+    types = np.full(n_vocab, TokenType.NORMAL, np.int32)
+    for i, special in added.items():
+        text = pieces[i]
+        if special or looks_special(text):
+            types[i] = TokenType.CONTROL
+        else:
+            types[i] = TokenType.USER_DEFINED
+            pieces[i] = text.replace("\u2581", " ")
+    merges = tuple(_merges(model.get("merges"), path))
+    special = special_ids(config, added_tokens, config_ids, n_vocab, config_path)
+    extra = settings(config, config_path) if config else []
+    extra = post_processor_flags(obj.get("post_processor"), config, extra, path)
+    vocab = GGUFVocab(tuple(pieces), None, types, None, None, None, model=BPE_MODEL, pre=pre, merges=merges)
+    return with_special_ids(vocab, special), extra
+
+
+def with_special_ids(vocab: GGUFVocab, special: dict[str, int]) -> GGUFVocab:
+    """vocab with special_ids' result applied: bos, eos and unknown replace the vocabulary's own, the
+    others (seperator, padding, cls, mask) become its extra_ids."""
+    ids = {k: special.get(k) for k in ("bos_token_id", "eos_token_id", "unknown_token_id")}
+    return replace(vocab, bos_id=vocab.bos_id if ids["bos_token_id"] is None else ids["bos_token_id"],
+                   eos_id=vocab.eos_id if ids["eos_token_id"] is None else ids["eos_token_id"],
+                   unk_id=vocab.unk_id if ids["unknown_token_id"] is None else ids["unknown_token_id"],
+                   extra_ids=tuple((k, v) for k, v in special.items() if k not in ids))
+
+
+def pre_tokenizer(pre: Any, path: Path) -> str:
+    """llama.cpp's pre-tokenizer name for what tokenizer.json declares.
+
+    Raises:
+        FormatError: not byte-level, or a split pattern we do not know (an excerpt is shown).
+    """
+    steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
+    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+        raise FormatError(f"pre_tokenizer {json.dumps(pre)[:80]}; expected a ByteLevel step, alone or after a Split",
+                          path=str(path), field="pre_tokenizer")
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
+        return GPT2_PRE
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True) \
+            and not steps[1].get("add_prefix_space") and steps[0].get("behavior") == "Isolated" \
+            and not steps[0].get("invert"):
+        pattern = steps[0].get("pattern", {}).get("Regex") if isinstance(steps[0].get("pattern"), dict) else None
+        if isinstance(pattern, str) and pattern in PRE_TOKENIZERS:
+            return PRE_TOKENIZERS[pattern]
+        raise FormatError(f"split pattern {json.dumps(pattern)[:120]} is not one llama.cpp's pre-tokenizers "
+                          f"are known to implement (we know {', '.join(PRE_TOKENIZERS.values())}, {GPT2_PRE})",
+                          path=str(path), field="pre_tokenizer")
+    raise FormatError(f"pre-tokenizer steps {json.dumps(kinds)[:80]}; expected ByteLevel, or Split then ByteLevel",
+                      path=str(path), field="pre_tokenizer")
+
+
+def _pieces(vocab: Any, added: Any, n_vocab: int, path: Path) -> tuple[list[str], dict[int, bool]]:
+    """Token text by id (model vocabulary and added tokens), and each added id's "special" flag.
+
+    Raises:
+        FormatError: an id outside 0..n_vocab-1, given twice to different texts, or missing.
+    """
+    if not isinstance(vocab, dict) or not isinstance(added, list):
+        raise FormatError("expected model.vocab (an object) and added_tokens (a list)", path=str(path),
+                          field="model.vocab")
+    if len(vocab) > n_vocab or len(added) > n_vocab:
+        raise FormatError(f"{max(len(vocab), len(added)):,} entries for vocab_size {n_vocab:,}", path=str(path),
+                          field="model.vocab")
+    pieces: list[str | None] = [None] * n_vocab
+    for text, i in vocab.items():
+        _place(pieces, text, i, path, "model.vocab")
+    flags: dict[int, bool] = {}
+    for entry in added:
+        if not isinstance(entry, dict):
+            raise FormatError("expected objects with id and content", path=str(path), field="added_tokens")
+        i = _place(pieces, entry.get("content"), entry.get("id"), path, "added_tokens", again=True)
+        flags[i] = bool(entry.get("special"))
+    missing = [i for i, p in enumerate(pieces) if p is None]
+    if missing:
+        raise FormatError(f"no token has id {missing[0]} (vocab_size {n_vocab:,}; {len(missing):,} ids missing)",
+                          path=str(path), field="model.vocab")
+    return pieces, flags  # type: ignore[return-value]
+
+
+def _place(pieces: list[str | None], text: Any, i: Any, path: Path, field: str, again: bool = False) -> int:
+    if not isinstance(text, str) or not 0 < len(text) <= MAX_TOKEN_CHARS or not is_utf8(text):
+        raise FormatError(f"token {json.dumps(text)[:40]} is not a UTF-8 string of 1..{MAX_TOKEN_CHARS} characters",
+                          path=str(path), field=field)
+    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(pieces):
+        raise FormatError(f"id {json.dumps(i)[:20]} of {text[:40]!r} is not below vocab_size {len(pieces):,}",
+                          path=str(path), field=field)
+    if pieces[i] is not None and not (again and pieces[i] == text):
+        raise FormatError(f"id {i} is given to {pieces[i][:40]!r} and {text[:40]!r}", path=str(path), field=field)
+    pieces[i] = text
+    return i
+
+
+def _merges(merges: Any, path: Path) -> Iterable[str]:
+    """Merges as "left right"; pairs with spaces in them written with U+0120 for the space (llama.cpp's rule).
+
+    Raises:
+        FormatError: not a list of "a b" strings or [a, b] pairs.
+    """
+    if not isinstance(merges, list):
+        raise FormatError("expected a list", path=str(path), field="model.merges")
+    for k, m in enumerate(merges):
+        if isinstance(m, str) and m.count(" ") == 1 and " " not in (m[0], m[-1]) and is_utf8(m):
+            yield m
+        elif isinstance(m, list) and len(m) == 2 and all(isinstance(s, str) and s and is_utf8(s) for s in m):
+            yield " ".join(s.replace(" ", "\u0120") for s in m)
+        else:
+            raise FormatError(f"{json.dumps(m)[:40]} is not 'left right' or [left, right]", path=str(path),
+                              field=f"model.merges[{k}]")
+
+
+def special_ids(config: dict[str, Any], added: Any, config_ids: dict[str, int | None], n_vocab: int,
+                path: Path) -> dict[str, int]:
+    """tokenizer.ggml.<kind>_token_id: the added token tokenizer_config.json names, else config.json's id.
+
+    Raises:
+        FormatError: an id outside the vocabulary.
+    """
+    by_text: dict[str, Any] = {}
+    for entry in added if isinstance(added, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+            by_text.setdefault(entry["content"], entry.get("id"))
+    out = {}
+    for kind, key in SPECIAL_KEYS.items():
+        name = config.get(f"{kind}_token")
+        name = name.get("content") if isinstance(name, dict) else name
+        token_id = by_text.get(name) if isinstance(name, str) else None
+        if token_id is None:
+            token_id = config_ids.get(kind)
+        if token_id is None:
+            continue
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < n_vocab:
+            raise FormatError(f"{kind} id {token_id} is outside the {n_vocab:,} tokens", path=str(path),
+                              field=f"{kind}_token")
+        out[key] = token_id
+    return out
+
+
+def post_processor_flags(post: Any, config: dict[str, Any], extra: list[MetaKV], path: Path) -> list[MetaKV]:
+    """add_bos/add_eos/add_sep as the post-processors say; tokenizer_config.json's flags for the others.
+
+    ByteLevel: bos and eos not added (unless a later step says so); RobertaProcessing: bos, eos, sep
+    added; TemplateProcessing: its single template's leading special token adds bos (if it is the bos or
+    cls token), its trailing one eos; its pair template's tokens between A and B add sep when they are
+    the sep or eos token (llama.cpp's converter reads them so).
+
+    Raises:
+        FormatError: a trailing special token that is not the eos token (llama.cpp's converter would
+            make it the eos token: refused rather than guessed).
+    """
+    if not config or not isinstance(post, dict):
+        return extra
+    names = {k: (v.get("content") if isinstance(v, dict) else v) for k in ("bos", "eos", "cls", "sep")
+             for v in [config.get(f"{k}_token")]}
+    flags: dict[str, bool] = {}
+    steps = post.get("processors", [post])
+    for step in steps if isinstance(steps, list) else []:
+        kind = step.get("type") if isinstance(step, dict) else None
+        if kind == "ByteLevel":
+            flags.setdefault("bos", False)
+            flags.setdefault("eos", False)
+        elif kind == "RobertaProcessing":
+            flags.update(bos=True, eos=True, sep=True)
+        elif kind == "TemplateProcessing":
+            flags.update(_template_flags(step, names, path))
+    kept = [kv for kv in extra if kv.key.removeprefix("tokenizer.ggml.add_").removesuffix("_token") not in flags]
+    return kept + [MetaKV(f"tokenizer.ggml.add_{k}_token", GGUFValueType.BOOL, v) for k, v in flags.items()]
+
+
+def _item(item: Any, kind: str) -> str | None:
+    """The id of a template item {"SpecialToken": {"id": ...}} or {"Sequence": {"id": ...}}, if it is that kind."""
+    inner = item.get(kind) if isinstance(item, dict) else None
+    name = inner.get("id") if isinstance(inner, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _special(item: Any) -> str | None:
+    return _item(item, "SpecialToken")
+
+
+def _template_flags(step: dict[str, Any], names: dict[str, Any], path: Path) -> dict[str, bool]:
+    single, pair = step.get("single"), step.get("pair")
+    flags: dict[str, bool] = {}
+    first = last = None
+    if isinstance(single, list) and len(single) > 1:
+        if first := _special(single[0]):
+            flags["bos"] = first in (names["bos"], names["cls"])
+        if last := _special(single[-1]):
+            if last != names["eos"]:
+                raise FormatError(f"the single template ends with {last[:40]!r}, not the eos token "
+                                  f"{str(names['eos'])[:40]!r}", path=str(path), field="post_processor")
+            flags["eos"] = True
+    if isinstance(pair, list) and pair:
+        start = 1 if first and _special(pair[0]) == first else 0
+        stop = -1 if last and _special(pair[-1]) == last else None
+        middle = pair[start:stop]
+        ends = [_item(m, "Sequence") for m in middle[:1] + middle[-1:]]
+        if ends == ["A", "B"] and (between := middle[1:-1]):
+            seps = (names["sep"], names["eos"])
+            flags["sep"] = (_special(between[0]) in seps and not last) or (
+                len(between) == 2 and _special(between[1]) in seps)
+    return flags
