@@ -212,6 +212,11 @@ def race(plan: Plan, what: str, inputs: list[Path], out: Path, cmds: dict[str, l
             "input": [files.size(p) for p in inputs]}
 
 
+# llama.cpp's converters hold whole tensors in float32 (its q8_0 peaked at ~20x a 446 MB slice): capped, so running
+# out of memory fails that step (reported) instead of calling the OOM killer on a 24 GiB machine.
+PEER_CAP = ["prlimit", f"--as={20 << 30}", "--"]
+
+
 def convert(src: Path, out: Path, outtype: str = "auto", fmt: str = "gguf") -> list[str]:
     return [PY, "-m", "convert.cli", str(src), "--outfile", str(out), "--format", fmt, "--outtype", outtype, "--quiet"]
 
@@ -228,7 +233,7 @@ def conversion(plan: Plan, work: Path) -> dict[str, Any]:
     shards, tiny = sorted(model.glob("consolidated.*.pth")), build_checkpoint(work / "tiny")
     warm(*bf16.glob("consolidated.*.pth"))
     out, tree = work / "out", sdist.llama_cpp_tree()
-    legacy = lambda outtype: ["env", f"PYTHONPATH={tree / 'gguf-py'}", PY, str(tree / "examples" /  # noqa: E731
+    legacy = lambda outtype: [*PEER_CAP, "env", f"PYTHONPATH={tree / 'gguf-py'}", PY, str(tree / "examples" /  # noqa: E731
                               "convert_legacy_llama.py"), str(model), "--vocab-dir", str(model.parent), "--outtype",
                               outtype, "--outfile", str(out)]
     cmds = {"ggjt": convert(model, out, fmt="ggjt"), "gguf": convert(model, out), "bf16": convert(bf16, out),
@@ -265,7 +270,7 @@ def llama3(plan: Plan, work: Path) -> dict[str, Any]:
         hf, peer = files.llama3_hf(work / "llama3-hf", *plan.llama3)
     except (ImportError, FileNotFoundError) as e:  # no Hugging Face support in this checkout (or no peer to run)
         return {**r, "hf": {"absent": f"{type(e).__name__}: {e}"}}
-    theirs = lambda t: ["env", f"PYTHONPATH={peer.parent / 'gguf-py'}", "NO_LOCAL_GGUF=1", PY, str(peer), str(hf),  # noqa: E731
+    theirs = lambda t: [*PEER_CAP, "env", f"PYTHONPATH={peer.parent / 'gguf-py'}", "NO_LOCAL_GGUF=1", PY, str(peer), str(hf),  # noqa: E731
                         "--outfile", str(out), "--outtype", t]
     return {**r, "hf": race(plan, "llama3 hf", sorted(hf.glob("*.safetensors")), out, {
         "bf16": convert(hf, out), "q8_0": convert(hf, out, "q8_0"), "peer bf16": theirs("bf16"),
