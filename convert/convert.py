@@ -179,9 +179,6 @@ def resolved_outtype(types_2d: list[GGMLType]) -> str:
     return TYPE_NAMES[max(set(types_2d), key=lambda t: (types_2d.count(t), -types_2d.index(t)))]
 
 
-
-
-
 def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
                     outtype: str = "auto", tokenizer: str | os.PathLike[str] | None = None, fmt: str | None = None,
                     context_length: int | None = None, rms_eps: float | None = None,

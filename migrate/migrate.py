@@ -115,7 +115,6 @@ def write_migration(m: Migration, dst: str | os.PathLike[str], *, overwrite: boo
         write_tensors(w, _sources(m, fds), chunk_bytes=chunk_bytes)
 
 
-
 def _sources(m: Migration, fds: list[int]) -> Iterator[Source]:
     """Each output tensor with its part in every input (same record index: checked on opening)."""
     for i, full in enumerate(m.plan.tensors):

@@ -92,7 +92,6 @@ def write_big_model(path: Path) -> tuple[int, int]:
 # The real llama-cpp-python clients (tests/client)
 
 
-
 def client_python(version: str) -> Path:
     """The python of the llama-cpp-python `version` venv, built on first use; a build failure fails the test."""
     import setup_client  # tests/client, on sys.path by conftest

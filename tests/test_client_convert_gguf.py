@@ -46,7 +46,6 @@ OUTTYPES = list(TOLERANCE)
 Q8_0 = gguf.GGMLQuantizationType.Q8_0
 
 
-
 def as_stored(full: dict[str, np.ndarray], outtype: str) -> dict[str, np.ndarray]:
     """The float32 values the output holds: 2-D rounded to f16 or bf16 by torch, or q8_0 blocks by gguf.quants
     (dequantized again); 1-D and f32 exact; no rope.freqs."""

@@ -68,7 +68,6 @@ def as_stored(weights: dict[str, np.ndarray], qtype: Q) -> dict[str, np.ndarray]
     return out
 
 
-
 @pytest.fixture(scope="session")
 def vocab(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, float, int]]:
     """The SentencePiece pieces, scores and types of the tests' tiny tokenizer (byte fallback)."""

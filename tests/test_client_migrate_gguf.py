@@ -62,7 +62,6 @@ def tolerance(two_d: str, lossless: bool = False) -> float:
     return gguf_check.F32_TOLERANCE if lossless else gguf_check.quant_tolerance(N_LAYERS)
 
 
-
 def migrate(d: Path, src: Path, *extra: str) -> Path:
     out = d / "migrated.gguf"
     assert migrate_main([str(src), str(out), "--quiet", *extra]) == 0

@@ -407,7 +407,6 @@ def test_options_a_hugging_face_directory_does_not_take(tmp_path: Path, capsys: 
     assert main([str(model_dir), "-q"]) == 0  # control: the same directory without the option converts
 
 
-
 def test_help_names_hugging_face_directories(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
