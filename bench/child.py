@@ -46,7 +46,7 @@ NEEDS = {"ggmlfmt": "ggmlfmt", "ggmlfmt-gguf": "ggmlfmt", "safetensors.load_file
 
 def touch(arrays: list[Any]) -> int:
     """Read one byte of every page (and the last byte) of every array (ggmlfmt's toucher); a checksum."""
-    from ggmlfmt.loadopts import touch as touch_pages
+    from ggmlfmt.tools.loadopts import touch as touch_pages
     return sum(touch_pages(a if isinstance(a, np.ndarray) else a.numpy()) for a in arrays)
 
 

@@ -16,11 +16,11 @@ import numpy as np
 import ggmlfmt
 from convert.pthwrite import BF16, save_checkpoint
 from convert.demo import params_json
-from convert.params import Params
+from ggmlfmt.llama.params import Params
 from ggmlfmt.constants import FileVersion
 from ggmlfmt.parts import split_axis
-from ggmlfmt.tiktoken_vocab import bytes_to_unicode
-from ggmlfmt.tokenizer import train_tokenizer
+from ggmlfmt.llama.tiktoken_vocab import bytes_to_unicode
+from ggmlfmt.llama.spm import train_tokenizer
 
 N_MULT = 256
 ROWS = 32000  # embedding rows of the load files whatever their vocabulary: issue 12's files differ in the vocabulary only

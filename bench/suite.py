@@ -39,7 +39,7 @@ import child  # noqa: E402
 import files  # noqa: E402
 import report  # noqa: E402
 
-from ggmlfmt import cachestat  # noqa: E402 (evict: fadvise DONTNEED; residency: mincore)
+from ggmlfmt.tools import cachestat  # noqa: E402 (evict: fadvise DONTNEED; residency: mincore)
 
 log = logging.getLogger("bench")
 PY = sys.executable
@@ -227,7 +227,7 @@ def conversion(plan: Plan, work: Path) -> dict[str, Any]:
     import sdist  # tests/client: llama.cpp's own converters, from the llama-cpp-python sdist (fetched once)
     from convert.demo import build_checkpoint
     from convert.pth import open_checkpoint
-    from ggmlfmt.quantize import quantize_rows_q8_0
+    from ggmlfmt.blocks.quantize import quantize_rows_q8_0
 
     model, bf16 = (files.checkpoint(work / "ckpt", *plan.slice, 2, bf16=b) for b in (False, True))
     shards, tiny = sorted(model.glob("consolidated.*.pth")), build_checkpoint(work / "tiny")
@@ -260,7 +260,7 @@ def migration(plan: Plan, work: Path) -> dict[str, Any]:
 def llama3(plan: Plan, work: Path) -> dict[str, Any]:
     """Llama-3-8B-shaped slice, bf16, 2 shards: Meta's layout (and its vocabulary build) and Hugging Face's against
     cat + fsync, and Hugging Face's against llama.cpp's convert_hf_to_gguf.py; memory."""
-    from ggmlfmt.tiktoken_vocab import load_tiktoken_vocab
+    from ggmlfmt.llama.tiktoken_vocab import load_tiktoken_vocab
     meta, out = files.llama3_meta(work / "llama3", *plan.llama3), work / "out"
     vocab = lambda: timeit.timeit(lambda: len(load_tiktoken_vocab(meta.parent / "tokenizer.model", "3.1").merges),  # noqa: E731
                                   number=1)
@@ -385,7 +385,7 @@ def dequantizing(plan: Plan, work: Path) -> dict[str, Any]:
     import gguf.quants
     import numpy as np
     from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION as GEN
-    from ggmlfmt.dequant import KERNELS, dequantize_blocks
+    from ggmlfmt.blocks.dequant import KERNELS, dequantize_blocks
     out, (rows, cols), rng = {}, plan.dequant, np.random.default_rng(0)
     np.seterr(all="ignore")  # gguf-py warns on the inf * 0 of huge MXFP4 scales; both make the same values
     for t in [t for t in KERNELS if t in BLOCK_LAYOUTS[GEN] and t.name != "Q8_K"]:

@@ -5,7 +5,7 @@ Nothing here imports torch; importing this package does not import sentencepiece
 tokenizer does).
 """
 
-from .convert import (
+from convert.convert import (
     ConversionPlan,
     GGUFContent,
     TensorEntry,
@@ -14,7 +14,7 @@ from .convert import (
     resolve_format,
     write_conversion,
 )
-from .params import Params, read_params
+from ggmlfmt.llama.params import Params, read_params
 
 __all__ = ["ConversionPlan", "GGUFContent", "Params", "TensorEntry", "convert_checkpoint", "plan_conversion",
            "read_params", "resolve_format", "write_conversion"]

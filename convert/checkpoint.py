@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.pth import DTYPES, Checkpoint, open_checkpoint
 from ggmlfmt.errors import FormatError
-
-from .pth import DTYPES, Checkpoint, open_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ggmlfmt.atomic import refuse_existing
-from ggmlfmt.command import add_common_options, progress_bar, run
-
-from ggmlfmt.constants import GGUFValueType
-from ggmlfmt.llama import llama_file_type, llama_metadata
-
-from .convert import (
+from convert.convert import (
     FORMATS,
     OUTTYPES,
     ConversionPlan,
@@ -32,6 +26,10 @@ from .convert import (
     resolved_outtype,
     write_conversion,
 )
+from ggmlfmt.atomic import refuse_existing
+from ggmlfmt.command import add_common_options, progress_bar, run
+from ggmlfmt.constants import GGUFValueType
+from ggmlfmt.llama.model import llama_file_type, llama_metadata
 
 PROG = "convert-model"
 # LlamaHParams.defaults names -> the GGUF keys they fill
@@ -203,7 +201,9 @@ def render_plan(cp: ConversionPlan, out_exists: bool) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo  # trains a tokenizer and builds shards: only when asked
+    from convert.demo import (
+        run_demo,  # trains a tokenizer and builds shards: only when asked
+    )
 
     root = Path(args.demo) if args.demo else Path(tempfile.mkdtemp(prefix="convert-model-demo-"))
     report = run_demo(root, force=args.force)

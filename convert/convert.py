@@ -22,13 +22,29 @@ from typing import Any
 
 import numpy as np
 
+from convert.checkpoint import (
+    TensorMeta,
+    check_shards,
+    find_shards,
+    find_tokenizer,
+    is_hf_dir,
+    skipped_name,
+)
+from convert.pth import Checkpoint, open_checkpoint
 from ggmlfmt.atomic import refuse_existing
-from ggmlfmt.constants import BLOCK_LAYOUTS, CHUNK_BYTES, GGUF_BLOCK_GENERATION, FileVersion, FType, GGMLType
-from ggmlfmt.floats import CASTS
-from ggmlfmt.quantize import quantize_q8_0
+from ggmlfmt.blocks.floats import CASTS
+from ggmlfmt.blocks.quantize import quantize_q8_0
+from ggmlfmt.constants import (
+    BLOCK_LAYOUTS,
+    CHUNK_BYTES,
+    GGUF_BLOCK_GENERATION,
+    FileVersion,
+    FType,
+    GGMLType,
+)
 from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
-from ggmlfmt.llama import (
+from ggmlfmt.llama.model import (
     ROPE_FREQS,
     GGUFVocab,
     LlamaHParams,
@@ -38,15 +54,24 @@ from ggmlfmt.llama import (
     plan_llama_gguf,
     skipped_tensor,
 )
+from ggmlfmt.llama.params import Params, gguf_hparams, read_params
+from ggmlfmt.llama.spm import load_gguf_vocab, load_vocab
+from ggmlfmt.llama.tiktoken_vocab import (
+    N_SPECIAL,
+    bpe_vocab,
+    looks_like_tiktoken,
+    read_ranks,
+    special_tokens,
+)
 from ggmlfmt.parts import full_shape, n_parts_for_dim, split_axis, split_axis_by_shape
-from ggmlfmt.tiktoken_vocab import N_SPECIAL, bpe_vocab, looks_like_tiktoken, read_ranks, special_tokens
-from ggmlfmt.unshard import Piece, Source, computed_source, open_read_only, write_tensors
+from ggmlfmt.unshard import (
+    Piece,
+    Source,
+    computed_source,
+    open_read_only,
+    write_tensors,
+)
 from ggmlfmt.writer import FileWriter
-
-from .checkpoint import TensorMeta, check_shards, find_shards, find_tokenizer, is_hf_dir, skipped_name
-from .pth import Checkpoint, open_checkpoint
-from .params import Params, gguf_hparams, read_params
-from ggmlfmt.tokenizer import load_gguf_vocab, load_vocab
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +88,7 @@ GGJT_FTYPES = {"f16": FType.MOSTLY_F16, "f32": FType.ALL_F32}  # the 2023 file's
 GGJT_AUTO = "f16"  # the 2023 converter's default, kept so the ggjt default output is unchanged
 FORMATS = ("ggjt", "gguf")
 SUFFIXES = {"ggjt": ".bin", "gguf": ".gguf"}
-# Converters by (checkpoint dtype, output type) beyond the float casts: the q8_0 quantizer (ggmlfmt.quantize)
+# Converters by (checkpoint dtype, output type) beyond the float casts: the q8_0 quantizer (ggmlfmt.blocks.quantize)
 QUANTIZERS = {(dtype, GGMLType.Q8_0): quantize_q8_0 for dtype in AUTO_TYPES}
 
 
@@ -210,7 +235,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     if not model_dir.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a model directory", str(model_dir))
     if is_hf_dir(model_dir):
-        from .hf import plan_hf  # hf builds on this module's records
+        from convert.hf import plan_hf  # hf builds on this module's records
 
         return plan_hf(model_dir, None if outfile is None else Path(outfile), outtype=outtype, tokenizer=tokenizer,
                        fmt=fmt, context_length=context_length, rms_eps=rms_eps, llama_release=llama_release)
@@ -485,7 +510,7 @@ def write_conversion(cp: ConversionPlan, *, force: bool = False, progress: Calla
         FormatError, OSError: a shard changed since planning, disk full, ...
     """
     if cp.source is not None:
-        from .hf import write_hf
+        from convert.hf import write_hf
 
         return write_hf(cp, force=force, progress=progress)
     with ExitStack() as stack:

@@ -18,18 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.checkpoint import TOKENIZER
+from convert.convert import convert_checkpoint
+from convert.pth import Checkpoint, open_checkpoint
+from convert.pthwrite import save_checkpoint
+from ggmlfmt.blocks.floats import bf16_to_f32
 from ggmlfmt.errors import CannotWrite
-from ggmlfmt.floats import bf16_to_f32
+from ggmlfmt.llama.params import Params
+from ggmlfmt.llama.spm import train_tokenizer
 from ggmlfmt.parts import split_axis
 from ggmlfmt.reader import load
-from ggmlfmt.rusage import measure
-from ggmlfmt.tokenizer import train_tokenizer
+from ggmlfmt.tools.rusage import measure
 
-from .checkpoint import TOKENIZER
-from .convert import convert_checkpoint
-from .params import Params
-from .pth import Checkpoint, open_checkpoint
-from .pthwrite import save_checkpoint
 
 @dataclass(frozen=True, slots=True)
 class DemoConfig:

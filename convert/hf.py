@@ -8,11 +8,11 @@ tensors come from (docs/format.md §19):
 - weights: `model.safetensors`, `model-0000k-of-0000n.safetensors` + `model.safetensors.index.json`,
   or `pytorch_model*.bin` (+ index) read by convert.pth (nothing from a pickle runs); every file an
   index names stays inside the model directory, and the index and the files agree exactly;
-- names: Hugging Face's mapped to Meta's, which ggmlfmt.llama maps to GGUF's (§13);
+- names: Hugging Face's mapped to Meta's, which ggmlfmt.llama.model maps to GGUF's (§13);
 - q_proj/k_proj: rows permuted back from Hugging Face's rotate-half order to llama.cpp's per head.
   Rows move whole, so the permutation is a row gather: each output row is a one-row piece copied
   with copy_file_range (or cast through the engine's buffer), memory stays flat;
-- llama3 rope scaling: rope_freqs.weight from ggmlfmt.llama.llama3_rope_factors, written from memory.
+- llama3 rope scaling: rope_freqs.weight from ggmlfmt.llama.model.llama3_rope_factors, written from memory.
 
 Everything else is shared with Meta checkpoints: output types and converters (convert.output_type,
 convert.converter), the vocabulary as llama.GGUFVocab, the layout by llama.plan_llama_gguf.
@@ -33,36 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from ggmlfmt.atomic import refuse_existing
-from ggmlfmt.constants import CHUNK_BYTES, GGMLType, GGUFValueType
-from ggmlfmt.errors import CannotWrite, FormatError
-from ggmlfmt.llama import (
-    ROPE_FREQS,
-    GGUFVocab,
-    MetaKV,
-    OutTensor,
-    gguf_tensor_name,
-    llama3_rope_factors,
-    llama_hparams,
-    plan_llama_gguf,
-)
-from ggmlfmt.reader import load
-from ggmlfmt.safetensors import dtype_name
-from ggmlfmt.tokenizer import load_gguf_vocab
-from ggmlfmt.unshard import Piece, Source, computed_source, open_read_only, write_tensors
-from ggmlfmt.writer import FileWriter
-
-from .checkpoint import FLOAT_DTYPES, TOKENIZER, find_tokenizer
-from .hf_bpe import (
-    MAX_TOKENIZER_JSON_BYTES,
-    TOKENIZER_JSON,
-    load_bpe_vocab,
-    post_processor_flags,
-    special_ids,
-    with_special_ids,
-)
-from .hf_vocab import MAX_TOKENIZER_CONFIG_BYTES, TOKENIZER_CONFIG, apply_tokenizer_files, read_json
-from .convert import (
+from convert.checkpoint import FLOAT_DTYPES, TOKENIZER, find_tokenizer
+from convert.convert import (
     COMPUTED,
     ConversionPlan,
     GGUFContent,
@@ -74,8 +46,46 @@ from .convert import (
     resolved_outtype,
     warn_rounding,
 )
-from .params import MAX_DIM, MAX_LAYERS, MAX_PARAMS_BYTES, Params
-from .pth import open_checkpoint
+from convert.pth import open_checkpoint
+from ggmlfmt.atomic import refuse_existing
+from ggmlfmt.constants import CHUNK_BYTES, GGMLType, GGUFValueType
+from ggmlfmt.errors import CannotWrite, FormatError
+from ggmlfmt.llama.hf_bpe import (
+    MAX_TOKENIZER_JSON_BYTES,
+    TOKENIZER_JSON,
+    load_bpe_vocab,
+    post_processor_flags,
+    special_ids,
+    with_special_ids,
+)
+from ggmlfmt.llama.hf_vocab import (
+    MAX_TOKENIZER_CONFIG_BYTES,
+    TOKENIZER_CONFIG,
+    apply_tokenizer_files,
+    read_json,
+)
+from ggmlfmt.llama.model import (
+    ROPE_FREQS,
+    GGUFVocab,
+    MetaKV,
+    OutTensor,
+    gguf_tensor_name,
+    llama3_rope_factors,
+    llama_hparams,
+    plan_llama_gguf,
+)
+from ggmlfmt.llama.params import MAX_DIM, MAX_LAYERS, MAX_PARAMS_BYTES, Params
+from ggmlfmt.llama.spm import load_gguf_vocab
+from ggmlfmt.reader import load
+from ggmlfmt.safetensors import dtype_name
+from ggmlfmt.unshard import (
+    Piece,
+    Source,
+    computed_source,
+    open_read_only,
+    write_tensors,
+)
+from ggmlfmt.writer import FileWriter
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +104,7 @@ YARN_KEYS = {"extrapolation_factor": "yarn_ext_factor", "attention_factor": "yar
              "attn_factor": "yarn_attn_factor", "beta_fast": "yarn_beta_fast", "beta_slow": "yarn_beta_slow"}
 SKIPPED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # a buffer older checkpoints saved
 
-# Hugging Face name -> Meta name (ggmlfmt.llama maps Meta's to GGUF's, docs/format.md §13)
+# Hugging Face name -> Meta name (ggmlfmt.llama.model maps Meta's to GGUF's, docs/format.md §13)
 _GLOBAL = {"model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
            "lm_head.weight": "output.weight"}
 _LAYER = {"input_layernorm": "attention_norm", "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",

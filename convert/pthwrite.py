@@ -20,12 +20,28 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from ggmlfmt.errors import CannotWrite
+from convert.pth import (
+    CENTRAL,
+    CENTRAL_SIG,
+    DATA_ALIGNMENT,
+    DTYPES,
+    EOCD,
+    EOCD64,
+    EOCD64_LOCATOR,
+    EOCD64_SIG,
+    EOCD_SIG,
+    EXTRA_HEADER,
+    LOCAL,
+    LOCAL_SIG,
+    LOCATOR_SIG,
+    ORDERED_DICT,
+    REBUILD_TENSOR,
+    ZIP64_EXTRA_ID,
+    ZIP64_MARK16,
+    ZIP64_MARK32,
+)
 from ggmlfmt.atomic import TempFile
-
-from .pth import (CENTRAL, CENTRAL_SIG, DATA_ALIGNMENT, DTYPES, EOCD, EOCD64, EOCD64_LOCATOR, EOCD64_SIG, EOCD_SIG,
-                  EXTRA_HEADER, LOCAL, LOCAL_SIG, LOCATOR_SIG, ORDERED_DICT, REBUILD_TENSOR, ZIP64_EXTRA_ID,
-                  ZIP64_MARK16, ZIP64_MARK32)
+from ggmlfmt.errors import CannotWrite
 
 PADDING_EXTRA_ID = 0x4246  # b"FB": torch's alignment padding, filled with b"Z"
 ZIP_VERSION, ZIP64_VERSION = 20, 45  # "version needed to extract": plain, zip64

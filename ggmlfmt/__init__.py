@@ -1,12 +1,12 @@
 """ggmlfmt: llama.cpp model files (2023: ggml, ggmf, ggjt v1-v3; today: GGUF v2/v3), read zero-copy and written aligned."""
 
-from .constants import FileVersion, FType, GGMLType, GGUFValueType, GGUFVersion
-from .dequant import dequantize
-from .errors import FormatError
-from .gguf import GGUFIndex, GGUFStrings, plan_gguf
-from .layout import HParams, TensorInfo, TensorSpec, Vocab
-from .reader import Model, load, read_index
-from .writer import FileWriter, save
+from ggmlfmt.blocks.dequant import dequantize
+from ggmlfmt.constants import FileVersion, FType, GGMLType, GGUFValueType, GGUFVersion
+from ggmlfmt.errors import FormatError
+from ggmlfmt.gguf import GGUFIndex, GGUFStrings, plan_gguf
+from ggmlfmt.layout import HParams, TensorInfo, TensorSpec, Vocab
+from ggmlfmt.reader import Model, load, read_index
+from ggmlfmt.writer import FileWriter, save
 
 __all__ = [
     "FType",

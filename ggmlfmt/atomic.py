@@ -11,11 +11,10 @@ import errno
 import os
 import re
 from collections.abc import Iterable
-
 from pathlib import Path
 from typing import Any
 
-from .errors import CannotWrite
+from ggmlfmt.errors import CannotWrite
 
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.ggmlfmt-(?P<pid>\d+)-[0-9a-f]+\.tmp$")
 

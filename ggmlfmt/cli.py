@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import remove_stale_temps
-from .command import add_common_options, run
-from .loadopts import ADVICE, touch
-from .reader import load, read_index
-from .summary import column_width, describe, render
+from ggmlfmt.atomic import remove_stale_temps
+from ggmlfmt.command import add_common_options, run
+from ggmlfmt.reader import load, read_index
+from ggmlfmt.summary import column_width, describe, render
+from ggmlfmt.tools.loadopts import ADVICE, touch
 
 if TYPE_CHECKING:  # the diagnostics and the copy are imported by the commands that use them
-    from .cachestat import Residency
+    from ggmlfmt.tools.cachestat import Residency
 
 log = logging.getLogger("ggmlfmt")
 
@@ -66,7 +66,7 @@ def _cached(r: Residency) -> str:
 
 
 def _residency(args: argparse.Namespace) -> int:
-    from .cachestat import residency
+    from ggmlfmt.tools.cachestat import residency
 
     res = residency(args.file)  # before parsing: reading the index caches pages
     tensors = read_index(args.file).tensors
@@ -90,7 +90,7 @@ def _residency(args: argparse.Namespace) -> int:
 
 
 def _evict(args: argparse.Namespace) -> int:
-    from .cachestat import evict, residency
+    from ggmlfmt.tools.cachestat import evict, residency
 
     before = residency(args.file)
     evict(args.file)
@@ -103,8 +103,8 @@ def _evict(args: argparse.Namespace) -> int:
 
 
 def _copy(args: argparse.Namespace) -> int:
-    from .cachestat import residency
-    from .copying import copy_file
+    from ggmlfmt.tools.cachestat import residency
+    from ggmlfmt.tools.copying import copy_file
 
     for stale in remove_stale_temps(Path(args.dst)):
         log.info("removed %s, left by an interrupted run", stale)
@@ -117,7 +117,7 @@ def _copy(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
-    from .cachestat import mapping_of
+    from ggmlfmt.tools.cachestat import mapping_of
 
     t0 = time.perf_counter()
     model = load(args.file, **load_options(args))

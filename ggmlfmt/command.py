@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from .errors import FormatError
+from ggmlfmt.errors import FormatError
 
 
 class Terminated(BaseException):
@@ -52,13 +52,13 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
 
 
 def _rusage_module() -> Any:
-    """ggmlfmt.rusage, imported only for --rusage (it needs `resource`, which Windows lacks).
+    """ggmlfmt.tools.rusage, imported only for --rusage (it needs `resource`, which Windows lacks).
 
     Raises:
         OSError: ENOSYS naming the resource module where it is missing.
     """
     try:
-        from . import rusage
+        from ggmlfmt.tools import rusage
     except ImportError:
         raise OSError(errno.ENOSYS, "--rusage needs getrusage (Python's resource module), which this system "
                       "lacks") from None

@@ -299,7 +299,7 @@ GGUF_BLOCK_FIELDS: dict[GGMLType, list[tuple]] = {
     GGMLType.TQ2_0: [("qs", "u1", 64), ("d", "<f2")],  # 66
     GGMLType.MXFP4: [("e", "u1"), ("qs", "u1", 16)],  # 17, 32 elements
     GGMLType.NVFP4: [("d", "u1", 4), ("qs", "u1", 32)],  # 36, 64 elements: 4 UE4M3 scales of 16 values
-    # the grid types (§17.5): codes index the lattice grids of ggmlfmt/iqgrids.py
+    # the grid types (§17.5): codes index the lattice grids of ggmlfmt/blocks/iqgrids.py
     GGMLType.IQ2_XXS: [("d", "<f2"), ("qs", "<u2", 32)],  # 66: 8 x (4 grid indices, u32 signs + scale)
     GGMLType.IQ2_XS: [("d", "<f2"), ("qs", "<u2", 32), ("scales", "u1", 8)],  # 74
     GGMLType.IQ2_S: [("d", "<f2"), ("qs", "u1", 32), ("signs", "u1", 32), ("qh", "u1", 8), ("scales", "u1", 8)],  # 82

@@ -17,7 +17,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .constants import (
+from ggmlfmt.constants import (
     BLOCK_LAYOUTS,
     DEFAULT_ALIGNMENT,
     GGUF_ALIGNMENT_KEY,
@@ -43,10 +43,29 @@ from .constants import (
     GGUFValueType,
     GGUFVersion,
 )
-from .errors import (BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion, excerpt,
-                     shown)
-from .layout import (Plan, TensorInfo, TensorSpec, _walk_lengths, align_up, block_problem, cached_unpack, dims_problem,
-                     tensor_nbytes, walk_entries)
+from ggmlfmt.errors import (
+    BadLayout,
+    BadMagic,
+    BadValue,
+    CannotWrite,
+    FormatError,
+    Truncated,
+    UnsupportedVersion,
+    excerpt,
+    shown,
+)
+from ggmlfmt.layout import (
+    Plan,
+    TensorInfo,
+    TensorSpec,
+    _walk_lengths,
+    align_up,
+    block_problem,
+    cached_unpack,
+    dims_problem,
+    tensor_nbytes,
+    walk_entries,
+)
 
 GGUF_LAYOUTS: dict[GGMLType, BlockLayout] = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION]
 TypePath = tuple[GGUFValueType, ...]  # (UINT32,), (ARRAY, STRING), (ARRAY, ARRAY, INT32), ...

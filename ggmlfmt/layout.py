@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .constants import (
+from ggmlfmt.constants import (
     BLOCK_LAYOUTS,
     DEFAULT_ALIGNMENT,
     HPARAMS,
@@ -32,19 +32,28 @@ from .constants import (
     TOKEN_LEN,
     TOKEN_SCORE,
     U32,
+    VERSIONS,
     VOCAB_CHUNK,
     VOCAB_MIN_PER_CHUNK,
     VOCAB_STRIDE_LOG,
     VOCAB_VECTOR_MIN,
-    VERSIONS,
     BlockLayout,
     FileVersion,
     FType,
     GGMLType,
     GGUFVersion,
 )
-from .errors import (BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion, excerpt,
-                     shown)
+from ggmlfmt.errors import (
+    BadLayout,
+    BadMagic,
+    BadValue,
+    CannotWrite,
+    FormatError,
+    Truncated,
+    UnsupportedVersion,
+    excerpt,
+    shown,
+)
 
 
 def align_up(pos: int, align: int = DEFAULT_ALIGNMENT) -> int:

@@ -10,9 +10,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .constants import N_PARTS_BY_DIM
-from .errors import CannotWrite
-from .layout import TensorInfo
+from ggmlfmt.constants import N_PARTS_BY_DIM
+from ggmlfmt.errors import CannotWrite
+from ggmlfmt.layout import TensorInfo
 
 # 2-D tensors split along PyTorch axis 1 ("by columns": each shard holds a slice of every row).
 # Every other 2-D tensor splits along axis 0 ("by rows"); 1-D tensors are replicated.

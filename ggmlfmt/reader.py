@@ -10,13 +10,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .constants import MAGICS, NOT_A_MODEL, FileVersion, GGMLType, GGUFVersion
-from .dequant import dequantize
-from .errors import FormatError, Truncated
-from .gguf import GGUFIndex, decode_gguf
-from .layout import HParams, Index, TensorInfo, Vocab, decode_index
-from .loadopts import Advice, LoadOptions, open_data
-from .safetensors import SafetensorsIndex, decode_safetensors, looks_like_safetensors
+from ggmlfmt.blocks.dequant import dequantize
+from ggmlfmt.constants import MAGICS, NOT_A_MODEL, FileVersion, GGMLType, GGUFVersion
+from ggmlfmt.errors import FormatError, Truncated
+from ggmlfmt.gguf import GGUFIndex, decode_gguf
+from ggmlfmt.layout import HParams, Index, TensorInfo, Vocab, decode_index
+from ggmlfmt.safetensors import (
+    SafetensorsIndex,
+    decode_safetensors,
+    looks_like_safetensors,
+)
+from ggmlfmt.tools.loadopts import Advice, LoadOptions, open_data
 
 if TYPE_CHECKING:
     import torch

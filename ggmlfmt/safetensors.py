@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGMLType
-from .errors import BadLayout, BadValue, Truncated
-from .layout import TensorInfo
+from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGMLType
+from ggmlfmt.errors import BadLayout, BadValue, Truncated
+from ggmlfmt.layout import TensorInfo
 
 HEADER_LEN_BYTES = 8  # u64, little-endian
 MAX_HEADER_BYTES = 100_000_000  # the reference reader's cap (safetensors MAX_HEADER_SIZE); real headers are < 1 MB

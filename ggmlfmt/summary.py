@@ -7,10 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from .constants import DEFAULT_ALIGNMENT, FType
-from .gguf import GGUFIndex, GGUFStrings, TypePath
-from .layout import Index, align_up, record_head_size
-from .safetensors import SafetensorsIndex, describe_safetensors, render_safetensors_head
+from ggmlfmt.constants import DEFAULT_ALIGNMENT, FType
+from ggmlfmt.gguf import GGUFIndex, GGUFStrings, TypePath
+from ggmlfmt.layout import Index, align_up, record_head_size
+from ggmlfmt.safetensors import (
+    SafetensorsIndex,
+    describe_safetensors,
+    render_safetensors_head,
+)
 
 ARRAY_HEAD = 8  # items of a long metadata array that inspect shows
 MAX_COLUMN = 64  # widest name or key column: a longer one overflows its own line, not every line (docs/safety.md)

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .constants import CHUNK_BYTES
-from .errors import CannotWrite
-from .floats import NotFinite
-from .layout import TensorInfo
-from .parts import shard_region
-from .writer import FileWriter
+from ggmlfmt.blocks.floats import NotFinite
+from ggmlfmt.constants import CHUNK_BYTES
+from ggmlfmt.errors import CannotWrite
+from ggmlfmt.layout import TensorInfo
+from ggmlfmt.parts import shard_region
+from ggmlfmt.writer import FileWriter
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import TempFile, refuse_existing, remove_stale_temps
-from .constants import FileVersion, GGMLType
-from .errors import CannotWrite, IncompleteWrite
-from .layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
-from .libc import start_writeback
+from ggmlfmt.atomic import TempFile, refuse_existing, remove_stale_temps
+from ggmlfmt.constants import FileVersion, GGMLType
+from ggmlfmt.errors import CannotWrite, IncompleteWrite
+from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
+from ggmlfmt.tools.libc import start_writeback
 
 log = logging.getLogger(__name__)
 

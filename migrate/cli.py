@@ -9,10 +9,20 @@ import sys
 from ggmlfmt.command import add_common_options, progress_bar, run
 from ggmlfmt.errors import CannotWrite
 from ggmlfmt.summary import column_width
-
-from .migrate import Migration, check_destination, open_migration, write_migration
-from .sources import find_parts
-from .to_gguf import GGUFMigration, notes, open_gguf_migration, rounding_summary, write_gguf_migration
+from migrate.migrate import (
+    Migration,
+    check_destination,
+    open_migration,
+    write_migration,
+)
+from migrate.sources import find_parts
+from migrate.to_gguf import (
+    GGUFMigration,
+    notes,
+    open_gguf_migration,
+    rounding_summary,
+    write_gguf_migration,
+)
 
 PROG = "migrate-old-weights"
 log = logging.getLogger(PROG)

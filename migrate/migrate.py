@@ -27,8 +27,7 @@ from ggmlfmt.layout import Plan, TensorInfo, TensorSpec, Vocab, plan
 from ggmlfmt.parts import full_shape, shard_region, split_axis
 from ggmlfmt.unshard import Piece, Source, open_read_only, write_tensors
 from ggmlfmt.writer import FileWriter
-
-from .sources import OpenedParts, SourcePart, find_parts, open_parts
+from migrate.sources import OpenedParts, SourcePart, find_parts, open_parts
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,14 @@ import numpy as np
 
 from ggmlfmt.constants import HPARAMS, FileVersion, GGMLType
 from ggmlfmt.errors import FormatError
-from ggmlfmt.layout import HParams, Index, TensorInfo, decode_index, decode_version, vocab_bytes
+from ggmlfmt.layout import (
+    HParams,
+    Index,
+    TensorInfo,
+    decode_index,
+    decode_version,
+    vocab_bytes,
+)
 from ggmlfmt.parts import part_paths, split_axis
 from ggmlfmt.reader import map_file
 

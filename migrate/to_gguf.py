@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ggmlfmt.blocks.requant import Rounding, Target, f32_scale_fields, gguf_target, scan
 from ggmlfmt.constants import CHUNK_BYTES, GGMLType
 from ggmlfmt.errors import CannotWrite, FormatError
 from ggmlfmt.layout import Plan, TensorInfo
-from ggmlfmt.llama import (
+from ggmlfmt.llama.model import (
     GGUFVocab,
     LlamaHParams,
     OutTensor,
@@ -31,14 +32,12 @@ from ggmlfmt.llama import (
     reconstruct_vocab,
     skipped_tensor,
 )
+from ggmlfmt.llama.spm import vocab_for_old_file
 from ggmlfmt.parts import full_shape, shard_region, split_axis
-from ggmlfmt.requant import Rounding, Target, f32_scale_fields, gguf_target, scan
-from ggmlfmt.tokenizer import vocab_for_old_file
 from ggmlfmt.unshard import Piece, Source, open_read_only, write_tensors
 from ggmlfmt.writer import FileWriter
-
-from .migrate import Progress, check_destination
-from .sources import OpenedParts, SourcePart, find_parts, open_part, open_parts
+from migrate.migrate import Progress, check_destination
+from migrate.sources import OpenedParts, SourcePart, find_parts, open_part, open_parts
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""Write ggmlfmt/iqgrids.py from llama.cpp's ggml-common.h: the lattice grids of the IQ1/IQ2/IQ3 types, as data.
+"""Write ggmlfmt/blocks/iqgrids.py from llama.cpp's ggml-common.h: the lattice grids of the IQ1/IQ2/IQ3 types, as data.
 
-    python tests/gen_iq_grids.py PATH/TO/ggml/src/ggml-common.h > ggmlfmt/iqgrids.py
+    python tests/gen_iq_grids.py PATH/TO/ggml/src/ggml-common.h > ggmlfmt/blocks/iqgrids.py
 
 Each table (`GGML_TABLE_BEGIN(type, name, size)` .. `GGML_TABLE_END()`) is read as its C integers and
 stored as their little-endian bytes in hex. tests/test_dequant_iq.py checks every entry against the

@@ -22,8 +22,8 @@ import torch
 
 from builders import split_axis, split_shards
 from convert.demo import make_weights, params_json, write_checkpoint
-from convert.params import Params
-from ggmlfmt.tokenizer import train_tokenizer
+from ggmlfmt.llama.params import Params
+from ggmlfmt.llama.spm import train_tokenizer
 
 VOCAB_SIZE = 320  # divisible by 8: output.weight (V, dim) splits by rows into up to 8 shards
 

@@ -46,7 +46,7 @@ def test_anything_else_is_a_bug_and_keeps_its_traceback(bug):
 def test_every_writer_refuses_an_existing_output_with_the_same_message(tmp_path):
     import numpy as np
 
-    from ggmlfmt import copying
+    from ggmlfmt.tools import copying
     from ggmlfmt.constants import FileVersion
     from ggmlfmt.layout import HParams, Vocab, plan
     from ggmlfmt.writer import FileWriter

@@ -15,7 +15,7 @@ import convert.convert as conv
 from builders import llama_hparams, llama_shapes, parse_file, split_axis
 from convert import convert_checkpoint, plan_conversion
 from convert.cli import main
-from ggmlfmt.tokenizer import UNKNOWN_TEXT, load_vocab, piece_text
+from ggmlfmt.llama.spm import UNKNOWN_TEXT, load_vocab, piece_text
 from ggmlfmt import FormatError, load
 from ggmlfmt.errors import IncompleteWrite
 from meta import VOCAB_SIZE, build, load_shards, reference_file, vocab_entries

@@ -20,7 +20,7 @@ import torch
 
 from convert import convert_checkpoint, plan_conversion
 from convert.cli import main
-from convert.params import parse_params
+from ggmlfmt.llama.params import parse_params
 from ggmlfmt import FormatError
 from meta import Checkpoint, build
 

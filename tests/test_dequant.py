@@ -1,4 +1,4 @@
-"""ggmlfmt.dequant against the element-by-element reference dequantizer in tests/builders.py."""
+"""ggmlfmt.blocks.dequant against the element-by-element reference dequantizer in tests/builders.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import builders
 from ggmlfmt import GGMLType, dequantize, load
 from ggmlfmt.constants import BLOCK_LAYOUTS
-from ggmlfmt.dequant import dequantize_blocks
+from ggmlfmt.blocks.dequant import dequantize_blocks
 
 CASES = [(gen, t) for gen in (1, 2, 3) for t in builders.BLOCKS[gen]]  # every type of every generation
 IDS = [f"v{gen}-{t}" for gen, t in CASES]

@@ -16,15 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ggmlfmt.dequant
+import ggmlfmt.blocks.dequant
 from ggmlfmt import GGMLType
 from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGUF_TYPE_SIZES
-from ggmlfmt.dequant import dequantize_blocks
+from ggmlfmt.blocks.dequant import dequantize_blocks
 
 Q = gguf.GGMLQuantizationType
 GEN = GGUF_BLOCK_GENERATION
 # every type with a dequantizer here that gguf-py can also dequantize (Q8_K: it cannot, see below)
-JUDGED = [t for t in ggmlfmt.dequant.KERNELS if t in BLOCK_LAYOUTS[GEN] and t != GGMLType.Q8_K]
+JUDGED = [t for t in ggmlfmt.blocks.dequant.KERNELS if t in BLOCK_LAYOUTS[GEN] and t != GGMLType.Q8_K]
 QUANTIZABLE = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.TQ1_0,
                GGMLType.TQ2_0, GGMLType.MXFP4]  # the ones gguf.quants can quantize
 LEFT_OUT = [GGMLType.Q1_0, GGMLType.Q8_1]  # docs/format.md §17.6
@@ -74,7 +74,7 @@ def test_gguf_py_lists_the_types_we_leave_out_and_cannot_judge_q8_k():
     with pytest.raises(NotImplementedError):
         gguf.quants.dequantize(raw, Q.Q8_K)
     for t in LEFT_OUT:
-        assert t not in ggmlfmt.dequant.KERNELS
+        assert t not in ggmlfmt.blocks.dequant.KERNELS
         with pytest.raises(ValueError, match=f"no numpy dequantizer for {t.name}"):
             ours(random_rows(t, 1, 2, 0), t)
 
@@ -109,7 +109,7 @@ def test_blocks_quantized_by_gguf_py_match_its_dequantizer(t):
 def test_chunk_boundaries_do_not_show(t, monkeypatch):
     """Whole tensors are converted a chunk at a time; a tensor of several chunks and a ragged last one."""
     elements = BLOCK_LAYOUTS[GEN][t].elements
-    monkeypatch.setattr(ggmlfmt.dequant, "CHUNK_ELEMENTS", 3 * elements)  # 3 blocks per chunk
+    monkeypatch.setattr(ggmlfmt.blocks.dequant, "CHUNK_ELEMENTS", 3 * elements)  # 3 blocks per chunk
     raw = random_rows(t, 2, 5, seed=100 + int(t))  # 10 blocks: chunks of 3, 3, 3, 1
     np.testing.assert_array_equal(bits(ours(raw, t)), bits(theirs(raw, t)))
 
@@ -171,16 +171,16 @@ GRIDS = {"IQ2XXS_GRID": "IQ2_XXS", "IQ2XS_GRID": "IQ2_XS", "IQ2S_GRID": "IQ2_S",
 
 @pytest.mark.parametrize("name", GRIDS)
 def test_every_grid_entry_is_gguf_py_s(name):
-    """ggmlfmt/iqgrids.py (generated from llama.cpp's ggml-common.h) against the gguf package's own copy."""
+    """ggmlfmt/blocks/iqgrids.py (generated from llama.cpp's ggml-common.h) against the gguf package's own copy."""
     cls = getattr(gguf.quants, GRIDS[name])
     cls.init_grid()
     theirs = cls.grid.reshape(cls.grid_shape)  # float32 (entries, values per entry)
-    ours = ggmlfmt.dequant._grid(name).view(np.int8).reshape(theirs.shape)
+    ours = ggmlfmt.blocks.dequant._grid(name).view(np.int8).reshape(theirs.shape)
     np.testing.assert_array_equal(ours.astype(np.float32), theirs)
     assert len(np.unique(ours.view(f"V{ours.shape[1]}"))) == len(ours)  # no entry twice: a shifted parse would show
 
 
 def test_sign_parity_rule_gives_gguf_py_s_sign_table():
     ksigns = np.frombuffer(gguf.quants.IQ2_XXS.ksigns, np.uint8)
-    masks = ggmlfmt.dequant._sign_masks().view(np.uint8).reshape(128, 8)
+    masks = ggmlfmt.blocks.dequant._sign_masks().view(np.uint8).reshape(128, 8)
     np.testing.assert_array_equal(np.packbits(masks == 0xFF, axis=1, bitorder="little").reshape(-1), ksigns)

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ggmlfmt import FormatError
-from ggmlfmt.tiktoken_vocab import bpe_vocab, parse_ranks, special_tokens
+from ggmlfmt.llama.tiktoken_vocab import bpe_vocab, parse_ranks, special_tokens
 
 EXAMPLES = {"fuzz": 50_000}.get(os.environ.get("HYPOTHESIS_PROFILE", ""), 300)
 TOKENS = [bytes([b]) for b in range(256)] + [b"ab", b"abc", b" the", b"\xe3\x81", b"\xe3\x81\xaf", b"  "]

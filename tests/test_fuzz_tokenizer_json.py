@@ -4,7 +4,7 @@ Like tests/test_fuzz_safetensors.py: a small valid byte-level BPE tokenizer.json
 Llama 3 pre-tokenizer and a template post-processor) and a tokenizer_config.json are mutated 1-3
 times: a JSON value anywhere in them is replaced by a boundary value of another kind, a key is
 dropped, the text is cut, bytes are overwritten, inserted, deleted or appended. Parsing
-(convert.hf_vocab.parse_json, convert.hf_bpe.bpe_from_json) must raise a one-line FormatError naming
+(ggmlfmt.llama.hf_vocab.parse_json, ggmlfmt.llama.hf_bpe.bpe_from_json) must raise a one-line FormatError naming
 the file, or return a vocabulary with one UTF-8 piece and a known type per id and well-formed merges,
 within tracemalloc's bound (strategies.decode_or_format_error).
 
@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import strategies
-from convert.hf_bpe import bpe_from_json
-from convert.hf_vocab import parse_json
+from ggmlfmt.llama.hf_bpe import bpe_from_json
+from ggmlfmt.llama.hf_vocab import parse_json
 from ggmlfmt.constants import TokenType
 from hf_fixtures import bos_post_processor, llama3_pre_tokenizer
 

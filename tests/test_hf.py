@@ -185,7 +185,7 @@ def test_llama3_factors_as_the_peer_computes_them() -> None:
     Llama 3.1 (128, 8) and 3.2 (64 and 128, 32) and the fixtures' (16, old context 64)."""
     import math
 
-    from ggmlfmt.llama import llama3_rope_factors
+    from ggmlfmt.llama.model import llama3_rope_factors
 
     for dim, factor, old in ((128, 8.0, 8192), (128, 32.0, 8192), (64, 32.0, 8192), (16, 8.0, 64)):
         base = 500000.0

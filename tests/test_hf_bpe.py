@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from convert import convert_checkpoint
-from convert.hf_bpe import LLAMA3_PATTERN, bpe_from_json, pre_tokenizer
+from ggmlfmt.llama.hf_bpe import LLAMA3_PATTERN, bpe_from_json, pre_tokenizer
 from ggmlfmt import FormatError, load
 from hf_fixtures import LLAMA3_SPLIT, build_hf, llama3_pre_tokenizer, llama3_vocab_tests, peer_convert, write_llama3_tokenizer
 from test_hf import ONLY_PEER, refused, assert_same_as_peer

@@ -1,4 +1,4 @@
-"""ggmlfmt.llama and the GGUF parts of ggmlfmt.tokenizer and convert.params, against gguf-py, sentencepiece, hand values."""
+"""ggmlfmt.llama.model and the GGUF parts of ggmlfmt.llama.spm and ggmlfmt.llama.params, against gguf-py, sentencepiece, hand values."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import builders
-from convert.params import gguf_hparams, parse_params
-from ggmlfmt.tokenizer import load_gguf_vocab, load_vocab, piece_text, train_tokenizer, vocab_for_old_file
+from ggmlfmt.llama.params import gguf_hparams, parse_params
+from ggmlfmt.llama.spm import load_gguf_vocab, load_vocab, piece_text, train_tokenizer, vocab_for_old_file
 from ggmlfmt.constants import FType, GGMLType, GGUFValueType, TokenType
 from ggmlfmt.errors import FormatError
 from ggmlfmt.layout import Vocab
-from ggmlfmt.llama import (
+from ggmlfmt.llama.model import (
     UnknownTensor,
     check_vocab_matches,
     control_placeholder,

@@ -18,7 +18,7 @@ from tiktoken.load import load_tiktoken_bpe
 import llama3
 from ggmlfmt.constants import TokenType
 from ggmlfmt.errors import FormatError
-from ggmlfmt.tiktoken_vocab import (
+from ggmlfmt.llama.tiktoken_vocab import (
     MAX_LINE_BYTES,
     bpe_vocab,
     bytes_to_unicode,

@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 
 import ggmlfmt
-from ggmlfmt import cachestat, copying, libc, loadopts
+from ggmlfmt.tools import cachestat
+from ggmlfmt.tools import copying
+from ggmlfmt.tools import libc
+from ggmlfmt.tools import loadopts
 from ggmlfmt.cli import main
 from helpers import tiny_header
 

@@ -22,7 +22,7 @@ import pytest
 
 import builders
 import ggmlfmt
-from ggmlfmt import libc
+from ggmlfmt.tools import libc
 from ggmlfmt import writer as writer_module
 from migrate import migrate_file
 
@@ -59,7 +59,8 @@ _PRELUDE = textwrap.dedent("""
 _LOAD_AND_SAVE = textwrap.dedent("""
     import hashlib, json, numpy as np
     import ggmlfmt
-    from ggmlfmt import libc, writer
+    from ggmlfmt import writer
+    from ggmlfmt.tools import libc
     try:
         import resource
         has_resource = True
@@ -157,11 +158,11 @@ def test_import_and_default_load_bind_no_c_function_and_import_no_diagnostics(tm
     code = textwrap.dedent("""
         import json, sys
         import ggmlfmt
-        from ggmlfmt import libc
+        from ggmlfmt.tools import libc
         model = ggmlfmt.load(sys.argv[1])
         ggmlfmt.load(sys.argv[1], mode="c")
         print(json.dumps({"modules": sorted(m for m in sys.modules if m in {
-                              "ggmlfmt.cachestat", "ggmlfmt.copying", "ggmlfmt.rusage", "concurrent.futures",
+                              "ggmlfmt.tools.cachestat", "ggmlfmt.tools.copying", "ggmlfmt.tools.rusage", "concurrent.futures",
                               "hashlib", "resource"}),
                           "bound": sorted(libc._bound), "library_opened": libc._library.cache_info().currsize,
                           "tensors": len(model.tensors)}))

@@ -26,7 +26,7 @@ from convert.pth import (
 from convert.pthwrite import BF16, save_checkpoint
 from ggmlfmt import FormatError, GGMLType
 from helpers import run_with_unimportable
-from ggmlfmt.floats import CASTS, bf16_to_f16, bf16_to_f32, f32_to_bf16, f32_to_f16
+from ggmlfmt.blocks.floats import CASTS, bf16_to_f16, bf16_to_f32, f32_to_bf16, f32_to_f16
 
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 

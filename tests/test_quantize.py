@@ -18,8 +18,8 @@ import torch
 from convert import convert_checkpoint
 from convert.cli import main
 from ggmlfmt.errors import CannotWrite
-from ggmlfmt.floats import NotFinite, f16_to_bf16, f32_bits_to_bf16
-from ggmlfmt.quantize import Q8_0_LAYOUT, quantize_q8_0, quantize_rows_q8_0
+from ggmlfmt.blocks.floats import NotFinite, f16_to_bf16, f32_bits_to_bf16
+from ggmlfmt.blocks.quantize import Q8_0_LAYOUT, quantize_q8_0, quantize_rows_q8_0
 from meta import build, load_shards
 
 Q8_0 = gguf.GGMLQuantizationType.Q8_0

@@ -1,4 +1,4 @@
-"""ggmlfmt.requant against gguf-py's dequantizer, a struct-based restatement of the conversion, hand-built blocks."""
+"""ggmlfmt.blocks.requant against gguf-py's dequantizer, a struct-based restatement of the conversion, hand-built blocks."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 import builders
 from ggmlfmt.constants import BLOCK_LAYOUTS, GGMLType
-from ggmlfmt.dequant import dequantize_blocks
+from ggmlfmt.blocks.dequant import dequantize_blocks
 from ggmlfmt.errors import BadValue
-from ggmlfmt.requant import Rounding, ScaleOverflow, convert_blocks, gguf_target, scale_rounding, scan
+from ggmlfmt.blocks.requant import Rounding, ScaleOverflow, convert_blocks, gguf_target, scale_rounding, scan
 
 QUANTIZED = [(gen, t) for gen in (1, 2, 3) for t in builders.BLOCKS[gen] if t not in ("F32", "F16")]
 IDS = [f"v{gen}-{t}" for gen, t in QUANTIZED]

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 import ggmlfmt
-from ggmlfmt import rusage
+from ggmlfmt.tools import rusage
 
 
 def test_report_has_every_quantity_with_units():
@@ -35,6 +35,6 @@ def test_peak_is_the_command_s_own_not_its_parent_s(tmp_path, header):
 
 def test_wall_time_covers_the_whole_process_like_the_cpu_time():
     r = subprocess.run([sys.executable, "-c", "import time; t = time.time(); exec('while time.time() - t < 0.3: pass'); "
-                        "from ggmlfmt import rusage; print(rusage.measure(time.perf_counter()).wall_s)"],
+                        "from ggmlfmt.tools import rusage; print(rusage.measure(time.perf_counter()).wall_s)"],
                        capture_output=True, text=True, check=True)
     assert float(r.stdout) >= 0.3  # the busy 0.3 s before measure() was called count, as they do for CPU time

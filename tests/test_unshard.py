@@ -19,7 +19,7 @@ import torch
 from builders import split_shards
 from ggmlfmt import FileVersion, GGMLType, TensorSpec
 from ggmlfmt.layout import plan
-from ggmlfmt.floats import bf16_to_f16, bf16_to_f32, f16_to_f32, f32_to_f16
+from ggmlfmt.blocks.floats import bf16_to_f16, bf16_to_f32, f16_to_f32, f32_to_f16
 from ggmlfmt.unshard import Piece, Source, write_tensors
 from ggmlfmt.writer import FileWriter
 from helpers import tiny_header

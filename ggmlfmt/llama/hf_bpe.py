@@ -7,7 +7,7 @@ the file declares (its Split pattern and ByteLevel step), and anything else is r
 found, never guessed. Special ids come from tokenizer_config.json's token names, else config.json's ids;
 add_bos/add_eos from the post-processor's template, else tokenizer_config.json.
 
-The vocabulary is returned as ggmlfmt.llama's GGUFVocab in its byte-level BPE form (model "gpt2", pre,
+The vocabulary is returned as ggmlfmt.llama.model's GGUFVocab in its byte-level BPE form (model "gpt2", pre,
 merges, no scores): the form Meta's Llama 3 tiktoken vocabulary takes, so both write the same keys.
 """
 
@@ -23,10 +23,16 @@ import numpy as np
 
 from ggmlfmt.constants import GGUFValueType, TokenType
 from ggmlfmt.errors import FormatError
-from ggmlfmt.llama import GGUFVocab, MetaKV
-from ggmlfmt.tiktoken_vocab import BPE_MODEL
-
-from .hf_vocab import MAX_TOKENIZER_CONFIG_BYTES, TOKENIZER_CONFIG, is_utf8, looks_special, read_json, settings
+from ggmlfmt.llama.hf_vocab import (
+    MAX_TOKENIZER_CONFIG_BYTES,
+    TOKENIZER_CONFIG,
+    is_utf8,
+    looks_special,
+    read_json,
+    settings,
+)
+from ggmlfmt.llama.model import GGUFVocab, MetaKV
+from ggmlfmt.llama.tiktoken_vocab import BPE_MODEL
 
 TOKENIZER_JSON = "tokenizer.json"
 MAX_TOKENIZER_JSON_BYTES = 64 << 20  # Llama 3's is 9 MB; the largest released ones are ~35 MB

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .constants import (
+from ggmlfmt.constants import (
     BLOCK_LAYOUTS,
     GGUF_BLOCK_GENERATION,
     GGUF_FTYPE_MOSTLY_BF16,
@@ -28,9 +28,9 @@ from .constants import (
     GGUFValueType,
     TokenType,
 )
-from .errors import BadValue, CannotWrite, FormatError
-from .gguf import plan_gguf
-from .layout import Plan, TensorSpec, Vocab
+from ggmlfmt.errors import BadValue, CannotWrite, FormatError
+from ggmlfmt.gguf import plan_gguf
+from ggmlfmt.layout import Plan, TensorSpec, Vocab
 
 # ------------------------------------------------------------------ tensor names (§13)
 
@@ -370,7 +370,7 @@ def _piece(i: int, text: bytes, unk_id: int | None, byte_ids: range) -> tuple[st
 def check_vocab_matches(file_vocab: Vocab, model_vocab: Vocab, *, model_path: str) -> None:
     """Check that a tokenizer.model's old-style texts/scores are what the file stores, id by id.
 
-    `model_vocab` is the tokenizer's vocabulary as the 2023 converter wrote it (ggmlfmt.tokenizer.load_vocab);
+    `model_vocab` is the tokenizer's vocabulary as the 2023 converter wrote it (ggmlfmt.llama.spm.load_vocab);
     scores are compared bit for bit when the file has them (unversioned 'ggml' has none).
 
     Raises:

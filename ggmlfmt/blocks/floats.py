@@ -11,7 +11,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from .constants import GGMLType
+from ggmlfmt.constants import GGMLType
+
 
 class NotFinite(ArithmeticError):
     """A converter that needs finite values met NaN or infinity; `index` counts its source's elements row-major."""

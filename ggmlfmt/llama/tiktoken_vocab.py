@@ -20,10 +20,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .constants import TokenType
-from .errors import BadValue, CannotWrite, FormatError, Truncated
-from .gguf import GGUFStrings
-from .llama import GGUFVocab
+from ggmlfmt.constants import TokenType
+from ggmlfmt.errors import BadValue, CannotWrite, FormatError, Truncated
+from ggmlfmt.gguf import GGUFStrings
+from ggmlfmt.llama.model import GGUFVocab
 
 MAX_FILE_BYTES = 64 << 20  # Meta's is 2.2 MB for 128,000 tokens; o200k-sized files stay far below
 MAX_LINE_BYTES = 1024  # base64 of a 765-byte token; Meta's longest line is under 200 bytes

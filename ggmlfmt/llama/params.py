@@ -11,7 +11,7 @@ from typing import Any
 
 from ggmlfmt.errors import FormatError
 from ggmlfmt.layout import ff_width
-from ggmlfmt.llama import LlamaHParams, llama_hparams, llama_shapes
+from ggmlfmt.llama.model import LlamaHParams, llama_hparams, llama_shapes
 
 # Upper bounds: far above any 2023 model (LLaMA-65B: dim 8192, 80 layers, 64 heads), far below what
 # would overflow the header's i32 fields or make the derived shapes absurd.

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .constants import TokenType
-from .errors import FormatError
-from .layout import Vocab
-from .llama import GGUFVocab, check_vocab_matches
+from ggmlfmt.constants import TokenType
+from ggmlfmt.errors import FormatError
+from ggmlfmt.layout import Vocab
+from ggmlfmt.llama.model import GGUFVocab, check_vocab_matches
 
 UNKNOWN_TEXT = " \u2047 ".encode()  # space, DOUBLE QUESTION MARK, space: what llama.cpp shows for <unk>
 SPACE_MARKER = "\u2581"  # SentencePiece's "▁", written as an ASCII space

@@ -1,6 +1,6 @@
 """Page-cache diagnostics: which pages of a file are cached (mincore), dropping them, and where an array lives (smaps).
 
-Linux semantics throughout: mincore comes from `ggmlfmt.libc` (ENOSYS naming it where the C library
+Linux semantics throughout: mincore comes from `ggmlfmt.tools.libc` (ENOSYS naming it where the C library
 lacks it), eviction is posix_fadvise(DONTNEED), and mappings are read from /proc/self/smaps.
 Only the CLI, the copy and the benchmarks use this module; `import ggmlfmt` does not.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from . import libc
-from .libc import PAGE
+from ggmlfmt.tools import libc
+from ggmlfmt.tools.libc import PAGE
 
 
 @dataclass(frozen=True, slots=True)

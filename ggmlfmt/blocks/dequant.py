@@ -19,9 +19,16 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-from . import iqgrids
-from .constants import BLOCK_LAYOUTS, IQ1_DELTA, IQ4_NL_VALUES, MXFP4_VALUES, BlockLayout, GGMLType
-from .layout import TensorInfo
+from ggmlfmt.blocks import iqgrids
+from ggmlfmt.constants import (
+    BLOCK_LAYOUTS,
+    IQ1_DELTA,
+    IQ4_NL_VALUES,
+    MXFP4_VALUES,
+    BlockLayout,
+    GGMLType,
+)
+from ggmlfmt.layout import TensorInfo
 
 CHUNK_ELEMENTS = 1 << 19  # values per kernel call (2 MiB of float32; temporaries a few MiB): measured best
 _F32 = np.float32
@@ -338,7 +345,7 @@ def _nvfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
 
 @cache
 def _grid(name: str) -> np.ndarray:
-    """A lattice grid of ggmlfmt/iqgrids.py, one entry (8 or 4 value bytes) per u64 or u32."""
+    """A lattice grid of ggmlfmt/blocks/iqgrids.py, one entry (8 or 4 value bytes) per u64 or u32."""
     raw = bytes.fromhex(getattr(iqgrids, name))
     return np.frombuffer(raw, "<u4" if name.startswith("IQ3") else "<u8")
 

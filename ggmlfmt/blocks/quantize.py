@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGMLType
-from .floats import NotFinite
+from ggmlfmt.blocks.floats import NotFinite
+from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGMLType
 
 Q8_0_LAYOUT = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][GGMLType.Q8_0]
 Q8_0_BLOCK = Q8_0_LAYOUT.elements  # 32 values per block

@@ -17,7 +17,7 @@ import numpy as np
 
 from ggmlfmt.constants import GGUFValueType, TokenType
 from ggmlfmt.errors import FormatError
-from ggmlfmt.llama import SPACE_MARKER, GGUFVocab, MetaKV
+from ggmlfmt.llama.model import SPACE_MARKER, GGUFVocab, MetaKV
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from . import libc
-from .atomic import TempFile, refuse_existing
-from .cachestat import drop_uncached, residency
-from .errors import Truncated
-from .writer import copy_range
+from ggmlfmt.atomic import TempFile, refuse_existing
+from ggmlfmt.errors import Truncated
+from ggmlfmt.tools import libc
+from ggmlfmt.tools.cachestat import drop_uncached, residency
+from ggmlfmt.writer import copy_range
 
 COPY_CHUNK = 64 << 20  # bytes per copy step; also the unit of writeback and eviction
 _USERSPACE_CHUNK = 1 << 20  # bytes per pread/pwrite where the kernel cannot copy between the two files
@@ -116,7 +116,9 @@ def _verify(src: Path, copy: Path, keep_src: npt.NDArray[np.bool_], chunk: int) 
     Raises:
         OSError: EIO when the hashes differ.
     """
-    from concurrent.futures import ThreadPoolExecutor  # only the copy runs two hashes at once
+    from concurrent.futures import (
+        ThreadPoolExecutor,  # only the copy runs two hashes at once
+    )
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib and preadv release the GIL
         a = pool.submit(_sha256, src, keep_src, chunk)

@@ -14,9 +14,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .constants import BLOCK_LAYOUTS, F16_MAX, GGMLType
-from .dequant import dequantize_blocks
-from .errors import BadValue
+from ggmlfmt.blocks.dequant import dequantize_blocks
+from ggmlfmt.constants import BLOCK_LAYOUTS, F16_MAX, GGMLType
+from ggmlfmt.errors import BadValue
 
 Converter = Callable[[np.ndarray], np.ndarray]
 

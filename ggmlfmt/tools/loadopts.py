@@ -1,7 +1,7 @@
 """Load options: how `reader.load` brings a file's bytes into memory (map + advice, prefault, lock, huge pages, pread).
 
 Everything here works on any file, model or not. Python's mmap and os modules cover madvise and
-preadv; mlock comes from `ggmlfmt.libc`. What only an option needs is imported when that option is
+preadv; mlock comes from `ggmlfmt.tools.libc`. What only an option needs is imported when that option is
 used (threads for pread, `resource` for mlock's error message), so the default load pays for none
 of it, and a system lacking a facility fails only the option that needs it, naming the facility.
 """
@@ -17,9 +17,9 @@ from typing import Literal
 
 import numpy as np
 
-from . import libc
-from .errors import CannotWrite, Truncated
-from .libc import PAGE
+from ggmlfmt.errors import CannotWrite, Truncated
+from ggmlfmt.tools import libc
+from ggmlfmt.tools.libc import PAGE
 
 Advice = Literal["normal", "sequential", "random", "willneed"]
 ADVICE: dict[str, str] = {  # option value -> mmap constant, looked up when used (Windows' mmap has none)
@@ -174,7 +174,9 @@ def read_into(path: str | os.PathLike[str], buf: memoryview, *, threads: int = 0
     Raises:
         Truncated: the file is shorter than buf. OSError: it cannot be read (ENOSYS: no preadv here).
     """
-    from concurrent.futures import ThreadPoolExecutor  # only method="pread" needs threads
+    from concurrent.futures import (
+        ThreadPoolExecutor,  # only method="pread" needs threads
+    )
 
     if not hasattr(os, "preadv"):
         raise OSError(errno.ENOSYS, "method='pread' needs os.preadv, which this system lacks")

@@ -1,0 +1,1 @@
+"""Block conversions: element casts, dequantize, requantize, quantize."""

@@ -1,0 +1,1 @@
+"""Optional operating-system levers: libc calls, page-cache options and diagnostics, the cache-friendly copy, rusage."""
