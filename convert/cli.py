@@ -19,17 +19,13 @@ from convert.convert import (
     FORMATS,
     OUTTYPES,
     ConversionPlan,
-    TensorEntry,
-    early_outfile,
     plan_conversion,
-    resolve_format,
     resolved_outtype,
     write_conversion,
 )
-from ggmlfmt.atomic import refuse_existing
+from convert.source import TensorEntry
 from ggmlfmt.command import add_common_options, progress_bar, run
 from ggmlfmt.constants import GGUFValueType
-from ggmlfmt.llama.model import llama_file_type, llama_metadata
 
 PROG = "convert-model"
 # LlamaHParams.defaults names -> the GGUF keys they fill
@@ -84,19 +80,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    model_dir = Path(args.model_dir)
-    out = early_outfile(model_dir, args.outfile, args.outtype, resolve_format(args.fmt, args.outfile))
-    if out is not None and not args.dry_run:
-        refuse_existing(out, overwrite=args.force)  # before reading the checkpoint when the name is known
-    cp = plan_conversion(model_dir, out, outtype=args.outtype, tokenizer=args.vocab, fmt=args.fmt,
-                         context_length=args.ctx, rms_eps=args.eps,
-                         llama_release=args.llama_release)
+    cp = plan_conversion(Path(args.model_dir), args.outfile, outtype=args.outtype, tokenizer=args.vocab, fmt=args.fmt,
+                         context_length=args.ctx, rms_eps=args.eps, llama_release=args.llama_release,
+                         overwrite=args.force or args.dry_run)
     if args.dry_run:
         exists = cp.outfile.exists()
         print(json.dumps(plan_dict(cp, exists), indent=2) if args.json else render_plan(cp, exists))
         return 0
-    if out is None:
-        refuse_existing(cp.outfile, overwrite=args.force)  # "auto" named it from the checkpoint
     with progress_bar(cp.plan.data_bytes, desc=PROG, quiet=args.quiet) as update:
         write_conversion(cp, force=args.force, progress=update)
     if not args.quiet:
@@ -134,14 +124,8 @@ def _tensor_dict(e: TensorEntry, gguf: bool) -> dict[str, Any]:
 
 def _metadata(cp: ConversionPlan) -> dict[str, Any]:
     """The GGUF metadata the plan writes: scalars as values, arrays as {"type", "count"} (general.alignment apart)."""
-    if cp.gguf is None:
-        raise TypeError("not a GGUF plan")
-    types_2d = [e.info.type for e in cp.entries if len(e.shape) == 2]
-    quantized = any(e.info.block.elements > 1 for e in cp.entries)
-    kvs = llama_metadata(cp.gguf.hparams, cp.gguf.vocab, name=cp.gguf.name, file_type=llama_file_type(types_2d),
-                         quantized=quantized, n_params=cp.gguf.n_params, extra=cp.gguf.extra)
     out: dict[str, Any] = {}
-    for kv in kvs:
+    for kv in cp.gguf.metadata:
         if kv.type == GGUFValueType.ARRAY:
             element, items = kv.value
             out[kv.key] = {"type": GGUFValueType(element).name.lower(), "count": len(items)}
@@ -151,53 +135,39 @@ def _metadata(cp: ConversionPlan) -> dict[str, Any]:
     return out
 
 
-def _render_gguf(cp: ConversionPlan, out_exists: bool) -> str:
-    """A GGUF plan as text: the metadata summary, one line per tensor (GGUF name, ne, type, offset), totals."""
-    meta = _metadata(cp)  # raises for a ggjt plan
-    defaulted = {DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults}
+def render_plan(cp: ConversionPlan, out_exists: bool) -> str:
+    """The plan as text: what the header or metadata says, one line per tensor (split axis, offset, size), totals."""
+    gguf = cp.format == "gguf"
     label = cp.outtype
-    if label == "auto":  # say what it resolved to
+    if gguf and label == "auto":  # say what it resolved to
         label += ": " + resolved_outtype([e.info.type for e in cp.entries if len(e.shape) == 2])
-    lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} (gguf v3, 2-D {label})"]
-    for key, value in meta.items():
-        shown = (f"[{value['count']} {value['type']}]" if isinstance(value, dict)
-                 else str(np.float32(value)) if isinstance(value, float) else repr(value))
-        default = " (not in the checkpoint: LLaMA-1's value)" if key in defaulted else ""
-        lines.append(f"meta: {key} = {shown}{default}")
+    lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} "
+             f"({'gguf v3' if gguf else 'ggjt v1'}, 2-D {label})"]
+    if gguf:
+        defaulted = {DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults}
+        for key, value in _metadata(cp).items():
+            shown = (f"[{value['count']} {value['type']}]" if isinstance(value, dict)
+                     else str(np.float32(value)) if isinstance(value, float) else repr(value))
+            default = " (not in the checkpoint: LLaMA-1's value)" if key in defaulted else ""
+            lines.append(f"meta: {key} = {shown}{default}")
+    else:
+        hp = cp.plan.hparams
+        lines.append(f"header: n_vocab {hp.n_vocab}, n_embd {hp.n_embd}, n_mult {hp.n_mult}, n_head {hp.n_head}, "
+                     f"n_layer {hp.n_layer}, n_rot {hp.n_rot}, ftype {hp.ftype}; vocabulary from {cp.vocab_path}")
     width = max((len(e.info.name) for e in cp.entries), default=10)
-    lines.append(f"{'tensor':<{width}}  {'ne':<14} {'type':<4} {'split':<5} {'offset':>12} {'bytes':>15}  checkpoint")
+    lines.append(f"{'tensor':<{width}}  {'ne' if gguf else 'shape':<14} {'type':<4} {'split':<5} {'offset':>12} "
+                 f"{'bytes':>15}" + ("  checkpoint" if gguf else ""))
     for e in cp.entries:
-        split = "-" if e.axis is None else str(e.axis)
-        lines.append(f"{e.info.name:<{width}}  {'x'.join(map(str, e.info.ne)):<14} {e.info.type.name:<4} {split:<5} "
-                     f"{e.info.offset:>#12x} {e.info.nbytes:>15,}  {e.name}")
-    return "\n".join(lines + _totals(cp, out_exists))
-
-
-def _totals(cp: ConversionPlan, out_exists: bool) -> list[str]:
+        dims = "x".join(map(str, e.info.ne if gguf else e.shape))
+        lines.append(f"{e.info.name:<{width}}  {dims:<14} {e.info.type.name:<4} "
+                     f"{'-' if e.axis is None else str(e.axis):<5} {e.info.offset:>#12x} {e.info.nbytes:>15,}"
+                     + (f"  {e.name}" if gguf else ""))
     skipped = f"; skipped {', '.join(cp.skipped)}" if cp.skipped else ""
-    lines = [f"total: {len(cp.entries)} tensors, {cp.plan.data_bytes:,} bytes of data, file "
-             f"{cp.plan.size:,} bytes{skipped}"]
+    lines.append(f"total: {len(cp.entries)} tensors, {cp.plan.data_bytes:,} bytes of data, file "
+                 f"{cp.plan.size:,} bytes{skipped}")
     if out_exists:
         lines.append(f"note: {cp.outfile} exists; the conversion needs --force")
-    return lines
-
-
-def render_plan(cp: ConversionPlan, out_exists: bool) -> str:
-    """The plan as a table: one line per tensor, then the totals."""
-    if cp.format == "gguf":
-        return _render_gguf(cp, out_exists)
-    hp = cp.plan.hparams
-    width = max(len(e.name) for e in cp.entries) if cp.entries else 10
-    lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} (ggjt v1, 2-D {cp.outtype})",
-             f"header: n_vocab {hp.n_vocab}, n_embd {hp.n_embd}, n_mult {hp.n_mult}, n_head {hp.n_head}, "
-             f"n_layer {hp.n_layer}, n_rot {hp.n_rot}, ftype {hp.ftype}; vocabulary from {cp.vocab_path}",
-             f"{'tensor':<{width}}  {'shape':<14} {'type':<4} {'split':<5} {'offset':>12} {'bytes':>15}"]
-    for e in cp.entries:
-        split = "-" if e.axis is None else str(e.axis)
-        shape = "x".join(map(str, e.shape))
-        lines.append(f"{e.name:<{width}}  {shape:<14} {e.info.type.name:<4} {split:<5} {e.info.offset:>#12x} "
-                     f"{e.info.nbytes:>15,}")
-    return "\n".join(lines + _totals(cp, out_exists))
+    return "\n".join(lines)
 
 
 def _demo(args: argparse.Namespace) -> int:
