@@ -141,8 +141,8 @@ def render_plan(cp: ConversionPlan, out_exists: bool) -> str:
     label = cp.outtype
     if gguf and label == "auto":  # say what it resolved to
         label += ": " + resolved_outtype([e.info.type for e in cp.entries if len(e.shape) == 2])
-    lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} "
-             f"({'gguf v3' if gguf else 'ggjt v1'}, 2-D {label})"]
+    kind = "gguf v3" if gguf else "ggjt v1"
+    lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} ({kind}, 2-D {label})"]
     if gguf:
         defaulted = {DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults}
         for key, value in _metadata(cp).items():

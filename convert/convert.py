@@ -27,7 +27,7 @@ import numpy as np
 
 from convert import hf, shards
 from convert.checkpoint import is_hf_dir
-from convert.source import COMPUTED, Request, TensorEntry, view_dtype
+from convert.source import COMPUTED, Notes, Request, TensorEntry, file_stat, view_dtype
 from ggmlfmt.atomic import refuse_existing
 from ggmlfmt.blocks.floats import CASTS
 from ggmlfmt.blocks.quantize import quantize_q8_0
@@ -211,7 +211,8 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     out = Path(outfile) if outfile is not None else None if outtype == "auto" else default_outfile(model_dir, outtype, fmt)
     if out is not None:
         refuse_existing(out, overwrite=overwrite, inputs=found.inputs)  # before reading more
-    notes: list[tuple[int, str]] = []
+    stats = tuple(file_stat(p) for p in found.files)  # before parsing: a file changed after this is refused
+    notes = Notes()
     model = source.read(found, req, notes)
     outs = []
     for t in model.tensors:
@@ -224,11 +225,12 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
         header = HParams(len(model.vocab), p.dim, p.multiple_of, p.n_heads, p.n_layers, p.n_rot, int(GGJT_FTYPES[outtype]))
         layout = plan(FileVersion.GGJT_V1, header, model.vocab, [TensorSpec.from_shape(*t) for t in outs])
     else:
-        layout, content = _plan_gguf(model.hparams, model.vocab, outs, model.name, model.n_params, model.extra)
+        layout, content = _plan_gguf(model.hparams, model.vocab, outs, model_dir.resolve().name or "llama",
+                                     model.n_params, model.extra)
     entries = tuple(replace(t, info=info) for t, info in zip(model.tensors, layout.tensors, strict=True))
     if bin_note:  # said once every input is checked, so that an error stays one line
-        notes.append((logging.INFO, f"{outfile}: a .bin name without --format writes the 2023 ggjt file (--format "
-                                    "gguf for today's llama.cpp)"))
+        notes.info(f"{outfile}: a .bin name without --format writes the 2023 ggjt file (--format gguf for today's "
+                   "llama.cpp)")
     notes += rounding_notes(entries)
     if out is None:
         out = default_outfile(model_dir, resolved_outtype([t.type for t in outs if len(t.shape) == 2]), fmt)
@@ -236,7 +238,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     for level, message in notes:
         log.log(level, "%s", message)
     log.debug("planned %d tensors, %s bytes", len(layout.tensors), f"{layout.size:,}")
-    return ConversionPlan(model_dir, out, outtype, model.vocab_path, model.files, model.stats, layout, entries,
+    return ConversionPlan(model_dir, out, outtype, found.vocab, found.files, stats, layout, entries,
                           model.skipped, fmt, content, tuple(notes))
 
 
@@ -256,20 +258,19 @@ _ROUNDS = {(GGMLType.F16, "float32"), (GGMLType.F16, "bfloat16"), (GGMLType.BF16
            (GGMLType.BF16, "float16")}
 
 
-def rounding_notes(entries: tuple[TensorEntry, ...]) -> list[tuple[int, str]]:
+def rounding_notes(entries: tuple[TensorEntry, ...]) -> Notes:
     """What to say before writing when a cast rounds or weights are quantized: never silently lossy."""
-    notes = []
+    notes = Notes()
     for out_type in (GGMLType.F16, GGMLType.BF16):
         narrowed = [e for e in entries if (e.info.type, e.source_dtype) in _ROUNDS and e.info.type == out_type]
         if narrowed:
             dtypes = sorted({e.source_dtype for e in narrowed})
-            notes.append((logging.WARNING, f"{len(narrowed)} tensor(s) are {'/'.join(dtypes)} in the checkpoint and "
-                          f"are rounded to {'float16' if out_type == GGMLType.F16 else 'bfloat16'} (to nearest even); "
-                          "--outtype f32 keeps every value exact (for GGUF, auto too)"))
+            notes.warning(f"{len(narrowed)} tensor(s) are {'/'.join(dtypes)} in the checkpoint and are rounded to "
+                          f"{'float16' if out_type == GGMLType.F16 else 'bfloat16'} (to nearest even); --outtype f32 "
+                          "keeps every value exact (for GGUF, auto too)")
     quantized = sum(e.info.type == GGMLType.Q8_0 for e in entries)
     if quantized:
-        notes.append((logging.INFO, f"{quantized} tensor(s) are quantized to q8_0 (llama.cpp's reference rounding; "
-                                    "lossy by design)"))
+        notes.info(f"{quantized} tensor(s) are quantized to q8_0 (llama.cpp's reference rounding; lossy by design)")
     return notes
 
 

@@ -36,11 +36,12 @@ from convert.checkpoint import TOKENIZER, find_tokenizer
 from convert.pth import open_checkpoint
 from convert.source import (
     FLOAT_DTYPES,
+    Found,
     ModelInput,
+    Notes,
     Request,
     TensorEntry,
     computed,
-    file_stat,
 )
 from ggmlfmt.constants import GGUFValueType
 from ggmlfmt.errors import BadLayout, BadValue, CannotWrite, FormatError
@@ -349,22 +350,7 @@ def unpermute_rows(n_rows: int, n_heads: int) -> np.ndarray:
 # ------------------------------------------------------------------ reading
 
 
-@dataclass(frozen=True, slots=True)
-class Located:
-    """The files of a Hugging Face directory, found (the index read) but not parsed."""
-
-    model_dir: Path
-    config: Path
-    vocab: Path
-    files: list[Path]
-    index: Path | None
-
-    @property
-    def inputs(self) -> list[Path]:
-        return [self.config, self.vocab, *self.files]
-
-
-def locate(model_dir: Path, req: Request) -> Located:
+def locate(model_dir: Path, req: Request) -> Found:
     """Raises: CannotWrite for ggjt, --eps or --llama-release; FormatError for a bad index; FileNotFoundError."""
     if req.fmt != "gguf":
         raise CannotWrite(f"{model_dir}: a Hugging Face directory converts to GGUF only; drop --format ggjt "
@@ -375,10 +361,10 @@ def locate(model_dir: Path, req: Request) -> Located:
         raise CannotWrite(f"{model_dir / CONFIG}: a Hugging Face directory; --llama-release applies only to Meta's "
                           "Llama 3 checkpoints (tokenizer_config.json names the special tokens here)")
     files, index = find_weights(model_dir)
-    return Located(model_dir, model_dir / CONFIG, _find_vocab(model_dir, req.tokenizer), files, index)
+    return Found(model_dir, model_dir / CONFIG, _find_vocab(model_dir, req.tokenizer), tuple(files), index)
 
 
-def read(loc: Located, req: Request, notes: list[tuple[int, str]]) -> ModelInput:
+def read(loc: Found, req: Request, notes: Notes) -> ModelInput:
     """Read config.json, the tokenizer and every weight file (each once) and describe every output tensor.
 
     Raises:
@@ -409,8 +395,8 @@ def read(loc: Located, req: Request, notes: list[tuple[int, str]]) -> ModelInput
     except FormatError as e:
         raise e.with_path(loc.files[0]) from None
     if hp.defaults:
-        notes.append((logging.WARNING, f"{loc.config} has no max_position_embeddings: llama.context_length "
-                                       f"{hp.context_length}, LLaMA-1's (--ctx N sets it)"))
+        notes.warning(f"{loc.config} has no max_position_embeddings: llama.context_length "
+                      f"{hp.context_length}, LLaMA-1's (--ctx N sets it)")
     for field, ours, theirs in (("intermediate_size", cfg.n_ff, hp.n_ff),
                                 ("num_key_value_heads", cfg.n_head_kv, hp.n_head_kv)):
         if ours != theirs:
@@ -430,8 +416,7 @@ def read(loc: Located, req: Request, notes: list[tuple[int, str]]) -> ModelInput
         qk = t.meta_name.endswith(("attention.wq.weight", "attention.wk.weight"))
         tensors.append(replace(t, heads=(cfg.n_head if t.meta_name.endswith("wq.weight") else cfg.n_head_kv) if qk
                                else 0))
-    return ModelInput(loc.model_dir, loc.vocab, tuple(loc.files), tuple(file_stat(p) for p in loc.files),
-                      tuple(tensors), tuple(skipped), vocab, hparams=hp, name=loc.model_dir.resolve().name or "llama",
+    return ModelInput(tuple(tensors), tuple(skipped), vocab, hparams=hp,
                       n_params=sum(math.prod(t.shape) for t in tensors),  # every tensor written, as the peer (§19.5)
                       extra=tuple(_rope_metadata(cfg) + tokenizer_keys))
 

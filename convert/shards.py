@@ -9,17 +9,16 @@ embeddings, and rope_freqs.weight computed from use_scaled_rope.
 
 from __future__ import annotations
 
-import logging
 import math
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from convert.checkpoint import check_shards, find_shards, find_tokenizer, skipped_name
 from convert.pth import open_checkpoint
-from convert.source import ModelInput, Request, TensorEntry, computed, file_stat
+from convert.source import Found, ModelInput, Notes, Request, TensorEntry, computed
 from ggmlfmt.errors import BadValue, CannotWrite
 from ggmlfmt.llama.model import (
     ROPE_FREQS,
@@ -40,29 +39,15 @@ from ggmlfmt.parts import full_shape, n_parts_for_dim, split_axis, split_axis_by
 
 SNIFF_BYTES = 64  # how much of tokenizer.model tells tiktoken from SentencePiece
 LLAMA3_CONTEXT = {"3": 8192, "3.1": 131072, "3.2": 131072, "3.3": 131072}  # Meta's context length per release
-Notes = list[tuple[int, str]]  # (logging level, message): said once planning succeeds
 
 
-@dataclass(frozen=True, slots=True)
-class Located:
-    """The files of a Meta checkpoint, found but not read."""
-
-    model_dir: Path
-    params: Path
-    vocab: Path
-    shards: list[Path]
-
-    @property
-    def inputs(self) -> list[Path]:
-        return [self.params, self.vocab, *self.shards]
-
-
-def locate(model_dir: Path, req: Request) -> Located:
+def locate(model_dir: Path, req: Request) -> Found:
     """Raises: FormatError (no shard, a gap in their numbering), FileNotFoundError (no tokenizer)."""
-    return Located(model_dir, model_dir / "params.json", find_tokenizer(model_dir, req.tokenizer), find_shards(model_dir))
+    return Found(model_dir, model_dir / "params.json", find_tokenizer(model_dir, req.tokenizer),
+                 tuple(find_shards(model_dir)))
 
 
-def read(loc: Located, req: Request, notes: Notes) -> ModelInput:
+def read(loc: Found, req: Request, notes: Notes) -> ModelInput:
     """Read params.json, the tokenizer and every shard (each once) and describe every output tensor.
 
     Raises:
@@ -72,10 +57,10 @@ def read(loc: Located, req: Request, notes: Notes) -> ModelInput:
             with ggjt; --eps with norm_eps in params.json or out of range; --llama-release without Llama 3.
     """
     gguf = req.fmt == "gguf"
-    params = read_params(loc.params)  # first: absurd values stop everything
+    params = read_params(loc.config)  # first: absurd values stop everything
     if not gguf and (problem := params.ggjt_problem()) is not None:
-        raise CannotWrite(f"{loc.params}: {problem}")  # before any shape error the tensors would give
-    params = _with_eps(params, req.rms_eps, loc.params) if gguf else params
+        raise CannotWrite(f"{loc.config}: {problem}")  # before any shape error the tensors would give
+    params = _with_eps(params, req.rms_eps, loc.config) if gguf else params
     ranks = _tiktoken_ranks(loc.vocab, req)
     if ranks is None:
         vocab = load_gguf_vocab(loc.vocab) if gguf else load_vocab(loc.vocab)
@@ -83,9 +68,9 @@ def read(loc: Located, req: Request, notes: Notes) -> ModelInput:
     if params.vocab_size > 0 and params.vocab_size != n_vocab:
         pieces = "pieces" if ranks is None else f"tokens ({len(ranks)} ranks + {N_SPECIAL} special)"
         raise BadValue(f"{params.vocab_size} does not match the {n_vocab} {pieces} of {loc.vocab}",
-                       path=str(loc.params), field="vocab_size")
+                       path=str(loc.config), field="vocab_size")
     with ExitStack() as stack:
-        opened = [stack.enter_context(open_checkpoint(p)) for p in loc.shards]
+        opened = [stack.enter_context(open_checkpoint(p)) for p in loc.files]
         metas = check_shards(opened)
         offsets = [{n: t.offset for n, t in ck.tensors.items()} for ck in opened]
     tied = ranks is not None and not any(m.name == "output.weight" for m in metas)
@@ -97,38 +82,34 @@ def read(loc: Located, req: Request, notes: Notes) -> ModelInput:
         if (skipped_tensor if gguf else skipped_name)(m.name):
             skipped.append(m.name)
             continue
-        axis, shape = _split(m.name, m.shape, expected.pop(m.name, None), loc.shards, gguf, notes)
+        axis, shape = _split(m.name, m.shape, expected.pop(m.name, None), loc.files, gguf, notes)
         tensors.append(TensorEntry(m.name, shape, m.shape, axis, m.dtype, tuple((k, o[m.name]) for k, o in
                                                                                enumerate(offsets))))
     if expected:
         raise BadValue(f"missing; params.json (n_layers {params.n_layers}) implies {len(expected)} more tensor(s)",
-                       path=str(loc.shards[0]), field=f"tensor {next(iter(expected))!r}")
-    dim_note = []
-    if (n := n_parts_for_dim(params.dim)) is not None and n != len(loc.shards):
-        dim_note = [(logging.WARNING, f"dim {params.dim} was released as {n} shards; found {len(loc.shards)}")]
-    stats = tuple(file_stat(p) for p in loc.shards)
-    common = {"model_dir": loc.model_dir, "vocab_path": loc.vocab, "files": tuple(loc.shards), "stats": stats,
-              "skipped": tuple(skipped)}
+                       path=str(loc.files[0]), field=f"tensor {next(iter(expected))!r}")
+    dim_note = Notes()
+    if (n := n_parts_for_dim(params.dim)) is not None and n != len(loc.files):
+        dim_note.warning(f"dim {params.dim} was released as {n} shards; found {len(loc.files)}")
     if not gguf:
-        notes.extend(dim_note)
-        return ModelInput(tensors=tuple(tensors), vocab=vocab, params=params, **common)
+        notes += dim_note
+        return ModelInput(tuple(tensors), tuple(skipped), vocab, params=params)
     context_length = req.context_length
     if ranks is not None:
         vocab, context_length, rope = _llama3(params, ranks, req, tied, notes)
         tensors[:0] = [] if rope is None else [computed(ROPE_FREQS, rope)]
     hp = gguf_hparams(params, len(vocab), {t.name: t.shape for t in tensors}, context_length=context_length,
-                      tied_embeddings=tied, path=str(loc.params))
+                      tied_embeddings=tied, path=str(loc.config))
     for f in hp.defaults:
         value, option = (hp.context_length, "--ctx N") if f == "context_length" else (hp.rms_eps, "--eps X")
-        notes.append((logging.WARNING, f"{'context length' if f == 'context_length' else 'norm_eps'} not in the "
-                                       f"checkpoint: using {value:g}, LLaMA-1's value ({option} sets it)"))
-    notes.extend(dim_note)
-    n_params = sum(math.prod(full_shape(m.shape, split_axis(m.name, len(m.shape)), len(loc.shards))) for m in metas)
-    return ModelInput(tensors=tuple(tensors), vocab=vocab, hparams=hp, name=loc.model_dir.resolve().name or "llama",
-                      n_params=n_params, **common)
+        notes.warning(f"{'context length' if f == 'context_length' else 'norm_eps'} not in the "
+                      f"checkpoint: using {value:g}, LLaMA-1's value ({option} sets it)")
+    notes += dim_note
+    n_params = sum(math.prod(full_shape(m.shape, split_axis(m.name, len(m.shape)), len(loc.files))) for m in metas)
+    return ModelInput(tuple(tensors), tuple(skipped), vocab, hparams=hp, n_params=n_params)
 
 
-def _split(name: str, shard_shape: tuple[int, ...], want: tuple[int, ...] | None, shards: list[Path], gguf: bool,
+def _split(name: str, shard_shape: tuple[int, ...], want: tuple[int, ...] | None, shards: tuple[Path, ...], gguf: bool,
            notes: Notes) -> tuple[int | None, tuple[int, ...]]:
     """The axis the shards split a tensor along and its full shape, checked against what params.json implies.
 
@@ -143,8 +124,8 @@ def _split(name: str, shard_shape: tuple[int, ...], want: tuple[int, ...] | None
         raise BadValue("not a LLaMA tensor; today's llama.cpp refuses a GGUF file with tensors it does not expect",
                        **where)
     if want is None:
-        notes.append((logging.WARNING, f"{shards[0]}: tensor {name!r} is not part of LLaMA; writing it anyway, as "
-                                       "the 2023 converter did"))
+        notes.warning(f"{shards[0]}: tensor {name!r} is not part of LLaMA; writing it anyway, as "
+                      "the 2023 converter did")
     elif shape != want:
         raise BadValue(f"full shape {list(shape)} ({n} shard(s) of {list(shard_shape)}) differs from {list(want)} "
                        "implied by params.json and the tokenizer; neither a split by rows nor one by columns gives it",
@@ -181,22 +162,22 @@ def _llama3(params: Params, ranks: list[bytes], req: Request, tied: bool,
         release, why = (("3", "params.json has no use_scaled_rope") if not params.use_scaled_rope
                         else ("3.2", "use_scaled_rope and no output.weight") if tied
                         else ("3.1", "params.json has use_scaled_rope"))
-        notes.append((logging.INFO, f"special tokens of Llama {release} ({why}); --llama-release chooses another "
-                                    "release's"))
+        notes.info(f"special tokens of Llama {release} ({why}); --llama-release chooses another "
+                   "release's")
     context_length = req.context_length
     if context_length is None:
         context_length = LLAMA3_CONTEXT[release]
-        notes.append((logging.INFO, f"context length {context_length}, Llama {release}'s (a checkpoint does not "
-                                    "store it); --ctx N sets it"))
+        notes.info(f"context length {context_length}, Llama {release}'s (a checkpoint does not "
+                   "store it); --ctx N sets it")
     if tied:
-        notes.append((logging.INFO, "no output.weight: the output shares the token embedding (tied), so the file "
-                                    "has none and llama.cpp uses token_embd.weight"))
+        notes.info("no output.weight: the output shares the token embedding (tied), so the file "
+                   "has none and llama.cpp uses token_embd.weight")
     rope = None
     if params.rope_scaling is not None:
         factor, high = params.rope_scaling
         rope = llama3_rope_factors(params.n_rot, params.rope_theta or 10000.0, factor=factor, high_freq_factor=high)
-        notes.append((logging.INFO, f"scaled RoPE (use_scaled_rope): rope_freqs.weight, {len(rope)} factors, scale "
-                                    f"{factor:g}, high-frequency factor {high:g}"))
+        notes.info(f"scaled RoPE (use_scaled_rope): rope_freqs.weight, {len(rope)} factors, scale "
+                   f"{factor:g}, high-frequency factor {high:g}")
     return bpe_vocab(ranks, special_tokens(release)), context_length, rope
 
 

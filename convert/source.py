@@ -10,6 +10,7 @@ that into the plan and writes it; nothing there depends on which source it was.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,21 +69,42 @@ def computed(name: str, values: np.ndarray) -> TensorEntry:
     return TensorEntry(name, values.shape, values.shape, None, COMPUTED, data=values)
 
 
+class Notes(list[tuple[int, str]]):
+    """What planning has to say, as (logging level, message): logged once planning succeeded, so that an
+    error stays one line."""
+
+    def info(self, message: str) -> None:
+        self.append((logging.INFO, message))
+
+    def warning(self, message: str) -> None:
+        self.append((logging.WARNING, message))
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """The files of an input, found (a Hugging Face index read) but not parsed."""
+
+    model_dir: Path
+    config: Path  # params.json or config.json
+    vocab: Path
+    files: tuple[Path, ...]  # the weight files TensorEntry.parts index, in part order
+    index: Path | None = None  # a Hugging Face index (model.safetensors.index.json, ...)
+
+    @property
+    def inputs(self) -> list[Path]:
+        return [self.config, self.vocab, *self.files]
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInput:
     """Everything a source read and checked, in the terms the planner needs."""
 
-    model_dir: Path
-    vocab_path: Path
-    files: tuple[Path, ...]  # the weight files TensorEntry.parts index, in part order
-    stats: tuple[tuple[int, int, int], ...]  # (inode, size, mtime) of each file when it was parsed
     tensors: tuple[TensorEntry, ...]  # output order; info None
     skipped: tuple[str, ...]  # tensors of the files not written
     vocab: Vocab | GGUFVocab  # Vocab for ggjt
     params: Params | None = None  # ggjt: the header's source (Meta checkpoints only)
     hparams: LlamaHParams | None = None  # GGUF
-    name: str = "llama"  # general.name
-    n_params: int | None = None
+    n_params: int | None = None  # general.size_label, llama.vocab_size (§14.2)
     extra: tuple[MetaKV, ...] = ()  # GGUF keys after the tokenizer's (a Hugging Face directory's, §19)
 
 
