@@ -242,6 +242,23 @@ def test_dry_run_json_names_hf_tensors_and_writes_nothing(tmp_path: Path, capsys
     assert "output.weight" not in by_name and plan["metadata"]["llama.attention.head_count_kv"] == 2
 
 
+def test_each_weight_file_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import convert.hf
+    from convert.pth import open_checkpoint
+
+    st_dir, bin_dir = tmp_path / "st" / "Tiny", tmp_path / "bin" / "Tiny"
+    build_hf(st_dir, shards=3)
+    build_hf(bin_dir, dtype="float16", bin_format=True)
+    opened: list[Path] = []
+    real_load = convert.hf.load
+    monkeypatch.setattr(convert.hf, "load", lambda p: opened.append(Path(p)) or real_load(p))
+    monkeypatch.setattr(convert.hf, "open_checkpoint", lambda p: opened.append(Path(p)) or open_checkpoint(p))
+    for model_dir in (st_dir, bin_dir):
+        convert_checkpoint(model_dir)
+    files = sorted(st_dir.glob("model-*.safetensors")) + [bin_dir / "pytorch_model.bin"]
+    assert len(files) > 2 and sorted(opened) == sorted(files)  # one parse each, at planning; writing maps them
+
+
 # ------------------------------------------------------------------ hostile inputs
 
 
