@@ -136,35 +136,32 @@ def _metadata(cp: ConversionPlan) -> dict[str, Any]:
 
 
 def render_plan(cp: ConversionPlan, out_exists: bool) -> str:
-    """The plan as text: what the header or metadata says, one line per tensor (split axis, offset, size), totals."""
-    gguf = cp.format == "gguf"
+    """The plan as text, from plan_dict: the header or metadata, one line per tensor (split axis, offset, size), totals."""
+    d, gguf = plan_dict(cp, out_exists), cp.format == "gguf"
     label = cp.outtype
     if gguf and label == "auto":  # say what it resolved to
         label += ": " + resolved_outtype([e.info.type for e in cp.entries if len(e.shape) == 2])
-    kind = "gguf v3" if gguf else "ggjt v1"
-    lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} ({kind}, 2-D {label})"]
+    lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} ({d['format']}, 2-D {label})"]
     if gguf:
-        defaulted = {DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults}
-        for key, value in _metadata(cp).items():
+        for key, value in d["metadata"].items():
             shown = (f"[{value['count']} {value['type']}]" if isinstance(value, dict)
                      else str(np.float32(value)) if isinstance(value, float) else repr(value))
-            default = " (not in the checkpoint: LLaMA-1's value)" if key in defaulted else ""
+            default = " (not in the checkpoint: LLaMA-1's value)" if key in d["defaults"] else ""
             lines.append(f"meta: {key} = {shown}{default}")
     else:
-        hp = cp.plan.hparams
-        lines.append(f"header: n_vocab {hp.n_vocab}, n_embd {hp.n_embd}, n_mult {hp.n_mult}, n_head {hp.n_head}, "
-                     f"n_layer {hp.n_layer}, n_rot {hp.n_rot}, ftype {hp.ftype}; vocabulary from {cp.vocab_path}")
-    width = max((len(e.info.name) for e in cp.entries), default=10)
+        lines.append("header: " + ", ".join(f"{k} {v}" for k, v in d["hparams"].items())
+                     + f"; vocabulary from {cp.vocab_path}")
+    width = max((len(t["name"]) for t in d["tensors"]), default=10)
     lines.append(f"{'tensor':<{width}}  {'ne' if gguf else 'shape':<14} {'type':<4} {'split':<5} {'offset':>12} "
                  f"{'bytes':>15}" + ("  checkpoint" if gguf else ""))
-    for e in cp.entries:
-        dims = "x".join(map(str, e.info.ne if gguf else e.shape))
-        lines.append(f"{e.info.name:<{width}}  {dims:<14} {e.info.type.name:<4} "
-                     f"{'-' if e.axis is None else str(e.axis):<5} {e.info.offset:>#12x} {e.info.nbytes:>15,}"
-                     + (f"  {e.name}" if gguf else ""))
-    skipped = f"; skipped {', '.join(cp.skipped)}" if cp.skipped else ""
-    lines.append(f"total: {len(cp.entries)} tensors, {cp.plan.data_bytes:,} bytes of data, file "
-                 f"{cp.plan.size:,} bytes{skipped}")
+    for t in d["tensors"]:
+        dims = "x".join(map(str, t["ne"] if gguf else t["shape"]))
+        split = "-" if t["split_axis"] is None else t["split_axis"]
+        lines.append(f"{t['name']:<{width}}  {dims:<14} {t['type']:<4} {split:<5} {t['offset']:>#12x} "
+                     f"{t['nbytes']:>15,}" + (f"  {t['checkpoint_name']}" if gguf else ""))
+    skipped = f"; skipped {', '.join(d['skipped'])}" if d["skipped"] else ""
+    lines.append(f"total: {len(d['tensors'])} tensors, {d['data_bytes']:,} bytes of data, file {d['file_size']:,} "
+                 f"bytes{skipped}")
     if out_exists:
         lines.append(f"note: {cp.outfile} exists; the conversion needs --force")
     return "\n".join(lines)

@@ -137,20 +137,20 @@ def read_config(path: Path) -> HFConfig:
     archs = obj.get("architectures")
     if not (isinstance(archs, list) and len(archs) == 1 and archs[0] in ARCHITECTURES):
         raise BadValue(f"architectures {json.dumps(archs)[:80]}; convert-model converts "
-                          f"{' and '.join(ARCHITECTURES)} only", field="architectures", **where)
+                       f"{' and '.join(ARCHITECTURES)} only", field="architectures", **where)
     n_embd = _int(obj, "hidden_size", 1, MAX_DIM, path)
     n_head = _int(obj, "num_attention_heads", 1, n_embd, path)
     n_kv = _int(obj, "num_key_value_heads", 1, n_head, path) if obj.get("num_key_value_heads") is not None else n_head
     if n_embd % n_head or n_head % n_kv:
         raise BadValue(f"{n_head} heads of {n_kv} key/value heads do not divide hidden_size {n_embd}",
-                          field="num_key_value_heads", **where)
+                       field="num_key_value_heads", **where)
     if (n_embd // n_head) % 2:
         raise BadValue(f"head size {n_embd // n_head} (hidden_size / num_attention_heads) is odd; RoPE rotates "
-                          "pairs of rows", field="num_attention_heads", **where)
+                       "pairs of rows", field="num_attention_heads", **where)
     if obj.get("head_dim") not in (None, n_embd // n_head):
         raise BadValue(f"head_dim {json.dumps(obj['head_dim'])[:20]} is not hidden_size / num_attention_heads "
-                          f"({n_embd // n_head}); llama.cpp's llama rotates whole heads of that size",
-                          field="head_dim", **where)
+                       f"({n_embd // n_head}); llama.cpp's llama rotates whole heads of that size",
+                       field="head_dim", **where)
     for flag in ("attention_bias", "mlp_bias"):
         if obj.get(flag):
             raise BadValue("true: bias tensors are not part of the LLaMA model we convert", field=flag, **where)
@@ -179,7 +179,7 @@ def _rope(obj: dict[str, Any], path: Path) -> dict[str, Any]:
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind not in ("default", "linear", "llama3", "yarn"):
         raise BadValue(f"rope type {json.dumps(kind)[:40]}; we convert default, linear, yarn and llama3 only",
-                          path=str(path), field=field)
+                       path=str(path), field=field)
     out: dict[str, Any] = {"rope_type": kind}
     if "rope_theta" in rope:
         out["rope_theta"] = rope["rope_theta"]
@@ -201,7 +201,7 @@ def _int(obj: dict[str, Any], key: str, lo: int, hi: int, path: Path) -> int:
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise BadValue(f"expected an integer in {lo}..{hi:,}, found {json.dumps(value)[:40]}", path=str(path),
-                          field=key)
+                       field=key)
     return value
 
 
@@ -218,7 +218,7 @@ def _float(obj: dict[str, Any], key: str, hi: float, path: Path) -> float:
         number = math.inf
     if not (math.isfinite(number) and 0 < number < hi):
         raise BadValue(f"expected a number in (0, {hi:g}), found {json.dumps(value)[:40]}", path=str(path),
-                          field=key)
+                       field=key)
     return number
 
 
@@ -238,7 +238,7 @@ def find_weights(model_dir: Path) -> tuple[list[Path], Path | None]:
         if (model_dir / single).is_file():
             return [model_dir / single], None
     raise BadLayout("no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
-                      "pytorch_model.bin.index.json", path=str(model_dir))
+                    "pytorch_model.bin.index.json", path=str(model_dir))
 
 
 def weight_map(index_path: Path) -> dict[str, str]:
@@ -251,7 +251,7 @@ def weight_map(index_path: Path) -> dict[str, str]:
     wm = obj.get("weight_map")
     if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
         raise BadLayout("expected a non-empty object of tensor name -> file name", path=str(index_path),
-                          field="weight_map")
+                        field="weight_map")
     return wm
 
 
@@ -259,7 +259,7 @@ def _indexed(model_dir: Path, index_path: Path, shard: re.Pattern[str]) -> list[
     files = sorted(set(weight_map(index_path).values()))
     if len(files) > MAX_FILES:
         raise BadLayout(f"{len(files):,} files; expected at most {MAX_FILES:,}", path=str(index_path),
-                          field="weight_map")
+                        field="weight_map")
     paths = []
     for name in files:
         p = Path(name)
@@ -267,7 +267,7 @@ def _indexed(model_dir: Path, index_path: Path, shard: re.Pattern[str]) -> list[
         # index). The file itself may be a symlink, as in Hugging Face's cache snapshots.
         if p.is_absolute() or len(p.parts) != 1 or p.name in (".", "..") or p.name != name:
             raise BadLayout(f"file {name[:80]!r} is not a file name inside the model directory",
-                              path=str(index_path), field="weight_map")
+                            path=str(index_path), field="weight_map")
         if not (model_dir / p).is_file():
             raise BadLayout(f"names {name[:80]!r}, which does not exist", path=str(index_path), field="weight_map")
         paths.append(model_dir / p)
@@ -275,7 +275,7 @@ def _indexed(model_dir: Path, index_path: Path, shard: re.Pattern[str]) -> list[
     extra = sorted(q.name for q in model_dir.iterdir() if shard.fullmatch(q.name) and q.name not in listed)
     if extra:
         raise BadLayout(f"{extra[0]} is in the directory but not in the index; which set is the model?",
-                          path=str(index_path), field="weight_map")
+                        path=str(index_path), field="weight_map")
     return paths
 
 
@@ -328,7 +328,7 @@ def meta_name(name: str) -> str:
     if m is not None and m[2] in _LAYER:
         return f"layers.{m[1]}.{_LAYER[m[2]]}.weight"
     raise BadValue("not a LLaMA tensor; today's llama.cpp refuses a file with tensors it does not expect",
-                      field=f"tensor {name[:80]!r}")
+                   field=f"tensor {name[:80]!r}")
 
 
 # ------------------------------------------------------------------ q/k permutation
@@ -443,7 +443,7 @@ def _vocab(path: Path, cfg: HFConfig, config_path: Path) -> tuple[GGUFVocab, lis
     vocab = load_gguf_vocab(path)
     if len(vocab) != cfg.n_vocab:
         raise BadValue(f"{cfg.n_vocab} does not match the {len(vocab)} pieces of {path}", path=str(config_path),
-                          field="vocab_size")
+                       field="vocab_size")
     model_dir = config_path.parent
     vocab, keys = apply_tokenizer_files(model_dir, vocab)
     special = {f"{k}_token_id": v for k, v in cfg.token_ids.items() if k in ("bos", "eos") and v is not None}

@@ -88,11 +88,9 @@ def read(loc: Found, req: Request, notes: Notes) -> ModelInput:
     if expected:
         raise BadValue(f"missing; params.json (n_layers {params.n_layers}) implies {len(expected)} more tensor(s)",
                        path=str(loc.files[0]), field=f"tensor {next(iter(expected))!r}")
-    dim_note = Notes()
     if (n := n_parts_for_dim(params.dim)) is not None and n != len(loc.files):
-        dim_note.warning(f"dim {params.dim} was released as {n} shards; found {len(loc.files)}")
+        notes.warning(f"dim {params.dim} was released as {n} shards; found {len(loc.files)}")
     if not gguf:
-        notes += dim_note
         return ModelInput(tuple(tensors), tuple(skipped), vocab, params=params)
     context_length = req.context_length
     if ranks is not None:
@@ -104,7 +102,6 @@ def read(loc: Found, req: Request, notes: Notes) -> ModelInput:
         value, option = (hp.context_length, "--ctx N") if f == "context_length" else (hp.rms_eps, "--eps X")
         notes.warning(f"{'context length' if f == 'context_length' else 'norm_eps'} not in the "
                       f"checkpoint: using {value:g}, LLaMA-1's value ({option} sets it)")
-    notes += dim_note
     n_params = sum(math.prod(full_shape(m.shape, split_axis(m.name, len(m.shape)), len(loc.files))) for m in metas)
     return ModelInput(tuple(tensors), tuple(skipped), vocab, hparams=hp, n_params=n_params)
 
