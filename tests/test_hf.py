@@ -259,6 +259,24 @@ def test_each_weight_file_is_parsed_once(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(files) > 2 and sorted(opened) == sorted(files)  # one parse each, at planning; writing maps them
 
 
+def test_requests_that_cannot_be_written_are_cannot_write_and_bad_inputs_format_error_kinds(tmp_path: Path) -> None:
+    from ggmlfmt.errors import BadLayout, BadValue, CannotWrite
+
+    model_dir = tmp_path / "Tiny"
+    build_hf(model_dir)
+    with pytest.raises(CannotWrite, match="converts to GGUF only"):
+        plan_conversion(model_dir, fmt="ggjt")
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(BadValue, match="architectures"):
+        plan_conversion(model_dir)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    plan_conversion(model_dir)  # control: the restored directory plans
+    (model_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../model.safetensors"}}))
+    with pytest.raises(BadLayout, match="not a file name inside the model directory"):
+        plan_conversion(model_dir)
+
+
 # ------------------------------------------------------------------ hostile inputs
 
 
