@@ -102,6 +102,7 @@ class ConversionPlan:
     format: str = "ggjt"  # "ggjt" (v1) or "gguf" (v3)
     gguf: GGUFContent | None = None  # None for ggjt
     notes: tuple[tuple[int, str], ...] = ()  # (logging level, message), logged once planning succeeded
+    inputs: tuple[Path, ...] = ()  # every file read: params.json or config.json, the tokenizer, the weight files
 
 
 def default_outfile(model_dir: str | os.PathLike[str], outtype: str, fmt: str = "gguf") -> Path:
@@ -239,7 +240,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
         log.log(level, "%s", message)
     log.debug("planned %d tensors, %s bytes", len(layout.tensors), f"{layout.size:,}")
     return ConversionPlan(model_dir, out, outtype, found.vocab, found.files, stats, layout, entries,
-                          model.skipped, fmt, content, tuple(notes))
+                          model.skipped, fmt, content, tuple(notes), tuple(found.inputs))
 
 
 def _plan_gguf(hp: LlamaHParams, vocab: GGUFVocab, outs: list[OutTensor], name: str, n_params: int | None,
