@@ -23,9 +23,10 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,8 @@ def plan_migration(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, 
 
     Raises:
         CannotWrite: an unknown format, a GGUF option with ggjt, DST is an input or looks like a further
-            part, sentencepiece missing for a tokenizer. FileExistsError: DST exists, overwrite is False.
+            part, a split off row or block boundaries, sentencepiece missing for a tokenizer.
+        FileExistsError: DST exists and overwrite is False.
         FormatError (AlreadyMigrated for a ggjt input with ggjt output): malformed or inconsistent inputs, a
             model GGUF cannot describe, a tokenizer.model that is not this file's. OSError: unreadable.
     """
@@ -81,22 +83,26 @@ def plan_migration(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, 
     paths = find_parts(src)
     check_destination(dst, paths, overwrite=overwrite)  # the run's one check, before reading gigabytes
     parts = open_parts(paths, accept_ggjt=fmt == "gguf")
-    part0 = parts[0]
-    input_line = f"input   {part0.index.version}, {len(parts)} part(s): {', '.join(p.path.name for p in parts)}"
+    part0, n, records = parts[0], len(parts), parts[0].index.tensors
+    axes = [split_axis(t.name, len(t.ne)) if n > 1 else None for t in records]
+    shapes = [full_shape(t.shape, axis, n) for t, axis in zip(records, axes)]
     if fmt == "gguf":
-        layout, tensors, picks, notes, heading, skipped, facts = _plan_gguf(parts, lossless, tokenizer, ctx, eps)
+        layout, picks, notes, heading, facts = _plan_gguf(parts, shapes, lossless, tokenizer, ctx, eps)
     else:
-        layout, tensors, picks, notes = _plan_ggjt(parts)
-        heading, skipped = [f"output  {layout.version}, {len(layout.tensors)} tensors"], ()
-        facts = {"hparams": asdict(layout.hparams)}
-    for t, (i, _) in zip(tensors, picks):
-        for k in range(len(parts)):  # every split checked before the first byte is written
+        layout, picks, notes, heading, facts = _plan_ggjt(parts, shapes)
+    tensors = []
+    for info, (i, _) in zip(layout.tensors, picks):
+        for k in range(n):  # every split checked before the first byte is written
             try:
-                shard_region(t.info, t.axis, len(parts), k)
+                shard_region(info, axes[i], n, k)
             except CannotWrite as e:
-                raise e.with_path(part0.path, offset=part0.index.tensors[i].record_offset) from None
+                raise e.with_path(part0.path, offset=records[i].record_offset) from None
+        tensors.append(Tensor(info, records[i].name, records[i].type.name, shapes[i], records[i].shape, axes[i]))
+    picked = {i for i, _ in picks}
     return Job(Path(dst), layout, tuple(tensors), partial(_sources, parts, tensors, picks), tuple(paths),
-               overwrite=overwrite, notes=tuple(notes), heading=(input_line, *heading), skipped=skipped,
+               overwrite=overwrite, notes=tuple(notes), skipped=tuple(t.name for i, t in enumerate(records)
+                                                                      if i not in picked),
+               heading=(f"input   {part0.index.version}, {n} part(s): {', '.join(p.name for p in paths)}", *heading),
                columns=("types" if fmt == "gguf" else "type", "shape", "split"),
                facts={"source_format": str(part0.index.version), **facts})
 
@@ -117,35 +123,28 @@ def check_destination(dst: str | os.PathLike[str], parts: Sequence[Path], *, ove
 
 
 Pick = tuple[int, Convert | None]  # an output tensor's record index in every part, and its block converter
+Planned = tuple[Plan, list[Pick], list[Note], list[str], dict[str, Any]]  # + describe's heading lines and facts
 
 
-def _tensor(part0: SourcePart, i: int, n_parts: int) -> Tensor:
-    """Record i of part 0 as an output tensor, before planning (info None)."""
-    t = part0.index.tensors[i]
-    axis = split_axis(t.name, len(t.ne)) if n_parts > 1 else None
-    return Tensor(None, t.name, t.type.name, full_shape(t.shape, axis, n_parts), t.shape, axis)
-
-
-def _plan_ggjt(parts: list[SourcePart]) -> tuple[Plan, list[Tensor], list[Pick], list[Note]]:
+def _plan_ggjt(parts: list[SourcePart], shapes: list[tuple[int, ...]]) -> Planned:
     """The ggjt v1 layout: part 0's header, vocabulary (scores added for ggml) and order, full shapes.
 
     Raises:
         CannotWrite: a full dim beyond i32 (the parts cannot be one file), naming part 0.
     """
-    part0, n = parts[0], len(parts)
-    draft = [_tensor(part0, i, n) for i in range(len(part0.index.tensors))]
+    part0 = parts[0]
     vocab, notes = part0.index.vocab, []
     if vocab.scores is None:
         vocab = Vocab(vocab.tokens, np.full(len(vocab), GGML_SCORE, dtype=np.float32))
         notes.append(Note(logging.WARNING, "vocab", _no_scores(part0, "regenerate the vocabulary from "
                                                                       "tokenizer.model for real scores")))
-    specs = [TensorSpec.from_shape(t.source_name, part0.index.tensors[i].type, t.shape) for i, t in enumerate(draft)]
+    specs = [TensorSpec.from_shape(t.name, t.type, shape) for t, shape in zip(part0.index.tensors, shapes)]
     try:
         layout = plan(OUTPUT_VERSION, part0.index.hparams, vocab, specs)
     except CannotWrite as e:
         raise e.with_path(part0.path) from None
-    tensors = [replace(t, info=info) for t, info in zip(draft, layout.tensors)]
-    return layout, tensors, [(i, None) for i in range(len(tensors))], notes
+    heading = [f"output  {layout.version}, {len(layout.tensors)} tensors"]
+    return layout, [(i, None) for i in range(len(specs))], notes, heading, {"hparams": asdict(layout.hparams)}
 
 
 def _no_scores(part0: SourcePart, hint: str) -> str:
@@ -153,17 +152,17 @@ def _no_scores(part0: SourcePart, hint: str) -> str:
             f"token ({hint})")
 
 
-def _plan_gguf(parts: list[SourcePart], lossless: bool, tokenizer: str | os.PathLike[str] | None, ctx: int | None,
-               eps: float | None) -> tuple[Plan, list[Tensor], list[Pick], list[Note], list[str], tuple[str, ...], dict]:
+def _plan_gguf(parts: list[SourcePart], shapes: list[tuple[int, ...]], lossless: bool,
+               tokenizer: str | os.PathLike[str] | None, ctx: int | None, eps: float | None) -> Planned:
     """Each tensor's GGUF target (scales scanned over every part), the hyper-parameters, vocabulary and layout.
 
     Raises:
         FormatError: a model GGUF cannot describe (names part 0 and the field), a tokenizer.model that is not
             this file's. CannotWrite: a spec GGUF cannot store; sentencepiece missing for a tokenizer.
     """
-    part0, n = parts[0], len(parts)
+    part0 = parts[0]
     generation = part0.index.version.block_generation
-    draft, picks, roundings, skipped = [], [], [], []
+    outs, picks, roundings, skipped = [], [], [], []
     for i, t in enumerate(part0.index.tensors):
         if skipped_tensor(t.name):
             skipped.append(t.name)
@@ -175,27 +174,25 @@ def _plan_gguf(parts: list[SourcePart], lossless: bool, tokenizer: str | os.Path
         target = gguf_target(generation, t.type, lossless, rounding=rounding)
         if len(t.ne) == 1 and t.type is GGMLType.F16:  # norms are F32 in every GGUF LLaMA (exact)
             target = Target(GGMLType.F32, _to_f32)
-        draft.append((_tensor(part0, i, n), target.type))
+        outs.append(OutTensor(t.name, target.type, shapes[i]))
         picks.append((i, None if target.convert is None else _fill(target.convert)))
         roundings.append(rounding)
     h = part0.index.hparams
     try:
         vocab = reconstruct_vocab(part0.index.vocab) if tokenizer is None else _tokenizer_vocab(tokenizer, part0)
-        hp = llama_hparams({t.source_name: t.shape for t, _ in draft}, n_vocab=h.n_vocab, n_embd=h.n_embd,
-                           n_head=h.n_head, n_layer=h.n_layer, n_rot=h.n_rot, context_length=ctx, rms_eps=eps)
-        layout = plan_llama_gguf(hp, vocab, [OutTensor(t.source_name, out, t.shape) for t, out in draft],
-                                 name=part0.path.name.removesuffix(".bin") or part0.path.name)
+        hp = llama_hparams({t.name: t.shape for t in outs}, n_vocab=h.n_vocab, n_embd=h.n_embd, n_head=h.n_head,
+                           n_layer=h.n_layer, n_rot=h.n_rot, context_length=ctx, rms_eps=eps)
+        layout = plan_llama_gguf(hp, vocab, outs, name=part0.path.name.removesuffix(".bin") or part0.path.name)
     except (FormatError, CannotWrite) as e:
         raise e.with_path(part0.path) from None
-    tensors = [replace(t, info=info) for (t, _), info in zip(draft, layout.tensors)]
     vocab_source = "the file's texts" if tokenizer is None else os.fspath(tokenizer)
-    heading = [f"output  {layout.version}, {len(tensors)} tensors, vocabulary from {vocab_source}",
-               f"llama   n_vocab {hp.n_vocab}, n_embd {hp.n_embd}, n_layer {hp.n_layer}, n_head {hp.n_head}, "
-               f"n_head_kv {hp.n_head_kv}, n_ff {hp.n_ff}, n_rot {hp.n_rot}, context {hp.context_length}, "
-               f"eps {hp.rms_eps:g}"]
-    notes = _gguf_notes(part0, hp, tokenizer is None, tensors, roundings, lossless, skipped)
-    facts = {"llama": asdict(hp), "vocab": vocab_source}
-    return layout, tensors, picks, notes, heading, tuple(skipped), facts
+    heading = [f"output  {layout.version}, {len(outs)} tensors, vocabulary from {vocab_source}",
+               (f"llama   n_vocab {hp.n_vocab}, n_embd {hp.n_embd}, n_layer {hp.n_layer}, n_head {hp.n_head}, "
+                f"n_head_kv {hp.n_head_kv}, n_ff {hp.n_ff}, n_rot {hp.n_rot}, context {hp.context_length}, "
+                f"eps {hp.rms_eps:g}")]
+    in_types = [part0.index.tensors[i].type for i, _ in picks]
+    notes = _gguf_notes(part0, hp, tokenizer is None, in_types, roundings, lossless, skipped)
+    return layout, picks, notes, heading, {"llama": asdict(hp), "vocab": vocab_source}
 
 
 def _tokenizer_vocab(path: str | os.PathLike[str], part0: SourcePart) -> GGUFVocab:
@@ -223,8 +220,8 @@ def _fill(convert: Callable[[np.ndarray], np.ndarray]) -> Convert:
     return fill
 
 
-def _gguf_notes(part0: SourcePart, hp: LlamaHParams, file_texts: bool, tensors: list[Tensor], roundings: list[Rounding | None],
-                lossless: bool, skipped: list[str]) -> list[Note]:
+def _gguf_notes(part0: SourcePart, hp: LlamaHParams, file_texts: bool, in_types: list[GGMLType],
+                roundings: list[Rounding | None], lossless: bool, skipped: list[str]) -> list[Note]:
     """Defaults used, tensors left out, F32 fallbacks, rounding: what changes values is a warning."""
     info, warn = logging.INFO, logging.WARNING
     notes = [Note(info, "skipped", f"{name}: RoPE frequencies, which every loader recomputes") for name in skipped]
@@ -236,10 +233,10 @@ def _gguf_notes(part0: SourcePart, hp: LlamaHParams, file_texts: bool, tensors: 
                                            f"{hp.rms_eps:g} (LLaMA-1); --eps overrides"))
     if part0.index.vocab.scores is None and file_texts:
         notes.append(Note(info, "vocab", _no_scores(part0, "--vocab tokenizer.model gives the real ones")))
-    old = sorted({t.source_type for t in tensors if GGMLType[t.source_type] in NO_GGUF_BLOCK})
+    old = [t for t in in_types if t in NO_GGUF_BLOCK]
     if old:
-        count = sum(t.source_type in old for t in tensors)
-        notes.append(Note(info, "types", f"{count} {'/'.join(old)} tensor(s) written as F32 values: GGUF has no "
+        kinds = "/".join(sorted({t.name for t in old}))
+        notes.append(Note(info, "types", f"{len(old)} {kinds} tensor(s) written as F32 values: GGUF has no "
                                          "16-element block (docs/format.md §12.2)"))
     over = sum(r is not None and r.overflow > 0 for r in roundings)
     if over:

@@ -401,6 +401,33 @@ def test_dry_run_shows_the_gguf_plan(tmp_path, capsys):
     assert "scales  16 tensor(s) have f32 scales that f16 rounds" in out
 
 
+def test_dry_run_json_is_the_plan_of_the_file_written(tmp_path, capsys):
+    import json
+
+    from gguf_check import meta_name
+
+    ts = dict(tensors("Q4_0", 10))
+    ts = {"rope.freqs": ("F32", np.ones(32, np.float32)), **ts}
+    src = write_ggjt(tmp_path, 1, ts)
+    plans = {}
+    for extra in ([], ["--lossless"]):
+        rc, out, _ = run(capsys, src, tmp_path / "out.gguf", "--dry-run", "--json", *extra)
+        assert rc == 0
+        plans[bool(extra)] = json.loads(out)
+    rc, _, err = run(capsys, src, tmp_path / "out.gguf")
+    assert rc == 0
+    plan, r = plans[False], gguf.GGUFReader(tmp_path / "out.gguf")
+    written = [(t.name, t.shape.tolist(), t.tensor_type.name, int(t.data_offset), int(t.n_bytes)) for t in r.tensors]
+    assert [(t["name"], t["ne"], t["type"], t["offset"], t["nbytes"]) for t in plan["tensors"]] == written
+    lossless = plans[True]["tensors"]  # control: another job's plan is not this file's
+    assert [(t["name"], t["ne"], t["type"], t["offset"], t["nbytes"]) for t in lossless] != written
+    assert [t["checkpoint_name"] for t in plan["tensors"]] == [meta_name(t.name) for t in r.tensors]
+    assert plan["format"] == "gguf v3" and plan["file_size"] == (tmp_path / "out.gguf").stat().st_size
+    assert plan["skipped"] == ["rope.freqs"] and plan["llama"]["n_ff"] == N_FF
+    said = [line.removeprefix("migrate-old-weights: ") for line in err.splitlines()]
+    assert plan["notes"] == [line for line in said if not line.startswith("wrote ")] and len(plan["notes"]) >= 4
+
+
 # ------------------------------------------------------------------ refusals
 
 
