@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 from ggmlfmt.constants import CHUNK_BYTES
 from ggmlfmt.layout import Plan, TensorInfo
+from ggmlfmt.summary import column_width
 from ggmlfmt.unshard import Source, write_tensors
 from ggmlfmt.writer import FileWriter
 
@@ -123,11 +124,10 @@ def describe(job: Job, *, as_json: bool = False) -> str:
 
         return json.dumps(_as_dict(job), indent=2)
     p = job.plan
-    names = [t.info.name for t in job.tensors]
-    cells = [[name, *(COLUMNS[c][1](t) for c in job.columns), f"{t.info.offset:,}", f"{t.info.nbytes:,}"]
-             for name, t in zip(names, job.tensors)]
+    cells = [[t.info.name, *(COLUMNS[c][1](t) for c in job.columns), f"{t.info.offset:,}", f"{t.info.nbytes:,}"]
+             for t in job.tensors]
     head = ["tensor", *(COLUMNS[c][0] for c in job.columns), "offset", "bytes"]
-    widths = [max(len(row[i]) for row in [head, *cells]) for i in range(len(head))]
+    widths = [column_width((row[i] for row in cells), len(head[i])) for i in range(len(head))]  # capped: names
     right = len(head) - 2  # offset and bytes are right-aligned
     table = ["  ".join(cell.rjust(w) if i >= right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in [head, *cells]]

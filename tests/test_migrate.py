@@ -512,3 +512,15 @@ def test_dry_run_json_is_the_ggjt_file_written(tmp_path, capsys):
     assert got != expected(lambda name, ndim: None)  # control: the split axes are really compared
     assert plan["hparams"] == parsed["hparams"] == hparams("mixed")
     assert plan["file_size"] == (tmp_path / "out.bin").stat().st_size
+
+
+def test_dry_run_table_does_not_grow_with_a_long_name(tmp_path, capsys):
+    long = "x" * 3000  # a name a record may hold; padding every line to it would multiply the output
+    src = tmp_path / "model.bin"
+    src.write_bytes(replace_record(part_bytes("ggmf", "F16", 1)[0], "ggmf",
+                                   lambda r: [*r, (long, 0, (4,), bytes(16))]))
+    assert main([str(src), str(tmp_path / "out.bin"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith(long))
+    assert row.split()[1:] == ["F32", "4", "none", row.split()[-2], "16"]  # control: the name is shown whole
+    assert max(len(line) for line in lines if line is not row) < 200
