@@ -133,7 +133,8 @@ def describe(job: Job, *, as_json: bool = False) -> str:
              for row in [head, *cells]]
     lines = list(job.heading) + [f"{n.label:<7} {n.text}" for n in job.notes]
     if job.outfile.exists():
-        lines.append(f"{'note':<7} {job.outfile} exists; writing it needs --force")
+        lines.append(f"{'note':<7} {job.outfile} exists; " + ("it will be replaced" if job.overwrite else
+                                                               "writing it needs --force"))
     skipped = f"; skipped {', '.join(job.skipped)}" if job.skipped else ""
     total = (f"total   {len(p.tensors)} tensors, {p.data_bytes:,} bytes of tensor data, file size {p.size:,} bytes "
              f"({p.size / (1 << 20):,.1f} MiB){skipped}")
