@@ -428,6 +428,34 @@ def test_dry_run_json_is_the_plan_of_the_file_written(tmp_path, capsys):
     assert plan["notes"] == [line for line in said if not line.startswith("wrote ")] and len(plan["notes"]) >= 4
 
 
+def test_describe_renders_every_column_from_the_job_written(tmp_path):
+    """Each of describe's columns (convert uses other ones than migrate) against the file the job writes."""
+    from dataclasses import replace
+
+    from gguf_check import meta_name
+
+    from ggmlfmt.job import COLUMNS, describe, write
+    from migrate import plan_migration
+
+    ts = tensors("Q4_1", 13)
+    src = write_parts(tmp_path, "ggmf", ts, 2)
+    job = plan_migration(src, tmp_path / "out.gguf", fmt="gguf")
+    text = describe(replace(job, columns=tuple(COLUMNS)))
+    write(job)
+    r = gguf.GGUFReader(tmp_path / "out.gguf")
+    words = {0: "rows", 1: "columns", None: "none"}
+    for t in r.tensors:
+        kind, a = ts[meta_name(t.name)]
+        axis = builders.split_axis(meta_name(t.name), a.ndim)
+        row = next(line.split() for line in text.splitlines() if line.startswith(t.name + " "))
+        ne = [int(d) for d in t.shape]
+        assert row == [t.name, t.tensor_type.name, f"{kind}->{t.tensor_type.name}", "x".join(map(str, a.shape)),
+                       "x".join(map(str, ne)), words[axis], "-" if axis is None else str(axis), meta_name(t.name),
+                       f"{t.data_offset:,}", f"{t.n_bytes:,}"]
+        if a.ndim == 2 and a.shape[0] != a.shape[1]:  # control: PyTorch shape and ggml ne are different columns
+            assert row[3] != row[4]
+
+
 # ------------------------------------------------------------------ refusals
 
 
