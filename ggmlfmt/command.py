@@ -1,8 +1,9 @@
 """What every command of the project shares: the common options, the runner and the progress bar.
 
-Only the commands' cli.py modules use it; it prints (errors to stderr) on their behalf. A project error
-(FormatError, CannotWrite among them) or an OSError becomes one line and exit status 1; anything else is a
-bug and shows its traceback.
+Only the commands' cli.py modules use it; it prints (errors to stderr) on their behalf. A bad input file (a
+FormatError kind), a request that cannot be carried out (a RequestError kind: BadOption, CannotWrite, ...) or
+an OSError becomes one line and exit status 1 (--debug shows the traceback); anything else is a bug and shows
+its traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import FormatError, RequestError
 
 
 class Terminated(BaseException):
@@ -83,7 +84,7 @@ def run(prog: str, args: argparse.Namespace, body: Callable[[argparse.Namespace]
     except BrokenPipeError:  # stdout's reader left (`| head`): not an error of ours, say nothing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail
         return 141  # 128 + SIGPIPE, what a program killed by the signal reports
-    except (FormatError, OSError) as e:  # project errors (CannotWrite among them) and the OS; anything else is a bug
+    except (FormatError, RequestError, OSError) as e:  # the input, the request, the OS; anything else is a bug
         if args.debug:
             raise
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)

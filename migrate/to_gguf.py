@@ -21,7 +21,7 @@ import numpy as np
 
 from ggmlfmt.blocks.requant import Rounding, Target, f32_scale_fields, gguf_target, scan
 from ggmlfmt.constants import CHUNK_BYTES, GGMLType
-from ggmlfmt.errors import CannotWrite, FormatError
+from ggmlfmt.errors import CannotWrite, FormatError, RequestError
 from ggmlfmt.layout import Plan, TensorInfo
 from ggmlfmt.llama.model import (
     GGUFVocab,
@@ -87,7 +87,7 @@ def open_gguf_migration(src: str | os.PathLike[str], *, lossless: bool = False,
         gvocab = reconstruct_vocab(part0.index.vocab) if tokenizer is None else _tokenizer_vocab(tokenizer, part0)
         outs = [OutTensor(mv.name, mv.target.type, mv.shape) for mv in moves]
         plan = plan_llama_gguf(hp, gvocab, outs, name=name or _model_name(part0.path))
-    except FormatError as e:  # CannotWrite among them: a spec GGUF cannot store
+    except (FormatError, RequestError) as e:  # a spec GGUF cannot store is a CannotWrite
         raise e.with_path(part0.path) from None
     for mv, info in zip(moves, plan.tensors):
         _check_regions(info, mv, parts)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ggmlfmt.blocks.dequant import dequantize_blocks
 from ggmlfmt.constants import BLOCK_LAYOUTS, F16_MAX, GGMLType
-from ggmlfmt.errors import BadValue
+from ggmlfmt.errors import BadValue, CannotWrite
 
 Converter = Callable[[np.ndarray], np.ndarray]
 
@@ -24,8 +24,11 @@ GGUF_GENERATION = 3  # GGUF's quantized blocks are the ggjt v3 ones, byte for by
 _F32_SCALES = {"d", "m"}  # the scale fields that may be f32 in generations 1 and 2
 
 
-class ScaleOverflow(BadValue):
-    """A finite f32 scale is beyond f16's range: the block cannot become a GGUF block without changing."""
+class ScaleOverflow(CannotWrite):
+    """A finite f32 scale is beyond f16's range: the block cannot become a GGUF block without changing.
+
+    The source block is valid; the request (this type in GGUF) is what cannot be carried out (write F32).
+    """
 
 
 class Target(NamedTuple):

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ggmlfmt.constants import TokenType
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import BadValue
 from ggmlfmt.layout import Vocab
 from ggmlfmt.llama.model import GGUFVocab, check_vocab_matches
 
@@ -47,7 +47,7 @@ def _processor(path: str) -> Any:
     try:
         return sentencepiece.SentencePieceProcessor(model_proto=proto)
     except (RuntimeError, ValueError, TypeError) as e:
-        raise FormatError(f"not a SentencePiece model: {' '.join(str(e).split())[:200]}", path=path) from None
+        raise BadValue(f"not a SentencePiece model: {' '.join(str(e).split())[:200]}", path=path) from None
 
 
 def piece_text(piece: str, *, unknown: bool, control: bool, byte: bool, path: str, token_id: int) -> bytes:
@@ -63,8 +63,8 @@ def piece_text(piece: str, *, unknown: bool, control: bool, byte: bool, path: st
     if byte:
         m = _BYTE_PIECE.fullmatch(piece)
         if m is None:
-            raise FormatError(f"byte piece {piece!r} is not of the form '<0xHH>'", path=path,
-                              field=f"token {token_id}")
+            raise BadValue(f"byte piece {piece!r} is not of the form '<0xHH>'", path=path,
+                           field=f"token {token_id}")
         return bytes([int(m[1], 16)])
     return piece.replace(SPACE_MARKER, " ").encode("utf-8")
 
@@ -90,7 +90,7 @@ def _size(sp: Any, path: str) -> int:
     """Raises: FormatError for an empty or absurd vocabulary."""
     n = sp.vocab_size()
     if not 0 < n <= MAX_VOCAB:
-        raise FormatError(f"expected 1..{MAX_VOCAB:,} pieces, found {n:,}", path=path, field="vocab size")
+        raise BadValue(f"expected 1..{MAX_VOCAB:,} pieces, found {n:,}", path=path, field="vocab size")
     return n
 
 
