@@ -9,6 +9,7 @@ through with its traceback, and the output it was writing is neither created nor
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,3 +146,27 @@ def test_anything_else_is_a_bug_and_keeps_its_traceback(prog, tmp_path, capsys, 
         main([*argv, "--quiet"])  # without --debug: not caught, not turned into a line
     assert "error:" not in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("out", ".out"))]  # no output, no temp file
+
+
+@pytest.mark.parametrize("prog", PROGS)
+def test_force_does_not_replace_a_pipe_with_a_file(prog, tmp_path, capsys):
+    """A request that cannot be carried out: the rename would put a regular file where the pipe was."""
+    main, *_, writes = CASES[prog]
+    argv = [*writes(tmp_path), "--force"]
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"a file")
+    assert main([*argv, "--quiet"]) == 0  # control: --force replaces a regular file
+    out.unlink()
+    os.mkfifo(out)
+    line = _one_error_line(prog, main, argv, capsys)
+    assert line == f"{prog}: error: {out}: not a regular file (a device, pipe or socket); --force replaces only files\n"
+    with pytest.raises(CannotWrite):
+        main([*argv, "--debug", "--quiet"])
+    assert stat.S_ISFIFO(out.lstat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("out", ".out"))) == ["out.bin"]
+
+
+def test_an_os_error_without_a_file_name_is_given_one(capsys):
+    """evict of a device: fdatasync says EINVAL and names nothing; the line names the file."""
+    line = _one_error_line("ggmlfmt", ggmlfmt.cli.main, ["evict", os.devnull], capsys)
+    assert line.startswith(f"ggmlfmt: error: {os.devnull}: ")

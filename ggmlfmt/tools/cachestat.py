@@ -108,6 +108,9 @@ def evict(path: str | os.PathLike[str]) -> None:
     try:
         os.fdatasync(fd)
         drop(fd)
+    except OSError as e:  # EINVAL from a device or a pipe: name the file in the one-line error
+        e.filename = e.filename or os.fspath(path)
+        raise
     finally:
         os.close(fd)
 
