@@ -16,7 +16,7 @@ import builders
 from ggmlfmt.llama.params import gguf_hparams, parse_params
 from ggmlfmt.llama.spm import load_gguf_vocab, load_vocab, piece_text, train_tokenizer, vocab_for_old_file
 from ggmlfmt.constants import FType, GGMLType, GGUFValueType, TokenType
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import BadValue, FormatError
 from ggmlfmt.layout import Vocab
 from ggmlfmt.llama.model import (
     UnknownTensor,
@@ -284,6 +284,18 @@ def test_no_byte_run_means_no_byte_tokens():
 def test_a_non_utf8_text_outside_the_byte_run_is_named():
     with pytest.raises(FormatError, match=r"token 3: text b'\\xff' is not UTF-8"):
         reconstruct_vocab(Vocab((b" \xe2\x81\x87 ", b"", b"", b"\xff"), None))
+
+
+def test_an_empty_or_endless_tokenizer_file_is_refused_before_sentencepiece_parses_it(tokenizers, tmp_path,
+                                                                                      capfd):
+    assert len(load_vocab(tokenizers["plain"])) == 320  # control: a real model passes the size check
+    empty = tmp_path / "tokenizer.model"
+    empty.write_bytes(b"")
+    for path, found in ((empty, "an empty file"), ("/dev/zero", "more")):  # /dev/zero: read() would never end
+        with pytest.raises(BadValue, match=rf"^{path}: size: expected a SentencePiece model of 1\.\.67,108,864 "
+                                           f"bytes, found {found}$"):
+            load_vocab(path)
+    assert capfd.readouterr().err == ""  # sentencepiece's own log line ("Returns default value 0") is not printed
 
 
 def test_vocab_for_an_old_file_checks_texts_and_scores(tokenizers):

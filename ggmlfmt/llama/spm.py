@@ -23,6 +23,7 @@ UNKNOWN_TEXT = " \u2047 ".encode()  # space, DOUBLE QUESTION MARK, space: what l
 SPACE_MARKER = "\u2581"  # SentencePiece's "▁", written as an ASCII space
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 MAX_VOCAB = 1 << 24  # LLaMA has 32,000; a larger count is a broken or hostile model
+MAX_MODEL_BYTES = 1 << 26  # LLaMA's tokenizer.model is 500 KB, the largest SentencePiece models a few MB
 
 # Byte fallback adds 256 byte pieces and <unk>, <s>, </s>: the least a demo tokenizer holds.
 MIN_DEMO_VOCAB = 256 + 3
@@ -38,12 +39,17 @@ def _processor(path: str) -> Any:
     """A loaded SentencePieceProcessor.
 
     Raises:
-        FormatError: the file is not a SentencePiece model. OSError: it cannot be read.
+        BadValue: the file is empty, larger than MAX_MODEL_BYTES (a device such as /dev/zero never ends), or
+            not a SentencePiece model. OSError: it cannot be read.
     """
     import sentencepiece
 
     with open(path, "rb") as f:  # read ourselves: OSErrors keep their errno and file name
-        proto = f.read()
+        proto = f.read(MAX_MODEL_BYTES + 1)
+    if not 0 < len(proto) <= MAX_MODEL_BYTES:
+        found = "an empty file" if not proto else "more"
+        raise BadValue(f"expected a SentencePiece model of 1..{MAX_MODEL_BYTES:,} bytes, found {found}", path=path,
+                       field="size")
     try:
         return sentencepiece.SentencePieceProcessor(model_proto=proto)
     except (RuntimeError, ValueError, TypeError) as e:
