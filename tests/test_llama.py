@@ -366,3 +366,22 @@ def test_metadata_without_quantization_or_freq_base():
     short = reconstruct_vocab(Vocab(tuple(t for t, _ in builders.llama_vocab(299)), None))
     with pytest.raises(FormatError, match="299 tokens, expected n_vocab 300"):
         llama_metadata(_hp(_shapes()), short, name="x", file_type=1, quantized=False)
+
+
+@pytest.mark.parametrize(("key", "expected"), [("1", None), ("\u00b2", "'\u00b2'"), ("\u0661", "'\u0661'"),
+                                               ("99999999999", "'99999999999'")])
+def test_added_tokens_decoder_ids_are_ascii_decimal(tmp_path, key, expected):
+    """tokenizer_config.json keys: "1" is id 1 (the control); "²" (isdigit, not int()) once raised a bare
+    ValueError, "١" (Arabic-Indic one) would have been taken for id 1. Both are a BadValue naming the key."""
+    import json
+
+    from ggmlfmt.llama.hf_vocab import apply_tokenizer_files
+    from ggmlfmt.llama.model import GGUFVocab
+
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {key: {"content": "<x>"}}}))
+    vocab = GGUFVocab(("a", "b"), np.zeros(2, np.float32), np.ones(2, np.int32), None, None, None)
+    if expected is None:
+        assert apply_tokenizer_files(tmp_path, vocab)[0].pieces == ("a", "<x>")
+        return
+    with pytest.raises(BadValue, match=rf"tokenizer_config.json: token {expected}: id .* is not one of the 2 tokens"):
+        apply_tokenizer_files(tmp_path, vocab)

@@ -66,7 +66,7 @@ def apply_tokenizer_files(model_dir: Path, vocab: GGUFVocab) -> tuple[GGUFVocab,
     if not isinstance(decoder, dict):
         raise BadValue("expected an object of id -> token", path=str(path), field="added_tokens_decoder")
     for key, entry in decoder.items():
-        i = _token_id(int(key) if key.isdigit() and len(key) < 10 else key, len(pieces), path, key)
+        i = _token_id(int(key) if key.isascii() and key.isdigit() and len(key) < 10 else key, len(pieces), path, key)
         text = entry.get("content") if isinstance(entry, dict) else None
         if not isinstance(text, str) or not is_utf8(text):
             raise BadValue("expected an object with a string content", path=str(path),
