@@ -179,12 +179,12 @@ def convert_blocks(blocks: np.ndarray, generation: int, ggml_type: GGMLType) -> 
     """A chunk as GGUF block records of the same type, and what rounding that did (no F32 fallback here).
 
     Raises:
-        BadValue: the type has no GGUF block (Q4_2, Q4_3). ValueError: wrong dtype.
-        ScaleOverflow: a finite scale does not fit f16.
+        CannotWrite: the type has no GGUF block (Q4_2, Q4_3); ScaleOverflow: a finite scale does not fit f16.
+        ValueError: wrong dtype (a caller's bug).
     """
     _, dst = _layouts(generation, ggml_type)
     if dst is None:
-        raise BadValue(f"{GGMLType(ggml_type).name} has no GGUF block; its target is F32 (docs/format.md §12)")
+        raise CannotWrite(f"{GGMLType(ggml_type).name} has no GGUF block; its target is F32 (docs/format.md §12)")
     rounding = scale_rounding(blocks, generation, ggml_type)
     target = gguf_target(generation, ggml_type)
     return (blocks if target.convert is None else target.convert(blocks)), rounding
