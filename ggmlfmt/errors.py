@@ -112,16 +112,9 @@ class BadOption(RequestError):
 
 
 class CannotWrite(RequestError):
-    """The chosen output cannot hold the model, a value or a spec, or the destination is an input.
-
-    Every writer and planner raises it (never a bare ValueError), so a command turns it into one line
-    and a caller that knows the source file adds its name with `with_path`.
-    """
+    """The chosen output cannot hold the model, a value or a spec; the destination is an input or not a file."""
 
 
 class IncompleteWrite(RequestError):
-    """A writer was asked to commit before every byte of the planned data region was written exactly once.
-
-    A bug of the caller that fills the writer (the plan and the sources disagree), never of an input file;
-    the temporary file is removed and nothing is committed.
-    """
+    """Commit was asked before every planned data byte was written exactly once (the caller that filled the
+    writer disagrees with the plan; never an input file's fault). The temporary file is removed."""
