@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import logging
 import os
 import signal
@@ -69,6 +70,8 @@ def _rusage_module() -> Any:
 def run(prog: str, args: argparse.Namespace, body: Callable[[argparse.Namespace], int]) -> int:
     """Run a command body: errors become one line on stderr and exit status 1, Ctrl-C 130, SIGTERM 143."""
     start = time.perf_counter()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a path that is not UTF-8 prints as its bytes, not a traceback
+        sys.stdout.reconfigure(errors="surrogateescape")
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format=f"{prog}: %(message)s", handlers=[_StderrHandler()], force=True)
     try:

@@ -9,7 +9,10 @@ through with its traceback, and the output it was writing is neither created nor
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -170,3 +173,15 @@ def test_an_os_error_without_a_file_name_is_given_one(capsys):
     """evict of a device: fdatasync says EINVAL and names nothing; the line names the file."""
     line = _one_error_line("ggmlfmt", ggmlfmt.cli.main, ["evict", os.devnull], capsys)
     assert line.startswith(f"ggmlfmt: error: {os.devnull}: ")
+
+
+@pytest.mark.parametrize("command", ["residency", "load"])
+def test_a_file_name_that_is_not_utf8_prints_as_its_bytes(tmp_path, command):
+    """stdout strict UTF-8 (a user's UTF-8 locale): residency printed the name with a UnicodeEncodeError, load
+    read /proc/self/smaps as UTF-8 with a UnicodeDecodeError; both are ValueErrors that reached the runner."""
+    path = os.fsdecode(os.fsencode(tmp_path) + b"/\xff.ggjt")
+    shutil.copyfile(DATA / "section12.ggjt", path)
+    r = subprocess.run([sys.executable, "-m", "ggmlfmt.cli", command, path], capture_output=True, timeout=60,
+                       env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert os.fsencode(path) in r.stdout
