@@ -16,7 +16,7 @@ import builders
 from ggmlfmt.llama.params import gguf_hparams, parse_params
 from ggmlfmt.llama.spm import load_gguf_vocab, load_vocab, piece_text, train_tokenizer, vocab_for_old_file
 from ggmlfmt.constants import FType, GGMLType, GGUFValueType, TokenType
-from ggmlfmt.errors import BadValue, FormatError
+from ggmlfmt.errors import BadValue, CannotWrite, FormatError
 from ggmlfmt.layout import Vocab
 from ggmlfmt.llama.model import (
     UnknownTensor,
@@ -76,7 +76,7 @@ def test_file_type_is_the_dominant_2d_type(types, want):
 
 
 def test_q4_2_has_no_gguf_file_type():
-    with pytest.raises(FormatError, match="Q4_2 has no GGUF file type"):
+    with pytest.raises(CannotWrite, match="Q4_2 has no GGUF file type"):  # GGUF cannot hold it: a request error
         llama_file_type([GGMLType.Q4_2])
 
 

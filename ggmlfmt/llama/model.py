@@ -105,15 +105,15 @@ def llama_file_type(types_2d: Iterable[GGMLType]) -> int:
     """general.file_type from the GGUF types of the 2-D tensors: the most common one (ties: the first seen).
 
     Raises:
-        BadValue: a type with no GGUF llama_ftype (Q4_2, Q4_3 never reach GGUF).
+        CannotWrite: a type with no GGUF llama_ftype (Q4_2, Q4_3 never reach GGUF).
     """
     counts = Counter(GGMLType(t) for t in types_2d)
     if not counts:
         return FType.ALL_F32
     dominant = counts.most_common(1)[0][0]
     if dominant not in _FTYPE_OF:
-        raise BadValue(f"{dominant.name} has no GGUF file type; expected one of "
-                       f"{', '.join(t.name for t in _FTYPE_OF)}", field="general.file_type")
+        raise CannotWrite(f"{dominant.name} has no GGUF file type; expected one of "
+                          f"{', '.join(t.name for t in _FTYPE_OF)}", field="general.file_type")
     return _FTYPE_OF[dominant]
 
 
