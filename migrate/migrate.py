@@ -33,7 +33,7 @@ import numpy as np
 from ggmlfmt.atomic import refuse_existing
 from ggmlfmt.blocks.requant import Rounding, Target, f32_scale_fields, gguf_target, scan
 from ggmlfmt.constants import CHUNK_BYTES, FileVersion, GGMLType
-from ggmlfmt.errors import CannotWrite, FormatError
+from ggmlfmt.errors import CannotWrite, FormatError, RequestError
 from ggmlfmt.job import Job, Note, Progress, Tensor, log_notes, write
 from ggmlfmt.layout import Plan, TensorSpec, Vocab, plan
 from ggmlfmt.llama.model import (
@@ -183,7 +183,7 @@ def _plan_gguf(parts: list[SourcePart], shapes: list[tuple[int, ...]], lossless:
         hp = llama_hparams({t.name: t.shape for t in outs}, n_vocab=h.n_vocab, n_embd=h.n_embd, n_head=h.n_head,
                            n_layer=h.n_layer, n_rot=h.n_rot, context_length=ctx, rms_eps=eps)
         layout = plan_llama_gguf(hp, vocab, outs, name=part0.path.name.removesuffix(".bin") or part0.path.name)
-    except (FormatError, CannotWrite) as e:
+    except (FormatError, RequestError) as e:
         raise e.with_path(part0.path) from None
     vocab_source = "the file's texts" if tokenizer is None else os.fspath(tokenizer)
     heading = [f"output  {layout.version}, {len(outs)} tensors, vocabulary from {vocab_source}",
