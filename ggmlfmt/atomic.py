@@ -33,7 +33,8 @@ def refuse_existing(target: str | os.PathLike[str], *, overwrite: bool, inputs: 
     The one "output exists" check of every command and writer; `role` names the inputs in the message.
 
     Raises:
-        IsADirectoryError. CannotWrite: target is an input. FileExistsError: it exists and not overwrite.
+        IsADirectoryError. CannotWrite: target is an input, or exists and is not a regular file.
+        FileExistsError: it exists and not overwrite.
     """
     target = Path(target)
     if not target.exists():
@@ -46,6 +47,8 @@ def refuse_existing(target: str | os.PathLike[str], *, overwrite: bool, inputs: 
         raise FileExistsError(errno.EEXIST, "output exists (use --force to replace it)", str(target))
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, "output is a directory", str(target))
+    if not target.is_file():  # the rename would put a regular file where a device node or a pipe was
+        raise CannotWrite(f"{target}: not a regular file (a device, pipe or socket); --force replaces only files")
 
 
 def create_exclusive(path: Path) -> int:

@@ -1,14 +1,16 @@
 """What every command of the project shares: the common options, the runner and the progress bar.
 
-Only the commands' cli.py modules use it; it prints (errors to stderr) on their behalf. A project error
-(FormatError, CannotWrite among them) or an OSError becomes one line and exit status 1; anything else is a
-bug and shows its traceback.
+Only the commands' cli.py modules use it; it prints (errors to stderr) on their behalf. A bad input file (a
+FormatError kind), a request that cannot be carried out (a RequestError kind: BadOption, CannotWrite, ...) or
+an OSError becomes one line and exit status 1 (--debug shows the traceback); anything else is a bug and shows
+its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import io
 import logging
 import os
 import signal
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import FormatError, RequestError
 
 
 class Terminated(BaseException):
@@ -68,6 +70,8 @@ def _rusage_module() -> Any:
 def run(prog: str, args: argparse.Namespace, body: Callable[[argparse.Namespace], int]) -> int:
     """Run a command body: errors become one line on stderr and exit status 1, Ctrl-C 130, SIGTERM 143."""
     start = time.perf_counter()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a path that is not UTF-8 prints as its bytes, not a traceback
+        sys.stdout.reconfigure(errors="surrogateescape")
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format=f"{prog}: %(message)s", handlers=[_StderrHandler()], force=True)
     try:
@@ -83,7 +87,7 @@ def run(prog: str, args: argparse.Namespace, body: Callable[[argparse.Namespace]
     except BrokenPipeError:  # stdout's reader left (`| head`): not an error of ours, say nothing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail
         return 141  # 128 + SIGPIPE, what a program killed by the signal reports
-    except (FormatError, OSError) as e:  # project errors (CannotWrite among them) and the OS; anything else is a bug
+    except (FormatError, RequestError, OSError) as e:  # the input, the request, the OS; anything else is a bug
         if args.debug:
             raise
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)

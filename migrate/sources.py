@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ggmlfmt.constants import HPARAMS, FileVersion, GGMLType
-from ggmlfmt.errors import FormatError
+from ggmlfmt.constants import HPARAMS, GGMLType
+from ggmlfmt.errors import BadLayout, BadMagic, BadValue, FormatError
 from ggmlfmt.layout import (
     HParams,
     Index,
@@ -54,21 +54,6 @@ class SourcePart:
         return self.data[info.offset : info.offset + info.nbytes].reshape(info.n_rows, info.row_bytes)
 
 
-class OpenedParts:
-    """What every opened migration says about its inputs (Migration, GGUFMigration hold `parts`)."""
-
-    __slots__ = ()
-    parts: tuple[SourcePart, ...]
-
-    @property
-    def n_parts(self) -> int:
-        return len(self.parts)
-
-    @property
-    def source_version(self) -> FileVersion:
-        return self.parts[0].index.version
-
-
 def find_parts(src: str | os.PathLike[str]) -> list[Path]:
     """SRC, SRC.1, SRC.2, ... as long as they exist.
 
@@ -95,25 +80,14 @@ def open_part(path: Path, part0: SourcePart | None = None, *, accept_ggjt: bool 
         version, _ = decode_version(memoryview(data))
     except FormatError as e:
         raise e.with_path(path) from None
-    if part0 is None:
-        if not (accept_ggjt and version.magic_name == "ggjt"):
-            check_old_format(path, version)
-    elif version is not part0.index.version:
-        raise FormatError(f"is {version} but part 0 ({part0.path.name}) is {part0.index.version}; all parts must "
-                          "have the same format", path=path, offset=0, field="magic")
-    return SourcePart(path, decode_index(memoryview(data), path=os.fspath(path)), data)
-
-
-def check_old_format(path: Path, version: FileVersion) -> None:
-    """Refuse ggjt files (decode_version knows ggml, ggmf v1 and ggjt v1-v3 only), saying what to do instead.
-
-    Raises:
-        AlreadyMigrated: a ggjt file.
-    """
-    if version.magic_name == "ggjt":
+    if part0 is None and version.magic_name == "ggjt" and not accept_ggjt:  # decode_version knows no other
         raise AlreadyMigrated(f"already {version}, the aligned single-file format this command writes; "
                               "nothing to migrate (load it directly, or write GGUF with --format gguf)",
                               path=path, offset=0, field="magic")
+    if part0 is not None and version is not part0.index.version:
+        raise BadMagic(f"is {version} but part 0 ({part0.path.name}) is {part0.index.version}; all parts must "
+                       "have the same format", path=path, offset=0, field="magic")
+    return SourcePart(path, decode_index(memoryview(data), path=os.fspath(path)), data)
 
 
 def check_old_types(part: SourcePart) -> None:
@@ -125,8 +99,8 @@ def check_old_types(part: SourcePart) -> None:
     allowed = ", ".join(t.name for t in OLD_TYPES)
     for t in part.index.tensors:
         if t.type not in OLD_TYPES:
-            raise FormatError(f"type {t.type.name} did not exist before ggjt; a {part.index.version} file holds "
-                              f"only {allowed}", path=part.path, offset=t.record_offset + 8, field=f"tensor {t.name!r}")
+            raise BadValue(f"type {t.type.name} did not exist before ggjt; a {part.index.version} file holds "
+                           f"only {allowed}", path=part.path, offset=t.record_offset + 8, field=f"tensor {t.name!r}")
 
 
 def implied_part_count(part0: SourcePart, found: int) -> int:
@@ -142,14 +116,14 @@ def implied_part_count(part0: SourcePart, found: int) -> int:
     if info is None:
         if found == 1:
             return 1
-        raise FormatError(f"no {PART_COUNT_TENSOR} record, so the number of parts cannot be checked "
-                          f"({found} part files exist)", path=part0.path, field=PART_COUNT_TENSOR)
+        raise BadLayout(f"no {PART_COUNT_TENSOR} record, so the number of parts cannot be checked "
+                        f"({found} part files exist)", path=part0.path, field=PART_COUNT_TENSOR)
     where = {"path": part0.path, "offset": info.record_offset, "field": f"tensor {PART_COUNT_TENSOR!r}"}
     if len(info.ne) != 2:
-        raise FormatError(f"expected 2 dims, found {len(info.ne)}", **where)
+        raise BadValue(f"expected 2 dims, found {len(info.ne)}", **where)
     if info.ne[0] <= 0 or n_embd % info.ne[0]:
-        raise FormatError(f"ne[0] = {info.ne[0]} does not divide the header's n_embd {n_embd}, so it is not "
-                          "a whole shard of the embedding", **where)
+        raise BadValue(f"ne[0] = {info.ne[0]} does not divide the header's n_embd {n_embd}, so it is not "
+                       "a whole shard of the embedding", **where)
     return n_embd // info.ne[0]
 
 
@@ -166,9 +140,9 @@ def check_part_count(paths: Sequence[Path], implied: int, part0: SourcePart) -> 
     if len(paths) < implied:
         missing = paths[0].with_name(f"{paths[0].name}.{len(paths)}")
         hint = _first_part_hint(paths[0])
-        raise FormatError(f"{why}, but {missing.name} does not exist (found {found}){hint}", path=part0.path)
-    raise FormatError(f"{why}, but {paths[implied].name} also exists (found {found}); move it away if it is "
-                      "not part of this model", path=part0.path)
+        raise BadLayout(f"{why}, but {missing.name} does not exist (found {found}){hint}", path=part0.path)
+    raise BadLayout(f"{why}, but {paths[implied].name} also exists (found {found}); move it away if it is "
+                    "not part of this model", path=part0.path)
 
 
 def _first_part_hint(src: Path) -> str:
@@ -188,13 +162,13 @@ def check_same_header(part0: SourcePart, part: SourcePart) -> None:
     a, b = part0.index, part.index
     for i, (name, x, y) in enumerate(zip(HParams.__slots__, a.hparams.astuple(), b.hparams.astuple())):
         if x != y:
-            raise FormatError(f"{y} here, {x} in part 0 ({part0.path.name}); all parts must have the same header",
-                              path=part.path, offset=b.header_size - HPARAMS.size + 4 * i, field=name)
+            raise BadValue(f"{y} here, {x} in part 0 ({part0.path.name}); all parts must have the same header",
+                           path=part.path, offset=b.header_size - HPARAMS.size + 4 * i, field=name)
     i = _first_vocab_difference(a, b)
     if i is not None:
-        raise FormatError(f"{_vocab_entry(b, i)} here, {_vocab_entry(a, i)} in part 0 ({part0.path.name}); all "
-                          "parts must have the same vocabulary", path=part.path, offset=_vocab_offset(b, i),
-                          field=f"vocab[{i}]")
+        raise BadValue(f"{_vocab_entry(b, i)} here, {_vocab_entry(a, i)} in part 0 ({part0.path.name}); all "
+                       "parts must have the same vocabulary", path=part.path, offset=_vocab_offset(b, i),
+                       field=f"vocab[{i}]")
 
 
 def _first_vocab_difference(a: Index, b: Index) -> int | None:
@@ -227,14 +201,14 @@ def check_same_records(part0: SourcePart, part: SourcePart) -> None:
     a, b = part0.index.tensors, part.index.tensors
     for i, (x, y) in enumerate(zip(a, b)):
         if (x.name, x.type, x.ne) != (y.name, y.type, y.ne):
-            raise FormatError(f"found {_describe(y)}, part 0 ({part0.path.name}) has {_describe(x)}; every part "
-                              "holds the same tensors in the same order with the same shard shape",
-                              path=part.path, offset=y.record_offset, field=f"tensor[{i}]")
+            raise BadLayout(f"found {_describe(y)}, part 0 ({part0.path.name}) has {_describe(x)}; every part "
+                            "holds the same tensors in the same order with the same shard shape",
+                            path=part.path, offset=y.record_offset, field=f"tensor[{i}]")
     if len(a) != len(b):
         where = b[len(a)].record_offset if len(b) > len(a) else part.index.file_size
         extra = f"extra {_describe(b[len(a)])}" if len(b) > len(a) else f"missing {_describe(a[len(b)])}"
-        raise FormatError(f"{len(b)} tensors, part 0 ({part0.path.name}) has {len(a)}: {extra}",
-                          path=part.path, offset=where, field=f"tensor[{min(len(a), len(b))}]")
+        raise BadLayout(f"{len(b)} tensors, part 0 ({part0.path.name}) has {len(a)}: {extra}",
+                        path=part.path, offset=where, field=f"tensor[{min(len(a), len(b))}]")
 
 
 def _describe(t: TensorInfo) -> str:
@@ -251,8 +225,8 @@ def check_split_dims(part0: SourcePart, n_parts: int) -> None:
         return
     for t in part0.index.tensors:
         if len(t.ne) > 2:
-            raise FormatError(f"{len(t.ne)} dims in a {n_parts}-part model; the split rules cover 1-D and 2-D "
-                              "tensors only", path=part0.path, offset=t.record_offset, field=f"tensor {t.name!r}")
+            raise BadLayout(f"{len(t.ne)} dims in a {n_parts}-part model; the split rules cover 1-D and 2-D "
+                            "tensors only", path=part0.path, offset=t.record_offset, field=f"tensor {t.name!r}")
 
 
 def check_replicated(part0: SourcePart, part: SourcePart) -> None:
@@ -272,20 +246,28 @@ def check_replicated(part0: SourcePart, part: SourcePart) -> None:
             diff = np.nonzero(a[start : start + COMPARE_CHUNK] != b[start : start + COMPARE_CHUNK])[0]
             if len(diff):
                 byte = start + int(diff[0])
-                raise FormatError(f"differs from part 0 ({part0.path.name}) at data byte {byte} (element "
-                                  f"{byte // x.block.nbytes * x.block.elements}); a tensor that is not split must "
-                                  "be identical in every part", path=part.path, offset=y.offset + byte,
-                                  field=f"tensor {y.name!r}")
+                raise BadValue(f"differs from part 0 ({part0.path.name}) at data byte {byte} (element "
+                               f"{byte // x.block.nbytes * x.block.elements}); a tensor that is not split must "
+                               "be identical in every part", path=part.path, offset=y.offset + byte,
+                               field=f"tensor {y.name!r}")
 
 
-def open_parts(src: str | os.PathLike[str], part0: SourcePart | None = None) -> list[SourcePart]:
-    """Map every part and run every cross-part check (part0: SRC already opened by the caller).
+def open_parts(paths: Sequence[Path], *, accept_ggjt: bool = False) -> list[SourcePart]:
+    """Map and parse every part once (paths: find_parts') and run every cross-part check.
+
+    accept_ggjt: part 0 may be a single-file ggjt v1/v2/v3 (GGUF output), which has no further parts.
 
     Raises:
-        FormatError, OSError.
+        AlreadyMigrated: a ggjt part 0 without accept_ggjt. FormatError: malformed or inconsistent parts, or a
+            ggjt file with SRC.1 beside it. OSError: unreadable.
     """
-    paths = find_parts(src)
-    part0 = open_part(paths[0]) if part0 is None else part0
+    part0 = open_part(paths[0], accept_ggjt=accept_ggjt)
+    if part0.index.version.magic_name == "ggjt":
+        if len(paths) > 1:
+            raise BadLayout(f"is {part0.index.version}, a single-file format, but {paths[1].name} exists beside it; "
+                            "multi-part ggjt files are not read (move it away if it is not part of this model)",
+                            path=part0.path, offset=0, field="magic")
+        return [part0]
     check_old_types(part0)
     n_parts = implied_part_count(part0, len(paths))
     check_part_count(paths, n_parts, part0)

@@ -7,21 +7,66 @@ import argparse
 import pytest
 
 from ggmlfmt.command import run
-from ggmlfmt.errors import CannotWrite, FormatError
+from ggmlfmt.errors import (
+    BadLayout,
+    BadMagic,
+    BadOption,
+    BadValue,
+    CannotWrite,
+    FormatError,
+    IncompleteWrite,
+    RequestError,
+    Truncated,
+    UnsupportedVersion,
+)
 
 ARGS = argparse.Namespace(debug=False, quiet=True, verbose=False, rusage=False)
+INPUT_KINDS = [BadMagic, UnsupportedVersion, Truncated, BadValue, BadLayout]
+REQUEST_KINDS = [BadOption, CannotWrite, IncompleteWrite]
 
 
-def test_cannot_write_is_a_format_error_and_a_value_error():
-    assert issubclass(CannotWrite, FormatError) and issubclass(CannotWrite, ValueError)
+@pytest.mark.parametrize("kind", REQUEST_KINDS)
+def test_a_request_error_is_not_a_format_error(kind):
+    # issue 16: CannotWrite used to be a FormatError; a request that cannot be carried out is its own family
+    assert issubclass(kind, RequestError) and issubclass(kind, ValueError)
+    assert not issubclass(kind, FormatError)
+    with pytest.raises(RequestError):
+        try:
+            raise kind("x")
+        except FormatError:  # control: an `except FormatError` must not swallow a request problem
+            pytest.fail(f"{kind.__name__} was caught as a FormatError")
 
 
-def test_a_project_error_is_one_line_and_status_1(capsys):
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+def test_an_input_kind_is_a_format_error_and_not_a_request_error(kind):
+    assert issubclass(kind, FormatError) and not issubclass(kind, RequestError)
+
+
+@pytest.mark.parametrize("kind", INPUT_KINDS + REQUEST_KINDS)
+def test_both_families_keep_the_one_line_shape_and_caps(kind):
+    e = kind("x" * 100_000, field="f" * 10_000).with_path("in.bin", offset=0x10)
+    text = str(e)
+    assert text.startswith("in.bin: offset 0x10: fff")
+    assert len(text) < 1000
+    assert kind("found 3", path="a.bin", field="n").with_path("b.bin").path == "a.bin"  # the first name stays
+
+
+@pytest.mark.parametrize("kind", INPUT_KINDS + REQUEST_KINDS)
+def test_a_project_error_is_one_line_and_status_1(capsys, kind):
     def body(_: argparse.Namespace) -> int:
-        raise CannotWrite("tensor 'w': cannot be stored\n  here").with_path("in.bin", offset=0x40)
+        raise kind("tensor 'w': cannot be stored\n  here").with_path("in.bin", offset=0x40)
 
     assert run("prog", ARGS, body) == 1
     assert capsys.readouterr().err == "prog: error: in.bin: offset 0x40: tensor 'w': cannot be stored here\n"
+
+
+@pytest.mark.parametrize("error", [BadValue("bad"), CannotWrite("cannot"), OSError(5, "Input/output error")])
+def test_debug_shows_the_traceback_of_a_project_error(error):
+    def body(_: argparse.Namespace) -> int:
+        raise error
+
+    with pytest.raises(type(error)):
+        run("prog", argparse.Namespace(**{**vars(ARGS), "debug": True}), body)
 
 
 def test_an_os_error_is_one_line_and_status_1(capsys, tmp_path):

@@ -16,7 +16,7 @@ import builders
 from ggmlfmt.llama.params import gguf_hparams, parse_params
 from ggmlfmt.llama.spm import load_gguf_vocab, load_vocab, piece_text, train_tokenizer, vocab_for_old_file
 from ggmlfmt.constants import FType, GGMLType, GGUFValueType, TokenType
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import BadValue, CannotWrite, FormatError
 from ggmlfmt.layout import Vocab
 from ggmlfmt.llama.model import (
     UnknownTensor,
@@ -76,7 +76,7 @@ def test_file_type_is_the_dominant_2d_type(types, want):
 
 
 def test_q4_2_has_no_gguf_file_type():
-    with pytest.raises(FormatError, match="Q4_2 has no GGUF file type"):
+    with pytest.raises(CannotWrite, match="Q4_2 has no GGUF file type"):  # GGUF cannot hold it: a request error
         llama_file_type([GGMLType.Q4_2])
 
 
@@ -286,6 +286,18 @@ def test_a_non_utf8_text_outside_the_byte_run_is_named():
         reconstruct_vocab(Vocab((b" \xe2\x81\x87 ", b"", b"", b"\xff"), None))
 
 
+def test_an_empty_or_endless_tokenizer_file_is_refused_before_sentencepiece_parses_it(tokenizers, tmp_path,
+                                                                                      capfd):
+    assert len(load_vocab(tokenizers["plain"])) == 320  # control: a real model passes the size check
+    empty = tmp_path / "tokenizer.model"
+    empty.write_bytes(b"")
+    for path, found in ((empty, "an empty file"), ("/dev/zero", "more")):  # /dev/zero: read() would never end
+        with pytest.raises(BadValue, match=rf"^{path}: size: expected a SentencePiece model of 1\.\.67,108,864 "
+                                           f"bytes, found {found}$"):
+            load_vocab(path)
+    assert capfd.readouterr().err == ""  # sentencepiece's own log line ("Returns default value 0") is not printed
+
+
 def test_vocab_for_an_old_file_checks_texts_and_scores(tokenizers):
     path = tokenizers["plain"]
     file_vocab = load_vocab(path)
@@ -354,3 +366,22 @@ def test_metadata_without_quantization_or_freq_base():
     short = reconstruct_vocab(Vocab(tuple(t for t, _ in builders.llama_vocab(299)), None))
     with pytest.raises(FormatError, match="299 tokens, expected n_vocab 300"):
         llama_metadata(_hp(_shapes()), short, name="x", file_type=1, quantized=False)
+
+
+@pytest.mark.parametrize(("key", "expected"), [("1", None), ("\u00b2", "'\u00b2'"), ("\u0661", "'\u0661'"),
+                                               ("99999999999", "'99999999999'")])
+def test_added_tokens_decoder_ids_are_ascii_decimal(tmp_path, key, expected):
+    """tokenizer_config.json keys: "1" is id 1 (the control); "²" (isdigit, not int()) once raised a bare
+    ValueError, "١" (Arabic-Indic one) would have been taken for id 1. Both are a BadValue naming the key."""
+    import json
+
+    from ggmlfmt.llama.hf_vocab import apply_tokenizer_files
+    from ggmlfmt.llama.model import GGUFVocab
+
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {key: {"content": "<x>"}}}))
+    vocab = GGUFVocab(("a", "b"), np.zeros(2, np.float32), np.ones(2, np.int32), None, None, None)
+    if expected is None:
+        assert apply_tokenizer_files(tmp_path, vocab)[0].pieces == ("a", "<x>")
+        return
+    with pytest.raises(BadValue, match=rf"tokenizer_config.json: token {expected}: id .* is not one of the 2 tokens"):
+        apply_tokenizer_files(tmp_path, vocab)

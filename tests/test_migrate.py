@@ -14,7 +14,8 @@ import pytest
 
 import builders
 from ggmlfmt import FormatError, load
-from migrate import AlreadyMigrated, migrate_file
+from ggmlfmt.errors import BadLayout, BadMagic, BadValue, CannotWrite
+from migrate import AlreadyMigrated, migrate_file, plan_migration
 from migrate.cli import main
 
 # n_ff = 384 for dim 128 / n_mult 64: every column-split shard (128/4, 384/4) is whole 32-element blocks
@@ -201,7 +202,7 @@ def test_ggjt_input_is_refused_and_nothing_written(tmp_path, capsys, version):
 def test_missing_part_is_named(tmp_path, remove):
     src = write_parts(tmp_path, part_bytes("ggmf", "Q4_0", 4))
     (tmp_path / f"model.bin.{remove}").unlink()
-    with pytest.raises(FormatError, match=rf"4 part\(s\), but model\.bin\.{remove} does not exist"):
+    with pytest.raises(BadLayout, match=rf"4 part\(s\), but model\.bin\.{remove} does not exist"):
         migrate_file(src, tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()
 
@@ -209,21 +210,21 @@ def test_missing_part_is_named(tmp_path, remove):
 def test_extra_part_is_named(tmp_path):
     src = write_parts(tmp_path, part_bytes("ggmf", "F16", 2))
     (tmp_path / "model.bin.2").write_bytes(part_bytes("ggmf", "F16", 2)[1])
-    with pytest.raises(FormatError, match=r"2 part\(s\), but model\.bin\.2 also exists"):
+    with pytest.raises(BadLayout, match=r"2 part\(s\), but model\.bin\.2 also exists"):
         migrate_file(src, tmp_path / "out.bin")
 
 
 def test_later_part_as_src_gets_a_hint(tmp_path):
     write_parts(tmp_path, part_bytes("ggmf", "F16", 2))
-    with pytest.raises(FormatError, match=r"model\.bin\.1 looks like part 1 of model\.bin: pass the first part"):
+    with pytest.raises(BadLayout, match=r"model\.bin\.1 looks like part 1 of model\.bin: pass the first part"):
         migrate_file(tmp_path / "model.bin.1", tmp_path / "out.bin")
 
 
-def _refused_single_part(tmp_path: Path, transform, message: str) -> None:
+def _refused_single_part(tmp_path: Path, transform, message: str, kind: type[FormatError] = BadValue) -> None:
     """A one-part ggmf F16 model with its records passed through `transform` is refused with `message`."""
     src = tmp_path / "model.bin"
     src.write_bytes(replace_record(part_bytes("ggmf", "F16", 1)[0], "ggmf", transform))
-    with pytest.raises(FormatError, match=message):
+    with pytest.raises(kind, match=message):
         migrate_file(src, tmp_path / "out.bin")
 
 
@@ -239,7 +240,7 @@ def test_tok_embeddings_must_divide_n_embd(tmp_path):
 def test_missing_tok_embeddings_with_several_parts(tmp_path):
     parts = [replace_record(p, "ggmf", lambda r: r[1:]) for p in part_bytes("ggmf", "F16", 2)]
     src = write_parts(tmp_path, parts)
-    with pytest.raises(FormatError, match=r"no tok_embeddings.weight record.*2 part files exist"):
+    with pytest.raises(BadLayout, match=r"no tok_embeddings.weight record.*2 part files exist"):
         migrate_file(src, tmp_path / "out.bin")
 
 
@@ -253,7 +254,7 @@ def test_mismatched_header_names_part_offset_and_field(tmp_path, offset, field):
         p1 = bytearray(replace_vocab(bytes(p1), VOCAB[:-1]))
     parts[1] = bytes(p1)
     src = write_parts(tmp_path, parts)
-    with pytest.raises(FormatError, match=rf"model\.bin\.1: offset {offset:#x}: {field}: .* in part 0 \(model\.bin\)"):
+    with pytest.raises(BadValue, match=rf"model\.bin\.1: offset {offset:#x}: {field}: .* in part 0 \(model\.bin\)"):
         migrate_file(src, tmp_path / "out.bin")
 
 
@@ -272,14 +273,14 @@ def test_mismatched_vocabulary_names_the_entry(tmp_path, what):
     parts[1] = replace_vocab(parts[1], vocab)
     src = write_parts(tmp_path, parts)
     offset = 36 + 270 * 8 + sum(len(t) for t, _ in VOCAB[:270])
-    with pytest.raises(FormatError, match=rf"model\.bin\.1: offset {offset:#x}: vocab\[270\]: .*same vocabulary"):
+    with pytest.raises(BadValue, match=rf"model\.bin\.1: offset {offset:#x}: vocab\[270\]: .*same vocabulary"):
         migrate_file(src, tmp_path / "out.bin")
 
 
 def test_mixed_formats_are_refused(tmp_path):
     parts = [part_bytes("ggmf", "F16", 2)[0], part_bytes("ggml", "F16", 2)[1]]
     src = write_parts(tmp_path, parts)
-    with pytest.raises(FormatError, match=r"model\.bin\.1: offset 0x0: magic: is ggml but part 0 \(model\.bin\) "
+    with pytest.raises(BadMagic, match=r"model\.bin\.1: offset 0x0: magic: is ggml but part 0 \(model\.bin\) "
                                           r"is ggmf v1"):
         migrate_file(src, tmp_path / "out.bin")
 
@@ -310,7 +311,7 @@ def test_mismatched_records_name_part_offset_and_tensor(tmp_path, edit, index, f
     parts = list(part_bytes("ggmf", "F16", 2))
     parts[1] = replace_record(parts[1], "ggmf", edit)
     src = write_parts(tmp_path, parts)
-    with pytest.raises(FormatError, match=rf"model\.bin\.1: offset 0x[0-9a-f]+: tensor\[{index}\]: .*{found}"):
+    with pytest.raises(BadLayout, match=rf"model\.bin\.1: offset 0x[0-9a-f]+: tensor\[{index}\]: .*{found}"):
         migrate_file(src, tmp_path / "out.bin")
 
 
@@ -322,7 +323,7 @@ def test_replicated_tensor_must_be_identical(tmp_path):
     parts[2] = bytes(p2)
     src = write_parts(tmp_path, parts)
     at = info["data_offset"] + 20
-    with pytest.raises(FormatError, match=rf"model\.bin\.2: offset {at:#x}: tensor 'layers.1.ffn_norm.weight': "
+    with pytest.raises(BadValue, match=rf"model\.bin\.2: offset {at:#x}: tensor 'layers.1.ffn_norm.weight': "
                                           r"differs from part 0 \(model\.bin\) at data byte 20 \(element 5\)"):
         migrate_file(src, tmp_path / "out.bin")
 
@@ -343,7 +344,7 @@ def test_three_dims_in_a_multi_part_model_are_refused(tmp_path):
 
     parts = [replace_record(p, "ggmf", add_3d) for p in part_bytes("ggmf", "F16", 2)]
     src = write_parts(tmp_path, parts)
-    with pytest.raises(FormatError, match=r"tensor 'layers.0.extra.weight': 3 dims in a 2-part model"):
+    with pytest.raises(BadLayout, match=r"tensor 'layers.0.extra.weight': 3 dims in a 2-part model"):
         migrate_file(src, tmp_path / "out.bin")
 
 
@@ -371,7 +372,7 @@ def test_dst_that_is_an_input_is_refused_even_with_force(tmp_path, capsys, targe
         assert main([str(src), str(tmp_path / target), *force]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "the output is the same file as input part" in err
-    with pytest.raises(ValueError, match="same file as input part"):
+    with pytest.raises(CannotWrite, match="same file as input part"):
         migrate_file(src, tmp_path / target, overwrite=True)
     assert digests(tmp_path) == before
 
@@ -438,3 +439,88 @@ def test_cli_debug_shows_the_traceback(tmp_path):
     src.write_bytes(b"ggjt")
     with pytest.raises(FormatError):
         main([str(src), str(tmp_path / "out.bin"), "--debug"])
+
+
+# ------------------------------------------------------------------------------------------- one pipeline
+
+
+@pytest.mark.parametrize("fmt", ["ggjt", "gguf"])
+def test_each_part_is_found_opened_and_parsed_once(tmp_path, monkeypatch, fmt):
+    import migrate.sources as sources
+
+    calls: dict[str, list] = {"part_paths": [], "map_file": [], "decode_index": []}
+
+    def counting(name):
+        real = getattr(sources, name)
+
+        def call(first, *args, **kwargs):
+            calls[name].append(Path(kwargs.get("path", first)).name)  # decode_index gets a buffer and path=
+            return real(first, *args, **kwargs)
+        return call
+
+    for name in calls:
+        monkeypatch.setattr(sources, name, counting(name))
+    src = write_parts(tmp_path, part_bytes("ggmf", "mixed", 4))
+    assert main([str(src), str(tmp_path / "out"), "--format", fmt, "--quiet"]) == 0
+    names = ["model.bin", "model.bin.1", "model.bin.2", "model.bin.3"]
+    assert calls == {"part_paths": ["model.bin"], "map_file": names, "decode_index": names}
+
+
+def test_destination_is_checked_once_before_any_part_is_read(tmp_path, monkeypatch, capsys):
+    import migrate.migrate
+    import migrate.sources
+
+    checks, maps = [], []
+    real_check, real_map = migrate.migrate.refuse_existing, migrate.sources.map_file
+    monkeypatch.setattr(migrate.migrate, "refuse_existing", lambda *a, **k: (checks.append(a), real_check(*a, **k)))
+    monkeypatch.setattr(migrate.sources, "map_file", lambda *a, **k: (maps.append(a), real_map(*a, **k))[1])
+    src = write_parts(tmp_path, part_bytes("ggmf", "F16", 2))
+    (tmp_path / "out.gguf").write_bytes(b"keep me")
+    assert main([str(src), str(tmp_path / "out.gguf")]) == 1
+    assert "output exists" in capsys.readouterr().err and len(checks) == 1 and maps == []
+    assert main([str(src), str(tmp_path / "out.gguf"), "--force", "--quiet"]) == 0  # control: this run reads
+    assert len(checks) == 2 and len(maps) == 2 and (tmp_path / "out.gguf").read_bytes()[:4] == b"GGUF"
+
+
+def test_options_the_format_cannot_take_are_refused_before_reading(tmp_path):
+    src = tmp_path / "missing.bin"  # never looked at: the request is refused first
+    with pytest.raises(CannotWrite, match="format must be one of ggjt, gguf, not 'ggml'"):
+        plan_migration(src, tmp_path / "out.bin", fmt="ggml")
+    with pytest.raises(CannotWrite, match=r"--lossless, --ctx: only with --format gguf"):
+        plan_migration(src, tmp_path / "out.bin", lossless=True, ctx=4096)
+    with pytest.raises(FileNotFoundError):  # control: a request ggjt can carry out gets as far as the input
+        plan_migration(src, tmp_path / "out.bin")
+
+
+def test_dry_run_json_is_the_ggjt_file_written(tmp_path, capsys):
+    import json
+
+    src = write_parts(tmp_path, part_bytes("ggmf", "mixed", 2))
+    assert main([str(src), str(tmp_path / "out.bin"), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not (tmp_path / "out.bin").exists() and plan["format"] == "ggjt v1"
+    assert main([str(src), str(tmp_path / "out.bin"), "--quiet"]) == 0
+    parsed = builders.parse_file((tmp_path / "out.bin").read_bytes())
+    got = [(t["name"], t["type"], t["offset"], t["nbytes"], t["split_axis"]) for t in plan["tensors"]]
+    full = full_tensors("mixed")
+
+    def expected(split):
+        return [(t["name"], full[t["name"]][0], t["data_offset"], t["nbytes"], split(t["name"], full[t["name"]][1].ndim))
+                for t in parsed["tensors"]]
+
+    assert got == expected(builders.split_axis)
+    assert got != expected(lambda name, ndim: None)  # control: the split axes are really compared
+    assert plan["hparams"] == parsed["hparams"] == hparams("mixed")
+    assert plan["file_size"] == (tmp_path / "out.bin").stat().st_size
+
+
+def test_dry_run_table_does_not_grow_with_a_long_name(tmp_path, capsys):
+    long = "x" * 3000  # a name a record may hold; padding every line to it would multiply the output
+    src = tmp_path / "model.bin"
+    src.write_bytes(replace_record(part_bytes("ggmf", "F16", 1)[0], "ggmf",
+                                   lambda r: [*r, (long, 0, (4,), bytes(16))]))
+    assert main([str(src), str(tmp_path / "out.bin"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith(long))
+    assert row.split()[1:] == ["F32", "4", "none", row.split()[-2], "16"]  # control: the name is shown whole
+    assert max(len(line) for line in lines if line is not row) < 200

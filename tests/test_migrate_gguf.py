@@ -401,6 +401,61 @@ def test_dry_run_shows_the_gguf_plan(tmp_path, capsys):
     assert "scales  16 tensor(s) have f32 scales that f16 rounds" in out
 
 
+def test_dry_run_json_is_the_plan_of_the_file_written(tmp_path, capsys):
+    import json
+
+    from gguf_check import meta_name
+
+    ts = dict(tensors("Q4_0", 10))
+    ts = {"rope.freqs": ("F32", np.ones(32, np.float32)), **ts}
+    src = write_ggjt(tmp_path, 1, ts)
+    plans = {}
+    for extra in ([], ["--lossless"]):
+        rc, out, _ = run(capsys, src, tmp_path / "out.gguf", "--dry-run", "--json", *extra)
+        assert rc == 0
+        plans[bool(extra)] = json.loads(out)
+    rc, _, err = run(capsys, src, tmp_path / "out.gguf")
+    assert rc == 0
+    plan, r = plans[False], gguf.GGUFReader(tmp_path / "out.gguf")
+    written = [(t.name, t.shape.tolist(), t.tensor_type.name, int(t.data_offset), int(t.n_bytes)) for t in r.tensors]
+    assert [(t["name"], t["ne"], t["type"], t["offset"], t["nbytes"]) for t in plan["tensors"]] == written
+    lossless = plans[True]["tensors"]  # control: another job's plan is not this file's
+    assert [(t["name"], t["ne"], t["type"], t["offset"], t["nbytes"]) for t in lossless] != written
+    assert [t["checkpoint_name"] for t in plan["tensors"]] == [meta_name(t.name) for t in r.tensors]
+    assert plan["format"] == "gguf v3" and plan["file_size"] == (tmp_path / "out.gguf").stat().st_size
+    assert plan["skipped"] == ["rope.freqs"] and plan["llama"]["n_ff"] == N_FF
+    said = [line.removeprefix("migrate-old-weights: ") for line in err.splitlines()]
+    assert plan["notes"] == [line for line in said if not line.startswith("wrote ")] and len(plan["notes"]) >= 4
+
+
+def test_describe_renders_every_column_from_the_job_written(tmp_path):
+    """Each of describe's columns (convert uses other ones than migrate) against the file the job writes."""
+    from dataclasses import replace
+
+    from gguf_check import meta_name
+
+    from ggmlfmt.job import COLUMNS, describe, write
+    from migrate import plan_migration
+
+    ts = tensors("Q4_1", 13)
+    src = write_parts(tmp_path, "ggmf", ts, 2)
+    job = plan_migration(src, tmp_path / "out.gguf", fmt="gguf")
+    text = describe(replace(job, columns=tuple(COLUMNS)))
+    write(job)
+    r = gguf.GGUFReader(tmp_path / "out.gguf")
+    words = {0: "rows", 1: "columns", None: "none"}
+    for t in r.tensors:
+        kind, a = ts[meta_name(t.name)]
+        axis = builders.split_axis(meta_name(t.name), a.ndim)
+        row = next(line.split() for line in text.splitlines() if line.startswith(t.name + " "))
+        ne = [int(d) for d in t.shape]
+        assert row == [t.name, t.tensor_type.name, f"{kind}->{t.tensor_type.name}", "x".join(map(str, a.shape)),
+                       "x".join(map(str, ne)), words[axis], "-" if axis is None else str(axis), meta_name(t.name),
+                       f"{t.data_offset:,}", f"{t.n_bytes:,}"]
+        if a.ndim == 2 and a.shape[0] != a.shape[1]:  # control: PyTorch shape and ggml ne are different columns
+            assert row[3] != row[4]
+
+
 # ------------------------------------------------------------------ refusals
 
 

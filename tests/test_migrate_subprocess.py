@@ -204,9 +204,9 @@ def test_sigterm_exit_status_and_message(big_parts, tmp_path):
 def test_input_arrays_are_untouched_by_reading(big_parts):
     """The parts are mapped read-only: a write through a view would raise, never reach the file."""
     src, _ = big_parts
-    from migrate import open_migration
+    from migrate.sources import find_parts, open_parts
 
-    m = open_migration(src)
-    view = m.parts[0].raw(m.parts[0].index.tensors[0])
+    parts = open_parts(find_parts(src))
+    view = parts[0].raw(parts[0].index.tensors[0])
     with pytest.raises(ValueError, match="read-only"):
         view[0, 0] = np.uint8(1)

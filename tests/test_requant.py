@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import builders
 from ggmlfmt.constants import BLOCK_LAYOUTS, GGMLType
 from ggmlfmt.blocks.dequant import dequantize_blocks
-from ggmlfmt.errors import BadValue
+from ggmlfmt.errors import BadValue, CannotWrite
 from ggmlfmt.blocks.requant import Rounding, ScaleOverflow, convert_blocks, gguf_target, scale_rounding, scan
 
 QUANTIZED = [(gen, t) for gen in (1, 2, 3) for t in builders.BLOCKS[gen] if t not in ("F32", "F16")]
@@ -222,7 +222,7 @@ def test_non_finite_source_scales_are_not_counted_as_rounding():
 def test_bad_calls():
     with pytest.raises(BadValue, match="Q4_2.*generation 3"):
         gguf_target(3, GGMLType.Q4_2)
-    with pytest.raises(BadValue, match="no GGUF block"):
+    with pytest.raises(CannotWrite, match="no GGUF block"):  # GGUF cannot hold a Q4_2 block: a request error
         convert_blocks(np.zeros(1, BLOCK_LAYOUTS[1][GGMLType.Q4_2].dtype), 1, GGMLType.Q4_2)
     with pytest.raises(ValueError, match="dtype"):
         gguf_target(1, GGMLType.Q4_0).convert(np.zeros(1, BLOCK_LAYOUTS[3][GGMLType.Q4_0].dtype))

@@ -38,3 +38,16 @@ def test_wall_time_covers_the_whole_process_like_the_cpu_time():
                         "from ggmlfmt.tools import rusage; print(rusage.measure(time.perf_counter()).wall_s)"],
                        capture_output=True, text=True, check=True)
     assert float(r.stdout) >= 0.3  # the busy 0.3 s before measure() was called count, as they do for CPU time
+
+
+def test_a_command_name_that_is_not_utf8_does_not_break_the_report():
+    """/proc/self/status starts with Name:, the command's bytes as the kernel keeps them (prctl PR_SET_NAME):
+    read as strict UTF-8 it raised UnicodeDecodeError after the work was done (--rusage)."""
+    code = ("import ctypes, sys\n"
+            "ctypes.CDLL(None).prctl(15, b'\\xff\\xfepy', 0, 0, 0)\n"
+            "assert open('/proc/self/status', 'rb').read().startswith(b'Name:\\t\\xff\\xfepy')  # the case is real\n"
+            "from ggmlfmt.tools import rusage\n"
+            "print(rusage._peak_rss_kib(-1))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) > 1000  # VmHWM in KiB, read from the file, not the fallback -1

@@ -28,6 +28,7 @@ from ggmlfmt.constants import (
     BlockLayout,
     GGMLType,
 )
+from ggmlfmt.errors import CannotWrite
 from ggmlfmt.layout import TensorInfo
 
 CHUNK_ELEMENTS = 1 << 19  # values per kernel call (2 MiB of float32; temporaries a few MiB): measured best
@@ -471,8 +472,9 @@ def dequantize_blocks(blocks: np.ndarray, ggml_type: GGMLType, generation: int) 
     temporaries stay small whatever the tensor's size.
 
     Raises:
-        ValueError: the array's dtype is not the block dtype of that type and generation, or the type has
-            no dequantizer here (Q1_0, Q8_1: docs/format.md §17.6).
+        CannotWrite: the type has no dequantizer here (Q1_0, Q8_1: docs/format.md §17.6).
+        ValueError: the array's dtype is not the block dtype of that type and generation (a caller's bug: the
+            reader's views always have it).
     """
     t = GGMLType(ggml_type)
     layout = BLOCK_LAYOUTS[generation][t]
@@ -484,7 +486,7 @@ def dequantize_blocks(blocks: np.ndarray, ggml_type: GGMLType, generation: int) 
         return blocks.astype(_F32)
     kernel = KERNELS.get(t)
     if kernel is None:
-        raise ValueError(f"no numpy dequantizer for {t.name}; its blocks are raw bytes here")
+        raise CannotWrite(f"no numpy dequantizer for {t.name}; its blocks are raw bytes here")
     flat = np.ascontiguousarray(blocks).reshape(-1)  # kernels read each chunk's bytes whole
     out = np.empty((flat.shape[0], layout.elements), _F32)
     step = max(1, CHUNK_ELEMENTS // layout.elements)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ggmlfmt.blocks.dequant import dequantize_blocks
 from ggmlfmt.constants import BLOCK_LAYOUTS, F16_MAX, GGMLType
-from ggmlfmt.errors import BadValue
+from ggmlfmt.errors import BadValue, CannotWrite
 
 Converter = Callable[[np.ndarray], np.ndarray]
 
@@ -24,8 +24,11 @@ GGUF_GENERATION = 3  # GGUF's quantized blocks are the ggjt v3 ones, byte for by
 _F32_SCALES = {"d", "m"}  # the scale fields that may be f32 in generations 1 and 2
 
 
-class ScaleOverflow(BadValue):
-    """A finite f32 scale is beyond f16's range: the block cannot become a GGUF block without changing."""
+class ScaleOverflow(CannotWrite):
+    """A finite f32 scale is beyond f16's range: the block cannot become a GGUF block without changing.
+
+    The source block is valid; the request (this type in GGUF) is what cannot be carried out (write F32).
+    """
 
 
 class Target(NamedTuple):
@@ -176,12 +179,12 @@ def convert_blocks(blocks: np.ndarray, generation: int, ggml_type: GGMLType) -> 
     """A chunk as GGUF block records of the same type, and what rounding that did (no F32 fallback here).
 
     Raises:
-        BadValue: the type has no GGUF block (Q4_2, Q4_3). ValueError: wrong dtype.
-        ScaleOverflow: a finite scale does not fit f16.
+        CannotWrite: the type has no GGUF block (Q4_2, Q4_3); ScaleOverflow: a finite scale does not fit f16.
+        ValueError: wrong dtype (a caller's bug).
     """
     _, dst = _layouts(generation, ggml_type)
     if dst is None:
-        raise BadValue(f"{GGMLType(ggml_type).name} has no GGUF block; its target is F32 (docs/format.md §12)")
+        raise CannotWrite(f"{GGMLType(ggml_type).name} has no GGUF block; its target is F32 (docs/format.md §12)")
     rounding = scale_rounding(blocks, generation, ggml_type)
     target = gguf_target(generation, ggml_type)
     return (blocks if target.convert is None else target.convert(blocks)), rounding

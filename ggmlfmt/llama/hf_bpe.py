@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ggmlfmt.constants import GGUFValueType, TokenType
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import BadValue
 from ggmlfmt.llama.hf_vocab import (
     MAX_TOKENIZER_CONFIG_BYTES,
     TOKENIZER_CONFIG,
@@ -76,14 +76,14 @@ def bpe_from_json(obj: dict[str, Any], config: dict[str, Any], n_vocab: int, con
     model = obj.get("model")
     if not isinstance(model, dict) or model.get("type") != "BPE":
         found = model.get("type") if isinstance(model, dict) else type(model).__name__
-        raise FormatError(f"model type {json.dumps(found)[:40]}; expected a BPE model", path=str(path), field="model")
+        raise BadValue(f"model type {json.dumps(found)[:40]}; expected a BPE model", path=str(path), field="model")
     if model.get("byte_fallback"):
-        raise FormatError("a SentencePiece-style BPE (byte_fallback); convert with its tokenizer.model",
-                          path=str(path), field="model.byte_fallback")
+        raise BadValue("a SentencePiece-style BPE (byte_fallback); convert with its tokenizer.model",
+                       path=str(path), field="model.byte_fallback")
     if obj.get("normalizer") is not None:
         kind = obj["normalizer"].get("type") if isinstance(obj["normalizer"], dict) else obj["normalizer"]
-        raise FormatError(f"normalizer {json.dumps(kind)[:40]}; a byte-level BPE for llama.cpp has none",
-                          path=str(path), field="normalizer")
+        raise BadValue(f"normalizer {json.dumps(kind)[:40]}; a byte-level BPE for llama.cpp has none",
+                       path=str(path), field="normalizer")
     pre = pre_tokenizer(obj.get("pre_tokenizer"), path)
     added_tokens = obj.get("added_tokens", [])
     pieces, added = _pieces(model.get("vocab"), added_tokens, n_vocab, path)
@@ -121,8 +121,8 @@ def pre_tokenizer(pre: Any, path: Path) -> str:
     """
     steps = pre.get("pretokenizers") if isinstance(pre, dict) and pre.get("type") == "Sequence" else [pre]
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
-        raise FormatError(f"pre_tokenizer {json.dumps(pre)[:80]}; expected a ByteLevel step, alone or after a Split",
-                          path=str(path), field="pre_tokenizer")
+        raise BadValue(f"pre_tokenizer {json.dumps(pre)[:80]}; expected a ByteLevel step, alone or after a Split",
+                       path=str(path), field="pre_tokenizer")
     kinds = [s.get("type") for s in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
         return GPT2_PRE
@@ -132,11 +132,11 @@ def pre_tokenizer(pre: Any, path: Path) -> str:
         pattern = steps[0].get("pattern", {}).get("Regex") if isinstance(steps[0].get("pattern"), dict) else None
         if isinstance(pattern, str) and pattern in PRE_TOKENIZERS:
             return PRE_TOKENIZERS[pattern]
-        raise FormatError(f"split pattern {json.dumps(pattern)[:120]} is not one llama.cpp's pre-tokenizers "
-                          f"are known to implement (we know {', '.join(PRE_TOKENIZERS.values())}, {GPT2_PRE})",
-                          path=str(path), field="pre_tokenizer")
-    raise FormatError(f"pre-tokenizer steps {json.dumps(kinds)[:80]}; expected ByteLevel, or Split then ByteLevel",
-                      path=str(path), field="pre_tokenizer")
+        raise BadValue(f"split pattern {json.dumps(pattern)[:120]} is not one llama.cpp's pre-tokenizers "
+                       f"are known to implement (we know {', '.join(PRE_TOKENIZERS.values())}, {GPT2_PRE})",
+                       path=str(path), field="pre_tokenizer")
+    raise BadValue(f"pre-tokenizer steps {json.dumps(kinds)[:80]}; expected ByteLevel, or Split then ByteLevel",
+                   path=str(path), field="pre_tokenizer")
 
 
 def _pieces(vocab: Any, added: Any, n_vocab: int, path: Path) -> tuple[list[str], dict[int, bool]]:
@@ -146,36 +146,36 @@ def _pieces(vocab: Any, added: Any, n_vocab: int, path: Path) -> tuple[list[str]
         FormatError: an id outside 0..n_vocab-1, given twice to different texts, or missing.
     """
     if not isinstance(vocab, dict) or not isinstance(added, list):
-        raise FormatError("expected model.vocab (an object) and added_tokens (a list)", path=str(path),
-                          field="model.vocab")
+        raise BadValue("expected model.vocab (an object) and added_tokens (a list)", path=str(path),
+                       field="model.vocab")
     if len(vocab) > n_vocab or len(added) > n_vocab:
-        raise FormatError(f"{max(len(vocab), len(added)):,} entries for vocab_size {n_vocab:,}", path=str(path),
-                          field="model.vocab")
+        raise BadValue(f"{max(len(vocab), len(added)):,} entries for vocab_size {n_vocab:,}", path=str(path),
+                       field="model.vocab")
     pieces: list[str | None] = [None] * n_vocab
     for text, i in vocab.items():
         _place(pieces, text, i, path, "model.vocab")
     flags: dict[int, bool] = {}
     for entry in added:
         if not isinstance(entry, dict):
-            raise FormatError("expected objects with id and content", path=str(path), field="added_tokens")
+            raise BadValue("expected objects with id and content", path=str(path), field="added_tokens")
         i = _place(pieces, entry.get("content"), entry.get("id"), path, "added_tokens", again=True)
         flags[i] = bool(entry.get("special"))
     missing = [i for i, p in enumerate(pieces) if p is None]
     if missing:
-        raise FormatError(f"no token has id {missing[0]} (vocab_size {n_vocab:,}; {len(missing):,} ids missing)",
-                          path=str(path), field="model.vocab")
+        raise BadValue(f"no token has id {missing[0]} (vocab_size {n_vocab:,}; {len(missing):,} ids missing)",
+                       path=str(path), field="model.vocab")
     return pieces, flags  # type: ignore[return-value]
 
 
 def _place(pieces: list[str | None], text: Any, i: Any, path: Path, field: str, again: bool = False) -> int:
     if not isinstance(text, str) or not 0 < len(text) <= MAX_TOKEN_CHARS or not is_utf8(text):
-        raise FormatError(f"token {json.dumps(text)[:40]} is not a UTF-8 string of 1..{MAX_TOKEN_CHARS} characters",
-                          path=str(path), field=field)
+        raise BadValue(f"token {json.dumps(text)[:40]} is not a UTF-8 string of 1..{MAX_TOKEN_CHARS} characters",
+                       path=str(path), field=field)
     if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(pieces):
-        raise FormatError(f"id {json.dumps(i)[:20]} of {text[:40]!r} is not below vocab_size {len(pieces):,}",
-                          path=str(path), field=field)
+        raise BadValue(f"id {json.dumps(i)[:20]} of {text[:40]!r} is not below vocab_size {len(pieces):,}",
+                       path=str(path), field=field)
     if pieces[i] is not None and not (again and pieces[i] == text):
-        raise FormatError(f"id {i} is given to {pieces[i][:40]!r} and {text[:40]!r}", path=str(path), field=field)
+        raise BadValue(f"id {i} is given to {pieces[i][:40]!r} and {text[:40]!r}", path=str(path), field=field)
     pieces[i] = text
     return i
 
@@ -187,15 +187,15 @@ def _merges(merges: Any, path: Path) -> Iterable[str]:
         FormatError: not a list of "a b" strings or [a, b] pairs.
     """
     if not isinstance(merges, list):
-        raise FormatError("expected a list", path=str(path), field="model.merges")
+        raise BadValue("expected a list", path=str(path), field="model.merges")
     for k, m in enumerate(merges):
         if isinstance(m, str) and m.count(" ") == 1 and " " not in (m[0], m[-1]) and is_utf8(m):
             yield m
         elif isinstance(m, list) and len(m) == 2 and all(isinstance(s, str) and s and is_utf8(s) for s in m):
             yield " ".join(s.replace(" ", "\u0120") for s in m)
         else:
-            raise FormatError(f"{json.dumps(m)[:40]} is not 'left right' or [left, right]", path=str(path),
-                              field=f"model.merges[{k}]")
+            raise BadValue(f"{json.dumps(m)[:40]} is not 'left right' or [left, right]", path=str(path),
+                           field=f"model.merges[{k}]")
 
 
 def special_ids(config: dict[str, Any], added: Any, config_ids: dict[str, int | None], n_vocab: int,
@@ -219,8 +219,8 @@ def special_ids(config: dict[str, Any], added: Any, config_ids: dict[str, int | 
         if token_id is None:
             continue
         if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < n_vocab:
-            raise FormatError(f"{kind} id {token_id} is outside the {n_vocab:,} tokens", path=str(path),
-                              field=f"{kind}_token")
+            raise BadValue(f"{kind} id {token_id} is outside the {n_vocab:,} tokens", path=str(path),
+                           field=f"{kind}_token")
         out[key] = token_id
     return out
 
@@ -276,8 +276,8 @@ def _template_flags(step: dict[str, Any], names: dict[str, Any], path: Path) -> 
             flags["bos"] = first in (names["bos"], names["cls"])
         if last := _special(single[-1]):
             if last != names["eos"]:
-                raise FormatError(f"the single template ends with {last[:40]!r}, not the eos token "
-                                  f"{str(names['eos'])[:40]!r}", path=str(path), field="post_processor")
+                raise BadValue(f"the single template ends with {last[:40]!r}, not the eos token "
+                               f"{str(names['eos'])[:40]!r}", path=str(path), field="post_processor")
             flags["eos"] = True
     if isinstance(pair, list) and pair:
         start = 1 if first and _special(pair[0]) == first else 0

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ggmlfmt.constants import GGUFValueType, TokenType
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import BadValue
 from ggmlfmt.llama.model import SPACE_MARKER, GGUFVocab, MetaKV
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def apply_tokenizer_files(model_dir: Path, vocab: GGUFVocab) -> tuple[GGUFVocab,
         for text, token_id in read_json(added, MAX_TOKENIZER_CONFIG_BYTES).items():
             i = _token_id(token_id, len(pieces), added, text)
             if not is_utf8(text):
-                raise FormatError("a token that is not UTF-8", path=str(added), field=f"token {i}")
+                raise BadValue("a token that is not UTF-8", path=str(added), field=f"token {i}")
             pieces[i], scores[i], types[i] = text, ADDED_SCORE, TokenType.USER_DEFINED
     path = model_dir / TOKENIZER_CONFIG
     if not path.is_file():
@@ -64,13 +64,13 @@ def apply_tokenizer_files(model_dir: Path, vocab: GGUFVocab) -> tuple[GGUFVocab,
     config = read_json(path, MAX_TOKENIZER_CONFIG_BYTES)
     decoder = config.get("added_tokens_decoder", {})
     if not isinstance(decoder, dict):
-        raise FormatError("expected an object of id -> token", path=str(path), field="added_tokens_decoder")
+        raise BadValue("expected an object of id -> token", path=str(path), field="added_tokens_decoder")
     for key, entry in decoder.items():
-        i = _token_id(int(key) if key.isdigit() and len(key) < 10 else key, len(pieces), path, key)
+        i = _token_id(int(key) if key.isascii() and key.isdigit() and len(key) < 10 else key, len(pieces), path, key)
         text = entry.get("content") if isinstance(entry, dict) else None
         if not isinstance(text, str) or not is_utf8(text):
-            raise FormatError("expected an object with a string content", path=str(path),
-                              field=f"added_tokens_decoder[{key[:20]!r}]")
+            raise BadValue("expected an object with a string content", path=str(path),
+                           field=f"added_tokens_decoder[{key[:20]!r}]")
         special = bool(entry.get("special")) or looks_special(text)
         pieces[i] = text if special else text.replace(SPACE_MARKER, " ")
         scores[i], types[i] = ADDED_SCORE, TokenType.CONTROL if special else TokenType.USER_DEFINED
@@ -86,7 +86,7 @@ def read_json(path: Path, cap: int) -> dict[str, Any]:
     with open(path, "rb") as f:
         raw = f.read(cap + 1)
     if len(raw) > cap:
-        raise FormatError(f"expected a JSON file of at most {cap:,} bytes, found more", path=str(path))
+        raise BadValue(f"expected a JSON file of at most {cap:,} bytes, found more", path=str(path))
     return parse_json(raw, path)
 
 
@@ -95,16 +95,16 @@ def parse_json(raw: bytes, path: Path) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError) as e:
-        raise FormatError(f"not valid JSON: {' '.join(str(e).split())[:120]}", path=str(path)) from None
+        raise BadValue(f"not valid JSON: {' '.join(str(e).split())[:120]}", path=str(path)) from None
     if not isinstance(obj, dict):
-        raise FormatError(f"expected a JSON object, found {type(obj).__name__}", path=str(path))
+        raise BadValue(f"expected a JSON object, found {type(obj).__name__}", path=str(path))
     return obj
 
 
 def _token_id(value: Any, n: int, path: Path, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
-        raise FormatError(f"id {json.dumps(value)[:20]} is not one of the {n:,} tokens", path=str(path),
-                          field=f"token {what[:40]!r}")
+        raise BadValue(f"id {json.dumps(value)[:20]} is not one of the {n:,} tokens", path=str(path),
+                       field=f"token {what[:40]!r}")
     return value
 
 
@@ -121,7 +121,7 @@ def settings(config: dict[str, Any], path: Path) -> list[MetaKV]:
         if value is None:
             continue
         if not isinstance(value, bool):
-            raise FormatError(f"expected true or false, found {json.dumps(value)[:20]}", path=str(path), field=key)
+            raise BadValue(f"expected true or false, found {json.dumps(value)[:20]}", path=str(path), field=key)
         out.append(MetaKV(f"tokenizer.ggml.{gguf_key}", GGUFValueType.BOOL, value))
     template = config.get("chat_template")
     if isinstance(template, str) and is_utf8(template):

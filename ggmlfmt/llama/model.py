@@ -28,7 +28,7 @@ from ggmlfmt.constants import (
     GGUFValueType,
     TokenType,
 )
-from ggmlfmt.errors import BadValue, CannotWrite, FormatError
+from ggmlfmt.errors import BadLayout, BadValue, CannotWrite
 from ggmlfmt.gguf import plan_gguf
 from ggmlfmt.layout import Plan, TensorSpec, Vocab
 
@@ -105,15 +105,15 @@ def llama_file_type(types_2d: Iterable[GGMLType]) -> int:
     """general.file_type from the GGUF types of the 2-D tensors: the most common one (ties: the first seen).
 
     Raises:
-        BadValue: a type with no GGUF llama_ftype (Q4_2, Q4_3 never reach GGUF).
+        CannotWrite: a type with no GGUF llama_ftype (Q4_2, Q4_3 never reach GGUF).
     """
     counts = Counter(GGMLType(t) for t in types_2d)
     if not counts:
         return FType.ALL_F32
     dominant = counts.most_common(1)[0][0]
     if dominant not in _FTYPE_OF:
-        raise BadValue(f"{dominant.name} has no GGUF file type; expected one of "
-                       f"{', '.join(t.name for t in _FTYPE_OF)}", field="general.file_type")
+        raise CannotWrite(f"{dominant.name} has no GGUF file type; expected one of "
+                          f"{', '.join(t.name for t in _FTYPE_OF)}", field="general.file_type")
     return _FTYPE_OF[dominant]
 
 
@@ -149,9 +149,9 @@ class LlamaHParams:
 
 
 def _shape(shapes: Mapping[str, Sequence[int]], name: str) -> tuple[int, ...]:
-    """Raises: FormatError when a tensor the model needs is missing."""
+    """Raises: BadLayout when a tensor the model needs is missing."""
     if name not in shapes:
-        raise FormatError("missing; every LLaMA model has it", field=f"tensor {name!r}")
+        raise BadLayout("missing; every LLaMA model has it", field=f"tensor {name!r}")
     return tuple(int(d) for d in shapes[name])
 
 
@@ -159,14 +159,14 @@ def _expect(shapes: Mapping[str, Sequence[int]], name: str, want: tuple[int, ...
     """Raises: FormatError when a tensor's (PyTorch-order) shape is not `want`."""
     got = _shape(shapes, name)
     if got != want:
-        raise FormatError(f"shape {list(got)}, expected {list(want)} ({why})", field=f"tensor {name!r}")
+        raise BadValue(f"shape {list(got)}, expected {list(want)} ({why})", field=f"tensor {name!r}")
 
 
 def _rows(shapes: Mapping[str, Sequence[int]], name: str) -> int:
     """Rows of a 2-D tensor. Raises: FormatError when it is missing or not 2-D."""
     shape = _shape(shapes, name)
     if len(shape) != 2:
-        raise FormatError(f"shape {list(shape)}, expected 2 dimensions", field=f"tensor {name!r}")
+        raise BadValue(f"shape {list(shape)}, expected 2 dimensions", field=f"tensor {name!r}")
     return shape[0]
 
 
@@ -184,29 +184,29 @@ def llama_hparams(shapes: Mapping[str, Sequence[int]], *, n_vocab: int, n_embd: 
             llama.cpp refuses it), or a value out of range.
     """
     if n_head <= 0 or n_embd <= 0 or n_embd % n_head:
-        raise FormatError(f"{n_head} heads do not divide n_embd {n_embd}", field="n_head")
+        raise BadValue(f"{n_head} heads do not divide n_embd {n_embd}", field="n_head")
     head = n_embd // n_head
     if n_rot != head:
-        raise FormatError(f"n_rot {n_rot} is not the head size {head}; today's llama.cpp rotates whole heads "
-                          "only (llama.rope.dimension_count must equal it)", field="n_rot")
+        raise BadValue(f"n_rot {n_rot} is not the head size {head}; today's llama.cpp rotates whole heads "
+                       "only (llama.rope.dimension_count must equal it)", field="n_rot")
     _expect(shapes, "tok_embeddings.weight", (n_vocab, n_embd), "n_vocab x n_embd")
     if not tied_embeddings:
         _expect(shapes, "output.weight", (n_vocab, n_embd), "n_vocab x n_embd")
     elif "output.weight" in shapes:
-        raise FormatError("present, although the embeddings were declared tied", field="tensor 'output.weight'")
+        raise BadLayout("present, although the embeddings were declared tied", field="tensor 'output.weight'")
     _expect(shapes, "norm.weight", (n_embd,), "n_embd")
     n_ff = _rows(shapes, "layers.0.feed_forward.w1.weight")
     kv_rows = _rows(shapes, "layers.0.attention.wk.weight")
     if kv_rows <= 0 or kv_rows % head or n_head % (kv_rows // head):
-        raise FormatError(f"{kv_rows} rows are not a whole number of {head}-row heads dividing {n_head}",
-                          field="tensor 'layers.0.attention.wk.weight'")
+        raise BadValue(f"{kv_rows} rows are not a whole number of {head}-row heads dividing {n_head}",
+                       field="tensor 'layers.0.attention.wk.weight'")
     for n in range(n_layer):
         _check_layer(shapes, n, n_embd, n_ff, kv_rows)
     defaults = tuple(k for k, v in (("context_length", context_length), ("rms_eps", rms_eps)) if v is None)
     ctx = LLAMA1_CONTEXT_LENGTH if context_length is None else context_length
     eps = LLAMA1_RMS_EPS if rms_eps is None else rms_eps
     if not 0 < ctx < 1 << 32:
-        raise FormatError(f"expected 1..{(1 << 32) - 1}, found {ctx}", field="context_length")
+        raise BadValue(f"expected 1..{(1 << 32) - 1}, found {ctx}", field="context_length")
     _check_positive_float("rms_eps", eps)
     if rope_freq_base is not None:
         _check_positive_float("rope_freq_base", rope_freq_base)
@@ -273,7 +273,7 @@ def _check_positive_float(field: str, value: float) -> None:
     with np.errstate(over="ignore", under="ignore"):
         as_f32 = np.float32(value) if math.isfinite(value) else np.float32(0)
     if not (value > 0 and 0 < as_f32 < np.inf):
-        raise FormatError(f"expected a positive finite f32, found {value!r}", field=field)
+        raise BadValue(f"expected a positive finite f32, found {value!r}", field=field)
 
 
 # ------------------------------------------------------------------ vocabulary (§15)
@@ -363,8 +363,8 @@ def _piece(i: int, text: bytes, unk_id: int | None, byte_ids: range) -> tuple[st
     try:
         return text.decode("utf-8").replace(" ", SPACE_MARKER), TokenType.NORMAL
     except UnicodeDecodeError:
-        raise FormatError(f"text {text[:16]!r} is not UTF-8 and not a byte token; GGUF pieces are UTF-8",
-                          field=f"token {i}") from None
+        raise BadValue(f"text {text[:16]!r} is not UTF-8 and not a byte token; GGUF pieces are UTF-8",
+                       field=f"token {i}") from None
 
 
 def check_vocab_matches(file_vocab: Vocab, model_vocab: Vocab, *, model_path: str) -> None:
@@ -377,12 +377,12 @@ def check_vocab_matches(file_vocab: Vocab, model_vocab: Vocab, *, model_path: st
         FormatError: a different size, or the first id whose text or score differs (both shown).
     """
     if len(file_vocab) != len(model_vocab):
-        raise FormatError(f"{len(model_vocab):,} pieces, the file has {len(file_vocab):,} tokens", path=model_path,
-                          field="vocab size")
+        raise BadValue(f"{len(model_vocab):,} pieces, the file has {len(file_vocab):,} tokens", path=model_path,
+                       field="vocab size")
     for i, (ours, theirs) in enumerate(zip(file_vocab.tokens, model_vocab.tokens, strict=True)):
         if ours != theirs:
-            raise FormatError(f"text {theirs[:40]!r} differs from the file's {ours[:40]!r}; not this model's "
-                              "tokenizer", path=model_path, field=f"token {i}")
+            raise BadValue(f"text {theirs[:40]!r} differs from the file's {ours[:40]!r}; not this model's "
+                           "tokenizer", path=model_path, field=f"token {i}")
     if file_vocab.scores is None or model_vocab.scores is None:
         return
     a = np.asarray(file_vocab.scores, "<f4").view("<u4")
@@ -390,8 +390,8 @@ def check_vocab_matches(file_vocab: Vocab, model_vocab: Vocab, *, model_path: st
     diff = np.flatnonzero(a != b)
     if diff.size:
         i = int(diff[0])
-        raise FormatError(f"score {float(model_vocab.scores[i])!r} differs from the file's "
-                          f"{float(file_vocab.scores[i])!r}", path=model_path, field=f"token {i}")
+        raise BadValue(f"score {float(model_vocab.scores[i])!r} differs from the file's "
+                       f"{float(file_vocab.scores[i])!r}", path=model_path, field=f"token {i}")
 
 
 # ------------------------------------------------------------------ metadata (§14)
@@ -417,7 +417,7 @@ def llama_metadata(hp: LlamaHParams, vocab: GGUFVocab, *, name: str, file_type: 
         FormatError: the vocabulary size is not n_vocab, or a special id is outside the vocabulary.
     """
     if len(vocab) != hp.n_vocab:
-        raise FormatError(f"{len(vocab):,} tokens, expected n_vocab {hp.n_vocab:,}", field="tokenizer.ggml.tokens")
+        raise BadValue(f"{len(vocab):,} tokens, expected n_vocab {hp.n_vocab:,}", field="tokenizer.ggml.tokens")
     u32, s = GGUFValueType.UINT32, GGUFValueType.STRING
     out = [MetaKV("general.architecture", s, "llama"), MetaKV("general.name", s, name),
            MetaKV("general.file_type", u32, int(file_type))]
@@ -458,7 +458,7 @@ def _tokenizer_metadata(vocab: GGUFVocab) -> list[MetaKV]:
         if value is None:
             continue
         if not 0 <= value < len(vocab):
-            raise FormatError(f"id {value} is outside the {len(vocab):,} tokens", field=f"tokenizer.ggml.{key}")
+            raise BadValue(f"id {value} is outside the {len(vocab):,} tokens", field=f"tokenizer.ggml.{key}")
         out.append(MetaKV(f"tokenizer.ggml.{key}", GGUFValueType.UINT32, value))
     return out
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import BadValue
 from ggmlfmt.layout import ff_width
 from ggmlfmt.llama.model import LlamaHParams, llama_hparams, llama_shapes
 
@@ -111,11 +111,11 @@ def read_params(path: str | os.PathLike[str]) -> Params:
     with open(path, "rb") as f:
         raw = f.read(MAX_PARAMS_BYTES + 1)
     if len(raw) > MAX_PARAMS_BYTES:
-        raise FormatError(f"expected a small JSON object, found more than {MAX_PARAMS_BYTES:,} bytes", path=path)
+        raise BadValue(f"expected a small JSON object, found more than {MAX_PARAMS_BYTES:,} bytes", path=path)
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError) as e:
-        raise FormatError(f"not valid JSON: {e}", path=path) from None
+        raise BadValue(f"not valid JSON: {e}", path=path) from None
     return parse_params(obj, path=path)
 
 
@@ -126,21 +126,21 @@ def parse_params(obj: Any, *, path: str = "params.json") -> Params:
         FormatError: a field is missing, not an integer, or out of range.
     """
     if not isinstance(obj, dict):
-        raise FormatError(f"expected a JSON object, found {type(obj).__name__}", path=path)
+        raise BadValue(f"expected a JSON object, found {type(obj).__name__}", path=path)
     for key in REQUIRED:
         if key not in obj:
-            raise FormatError("missing; a Meta params.json has dim, multiple_of, n_heads, n_layers", path=path,
-                              field=key)
+            raise BadValue("missing; a Meta params.json has dim, multiple_of, n_heads, n_layers", path=path,
+                           field=key)
     dim = _int_field(obj, "dim", 1, MAX_DIM, path)
     multiple_of = _int_field(obj, "multiple_of", 1, MAX_MULTIPLE_OF, path)
     n_layers = _int_field(obj, "n_layers", 1, MAX_LAYERS, path)
     n_heads = _int_field(obj, "n_heads", 1, dim, path)
     if dim % n_heads:
-        raise FormatError(f"{n_heads} heads do not divide dim {dim}", path=path, field="n_heads")
+        raise BadValue(f"{n_heads} heads do not divide dim {dim}", path=path, field="n_heads")
     vocab_size = _int_field(obj, "vocab_size", -1, 1 << 24, path) if "vocab_size" in obj else -1
     if vocab_size == 0:
-        raise FormatError("expected -1 (from the tokenizer) or a positive size, found 0", path=path,
-                          field="vocab_size")
+        raise BadValue("expected -1 (from the tokenizer) or a positive size, found 0", path=path,
+                       field="vocab_size")
     return Params(dim, multiple_of, n_heads, n_layers, vocab_size, *_llama2_fields(obj, n_heads, path),
                   *_llama3_fields(obj, path))
 
@@ -154,13 +154,13 @@ def _llama3_fields(obj: dict[str, Any], path: str) -> tuple[Any, ...]:
     """
     scaled = obj.get("use_scaled_rope")
     if scaled is not None and not isinstance(scaled, bool):
-        raise FormatError(f"expected true or false, found {json.dumps(scaled)[:40]}", path=path,
-                          field="use_scaled_rope")
+        raise BadValue(f"expected true or false, found {json.dumps(scaled)[:40]}", path=path,
+                       field="use_scaled_rope")
     present = {k: obj[k] for k in ("rope_scaling_factor", "rope_high_freq_factor") if obj.get(k) is not None}
     factors = [_float_field(present, k, MAX_ROPE_SCALING, path) for k in ("rope_scaling_factor",
                                                                          "rope_high_freq_factor")]
     if factors[1] is not None and factors[1] <= 1:  # the blend divides by (high - low), low being 1
-        raise FormatError(f"expected a number above 1, found {factors[1]!r}", path=path, field="rope_high_freq_factor")
+        raise BadValue(f"expected a number above 1, found {factors[1]!r}", path=path, field="rope_high_freq_factor")
     return (scaled, *factors)
 
 
@@ -174,7 +174,7 @@ def _llama2_fields(obj: dict[str, Any], n_heads: int, path: str) -> tuple[Any, .
                if obj.get(k) is not None}
     n_kv = _int_field(present, "n_kv_heads", 1, n_heads, path) if "n_kv_heads" in present else None
     if n_kv is not None and n_heads % n_kv:
-        raise FormatError(f"{n_kv} key/value heads do not divide n_heads {n_heads}", path=path, field="n_kv_heads")
+        raise BadValue(f"{n_kv} key/value heads do not divide n_heads {n_heads}", path=path, field="n_kv_heads")
     mult = _float_field(present, "ffn_dim_multiplier", MAX_FFN_MULTIPLIER, path)
     eps = _float_field(present, "norm_eps", 1.0, path)
     theta = _float_field(present, "rope_theta", MAX_ROPE_THETA, path)
@@ -191,13 +191,13 @@ def _float_field(obj: dict[str, Any], key: str, hi: float, path: str) -> float |
         return None
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise FormatError(f"expected a number, found {json.dumps(value)[:40]}", path=path, field=key)
+        raise BadValue(f"expected a number, found {json.dumps(value)[:40]}", path=path, field=key)
     try:
         value = float(value)
     except OverflowError:  # a JSON integer with hundreds of digits
         value = math.inf
     if not (math.isfinite(value) and 0 < value < hi):
-        raise FormatError(f"expected a number in (0, {hi:g}), found {value!r}", path=path, field=key)
+        raise BadValue(f"expected a number in (0, {hi:g}), found {value!r}", path=path, field=key)
     return value
 
 
@@ -219,8 +219,8 @@ def gguf_hparams(params: Params, n_vocab: int, shapes: Mapping[str, Sequence[int
                                 ("n_kv_heads", params.n_head_kv, hp.n_head_kv)):
         if ours != theirs:
             what = "feed-forward size" if field == "ffn_dim_multiplier" else "key/value heads"
-            raise FormatError(f"params.json implies {what} {ours}, the tensors have {theirs}", path=path,
-                              field=field)
+            raise BadValue(f"params.json implies {what} {ours}, the tensors have {theirs}", path=path,
+                           field=field)
     return hp
 
 
@@ -232,7 +232,7 @@ def _int_field(obj: dict[str, Any], key: str, lo: int, hi: int, path: str) -> in
     """
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise FormatError(f"expected an integer, found {json.dumps(value)[:40]}", path=path, field=key)
+        raise BadValue(f"expected an integer, found {json.dumps(value)[:40]}", path=path, field=key)
     if not lo <= value <= hi:
-        raise FormatError(f"expected {lo}..{hi}, found {value}", path=path, field=key)
+        raise BadValue(f"expected {lo}..{hi}, found {value}", path=path, field=key)
     return value

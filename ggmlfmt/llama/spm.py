@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ggmlfmt.constants import TokenType
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import BadValue
 from ggmlfmt.layout import Vocab
 from ggmlfmt.llama.model import GGUFVocab, check_vocab_matches
 
@@ -23,6 +23,7 @@ UNKNOWN_TEXT = " \u2047 ".encode()  # space, DOUBLE QUESTION MARK, space: what l
 SPACE_MARKER = "\u2581"  # SentencePiece's "▁", written as an ASCII space
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 MAX_VOCAB = 1 << 24  # LLaMA has 32,000; a larger count is a broken or hostile model
+MAX_MODEL_BYTES = 1 << 26  # LLaMA's tokenizer.model is 500 KB, the largest SentencePiece models a few MB
 
 # Byte fallback adds 256 byte pieces and <unk>, <s>, </s>: the least a demo tokenizer holds.
 MIN_DEMO_VOCAB = 256 + 3
@@ -38,16 +39,21 @@ def _processor(path: str) -> Any:
     """A loaded SentencePieceProcessor.
 
     Raises:
-        FormatError: the file is not a SentencePiece model. OSError: it cannot be read.
+        BadValue: the file is empty, larger than MAX_MODEL_BYTES (a device such as /dev/zero never ends), or
+            not a SentencePiece model. OSError: it cannot be read.
     """
     import sentencepiece
 
     with open(path, "rb") as f:  # read ourselves: OSErrors keep their errno and file name
-        proto = f.read()
+        proto = f.read(MAX_MODEL_BYTES + 1)
+    if not 0 < len(proto) <= MAX_MODEL_BYTES:
+        found = "an empty file" if not proto else "more"
+        raise BadValue(f"expected a SentencePiece model of 1..{MAX_MODEL_BYTES:,} bytes, found {found}", path=path,
+                       field="size")
     try:
         return sentencepiece.SentencePieceProcessor(model_proto=proto)
     except (RuntimeError, ValueError, TypeError) as e:
-        raise FormatError(f"not a SentencePiece model: {' '.join(str(e).split())[:200]}", path=path) from None
+        raise BadValue(f"not a SentencePiece model: {' '.join(str(e).split())[:200]}", path=path) from None
 
 
 def piece_text(piece: str, *, unknown: bool, control: bool, byte: bool, path: str, token_id: int) -> bytes:
@@ -63,8 +69,8 @@ def piece_text(piece: str, *, unknown: bool, control: bool, byte: bool, path: st
     if byte:
         m = _BYTE_PIECE.fullmatch(piece)
         if m is None:
-            raise FormatError(f"byte piece {piece!r} is not of the form '<0xHH>'", path=path,
-                              field=f"token {token_id}")
+            raise BadValue(f"byte piece {piece!r} is not of the form '<0xHH>'", path=path,
+                           field=f"token {token_id}")
         return bytes([int(m[1], 16)])
     return piece.replace(SPACE_MARKER, " ").encode("utf-8")
 
@@ -90,7 +96,7 @@ def _size(sp: Any, path: str) -> int:
     """Raises: FormatError for an empty or absurd vocabulary."""
     n = sp.vocab_size()
     if not 0 < n <= MAX_VOCAB:
-        raise FormatError(f"expected 1..{MAX_VOCAB:,} pieces, found {n:,}", path=path, field="vocab size")
+        raise BadValue(f"expected 1..{MAX_VOCAB:,} pieces, found {n:,}", path=path, field="vocab size")
     return n
 
 

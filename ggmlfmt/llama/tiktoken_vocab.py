@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ggmlfmt.constants import TokenType
-from ggmlfmt.errors import BadValue, CannotWrite, FormatError, Truncated
+from ggmlfmt.errors import BadOption, BadValue, FormatError, Truncated
 from ggmlfmt.gguf import GGUFStrings
 from ggmlfmt.llama.model import GGUFVocab
 
@@ -397,10 +397,10 @@ def special_tokens(release: str) -> tuple[str, ...]:
     """The 256 special tokens of a Llama 3 release (a key of RELEASES: "3", "3.1", "3.2", "3.3"), in id order.
 
     Raises:
-        CannotWrite: an unknown release.
+        BadOption: an unknown release.
     """
     if release not in RELEASES:
-        raise CannotWrite(f"Llama release must be one of {', '.join(RELEASES)}, not {release!r}")
+        raise BadOption(f"Llama release must be one of {', '.join(RELEASES)}, not {release!r}")
     return SPECIAL_TOKENS[RELEASES[release]]
 
 

@@ -108,6 +108,9 @@ def evict(path: str | os.PathLike[str]) -> None:
     try:
         os.fdatasync(fd)
         drop(fd)
+    except OSError as e:  # EINVAL from a device or a pipe: name the file in the one-line error
+        e.filename = e.filename or os.fspath(path)
+        raise
     finally:
         os.close(fd)
 
@@ -147,6 +150,8 @@ class MappingStats:
 
 
 _SMAPS_FIELDS = {"Rss": "rss", "Anonymous": "anonymous", "AnonHugePages": "anon_huge", "FilePmdMapped": "file_huge"}
+
+
 def _parse_smaps(text: str, addr: int) -> MappingStats | None:
     """The entry of /proc/<pid>/smaps text whose range holds `addr`, or None."""
     found: dict[str, object] | None = None
@@ -173,7 +178,7 @@ def mapping_of(data: np.ndarray) -> MappingStats | None:
     Raises:
         OSError: /proc is not available.
     """
-    with open("/proc/self/smaps") as f:
-        return _parse_smaps(f.read(), data.ctypes.data)
+    with open("/proc/self/smaps", "rb") as f:  # paths are bytes: any mapped file's name may not be UTF-8
+        return _parse_smaps(os.fsdecode(f.read()), data.ctypes.data)
 
 

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from ggmlfmt.errors import CannotWrite, Truncated
+from ggmlfmt.errors import BadOption, Truncated
 from ggmlfmt.tools import libc
 from ggmlfmt.tools.libc import PAGE
 
@@ -87,10 +87,10 @@ def advise(m: mmap.mmap, advice: Advice) -> None:
     """madvise the whole map: the kernel's readahead policy for it.
 
     Raises:
-        CannotWrite: unknown advice. OSError: the kernel refused; ENOSYS where madvise has no such advice.
+        BadOption: unknown advice. OSError: the kernel refused; ENOSYS where madvise has no such advice.
     """
     if advice not in ADVICE:
-        raise CannotWrite(f"unknown advice {advice!r}; expected one of {', '.join(ADVICE)}")
+        raise BadOption(f"unknown advice {advice!r}; expected one of {', '.join(ADVICE)}")
     _madvise(m, ADVICE[advice], f"advice={advice!r}")
 
 
@@ -213,10 +213,10 @@ def touch(data: np.ndarray) -> int:
     """Read one byte of every page under `data` (a contiguous array); returns their sum.
 
     Raises:
-        ValueError: data is not contiguous.
+        BadOption: data is not contiguous.
     """
     if not data.flags.c_contiguous:
-        raise ValueError("touch needs a contiguous array")
+        raise BadOption("touch needs a contiguous array")
     flat = data.reshape(-1).view(np.uint8)  # reshape(-1) of a contiguous array is a view
     if flat.size == 0:
         return 0
@@ -246,18 +246,18 @@ class LoadOptions:
         """Refuse combinations that mean nothing or defeat the point.
 
         Raises:
-            CannotWrite: names the offending option.
+            BadOption: names the offending option.
         """
         if self.method not in ("mmap", "pread"):
-            raise CannotWrite(f"unknown method {self.method!r}; expected 'mmap' or 'pread'")
+            raise BadOption(f"unknown method {self.method!r}; expected 'mmap' or 'pread'")
         if self.advice is not None and self.advice not in ADVICE:
-            raise CannotWrite(f"unknown advice {self.advice!r}; expected one of {', '.join(ADVICE)}")
+            raise BadOption(f"unknown advice {self.advice!r}; expected one of {', '.join(ADVICE)}")
         if self.threads < 0 or (self.threads and self.method != "pread"):
-            raise CannotWrite(f"threads={self.threads}: a count >= 0, and only with method='pread'")
+            raise BadOption(f"threads={self.threads}: a count >= 0, and only with method='pread'")
         if self.method == "pread" and (self.prefault or self.advice):
-            raise CannotWrite("prefault and advice apply to a file map; method='pread' reads everything up front")
+            raise BadOption("prefault and advice apply to a file map; method='pread' reads everything up front")
         if self.lock and self.method == "mmap" and mode == "c":
-            raise CannotWrite("lock with mode 'c' would copy every page of the file (mlock write-faults private maps)")
+            raise BadOption("lock with mode 'c' would copy every page of the file (mlock write-faults private maps)")
 
     def check_system(self) -> None:
         """Refuse, before anything is mapped or read, an option this system has no facility for.
@@ -273,7 +273,7 @@ def open_data(path: str | os.PathLike[str], mode: Literal["r", "c"], options: Lo
     """The whole file as a uint8 array brought in as `options` say: a map (advised) or a private read.
 
     Raises:
-        CannotWrite: a meaningless combination. Truncated: empty file. MemoryLockError.
+        BadOption: a meaningless combination. Truncated: empty file. MemoryLockError.
         OSError: I/O, or ENOSYS naming a facility an option needs and this system lacks.
     """
     options.check(mode)

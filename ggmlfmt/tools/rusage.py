@@ -34,7 +34,7 @@ def _peak_rss_kib(fallback: int) -> int:
     and exec, so a small command started from a large process would report the parent's peak.
     """
     try:
-        with open("/proc/self/status") as f:
+        with open("/proc/self/status", errors="replace") as f:  # Name: is the command's bytes
             for line in f:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1])
