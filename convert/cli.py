@@ -1,4 +1,5 @@
-"""The `convert-model` command: Meta .pth shards -> one ggjt or GGUF file; --dry-run shows the plan, --demo tries it all.
+"""The `convert-model` command: a Meta checkpoint or a Hugging Face directory -> one ggjt or GGUF file; --dry-run
+shows the plan (ggmlfmt.job.describe), --demo tries it all.
 
 The only module of the package that prints. stdout carries results (plan, demo report); logs,
 progress and errors go to stderr.
@@ -7,29 +8,15 @@ progress and errors go to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from convert.convert import (
-    FORMATS,
-    OUTTYPES,
-    ConversionPlan,
-    plan_conversion,
-    resolved_outtype,
-    write_conversion,
-)
-from convert.source import TensorEntry
+from convert.convert import FORMATS, OUTTYPES, job, plan_conversion, write_conversion
 from ggmlfmt.command import add_common_options, progress_bar, run
-from ggmlfmt.constants import GGUFValueType
+from ggmlfmt.job import describe
 
 PROG = "convert-model"
-# LlamaHParams.defaults names -> the GGUF keys they fill
-DEFAULTED_KEYS = {"context_length": "llama.context_length", "rms_eps": "llama.attention.layer_norm_rms_epsilon"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,8 +71,7 @@ def _convert(args: argparse.Namespace) -> int:
                          context_length=args.ctx, rms_eps=args.eps, llama_release=args.llama_release,
                          overwrite=args.force or args.dry_run)
     if args.dry_run:
-        exists = cp.outfile.exists()
-        print(json.dumps(plan_dict(cp, exists), indent=2) if args.json else render_plan(cp, exists))
+        print(describe(job(cp, overwrite=args.force), as_json=args.json))
         return 0
     with progress_bar(cp.plan.data_bytes, desc=PROG, quiet=args.quiet) as update:
         write_conversion(cp, force=args.force, progress=update)
@@ -93,78 +79,6 @@ def _convert(args: argparse.Namespace) -> int:
         print(f"{PROG}: wrote {cp.outfile} ({cp.plan.size:,} bytes, {len(cp.entries)} tensors from "
               f"{len(cp.shards)} shard(s))", file=sys.stderr)
     return 0
-
-
-def plan_dict(cp: ConversionPlan, out_exists: bool) -> dict[str, Any]:
-    """The plan as plain JSON-able values; a GGUF plan adds its metadata and names tensors by their GGUF names."""
-    gguf = cp.format == "gguf"
-    content = ({"metadata": _metadata(cp), "defaults": [DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults]}
-               if gguf else {"hparams": {k: getattr(cp.plan.hparams, k) for k in cp.plan.hparams.__slots__}})
-    return {
-        "outfile": str(cp.outfile),
-        "outfile_exists": out_exists,
-        "format": "gguf v3" if gguf else "ggjt v1",
-        "shards": [str(p) for p in cp.shards],
-        "vocab": str(cp.vocab_path),
-        **content,
-        "skipped": list(cp.skipped),
-        "tensors": [_tensor_dict(e, gguf) for e in cp.entries],
-        "data_bytes": cp.plan.data_bytes,
-        "file_size": cp.plan.size,
-    }
-
-
-def _tensor_dict(e: TensorEntry, gguf: bool) -> dict[str, Any]:
-    """One tensor of the plan; GGUF: its GGUF name and ggml-order dims, then the checkpoint's view."""
-    names = {"name": e.info.name, "checkpoint_name": e.name, "ne": list(e.info.ne)} if gguf else {"name": e.name}
-    return {**names, "shape": list(e.shape), "type": e.info.type.name, "split_axis": e.axis,
-            "shard_shape": list(e.shard_shape), "source_dtype": e.source_dtype, "offset": e.info.offset,
-            "nbytes": e.info.nbytes}
-
-
-def _metadata(cp: ConversionPlan) -> dict[str, Any]:
-    """The GGUF metadata the plan writes: scalars as values, arrays as {"type", "count"} (general.alignment apart)."""
-    out: dict[str, Any] = {}
-    for kv in cp.gguf.metadata:
-        if kv.type == GGUFValueType.ARRAY:
-            element, items = kv.value
-            out[kv.key] = {"type": GGUFValueType(element).name.lower(), "count": len(items)}
-        else:
-            # an f32 as stored (1e-5 is 9.99999974e-06 in the file): what a reader will see
-            out[kv.key] = float(np.float32(kv.value)) if kv.type == GGUFValueType.FLOAT32 else kv.value
-    return out
-
-
-def render_plan(cp: ConversionPlan, out_exists: bool) -> str:
-    """The plan as text, from plan_dict: the header or metadata, one line per tensor (split axis, offset, size), totals."""
-    d, gguf = plan_dict(cp, out_exists), cp.format == "gguf"
-    label = cp.outtype
-    if gguf and label == "auto":  # say what it resolved to
-        label += ": " + resolved_outtype([e.info.type for e in cp.entries if len(e.shape) == 2])
-    lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} ({d['format']}, 2-D {label})"]
-    if gguf:
-        for key, value in d["metadata"].items():
-            shown = (f"[{value['count']} {value['type']}]" if isinstance(value, dict)
-                     else str(np.float32(value)) if isinstance(value, float) else repr(value))
-            default = " (not in the checkpoint: LLaMA-1's value)" if key in d["defaults"] else ""
-            lines.append(f"meta: {key} = {shown}{default}")
-    else:
-        lines.append("header: " + ", ".join(f"{k} {v}" for k, v in d["hparams"].items())
-                     + f"; vocabulary from {cp.vocab_path}")
-    width = max((len(t["name"]) for t in d["tensors"]), default=10)
-    lines.append(f"{'tensor':<{width}}  {'ne' if gguf else 'shape':<14} {'type':<4} {'split':<5} {'offset':>12} "
-                 f"{'bytes':>15}" + ("  checkpoint" if gguf else ""))
-    for t in d["tensors"]:
-        dims = "x".join(map(str, t["ne"] if gguf else t["shape"]))
-        split = "-" if t["split_axis"] is None else t["split_axis"]
-        lines.append(f"{t['name']:<{width}}  {dims:<14} {t['type']:<4} {split:<5} {t['offset']:>#12x} "
-                     f"{t['nbytes']:>15,}" + (f"  {t['checkpoint_name']}" if gguf else ""))
-    skipped = f"; skipped {', '.join(d['skipped'])}" if d["skipped"] else ""
-    lines.append(f"total: {len(d['tensors'])} tensors, {d['data_bytes']:,} bytes of data, file {d['file_size']:,} "
-                 f"bytes{skipped}")
-    if out_exists:
-        lines.append(f"note: {cp.outfile} exists; the conversion needs --force")
-    return "\n".join(lines)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -19,7 +19,8 @@ import mmap
 import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,10 @@ from ggmlfmt.constants import (
     FileVersion,
     FType,
     GGMLType,
+    GGUFValueType,
 )
 from ggmlfmt.errors import BadLayout, CannotWrite
+from ggmlfmt.job import Job, Note, Tensor, write
 from ggmlfmt.layout import HParams, Plan, TensorSpec, plan
 from ggmlfmt.llama.model import (
     GGUFVocab,
@@ -50,18 +53,11 @@ from ggmlfmt.llama.model import (
     llama_metadata,
     plan_llama_gguf,
 )
-from ggmlfmt.unshard import (
-    Piece,
-    Source,
-    computed_source,
-    open_read_only,
-    write_tensors,
-)
-from ggmlfmt.writer import FileWriter
+from ggmlfmt.unshard import Piece, Source, computed_source, open_read_only
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COMPUTED", "ConversionPlan", "GGUFContent", "TensorEntry", "convert_checkpoint", "plan_conversion",
+__all__ = ["COMPUTED", "ConversionPlan", "GGUFContent", "TensorEntry", "convert_checkpoint", "job", "plan_conversion",
            "resolve_format", "write_conversion"]
 
 # --outtype -> the type of every 2-D weight (docs/format.md §8.3); "auto": the checkpoint's own (AUTO_TYPES)
@@ -73,6 +69,8 @@ GGJT_FTYPES = {"f16": FType.MOSTLY_F16, "f32": FType.ALL_F32}  # the 2023 file's
 GGJT_AUTO = "f16"  # the 2023 converter's default, kept so the ggjt default output is unchanged
 FORMATS = ("ggjt", "gguf")
 SUFFIXES = {"ggjt": ".bin", "gguf": ".gguf"}
+# LlamaHParams.defaults names -> the GGUF keys they fill (--dry-run marks them)
+DEFAULTED_KEYS = {"context_length": "llama.context_length", "rms_eps": "llama.attention.layer_norm_rms_epsilon"}
 # Converters by (checkpoint dtype, output type) beyond the float casts: the q8_0 quantizer (ggmlfmt.blocks.quantize)
 QUANTIZERS = {(dtype, GGMLType.Q8_0): quantize_q8_0 for dtype in AUTO_TYPES}
 
@@ -101,7 +99,7 @@ class ConversionPlan:
     skipped: tuple[str, ...]  # tensors of the files not written (rope.freqs, rotary_emb.inv_freq)
     format: str = "ggjt"  # "ggjt" (v1) or "gguf" (v3)
     gguf: GGUFContent | None = None  # None for ggjt
-    notes: tuple[tuple[int, str], ...] = ()  # (logging level, message), logged once planning succeeded
+    notes: tuple[Note, ...] = ()  # logged once planning succeeded; --dry-run lists them
     inputs: tuple[Path, ...] = ()  # every file read: params.json or config.json, the tokenizer, the weight files
 
 
@@ -209,7 +207,8 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     req = Request(fmt, outtype, None if tokenizer is None else Path(tokenizer), context_length, rms_eps, llama_release)
     source = hf if is_hf_dir(model_dir) else shards
     found = source.locate(model_dir, req)
-    out = Path(outfile) if outfile is not None else None if outtype == "auto" else default_outfile(model_dir, outtype, fmt)
+    out = (Path(outfile) if outfile is not None else None if outtype == "auto"
+           else default_outfile(model_dir, outtype, fmt))
     if out is not None:
         refuse_existing(out, overwrite=overwrite, inputs=found.inputs)  # before reading more
     stats = tuple(file_stat(p) for p in found.files)  # before parsing: a file changed after this is refused
@@ -223,21 +222,22 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     content = None
     if fmt == "ggjt":
         p = model.params
-        header = HParams(len(model.vocab), p.dim, p.multiple_of, p.n_heads, p.n_layers, p.n_rot, int(GGJT_FTYPES[outtype]))
+        header = HParams(len(model.vocab), p.dim, p.multiple_of, p.n_heads, p.n_layers, p.n_rot,
+                         int(GGJT_FTYPES[outtype]))
         layout = plan(FileVersion.GGJT_V1, header, model.vocab, [TensorSpec.from_shape(*t) for t in outs])
     else:
         layout, content = _plan_gguf(model.hparams, model.vocab, outs, model_dir.resolve().name or "llama",
                                      model.n_params, model.extra)
     entries = tuple(replace(t, info=info) for t, info in zip(model.tensors, layout.tensors, strict=True))
     if bin_note:  # said once every input is checked, so that an error stays one line
-        notes.info(f"{outfile}: a .bin name without --format writes the 2023 ggjt file (--format gguf for today's "
-                   "llama.cpp)")
+        notes.info("format", f"{outfile}: a .bin name without --format writes the 2023 ggjt file (--format gguf "
+                             "for today's llama.cpp)")
     notes += rounding_notes(entries)
     if out is None:
         out = default_outfile(model_dir, resolved_outtype([t.type for t in outs if len(t.shape) == 2]), fmt)
         refuse_existing(out, overwrite=overwrite, inputs=found.inputs)
-    for level, message in notes:
-        log.log(level, "%s", message)
+    for note in notes:
+        log.log(note.level, "%s", note.text)
     log.debug("planned %d tensors, %s bytes", len(layout.tensors), f"{layout.size:,}")
     return ConversionPlan(model_dir, out, outtype, found.vocab, found.files, stats, layout, entries,
                           model.skipped, fmt, content, tuple(notes), tuple(found.inputs))
@@ -266,12 +266,14 @@ def rounding_notes(entries: tuple[TensorEntry, ...]) -> Notes:
         narrowed = [e for e in entries if (e.info.type, e.source_dtype) in _ROUNDS and e.info.type == out_type]
         if narrowed:
             dtypes = sorted({e.source_dtype for e in narrowed})
-            notes.warning(f"{len(narrowed)} tensor(s) are {'/'.join(dtypes)} in the checkpoint and are rounded to "
-                          f"{'float16' if out_type == GGMLType.F16 else 'bfloat16'} (to nearest even); --outtype f32 "
-                          "keeps every value exact (for GGUF, auto too)")
+            to = "float16" if out_type == GGMLType.F16 else "bfloat16"
+            notes.warning("rounds", f"{len(narrowed)} tensor(s) are {'/'.join(dtypes)} in the checkpoint and are "
+                                    f"rounded to {to} (to nearest even); --outtype f32 keeps every value exact (for "
+                                    "GGUF, auto too)")
     quantized = sum(e.info.type == GGMLType.Q8_0 for e in entries)
     if quantized:
-        notes.info(f"{quantized} tensor(s) are quantized to q8_0 (llama.cpp's reference rounding; lossy by design)")
+        notes.info("q8_0", f"{quantized} tensor(s) are quantized to q8_0 (llama.cpp's reference rounding; lossy "
+                           "by design)")
     return notes
 
 
@@ -280,19 +282,54 @@ def rounding_notes(entries: tuple[TensorEntry, ...]) -> Notes:
 
 
 def write_conversion(cp: ConversionPlan, *, force: bool = False, progress: Callable[[int], Any] | None = None) -> None:
-    """Write the planned file: each input file mapped, each tensor's pieces at their final places, then commit.
+    """Write the planned file (ggmlfmt.job.write): each tensor's pieces at their final places, then commit.
 
     Raises:
         FileExistsError: the output exists and force is False (FileWriter's own guard at creation).
         IncompleteWrite: the inputs did not cover every data byte exactly once.
         FormatError: an input changed since planning. OSError: disk full, ...
     """
-    with ExitStack() as stack:
-        writer = stack.enter_context(FileWriter(cp.outfile, cp.plan, overwrite=force, progress=progress))
-        write_tensors(writer, _sources(cp, stack), chunk_bytes=CHUNK_BYTES)
+    write(job(cp, overwrite=force), progress=progress, chunk_bytes=CHUNK_BYTES)
 
 
-def _sources(cp: ConversionPlan, stack: ExitStack) -> Iterator[Source]:
+def job(cp: ConversionPlan, *, overwrite: bool = False) -> Job:
+    """The plan as the job layer's Job (ggmlfmt.job): what write() writes is what describe() shows."""
+    gguf = cp.format == "gguf"
+    label = cp.outtype
+    if gguf and label == "auto":  # say what it resolved to
+        label += ": " + resolved_outtype([e.info.type for e in cp.entries if len(e.shape) == 2])
+    heading = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} ({cp.plan.version}, 2-D {label})"]
+    facts: dict[str, Any] = {"vocab": str(cp.vocab_path)}
+    if gguf:
+        facts |= {"metadata": metadata_values(cp.gguf.metadata),
+                  "defaults": [DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults]}
+        for key, value in facts["metadata"].items():
+            shown = (f"[{value['count']} {value['type']}]" if isinstance(value, dict)
+                     else str(np.float32(value)) if isinstance(value, float) else repr(value))
+            default = " (not in the checkpoint: LLaMA-1's value)" if key in facts["defaults"] else ""
+            heading.append(f"meta: {key} = {shown}{default}")
+    else:
+        facts["hparams"] = asdict(cp.plan.hparams)
+        heading.append("header: " + ", ".join(f"{k} {v}" for k, v in facts["hparams"].items())
+                       + f"; vocabulary from {cp.vocab_path}")
+    tensors = tuple(Tensor(e.info, e.name, e.source_dtype, e.shape, e.shard_shape, e.axis) for e in cp.entries)
+    return Job(cp.outfile, cp.plan, tensors, partial(_sources, cp), cp.inputs, overwrite, cp.notes, tuple(heading),
+               ("ne", "type", "axis", "source") if gguf else ("shape", "type", "axis"), cp.skipped, facts)
+
+
+def metadata_values(metadata: tuple[MetaKV, ...]) -> dict[str, Any]:
+    """GGUF metadata as plain values: scalars as they are stored, arrays as {"type", "count"}."""
+    out: dict[str, Any] = {}
+    for kv in metadata:
+        if kv.type == GGUFValueType.ARRAY:
+            element, items = kv.value
+            out[kv.key] = {"type": GGUFValueType(element).name.lower(), "count": len(items)}
+        else:  # an f32 as stored (1e-5 is 9.99999974e-06 in the file): what a reader will see
+            out[kv.key] = float(np.float32(kv.value)) if kv.type == GGUFValueType.FLOAT32 else kv.value
+    return out
+
+
+def _sources(cp: ConversionPlan, stack: ExitStack) -> Iterator[Source]:  # Job.sources
     """One engine Source per planned tensor, its files opened (a descriptor and a read-only map) on first use.
 
     Each part is a view at its planned offset (nothing is parsed again); a Hugging Face q/k weight is one

@@ -395,8 +395,8 @@ def read(loc: Found, req: Request, notes: Notes) -> ModelInput:
     except FormatError as e:
         raise e.with_path(loc.files[0]) from None
     if hp.defaults:
-        notes.warning(f"{loc.config} has no max_position_embeddings: llama.context_length "
-                      f"{hp.context_length}, LLaMA-1's (--ctx N sets it)")
+        notes.warning("default", f"{loc.config} has no max_position_embeddings: llama.context_length "
+                                 f"{hp.context_length}, LLaMA-1's (--ctx N sets it)")
     for field, ours, theirs in (("intermediate_size", cfg.n_ff, hp.n_ff),
                                 ("num_key_value_heads", cfg.n_head_kv, hp.n_head_kv)):
         if ours != theirs:

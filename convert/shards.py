@@ -89,7 +89,7 @@ def read(loc: Found, req: Request, notes: Notes) -> ModelInput:
         raise BadValue(f"missing; params.json (n_layers {params.n_layers}) implies {len(expected)} more tensor(s)",
                        path=str(loc.files[0]), field=f"tensor {next(iter(expected))!r}")
     if (n := n_parts_for_dim(params.dim)) is not None and n != len(loc.files):
-        notes.warning(f"dim {params.dim} was released as {n} shards; found {len(loc.files)}")
+        notes.warning("shards", f"dim {params.dim} was released as {n} shards; found {len(loc.files)}")
     if not gguf:
         return ModelInput(tuple(tensors), tuple(skipped), vocab, params=params)
     context_length = req.context_length
@@ -100,8 +100,8 @@ def read(loc: Found, req: Request, notes: Notes) -> ModelInput:
                       tied_embeddings=tied, path=str(loc.config))
     for f in hp.defaults:
         value, option = (hp.context_length, "--ctx N") if f == "context_length" else (hp.rms_eps, "--eps X")
-        notes.warning(f"{'context length' if f == 'context_length' else 'norm_eps'} not in the "
-                      f"checkpoint: using {value:g}, LLaMA-1's value ({option} sets it)")
+        notes.warning("default", f"{'context length' if f == 'context_length' else 'norm_eps'} not in the "
+                                 f"checkpoint: using {value:g}, LLaMA-1's value ({option} sets it)")
     n_params = sum(math.prod(full_shape(m.shape, split_axis(m.name, len(m.shape)), len(loc.files))) for m in metas)
     return ModelInput(tuple(tensors), tuple(skipped), vocab, hparams=hp, n_params=n_params)
 
@@ -121,8 +121,8 @@ def _split(name: str, shard_shape: tuple[int, ...], want: tuple[int, ...] | None
         raise BadValue("not a LLaMA tensor; today's llama.cpp refuses a GGUF file with tensors it does not expect",
                        **where)
     if want is None:
-        notes.warning(f"{shards[0]}: tensor {name!r} is not part of LLaMA; writing it anyway, as "
-                      "the 2023 converter did")
+        notes.warning("extra", f"{shards[0]}: tensor {name!r} is not part of LLaMA; writing it anyway, as "
+                               "the 2023 converter did")
     elif shape != want:
         raise BadValue(f"full shape {list(shape)} ({n} shard(s) of {list(shard_shape)}) differs from {list(want)} "
                        "implied by params.json and the tokenizer; neither a split by rows nor one by columns gives it",
@@ -159,22 +159,22 @@ def _llama3(params: Params, ranks: list[bytes], req: Request, tied: bool,
         release, why = (("3", "params.json has no use_scaled_rope") if not params.use_scaled_rope
                         else ("3.2", "use_scaled_rope and no output.weight") if tied
                         else ("3.1", "params.json has use_scaled_rope"))
-        notes.info(f"special tokens of Llama {release} ({why}); --llama-release chooses another "
-                   "release's")
+        notes.info("llama3", f"special tokens of Llama {release} ({why}); --llama-release chooses another "
+                             "release's")
     context_length = req.context_length
     if context_length is None:
         context_length = LLAMA3_CONTEXT[release]
-        notes.info(f"context length {context_length}, Llama {release}'s (a checkpoint does not "
-                   "store it); --ctx N sets it")
+        notes.info("llama3", f"context length {context_length}, Llama {release}'s (a checkpoint does not "
+                             "store it); --ctx N sets it")
     if tied:
-        notes.info("no output.weight: the output shares the token embedding (tied), so the file "
-                   "has none and llama.cpp uses token_embd.weight")
+        notes.info("llama3", "no output.weight: the output shares the token embedding (tied), so the file "
+                             "has none and llama.cpp uses token_embd.weight")
     rope = None
     if params.rope_scaling is not None:
         factor, high = params.rope_scaling
         rope = llama3_rope_factors(params.n_rot, params.rope_theta or 10000.0, factor=factor, high_freq_factor=high)
-        notes.info(f"scaled RoPE (use_scaled_rope): rope_freqs.weight, {len(rope)} factors, scale "
-                   f"{factor:g}, high-frequency factor {high:g}")
+        notes.info("llama3", f"scaled RoPE (use_scaled_rope): rope_freqs.weight, {len(rope)} factors, scale "
+                             f"{factor:g}, high-frequency factor {high:g}")
     return bpe_vocab(ranks, special_tokens(release)), context_length, rope
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.pth import DTYPES
+from ggmlfmt.job import Note
 from ggmlfmt.layout import TensorInfo, Vocab
 from ggmlfmt.llama.model import GGUFVocab, LlamaHParams, MetaKV
 from ggmlfmt.llama.params import Params
@@ -69,15 +70,15 @@ def computed(name: str, values: np.ndarray) -> TensorEntry:
     return TensorEntry(name, values.shape, values.shape, None, COMPUTED, data=values)
 
 
-class Notes(list[tuple[int, str]]):
-    """What planning has to say, as (logging level, message): logged once planning succeeded, so that an
-    error stays one line."""
+class Notes(list[Note]):
+    """What planning has to say (ggmlfmt.job.Note: level, label, text): logged once planning succeeded, so that
+    an error stays one line, and listed by --dry-run."""
 
-    def info(self, message: str) -> None:
-        self.append((logging.INFO, message))
+    def info(self, label: str, text: str) -> None:
+        self.append(Note(logging.INFO, label, text))
 
-    def warning(self, message: str) -> None:
-        self.append((logging.WARNING, message))
+    def warning(self, label: str, text: str) -> None:
+        self.append(Note(logging.WARNING, label, text))
 
 
 @dataclass(frozen=True, slots=True)
