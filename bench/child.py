@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-FORMAT = {"ggmlfmt": "ggjt", "ggmlfmt-gguf": "gguf", "memmap-floor": "ggjt", "safetensors.load_file": "safetensors",
-          "gguf.GGUFReader": "gguf", "torch.load-mmap": "pt", "torch.load": "pt"}  # the file each loader reads
-NEEDS = {"ggmlfmt": "ggmlfmt", "ggmlfmt-gguf": "ggmlfmt", "safetensors.load_file": "safetensors.torch",
-         "gguf.GGUFReader": "gguf", "torch.load-mmap": "torch", "torch.load": "torch"}
+LOADERS = {"ggmlfmt": ("ggjt", "ggmlfmt"), "ggmlfmt-gguf": ("gguf", "ggmlfmt"), "memmap-floor": ("ggjt", "numpy"),
+           "safetensors.load_file": ("safetensors", "safetensors.torch"), "gguf.GGUFReader": ("gguf", "gguf"),
+           "torch.load-mmap": ("pt", "torch"), "torch.load": ("pt", "torch")}  # loader -> (the file it reads, its imports)
 
 
 def load(loader: str, path: str, opts: dict[str, Any]) -> tuple[Any, list[Any]]:
@@ -62,7 +61,7 @@ def main(argv: list[str]) -> int:
     print the times, the private memory added and the major faults; the loaded data stays alive until the end."""
     loader, path = argv[0], argv[1]
     opts = json.loads(argv[argv.index("--options") + 1]) if "--options" in argv else {}
-    __import__(NEEDS.get(loader, "numpy"))  # the loader's imports, before the clock
+    __import__(LOADERS[loader][1])  # the loader's imports, before the clock
     anon0, ru0 = status_kib("self", "RssAnon"), resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     keep, arrays = load(loader, path, opts)

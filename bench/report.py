@@ -1,7 +1,5 @@
-"""docs/benchmarks.md, its plots (docs/img/*.png), the spliced table of docs/loading.md, from one run's results.
-
-Every section renders whatever was measured; a missed target is stated with its number, a failed
-measurement with its error.
+"""docs/benchmarks.md, its plots (docs/img/*.png), the spliced table of docs/loading.md, from one run's results. Every
+section renders whatever was measured; a missed target is stated with its number, a failed measurement with its error.
 """
 
 from __future__ import annotations
@@ -49,7 +47,6 @@ class Targets(list[list[str]]):
         return f"{shown} (target {goal}: {verdict})"
 
     def times(self, what: str, value: float | None, bound: float, most: bool = False) -> str:
-        """A ratio target: value ≥ bound× (≤ when `most`)."""
         return self.check(what, value, x(value), f"{'≤' if most else '≥'} {bound}×",
                           value is not None and (value <= bound if most else value >= bound))
 
@@ -97,14 +94,12 @@ def llama3_section(r: dict[str, Any], t: Targets) -> str:
     lines = [f"## Llama 3: `convert-model` on a Llama-3-8B-shaped slice\n\ndim {dim}, {heads} heads, {kv} KV heads, "
              f"{layers} layer(s), feed-forward multiplier 1.3, vocabulary 128,256, bf16 in 2 shards, in the two layouts "
              "people download; floor, settle and memory as in Conversion.\n",
-             f"### Meta's layout (consolidated.NN.pth of {', '.join(mib(b) for b in meta['input'])}, params.json, Llama 3's "
+             f"### Meta's layout (consolidated.NN.pth of {', '.join(map(mib, meta['input']))}, params.json, Llama 3's "
              "tiktoken tokenizer.model: its 128,000 ranks taken from llama.cpp's copy of the vocabulary)\n",
              *race(meta, t, META_GOALS), "- building the 128,256-token vocabulary with its merges (`load_tiktoken_vocab`, "
              "in process): " + t.check("Llama 3 vocabulary build", vocab, ms(vocab), "≤ 2 s", vocab is not None and vocab <= 2),
              f"\n### Hugging Face's layout (config.json, 2 safetensors shards and their index, Llama 3's tokenizer.json), "
-             f"against llama.cpp's {peer} (llama-cpp-python 0.3.36 sdist, its vendored gguf-py)\n",
-             *([f"Hugging Face layout: not measured: this checkout cannot convert it ({hf['absent']}).\n"] if "absent" in hf
-               else []), *race(hf, t, HF_GOALS)]
+             f"against llama.cpp's {peer} (llama-cpp-python 0.3.36 sdist, its vendored gguf-py)\n", *race(hf, t, HF_GOALS)]
     m, mem = {k: med(v) for k, v in hf.get("times", {}).items()}, hf.get("memory", {})
     for o in ("bf16", "q8_0"):
         share = ratio(mem.get(o), mem.get(f"peer {o}"))
@@ -122,25 +117,16 @@ def conversion_section(r: dict[str, Any], t: Targets) -> str:
                                                                      ratio(m.get("llama.cpp f16"), m.get("gguf")), 2),
                     "- q8_0 quantizer throughput, ours ÷ `gguf.quants.quantize` (the same f16 layer tensors, in "
                     "process, alternating rounds): " + t.times("q8_0 quantizer vs gguf.quants", q, 3)]
-    return (f"## Conversion: `convert-model` on a 13B-shaped slice\n\nA Meta checkpoint (LLaMA-13B widths in the full "
-            f"run: dim {dim}, {heads} heads, {layers} layer(s), vocabulary {vocab}) in 2 f16 shards of "
-            f"{', '.join(mib(b) for b in r['input'])} (and the same values as 2 bf16 shards), with a `tokenizer.model` "
-            "trained by `ggmlfmt.llama.spm.train_tokenizer`; llama.cpp's `examples/convert_legacy_llama.py` "
-            "(llama-cpp-python 0.3.36 sdist, its vendored gguf-py) converts the f16 shards too. The floor is "
-            "`sh -c 'cat shards > out && sync out'` (`sync FILE` fsyncs it, as the converter does), started and timed "
-            "exactly as each converter is. Every step writes a new file: untimed, before it, the previous output is "
-            "deleted, `os.sync()` runs, then the suite waits until the disk has nothing in flight and has written and "
-            "discarded nothing for 200 ms (`settle`). Every row: min / median / max; a floor that moved by more than "
-            "1.3× between rounds is flagged. Private memory: peak RssAnon of the process tree, sampled every 1 ms from "
-            "/proc, worst of 3 runs, against a bare `python -c \"import numpy\"`. CPU wait: how long tasks of this machine "
-            "waited for a CPU during the step (/proc/pressure/cpu, `some`): on a shared machine the floor, a CPU-bound "
-            "copy then a write-back, grows with it.\n\n" + "\n".join(lines))
-
-
-def migration_section(r: dict[str, Any], t: Targets) -> str:
-    return ("## Migration: `migrate-old-weights` on the same slice\n\nThe same shapes as an old 2-part ggmf f16 model "
-            f"({', '.join(mib(b) for b in r['input'])}), migrated to ggjt and to GGUF, against `cat parts > out; "
-            "fsync(out)`; memory measured as for conversion.\n\n" + "\n".join(race(r, t, MIGRATE_GOALS)))
+    return (f"## Conversion: `convert-model` on a 13B-shaped slice\n\nA Meta checkpoint (LLaMA-13B widths in the full run: "
+            f"dim {dim}, {heads} heads, {layers} layer(s), vocabulary {vocab}) in 2 f16 shards of {', '.join(map(mib, r['input']))} "
+            "(and the same values as 2 bf16 shards), with a `tokenizer.model` trained by `ggmlfmt.llama.spm.train_tokenizer`; "
+            "llama.cpp's `examples/convert_legacy_llama.py` (llama-cpp-python 0.3.36 sdist, its vendored gguf-py) converts the "
+            "f16 shards too. The floor is `sh -c 'cat shards > out && sync out'` (`sync FILE` fsyncs it, as the converter "
+            "does), started and timed exactly as each converter is. Every step writes a new file, after `settle`; a floor "
+            "that moved by more than 1.3× between rounds is flagged. Private memory: peak RssAnon of the process tree, "
+            "sampled every 1 ms from /proc, worst of 3 runs, against a bare `python -c \"import numpy\"`. CPU wait: how long "
+            "tasks of this machine waited for a CPU during the step (/proc/pressure/cpu, `some`): on a shared machine the "
+            "floor, a CPU-bound copy then a write-back, grows with it.\n\n" + "\n".join(lines))
 
 
 def _loader_table(runs: dict[str, list[Any]], keys: tuple[str, ...] = ("open_s", "total_s", "anon_added")) -> str:
@@ -178,22 +164,17 @@ def open_section(r: dict[str, Any], t: Targets) -> str:
     parts += ["- open, GGUFReader ÷ `ggmlfmt-gguf` (same GGUF file): " + t.times("(b) GGUF open vs gguf.GGUFReader", g, 100), "",
         f"### (c) A 7B-shaped index: 291 tensors, {s['n_vocab']:,} tokens (small dims: {s['index_gguf'] / 1e6:,.1f} MB; the "
         "index is what is timed), open only\n", _loader_table(c, ("open_s",)), "",
-        "### (d) Cold cache: the (b) ggjt file evicted (`ggmlfmt evict`, checked with mincore) before every run\n",
-        cold(r["cold"], s["v32000"])]
-    return "\n".join(parts)
-
-
-def cold(runs: dict[str, list[Any]], size: int) -> str:
-    cat = med(runs["cat > /dev/null"], "total_s")
+        "### (d) Cold cache: the (b) ggjt file evicted (`ggmlfmt evict`, checked with mincore) before every run\n"]
+    cold, size = r["cold"], s["v32000"]
+    cat, read = med(cold["cat > /dev/null"], "total_s"), med(cold["open"], "cached_after")
     rows = [[f"`{k}`" if k.startswith("cat") else f"`ggmlfmt.load` {k}", ms(med(v, "total_s")),
              x(ratio(med(v, "total_s"), cat)), pct(med(v, "cached_before")),
-             pct(med(v, "cached_after")) if "cached_after" in (v[0] if v else {}) else "–"] for k, v in runs.items()]
-    read = med(runs["open"], "cached_after")
-    return (f"Median of {len(done(runs['open']))} alternating rounds. \"Cached after\" is the share of the file in the page "
-            "cache after the run: what it read.\n\n" + table(["what", "median", "× cat", "cached before", "cached after"], rows)
-            + (f"\n\nA cold open read {pct(read)} of the {size / 1e6:,.0f} MB file "
-               f"({mib(None if read is None else read * size)}): the index only." if read is not None else "")
-            + errors(runs))
+             pct(med(v, "cached_after")) if "cached_after" in (v[0] if v else {}) else "–"] for k, v in cold.items()]
+    return "\n".join(parts) + "\n" + (
+        f"Median of {len(done(cold['open']))} alternating rounds. \"Cached after\" is the share of the file in the page "
+        "cache after the run: what it read.\n\n" + table(["what", "median", "× cat", "cached before", "cached after"], rows)
+        + (f"\n\nA cold open read {pct(read)} of the {size / 1e6:,.0f} MB file "
+           f"({mib(None if read is None else read * size)}): the index only." if read is not None else "") + errors(cold))
 
 
 def load_section(r: dict[str, Any], t: Targets) -> str:
@@ -222,11 +203,6 @@ def options_table(r: dict[str, Any]) -> str:
 def options_intro(r: dict[str, Any]) -> str:
     return (f"`ggmlfmt.load(path, **option)` on a {gb(r)} ggjt file, then touch every page; ratio against `default` "
             "(no option) in the same alternating rounds. Cold: evicted with `ggmlfmt evict` before every run.")
-
-
-def options_section(r: dict[str, Any], t: Targets) -> str:
-    return (f"## Load options\n\n{options_intro(r)} What each option does: [loading.md](loading.md).\n\n"
-            f"![options](img/options.png)\n\n{options_table(r)}")
 
 
 def groups_section(r: dict[str, Any], t: Targets) -> str:
@@ -280,8 +256,7 @@ def plots(results: dict[str, Any], img: Path) -> None:
                 pts = [(d["size"] / 1e9, med(d[c][ld], "total_s")) for d in sizes]
                 ax.plot(*zip(*[p for p in pts if p[1] is not None] or [(0, 0)]), marker="o", label=ld)
             ax.set(xscale="log", yscale="log", xlabel="file size (GB)", title=f"{c} cache")
-        axes[0].set_ylabel("open + touch (s, median)")
-        axes[0].legend(fontsize=7)
+        axes[0].set_ylabel("open + touch (s, median)"), axes[0].legend(fontsize=7)
         fig.tight_layout(), fig.savefig(img / "load_time.png", dpi=110), plt.close(fig)
     bars = {"options": lambda r: {n: med(r["warm"][n], "total_s") for n in r["warm"]},
             "copy": lambda r: {f"{m} ({c})": med(r[c][m], "total_s") for c in ("cold", "warm") for m in r[c]},
@@ -303,9 +278,14 @@ def splice(text: str, name: str, content: str) -> str:
     return head + begin + "\n" + content.strip() + "\n" + end + rest.split(end, 1)[1]
 
 
-RENDER = {"conversion": conversion_section, "migration": migration_section, "llama3": llama3_section,
-          "open": open_section, "load": load_section, "options": options_section, "groups": groups_section,
-          "copy": copy_section, "dequantize": dequant_section}
+RENDER = {"conversion": conversion_section, "llama3": llama3_section, "open": open_section, "load": load_section,
+          "groups": groups_section, "copy": copy_section, "dequantize": dequant_section,
+          "migration": lambda r, t: ("## Migration: `migrate-old-weights` on the same slice\n\nThe same shapes as an old "
+                                     f"2-part ggmf f16 model ({', '.join(map(mib, r['input']))}), migrated to ggjt and to "
+                                     "GGUF, against `cat parts > out; fsync(out)`; memory measured as for conversion.\n\n"
+                                     + "\n".join(race(r, t, MIGRATE_GOALS))),
+          "options": lambda r, t: (f"## Load options\n\n{options_intro(r)} What each option does: [loading.md](loading.md)."
+                                   f"\n\n![options](img/options.png)\n\n{options_table(r)}")}
 
 
 def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
@@ -320,11 +300,12 @@ def write(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> Path:
             + ("\n\n> **Quick smoke run (`--quick`)**: tiny files, one round; these numbers show the machinery works, "
                "not how fast anything is." if meta["quick"] else "") + "\n",
             "Method: the contestants of each figure run in alternating rounds (forward, then reversed order), "
-            f"{meta['plan']['reps']} measured rounds" + (" after one discarded warm-up round" if meta["plan"]["warmup"] else "") + ", each "
-            "measured run in a fresh process (unless said) after `settle` (the last output removed, `os.sync()`, then "
-            "a wait until the disk is idle); timed rows show min / median / max, every ratio is of medians, against the "
-            "named alternative measured in the same rounds. Warm cache unless said; cold means `ggmlfmt evict` (posix_fadvise "
-            "DONTNEED) checked with mincore just before the run; on a virtual machine the host may still cache the disk.\n",
+            f"{meta['plan']['reps']} measured rounds" + (" after one discarded warm-up round" if meta["plan"]["warmup"] else "")
+            + ", each measured run in a fresh process (unless said) after `settle` (untimed: the last output removed, "
+            "`os.sync()`, then a wait until the disk has nothing in flight and has written and discarded nothing for 200 ms); "
+            "timed rows show min / median / max, every ratio is of medians, against the named alternative measured in the "
+            "same rounds. Warm cache unless said; cold means `ggmlfmt evict` (posix_fadvise DONTNEED) checked with mincore "
+            "just before the run; on a virtual machine the host may still cache the disk.\n",
             "## Machine\n", *(f"- {k}: {v}" for k, v in meta["machine"].items()), ""]
     summary = ["## Targets\n", table(["target", "measured", "goal", "verdict"], t), ""] if t else []
     tail = table(["section", "wall time"], [[k, f"{v / 60:.1f} min"] for k, v in meta["durations"].items()])

@@ -5,9 +5,8 @@ measured table of docs/loading.md.
     python bench/suite.py --quick           # a small smoke run, written to a temporary directory unless --out
     python bench/suite.py --only dequantize # one section (conversion, migration, llama3, open, ...)
 
-The method (alternating rounds, a fresh process after settle() for each run, min / median / max, ratios of medians
-against a named alternative of the same rounds) is stated at the head of docs/benchmarks.md (report.write). Test
-files (about 25 GB in the full run) live under --dir and are deleted at the end.
+The method is stated at the head of docs/benchmarks.md (report.write). Test files (about 25 GB in the full run)
+live under --dir and are deleted at the end.
 """
 
 from __future__ import annotations
@@ -71,14 +70,12 @@ QUICK = Plan(1, (256, 2, 1, 512), 128, 64, (128,), 1, (2,), 128, load_caches=("w
              options=("default", "prefault", "method=pread"), dequant=(64, 1024), llama3=(64, 4, 2, 1, 32))
 
 
-# ---------------------------------------------------------------- page cache, processes, rounds
 def cached(path: Path, cache: str) -> float:
     """Bring the file to `cache` state: "cold" drops its cached pages, "warm" reads it through unless fully cached;
     the fraction cached before the run (checked with mincore when cold)."""
     if cache == "cold":
         return (cachestat.evict(path), cachestat.residency(path).fraction)[1]
-    warm(path)
-    return 1.0
+    return (warm(path), 1.0)[1]
 
 
 def warm(*paths: Path) -> None:
@@ -97,8 +94,7 @@ def load_run(loader: str, path: Path, *, cache: str = "warm", opts: dict[str, An
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode or not out.stdout.strip():
         raise RuntimeError(f"{loader} {path.name}: exit {out.returncode}: {out.stderr.strip()[-300:]}")
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    return r | {"cached_before": before, "cached_after": cachestat.residency(path).fraction, "size": path.stat().st_size}
+    return json.loads(out.stdout.strip().splitlines()[-1]) | {"cached_before": before, "cached_after": cachestat.residency(path).fraction, "size": path.stat().st_size}
 
 
 def settle(fresh: Path | None = None, quiet: float = 0.2, cap: float = 10.0) -> None:
@@ -153,6 +149,11 @@ def _tree(pid: int) -> list[int]:
     return [pid] + [q for k in kids for q in _tree(int(k))]
 
 
+def clock(fn: Callable[..., Any], *args: Any) -> Callable[[], float]:
+    """A step timing fn(*args) once in this process."""
+    return lambda: timeit.timeit(lambda: fn(*args), number=1)
+
+
 def cat(paths: list[Path], out: Path, fsync: bool = True) -> list[str]:
     """`cat paths > out` (then `sync out`: fsync), a command like any other: the floor of a durable converter."""
     return ["sh", "-c", 'cat "$@" > "$0"' + (' && sync "$0"' if fsync else ""), str(out), *map(str, paths)]
@@ -178,7 +179,6 @@ def rounds(steps: dict[str, Callable[[], Any]], plan: Plan, what: str) -> dict[s
     return runs
 
 
-# ---------------------------------------------------------------- sections
 def race(plan: Plan, what: str, inputs: list[Path], out: Path, cmds: dict[str, list[str]],
          **extra: Callable[[], Any]) -> dict[str, Any]:
     """`cat inputs > out; fsync(out)` against every command (each writes `out`) and `extra` steps, in alternating
@@ -202,9 +202,8 @@ def race(plan: Plan, what: str, inputs: list[Path], out: Path, cmds: dict[str, l
 
 
 def peer(tree: Path, script: str, *args: Any, env: tuple[str, ...] = ()) -> list[str]:
-    """llama.cpp's converter tree/script with tree/gguf-py. They hold whole tensors in float32 (its q8_0 peaked at ~20x
-    a 446 MB slice): address space capped, so running out of memory fails that step (reported) instead of calling the
-    OOM killer on a 24 GiB machine."""
+    """llama.cpp's converter tree/script with tree/gguf-py, its address space capped: they hold whole tensors in float32
+    (q8_0 peaked at ~20x a 446 MB slice), so running out of memory fails that step, not the machine (24 GiB)."""
     return ["prlimit", f"--as={20 << 30}", "--", "env", f"PYTHONPATH={tree / 'gguf-py'}", *env, PY, str(tree / script),
             *map(str, args)]
 
@@ -220,7 +219,6 @@ def conversion(plan: Plan, work: Path) -> dict[str, Any]:
     from convert.demo import build_checkpoint
     from convert.pth import open_checkpoint
     from ggmlfmt.blocks.quantize import quantize_rows_q8_0
-
     model, bf16 = (files.checkpoint(work / "ckpt", *plan.slice, 2, bf16=b) for b in (False, True))
     shards, tiny = sorted(model.glob("consolidated.*.pth")), build_checkpoint(work / "tiny")
     warm(*bf16.glob("consolidated.*.pth"))
@@ -235,9 +233,8 @@ def conversion(plan: Plan, work: Path) -> dict[str, Any]:
     mats = [ck.array(n) for n, t in ck.tensors.items() if n.startswith("layers.") and len(t.shape) == 2]
     quants = {"ggmlfmt q8_0": quantize_rows_q8_0,
               "gguf.quants q8_0": lambda a: gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0)}
-    clock = lambda fn: timeit.timeit(lambda: [fn(a) for a in mats], number=1)  # noqa: E731
-    return {**r, "shape": plan.slice, "quantizers": rounds({k: (lambda f=f: clock(f)) for k, f in quants.items()},
-                                                           plan, "q8_0 quantizers")}
+    return {**r, "shape": plan.slice, "quantizers": rounds({k: clock(lambda f=f: [f(a) for a in mats])
+                                                            for k, f in quants.items()}, plan, "q8_0 quantizers")}
 
 
 def migration(plan: Plan, work: Path) -> dict[str, Any]:
@@ -253,14 +250,10 @@ def llama3(plan: Plan, work: Path) -> dict[str, Any]:
     cat + fsync, and Hugging Face's against llama.cpp's convert_hf_to_gguf.py; memory."""
     from ggmlfmt.llama.tiktoken_vocab import load_tiktoken_vocab
     meta, out = files.llama3_meta(work / "llama3", *plan.llama3), work / "out"
-    vocab = lambda: timeit.timeit(lambda: len(load_tiktoken_vocab(meta.parent / "tokenizer.model", "3.1").merges),  # noqa: E731
-                                  number=1)
+    vocab = clock(lambda: len(load_tiktoken_vocab(meta.parent / "tokenizer.model", "3.1").merges))
     r = {"shape": plan.llama3, "meta": race(plan, "llama3 meta", sorted(meta.glob("*.pth")), out, {
         "bf16": convert(meta, out), "q8_0": convert(meta, out, "q8_0")}, vocabulary=vocab)}
-    try:
-        hf, script = files.llama3_hf(work / "llama3-hf", *plan.llama3)
-    except (ImportError, FileNotFoundError) as e:  # no Hugging Face support in this checkout (or no peer to run)
-        return {**r, "hf": {"absent": f"{type(e).__name__}: {e}"}}
+    hf, script = files.llama3_hf(work / "llama3-hf", *plan.llama3)
     theirs = lambda t: peer(script.parent, script.name, hf, "--outfile", out, "--outtype", t, env=("NO_LOCAL_GGUF=1",))  # noqa: E731
     return {**r, "hf": race(plan, "llama3 hf", sorted(hf.glob("*.safetensors")), out, {
         "bf16": convert(hf, out), "q8_0": convert(hf, out, "q8_0"), "peer bf16": theirs("bf16"),
@@ -270,7 +263,7 @@ def llama3(plan: Plan, work: Path) -> dict[str, Any]:
 def loaders(paths: dict[str, Path], names: tuple[str, ...], plan: Plan, what: str, **kw: Any) -> dict[str, list[Any]]:
     """Each loader's load_run on its format's file, in alternating rounds (the files warmed first)."""
     warm(*paths.values())
-    return rounds({ld: (lambda ld=ld: load_run(ld, paths[child.FORMAT[ld]], **kw)) for ld in names}, plan, what)
+    return rounds({ld: (lambda ld=ld: load_run(ld, paths[child.LOADERS[ld][0]], **kw)) for ld in names}, plan, what)
 
 
 def opening(plan: Plan, work: Path) -> dict[str, Any]:
@@ -302,7 +295,7 @@ def load_vs_size(plan: Plan, work: Path) -> dict[str, Any]:
     for dim in plan.load_dims:
         paths = files.write_set(work, dim, 16, plan.n_vocab, ("ggjt", "gguf", "safetensors", "pt"))
         out[str(dim)] = {"size": os.path.getsize(paths["ggjt"]), **{
-            c: loaders(paths, tuple(child.FORMAT), plan, f"load d{dim} {c}", cache=c) for c in plan.load_caches}}
+            c: loaders(paths, tuple(child.LOADERS), plan, f"load d{dim} {c}", cache=c) for c in plan.load_caches}}
     return out
 
 
@@ -332,13 +325,13 @@ def _group(loader: str, path: Path, n: int) -> dict[str, Any]:
 def groups(plan: Plan, work: Path) -> dict[str, Any]:
     """N processes sharing one file: total private memory and PSS, per loader and N."""
     paths = files.write_set(work, plan.open_dim, 16, plan.n_vocab, ("ggjt", "safetensors", "pt"))
-    steps = {f"{ld}|{n}": (lambda ld=ld, n=n: _group(ld, paths[child.FORMAT[ld]], n))
+    steps = {f"{ld}|{n}": (lambda ld=ld, n=n: _group(ld, paths[child.LOADERS[ld][0]], n))
              for n in plan.group_ns for ld in ("ggmlfmt", "safetensors.load_file", "torch.load")}
     return {"size": os.path.getsize(paths["ggjt"]), "runs": rounds(steps, plan, "groups")}
 
 
-GGMLFMT = [PY, "-c", "import sys; from ggmlfmt.cli import main; sys.exit(main())"]
-COPIERS = {"ggmlfmt copy": lambda s, d: [*GGMLFMT, "copy", s, d, "--force", "--quiet"],
+COPIERS = {"ggmlfmt copy": lambda s, d: [PY, "-c", "import sys; from ggmlfmt.cli import main; sys.exit(main())", "copy", s,
+                                         d, "--force", "--quiet"],
            "cp": lambda s, d: ["cp", s, d],
            "cp + sha256sum": lambda s, d: ["sh", "-c", 'cp "$0" "$1" && sha256sum "$0" "$1" >/dev/null', s, d]}
 
@@ -348,8 +341,7 @@ def copies(plan: Plan, work: Path) -> dict[str, Any]:
     src, dst = files.write_set(work, plan.copy_dim, 16, plan.n_vocab, ("ggjt",))["ggjt"], work / "copy.bin"
 
     def one(method: str, cache: str) -> dict[str, Any]:  # the copy is removed before the next one (settle)
-        before = cached(src, cache)
-        t = run(COPIERS[method](str(src), str(dst)), fresh=dst)[0]
+        before, t = cached(src, cache), run(COPIERS[method](str(src), str(dst)), fresh=dst)[0]
         return {"total_s": t, "src_before": before, "src_after": cachestat.residency(src).fraction,
                 "dst_after": cachestat.residency(dst).fraction}
     return {"size": os.path.getsize(src), **{c: rounds({m: (lambda m=m, c=c: one(m, c)) for m in COPIERS}, plan,
@@ -371,8 +363,7 @@ def dequantizing(plan: Plan, work: Path) -> dict[str, Any]:
             raw.view(layout.dtype)[f] = rng.uniform(-0.01, 0.01, (rows, cols // layout.elements))
         ours = raw.view(layout.dtype)
         same = np.array_equal(dequantize_blocks(ours, t, GEN).view("<u4"), gguf.quants.dequantize(raw, q).view("<u4"))
-        steps = {"ggmlfmt": lambda o=ours, t=t: timeit.timeit(lambda: dequantize_blocks(o, t, GEN), number=1),
-                 "gguf.quants": lambda r=raw, q=q: timeit.timeit(lambda: gguf.quants.dequantize(r, q), number=1)}
+        steps = {"ggmlfmt": clock(dequantize_blocks, ours, t, GEN), "gguf.quants": clock(gguf.quants.dequantize, raw, q)}
         out[t.name] = {"times": rounds(steps, plan, f"dequantize {t.name}"), "identical": same, "output_bytes": 4 * rows * cols}
     return out
 
@@ -381,7 +372,6 @@ MEASURE = {"conversion": conversion, "migration": migration, "llama3": llama3, "
            "options": options, "groups": groups, "copy": copies, "dequantize": dequantizing}
 
 
-# ---------------------------------------------------------------- the run
 def machine(directory: Path) -> dict[str, str]:
     """Name -> value lines: what the numbers were measured on."""
     info = {k.strip(): v.strip() for f in ("/proc/cpuinfo", "/proc/meminfo") for k, v in
