@@ -139,9 +139,9 @@ def ggmf_parts(path: Path, dim: int, n_heads: int, n_layer: int, n_vocab: int, n
     return names
 
 
-def llama3_meta(root: Path, dim: int, n_heads: int, n_kv: int, n_layer: int, multiple_of: int) -> Path:
+def llama3_meta(root: Path, p: Params) -> Path:
     """root/tokenizer.model (Llama 3's 128,000 ranks, from llama.cpp's copy of its vocabulary) and root/8b/
-    {params.json, consolidated.0[01].pth} in bf16, the embedding split by rows as Meta's Llama 3 code does."""
+    {params.json, consolidated.0[01].pth} of p in bf16, the embedding split by rows as Meta's Llama 3 code does."""
     import gguf
     import sdist
     if not (root / "tokenizer.model").exists():
@@ -150,20 +150,19 @@ def llama3_meta(root: Path, dim: int, n_heads: int, n_kv: int, n_layer: int, mul
         byte = {c: b for b, c in bytes_to_unicode().items()}
         (root / "tokenizer.model").write_bytes(b"".join(base64.b64encode(bytes(byte[c] for c in t)) + b" %d\n" % i for
                                                         i, t in enumerate(field["tokenizer.ggml.tokens"].contents()[:L3_BASE])))
-    p = llama3_params(dim, n_heads, n_kv, n_layer, multiple_of)  # Meta's order: the layers, then norm and output
-    shapes = dict(sorted(p.shapes(L3_VOCAB, gguf=True).items(), key=lambda kv: kv[0] in ("norm.weight", "output.weight")))
+    shapes = dict(sorted(p.shapes(L3_VOCAB, gguf=True).items(),  # Meta's order: the layers, then norm and output
+                         key=lambda kv: kv[0] in ("norm.weight", "output.weight")))
     return _shards(root / "8b", shapes, p, 2, True, ("tok_embeddings.weight",))
 
 
-def llama3_hf(model_dir: Path, dim: int, n_heads: int, n_kv: int, n_layer: int, multiple_of: int) -> tuple[Path, Path]:
-    """The same widths as Hugging Face holds them: transformers' save_pretrained of a random LlamaForCausalLM (config.json,
-    2 bf16 safetensors shards and their index; tests/hf_fixtures.build_hf) and Llama 3's tokenizer.json; and llama.cpp's
-    convert_hf_to_gguf.py, to run on it (the sdist fetched once)."""
+def llama3_hf(model_dir: Path, p: Params) -> Path:
+    """p's widths as Hugging Face holds them: transformers' save_pretrained of a random LlamaForCausalLM (config.json,
+    2 bf16 safetensors shards and their index; tests/hf_fixtures.build_hf) and Llama 3's tokenizer.json."""
     import hf_fixtures
     if not (model_dir / "config.json").exists():
-        hf_fixtures.build_hf(model_dir, shards=2, tokenizer=False, vocab_size=L3_VOCAB, hidden_size=dim,
-                             intermediate_size=llama3_params(dim, n_heads, n_kv, n_layer, multiple_of).hidden_dim,
-                             num_hidden_layers=n_layer, num_attention_heads=n_heads, num_key_value_heads=n_kv,
-                             rope_theta=500000.0, max_position_embeddings=8192, bos_token_id=128000, eos_token_id=128001)
+        hf_fixtures.build_hf(model_dir, shards=2, tokenizer=False, vocab_size=L3_VOCAB, hidden_size=p.dim,
+                             intermediate_size=p.hidden_dim, num_hidden_layers=p.n_layers, num_attention_heads=p.n_heads,
+                             num_key_value_heads=p.n_kv_heads, rope_theta=p.rope_theta, max_position_embeddings=8192,
+                             bos_token_id=128000, eos_token_id=128001)
         hf_fixtures.write_llama3_tokenizer(model_dir)
-    return model_dir, hf_fixtures.ensure_peer()
+    return model_dir

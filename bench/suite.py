@@ -248,16 +248,17 @@ def migration(plan: Plan, work: Path) -> dict[str, Any]:
 def llama3(plan: Plan, work: Path) -> dict[str, Any]:
     """Llama-3-8B-shaped slice, bf16, 2 shards: Meta's layout (and its vocabulary build) and Hugging Face's against
     cat + fsync, and Hugging Face's against llama.cpp's convert_hf_to_gguf.py; memory."""
+    import sdist
     from ggmlfmt.llama.tiktoken_vocab import load_tiktoken_vocab
-    meta, out = files.llama3_meta(work / "llama3", *plan.llama3), work / "out"
+    p, out, tree = files.llama3_params(*plan.llama3), work / "out", sdist.llama_cpp_tree()
+    meta = files.llama3_meta(work / "llama3", p)
     vocab = clock(lambda: len(load_tiktoken_vocab(meta.parent / "tokenizer.model", "3.1").merges))
     r = {"shape": plan.llama3, "meta": race(plan, "llama3 meta", sorted(meta.glob("*.pth")), out, {
         "bf16": convert(meta, out), "q8_0": convert(meta, out, "q8_0")}, vocabulary=vocab)}
-    hf, script = files.llama3_hf(work / "llama3-hf", *plan.llama3)
-    theirs = lambda t: peer(script.parent, script.name, hf, "--outfile", out, "--outtype", t, env=("NO_LOCAL_GGUF=1",))  # noqa: E731
+    hf = files.llama3_hf(work / "llama3-hf", p)
+    theirs = lambda t: peer(tree, "convert_hf_to_gguf.py", hf, "--outfile", out, "--outtype", t, env=("NO_LOCAL_GGUF=1",))  # noqa: E731
     return {**r, "hf": race(plan, "llama3 hf", sorted(hf.glob("*.safetensors")), out, {
-        "bf16": convert(hf, out), "q8_0": convert(hf, out, "q8_0"), "peer bf16": theirs("bf16"),
-        "peer q8_0": theirs("q8_0")})}
+        "bf16": convert(hf, out), "q8_0": convert(hf, out, "q8_0"), "peer bf16": theirs("bf16"), "peer q8_0": theirs("q8_0")})}
 
 
 def loaders(paths: dict[str, Path], names: tuple[str, ...], plan: Plan, what: str, **kw: Any) -> dict[str, list[Any]]:
