@@ -23,7 +23,7 @@ from builders import split_shards
 from convert.pth import (
     PthTensor, open_checkpoint, parse_checkpoint,
 )
-from convert.pthwrite import BF16, save_checkpoint
+from pthwrite import BF16, save_checkpoint
 from ggmlfmt import FormatError, GGMLType
 from helpers import run_with_unimportable
 from ggmlfmt.blocks.floats import CASTS, bf16_to_f16, bf16_to_f32, f32_to_bf16, f32_to_f16
