@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 import ggmlfmt
-from convert.pthwrite import BF16, save_checkpoint
 from ggmlfmt.constants import FileVersion
 from ggmlfmt.llama.params import Params
-from ggmlfmt.llama.spm import train_tokenizer
 from ggmlfmt.llama.tiktoken_vocab import bytes_to_unicode
 from ggmlfmt.parts import split_axis
+from meta import train_tokenizer  # tests/ (suite.py puts it on sys.path)
+from pthwrite import BF16, save_checkpoint
 
 N_MULT = 256
 ROWS = 32000  # embedding rows of the load files whatever their vocabulary: issue 12's files differ in the vocabulary only

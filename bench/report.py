@@ -119,7 +119,8 @@ def conversion_section(r: dict[str, Any], t: Targets) -> str:
                     "process, alternating rounds): " + t.times("q8_0 quantizer vs gguf.quants", q, 3)]
     return (f"## Conversion: `convert-model` on a 13B-shaped slice\n\nA Meta checkpoint (LLaMA-13B widths in the full run: "
             f"dim {dim}, {heads} heads, {layers} layer(s), vocabulary {vocab}) in 2 f16 shards of {', '.join(map(mib, r['input']))} "
-            "(and the same values as 2 bf16 shards), with a `tokenizer.model` trained by `ggmlfmt.llama.spm.train_tokenizer`; "
+            "(and the same values as 2 bf16 shards), with a `tokenizer.model` trained by `tests/meta.py`'s "
+            "`train_tokenizer`; "
             "llama.cpp's `examples/convert_legacy_llama.py` (llama-cpp-python 0.3.36 sdist, its vendored gguf-py) converts the "
             "f16 shards too. The floor is `sh -c 'cat shards > out && sync out'` (`sync FILE` fsyncs it, as the converter "
             "does), started and timed exactly as each converter is. Every step writes a new file, after `settle`; a floor "

@@ -216,7 +216,7 @@ def conversion(plan: Plan, work: Path) -> dict[str, Any]:
     """convert-model (f16, bf16 shards -> ggjt, GGUF f16/bf16/q8_0), convert_legacy_llama.py, cat; memory; q8_0."""
     import gguf
     import sdist  # tests/client: llama.cpp's own converters, from the llama-cpp-python sdist (fetched once)
-    from convert.demo import build_checkpoint
+    from meta import build_checkpoint  # tests/
     from convert.pth import open_checkpoint
     from ggmlfmt.blocks.quantize import quantize_rows_q8_0
     model, bf16 = (files.checkpoint(work / "ckpt", *plan.slice, 2, bf16=b) for b in (False, True))

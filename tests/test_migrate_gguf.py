@@ -350,7 +350,7 @@ def _old_texts(tokenizer: Path) -> list[tuple[bytes, float]]:
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Path:
-    from ggmlfmt.llama.spm import train_tokenizer
+    from meta import train_tokenizer
 
     path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
     train_tokenizer(path, HP_SP["n_vocab"])
