@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
-Loaded = tuple[Any, list[Any]]  # (what keeps the data alive, the arrays or torch tensors)
+LOADERS = {"ggmlfmt": ("ggjt", "ggmlfmt"), "ggmlfmt-gguf": ("gguf", "ggmlfmt"), "memmap-floor": ("ggjt", "numpy"),
+           "safetensors.load_file": ("safetensors", "safetensors.torch"), "gguf.GGUFReader": ("gguf", "gguf"),
+           "torch.load-mmap": ("pt", "torch"), "torch.load": ("pt", "torch")}  # loader -> (the file it reads, its imports)
 
 
-def load(loader: str, path: str, opts: dict[str, Any]) -> Loaded:
+def load(loader: str, path: str, opts: dict[str, Any]) -> tuple[Any, list[Any]]:
     """Open path with loader: what keeps the data alive, and every array or torch tensor (all views made)."""
     if loader.startswith("ggmlfmt"):
         import ggmlfmt
@@ -38,12 +40,6 @@ def load(loader: str, path: str, opts: dict[str, Any]) -> Loaded:
     return t, list(t.values())
 
 
-FORMAT = {"ggmlfmt": "ggjt", "ggmlfmt-gguf": "gguf", "memmap-floor": "ggjt", "safetensors.load_file": "safetensors",
-          "gguf.GGUFReader": "gguf", "torch.load-mmap": "pt", "torch.load": "pt"}  # the file each loader reads
-NEEDS = {"ggmlfmt": "ggmlfmt", "ggmlfmt-gguf": "ggmlfmt", "safetensors.load_file": "safetensors.torch",
-         "gguf.GGUFReader": "gguf", "torch.load-mmap": "torch", "torch.load": "torch"}
-
-
 def touch(arrays: list[Any]) -> int:
     """Read one byte of every page (and the last byte) of every array (ggmlfmt's toucher); a checksum."""
     from ggmlfmt.tools.loadopts import touch as touch_pages
@@ -60,29 +56,25 @@ def status_kib(pid: int | str, field: str) -> int:
         return 0
 
 
-def measure(loader: str, path: str, opts: dict[str, Any], do_touch: bool) -> tuple[dict[str, Any], Any]:
-    """Open (and touch); times, private memory added, faults; and the loaded data, kept alive by the caller."""
-    __import__(NEEDS.get(loader, "numpy"))  # the loader's imports, before the clock
+def main(argv: list[str]) -> int:
+    """argv: LOADER PATH [--options JSON (ggmlfmt.load's keywords)] [--no-touch] [--hold]. Open (and touch), then
+    print the times, the private memory added and the major faults; the loaded data stays alive until the end."""
+    loader, path = argv[0], argv[1]
+    opts = json.loads(argv[argv.index("--options") + 1]) if "--options" in argv else {}
+    __import__(LOADERS[loader][1])  # the loader's imports, before the clock
     anon0, ru0 = status_kib("self", "RssAnon"), resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     keep, arrays = load(loader, path, opts)
     t1 = time.perf_counter()
-    checksum = touch(arrays) if do_touch else 0
+    checksum = touch(arrays) if "--no-touch" not in argv else 0
     t2 = time.perf_counter()
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    return {"loader": loader, "open_s": t1 - t0, "touch_s": t2 - t1, "total_s": t2 - t0, "n": len(arrays),
-            "checksum": checksum, "anon_added": (status_kib("self", "RssAnon") - anon0) * 1024,
-            "major_faults": ru1.ru_majflt - ru0.ru_majflt}, (keep, arrays)
-
-
-def main(argv: list[str]) -> int:
-    """argv: LOADER PATH [--options JSON (ggmlfmt.load's keywords)] [--no-touch] [--hold]."""
-    opts = json.loads(argv[argv.index("--options") + 1]) if "--options" in argv else {}
-    report, loaded = measure(argv[0], argv[1], opts, "--no-touch" not in argv)
-    print(json.dumps(report), flush=True)
+    print(json.dumps({"loader": loader, "open_s": t1 - t0, "touch_s": t2 - t1, "total_s": t2 - t0, "n": len(arrays),
+                      "checksum": checksum, "anon_added": (status_kib("self", "RssAnon") - anon0) * 1024,
+                      "major_faults": ru1.ru_majflt - ru0.ru_majflt}), flush=True)
     if "--hold" in argv:
         sys.stdin.readline()
-    del loaded
+    del keep, arrays
     return 0
 
 

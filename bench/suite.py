@@ -3,11 +3,9 @@ measured table of docs/loading.md.
 
     python bench/suite.py                   # the full suite (about 70 minutes on 2 quiet cores), rewrites docs/
     python bench/suite.py --quick           # a small smoke run, written to a temporary directory unless --out
-    python bench/suite.py --only dequantize # one section (SECTIONS: conversion, migration, llama3, open, ...)
+    python bench/suite.py --only dequantize # one section (conversion, migration, llama3, open, ...)
 
-Method: the contestants of a figure run in alternating rounds (forward, then reversed), each measured run in
-a fresh process (dequantize: in this one), each after settle(); figures are min / median / max, ratios of medians
-against a named alternative of the same rounds. Warm cache unless said. Test files (about 25 GB in the full run)
+The method is stated at the head of docs/benchmarks.md (report.write). Test files (about 25 GB in the full run)
 live under --dir and are deleted at the end.
 """
 
@@ -43,8 +41,8 @@ from ggmlfmt.tools import cachestat  # noqa: E402 (evict: fadvise DONTNEED; resi
 
 log = logging.getLogger("bench")
 PY = sys.executable
+CHILD = [PY, str(Path(child.__file__))]
 DISK = [os.stat(tempfile.gettempdir()).st_dev]  # the device settle() waits for (--dir's)
-SECTIONS = ("conversion", "migration", "llama3", "open", "load", "options", "groups", "copy", "dequantize")
 
 
 @dataclass(frozen=True)
@@ -72,12 +70,12 @@ QUICK = Plan(1, (256, 2, 1, 512), 128, 64, (128,), 1, (2,), 128, load_caches=("w
              options=("default", "prefault", "method=pread"), dequant=(64, 1024), llama3=(64, 4, 2, 1, 32))
 
 
-# ---------------------------------------------------------------- page cache, processes, rounds
-
-
-def evict(path: Path) -> float:
-    """Drop the file's cached pages; the fraction still cached (checked with mincore)."""
-    return (cachestat.evict(path), cachestat.residency(path).fraction)[1]
+def cached(path: Path, cache: str) -> float:
+    """Bring the file to `cache` state: "cold" drops its cached pages, "warm" reads it through unless fully cached;
+    the fraction cached before the run (checked with mincore when cold)."""
+    if cache == "cold":
+        return (cachestat.evict(path), cachestat.residency(path).fraction)[1]
+    return (warm(path), 1.0)[1]
 
 
 def warm(*paths: Path) -> None:
@@ -91,14 +89,12 @@ def warm(*paths: Path) -> None:
 def load_run(loader: str, path: Path, *, cache: str = "warm", opts: dict[str, Any] | None = None,
              touch: bool = True) -> dict[str, Any]:
     """One load in a fresh process (bench/child.py), the file brought to `cache` state first. Raises RuntimeError."""
-    before = evict(path) if cache == "cold" else (warm(path), 1.0)[1]
-    cmd = [PY, str(Path(child.__file__)), loader, str(path), "--options", json.dumps(opts or {})]
-    out = subprocess.run(cmd + ([] if touch else ["--no-touch"]), capture_output=True, text=True, cwd=ROOT)
+    before = cached(path, cache)
+    cmd = [*CHILD, loader, str(path), "--options", json.dumps(opts or {})] + ([] if touch else ["--no-touch"])
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode or not out.stdout.strip():
         raise RuntimeError(f"{loader} {path.name}: exit {out.returncode}: {out.stderr.strip()[-300:]}")
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    r.update(cached_before=before, cached_after=cachestat.residency(path).fraction, size=path.stat().st_size)
-    return r
+    return json.loads(out.stdout.strip().splitlines()[-1]) | {"cached_before": before, "cached_after": cachestat.residency(path).fraction, "size": path.stat().st_size}
 
 
 def settle(fresh: Path | None = None, quiet: float = 0.2, cap: float = 10.0) -> None:
@@ -145,15 +141,6 @@ def run(cmd: list[str], fresh: Path | None = None, sample: bool = False) -> tupl
     return elapsed, peak * 1024, cpu_wait() - w0
 
 
-def timed(cmd: list[str], *, fresh: Path | None = None) -> float:
-    return run(cmd, fresh)[0]
-
-
-def cat(paths: list[Path], out: Path, fsync: bool = True) -> list[str]:
-    """`cat paths > out` (then `sync out`: fsync), a command like any other: the floor of a durable converter."""
-    return ["sh", "-c", 'cat "$@" > "$0"' + (' && sync "$0"' if fsync else ""), str(out), *map(str, paths)]
-
-
 def _tree(pid: int) -> list[int]:
     try:
         kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -162,10 +149,14 @@ def _tree(pid: int) -> list[int]:
     return [pid] + [q for k in kids for q in _tree(int(k))]
 
 
-def bare_numpy() -> int:
-    """RssAnon (bytes) of a bare `python -c "import numpy"`, read by itself just after the import."""
-    code = "import numpy, sys; sys.path.insert(0, 'bench'); import child; print(child.status_kib('self', 'RssAnon'))"
-    return int(subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout) * 1024
+def clock(fn: Callable[..., Any], *args: Any) -> Callable[[], float]:
+    """A step timing fn(*args) once in this process."""
+    return lambda: timeit.timeit(lambda: fn(*args), number=1)
+
+
+def cat(paths: list[Path], out: Path, fsync: bool = True) -> list[str]:
+    """`cat paths > out` (then `sync out`: fsync), a command like any other: the floor of a durable converter."""
+    return ["sh", "-c", 'cat "$@" > "$0"' + (' && sync "$0"' if fsync else ""), str(out), *map(str, paths)]
 
 
 def rounds(steps: dict[str, Callable[[], Any]], plan: Plan, what: str) -> dict[str, list[Any]]:
@@ -173,8 +164,7 @@ def rounds(steps: dict[str, Callable[[], Any]], plan: Plan, what: str) -> dict[s
     fails is recorded as {"error": ...} and dropped from later rounds."""
     runs: dict[str, list[Any]] = {name: [] for name in steps}
     for rep in range(-1 if plan.warmup else 0, plan.reps):
-        order = list(steps) if rep % 2 == 0 else list(steps)[::-1]
-        for name in order:
+        for name in list(steps) if rep % 2 == 0 else list(steps)[::-1]:
             if runs[name] and isinstance(runs[name][-1], dict) and "error" in runs[name][-1]:
                 continue
             try:
@@ -189,14 +179,11 @@ def rounds(steps: dict[str, Callable[[], Any]], plan: Plan, what: str) -> dict[s
     return runs
 
 
-# ---------------------------------------------------------------- sections
-
-
 def race(plan: Plan, what: str, inputs: list[Path], out: Path, cmds: dict[str, list[str]],
          **extra: Callable[[], Any]) -> dict[str, Any]:
     """`cat inputs > out; fsync(out)` against every command (each writes `out`) and `extra` steps, in alternating
     rounds, with the machine's CPU wait during each; then each command's peak private memory (worst of up to 3
-    runs; not of the cat floors) and a bare numpy's."""
+    runs; not of the cat floors) and a bare `python -c "import numpy"`'s, read by itself just after the import."""
     warm(*inputs)
     cmds, waits = {"cat + fsync": cat(inputs, out), **cmds}, {}
 
@@ -208,13 +195,17 @@ def race(plan: Plan, what: str, inputs: list[Path], out: Path, cmds: dict[str, l
     memory = {k: max(run(c, out, sample=True)[1] for _ in range(min(3, plan.reps))) for k, c in cmds.items()
               if not k.startswith("cat")}
     out.unlink(missing_ok=True)
-    return {"times": times, "cpu_wait": {k: v[-plan.reps:] for k, v in waits.items()}, "memory": memory, "numpy": bare_numpy(),
-            "input": [files.size(p) for p in inputs]}
+    numpy = "import numpy, sys; sys.path.insert(0, 'bench'); import child; print(child.status_kib('self', 'RssAnon'))"
+    return {"times": times, "cpu_wait": {k: v[-plan.reps:] for k, v in waits.items()}, "memory": memory,
+            "numpy": int(subprocess.run([PY, "-c", numpy], capture_output=True, text=True, cwd=ROOT, check=True).stdout)
+            * 1024, "input": [os.path.getsize(p) for p in inputs]}
 
 
-# llama.cpp's converters hold whole tensors in float32 (its q8_0 peaked at ~20x a 446 MB slice): capped, so running
-# out of memory fails that step (reported) instead of calling the OOM killer on a 24 GiB machine.
-PEER_CAP = ["prlimit", f"--as={20 << 30}", "--"]
+def peer(tree: Path, script: str, *args: Any, env: tuple[str, ...] = ()) -> list[str]:
+    """llama.cpp's converter tree/script with tree/gguf-py, its address space capped: they hold whole tensors in float32
+    (q8_0 peaked at ~20x a 446 MB slice), so running out of memory fails that step, not the machine (24 GiB)."""
+    return ["prlimit", f"--as={20 << 30}", "--", "env", f"PYTHONPATH={tree / 'gguf-py'}", *env, PY, str(tree / script),
+            *map(str, args)]
 
 
 def convert(src: Path, out: Path, outtype: str = "auto", fmt: str = "gguf") -> list[str]:
@@ -225,17 +216,15 @@ def conversion(plan: Plan, work: Path) -> dict[str, Any]:
     """convert-model (f16, bf16 shards -> ggjt, GGUF f16/bf16/q8_0), convert_legacy_llama.py, cat; memory; q8_0."""
     import gguf
     import sdist  # tests/client: llama.cpp's own converters, from the llama-cpp-python sdist (fetched once)
-    from convert.demo import build_checkpoint
+    from meta import build_checkpoint  # tests/
     from convert.pth import open_checkpoint
     from ggmlfmt.blocks.quantize import quantize_rows_q8_0
-
     model, bf16 = (files.checkpoint(work / "ckpt", *plan.slice, 2, bf16=b) for b in (False, True))
     shards, tiny = sorted(model.glob("consolidated.*.pth")), build_checkpoint(work / "tiny")
     warm(*bf16.glob("consolidated.*.pth"))
     out, tree = work / "out", sdist.llama_cpp_tree()
-    legacy = lambda outtype: [*PEER_CAP, "env", f"PYTHONPATH={tree / 'gguf-py'}", PY, str(tree / "examples" /  # noqa: E731
-                              "convert_legacy_llama.py"), str(model), "--vocab-dir", str(model.parent), "--outtype",
-                              outtype, "--outfile", str(out)]
+    legacy = lambda outtype: peer(tree, "examples/convert_legacy_llama.py", model, "--vocab-dir", model.parent,  # noqa: E731
+                                  "--outtype", outtype, "--outfile", out)
     cmds = {"ggjt": convert(model, out, fmt="ggjt"), "gguf": convert(model, out), "bf16": convert(bf16, out),
             "q8_0": convert(model, out, "q8_0"), "llama.cpp f16": legacy("f16"), "llama.cpp q8_0": legacy("q8_0")}
     r = race(plan, "conversion", shards, out, {"cat": cat(shards, out, False), **cmds, "help": [
@@ -244,9 +233,8 @@ def conversion(plan: Plan, work: Path) -> dict[str, Any]:
     mats = [ck.array(n) for n, t in ck.tensors.items() if n.startswith("layers.") and len(t.shape) == 2]
     quants = {"ggmlfmt q8_0": quantize_rows_q8_0,
               "gguf.quants q8_0": lambda a: gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0)}
-    clock = lambda fn: timeit.timeit(lambda: [fn(a) for a in mats], number=1)  # noqa: E731
-    return {**r, "shape": plan.slice, "quantizers": rounds({k: (lambda f=f: clock(f)) for k, f in quants.items()},
-                                                           plan, "q8_0 quantizers")}
+    return {**r, "shape": plan.slice, "quantizers": rounds({k: clock(lambda f=f: [f(a) for a in mats])
+                                                            for k, f in quants.items()}, plan, "q8_0 quantizers")}
 
 
 def migration(plan: Plan, work: Path) -> dict[str, Any]:
@@ -260,56 +248,46 @@ def migration(plan: Plan, work: Path) -> dict[str, Any]:
 def llama3(plan: Plan, work: Path) -> dict[str, Any]:
     """Llama-3-8B-shaped slice, bf16, 2 shards: Meta's layout (and its vocabulary build) and Hugging Face's against
     cat + fsync, and Hugging Face's against llama.cpp's convert_hf_to_gguf.py; memory."""
+    import sdist
     from ggmlfmt.llama.tiktoken_vocab import load_tiktoken_vocab
-    meta, out = files.llama3_meta(work / "llama3", *plan.llama3), work / "out"
-    vocab = lambda: timeit.timeit(lambda: len(load_tiktoken_vocab(meta.parent / "tokenizer.model", "3.1").merges),  # noqa: E731
-                                  number=1)
+    p, out, tree = files.llama3_params(*plan.llama3), work / "out", sdist.llama_cpp_tree()
+    meta = files.llama3_meta(work / "llama3", p)
+    vocab = clock(lambda: len(load_tiktoken_vocab(meta.parent / "tokenizer.model", "3.1").merges))
     r = {"shape": plan.llama3, "meta": race(plan, "llama3 meta", sorted(meta.glob("*.pth")), out, {
         "bf16": convert(meta, out), "q8_0": convert(meta, out, "q8_0")}, vocabulary=vocab)}
-    try:
-        hf, peer = files.llama3_hf(work / "llama3-hf", *plan.llama3)
-    except (ImportError, FileNotFoundError) as e:  # no Hugging Face support in this checkout (or no peer to run)
-        return {**r, "hf": {"absent": f"{type(e).__name__}: {e}"}}
-    theirs = lambda t: [*PEER_CAP, "env", f"PYTHONPATH={peer.parent / 'gguf-py'}", "NO_LOCAL_GGUF=1", PY, str(peer), str(hf),  # noqa: E731
-                        "--outfile", str(out), "--outtype", t]
+    hf = files.llama3_hf(work / "llama3-hf", p)
+    theirs = lambda t: peer(tree, "convert_hf_to_gguf.py", hf, "--outfile", out, "--outtype", t, env=("NO_LOCAL_GGUF=1",))  # noqa: E731
     return {**r, "hf": race(plan, "llama3 hf", sorted(hf.glob("*.safetensors")), out, {
-        "bf16": convert(hf, out), "q8_0": convert(hf, out, "q8_0"), "peer bf16": theirs("bf16"),
-        "peer q8_0": theirs("q8_0")})}
+        "bf16": convert(hf, out), "q8_0": convert(hf, out, "q8_0"), "peer bf16": theirs("bf16"), "peer q8_0": theirs("q8_0")})}
 
 
-def _loaders(paths: dict[str, Path], loaders: tuple[str, ...], plan: Plan, what: str,
-             **kw: Any) -> dict[str, list[Any]]:
+def loaders(paths: dict[str, Path], names: tuple[str, ...], plan: Plan, what: str, **kw: Any) -> dict[str, list[Any]]:
+    """Each loader's load_run on its format's file, in alternating rounds (the files warmed first)."""
     warm(*paths.values())
-    steps = {ld: (lambda ld=ld: load_run(ld, paths[child.FORMAT[ld]], **kw)) for ld in loaders}
-    return rounds(steps, plan, what)
+    return rounds({ld: (lambda ld=ld: load_run(ld, paths[child.LOADERS[ld][0]], **kw)) for ld in names}, plan, what)
 
 
 def opening(plan: Plan, work: Path) -> dict[str, Any]:
     """Issue 12: the 147 tensors with 32 and 32,000 tokens, the 7B-shaped index, and cold opening."""
     small = files.write_set(work, plan.open_dim, 16, 32, ("ggjt", "safetensors"))
-    real = files.write_set(work, plan.open_dim, 16, plan.n_vocab, ("ggjt", "gguf", "safetensors"))
-    index = files.write_set(work, plan.index_dim, 32, plan.n_vocab, ("ggjt", "gguf", "safetensors"))
-    four = ("ggmlfmt", "ggmlfmt-gguf", "safetensors.load_file", "gguf.GGUFReader")
-    out = {"v32": _loaders(small, ("ggmlfmt", "safetensors.load_file", "memmap-floor"), plan, "open v32"),
-           "v32000": _loaders(real, four, plan, "open v32000"),
-           "index": _loaders(index, four, plan, "open 7B index", touch=False),
-           "sizes": {"v32": files.size(small["ggjt"]), "v32000": files.size(real["ggjt"]),
-                     "index_gguf": files.size(index["gguf"]), "n_vocab": plan.n_vocab}}
-    path, cold = real["ggjt"], replace(plan, reps=plan.cold_reps)
-    out["cold"] = rounds({"open": lambda: load_run("ggmlfmt", path, cache="cold", touch=False),
-                          "open + touch": lambda: load_run("ggmlfmt", path, cache="cold"),  # evicted, then cat:
-                          "cat > /dev/null": lambda: {"cached_before": evict(path), "total_s": timed(["cat", str(path)])}},
-                         cold, "cold open")
-    return out
+    real, index = (files.write_set(work, d, n, plan.n_vocab, ("ggjt", "gguf", "safetensors"))
+                   for d, n in ((plan.open_dim, 16), (plan.index_dim, 32)))
+    four, path = ("ggmlfmt", "ggmlfmt-gguf", "safetensors.load_file", "gguf.GGUFReader"), real["ggjt"]
+    return {"v32": loaders(small, ("ggmlfmt", "safetensors.load_file", "memmap-floor"), plan, "open v32"),
+            "v32000": loaders(real, four, plan, "open v32000"),
+            "index": loaders(index, four, plan, "open 7B index", touch=False),
+            "sizes": {"v32": os.path.getsize(small["ggjt"]), "v32000": os.path.getsize(path),
+                      "index_gguf": os.path.getsize(index["gguf"]), "n_vocab": plan.n_vocab},
+            "cold": rounds({"open": lambda: load_run("ggmlfmt", path, cache="cold", touch=False),
+                            "open + touch": lambda: load_run("ggmlfmt", path, cache="cold"),  # evicted, then cat:
+                            "cat > /dev/null": lambda: {"cached_before": cached(path, "cold"),
+                                                        "total_s": run(["cat", str(path)])[0]}},
+                           replace(plan, reps=plan.cold_reps), "cold open")}
 
 
-LOAD_LOADERS = tuple(child.FORMAT)
-OPTIONS: dict[str, dict[str, Any]] = {
-    "default": {}, "prefault": {"prefault": True}, "advice=sequential": {"advice": "sequential"},
-    "advice=random": {"advice": "random"}, "advice=willneed": {"advice": "willneed"},
-    "hugepages": {"hugepages": True}, "lock": {"lock": True}, "method=pread": {"method": "pread"},
-    "method=pread, threads=1": {"method": "pread", "threads": 1},
-    "method=pread, hugepages": {"method": "pread", "hugepages": True}}
+OPTIONS = {", ".join(k if v is True else f"{k}={v}" for k, v in o.items()) or "default": o for o in (
+    {}, {"prefault": True}, {"advice": "sequential"}, {"advice": "random"}, {"advice": "willneed"}, {"hugepages": True},
+    {"lock": True}, {"method": "pread"}, {"method": "pread", "threads": 1}, {"method": "pread", "hugepages": True})}
 
 
 def load_vs_size(plan: Plan, work: Path) -> dict[str, Any]:
@@ -317,29 +295,24 @@ def load_vs_size(plan: Plan, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for dim in plan.load_dims:
         paths = files.write_set(work, dim, 16, plan.n_vocab, ("ggjt", "gguf", "safetensors", "pt"))
-        out[str(dim)] = {"size": files.size(paths["ggjt"]),
-                         **{c: _loaders(paths, LOAD_LOADERS, plan, f"load d{dim} {c}", cache=c)
-                            for c in plan.load_caches}}
+        out[str(dim)] = {"size": os.path.getsize(paths["ggjt"]), **{
+            c: loaders(paths, tuple(child.LOADERS), plan, f"load d{dim} {c}", cache=c) for c in plan.load_caches}}
     return out
 
 
 def options(plan: Plan, work: Path) -> dict[str, Any]:
     """Every ggmlfmt.load option on the 147-tensor file, warm and cold."""
     path = files.write_set(work, plan.open_dim, 16, plan.n_vocab, ("ggjt",))["ggjt"]
-    out: dict[str, Any] = {"size": files.size(path)}
-    for c in ("warm", "cold"):
-        steps = {n: (lambda o=o: load_run("ggmlfmt", path, cache=c, opts=o)) for n, o in OPTIONS.items()
-                 if n in (plan.options or OPTIONS)}
-        out[c] = rounds(steps, plan, f"options {c}")
-    return out
+    return {"size": os.path.getsize(path), **{c: rounds({n: (lambda o=o, c=c: load_run("ggmlfmt", path, cache=c, opts=o))
+                                                          for n, o in OPTIONS.items() if n in (plan.options or OPTIONS)},
+                                                         plan, f"options {c}") for c in ("warm", "cold")}}
 
 
 def _group(loader: str, path: Path, n: int) -> dict[str, Any]:
     """N processes load + touch one file at once and hold it; private memory summed while all hold; RuntimeError."""
     warm(path)
-    cmd = [PY, str(Path(child.__file__)), loader, str(path), "--hold"]
-    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(n)]
+    procs = [subprocess.Popen([*CHILD, loader, str(path), "--hold"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(n)]
     try:
         lines = [p.stdout.readline() for p in procs]  # type: ignore[union-attr]
         pss = sum(child.status_kib(p.pid, "Pss") for p in procs) * 1024
@@ -350,19 +323,16 @@ def _group(loader: str, path: Path, n: int) -> dict[str, Any]:
     return {"anon_added": sum(json.loads(line)["anon_added"] for line in lines), "pss": pss}
 
 
-GROUP_LOADERS = ("ggmlfmt", "safetensors.load_file", "torch.load")
-
-
 def groups(plan: Plan, work: Path) -> dict[str, Any]:
     """N processes sharing one file: total private memory and PSS, per loader and N."""
     paths = files.write_set(work, plan.open_dim, 16, plan.n_vocab, ("ggjt", "safetensors", "pt"))
-    steps = {f"{ld}|{n}": (lambda ld=ld, n=n: _group(ld, paths[child.FORMAT[ld]], n))
-             for n in plan.group_ns for ld in GROUP_LOADERS}
-    return {"size": files.size(paths["ggjt"]), "runs": rounds(steps, plan, "groups")}
+    steps = {f"{ld}|{n}": (lambda ld=ld, n=n: _group(ld, paths[child.LOADERS[ld][0]], n))
+             for n in plan.group_ns for ld in ("ggmlfmt", "safetensors.load_file", "torch.load")}
+    return {"size": os.path.getsize(paths["ggjt"]), "runs": rounds(steps, plan, "groups")}
 
 
-GGMLFMT = [PY, "-c", "import sys; from ggmlfmt.cli import main; sys.exit(main())"]
-COPIERS = {"ggmlfmt copy": lambda s, d: [*GGMLFMT, "copy", s, d, "--force", "--quiet"],
+COPIERS = {"ggmlfmt copy": lambda s, d: [PY, "-c", "import sys; from ggmlfmt.cli import main; sys.exit(main())", "copy", s,
+                                         d, "--force", "--quiet"],
            "cp": lambda s, d: ["cp", s, d],
            "cp + sha256sum": lambda s, d: ["sh", "-c", 'cp "$0" "$1" && sha256sum "$0" "$1" >/dev/null', s, d]}
 
@@ -372,20 +342,19 @@ def copies(plan: Plan, work: Path) -> dict[str, Any]:
     src, dst = files.write_set(work, plan.copy_dim, 16, plan.n_vocab, ("ggjt",))["ggjt"], work / "copy.bin"
 
     def one(method: str, cache: str) -> dict[str, Any]:  # the copy is removed before the next one (settle)
-        before = evict(src) if cache == "cold" else (warm(src), 1.0)[1]
-        t = timed(COPIERS[method](str(src), str(dst)), fresh=dst)
+        before, t = cached(src, cache), run(COPIERS[method](str(src), str(dst)), fresh=dst)[0]
         return {"total_s": t, "src_before": before, "src_after": cachestat.residency(src).fraction,
                 "dst_after": cachestat.residency(dst).fraction}
-    return {"size": files.size(src), **{c: rounds({m: (lambda m=m, c=c: one(m, c)) for m in COPIERS}, plan,
-                                                  f"copy {c}") for c in ("cold", "warm")}}
+    return {"size": os.path.getsize(src), **{c: rounds({m: (lambda m=m, c=c: one(m, c)) for m in COPIERS}, plan,
+                                                        f"copy {c}") for c in ("cold", "warm")}}
 
 
 def dequantizing(plan: Plan, work: Path) -> dict[str, Any]:
     """ggmlfmt vs gguf.quants dequantizing the same tensor of each type (random quants, finite scales; not Q8_K)."""
     import gguf.quants
     import numpy as np
-    from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION as GEN
     from ggmlfmt.blocks.dequant import KERNELS, dequantize_blocks
+    from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION as GEN
     out, (rows, cols), rng = {}, plan.dequant, np.random.default_rng(0)
     np.seterr(all="ignore")  # gguf-py warns on the inf * 0 of huge MXFP4 scales; both make the same values
     for t in [t for t in KERNELS if t in BLOCK_LAYOUTS[GEN] and t.name != "Q8_K"]:
@@ -395,8 +364,7 @@ def dequantizing(plan: Plan, work: Path) -> dict[str, Any]:
             raw.view(layout.dtype)[f] = rng.uniform(-0.01, 0.01, (rows, cols // layout.elements))
         ours = raw.view(layout.dtype)
         same = np.array_equal(dequantize_blocks(ours, t, GEN).view("<u4"), gguf.quants.dequantize(raw, q).view("<u4"))
-        steps = {"ggmlfmt": lambda o=ours, t=t: timeit.timeit(lambda: dequantize_blocks(o, t, GEN), number=1),
-                 "gguf.quants": lambda r=raw, q=q: timeit.timeit(lambda: gguf.quants.dequantize(r, q), number=1)}
+        steps = {"ggmlfmt": clock(dequantize_blocks, ours, t, GEN), "gguf.quants": clock(gguf.quants.dequantize, raw, q)}
         out[t.name] = {"times": rounds(steps, plan, f"dequantize {t.name}"), "identical": same, "output_bytes": 4 * rows * cols}
     return out
 
@@ -405,34 +373,29 @@ MEASURE = {"conversion": conversion, "migration": migration, "llama3": llama3, "
            "options": options, "groups": groups, "copy": copies, "dequantize": dequantizing}
 
 
-# ---------------------------------------------------------------- the run
-
-
 def machine(directory: Path) -> dict[str, str]:
     """Name -> value lines: what the numbers were measured on."""
     info = {k.strip(): v.strip() for f in ("/proc/cpuinfo", "/proc/meminfo") for k, v in
             (ln.split(":", 1) for ln in open(f) if ":" in ln)}
-    mounts = [ln.split() for ln in open("/proc/mounts")]
     real = os.path.realpath(directory)
-    dev, mnt, fs, options = max((m[:4] for m in mounts if real == m[1] or real.startswith(m[1].rstrip("/") + "/")),
+    dev, mnt, fs, options = max((m[:4] for m in map(str.split, open("/proc/mounts"))
+                                 if real == m[1] or real.startswith(m[1].rstrip("/") + "/")),
                                 key=lambda m: len(m[1]), default=("?", "/", "?", "?"))
     installed = {d.metadata["Name"].lower(): d.version for d in metadata.distributions()}
-    versions = [f"{d} {installed.get(d, 'not installed')}" for d in ("numpy", "torch", "safetensors", "gguf")]
-    virt = " (virtual machine)" if "hypervisor" in info.get("flags", "?") else ""
-    return {"CPU": info.get("model name", "?") + virt, "cores": str(os.cpu_count()),
-            "memory": info.get("MemTotal", "?"), "kernel": platform.release(),
+    return {"CPU": info.get("model name", "?") + (" (virtual machine)" if "hypervisor" in info.get("flags", "?") else ""),
+            "cores": str(os.cpu_count()), "memory": info.get("MemTotal", "?"), "kernel": platform.release(),
             "filesystem": f"{fs} on {dev} at {mnt} (files in {directory}; mount options {options})",
             "transparent huge pages": Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip(),
             "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "Python": platform.python_version() + (" (PYTHONDONTWRITEBYTECODE set; the suite byte-compiled the project "
                                                    "first)" if os.environ.get("PYTHONDONTWRITEBYTECODE") else ""),
-            "libraries": ", ".join(versions)}
+            "libraries": ", ".join(f"{d} {installed.get(d, 'not installed')}" for d in ("numpy", "torch", "safetensors", "gguf"))}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny files, one round: checks the machinery, not speed")
-    p.add_argument("--only", choices=SECTIONS, action="append", help="run this section (repeatable)")
+    p.add_argument("--only", choices=MEASURE, action="append", help="run this section (repeatable)")
     p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
                    help="where the test files go; its filesystem is the one measured (default %(default)s)")
     p.add_argument("--out", type=Path, help="docs directory to write (default docs/, or a temporary one with --quick)")
@@ -449,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick, "plan": asdict(plan), "machine": machine(args.dir), "durations": {}}
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="ggmlfmt-bench-") as work:
-        for name in args.only or SECTIONS:
+        for name in args.only or MEASURE:
             t0 = time.time()
             try:
                 results[name] = MEASURE[name](plan, Path(work))
@@ -458,8 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = {"failed": f"{type(e).__name__}: {e}"}
             meta["durations"][name] = time.time() - t0
     meta["durations"]["total"] = time.time() - start
-    path = report.write(out, results, meta)
-    print(f"wrote {path} in {meta['durations']['total'] / 60:.1f} minutes")
+    print(f"wrote {report.write(out, results, meta)} in {meta['durations']['total'] / 60:.1f} minutes")
     return 0
 
 

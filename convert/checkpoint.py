@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.pth import DTYPES, Checkpoint
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import BadLayout, BadValue
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,15 @@ def find_shards(model_dir: str | os.PathLike[str]) -> list[Path]:
         if m:
             numbered[int(m[1])] = p
     if not numbered:
-        raise FormatError("no consolidated.00.pth found; expected Meta's layout (params.json, "
-                          "consolidated.NN.pth)", path=str(model_dir))
+        raise BadLayout("no consolidated.00.pth found; expected Meta's layout (params.json, "
+                        "consolidated.NN.pth)", path=str(model_dir))
     if max(numbered) >= MAX_SHARDS:  # checked first: the gap search below loops up to the highest number
-        raise FormatError(f"expected at most {MAX_SHARDS} shards, found {numbered[max(numbered)].name}",
-                          path=str(model_dir))
+        raise BadValue(f"expected at most {MAX_SHARDS} shards, found {numbered[max(numbered)].name}",
+                       path=str(model_dir))
     missing = [f"consolidated.{k:02d}.pth" for k in range(max(numbered) + 1) if k not in numbered]
     if missing:
-        raise FormatError(f"shards must be numbered from 00 without gaps; missing {', '.join(missing[:4])}",
-                          path=str(model_dir))
+        raise BadLayout(f"shards must be numbered from 00 without gaps; missing {', '.join(missing[:4])}",
+                        path=str(model_dir))
     return [numbered[k] for k in range(len(numbered))]
 
 
@@ -91,7 +91,7 @@ def _digest(a: np.ndarray) -> bytes:
     return h.digest()
 
 
-# ------------------------------------------------------------------ building checkpoints (demo, tests, bench)
+# ------------------------------------------------------------------ the tokenizer, and the shards against shard 0
 
 
 def find_tokenizer(model_dir: Path, tokenizer: str | os.PathLike[str] | None) -> Path:
@@ -136,11 +136,11 @@ def _check_tensor(meta: TensorMeta, path: Path) -> None:
     if skipped_name(meta.name):
         return
     if meta.dtype not in FLOAT_DTYPES:
-        raise FormatError(f"expected floating-point data ({', '.join(FLOAT_DTYPES)}), found {meta.dtype}",
-                          path=str(path), field=f"tensor {meta.name!r}")
+        raise BadValue(f"expected floating-point data ({', '.join(FLOAT_DTYPES)}), found {meta.dtype}",
+                       path=str(path), field=f"tensor {meta.name!r}")
     if len(meta.shape) not in (1, 2):
-        raise FormatError(f"expected 1 or 2 dimensions like every LLaMA tensor, found shape {list(meta.shape)}",
-                          path=str(path), field=f"tensor {meta.name!r}")
+        raise BadValue(f"expected 1 or 2 dimensions like every LLaMA tensor, found shape {list(meta.shape)}",
+                       path=str(path), field=f"tensor {meta.name!r}")
 
 
 def _compare_shard(first: list[TensorMeta], other: list[TensorMeta], first_path: Path, path: Path) -> None:
@@ -149,15 +149,15 @@ def _compare_shard(first: list[TensorMeta], other: list[TensorMeta], first_path:
     ours = {m.name for m in first}
     for m in other:
         if m.name not in ours:
-            raise FormatError(f"tensor not in {first_path.name}", path=str(path), field=f"tensor {m.name!r}")
+            raise BadLayout(f"tensor not in {first_path.name}", path=str(path), field=f"tensor {m.name!r}")
     for m in first:
         where = {"path": str(path), "field": f"tensor {m.name!r}"}
         t = theirs.get(m.name)
         if t is None:
-            raise FormatError(f"missing (present in {first_path.name})", **where)
+            raise BadLayout(f"missing (present in {first_path.name})", **where)
         if t.shape != m.shape or t.dtype != m.dtype:
-            raise FormatError(f"{t.dtype} {list(t.shape)} differs from {m.dtype} {list(m.shape)} in "
-                              f"{first_path.name}; every shard of a tensor has the same shape and dtype", **where)
+            raise BadLayout(f"{t.dtype} {list(t.shape)} differs from {m.dtype} {list(m.shape)} in "
+                            f"{first_path.name}; every shard of a tensor has the same shape and dtype", **where)
         if m.digest is not None and t.digest != m.digest and not skipped_name(m.name):
-            raise FormatError(f"differs from the copy in {first_path.name}; a replicated 1-D tensor must be "
-                              "identical in every shard", **where)
+            raise BadValue(f"differs from the copy in {first_path.name}; a replicated 1-D tensor must be "
+                           "identical in every shard", **where)

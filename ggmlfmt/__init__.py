@@ -2,7 +2,7 @@
 
 from ggmlfmt.blocks.dequant import dequantize
 from ggmlfmt.constants import FileVersion, FType, GGMLType, GGUFValueType, GGUFVersion
-from ggmlfmt.errors import FormatError
+from ggmlfmt.errors import FormatError, RequestError
 from ggmlfmt.gguf import GGUFIndex, GGUFStrings, plan_gguf
 from ggmlfmt.layout import HParams, TensorInfo, TensorSpec, Vocab
 from ggmlfmt.reader import Model, load, read_index
@@ -20,6 +20,7 @@ __all__ = [
     "GGUFVersion",
     "HParams",
     "Model",
+    "RequestError",
     "TensorInfo",
     "TensorSpec",
     "Vocab",

@@ -40,6 +40,7 @@ from ggmlfmt.llama.model import (
     GGUFVocab,
     LlamaHParams,
     OutTensor,
+    check_overrides,
     llama_hparams,
     plan_llama_gguf,
     reconstruct_vocab,
@@ -80,6 +81,7 @@ def plan_migration(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, 
     if fmt == "ggjt" and given:
         raise CannotWrite(f"{', '.join(given)}: only with --format gguf (ggjt output copies the old file's blocks, "
                           "vocabulary and header unchanged)")
+    check_overrides(ctx, eps)
     paths = find_parts(src)
     check_destination(dst, paths, overwrite=overwrite)  # the run's one check, before reading gigabytes
     parts = open_parts(paths, accept_ggjt=fmt == "gguf")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sdist  # tests/client, on sys.path by conftest
 from meta import VOCAB_SIZE, tokenizer_bytes
 
 HIDDEN, HEADS, KV_HEADS, LAYERS, FF = 64, 4, 2, 2, 96
@@ -108,21 +109,7 @@ def write_llama2_tokenizer_json(model_dir: Path) -> None:
 
 def ensure_peer() -> Path:
     """convert_hf_to_gguf.py of the llama-cpp-python 0.3.36 sdist, downloaded (pip) and unpacked on first use."""
-    import fcntl
-    import tarfile
-
-    if PEER.is_file():
-        return PEER
-    root = SDIST_ROOT.parent
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock-0.3.36", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not PEER.is_file():
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                            "llama-cpp-python==0.3.36", "-d", str(root)], check=True, capture_output=True)
-            with tarfile.open(root / "llama_cpp_python-0.3.36.tar.gz") as tar:
-                tar.extractall(root, filter="data")
-    return PEER
+    return sdist.llama_cpp_tree(root=SDIST_ROOT.parent) / PEER.name
 
 
 def peer_convert(model_dir: Path, outfile: Path, outtype: str) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from convert.cli import main
 from ggmlfmt.llama.spm import UNKNOWN_TEXT, load_vocab, piece_text
 from ggmlfmt import FormatError, load
 from ggmlfmt.errors import IncompleteWrite
-from meta import VOCAB_SIZE, build, load_shards, reference_file, vocab_entries
+from meta import VOCAB_SIZE, build, load_shards, reference_file, vocab_entries, write_demo_example
 
 SHARDS = [1, 2, 4, 8]
 
@@ -265,6 +265,40 @@ def test_demo_builds_converts_and_checks(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["--demo", str(tmp_path / "demo"), "--quiet"]) == 1  # not empty: needs --force
     assert "not empty" in capsys.readouterr().err
     assert main(["--demo", str(tmp_path / "demo"), "--quiet", "--force"]) == 0
+
+
+def test_demo_example_is_what_the_fixture_makes(tmp_path: Path) -> None:
+    """convert/example/ (shipped, copied by the demo) equals write_demo_example's output: shards and params.json
+    byte for byte; the tokenizer piece for piece (its proto may carry the trainer's version); the control: a
+    retrained tokenizer of another size, and the shards of another seed, differ."""
+    from importlib import resources
+
+    import sentencepiece
+
+    from convert.demo import EXAMPLE
+
+    write_demo_example(tmp_path / "made")
+    shipped = resources.files("convert").joinpath("example")
+    assert sorted(str(p.relative_to(tmp_path / "made")) for p in (tmp_path / "made").rglob("*") if p.is_file()) \
+        == sorted(EXAMPLE)
+
+    def pieces(proto: bytes) -> list[tuple[str, float, bool, bool, bool]]:
+        sp = sentencepiece.SentencePieceProcessor(model_proto=proto)
+        return [(sp.id_to_piece(i), sp.get_score(i), sp.is_control(i), sp.is_byte(i), sp.is_unknown(i))
+                for i in range(sp.vocab_size())]
+
+    for name in EXAMPLE:
+        made, ours = (tmp_path / "made" / name).read_bytes(), shipped.joinpath(*name.split("/")).read_bytes()
+        if name.endswith(".model"):
+            assert pieces(ours) == pieces(made) and len(pieces(ours)) == VOCAB_SIZE
+        else:
+            assert ours == made, name
+    from meta import DemoConfig, build_checkpoint
+
+    other = build_checkpoint(tmp_path / "other", DemoConfig(seed=1, vocab_size=328))
+    assert (other / "consolidated.00.pth").read_bytes() != shipped.joinpath("tiny", "consolidated.00.pth").read_bytes()
+    assert pieces((other.parent / "tokenizer.model").read_bytes()) != pieces(shipped.joinpath("tokenizer.model")
+                                                                           .read_bytes())
 
 
 def test_demo_and_model_dir_are_exclusive(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 import builders
 from convert import convert_checkpoint
-from convert.demo import DemoConfig, make_weights, build_checkpoint
+from meta import DemoConfig, build_checkpoint, make_weights
 from migrate import migrate_file
 
 

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 import strategies
 from convert.pth import parse_checkpoint
 from ggmlfmt import FormatError
-from convert.pthwrite import BF16, save_checkpoint
+from pthwrite import BF16, save_checkpoint
 
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "")
 ZIP_EXAMPLES = {"fuzz": 40_000}.get(PROFILE, 200)

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import builders
 from ggmlfmt.llama.params import gguf_hparams, parse_params
-from ggmlfmt.llama.spm import load_gguf_vocab, load_vocab, piece_text, train_tokenizer, vocab_for_old_file
+from ggmlfmt.llama.spm import load_gguf_vocab, load_vocab, piece_text, vocab_for_old_file
+from meta import train_tokenizer
 from ggmlfmt.constants import FType, GGMLType, GGUFValueType, TokenType
 from ggmlfmt.errors import BadValue, CannotWrite, FormatError
 from ggmlfmt.layout import Vocab

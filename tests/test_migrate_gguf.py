@@ -350,7 +350,7 @@ def _old_texts(tokenizer: Path) -> list[tuple[bytes, float]]:
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Path:
-    from ggmlfmt.llama.spm import train_tokenizer
+    from meta import train_tokenizer
 
     path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
     train_tokenizer(path, HP_SP["n_vocab"])
@@ -480,6 +480,18 @@ def test_refusals(tmp_path, capsys):
     _refused(tmp_path, capsys, [src, "--vocab", tmp_path / "not.model"], "not a SentencePiece model")
     _refused(tmp_path, capsys, [src, "--ctx", "0"], "context_length")
     _refused(tmp_path, capsys, [src, "--eps", "-1"], "rms_eps")
+
+
+@pytest.mark.parametrize("option", [{"ctx": 0}, {"ctx": 1 << 32}, {"eps": -1.0}, {"eps": float("nan")}])
+def test_bad_overrides_are_the_request_not_the_file(tmp_path, option):
+    from ggmlfmt.errors import BadOption
+    from migrate.migrate import plan_migration
+    src = write_ggjt(tmp_path, 3, tensors("Q4_0"))
+    with pytest.raises(BadOption, match="--ctx" if "ctx" in option else "--eps") as e:
+        plan_migration(src, tmp_path / "out.gguf", fmt="gguf", **option)
+    assert not isinstance(e.value, ggmlfmt.FormatError) and str(src) not in str(e.value)
+    good = {"ctx": 4096} if "ctx" in option else {"eps": 1e-5}  # control: a value in range plans
+    assert plan_migration(src, tmp_path / "out.gguf", fmt="gguf", **good).plan.tensors
 
 
 def test_refuses_what_gguf_cannot_describe(tmp_path, capsys):

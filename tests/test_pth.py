@@ -23,7 +23,7 @@ from builders import split_shards
 from convert.pth import (
     PthTensor, open_checkpoint, parse_checkpoint,
 )
-from convert.pthwrite import BF16, save_checkpoint
+from pthwrite import BF16, save_checkpoint
 from ggmlfmt import FormatError, GGMLType
 from helpers import run_with_unimportable
 from ggmlfmt.blocks.floats import CASTS, bf16_to_f16, bf16_to_f32, f32_to_bf16, f32_to_f16
@@ -273,7 +273,7 @@ def test_hand_built_zips_read_like_torch(tmp_path: Path, zip64: bool, descriptor
 def _refused(data: bytes, pattern: str) -> None:
     with pytest.raises(FormatError, match=pattern) as e:
         parse_checkpoint(memoryview(data))
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and type(e.value) is not FormatError  # one line, and a kind (BadValue, ...)
 
 
 def test_duplicate_second_and_missing_pickles(tmp_path: Path) -> None:
@@ -287,6 +287,27 @@ def test_overlapping_members(tmp_path: Path) -> None:
     records = torch_records(tmp_path, STATE)
     _refused(zip_bytes(records, central_offsets={records[1][0]: 0}), r"offset 0x0: local header: record "
                                                                      r"'src/.*' starts inside the previous record")
+
+
+def test_a_central_directory_above_the_cap_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """zipfile reads the directory in one piece and makes an object per entry: a directory claimed larger
+    than MAX_DIRECTORY_BYTES (4 MiB) is refused before that read; the control, the same file with the true
+    size, parses."""
+    import tracemalloc
+
+    records = torch_records(tmp_path, STATE) + [("src/padding", bytes(5 << 20))]
+    data = bytearray(zip_bytes(records))
+    eocd = data.rindex(b"PK\x05\x06")
+    assert parse_checkpoint(memoryview(bytes(data)))  # the control
+    cd_size, cd_offset = struct.unpack_from("<II", data, eocd + 12)
+    struct.pack_into("<II", data, eocd + 12, cd_size + cd_offset, 0)  # the whole file before it, 5 MiB and more
+    tracemalloc.start()
+    try:
+        _refused(bytes(data), rf"offset 0x0: central directory: {cd_size + cd_offset:,} bytes from its end record, "
+                              r"more than 4,194,304")
+        assert tracemalloc.get_traced_memory()[1] < 2 * len(data) + (1 << 20)  # the test's own copy, no more
+    finally:
+        tracemalloc.stop()
 
 
 def test_encrypted_and_compressed_records(tmp_path: Path) -> None:

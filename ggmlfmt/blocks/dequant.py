@@ -19,7 +19,7 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-from ggmlfmt.blocks import iqgrids
+from ggmlfmt.blocks.iqgrids import grid as _grid
 from ggmlfmt.constants import (
     BLOCK_LAYOUTS,
     IQ1_DELTA,
@@ -342,13 +342,6 @@ def _nvfp4(c: np.ndarray, o: np.ndarray, layout: BlockLayout) -> None:
 
 
 # ----------------------------------------------------------------- the grid types (docs/format.md §17.5)
-
-
-@cache
-def _grid(name: str) -> np.ndarray:
-    """A lattice grid of ggmlfmt/blocks/iqgrids.py, one entry (8 or 4 value bytes) per u64 or u32."""
-    raw = bytes.fromhex(getattr(iqgrids, name))
-    return np.frombuffer(raw, "<u4" if name.startswith("IQ3") else "<u8")
 
 
 @cache

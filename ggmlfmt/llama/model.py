@@ -28,7 +28,7 @@ from ggmlfmt.constants import (
     GGUFValueType,
     TokenType,
 )
-from ggmlfmt.errors import BadLayout, BadValue, CannotWrite
+from ggmlfmt.errors import BadLayout, BadOption, BadValue, CannotWrite
 from ggmlfmt.gguf import plan_gguf
 from ggmlfmt.layout import Plan, TensorSpec, Vocab
 
@@ -266,6 +266,21 @@ def _check_layer(shapes: Mapping[str, Sequence[int]], n: int, n_embd: int, n_ff:
     """Raises: FormatError when a tensor of layer n has another shape than layer 0 implies."""
     for name, want in _layer_shapes(n, n_embd, n_ff, kv_rows).items():
         _expect(shapes, name, want, "from layer 0 and n_embd")
+
+
+def check_overrides(context_length: int | None, rms_eps: float | None) -> None:
+    """--ctx and --eps checked as requests, before any input is read (a bad one is not the input's fault).
+
+    Raises: BadOption naming the option and the GGUF field it sets.
+    """
+    try:
+        if context_length is not None and not 0 < context_length < 1 << 32:
+            raise BadValue(f"expected 1..{(1 << 32) - 1}, found {context_length}", field="context_length")
+        if rms_eps is not None:
+            _check_positive_float("rms_eps", rms_eps)
+    except BadValue as e:
+        option = "--ctx" if e.field == "context_length" else "--eps"
+        raise BadOption(f"{e.field}: {e.msg}", field=option) from None
 
 
 def _check_positive_float(field: str, value: float) -> None:

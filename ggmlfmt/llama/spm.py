@@ -6,10 +6,8 @@ The only module that imports sentencepiece (lazily, so `convert-model --help` st
 
 from __future__ import annotations
 
-import io
 import os
 import re
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,15 +22,6 @@ SPACE_MARKER = "\u2581"  # SentencePiece's "▁", written as an ASCII space
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 MAX_VOCAB = 1 << 24  # LLaMA has 32,000; a larger count is a broken or hostile model
 MAX_MODEL_BYTES = 1 << 26  # LLaMA's tokenizer.model is 500 KB, the largest SentencePiece models a few MB
-
-# Byte fallback adds 256 byte pieces and <unk>, <s>, </s>: the least a demo tokenizer holds.
-MIN_DEMO_VOCAB = 256 + 3
-DEMO_CORPUS = (
-    "The quick brown fox jumps over the lazy dog.",
-    "Il était une fois une marquise très élégante.",
-    "Hello, world! 1234567890 is a number, and so is 42.",
-    "A tiny model converted from Meta's layout to one aligned ggjt file.",
-)
 
 
 def _processor(path: str) -> Any:
@@ -136,33 +125,3 @@ def vocab_for_old_file(path: str | os.PathLike[str], file_vocab: Vocab) -> GGUFV
     """
     check_vocab_matches(file_vocab, load_vocab(path), model_path=os.fspath(path))
     return load_gguf_vocab(path)
-
-
-def train_tokenizer(path: str | os.PathLike[str], vocab_size: int, *, corpus: Iterable[str] = DEMO_CORPUS,
-                    control_symbols: Sequence[str] = ("<ctl>",), user_symbols: Sequence[str] = ()) -> None:
-    """Train a small BPE tokenizer.model with byte fallback (for the demo, tests and benchmarks).
-
-    Sizes past what the corpus can merge are filled with user-defined pieces "▁w0", "▁w1", ...
-
-    Raises:
-        ValueError: vocab_size is below the byte pieces + specials, or training gave another size.
-    """
-    import sentencepiece
-
-    if vocab_size < MIN_DEMO_VOCAB + len(control_symbols) + len(user_symbols) + 8:
-        raise ValueError(f"vocab_size {vocab_size} leaves no room for merges after {MIN_DEMO_VOCAB} byte/special "
-                         "pieces")
-    corpus = list(corpus)
-    # A handful of sentences yields ~60 merges; past that, pad with user pieces so the size is exact.
-    filler = [f"{SPACE_MARKER}w{i}" for i in range(max(0, vocab_size - MIN_DEMO_VOCAB - 64))]
-    out = io.BytesIO()
-    # minloglevel silences the trainer; its `logstream` option would dup2 over fd 2 (needs a real sys.stderr)
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus * 4), model_writer=out, vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, character_coverage=1.0, num_threads=1, control_symbols=list(control_symbols),
-        user_defined_symbols=[*user_symbols, *filler], hard_vocab_limit=False, minloglevel=2)
-    got = sentencepiece.SentencePieceProcessor(model_proto=out.getvalue()).vocab_size()
-    if got != vocab_size:
-        raise ValueError(f"the training corpus gave {got} pieces, not {vocab_size}")
-    with open(path, "wb") as f:
-        f.write(out.getvalue())

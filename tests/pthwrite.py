@@ -1,7 +1,7 @@
 """Write PyTorch zip checkpoints without torch: what torch.save(dict of tensors) writes (docs/format.md §10.6).
 
-For the demo, the tests and the benchmarks: `torch.load(weights_only=True)` reads these files back
-exactly, and so does convert.pth. Records are STORED with their data 64-byte aligned by an 'FB'
+A test fixture (for the tests, the benchmarks, and the demo's example files in convert/example/, written
+once): `torch.load(weights_only=True)` reads these files back exactly, and so does convert.pth. Records are STORED with their data 64-byte aligned by an 'FB'
 padding extra field, as torch does; sizes and CRCs sit in the local headers (torch puts them in data
 descriptors instead; both are valid zip).
 """
@@ -20,28 +20,24 @@ from typing import BinaryIO
 import numpy as np
 import numpy.typing as npt
 
-from convert.pth import (
-    CENTRAL,
-    CENTRAL_SIG,
-    DATA_ALIGNMENT,
-    DTYPES,
-    EOCD,
-    EOCD64,
-    EOCD64_LOCATOR,
-    EOCD64_SIG,
-    EOCD_SIG,
-    EXTRA_HEADER,
-    LOCAL,
-    LOCAL_SIG,
-    LOCATOR_SIG,
-    ORDERED_DICT,
-    REBUILD_TENSOR,
-    ZIP64_EXTRA_ID,
-    ZIP64_MARK16,
-    ZIP64_MARK32,
-)
-from ggmlfmt.atomic import TempFile
-from ggmlfmt.errors import CannotWrite
+
+# The zip records (APPNOTE 4.3.7, 4.3.12, 4.3.14-16), restated here: tests/test_pth.py reads what this writes
+# with convert.pth, torch and zipfile, so it shares no table with the reader.
+LOCAL = struct.Struct("<4sHHHHHIIIHH")  # sig, needed, flags, method, time, date, crc, csize, usize, name/extra len
+CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")  # sig, made by, needed, flags, method, time, date, crc, csize,
+#                                                 usize, name/extra/comment len, disk, int/ext attr, offset
+EOCD = struct.Struct("<4sHHHHIIH")  # sig, disk, cd disk, entries here, entries, cd size, cd offset, comment len
+EOCD64 = struct.Struct("<4sQHHIIQQQQ")  # sig, size of the rest, made by, needed, disks, entries, cd size/offset
+EOCD64_LOCATOR = struct.Struct("<4sIQI")  # sig, disk of the zip64 EOCD, its offset, number of disks
+EXTRA_HEADER = struct.Struct("<HH")  # extra field id, its data length
+LOCAL_SIG, CENTRAL_SIG, EOCD_SIG = b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06"
+EOCD64_SIG, LOCATOR_SIG = b"PK\x06\x06", b"PK\x06\x07"
+ZIP64_EXTRA_ID, ZIP64_MARK16, ZIP64_MARK32 = 0x0001, 0xFFFF, 0xFFFFFFFF
+DATA_ALIGNMENT = 64  # torch pads each record's data to this
+# dtype -> (torch storage class, numpy dtype of the stored bytes)
+DTYPES = {"float16": ("HalfStorage", "<f2"), "float32": ("FloatStorage", "<f4"), "bfloat16": ("BFloat16Storage", "<u2")}
+REBUILD_TENSOR = ("torch._utils", "_rebuild_tensor_v2")
+ORDERED_DICT = ("collections", "OrderedDict")
 
 PADDING_EXTRA_ID = 0x4246  # b"FB": torch's alignment padding, filled with b"Z"
 ZIP_VERSION, ZIP64_VERSION = 20, 45  # "version needed to extract": plain, zip64
@@ -61,29 +57,29 @@ class BF16:
 
 def save_checkpoint(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray | BF16], *,
                     zip64_threshold: int = ZIP64_MARK32) -> None:
-    """Write `tensors` (f16, f32 arrays or BF16) as torch.save of an ordered dict would, via temp + rename.
+    """Write `tensors` (f16, f32 arrays or BF16) as torch.save of an ordered dict would.
 
     zip64_threshold: records whose size or offset reach it get zip64 extra fields (tests lower it).
 
     Raises:
-        CannotWrite: an array of another dtype. OSError: the file cannot be written.
+        ValueError: an array of another dtype (checked before the file is created). OSError: the file cannot be written.
     """
     target = Path(path)
     prefix = target.stem  # torch names the archive's top directory after the file, less its extension
     arrays = {name: _as_stored(name, a) for name, a in tensors.items()}
-    with TempFile(target) as temp, os.fdopen(temp.fd, "wb", closefd=False) as f:  # commit: fsync, rename
+    with open(target, "wb") as f:
         _write_archive(f, prefix or "archive", arrays, zip64_threshold)
 
 
 def _as_stored(name: str, a: np.ndarray | BF16) -> tuple[str, np.ndarray]:
-    """(dtype name, C-contiguous little-endian array). Raises: CannotWrite for another dtype."""
+    """(dtype name, C-contiguous little-endian array). Raises: ValueError for another dtype."""
     if isinstance(a, BF16):
         return "bfloat16", np.asarray(a.bits).astype("<u2", order="C", copy=False)
-    for dtype, (_, np_dtype, _) in DTYPES.items():
+    for dtype, (_, np_dtype) in DTYPES.items():
         if dtype != "bfloat16" and a.dtype.kind == "f" and a.dtype.itemsize == np.dtype(np_dtype).itemsize:
             # either byte order in, little-endian out; astype, not ascontiguousarray, which makes 0-d 1-d
             return dtype, a.astype(np_dtype, order="C", copy=False)
-    raise CannotWrite(f"tensor {name!r}: expected float16 or float32 (or BF16 bits), found {a.dtype}")
+    raise ValueError(f"tensor {name!r}: expected float16 or float32 (or BF16 bits), found {a.dtype}")
 
 
 def _write_archive(f: BinaryIO, prefix: str, arrays: dict[str, tuple[str, np.ndarray]], zip64_at: int) -> None:
