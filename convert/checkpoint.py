@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.pth import DTYPES, Checkpoint, open_checkpoint
+from convert.pth import DTYPES, Checkpoint
 from ggmlfmt.errors import BadLayout, BadValue
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,9 @@ class TensorMeta:
     digest: bytes | None  # sha256 of the data of 1-D tensors (replicated ones must agree across shards)
 
 
-def describe_shard(path: str | os.PathLike[str]) -> list[TensorMeta]:
-    """Names, shapes and dtypes of a shard in key order, plus a digest of each 1-D tensor.
-
-    Raises:
-        FormatError: not a checkpoint convert.pth reads (names the file and the field).
-        OSError: the file cannot be read.
-    """
-    with open_checkpoint(path) as ck:
-        return [_meta(ck, t.name) for t in ck.tensors.values()]
+def describe_shard(ck: Checkpoint) -> list[TensorMeta]:
+    """Names, shapes and dtypes of an opened shard in key order, plus a digest of each 1-D tensor."""
+    return [_meta(ck, t.name) for t in ck.tensors.values()]
 
 
 def _meta(ck: Checkpoint, name: str) -> TensorMeta:
@@ -115,20 +109,20 @@ def find_tokenizer(model_dir: Path, tokenizer: str | os.PathLike[str] | None) ->
                             str(model_dir / TOKENIZER))
 
 
-def check_shards(shards: list[Path]) -> list[TensorMeta]:
-    """Shard 0's tensors in key order, after checking every shard against it.
+def check_shards(shards: list[Checkpoint]) -> list[TensorMeta]:
+    """Shard 0's tensors in key order, after checking every opened shard (convert.pth) against it.
 
     Each shard must hold the same names with the same shapes and dtypes, floating-point data, and
-    byte-identical copies of the replicated 1-D tensors. Shards are opened one at a time.
+    byte-identical copies of the replicated 1-D tensors.
 
     Raises:
         FormatError: names the shard and the tensor.
     """
     first = describe_shard(shards[0])
     for meta in first:
-        _check_tensor(meta, shards[0])
-    for path in shards[1:]:
-        _compare_shard(first, describe_shard(path), shards[0], path)
+        _check_tensor(meta, Path(shards[0].path))
+    for ck in shards[1:]:
+        _compare_shard(first, describe_shard(ck), Path(shards[0].path), Path(ck.path))
     return first
 
 

@@ -1,4 +1,5 @@
-"""The `convert-model` command: Meta .pth shards -> one ggjt or GGUF file; --dry-run shows the plan, --demo tries it all.
+"""The `convert-model` command: a Meta checkpoint or a Hugging Face directory -> one ggjt or GGUF file; --dry-run
+shows the plan (ggmlfmt.job.describe), --demo tries it all.
 
 The only module of the package that prints. stdout carries results (plan, demo report); logs,
 progress and errors go to stderr.
@@ -7,33 +8,15 @@ progress and errors go to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from convert.convert import (
-    FORMATS,
-    OUTTYPES,
-    ConversionPlan,
-    TensorEntry,
-    early_outfile,
-    plan_conversion,
-    resolve_format,
-    resolved_outtype,
-    write_conversion,
-)
-from ggmlfmt.atomic import refuse_existing
+from convert.convert import FORMATS, OUTTYPES, job, plan_conversion, write_conversion
 from ggmlfmt.command import add_common_options, progress_bar, run
-from ggmlfmt.constants import GGUFValueType
-from ggmlfmt.llama.model import llama_file_type, llama_metadata
+from ggmlfmt.job import describe
 
 PROG = "convert-model"
-# LlamaHParams.defaults names -> the GGUF keys they fill
-DEFAULTED_KEYS = {"context_length": "llama.context_length", "rms_eps": "llama.attention.layer_norm_rms_epsilon"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,120 +67,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    model_dir = Path(args.model_dir)
-    out = early_outfile(model_dir, args.outfile, args.outtype, resolve_format(args.fmt, args.outfile))
-    if out is not None and not args.dry_run:
-        refuse_existing(out, overwrite=args.force)  # before reading the checkpoint when the name is known
-    cp = plan_conversion(model_dir, out, outtype=args.outtype, tokenizer=args.vocab, fmt=args.fmt,
-                         context_length=args.ctx, rms_eps=args.eps,
-                         llama_release=args.llama_release)
+    cp = plan_conversion(Path(args.model_dir), args.outfile, outtype=args.outtype, tokenizer=args.vocab, fmt=args.fmt,
+                         context_length=args.ctx, rms_eps=args.eps, llama_release=args.llama_release,
+                         overwrite=args.force or args.dry_run)
     if args.dry_run:
-        exists = cp.outfile.exists()
-        print(json.dumps(plan_dict(cp, exists), indent=2) if args.json else render_plan(cp, exists))
+        print(describe(job(cp, overwrite=args.force), as_json=args.json))
         return 0
-    if out is None:
-        refuse_existing(cp.outfile, overwrite=args.force)  # "auto" named it from the checkpoint
     with progress_bar(cp.plan.data_bytes, desc=PROG, quiet=args.quiet) as update:
         write_conversion(cp, force=args.force, progress=update)
     if not args.quiet:
         print(f"{PROG}: wrote {cp.outfile} ({cp.plan.size:,} bytes, {len(cp.entries)} tensors from "
               f"{len(cp.shards)} shard(s))", file=sys.stderr)
     return 0
-
-
-def plan_dict(cp: ConversionPlan, out_exists: bool) -> dict[str, Any]:
-    """The plan as plain JSON-able values; a GGUF plan adds its metadata and names tensors by their GGUF names."""
-    gguf = cp.format == "gguf"
-    content = ({"metadata": _metadata(cp), "defaults": [DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults]}
-               if gguf else {"hparams": {k: getattr(cp.plan.hparams, k) for k in cp.plan.hparams.__slots__}})
-    return {
-        "outfile": str(cp.outfile),
-        "outfile_exists": out_exists,
-        "format": "gguf v3" if gguf else "ggjt v1",
-        "shards": [str(p) for p in cp.shards],
-        "vocab": str(cp.vocab_path),
-        **content,
-        "skipped": list(cp.skipped),
-        "tensors": [_tensor_dict(e, gguf) for e in cp.entries],
-        "data_bytes": cp.plan.data_bytes,
-        "file_size": cp.plan.size,
-    }
-
-
-def _tensor_dict(e: TensorEntry, gguf: bool) -> dict[str, Any]:
-    """One tensor of the plan; GGUF: its GGUF name and ggml-order dims, then the checkpoint's view."""
-    names = {"name": e.info.name, "checkpoint_name": e.name, "ne": list(e.info.ne)} if gguf else {"name": e.name}
-    return {**names, "shape": list(e.shape), "type": e.info.type.name, "split_axis": e.axis,
-            "shard_shape": list(e.shard_shape), "source_dtype": e.source_dtype, "offset": e.info.offset,
-            "nbytes": e.info.nbytes}
-
-
-def _metadata(cp: ConversionPlan) -> dict[str, Any]:
-    """The GGUF metadata the plan writes: scalars as values, arrays as {"type", "count"} (general.alignment apart)."""
-    if cp.gguf is None:
-        raise TypeError("not a GGUF plan")
-    types_2d = [e.info.type for e in cp.entries if len(e.shape) == 2]
-    quantized = any(e.info.block.elements > 1 for e in cp.entries)
-    kvs = llama_metadata(cp.gguf.hparams, cp.gguf.vocab, name=cp.gguf.name, file_type=llama_file_type(types_2d),
-                         quantized=quantized, n_params=cp.gguf.n_params, extra=cp.gguf.extra)
-    out: dict[str, Any] = {}
-    for kv in kvs:
-        if kv.type == GGUFValueType.ARRAY:
-            element, items = kv.value
-            out[kv.key] = {"type": GGUFValueType(element).name.lower(), "count": len(items)}
-        else:
-            # an f32 as stored (1e-5 is 9.99999974e-06 in the file): what a reader will see
-            out[kv.key] = float(np.float32(kv.value)) if kv.type == GGUFValueType.FLOAT32 else kv.value
-    return out
-
-
-def _render_gguf(cp: ConversionPlan, out_exists: bool) -> str:
-    """A GGUF plan as text: the metadata summary, one line per tensor (GGUF name, ne, type, offset), totals."""
-    meta = _metadata(cp)  # raises for a ggjt plan
-    defaulted = {DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults}
-    label = cp.outtype
-    if label == "auto":  # say what it resolved to
-        label += ": " + resolved_outtype([e.info.type for e in cp.entries if len(e.shape) == 2])
-    lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} (gguf v3, 2-D {label})"]
-    for key, value in meta.items():
-        shown = (f"[{value['count']} {value['type']}]" if isinstance(value, dict)
-                 else str(np.float32(value)) if isinstance(value, float) else repr(value))
-        default = " (not in the checkpoint: LLaMA-1's value)" if key in defaulted else ""
-        lines.append(f"meta: {key} = {shown}{default}")
-    width = max((len(e.info.name) for e in cp.entries), default=10)
-    lines.append(f"{'tensor':<{width}}  {'ne':<14} {'type':<4} {'split':<5} {'offset':>12} {'bytes':>15}  checkpoint")
-    for e in cp.entries:
-        split = "-" if e.axis is None else str(e.axis)
-        lines.append(f"{e.info.name:<{width}}  {'x'.join(map(str, e.info.ne)):<14} {e.info.type.name:<4} {split:<5} "
-                     f"{e.info.offset:>#12x} {e.info.nbytes:>15,}  {e.name}")
-    return "\n".join(lines + _totals(cp, out_exists))
-
-
-def _totals(cp: ConversionPlan, out_exists: bool) -> list[str]:
-    skipped = f"; skipped {', '.join(cp.skipped)}" if cp.skipped else ""
-    lines = [f"total: {len(cp.entries)} tensors, {cp.plan.data_bytes:,} bytes of data, file "
-             f"{cp.plan.size:,} bytes{skipped}"]
-    if out_exists:
-        lines.append(f"note: {cp.outfile} exists; the conversion needs --force")
-    return lines
-
-
-def render_plan(cp: ConversionPlan, out_exists: bool) -> str:
-    """The plan as a table: one line per tensor, then the totals."""
-    if cp.format == "gguf":
-        return _render_gguf(cp, out_exists)
-    hp = cp.plan.hparams
-    width = max(len(e.name) for e in cp.entries) if cp.entries else 10
-    lines = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} (ggjt v1, 2-D {cp.outtype})",
-             f"header: n_vocab {hp.n_vocab}, n_embd {hp.n_embd}, n_mult {hp.n_mult}, n_head {hp.n_head}, "
-             f"n_layer {hp.n_layer}, n_rot {hp.n_rot}, ftype {hp.ftype}; vocabulary from {cp.vocab_path}",
-             f"{'tensor':<{width}}  {'shape':<14} {'type':<4} {'split':<5} {'offset':>12} {'bytes':>15}"]
-    for e in cp.entries:
-        split = "-" if e.axis is None else str(e.axis)
-        shape = "x".join(map(str, e.shape))
-        lines.append(f"{e.name:<{width}}  {shape:<14} {e.info.type.name:<4} {split:<5} {e.info.offset:>#12x} "
-                     f"{e.info.nbytes:>15,}")
-    return "\n".join(lines + _totals(cp, out_exists))
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -1,11 +1,13 @@
-"""Meta LLaMA shards -> one ggjt v1 file (byte for byte what the post-#613 converter wrote, docs/format.md §8),
-or one GGUF v3 file for today's llama.cpp (docs/format.md §8.1, §13-§16).
+"""One planner and one writer for every input: Meta LLaMA shards or a Hugging Face directory -> one ggjt v1
+file (byte for byte what the post-#613 converter wrote, docs/format.md §8) or one GGUF v3 file for today's
+llama.cpp (docs/format.md §8.1, §13-§16, §19).
 
-Two phases. Planning reads params.json, the tokenizer and every shard's metadata, checks that the
-shards agree (one shard open at a time), and lays out every byte of the output. Writing maps every
-shard at once (maps cost no private memory) and hands each tensor to the unsharding engine
-(ggmlfmt.unshard): unchanged runs move inside the kernel, column splits and casts go through one
-buffer of a few MB. The writer proves every data byte was written exactly once before renaming.
+Two phases. Planning checks the request, lets the input's source module (convert.shards, convert.hf)
+open and parse each input file once and describe every output tensor (convert.source.TensorEntry),
+chooses each tensor's output type, and lays out every byte of the output. Writing maps each input file
+(no parsing: the plan holds every offset) and hands each tensor to the unsharding engine
+(ggmlfmt.unshard): unchanged runs move inside the kernel, column splits and casts go through one buffer
+of a few MB. The writer proves every data byte was written exactly once before renaming.
 """
 
 from __future__ import annotations
@@ -13,24 +15,20 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import mmap
 import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from convert.checkpoint import (
-    TensorMeta,
-    check_shards,
-    find_shards,
-    find_tokenizer,
-    is_hf_dir,
-    skipped_name,
-)
-from convert.pth import Checkpoint, open_checkpoint
+from convert import hf, shards
+from convert.checkpoint import is_hf_dir
+from convert.source import COMPUTED, Notes, Request, TensorEntry, file_stat, view_dtype
 from ggmlfmt.atomic import refuse_existing
 from ggmlfmt.blocks.floats import CASTS
 from ggmlfmt.blocks.quantize import quantize_q8_0
@@ -41,43 +39,26 @@ from ggmlfmt.constants import (
     FileVersion,
     FType,
     GGMLType,
+    GGUFValueType,
 )
-from ggmlfmt.errors import CannotWrite, FormatError
-from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
+from ggmlfmt.errors import BadLayout, CannotWrite
+from ggmlfmt.job import Job, Note, Tensor, write
+from ggmlfmt.layout import HParams, Plan, TensorSpec, plan
 from ggmlfmt.llama.model import (
-    ROPE_FREQS,
     GGUFVocab,
     LlamaHParams,
     MetaKV,
     OutTensor,
-    llama3_rope_factors,
+    llama_file_type,
+    llama_metadata,
     plan_llama_gguf,
-    skipped_tensor,
 )
-from ggmlfmt.llama.params import Params, gguf_hparams, read_params
-from ggmlfmt.llama.spm import load_gguf_vocab, load_vocab
-from ggmlfmt.llama.tiktoken_vocab import (
-    N_SPECIAL,
-    bpe_vocab,
-    looks_like_tiktoken,
-    read_ranks,
-    special_tokens,
-)
-from ggmlfmt.parts import full_shape, n_parts_for_dim, split_axis, split_axis_by_shape
-from ggmlfmt.unshard import (
-    Piece,
-    Source,
-    computed_source,
-    open_read_only,
-    write_tensors,
-)
-from ggmlfmt.writer import FileWriter
+from ggmlfmt.unshard import Piece, Source, computed_source, open_read_only
 
 log = logging.getLogger(__name__)
 
-COMPUTED = "computed"  # source_dtype of a tensor no shard holds (the plan shows it)
-SNIFF_BYTES = 64  # how much of tokenizer.model tells tiktoken from SentencePiece
-LLAMA3_CONTEXT = {"3": 8192, "3.1": 131072, "3.2": 131072, "3.3": 131072}  # Meta's context length per release
+__all__ = ["COMPUTED", "ConversionPlan", "GGUFContent", "TensorEntry", "convert_checkpoint", "job", "plan_conversion",
+           "resolve_format", "write_conversion"]
 
 # --outtype -> the type of every 2-D weight (docs/format.md §8.3); "auto": the checkpoint's own (AUTO_TYPES)
 OUTTYPES: dict[str, GGMLType | None] = {"auto": None, "bf16": GGMLType.BF16, "f16": GGMLType.F16,
@@ -88,50 +69,38 @@ GGJT_FTYPES = {"f16": FType.MOSTLY_F16, "f32": FType.ALL_F32}  # the 2023 file's
 GGJT_AUTO = "f16"  # the 2023 converter's default, kept so the ggjt default output is unchanged
 FORMATS = ("ggjt", "gguf")
 SUFFIXES = {"ggjt": ".bin", "gguf": ".gguf"}
+# LlamaHParams.defaults names -> the GGUF keys they fill (--dry-run marks them)
+DEFAULTED_KEYS = {"context_length": "llama.context_length", "rms_eps": "llama.attention.layer_norm_rms_epsilon"}
 # Converters by (checkpoint dtype, output type) beyond the float casts: the q8_0 quantizer (ggmlfmt.blocks.quantize)
 QUANTIZERS = {(dtype, GGMLType.Q8_0): quantize_q8_0 for dtype in AUTO_TYPES}
 
 
 @dataclass(frozen=True, slots=True)
-class TensorEntry:
-    """One output tensor: its shapes, how the shards split it, and its planned place in the file."""
+class GGUFContent:
+    """The metadata a GGUF conversion writes (docs/format.md §14), as planned: what --dry-run shows."""
 
-    name: str
-    shape: tuple[int, ...]  # full PyTorch shape
-    shard_shape: tuple[int, ...]
-    axis: int | None  # PyTorch axis the shards split; None: replicated (1-D)
-    source_dtype: str
-    info: TensorInfo
+    hparams: LlamaHParams
+    vocab: GGUFVocab
+    metadata: tuple[MetaKV, ...]  # every key/value in file order (general.alignment apart)
 
 
 @dataclass(frozen=True, slots=True)
 class ConversionPlan:
-    """Everything known before the first byte is written."""
+    """Everything known before the first byte is written: the layout, and where every tensor's bytes lie."""
 
     model_dir: Path
     outfile: Path
     outtype: str
     vocab_path: Path
-    shards: tuple[Path, ...]
-    params: Params
+    shards: tuple[Path, ...]  # the weight files (Meta shards, or a Hugging Face directory's files)
+    stats: tuple[tuple[int, int, int], ...]  # each file's (inode, size, mtime) when it was parsed
     plan: Plan
-    entries: tuple[TensorEntry, ...]
-    skipped: tuple[str, ...]  # checkpoint keys not written (rope.freqs)
+    entries: tuple[TensorEntry, ...]  # each with its planned info
+    skipped: tuple[str, ...]  # tensors of the files not written (rope.freqs, rotary_emb.inv_freq)
     format: str = "ggjt"  # "ggjt" (v1) or "gguf" (v3)
-    gguf: GGUFContent | None = None  # what the GGUF metadata says; None for ggjt
-    computed: tuple[tuple[str, np.ndarray], ...] = ()  # tensors no shard holds (rope_freqs.weight), by name
-    source: Any = None  # None: Meta shards; a Hugging Face directory: convert.hf.HFSource
-
-
-@dataclass(frozen=True, slots=True)
-class GGUFContent:
-    """The metadata a GGUF conversion writes (docs/format.md §14): hyper-parameters, vocabulary, model name."""
-
-    hparams: LlamaHParams
-    vocab: GGUFVocab
-    name: str
-    n_params: int | None = None  # every checkpoint tensor's values (general.size_label)
-    extra: tuple[MetaKV, ...] = ()  # written after the tokenizer keys (a Hugging Face directory's, §19)
+    gguf: GGUFContent | None = None  # None for ggjt
+    notes: tuple[Note, ...] = ()  # logged once planning succeeded; --dry-run lists them
+    inputs: tuple[Path, ...] = ()  # every file read: params.json or config.json, the tokenizer, the weight files
 
 
 def default_outfile(model_dir: str | os.PathLike[str], outtype: str, fmt: str = "gguf") -> Path:
@@ -207,8 +176,8 @@ def resolved_outtype(types_2d: list[GGMLType]) -> str:
 def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
                     outtype: str = "auto", tokenizer: str | os.PathLike[str] | None = None, fmt: str | None = None,
                     context_length: int | None = None, rms_eps: float | None = None,
-                    llama_release: str | None = None) -> ConversionPlan:
-    """Check every input and lay out the output file; reads shard metadata only, writes nothing.
+                    llama_release: str | None = None, overwrite: bool = True) -> ConversionPlan:
+    """Check every input and lay out the output file; parses each input once, writes nothing.
 
     fmt None: what outfile's name implies, else gguf (resolve_format). outtype "auto": each 2-D weight
     keeps its checkpoint type (gguf), f16 for ggjt; outfile None: MODEL_DIR/ggml-model-<resolved outtype>.
@@ -217,14 +186,15 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     A tiktoken tokenizer.model makes it a Llama 3 checkpoint (GGUF only, docs/format.md §16.1):
     llama_release ("3", "3.1", "3.2", "3.3") chooses the special tokens, None infers it from params.json;
     context_length None is then the release's (8,192 for 3, 131,072 for 3.1+). A Hugging Face directory
-    (config.json, no params.json) goes to convert.hf.plan_hf (docs/format.md §19).
+    (config.json, no params.json) is read by convert.hf (docs/format.md §19). The one "output exists"
+    check of a run is here, as soon as the output name is known: an output that is an input is always
+    refused, an existing one unless overwrite.
 
     Raises:
-        FormatError: bad params.json, tokenizer or shards (names the file, and the field or tensor),
-            or a model ggjt cannot describe (GQA, ffn_dim_multiplier) with fmt "ggjt".
-        CannotWrite: an unknown outtype or format, an option the format does not take, or an output
-            path that is one of the inputs.
-        OSError: an input cannot be read.
+        FormatError: bad inputs (names the file, and the field or tensor).
+        CannotWrite: an unknown outtype or format, an option the input or format does not take, a model
+            the format cannot hold, or an output path that is one of the inputs.
+        FileExistsError: the output exists and not overwrite. OSError: an input cannot be read.
     """
     bin_note = fmt is None and implied_format(outfile) == "ggjt"
     fmt = resolve_format(fmt, outfile)
@@ -234,191 +204,54 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a model directory", str(model_dir))
-    if is_hf_dir(model_dir):
-        from convert.hf import plan_hf  # hf builds on this module's records
-
-        return plan_hf(model_dir, None if outfile is None else Path(outfile), outtype=outtype, tokenizer=tokenizer,
-                       fmt=fmt, context_length=context_length, rms_eps=rms_eps, llama_release=llama_release)
-    params_path = model_dir / "params.json"
-    params = read_params(params_path)  # first: absurd values stop everything
-    if fmt == "ggjt" and (problem := params.ggjt_problem()) is not None:
-        raise FormatError(problem, path=str(params_path))  # before any shape error the tensors would give
-    params = _with_eps(params, rms_eps, params_path) if fmt == "gguf" else params
-    vocab_path = find_tokenizer(model_dir, tokenizer)
-    shards = find_shards(model_dir)
-    if outfile is not None:
-        refuse_existing(outfile, overwrite=True, inputs=[params_path, vocab_path, *shards])  # before reading more
-    ranks = _tiktoken_ranks(vocab_path, fmt, llama_release)
-    tokens: Vocab | GGUFVocab | None = None
-    if ranks is None:
-        tokens = load_vocab(vocab_path) if fmt == "ggjt" else load_gguf_vocab(vocab_path)
-    n_vocab = len(tokens) if ranks is None else len(ranks) + N_SPECIAL
-    if params.vocab_size > 0 and params.vocab_size != n_vocab:
-        pieces = "pieces" if ranks is None else f"tokens ({len(ranks)} ranks + {N_SPECIAL} special)"
-        raise FormatError(f"{params.vocab_size} does not match the {n_vocab} {pieces} of {vocab_path}",
-                          path=str(params_path), field="vocab_size")
-    metas = check_shards(shards)
-    llama3 = None if ranks is None else _llama3(params, metas, ranks, llama_release, context_length)
-    if llama3 is not None:
-        tokens, context_length = llama3.vocab, llama3.context_length
-    if fmt == "gguf":
-        layout, entries, skipped, content = _plan_gguf(model_dir, params, tokens, metas, shards, outtype,
-                                                       context_length, llama3)
+    req = Request(fmt, outtype, None if tokenizer is None else Path(tokenizer), context_length, rms_eps, llama_release)
+    source = hf if is_hf_dir(model_dir) else shards
+    found = source.locate(model_dir, req)
+    out = (Path(outfile) if outfile is not None else None if outtype == "auto"
+           else default_outfile(model_dir, outtype, fmt))
+    if out is not None:
+        refuse_existing(out, overwrite=overwrite, inputs=found.inputs)  # before reading more
+    stats = tuple(file_stat(p) for p in found.files)  # before parsing: a file changed after this is refused
+    notes = Notes()
+    model = source.read(found, req, notes)
+    outs = []
+    for t in model.tensors:
+        out_type = GGMLType.F32 if t.data is not None else output_type(outtype, t.source_dtype, len(t.shape))
+        check_rows(t.name, out_type, t.shape)
+        outs.append(OutTensor(t.llama_name, out_type, t.shape))
+    content = None
+    if fmt == "ggjt":
+        p = model.params
+        header = HParams(len(model.vocab), p.dim, p.multiple_of, p.n_heads, p.n_layers, p.n_rot,
+                         int(GGJT_FTYPES[outtype]))
+        layout = plan(FileVersion.GGJT_V1, header, model.vocab, [TensorSpec.from_shape(*t) for t in outs])
     else:
-        layout, entries, skipped = _plan_ggjt(params, tokens, metas, shards, outtype)
-        content = None
-    _log_plan(shards, params, layout)
+        layout, content = _plan_gguf(model.hparams, model.vocab, outs, model_dir.resolve().name or "llama",
+                                     model.n_params, model.extra)
+    entries = tuple(replace(t, info=info) for t, info in zip(model.tensors, layout.tensors, strict=True))
     if bin_note:  # said once every input is checked, so that an error stays one line
-        log.info("%s: a .bin name without --format writes the 2023 ggjt file (--format gguf for today's "
-                 "llama.cpp)", outfile)
-    warn_rounding(entries)
-    if outfile is None:
-        outfile = default_outfile(model_dir, resolved_outtype([e.info.type for e in entries if len(e.shape) == 2]), fmt)
-        refuse_existing(outfile, overwrite=True, inputs=[params_path, vocab_path, *shards])  # --force never replaces an input
-    computed = () if llama3 is None or llama3.rope_freqs is None else ((ROPE_FREQS, llama3.rope_freqs),)
-    return ConversionPlan(model_dir, Path(outfile), outtype, vocab_path, tuple(shards), params, layout, tuple(entries),
-                          tuple(skipped), fmt, content, computed)
-
-
-@dataclass(frozen=True, slots=True)
-class _Llama3:
-    """What a Llama 3 checkpoint adds (docs/format.md §16.1): its vocabulary, context length, tied
-    embeddings, and the scaled-RoPE factors (None without use_scaled_rope)."""
-
-    vocab: GGUFVocab
-    context_length: int
-    tied: bool
-    rope_freqs: np.ndarray | None
-
-
-def _tiktoken_ranks(vocab_path: Path, fmt: str, llama_release: str | None) -> list[bytes] | None:
-    """The base tokens of a tiktoken tokenizer.model (Llama 3), or None for a SentencePiece one.
-
-    Raises:
-        CannotWrite: a tiktoken tokenizer with fmt "ggjt", or llama_release for a SentencePiece one.
-        FormatError: a bad tiktoken file. OSError: unreadable.
-    """
-    with open(vocab_path, "rb") as f:
-        head = f.read(SNIFF_BYTES)
-    if not looks_like_tiktoken(head):
-        if llama_release is not None:
-            raise CannotWrite(f"{vocab_path}: a SentencePiece tokenizer; --llama-release applies to Llama 3 "
-                              "checkpoints, whose tokenizer.model is a tiktoken file")
-        return None
-    if fmt != "gguf":
-        raise CannotWrite(f"{vocab_path}: a tiktoken tokenizer (Llama 3), which a ggjt file cannot hold; "
-                          "use --format gguf")
-    return read_ranks(vocab_path)
-
-
-def _llama3(params: Params, metas: list[TensorMeta], ranks: list[bytes], release: str | None,
-            context_length: int | None) -> _Llama3:
-    """The release (given, or from params.json), its special tokens and context length, tied embeddings, rope_freqs.
-
-    Raises:
-        CannotWrite: an unknown release.
-    """
-    tied = not any(m.name == "output.weight" for m in metas)
-    if release is None:
-        release, why = (("3", "params.json has no use_scaled_rope") if not params.use_scaled_rope
-                        else ("3.2", "use_scaled_rope and no output.weight") if tied
-                        else ("3.1", "params.json has use_scaled_rope"))
-        log.info("special tokens of Llama %s (%s); --llama-release chooses another release's", release, why)
-    vocab = bpe_vocab(ranks, special_tokens(release))
-    if context_length is None:
-        context_length = LLAMA3_CONTEXT[release]
-        log.info("context length %d, Llama %s's (a checkpoint does not store it); --ctx N sets it", context_length,
-                 release)
-    if tied:
-        log.info("no output.weight: the output shares the token embedding (tied), so the file has none and "
-                 "llama.cpp uses token_embd.weight")
-    rope = None
-    if params.rope_scaling is not None:
-        factor, high = params.rope_scaling
-        rope = llama3_rope_factors(params.n_rot, params.rope_theta or 10000.0, factor=factor, high_freq_factor=high)
-        log.info("scaled RoPE (use_scaled_rope): rope_freqs.weight, %d factors, scale %g, high-frequency factor %g",
-                 len(rope), factor, high)
-    return _Llama3(vocab, context_length, tied, rope)
-
-
-def _with_eps(params: Params, rms_eps: float | None, path: Path) -> Params:
-    """params with norm_eps from --eps when params.json has none.
-
-    Raises:
-        CannotWrite: --eps out of (0, 1), or given although params.json has norm_eps (which one
-            would win is not obvious: refused rather than guessed).
-    """
-    if rms_eps is None:
-        return params
-    if not 0 < rms_eps < 1:  # the range params.json's norm_eps is held to (docs/format.md §16)
-        raise CannotWrite(f"--eps must be in (0, 1), not {rms_eps!r}")
-    if params.norm_eps is not None:
-        raise CannotWrite(f"{path}: norm_eps is {params.norm_eps!r}; --eps applies only when params.json has none")
-    return replace(params, norm_eps=rms_eps)
-
-
-def _entries(pending: list[_Pending], layout: Plan) -> list[TensorEntry]:
-    """TensorEntry per pending tensor, with its planned TensorInfo (both planners keep the given order)."""
-    return [TensorEntry(p.meta.name, p.shape, p.meta.shape, p.axis, p.meta.dtype, info)
-            for p, info in zip(pending, layout.tensors, strict=True)]
-
-
-def _plan_ggjt(params: Params, tokens: Vocab, metas: list[TensorMeta], shards: list[Path],
-               outtype: str) -> tuple[Plan, list[TensorEntry], list[str]]:
-    """The 2023 layout (docs/format.md §8): header from params.json, names and key order unchanged.
-
-    Raises:
-        FormatError: a LLaMA tensor missing or with another shape than the header implies.
-    """
-    hparams = _hparams(params, len(tokens), outtype)
-    pending, skipped = _specs(metas, shards, params, params.shapes(len(tokens)), outtype)
-    layout = plan(FileVersion.GGJT_V1, hparams, tokens, [p.spec for p in pending])
-    return layout, _entries(pending, layout), skipped
-
-
-def _plan_gguf(model_dir: Path, params: Params, vocab: GGUFVocab, metas: list[TensorMeta], shards: list[Path],
-               outtype: str, context_length: int | None, llama3: _Llama3 | None = None,
-               ) -> tuple[Plan, list[TensorEntry], list[str], GGUFContent]:
-    """The GGUF layout (docs/format.md §8.1): shapes checked with GQA/ffn_dim_multiplier, names mapped.
-
-    Llama 3 (docs/format.md §16.1): no output.weight when tied; rope_freqs.weight first when computed.
-
-    Raises:
-        FormatError: a tensor GGUF's LLaMA does not have, a shape params.json does not imply, a bad value.
-    """
-    tied = llama3 is not None and llama3.tied
-    expected = params.shapes(len(vocab), gguf=True)
-    if tied:
-        del expected["output.weight"]
-    pending, skipped = _specs(metas, shards, params, expected, outtype, gguf=True)
-    if llama3 is not None and llama3.rope_freqs is not None:
-        n = len(llama3.rope_freqs)
-        meta = TensorMeta(ROPE_FREQS, (n,), COMPUTED, None)
-        pending.insert(0, _Pending(meta, None, (n,), TensorSpec.from_shape(ROPE_FREQS, GGMLType.F32, (n,))))
-    shapes = {p.meta.name: p.shape for p in pending}
-    hp = gguf_hparams(params, len(vocab), shapes, context_length=context_length, tied_embeddings=tied,
-                      path=str(model_dir / "params.json"))
-    for field in hp.defaults:
-        value, option = (hp.context_length, "--ctx N") if field == "context_length" else (hp.rms_eps, "--eps X")
-        log.warning("%s not in the checkpoint: using %g, LLaMA-1's value (%s sets it)",
-                    "context length" if field == "context_length" else "norm_eps", value, option)
-    name = model_dir.resolve().name or "llama"
-    n_params = sum(math.prod(full_shape(m.shape, split_axis(m.name, len(m.shape)), len(shards))) for m in metas)
-    layout = plan_llama_gguf(hp, vocab, [OutTensor(p.meta.name, p.spec.type, p.shape) for p in pending], name=name,
-                             n_params=n_params)
-    return layout, _entries(pending, layout), skipped, GGUFContent(hp, vocab, name, n_params)
-
-
-def _hparams(params: Params, n_vocab: int, outtype: str) -> HParams:
-    ftype = GGJT_FTYPES[outtype]
-    return HParams(n_vocab, params.dim, params.multiple_of, params.n_heads, params.n_layers, params.n_rot, int(ftype))
-
-
-def _log_plan(shards: list[Path], params: Params, layout: Plan) -> None:
-    expected = n_parts_for_dim(params.dim)
-    if expected is not None and expected != len(shards):
-        log.warning("dim %d was released as %d shards; found %d", params.dim, expected, len(shards))
+        notes.info("format", f"{outfile}: a .bin name without --format writes the 2023 ggjt file (--format gguf "
+                             "for today's llama.cpp)")
+    notes += rounding_notes(entries)
+    if out is None:
+        out = default_outfile(model_dir, resolved_outtype([t.type for t in outs if len(t.shape) == 2]), fmt)
+        refuse_existing(out, overwrite=overwrite, inputs=found.inputs)
+    for note in notes:
+        log.log(note.level, "%s", note.text)
     log.debug("planned %d tensors, %s bytes", len(layout.tensors), f"{layout.size:,}")
+    return ConversionPlan(model_dir, out, outtype, found.vocab, found.files, stats, layout, entries,
+                          model.skipped, fmt, content, tuple(notes), tuple(found.inputs))
+
+
+def _plan_gguf(hp: LlamaHParams, vocab: GGUFVocab, outs: list[OutTensor], name: str, n_params: int | None,
+               extra: tuple[MetaKV, ...]) -> tuple[Plan, GGUFContent]:
+    """The GGUF layout (llama.plan_llama_gguf) and the metadata it writes, kept for --dry-run."""
+    types_2d = [t.type for t in outs if len(t.shape) == 2]
+    quantized = any(BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][t.type].elements > 1 for t in outs)
+    metadata = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=quantized,
+                              n_params=n_params, extra=extra)  # the list plan_llama_gguf writes, from the same values
+    layout = plan_llama_gguf(hp, vocab, outs, name=name, n_params=n_params, extra=extra)
+    return layout, GGUFContent(hp, vocab, tuple(metadata))
 
 
 # (output type, checkpoint dtype) pairs that round (f16 and bf16 each lack the other's bits)
@@ -426,120 +259,115 @@ _ROUNDS = {(GGMLType.F16, "float32"), (GGMLType.F16, "bfloat16"), (GGMLType.BF16
            (GGMLType.BF16, "float16")}
 
 
-def warn_rounding(entries: list[TensorEntry]) -> None:
-    """Say so before writing when a cast rounds or weights are quantized: never silently lossy."""
+def rounding_notes(entries: tuple[TensorEntry, ...]) -> Notes:
+    """What to say before writing when a cast rounds or weights are quantized: never silently lossy."""
+    notes = Notes()
     for out_type in (GGMLType.F16, GGMLType.BF16):
         narrowed = [e for e in entries if (e.info.type, e.source_dtype) in _ROUNDS and e.info.type == out_type]
         if narrowed:
             dtypes = sorted({e.source_dtype for e in narrowed})
-            log.warning("%d tensor(s) are %s in the checkpoint and are rounded to %s (to nearest even); "
-                        "--outtype f32 keeps every value exact (for GGUF, auto too)", len(narrowed), "/".join(dtypes),
-                        "float16" if out_type == GGMLType.F16 else "bfloat16")
+            to = "float16" if out_type == GGMLType.F16 else "bfloat16"
+            notes.warning("rounds", f"{len(narrowed)} tensor(s) are {'/'.join(dtypes)} in the checkpoint and are "
+                                    f"rounded to {to} (to nearest even); --outtype f32 keeps every value exact (for "
+                                    "GGUF, auto too)")
     quantized = sum(e.info.type == GGMLType.Q8_0 for e in entries)
     if quantized:
-        log.info("%d tensor(s) are quantized to q8_0 (llama.cpp's reference rounding; lossy by design)", quantized)
+        notes.info("q8_0", f"{quantized} tensor(s) are quantized to q8_0 (llama.cpp's reference rounding; lossy "
+                           "by design)")
+    return notes
 
-
-# ------------------------------------------------------------------ what goes into the file
-
-
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    """A checkpoint tensor on its way into the plan: what the shards hold, how they split, what is written."""
-
-    meta: TensorMeta  # shard 0's record
-    axis: int | None  # PyTorch axis the shards split; None: replicated
-    shape: tuple[int, ...]  # full PyTorch shape
-    spec: TensorSpec
-
-
-def _specs(metas: list[TensorMeta], shards: list[Path], params: Params, expected: dict[str, tuple[int, ...]],
-           outtype: str, *, gguf: bool = False) -> tuple[list[_Pending], list[str]]:
-    """Output tensors in checkpoint key order, with their types, checked against the shapes params.json implies.
-
-    `expected` (from llama_shapes) is consumed. gguf: a tensor outside LLaMA is refused (today's
-    llama.cpp would refuse the file), and only the RoPE tables are skipped (docs/format.md §13).
-
-    Raises:
-        FormatError: a LLaMA tensor is missing or has another shape than the header says; with gguf,
-            a tensor that is not LLaMA's.
-        CannotWrite: a row length the output type's blocks do not divide (q8_0: 32 values per block).
-    """
-    n_parts = len(shards)
-    skip = skipped_tensor if gguf else skipped_name
-    pending: list[_Pending] = []
-    skipped: list[str] = []
-    for m in metas:
-        if skip(m.name):
-            skipped.append(m.name)
-            continue
-        want = expected.pop(m.name, None)
-        axis = split_axis(m.name, len(m.shape)) if want is None else split_axis_by_shape(m.name, m.shape, want,
-                                                                                           n_parts)
-        shape = full_shape(m.shape, axis, n_parts)
-        if want is None and gguf:
-            raise FormatError("not a LLaMA tensor; today's llama.cpp refuses a GGUF file with tensors it does not "
-                              "expect", path=str(shards[0]), field=f"tensor {m.name!r}")
-        if want is None:
-            log.warning("%s: tensor %r is not part of LLaMA; writing it anyway, as the 2023 converter did",
-                        shards[0], m.name)
-        elif shape != want:
-            raise FormatError(f"full shape {list(shape)} ({n_parts} shard(s) of {list(m.shape)}) differs from "
-                              f"{list(want)} implied by params.json and the tokenizer; neither a split by rows nor "
-                              "one by columns gives it", path=str(shards[0]),
-                              field=f"tensor {m.name!r}")
-        ggml_type = output_type(outtype, m.dtype, len(shape))
-        check_rows(m.name, ggml_type, shape)
-        pending.append(_Pending(m, axis, shape, TensorSpec.from_shape(m.name, ggml_type, shape)))
-    if expected:
-        name = next(iter(expected))
-        raise FormatError(f"missing; params.json (n_layers {params.n_layers}) implies {len(expected)} more "
-                          "tensor(s)", path=str(shards[0]), field=f"tensor {name!r}")
-    return pending, skipped
 
 
 # ------------------------------------------------------------------ writing
 
 
 def write_conversion(cp: ConversionPlan, *, force: bool = False, progress: Callable[[int], Any] | None = None) -> None:
-    """Write the planned file: every shard mapped at once, each tensor's pieces at their final places, then commit.
+    """Write the planned file (ggmlfmt.job.write): each tensor's pieces at their final places, then commit.
 
     Raises:
-        FileExistsError: the output exists and force is False.
-        IncompleteWrite: the shards did not cover every data byte exactly once.
-        FormatError, OSError: a shard changed since planning, disk full, ...
+        FileExistsError: the output exists and force is False (FileWriter's own guard at creation).
+        IncompleteWrite: the inputs did not cover every data byte exactly once.
+        FormatError: an input changed since planning. OSError: disk full, ...
     """
-    if cp.source is not None:
-        from convert.hf import write_hf
-
-        return write_hf(cp, force=force, progress=progress)
-    with ExitStack() as stack:
-        shards = [stack.enter_context(open_checkpoint(p)) for p in cp.shards]
-        fds = [open_read_only(stack, p) for p in cp.shards]
-        writer = stack.enter_context(FileWriter(cp.outfile, cp.plan, overwrite=force, progress=progress))
-        write_tensors(writer, _sources(cp, shards, fds), chunk_bytes=CHUNK_BYTES)
+    write(job(cp, overwrite=force), progress=progress, chunk_bytes=CHUNK_BYTES)
 
 
-def _sources(cp: ConversionPlan, shards: list[Checkpoint], fds: list[int]) -> Iterator[Source]:
-    """Each planned tensor with its piece in every shard, and the cast from the shard's dtype if any.
+def job(cp: ConversionPlan, *, overwrite: bool = False) -> Job:
+    """The plan as the job layer's Job (ggmlfmt.job): what write() writes is what describe() shows."""
+    gguf = cp.format == "gguf"
+    label = cp.outtype
+    if gguf and label == "auto":  # say what it resolved to
+        label += ": " + resolved_outtype([e.info.type for e in cp.entries if len(e.shape) == 2])
+    heading = [f"plan: {len(cp.shards)} shard(s) of {cp.model_dir} -> {cp.outfile} ({cp.plan.version}, 2-D {label})"]
+    facts: dict[str, Any] = {"vocab": str(cp.vocab_path)}
+    if gguf:
+        facts |= {"metadata": metadata_values(cp.gguf.metadata),
+                  "defaults": [DEFAULTED_KEYS[field] for field in cp.gguf.hparams.defaults]}
+        for key, value in facts["metadata"].items():
+            shown = (f"[{value['count']} {value['type']}]" if isinstance(value, dict)
+                     else str(np.float32(value)) if isinstance(value, float) else repr(value))
+            default = " (not in the checkpoint: LLaMA-1's value)" if key in facts["defaults"] else ""
+            heading.append(f"meta: {key} = {shown}{default}")
+    else:
+        facts["hparams"] = asdict(cp.plan.hparams)
+        heading.append("header: " + ", ".join(f"{k} {v}" for k, v in facts["hparams"].items())
+                       + f"; vocabulary from {cp.vocab_path}")
+    tensors = tuple(Tensor(e.info, e.name, e.source_dtype, e.shape, e.shard_shape, e.axis) for e in cp.entries)
+    return Job(cp.outfile, cp.plan, tensors, partial(_sources, cp), cp.inputs, overwrite, cp.notes, tuple(heading),
+               ("ne", "type", "axis", "source") if gguf else ("shape", "type", "axis"), cp.skipped, facts)
+
+
+def metadata_values(metadata: tuple[MetaKV, ...]) -> dict[str, Any]:
+    """GGUF metadata as plain values: scalars as they are stored, arrays as {"type", "count"}."""
+    out: dict[str, Any] = {}
+    for kv in metadata:
+        if kv.type == GGUFValueType.ARRAY:
+            element, items = kv.value
+            out[kv.key] = {"type": GGUFValueType(element).name.lower(), "count": len(items)}
+        else:  # an f32 as stored (1e-5 is 9.99999974e-06 in the file): what a reader will see
+            out[kv.key] = float(np.float32(kv.value)) if kv.type == GGUFValueType.FLOAT32 else kv.value
+    return out
+
+
+def _sources(cp: ConversionPlan, stack: ExitStack) -> Iterator[Source]:  # Job.sources
+    """One engine Source per planned tensor, its files opened (a descriptor and a read-only map) on first use.
+
+    Each part is a view at its planned offset (nothing is parsed again); a Hugging Face q/k weight is one
+    one-row piece per output row in llama.cpp's order (convert.hf.unpermute_rows); the converter is the
+    cast or quantizer from the checkpoint dtype, if any.
 
     Raises:
-        FormatError: a shard no longer holds the tensor as planned (it changed since planning).
+        BadLayout: a file is not the one planned from (another inode, size or modification time).
     """
-    computed = dict(cp.computed)
+    opened: dict[int, tuple[int, np.ndarray]] = {}
     for e in cp.entries:
-        if e.name in computed:
-            yield computed_source(e.info, computed[e.name])
+        if e.data is not None:
+            yield computed_source(e.info, e.data)
             continue
+        dtype = view_dtype(e.source_dtype)
         pieces = []
-        for path, shard, fd in zip(cp.shards, shards, fds):
-            t = shard.tensors.get(e.name)
-            if t is None or t.shape != e.shard_shape or t.dtype != e.source_dtype:
-                raise FormatError("changed since it was checked: re-run the conversion", path=str(path),
-                                  field=f"tensor {e.name!r}")
-            rows = shard.array(e.name)
-            pieces.append(Piece(fd, t.offset, rows.reshape(1, -1) if rows.ndim == 1 else rows))
-        yield Source(e.info, e.axis, pieces, converter(e.source_dtype, e.info.type))
+        for k, offset in e.parts:
+            if k not in opened:
+                opened[k] = _open(stack, cp.shards[k], cp.stats[k])
+            fd, data = opened[k]
+            n_rows = e.shard_shape[0] if len(e.shard_shape) == 2 else 1
+            rows = data[offset : offset + math.prod(e.shard_shape) * dtype.itemsize].view(dtype).reshape(n_rows, -1)
+            pieces.append(Piece(fd, offset, rows))
+        cast = converter(e.source_dtype, e.info.type)
+        if not e.heads:
+            yield Source(e.info, e.axis, pieces, cast)
+            continue
+        row_bytes = rows.shape[1] * rows.itemsize  # one part: its rows, one piece each in llama.cpp's order
+        yield Source(e.info, 0, [Piece(fd, offset + int(r) * row_bytes, rows[r : r + 1])
+                                 for r in hf.unpermute_rows(rows.shape[0], e.heads)], cast)
+
+
+def _open(stack: ExitStack, path: Path, planned: tuple[int, int, int]) -> tuple[int, np.ndarray]:
+    fd = open_read_only(stack, path)
+    st = os.fstat(fd)
+    if (st.st_ino, st.st_size, st.st_mtime_ns) != planned:
+        raise BadLayout("changed since it was checked: re-run the conversion", path=str(path))
+    return fd, np.frombuffer(mmap.mmap(fd, 0, access=mmap.ACCESS_READ), np.uint8)  # unmapped with its last view
 
 
 def converter(source_dtype: str, out_type: GGMLType) -> Callable[[Any, Any], object] | None:
@@ -548,39 +376,22 @@ def converter(source_dtype: str, out_type: GGMLType) -> Callable[[Any, Any], obj
     return CASTS.get(key) or QUANTIZERS.get(key)
 
 
-def early_outfile(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None, outtype: str,
-                  fmt: str) -> Path | None:
-    """The output path when known before planning (given, or a fixed outtype's default); None for GGUF "auto".
-
-    Raises:
-        CannotWrite: as check_outtype.
-    """
-    outtype = check_outtype(outtype, fmt)
-    if outfile is not None:
-        return Path(outfile)
-    return None if outtype == "auto" else default_outfile(model_dir, outtype, fmt)
-
-
 def convert_checkpoint(model_dir: str | os.PathLike[str], outfile: str | os.PathLike[str] | None = None, *,
                        outtype: str = "auto", tokenizer: str | os.PathLike[str] | None = None, force: bool = False,
                        progress: Callable[[int], Any] | None = None, fmt: str | None = None,
                        context_length: int | None = None, rms_eps: float | None = None,
                        llama_release: str | None = None) -> ConversionPlan:
-    """Convert Meta's consolidated.NN.pth shards in `model_dir` into one ggjt v1 or GGUF v3 file; return the plan.
+    """Convert a Meta checkpoint or a Hugging Face directory into one ggjt v1 or GGUF v3 file; return the plan.
 
     fmt, context_length, rms_eps, llama_release: as plan_conversion.
 
     Raises:
-        FileExistsError: the output exists and force is False (checked before any other work).
-        FormatError (CannotWrite among them), OSError: as plan_conversion and write_conversion.
+        FileExistsError: the output exists and force is False (checked as soon as its name is known).
+        FormatError, CannotWrite, OSError: as plan_conversion and write_conversion.
     """
-    given, fmt = fmt, resolve_format(fmt, outfile)
-    out = early_outfile(model_dir, outfile, outtype, fmt)
-    if out is not None:
-        refuse_existing(out, overwrite=force)
-    cp = plan_conversion(model_dir, out, outtype=outtype, tokenizer=tokenizer, fmt=given, context_length=context_length,
-                         rms_eps=rms_eps, llama_release=llama_release)
+    cp = plan_conversion(model_dir, outfile, outtype=outtype, tokenizer=tokenizer, fmt=fmt,
+                         context_length=context_length, rms_eps=rms_eps, llama_release=llama_release, overwrite=force)
     write_conversion(cp, force=force, progress=progress)
-    log.info("wrote %s: %d tensors from %d shard(s), %s bytes", cp.outfile, len(cp.entries), len(cp.shards),
+    log.info("wrote %s: %d tensors from %d file(s), %s bytes", cp.outfile, len(cp.entries), len(cp.shards),
              f"{cp.plan.size:,}")
     return cp

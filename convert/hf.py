@@ -14,8 +14,8 @@ tensors come from (docs/format.md §19):
   with copy_file_range (or cast through the engine's buffer), memory stays flat;
 - llama3 rope scaling: rope_freqs.weight from ggmlfmt.llama.model.llama3_rope_factors, written from memory.
 
-Everything else is shared with Meta checkpoints: output types and converters (convert.output_type,
-convert.converter), the vocabulary as llama.GGUFVocab, the layout by llama.plan_llama_gguf.
+This module yields the same records as convert.shards (convert.source): the one planner and writer
+of convert.convert do the rest (output types, the layout, the engine).
 """
 
 from __future__ import annotations
@@ -25,31 +25,26 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from convert.checkpoint import FLOAT_DTYPES, TOKENIZER, find_tokenizer
-from convert.convert import (
-    COMPUTED,
-    ConversionPlan,
-    GGUFContent,
-    TensorEntry,
-    check_rows,
-    converter,
-    default_outfile,
-    output_type,
-    resolved_outtype,
-    warn_rounding,
-)
+from convert.checkpoint import TOKENIZER, find_tokenizer
 from convert.pth import open_checkpoint
-from ggmlfmt.atomic import refuse_existing
-from ggmlfmt.constants import CHUNK_BYTES, GGMLType, GGUFValueType
-from ggmlfmt.errors import CannotWrite, FormatError
+from convert.source import (
+    FLOAT_DTYPES,
+    Found,
+    ModelInput,
+    Notes,
+    Request,
+    TensorEntry,
+    computed,
+)
+from ggmlfmt.constants import GGUFValueType
+from ggmlfmt.errors import BadLayout, BadValue, CannotWrite, FormatError
 from ggmlfmt.llama.hf_bpe import (
     MAX_TOKENIZER_JSON_BYTES,
     TOKENIZER_JSON,
@@ -68,24 +63,14 @@ from ggmlfmt.llama.model import (
     ROPE_FREQS,
     GGUFVocab,
     MetaKV,
-    OutTensor,
     gguf_tensor_name,
     llama3_rope_factors,
     llama_hparams,
-    plan_llama_gguf,
 )
-from ggmlfmt.llama.params import MAX_DIM, MAX_LAYERS, MAX_PARAMS_BYTES, Params
+from ggmlfmt.llama.params import MAX_DIM, MAX_LAYERS, MAX_PARAMS_BYTES
 from ggmlfmt.llama.spm import load_gguf_vocab
 from ggmlfmt.reader import load
 from ggmlfmt.safetensors import dtype_name
-from ggmlfmt.unshard import (
-    Piece,
-    Source,
-    computed_source,
-    open_read_only,
-    write_tensors,
-)
-from ggmlfmt.writer import FileWriter
 
 log = logging.getLogger(__name__)
 
@@ -151,24 +136,24 @@ def read_config(path: Path) -> HFConfig:
     where = {"path": str(path)}
     archs = obj.get("architectures")
     if not (isinstance(archs, list) and len(archs) == 1 and archs[0] in ARCHITECTURES):
-        raise FormatError(f"architectures {json.dumps(archs)[:80]}; convert-model converts "
-                          f"{' and '.join(ARCHITECTURES)} only", field="architectures", **where)
+        raise BadValue(f"architectures {json.dumps(archs)[:80]}; convert-model converts "
+                       f"{' and '.join(ARCHITECTURES)} only", field="architectures", **where)
     n_embd = _int(obj, "hidden_size", 1, MAX_DIM, path)
     n_head = _int(obj, "num_attention_heads", 1, n_embd, path)
     n_kv = _int(obj, "num_key_value_heads", 1, n_head, path) if obj.get("num_key_value_heads") is not None else n_head
     if n_embd % n_head or n_head % n_kv:
-        raise FormatError(f"{n_head} heads of {n_kv} key/value heads do not divide hidden_size {n_embd}",
-                          field="num_key_value_heads", **where)
+        raise BadValue(f"{n_head} heads of {n_kv} key/value heads do not divide hidden_size {n_embd}",
+                       field="num_key_value_heads", **where)
     if (n_embd // n_head) % 2:
-        raise FormatError(f"head size {n_embd // n_head} (hidden_size / num_attention_heads) is odd; RoPE rotates "
-                          "pairs of rows", field="num_attention_heads", **where)
+        raise BadValue(f"head size {n_embd // n_head} (hidden_size / num_attention_heads) is odd; RoPE rotates "
+                       "pairs of rows", field="num_attention_heads", **where)
     if obj.get("head_dim") not in (None, n_embd // n_head):
-        raise FormatError(f"head_dim {json.dumps(obj['head_dim'])[:20]} is not hidden_size / num_attention_heads "
-                          f"({n_embd // n_head}); llama.cpp's llama rotates whole heads of that size",
-                          field="head_dim", **where)
+        raise BadValue(f"head_dim {json.dumps(obj['head_dim'])[:20]} is not hidden_size / num_attention_heads "
+                       f"({n_embd // n_head}); llama.cpp's llama rotates whole heads of that size",
+                       field="head_dim", **where)
     for flag in ("attention_bias", "mlp_bias"):
         if obj.get(flag):
-            raise FormatError("true: bias tensors are not part of the LLaMA model we convert", field=flag, **where)
+            raise BadValue("true: bias tensors are not part of the LLaMA model we convert", field=flag, **where)
     ctx = _int(obj, "max_position_embeddings", 1, MAX_CONTEXT, path) if "max_position_embeddings" in obj else None
     rope = _rope(obj, path)
     theta = rope.pop("rope_theta", obj.get("rope_theta"))
@@ -189,12 +174,12 @@ def _rope(obj: dict[str, Any], path: Path) -> dict[str, Any]:
     rope = obj.get("rope_parameters") or obj.get("rope_scaling") or {}
     field = "rope_parameters" if obj.get("rope_parameters") else "rope_scaling"
     if not isinstance(rope, dict):
-        raise FormatError(f"expected an object, found {json.dumps(rope)[:40]}", path=str(path), field=field)
+        raise BadValue(f"expected an object, found {json.dumps(rope)[:40]}", path=str(path), field=field)
     rope = dict(rope)
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind not in ("default", "linear", "llama3", "yarn"):
-        raise FormatError(f"rope type {json.dumps(kind)[:40]}; we convert default, linear, yarn and llama3 only",
-                          path=str(path), field=field)
+        raise BadValue(f"rope type {json.dumps(kind)[:40]}; we convert default, linear, yarn and llama3 only",
+                       path=str(path), field=field)
     out: dict[str, Any] = {"rope_type": kind}
     if "rope_theta" in rope:
         out["rope_theta"] = rope["rope_theta"]
@@ -206,7 +191,7 @@ def _rope(obj: dict[str, Any], path: Path) -> dict[str, Any]:
             out[key] = _float(rope, key, 1e9, path)
     for key in {"linear": ("factor",), "yarn": ("factor", "original_max_position_embeddings")}.get(kind, ()):
         if key not in out:
-            raise FormatError(f"{kind} rope scaling without {key}", path=str(path), field=field)
+            raise BadValue(f"{kind} rope scaling without {key}", path=str(path), field=field)
     if "original_max_position_embeddings" in out and kind == "yarn":
         out["original_max_position_embeddings"] = _int(rope, "original_max_position_embeddings", 1, MAX_CONTEXT, path)
     return out
@@ -215,8 +200,8 @@ def _rope(obj: dict[str, Any], path: Path) -> dict[str, Any]:
 def _int(obj: dict[str, Any], key: str, lo: int, hi: int, path: Path) -> int:
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise FormatError(f"expected an integer in {lo}..{hi:,}, found {json.dumps(value)[:40]}", path=str(path),
-                          field=key)
+        raise BadValue(f"expected an integer in {lo}..{hi:,}, found {json.dumps(value)[:40]}", path=str(path),
+                       field=key)
     return value
 
 
@@ -232,8 +217,8 @@ def _float(obj: dict[str, Any], key: str, hi: float, path: Path) -> float:
     except OverflowError:
         number = math.inf
     if not (math.isfinite(number) and 0 < number < hi):
-        raise FormatError(f"expected a number in (0, {hi:g}), found {json.dumps(value)[:40]}", path=str(path),
-                          field=key)
+        raise BadValue(f"expected a number in (0, {hi:g}), found {json.dumps(value)[:40]}", path=str(path),
+                       field=key)
     return number
 
 
@@ -252,8 +237,8 @@ def find_weights(model_dir: Path) -> tuple[list[Path], Path | None]:
             return _indexed(model_dir, model_dir / index, shard), model_dir / index
         if (model_dir / single).is_file():
             return [model_dir / single], None
-    raise FormatError("no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
-                      "pytorch_model.bin.index.json", path=str(model_dir))
+    raise BadLayout("no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
+                    "pytorch_model.bin.index.json", path=str(model_dir))
 
 
 def weight_map(index_path: Path) -> dict[str, str]:
@@ -265,100 +250,70 @@ def weight_map(index_path: Path) -> dict[str, str]:
     obj = read_json(index_path, MAX_INDEX_BYTES)
     wm = obj.get("weight_map")
     if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
-        raise FormatError("expected a non-empty object of tensor name -> file name", path=str(index_path),
-                          field="weight_map")
+        raise BadLayout("expected a non-empty object of tensor name -> file name", path=str(index_path),
+                        field="weight_map")
     return wm
 
 
 def _indexed(model_dir: Path, index_path: Path, shard: re.Pattern[str]) -> list[Path]:
     files = sorted(set(weight_map(index_path).values()))
     if len(files) > MAX_FILES:
-        raise FormatError(f"{len(files):,} files; expected at most {MAX_FILES:,}", path=str(index_path),
-                          field="weight_map")
+        raise BadLayout(f"{len(files):,} files; expected at most {MAX_FILES:,}", path=str(index_path),
+                        field="weight_map")
     paths = []
     for name in files:
         p = Path(name)
         # a bare file name: no absolute path, no "..", no subdirectory (Hugging Face shards lie beside the
         # index). The file itself may be a symlink, as in Hugging Face's cache snapshots.
         if p.is_absolute() or len(p.parts) != 1 or p.name in (".", "..") or p.name != name:
-            raise FormatError(f"file {name[:80]!r} is not a file name inside the model directory",
-                              path=str(index_path), field="weight_map")
+            raise BadLayout(f"file {name[:80]!r} is not a file name inside the model directory",
+                            path=str(index_path), field="weight_map")
         if not (model_dir / p).is_file():
-            raise FormatError(f"names {name[:80]!r}, which does not exist", path=str(index_path), field="weight_map")
+            raise BadLayout(f"names {name[:80]!r}, which does not exist", path=str(index_path), field="weight_map")
         paths.append(model_dir / p)
     listed = {p.name for p in paths}
     extra = sorted(q.name for q in model_dir.iterdir() if shard.fullmatch(q.name) and q.name not in listed)
     if extra:
-        raise FormatError(f"{extra[0]} is in the directory but not in the index; which set is the model?",
-                          path=str(index_path), field="weight_map")
+        raise BadLayout(f"{extra[0]} is in the directory but not in the index; which set is the model?",
+                        path=str(index_path), field="weight_map")
     return paths
 
 
-@dataclass(frozen=True, slots=True)
-class WeightMeta:
-    """One tensor of a weight file."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # "float16" | "bfloat16" | "float32" (others refused)
-    file: int  # index into the plan's files
-
-
-class _Opened:
-    """A weight file open for reading: tensor records (shape, dtype, offset) and zero-copy views."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if path.suffix == ".safetensors":
-            self._st = load(path)
-            self._pt = None
-            self.records = {n: (info.shape, dtype_name(self._st.index, n), info.offset)
-                            for n, info in self._st.info.items()}
-        else:
-            self._pt = open_checkpoint(path)
-            self._st = None
-            self.records = {n: (t.shape, t.dtype, t.offset) for n, t in self._pt.tensors.items()}
-
-    def array(self, name: str) -> np.ndarray:
-        return self._st.tensors[name] if self._st is not None else self._pt.array(name)
-
-    def close(self) -> None:
-        (self._st or self._pt).close()
-
-
-def _open(stack: ExitStack, path: Path) -> _Opened:
-    opened = _Opened(path)
-    stack.callback(opened.close)
-    return opened
-
-
-def describe_weights(files: list[Path], index: dict[str, str] | None) -> list[WeightMeta]:
-    """Every tensor of every file in file and data order, checked against the index (one file open at a time).
+def describe_weights(stack: ExitStack, files: list[Path],
+                     index: dict[str, str] | None) -> list[tuple[str, tuple[int, ...], str, int, int]]:
+    """(name, shape, dtype, file index, offset) of every tensor of every file, in file and data order, checked
+    against the index; each file opened and parsed once (ggmlfmt.load for safetensors, convert.pth for .bin).
 
     Raises:
         FormatError: a tensor in two files, a tensor the index places elsewhere or does not list, a
             listed tensor missing, a dtype other than f16/bf16/f32.
     """
-    metas: list[WeightMeta] = []
+    out = []
     seen: dict[str, Path] = {}
     for k, path in enumerate(files):
-        with ExitStack() as stack:
-            opened = _open(stack, path)
-            for name, (shape, dtype, _) in opened.records.items():
-                where = {"path": str(path), "field": f"tensor {name[:80]!r}"}
-                if name in seen:
-                    raise FormatError(f"also in {seen[name].name}", **where)
-                if index is not None and index.get(name) != path.name:
-                    raise FormatError(f"the index places it in {index.get(name)!r}", **where)
-                if dtype not in FLOAT_DTYPES:
-                    raise FormatError(f"expected floating-point data ({', '.join(FLOAT_DTYPES)}), found {dtype}",
-                                      **where)
-                seen[name] = path
-                metas.append(WeightMeta(name, tuple(shape), dtype, k))
+        for name, shape, dtype, offset in _records(stack, path):
+            where = {"path": str(path), "field": f"tensor {name[:80]!r}"}
+            if name in seen:
+                raise BadLayout(f"also in {seen[name].name}", **where)
+            if index is not None and index.get(name) != path.name:
+                raise BadLayout(f"the index places it in {index.get(name)!r}", **where)
+            if dtype not in FLOAT_DTYPES:
+                raise BadValue(f"expected floating-point data ({', '.join(FLOAT_DTYPES)}), found {dtype}", **where)
+            seen[name] = path
+            out.append((name, tuple(shape), dtype, k, offset))
     if index is not None and (missing := sorted(set(index) - set(seen))):
-        raise FormatError(f"names {missing[0][:80]!r}, which no file holds", field="weight_map",
-                          path=str(files[0].parent))
-    return metas
+        raise BadLayout(f"names {missing[0][:80]!r}, which no file holds", field="weight_map",
+                        path=str(files[0].parent))
+    return out
+
+
+def _records(stack: ExitStack, path: Path) -> list[tuple[str, tuple[int, ...], str, int]]:
+    if path.suffix == ".safetensors":
+        st = load(path)
+        stack.callback(st.close)
+        return [(n, info.shape, dtype_name(st.index, n), info.offset) for n, info in st.info.items()]
+    ck = stack.enter_context(open_checkpoint(path))
+    return [(n, t.shape, t.dtype, t.offset) for n, t in ck.tensors.items()]
 
 
 def meta_name(name: str) -> str:
@@ -372,8 +327,8 @@ def meta_name(name: str) -> str:
     m = _LAYER_RE.fullmatch(name)
     if m is not None and m[2] in _LAYER:
         return f"layers.{m[1]}.{_LAYER[m[2]]}.weight"
-    raise FormatError("not a LLaMA tensor; today's llama.cpp refuses a file with tensors it does not expect",
-                      field=f"tensor {name[:80]!r}")
+    raise BadValue("not a LLaMA tensor; today's llama.cpp refuses a file with tensors it does not expect",
+                   field=f"tensor {name[:80]!r}")
 
 
 # ------------------------------------------------------------------ q/k permutation
@@ -392,51 +347,78 @@ def unpermute_rows(n_rows: int, n_heads: int) -> np.ndarray:
     return (head * d + j * (d // 2) + i).reshape(-1)
 
 
-# ------------------------------------------------------------------ planning
+# ------------------------------------------------------------------ reading
 
 
-@dataclass(frozen=True, slots=True)
-class HFSource:
-    """What writing needs beyond the plan's entries: each tensor's file and the heads of q/k."""
-
-    files: tuple[Path, ...]
-    file_of: dict[str, int]  # Hugging Face name -> index into files
-    heads: dict[str, int]  # Hugging Face name -> heads to unpermute (q_proj, k_proj)
-
-
-def plan_hf(model_dir: Path, outfile: Path | None, *, outtype: str, tokenizer: str | os.PathLike[str] | None,
-            fmt: str, context_length: int | None, rms_eps: float | None,
-            llama_release: str | None = None) -> ConversionPlan:
-    """Check a Hugging Face directory and lay out its GGUF file (convert.plan_conversion calls this).
-
-    outtype: as convert.plan_conversion (checked there); outfile None: MODEL_DIR/ggml-model-<resolved outtype>.gguf.
-
-    Raises:
-        FormatError: bad config.json, index, weight files or tokenizer (names the file and field).
-        CannotWrite: ggjt asked for (--format ggjt or a .bin output name), --eps given (config.json has
-            rms_norm_eps), --llama-release given (config.json and the tokenizer files say it all), an output
-            that is an input.
-    """
-    if fmt != "gguf":
+def locate(model_dir: Path, req: Request) -> Found:
+    """Raises: CannotWrite for ggjt, --eps or --llama-release; FormatError for a bad index; FileNotFoundError."""
+    if req.fmt != "gguf":
         raise CannotWrite(f"{model_dir}: a Hugging Face directory converts to GGUF only; drop --format ggjt "
                           "or name the output .gguf")
-    if rms_eps is not None:
+    if req.rms_eps is not None:
         raise CannotWrite(f"{model_dir / CONFIG}: has rms_norm_eps; --eps applies only to Meta checkpoints")
-    if llama_release is not None:
+    if req.llama_release is not None:
         raise CannotWrite(f"{model_dir / CONFIG}: a Hugging Face directory; --llama-release applies only to Meta's "
                           "Llama 3 checkpoints (tokenizer_config.json names the special tokens here)")
-    config_path = model_dir / CONFIG
-    cfg = read_config(config_path)
-    vocab_path = _find_vocab(model_dir, tokenizer)
-    files, index_path = find_weights(model_dir)
-    if outfile is not None:
-        refuse_existing(outfile, overwrite=True, inputs=[config_path, vocab_path, *files])
-    if vocab_path.name == TOKENIZER_JSON:
-        vocab, tokenizer_keys = load_bpe_vocab(model_dir, cfg.n_vocab, cfg.token_ids)
+    files, index = find_weights(model_dir)
+    return Found(model_dir, model_dir / CONFIG, _find_vocab(model_dir, req.tokenizer), tuple(files), index)
+
+
+def read(loc: Found, req: Request, notes: Notes) -> ModelInput:
+    """Read config.json, the tokenizer and every weight file (each once) and describe every output tensor.
+
+    Raises:
+        FormatError: bad config.json, index, weight files or tokenizer (names the file and field), a
+            tensor that is not LLaMA's, shapes config.json does not imply.
+    """
+    cfg = read_config(loc.config)
+    if loc.vocab.name == TOKENIZER_JSON:
+        vocab, tokenizer_keys = load_bpe_vocab(loc.model_dir, cfg.n_vocab, cfg.token_ids)
     else:
-        vocab, tokenizer_keys = _vocab(vocab_path, cfg, config_path)
-    metas = describe_weights(files, None if index_path is None else weight_map(index_path))
-    return _plan(model_dir, outfile, outtype, cfg, vocab, vocab_path, files, metas, context_length, tokenizer_keys)
+        vocab, tokenizer_keys = _vocab(loc.vocab, cfg, loc.config)
+    with ExitStack() as stack:
+        records = describe_weights(stack, loc.files, None if loc.index is None else weight_map(loc.index))
+    skipped = [r[0] for r in records if SKIPPED.fullmatch(r[0])]
+    named = []
+    for name, shape, dtype, k, offset in records:
+        if not SKIPPED.fullmatch(name):
+            try:
+                named.append(TensorEntry(name, shape, shape, None, dtype, ((k, offset),), meta_name=meta_name(name)))
+            except FormatError as e:
+                raise e.with_path(loc.files[k]) from None
+    shapes = {t.meta_name: t.shape for t in named}
+    tied = cfg.tied and "output.weight" not in shapes  # no lm_head: llama.cpp reads the token embedding
+    try:  # every LLaMA tensor present with its shape; a layer beyond n_layer is refused by gguf_tensor_name
+        hp = llama_hparams(shapes, n_vocab=cfg.n_vocab, n_embd=cfg.n_embd, n_head=cfg.n_head, n_layer=cfg.n_layer,
+                           n_rot=cfg.head_dim, context_length=req.context_length or cfg.context_length,
+                           rms_eps=cfg.rms_eps, rope_freq_base=cfg.rope_theta, tied_embeddings=tied)
+    except FormatError as e:
+        raise e.with_path(loc.files[0]) from None
+    if hp.defaults:
+        notes.warning("default", f"{loc.config} has no max_position_embeddings: llama.context_length "
+                                 f"{hp.context_length}, LLaMA-1's (--ctx N sets it)")
+    for field, ours, theirs in (("intermediate_size", cfg.n_ff, hp.n_ff),
+                                ("num_key_value_heads", cfg.n_head_kv, hp.n_head_kv)):
+        if ours != theirs:
+            raise BadValue(f"{ours}, the tensors imply {theirs}", path=str(loc.config), field=field)
+    tensors = []
+    if cfg.rope["rope_type"] == "llama3":  # first, as the peer writes it
+        rope = cfg.rope
+        tensors.append(computed(ROPE_FREQS, llama3_rope_factors(
+            cfg.head_dim, cfg.rope_theta or 10000.0, factor=rope.get("factor", 8.0),
+            low_freq_factor=rope.get("low_freq_factor", 1.0), high_freq_factor=rope.get("high_freq_factor", 4.0),
+            old_context=rope.get("original_max_position_embeddings", 8192))))
+    for t in named:
+        try:  # a layer beyond n_layer, named with the file that holds it
+            gguf_tensor_name(t.meta_name, hp.n_layer)
+        except FormatError as e:
+            raise e.with_path(loc.files[t.parts[0][0]]) from None
+        qk = t.meta_name.endswith(("attention.wq.weight", "attention.wk.weight"))
+        tensors.append(replace(t, heads=(cfg.n_head if t.meta_name.endswith("wq.weight") else cfg.n_head_kv) if qk
+                               else 0))
+    return ModelInput(tuple(tensors), tuple(skipped), vocab, hparams=hp,
+                      n_params=sum(math.prod(t.shape) for t in tensors),  # every tensor written, as the peer (§19.5)
+                      extra=tuple(_rope_metadata(cfg) + tokenizer_keys))
 
 
 def _find_vocab(model_dir: Path, tokenizer: str | os.PathLike[str] | None) -> Path:
@@ -460,8 +442,8 @@ def _vocab(path: Path, cfg: HFConfig, config_path: Path) -> tuple[GGUFVocab, lis
     """
     vocab = load_gguf_vocab(path)
     if len(vocab) != cfg.n_vocab:
-        raise FormatError(f"{cfg.n_vocab} does not match the {len(vocab)} pieces of {path}", path=str(config_path),
-                          field="vocab_size")
+        raise BadValue(f"{cfg.n_vocab} does not match the {len(vocab)} pieces of {path}", path=str(config_path),
+                       field="vocab_size")
     model_dir = config_path.parent
     vocab, keys = apply_tokenizer_files(model_dir, vocab)
     special = {f"{k}_token_id": v for k, v in cfg.token_ids.items() if k in ("bos", "eos") and v is not None}
@@ -472,73 +454,6 @@ def _vocab(path: Path, cfg: HFConfig, config_path: Path) -> tuple[GGUFVocab, lis
         special = special_ids(tc, obj.get("added_tokens"), cfg.token_ids, len(vocab), tc_path)
         keys = post_processor_flags(obj.get("post_processor"), tc, keys, model_dir / TOKENIZER_JSON)
     return with_special_ids(vocab, special), keys
-
-
-def _plan(model_dir: Path, out: Path | None, outtype: str, cfg: HFConfig, vocab: GGUFVocab, vocab_path: Path,
-          files: list[Path], metas: list[WeightMeta], context_length: int | None,
-          tokenizer_keys: list[MetaKV]) -> ConversionPlan:
-    skipped = [m.name for m in metas if SKIPPED.fullmatch(m.name)]
-    kept = [m for m in metas if not SKIPPED.fullmatch(m.name)]
-    named = []
-    for m in kept:
-        try:
-            named.append((meta_name(m.name), m))
-        except FormatError as e:
-            raise e.with_path(files[m.file]) from None
-    shapes = {meta: m.shape for meta, m in named}
-    tied = cfg.tied and "output.weight" not in shapes  # no lm_head: llama.cpp reads the token embedding
-    try:  # every LLaMA tensor present with its shape; a layer beyond n_layer is refused by gguf_tensor_name
-        hp = llama_hparams(shapes, n_vocab=cfg.n_vocab, n_embd=cfg.n_embd, n_head=cfg.n_head, n_layer=cfg.n_layer,
-                           n_rot=cfg.head_dim, context_length=context_length or cfg.context_length,
-                           rms_eps=cfg.rms_eps, rope_freq_base=cfg.rope_theta, tied_embeddings=tied)
-    except FormatError as e:
-        raise e.with_path(files[0]) from None
-    if hp.defaults:
-        log.warning("%s has no max_position_embeddings: llama.context_length %d, LLaMA-1's (--ctx N sets it)",
-                    model_dir / CONFIG, hp.context_length)
-    for field, ours, theirs in (("intermediate_size", cfg.n_ff, hp.n_ff),
-                                ("num_key_value_heads", cfg.n_head_kv, hp.n_head_kv)):
-        if ours != theirs:
-            raise FormatError(f"{ours}, the tensors imply {theirs}", path=str(model_dir / CONFIG), field=field)
-    heads = {m.name: (cfg.n_head if meta.endswith("wq.weight") else cfg.n_head_kv)
-             for meta, m in named if meta.endswith(("attention.wq.weight", "attention.wk.weight"))}
-    tensors, pending = [], []
-    computed = ()
-    if cfg.rope["rope_type"] == "llama3":  # first, as the peer writes it
-        rope = cfg.rope
-        factors = llama3_rope_factors(cfg.head_dim, cfg.rope_theta or 10000.0, factor=rope.get("factor", 8.0),
-                                      low_freq_factor=rope.get("low_freq_factor", 1.0),
-                                      high_freq_factor=rope.get("high_freq_factor", 4.0),
-                                      old_context=rope.get("original_max_position_embeddings", 8192))
-        computed = ((ROPE_FREQS, factors),)
-        tensors.append(OutTensor(ROPE_FREQS, GGMLType.F32, factors.shape))
-        pending.append(WeightMeta(ROPE_FREQS, factors.shape, COMPUTED, -1))
-    for meta, m in named:
-        try:  # a layer beyond n_layer, named with the file that holds it
-            gguf_tensor_name(meta, hp.n_layer)
-        except FormatError as e:
-            raise e.with_path(files[m.file]) from None
-        ggml_type = output_type(outtype, m.dtype, len(m.shape))
-        check_rows(m.name, ggml_type, m.shape)
-        tensors.append(OutTensor(meta, ggml_type, m.shape))
-        pending.append(m)
-    name = model_dir.resolve().name or "llama"
-    n_params = sum(math.prod(t.shape) for t in tensors)  # what the peer counts: every tensor it writes (§19.5)
-    extra = tuple(_rope_metadata(cfg) + tokenizer_keys)
-    plan = plan_llama_gguf(hp, vocab, tensors, name=name, n_params=n_params, extra=extra)
-    entries = [TensorEntry(m.name, m.shape, m.shape, None, m.dtype, info)
-               for m, info in zip(pending, plan.tensors, strict=True)]
-    warn_rounding(entries)
-    if out is None:
-        out = default_outfile(model_dir, resolved_outtype([t.type for t in tensors if len(t.shape) == 2]), "gguf")
-        refuse_existing(out, overwrite=True, inputs=[model_dir / CONFIG, vocab_path, *files])
-    source = HFSource(tuple(files), {m.name: m.file for m in pending if m.dtype != COMPUTED}, heads)
-    params = Params(cfg.n_embd, 1, cfg.n_head, cfg.n_layer, cfg.n_vocab, cfg.n_head_kv, None, cfg.rms_eps,
-                    cfg.rope_theta)
-    log.debug("planned %d tensors, %s bytes", len(plan.tensors), f"{plan.size:,}")
-    return ConversionPlan(model_dir, out, outtype, vocab_path, tuple(files), params, plan, tuple(entries),
-                          tuple(skipped), "gguf", GGUFContent(hp, vocab, name, n_params, extra), computed,
-                          source)
 
 
 def _rope_metadata(cfg: HFConfig) -> list[MetaKV]:
@@ -555,48 +470,3 @@ def _rope_metadata(cfg: HFConfig) -> list[MetaKV]:
             if key in cfg.rope and not (key == "attn_factor" and "attention_factor" in cfg.rope):
                 out.append(MetaKV(f"llama.rope.scaling.{gguf_key}", f32, cfg.rope[key]))
     return out
-
-
-# ------------------------------------------------------------------ writing
-
-
-def write_hf(cp: ConversionPlan, *, force: bool = False, progress: Callable[[int], Any] | None = None) -> None:
-    """Write a planned Hugging Face conversion: every file mapped at once, each tensor to its place, then commit.
-
-    Raises:
-        FileExistsError, IncompleteWrite, FormatError, OSError: as convert.write_conversion.
-    """
-    src: HFSource = cp.source
-    with ExitStack() as stack:
-        opened = [_open(stack, p) for p in src.files]
-        fds = [open_read_only(stack, p) for p in src.files]
-        writer = stack.enter_context(FileWriter(cp.outfile, cp.plan, overwrite=force, progress=progress))
-        write_tensors(writer, _sources(cp, src, opened, fds), chunk_bytes=CHUNK_BYTES)
-
-
-def _sources(cp: ConversionPlan, src: HFSource, opened: list[_Opened], fds: list[int]) -> Iterator[Source]:
-    """Each planned tensor as engine pieces: one run, or one piece per row for an unpermuted q/k.
-
-    Raises:
-        FormatError: a file no longer holds the tensor as planned.
-    """
-    computed = dict(cp.computed)
-    for e in cp.entries:
-        if e.name in computed:
-            yield computed_source(e.info, computed[e.name])
-            continue
-        k = src.file_of[e.name]
-        record = opened[k].records.get(e.name)
-        if record is None or tuple(record[0]) != e.shard_shape or record[1] != e.source_dtype:
-            raise FormatError("changed since it was checked: re-run the conversion", path=str(src.files[k]),
-                              field=f"tensor {e.name!r}")
-        rows = opened[k].array(e.name)
-        rows = rows.reshape(1, -1) if rows.ndim == 1 else rows
-        cast = converter(e.source_dtype, e.info.type)
-        if e.name not in src.heads:
-            yield Source(e.info, None, [Piece(fds[k], record[2], rows)], cast)
-            continue
-        row_bytes = rows.shape[1] * rows.itemsize
-        order = unpermute_rows(rows.shape[0], src.heads[e.name])
-        pieces = [Piece(fds[k], record[2] + int(r) * row_bytes, rows[r : r + 1]) for r in order]
-        yield Source(e.info, 0, pieces, cast)

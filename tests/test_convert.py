@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -153,6 +154,38 @@ def test_a_shard_missing_from_the_writes_is_an_error_not_a_hole(tmp_path: Path,
         convert_checkpoint(ck.model_dir, fmt="ggjt")
     assert sorted(p.name for p in ck.model_dir.iterdir()) == ["consolidated.00.pth", "consolidated.01.pth",
                                                               "params.json"]
+
+
+def test_each_shard_is_parsed_once_and_the_output_checked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import convert.shards
+    from convert.pth import open_checkpoint
+
+    ck = build(tmp_path, 4)
+    opened: list[Path] = []
+    checked: list[Path] = []
+    real_check = conv.refuse_existing
+    monkeypatch.setattr(convert.shards, "open_checkpoint", lambda p: opened.append(Path(p)) or open_checkpoint(p))
+    monkeypatch.setattr(conv, "refuse_existing", lambda out, **kw: checked.append(Path(out)) or real_check(out, **kw))
+    cp = plan_conversion(ck.model_dir, fmt="gguf", overwrite=False)
+    assert sorted(opened) == sorted(ck.paths) and checked == [ck.model_dir / "ggml-model-f16.gguf"]
+    conv.write_conversion(cp)  # maps each shard at the planned offsets: no second parse
+    assert sorted(opened) == sorted(ck.paths) and len(checked) == 1
+    gguf_names = {e.name: e.info.name for e in cp.entries}
+    with load(cp.outfile) as model:  # and what it wrote is the checkpoint
+        for name, t in expected_tensors(ck.paths).items():
+            np.testing.assert_array_equal(model.tensors[gguf_names[name]].astype(np.float32), t.float().numpy(),
+                                          err_msg=name)
+
+
+def test_a_shard_changed_after_planning_is_refused(tmp_path: Path) -> None:
+    ck = build(tmp_path, 2)
+    conv.write_conversion(plan_conversion(ck.model_dir, tmp_path / "control.bin", fmt="ggjt"))  # unchanged: written
+    cp = plan_conversion(ck.model_dir, tmp_path / "out.bin", fmt="ggjt")
+    st = ck.paths[1].stat()
+    os.utime(ck.paths[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, touched since planning
+    with pytest.raises(FormatError, match=r"consolidated\.01\.pth: changed since it was checked"):
+        conv.write_conversion(cp)
+    assert (tmp_path / "control.bin").exists() and not (tmp_path / "out.bin").exists()
 
 
 # ------------------------------------------------------------------ the command

@@ -244,6 +244,21 @@ def test_ggjt_refuses_what_it_cannot_describe_and_suggests_gguf(tmp_path: Path, 
     assert main([str(model_dir), "--format", "gguf", "--quiet"]) == 0  # and GGUF takes it
 
 
+def test_requests_that_cannot_be_written_are_cannot_write_and_bad_inputs_format_error_kinds(tmp_path: Path) -> None:
+    from convert import plan_conversion
+    from ggmlfmt.errors import BadValue, CannotWrite
+
+    model_dir, _, _ = build_llama2(tmp_path, 1)
+    with pytest.raises(CannotWrite, match="grouped-query attention"):  # a model the 2023 format cannot hold
+        plan_conversion(model_dir, fmt="ggjt")
+    with pytest.raises(CannotWrite, match="norm_eps is"):  # an option params.json already answers
+        plan_conversion(model_dir, fmt="gguf", rms_eps=1e-5)
+    plan_conversion(model_dir, fmt="gguf")  # control: the same directory plans
+    (model_dir / "params.json").write_text(json.dumps({**LLAMA2_PARAMS, "n_layers": 3}))
+    with pytest.raises(BadValue, match=r"missing; params\.json \(n_layers 3\)"):
+        plan_conversion(model_dir, fmt="gguf")
+
+
 def test_gguf_refuses_shapes_params_json_does_not_imply(tmp_path: Path) -> None:
     # n_kv_heads 2 in params.json, but wk/wv hold 4 heads: named by tensor, before any output exists
     model_dir, _, _ = build_llama2(tmp_path, 1, kv_rows=64)

@@ -242,6 +242,41 @@ def test_dry_run_json_names_hf_tensors_and_writes_nothing(tmp_path: Path, capsys
     assert "output.weight" not in by_name and plan["metadata"]["llama.attention.head_count_kv"] == 2
 
 
+def test_each_weight_file_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import convert.hf
+    from convert.pth import open_checkpoint
+
+    st_dir, bin_dir = tmp_path / "st" / "Tiny", tmp_path / "bin" / "Tiny"
+    build_hf(st_dir, shards=3)
+    build_hf(bin_dir, dtype="float16", bin_format=True)
+    opened: list[Path] = []
+    real_load = convert.hf.load
+    monkeypatch.setattr(convert.hf, "load", lambda p: opened.append(Path(p)) or real_load(p))
+    monkeypatch.setattr(convert.hf, "open_checkpoint", lambda p: opened.append(Path(p)) or open_checkpoint(p))
+    for model_dir in (st_dir, bin_dir):
+        convert_checkpoint(model_dir)
+    files = sorted(st_dir.glob("model-*.safetensors")) + [bin_dir / "pytorch_model.bin"]
+    assert len(files) > 2 and sorted(opened) == sorted(files)  # one parse each, at planning; writing maps them
+
+
+def test_requests_that_cannot_be_written_are_cannot_write_and_bad_inputs_format_error_kinds(tmp_path: Path) -> None:
+    from ggmlfmt.errors import BadLayout, BadValue, CannotWrite
+
+    model_dir = tmp_path / "Tiny"
+    build_hf(model_dir)
+    with pytest.raises(CannotWrite, match="converts to GGUF only"):
+        plan_conversion(model_dir, fmt="ggjt")
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(BadValue, match="architectures"):
+        plan_conversion(model_dir)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    plan_conversion(model_dir)  # control: the restored directory plans
+    (model_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../model.safetensors"}}))
+    with pytest.raises(BadLayout, match="not a file name inside the model directory"):
+        plan_conversion(model_dir)
+
+
 # ------------------------------------------------------------------ hostile inputs
 
 
