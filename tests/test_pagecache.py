@@ -225,16 +225,16 @@ def test_the_copy_and_the_writer_commit_through_one_temp_file_class(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import ast
 
-    from ggmlfmt import atomic
+    from ggmlfmt.writer import TempFile
 
     renamers = sorted(p.name for p in (ROOT / "ggmlfmt").glob("*.py")
                       if any(isinstance(n, ast.Attribute) and n.attr in ("replace", "rename")
                              and isinstance(n.value, ast.Name) and n.value.id == "os"
                              for n in ast.walk(ast.parse(p.read_text()))))
-    assert renamers == ["atomic.py"]  # the one place a file of ours gets its final name
+    assert renamers == ["writer.py"]  # the one place a file of ours gets its final name (TempFile.commit)
     commits: list[Path] = []
-    real = atomic.TempFile.commit
-    monkeypatch.setattr(atomic.TempFile, "commit", lambda self: (commits.append(self.target), real(self))[1])
+    real = TempFile.commit
+    monkeypatch.setattr(TempFile, "commit", lambda self: (commits.append(self.target), real(self))[1])
     src = _model(tmp_path, "src.bin")  # FileWriter
     copying.copy_file(src, tmp_path / "dst.bin")
     assert commits == [src, tmp_path / "dst.bin"]

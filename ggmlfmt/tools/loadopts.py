@@ -18,8 +18,6 @@ from typing import Literal
 import numpy as np
 
 from ggmlfmt.errors import BadOption, Truncated
-from ggmlfmt.tools import libc
-from ggmlfmt.tools.libc import PAGE
 
 Advice = Literal["normal", "sequential", "random", "willneed"]
 ADVICE: dict[str, str] = {  # option value -> mmap constant, looked up when used (Windows' mmap has none)
@@ -123,6 +121,8 @@ def lock(data: np.ndarray) -> None:
         MemoryLockError: the kernel refused; says how large the lock was and what RLIMIT_MEMLOCK allows.
         OSError: ENOSYS where the C library has no mlock.
     """
+    from ggmlfmt.tools import libc
+
     try:
         libc.call("mlock", data.ctypes.data, data.nbytes)
     except OSError as e:
@@ -220,7 +220,7 @@ def touch(data: np.ndarray) -> int:
     flat = data.reshape(-1).view(np.uint8)  # reshape(-1) of a contiguous array is a view
     if flat.size == 0:
         return 0
-    return int(flat[::PAGE].sum(dtype=np.uint64)) + int(flat[-1])
+    return int(flat[::mmap.PAGESIZE].sum(dtype=np.uint64)) + int(flat[-1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -265,6 +265,8 @@ class LoadOptions:
         Raises:
             OSError: ENOSYS naming the option and the missing call.
         """
+        from ggmlfmt.tools import libc
+
         if self.lock and not libc.available("mlock"):
             raise OSError(errno.ENOSYS, "lock needs mlock, which this system's C library lacks")
 
