@@ -22,7 +22,7 @@ import numpy as np
 
 from ggmlfmt.constants import FileVersion, GGMLType
 from ggmlfmt.errors import CannotWrite, IncompleteWrite
-from ggmlfmt.layout import HParams, Plan, TensorSpec, Vocab, plan
+from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,9 @@ def remove_stale_temps(target: Path) -> list[Path]:
             pass
         except PermissionError:
             continue  # another user's live process
-        try:
+        with contextlib.suppress(FileNotFoundError):  # another writer removed it first
             p.unlink()
             removed.append(p)
-        except FileNotFoundError:
-            pass
     return removed
 
 
@@ -294,6 +292,17 @@ class FileWriter(TempFile):
             self._unflushed = 0
             libc.start_writeback(self.fd)
 
+    def _place(self, name: str, row: int, n_rows: int, col_byte: int, width: int) -> tuple[TensorInfo, int]:
+        """`name`'s record and the file offset of its rows [row, row+n_rows) x bytes [col_byte, col_byte+width).
+
+        Raises: CannotWrite: they do not fit the tensor.
+        """
+        info = self._infos[name]
+        if row < 0 or col_byte < 0 or row + n_rows > info.n_rows or col_byte + width > info.row_bytes:
+            raise CannotWrite(f"tensor {name!r}: rows {row}..{row + n_rows - 1} x bytes {col_byte}..{col_byte + width - 1}"
+                             f" do not fit its {info.n_rows} rows of {info.row_bytes} bytes")
+        return info, info.offset + row * info.row_bytes + col_byte
+
     def _written(self, name: str, row: int, n_rows: int, col_byte: int, width: int) -> None:
         """Record a rectangle as written: for the coverage proof, the byte count and the progress callback."""
         self._coverage[name].add(row, row + n_rows, col_byte, col_byte + width)
@@ -311,7 +320,6 @@ class FileWriter(TempFile):
         Raises:
             CannotWrite: the rectangle does not fit the tensor, or data is not contiguous.
         """
-        info = self._infos[name]
         if isinstance(data, np.ndarray):
             if n_rows is None:
                 n_rows = data.shape[0] if data.ndim >= 2 else 1
@@ -323,10 +331,7 @@ class FileWriter(TempFile):
         if n_rows <= 0 or len(buf) % n_rows:
             raise CannotWrite(f"tensor {name!r}: {len(buf)} bytes do not split into {n_rows} rows")
         width = len(buf) // n_rows
-        if row < 0 or col_byte < 0 or row + n_rows > info.n_rows or col_byte + width > info.row_bytes:
-            raise CannotWrite(f"tensor {name!r}: rows {row}..{row + n_rows - 1} x bytes {col_byte}..{col_byte + width - 1}"
-                             f" do not fit its {info.n_rows} rows of {info.row_bytes} bytes")
-        base = info.offset + row * info.row_bytes + col_byte
+        info, base = self._place(name, row, n_rows, col_byte, width)
         if width == info.row_bytes:  # whole rows are one contiguous run
             self._pwrite(buf, base)
         else:
@@ -350,16 +355,14 @@ class FileWriter(TempFile):
         Raises:
             CannotWrite: the run does not fit the tensor or is not contiguous in it. OSError.
         """
-        info = self._infos[name]
         width = nbytes // n_rows if n_rows > 0 else 0
-        if n_rows <= 0 or nbytes % n_rows or (n_rows > 1 and width != info.row_bytes) \
-                or row < 0 or col_byte < 0 or row + n_rows > info.n_rows or col_byte + width > info.row_bytes:
+        info, dst = self._place(name, row, n_rows, col_byte, width)
+        if n_rows <= 0 or nbytes % n_rows or (n_rows > 1 and width != info.row_bytes):
             raise CannotWrite(f"tensor {name!r}: {nbytes} bytes at row {row}, byte {col_byte} are not a run of its "
                              f"{info.n_rows} rows of {info.row_bytes} bytes")
         if memoryview(fallback).nbytes != nbytes:
             raise CannotWrite(f"tensor {name!r}: the fallback view holds {memoryview(fallback).nbytes} bytes, "
                              f"expected {nbytes}")
-        dst = info.offset + row * info.row_bytes + col_byte
         for at in range(0, nbytes, WRITEBACK_BYTES):  # in pieces, so writeback starts as the copy goes
             n = min(WRITEBACK_BYTES, nbytes - at)
             if not copy_range(src_fd, src_offset + at, self.fd, dst + at, n):
