@@ -85,15 +85,13 @@ def remove_stale_temps(target: Path) -> list[Path]:
 
 
 class TempFile:
-    """A new file beside `target` that becomes `target` on commit, or disappears on abort.
+    """A new file beside `target` that becomes `target` on commit, or disappears on abort (FileWriter, the copy).
 
-    Named `.<target>.ggmlfmt-<pid>-<random>.tmp` in the target's directory, so the rename is atomic (same
-    filesystem) and a file left by a killed process is recognised and removed by the next writer of the same
-    target (here, when the name is chosen). create: the file, under a name chosen (and recorded) before it
-    exists. commit: fsync, close, rename over the target (atomic; a process that mapped the old file keeps its
-    pages), fsync the directory. abort: close and remove the temp file; the target is never opened. As a
-    context manager it creates on entry, commits on a normal exit and aborts on an exception (Ctrl-C too).
-    FileWriter and the page-cache-friendly copy both write through this.
+    Named `.<target>.ggmlfmt-<pid>-<random>.tmp` beside the target: the rename is atomic (same filesystem), and
+    temps left by killed writers of the same target are recognised and removed when the next one picks its name.
+    commit: fsync, close, rename over the target (a process that mapped the old file keeps its pages), fsync the
+    directory. abort: close and remove the temp file; the target is never opened. As a context manager it
+    creates on entry, commits on a normal exit and aborts on an exception (Ctrl-C too).
     """
 
     def __init__(self, target: Path) -> None:
