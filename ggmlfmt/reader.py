@@ -13,13 +13,9 @@ import numpy as np
 from ggmlfmt.blocks.dequant import dequantize
 from ggmlfmt.constants import MAGICS, NOT_A_MODEL, FileVersion, GGMLType, GGUFVersion
 from ggmlfmt.errors import FormatError, Truncated
-from ggmlfmt.gguf import GGUFIndex, decode_gguf
+from ggmlfmt.gguf import decode_gguf
 from ggmlfmt.layout import HParams, Index, TensorInfo, Vocab, decode_index
-from ggmlfmt.safetensors import (
-    SafetensorsIndex,
-    decode_safetensors,
-    looks_like_safetensors,
-)
+from ggmlfmt.safetensors import decode_safetensors, looks_like_safetensors
 from ggmlfmt.tools.loadopts import Advice, LoadOptions, open_data
 
 if TYPE_CHECKING:
@@ -102,7 +98,7 @@ class _Floats(Mapping[str, np.ndarray]):
 class Model:
     """An opened model file: its format, header, vocabulary, and tensors as views into `data` (the whole file)."""
 
-    def __init__(self, path: str, index: Index | GGUFIndex | SafetensorsIndex, data: np.ndarray) -> None:
+    def __init__(self, path: str, index: Index, data: np.ndarray) -> None:
         self.path = path
         self.index = index
         self._data = data
@@ -136,7 +132,7 @@ class Model:
     def metadata(self) -> Mapping[str, Any]:
         """GGUF's key -> value pairs (arrays as numpy arrays or GGUFStrings), safetensors' __metadata__ strings;
         empty for the 2023 formats."""
-        return self.index.metadata if isinstance(self.index, (GGUFIndex, SafetensorsIndex)) else {}
+        return self.index.metadata
 
     @property
     def data(self) -> np.ndarray:
@@ -212,7 +208,7 @@ def map_file(path: str | os.PathLike[str], mode: Literal["r", "c"] = "r") -> np.
 HEAD_READAHEAD = 1 << 20  # header + vocabulary are read in order; LLaMA's 32,000 tokens take ~0.45 MiB
 
 
-def decode_any(buf: memoryview, path: str) -> Index | GGUFIndex | SafetensorsIndex:
+def decode_any(buf: memoryview, path: str) -> Index:
     """Parse a GGUF file (b"GGUF" first), a 2023 one (its magic first), or a safetensors one (no magic:
     a name ending in .safetensors, or '{' after the 8-byte header length, docs/format.md §18).
 
@@ -227,7 +223,7 @@ def decode_any(buf: memoryview, path: str) -> Index | GGUFIndex | SafetensorsInd
     return decode_index(buf, path=path)
 
 
-def decode_mapped(data: np.ndarray, path: str) -> Index | GGUFIndex | SafetensorsIndex:
+def decode_mapped(data: np.ndarray, path: str) -> Index:
     """Parse the index of a mapped file with readahead off, then give the map normal readahead back.
 
     Each tensor record sits right before that tensor's data, so on a cold file the kernel's
@@ -248,7 +244,7 @@ def decode_mapped(data: np.ndarray, path: str) -> Index | GGUFIndex | Safetensor
         m.madvise(mmap.MADV_NORMAL)
 
 
-def read_index(path: str | os.PathLike[str]) -> Index | GGUFIndex | SafetensorsIndex:
+def read_index(path: str | os.PathLike[str]) -> Index:
     """Parse a file's structure (header, vocabulary, tensor records) without keeping a map.
 
     Raises:

@@ -8,13 +8,9 @@ from typing import Any
 import numpy as np
 
 from ggmlfmt.constants import DEFAULT_ALIGNMENT, FType
-from ggmlfmt.gguf import GGUFIndex, GGUFStrings, TypePath
+from ggmlfmt.gguf import GGUFStrings, TypePath
 from ggmlfmt.layout import Index, align_up, record_head_size
-from ggmlfmt.safetensors import (
-    SafetensorsIndex,
-    describe_safetensors,
-    render_safetensors_head,
-)
+from ggmlfmt.safetensors import describe_safetensors, render_safetensors_head
 
 ARRAY_HEAD = 8  # items of a long metadata array that inspect shows
 MAX_COLUMN = 64  # widest name or key column: a longer one overflows its own line, not every line (docs/safety.md)
@@ -33,11 +29,11 @@ def _ftype_name(ftype: int) -> str:
     return FType(ftype).name if ftype in FType._value2member_map_ else str(ftype)
 
 
-def describe(index: Index | GGUFIndex | SafetensorsIndex) -> dict[str, Any]:
+def describe(index: Index) -> dict[str, Any]:
     """Everything `ggmlfmt inspect` shows, as JSON-ready data."""
-    if isinstance(index, GGUFIndex):
+    if index.version.magic_name == "gguf":
         return describe_gguf(index)
-    if isinstance(index, SafetensorsIndex):
+    if index.version.magic_name == "safetensors":
         return describe_safetensors(index)
     hp = index.hparams
     tensors = []
@@ -90,7 +86,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def describe_gguf(index: GGUFIndex) -> dict[str, Any]:
+def describe_gguf(index: Index) -> dict[str, Any]:
     """`ggmlfmt inspect`'s data for a GGUF file: metadata (arrays summarised), tensors, byte accounting."""
     metadata = {}
     for key, value in index.metadata.items():
