@@ -13,7 +13,7 @@ import math
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain, islice
-from typing import Any, Union
+from typing import Any, NoReturn, Union
 
 import numpy as np
 
@@ -75,6 +75,7 @@ _MIN_INFO = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset (0 d
 _ARRAY_HEAD = struct.Struct("<IQ")  # element type, count
 _INFO_REST = {n: struct.Struct(f"<{n}{GGUF_DIM.code}{GGUF_INFO_TAIL.format[1:]}") for n in range(1, MAX_DIMS + 1)}
 _unpack_u64 = U64.unpack_from
+_new = tuple.__new__  # TensorInfo(...) without the Python-level __new__ of a NamedTuple
 _PAD_STEP = 1 << 16  # bytes of padding checked per numpy call: no copy, no allocation past this
 _STRINGS_PER_STEP = 1 << 12  # strings of an array encoded per pass
 # A tensor whose dims are all >= 1 and multiply to at most this many elements has every product of its dims,
@@ -246,18 +247,18 @@ def _array(buf: memoryview, pos: int, field: str, depth: int) -> tuple[Any, Type
 
 
 def _lengths(buf: memoryview, pos: int, count: int) -> tuple[list[int], int | None]:
-    """The lengths of `count` strings at pos (count * 8 bytes fit) and where they end; (lens, None) when one
-    runs past what the strings after it leave (the checked decoder then names it)."""
-    unpack, room, lens = _unpack_u64, len(buf) - pos - 8 * count, []
+    """The lengths of `count` strings at pos and where they end; (lens so far, None) when one runs past the
+    buffer (the checked decoder then names it)."""
+    unpack, lens = _unpack_u64, []
     append = lens.append
-    for _ in range(count):
-        (n,) = unpack(buf, pos)
-        if n > room:
-            return lens, None
-        room -= n
-        pos += 8 + n
-        append(n)
-    return lens, pos
+    try:
+        for _ in range(count):
+            (n,) = unpack(buf, pos)
+            pos += 8 + n
+            append(n)
+    except (struct.error, OverflowError):  # a length field past the end, or an offset past any buffer
+        return lens, None
+    return lens, (pos if pos <= len(buf) else None)
 
 
 def _strings(buf: memoryview, pos: int, count: int, field: str) -> tuple[GGUFStrings, int]:
@@ -380,10 +381,11 @@ def _alignment(values: dict[str, Any], types: dict[str, TypePath], at: int) -> i
     return align
 
 
-def _tensor_type(code: int, at: int, field: str) -> tuple[GGMLType, BlockLayout]:
-    if code in GGMLType._value2member_map_ and GGMLType(code) in GGUF_LAYOUTS:
-        t = GGMLType(code)
-        return t, GGUF_LAYOUTS[t]
+_TYPES = {int(t): (t, b, b.elements, b.nbytes) for t, b in GGUF_LAYOUTS.items()}  # code -> one look-up per info
+
+
+def _tensor_type(code: int, at: int, field: str) -> NoReturn:
+    """Raises: BadValue for a type code GGUF does not have."""
     known = f" ({GGMLType(code).name}, a 2023 type GGUF does not have)" if code in GGMLType._value2member_map_ else ""
     raise BadValue(f"unknown tensor type code {code}{known}; expected a code of today's ggml_type enum "
                    f"({min(GGUF_LAYOUTS)}..{max(GGUF_LAYOUTS)}, docs/format.md §11.6)", offset=at, field=field)
@@ -411,15 +413,16 @@ def _tensor_info(buf: memoryview, pos: int, i: int, alignment: int) -> tuple[tup
     if max(ne) > GGUF_DIM.hi:
         d = next(d for d, n in enumerate(ne) if n > GGUF_DIM.hi)
         raise BadValue(GGUF_DIM.problem(ne[d]), offset=dims_at + 8 * d, field=f"tensor {shown(name)}.ne[{d}]")
-    ggml_type, block = _tensor_type(code, end - GGUF_INFO_TAIL.size, f"tensor {shown(name)}.type")
-    if (why := block_problem(ne[0], ggml_type, block)) is not None:
-        raise BadValue(why, offset=dims_at, field=f"tensor {shown(name)}.ne[0]")
+    row = _TYPES.get(code) or _tensor_type(code, end - GGUF_INFO_TAIL.size, f"tensor {shown(name)}.type")
+    ggml_type, block, elements, block_bytes = row
+    if ne[0] % elements:
+        raise BadValue(block_problem(ne[0], ggml_type, block), offset=dims_at, field=f"tensor {shown(name)}.ne[0]")
     if not 0 < math.prod(ne) <= _SAFE_ELEMENTS and (problem := dims_problem(ne, block)) is not None:
         raise BadValue(problem[1], offset=dims_at + 8 * problem[0], field=f"tensor {shown(name)}.ne[{problem[0]}]")
     if offset % alignment:
         raise BadLayout(f"expected an offset that is a multiple of the alignment {alignment}, found {offset}",
                         offset=end - 8, field=f"tensor {shown(name)}.offset")
-    return (name, ggml_type, ne, offset, tensor_nbytes(ne, block), record, block), end
+    return (name, ggml_type, ne, offset, math.prod(ne[1:]) * (ne[0] // elements) * block_bytes, record, block), end
 
 
 def _tensor_infos(buf: memoryview, pos: int, n_tensors: int, alignment: int) -> tuple[list[tuple], int]:
@@ -451,7 +454,7 @@ def _place(raw: list[tuple], data_start: int, size: int) -> tuple[TensorInfo, ..
             raise Truncated(f"{ggml_type.name} {list(ne)} data at data_start {data_start:#x} + {rel:#x} needs "
                             f"{nbytes} bytes, {max(size - data_start - rel, 0)} left", offset=record,
                             field=f"tensor {shown(name)} data")
-        infos.append(TensorInfo(name, ggml_type, ne, data_start + rel, nbytes, record, block))
+        infos.append(_new(TensorInfo, (name, ggml_type, ne, data_start + rel, nbytes, record, block)))
     if len(infos) > 1:
         starts = np.array([t[3] for t in infos], np.int64)  # all < size now: no overflow
         ends = starts + np.array([t[4] for t in infos], np.int64)

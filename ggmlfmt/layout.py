@@ -407,29 +407,44 @@ def decode_hparams(buf: memoryview, pos: int) -> HParams:
 
 
 def decode_vocab(buf: memoryview, pos: int, n_vocab: int, with_scores: bool) -> tuple[Vocab, int]:
-    """The `n_vocab` entries (i32 length, text[, f32 score]) at pos, and where they end; the count is checked
-    against the file first, then every length before it is used (§3).
+    """The `n_vocab` entries (i32 length, text[, f32 score]) at pos, and where they end (§3).
+
+    The count is checked against the file first. One walk then reads each length unsigned (a negative
+    one is above MAX_TOKEN_LEN) and stops at the first out of range or past the end; only then does
+    the checked walk run, to name the entry.
 
     Raises:
         Truncated, BadValue.
     """
     fixed = TOKEN_LEN.size + (TOKEN_SCORE.size if with_scores else 0)
-    # bytes left for texts once every entry's fixed fields are counted: each text spends from it, so
-    # `room >= 0` keeps every later length field inside the buffer
-    room = len(buf) - pos - n_vocab * fixed
+    room = len(buf) - pos - n_vocab * fixed  # bytes left for the texts once every fixed field is counted
     if room < 0:
         raise Truncated(f"n_vocab {n_vocab} needs at least {n_vocab * fixed} bytes, {len(buf) - pos} left",
                         offset=pos, field="vocab")
-    unpack, at, most = TOKEN_LEN.unpack_from, pos, min(room, MAX_TOKEN_LEN)
+    unpack, at = U32.unpack_from, pos
+    try:
+        for _ in range(n_vocab):
+            (n,) = unpack(buf, at)
+            if n > MAX_TOKEN_LEN:
+                break
+            at += fixed + n
+        else:
+            if at <= len(buf):
+                return Vocab._read(bytes(buf[pos:at]), n_vocab, with_scores), at
+    except struct.error:  # a length field past the end of the buffer
+        pass
+    raise _vocab_error(buf, pos, n_vocab, fixed, room)
+
+
+def _vocab_error(buf: memoryview, pos: int, n_vocab: int, fixed: int, room: int) -> FormatError:
+    """The error of the first entry whose length is out of range or runs past what the entries after it leave."""
     for i in range(n_vocab):
-        (n,) = unpack(buf, at)
-        if not 0 <= n <= most:
-            raise _token_len_error(n, room, i, at, n_vocab - i - 1, (n_vocab - i) * fixed)
+        (n,) = TOKEN_LEN.unpack_from(buf, pos)
+        if not 0 <= n <= room or n > MAX_TOKEN_LEN:
+            return _token_len_error(n, room, i, pos, n_vocab - i - 1, (n_vocab - i) * fixed)
         room -= n
-        at += fixed + n
-        if room < most:
-            most = room
-    return Vocab._read(bytes(buf[pos:at]), n_vocab, with_scores), at
+        pos += fixed + n
+    raise AssertionError("unreachable: every entry fits")  # pragma: no cover
 
 
 def _token_len_error(n: int, room: int, i: int, pos: int, n_left: int, fixed_left: int) -> FormatError:
@@ -443,6 +458,11 @@ def _token_len_error(n: int, room: int, i: int, pos: int, n_left: int, fixed_lef
 
 _DIMS = {n: struct.Struct(f"<{n}{DIM.code}") for n in range(1, MAX_DIMS + 1)}  # ne[0..n_dims-1]
 _ZEROS = bytes(DEFAULT_ALIGNMENT)
+# per version: (type code -> (type, block layout), aligned); one look-up per record instead of enum calls
+_RECORD_TYPES = {v: ({int(t): (t, b, b.elements, b.nbytes) for t, b in BLOCK_LAYOUTS[v.block_generation].items()},
+                     v.aligned) for v in FileVersion}
+(_DIMS_LO, _DIMS_HI), (_NAME_LO, _NAME_HI) = ((f.lo, f.hi) for f in RECORD_FIELDS[:2])
+_new = tuple.__new__  # TensorInfo(...) without the Python-level __new__ of a NamedTuple
 
 
 def decode_record(buf: memoryview, pos: int, i: int, version: FileVersion) -> TensorInfo:
@@ -454,14 +474,17 @@ def decode_record(buf: memoryview, pos: int, i: int, version: FileVersion) -> Te
     size = len(buf)
     if size - pos < RECORD.size:
         need(buf, pos, RECORD.size, f"tensor[{i}] record header")
-    head = RECORD.unpack_from(buf, pos)
-    if (bad := first_problem(RECORD_FIELDS, head)) is not None:
+    n_dims, name_len, code = head = RECORD.unpack_from(buf, pos)
+    if not (_DIMS_LO <= n_dims <= _DIMS_HI and _NAME_LO <= name_len <= _NAME_HI):
+        bad = first_problem(RECORD_FIELDS, head)
         raise BadValue(bad[1], offset=pos + 4 * bad[0], field=f"tensor[{i}].{RECORD_FIELDS[bad[0]].name}")
-    n_dims, name_len, code = head
-    try:
-        block = block_layout(code, version.block_generation)
-    except BadValue as e:
-        raise BadValue(f"{e.msg} in a {version} file", offset=pos + 8, field=f"tensor[{i}].type") from None
+    types, aligned = _RECORD_TYPES[version]
+    if code not in types:
+        try:
+            block_layout(code, version.block_generation)  # raises, saying why
+        except BadValue as e:
+            raise BadValue(f"{e.msg} in a {version} file", offset=pos + 8, field=f"tensor[{i}].type") from None
+    ggml_type, block, elements, block_bytes = types[code]
     dims_at = pos + RECORD.size
     name_at = dims_at + 4 * n_dims
     if name_at > size:
@@ -479,23 +502,20 @@ def decode_record(buf: memoryview, pos: int, i: int, version: FileVersion) -> Te
     except UnicodeDecodeError:
         raise BadValue(f"expected a UTF-8 tensor name, found bytes {excerpt(raw_name)}", offset=name_at,
                        field=f"tensor[{i}].name") from None
-    what = f"tensor {shown(name)}"
-    ggml_type = GGMLType(code)
-    if (why := block_problem(ne[0], ggml_type, block)) is not None:
-        raise BadValue(why, offset=dims_at, field=f"{what}.ne[0]")
-    data_at = align_up(name_end) if version.aligned else name_end
-    nbytes = tensor_nbytes(ne, block)
+    if ne[0] % elements:
+        raise BadValue(block_problem(ne[0], ggml_type, block), offset=dims_at, field=f"tensor {shown(name)}.ne[0]")
+    data_at = (name_end + DEFAULT_ALIGNMENT - 1) // DEFAULT_ALIGNMENT * DEFAULT_ALIGNMENT if aligned else name_end
+    nbytes = math.prod(ne[1:]) * (ne[0] // elements) * block_bytes  # tensor_nbytes, inlined: the loop is hot
     # with every dim >= 1 and the data inside the buffer, no product of the dims can pass INT64_MAX
     if (nbytes > size - data_at or 0 in ne) and (problem := dims_problem(ne, block)) is not None:
-        raise BadValue(problem[1], offset=dims_at + 4 * problem[0], field=f"{what}.ne[{problem[0]}]")
-    if data_at > name_end:
-        need(buf, name_end, data_at - name_end, f"{what} padding")
-        if (pad := buf[name_end:data_at]) != _ZEROS[: len(pad)]:
-            raise BadLayout(f"expected {len(pad)} zero bytes of alignment padding, found {excerpt(pad)}",
-                            offset=name_end, field=f"{what} padding")
+        raise BadValue(problem[1], offset=dims_at + 4 * problem[0], field=f"tensor {shown(name)}.ne[{problem[0]}]")
+    if data_at > name_end and (data_at > size or buf[name_end:data_at] != _ZEROS[: data_at - name_end]):
+        need(buf, name_end, data_at - name_end, f"tensor {shown(name)} padding")
+        raise BadLayout(f"expected {data_at - name_end} zero bytes of alignment padding, found "
+                        f"{excerpt(buf[name_end:data_at])}", offset=name_end, field=f"tensor {shown(name)} padding")
     if nbytes > size - data_at:
-        need(buf, data_at, nbytes, f"{what} data ({ggml_type.name} {list(ne)})")
-    return TensorInfo(name, ggml_type, ne, data_at, nbytes, pos, block)
+        need(buf, data_at, nbytes, f"tensor {shown(name)} data ({ggml_type.name} {list(ne)})")
+    return _new(TensorInfo, (name, ggml_type, ne, data_at, nbytes, pos, block))
 
 
 def decode_index(buf: memoryview | bytes, *, path: str | None = None) -> Index:
