@@ -418,3 +418,11 @@ LLAMA1_CONTEXT_LENGTH = 2048  # no 2023 file or params.json stores it; LLaMA-1 w
 LLAMA1_RMS_EPS = 1e-6  # what the 2023 llama.cpp hard-coded; old files do not store it
 LLAMA_BYTE_TOKENS = 256  # SentencePiece byte fallback: pieces <0x00> .. <0xFF>, consecutive ids
 F16_MAX = 65504.0  # largest finite IEEE binary16
+
+# Tuning of the vectorised walk of ggjt vocabularies and GGUF string arrays (layout.walk_entries), not
+# format facts: the section is taken in chunks small enough that numpy's temporaries come from the
+# heap (no fresh pages to fault).
+VOCAB_CHUNK = (64 << 10) - 64  # bytes per chunk: its offset map (2 bytes each) stays under 128 KiB
+VOCAB_STRIDE_LOG = 5  # inside a chunk, Python follows the chain 2**5 = 32 entries per step
+VOCAB_VECTOR_MIN = 1024  # fewer entries: the plain loop is cheaper than numpy's per-call cost
+VOCAB_MIN_PER_CHUNK = 64  # a chunk that holds fewer entries (long texts) hands over to the plain loop

@@ -39,6 +39,7 @@ from ggmlfmt.constants import (
     MAX_NAME_LEN,
     U32,
     U64,
+    VOCAB_VECTOR_MIN,
     BlockLayout,
     GGMLType,
     GGUFValueType,
@@ -65,6 +66,7 @@ from ggmlfmt.layout import (
     dims_problem,
     need,
     tensor_nbytes,
+    walk_entries,
 )
 
 GGUF_LAYOUTS: dict[GGMLType, BlockLayout] = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION]
@@ -76,6 +78,7 @@ _ARRAY_HEAD = struct.Struct("<IQ")  # element type, count
 _INFO_REST = {n: struct.Struct(f"<{n}{GGUF_DIM.code}{GGUF_INFO_TAIL.format[1:]}") for n in range(1, MAX_DIMS + 1)}
 _unpack_u64 = U64.unpack_from
 _new = tuple.__new__  # TensorInfo(...) without the Python-level __new__ of a NamedTuple
+_SHORT = 0x7F  # the longest string of the vectorised walk's first try (docs/format.md §11.4)
 _PAD_STEP = 1 << 16  # bytes of padding checked per numpy call: no copy, no allocation past this
 _STRINGS_PER_STEP = 1 << 12  # strings of an array encoded per pass
 # A tensor whose dims are all >= 1 and multiply to at most this many elements has every product of its dims,
@@ -87,7 +90,8 @@ class GGUFStrings(Sequence[str]):
     """A GGUF array of strings, validated whole on open and decoded one item at a time when asked.
 
     A 32,000-token vocabulary is one bytes object (and, once an item is asked for, one int64 array of end
-    offsets), not 32,000 str.
+    offsets), not 32,000 str: when every string was found shorter than 128 bytes on open, the open did not
+    need the end offsets and left them to first use (docs/format.md §11.4).
     """
 
     __slots__ = ("_data", "_known_ends", "_n")
@@ -100,7 +104,7 @@ class GGUFStrings(Sequence[str]):
     @property
     def _ends(self) -> np.ndarray:
         if self._known_ends is None:
-            self._known_ends = np.cumsum(np.array(_lengths(memoryview(self._data), 0, self._n)[0], np.int64) + 8)
+            self._known_ends = _ends(memoryview(self._data), self._n)[1]  # checked on open: it decides
         return self._known_ends
 
     def raw(self, i: int) -> bytes:
@@ -246,19 +250,22 @@ def _array(buf: memoryview, pos: int, field: str, depth: int) -> tuple[Any, Type
     return items, (GGUFValueType.ARRAY, *inner), pos
 
 
-def _lengths(buf: memoryview, pos: int, count: int) -> tuple[list[int], int | None]:
-    """The lengths of `count` strings at pos and where they end; (lens so far, None) when one runs past the
-    buffer (the checked decoder then names it)."""
-    unpack, lens = _unpack_u64, []
-    append = lens.append
+def _ends(body: memoryview, count: int) -> tuple[int, np.ndarray] | None:
+    """(end, ends) of `count` strings at body[0:] (count * 8 bytes fit); None when one runs past the buffer
+    (the checked decoder then names it). The vectorised walk for 1,024 strings or more (docs/format.md
+    §11.4), else, or when that one does not decide, one at a time."""
+    if count >= VOCAB_VECTOR_MIN and (got := walk_entries(body, count, 8, 0, None, with_ends=True)) is not None:
+        return got
+    unpack, ends, pos = _unpack_u64, [], 0
+    append = ends.append
     try:
         for _ in range(count):
-            (n,) = unpack(buf, pos)
+            (n,) = unpack(body, pos)
             pos += 8 + n
-            append(n)
+            append(pos)
     except (struct.error, OverflowError):  # a length field past the end, or an offset past any buffer
-        return lens, None
-    return lens, (pos if pos <= len(buf) else None)
+        return None
+    return (pos, np.array(ends, np.int64)) if pos <= len(body) else None
 
 
 def _strings(buf: memoryview, pos: int, count: int, field: str) -> tuple[GGUFStrings, int]:
@@ -267,32 +274,30 @@ def _strings(buf: memoryview, pos: int, count: int, field: str) -> tuple[GGUFStr
     Raises:
         Truncated, BadValue: as the string-by-string decoder `_string` would, naming the element.
     """
-    lens, end = _lengths(buf, pos, count)
-    if end is None:
+    body = buf[pos:]
+    # Vocabularies hold short pieces: walking for lengths < 128 first halves the vectorised walk's false
+    # candidates, and then every length byte is ASCII, which UTF-8 never takes into a longer character:
+    # the whole encoding decodes exactly when each element does, and the end offsets can wait.
+    if count >= VOCAB_VECTOR_MIN and (short := walk_entries(body, count, 8, 0, _SHORT)) is not None:
+        data, ends, end = bytes(body[: short[0]]), None, short[0]
+        text, starts = data, None
+    elif (got := _ends(body, count)) is not None:
+        end, ends = got
+        data, lengths = bytes(body[:end]), np.diff(ends, prepend=0) - 8
+        raw = np.frombuffer(data, np.uint8)
+        keep = np.ones(len(raw), bool)  # the texts joined without their length fields
+        keep[((ends - lengths - 8)[:, None] + np.arange(8)).reshape(-1)] = False
+        text, starts = raw[keep].tobytes(), np.cumsum(lengths)[:-1]
+    else:
         raise _first_string_error(buf, pos, count, field)
-    data = bytes(buf[pos:end])
-    if not lens or max(lens) < 0x80:
-        # every length byte is ASCII, which UTF-8 never takes into a longer character: the whole encoding
-        # decodes exactly when each element does; the end offsets wait for first use
-        try:
-            str(data, "utf-8")
-        except UnicodeDecodeError:
-            raise _first_string_error(buf, pos, count, field) from None
-        return GGUFStrings(data, None, count), end
-    lengths = np.array(lens, np.int64)
-    ends = np.cumsum(lengths + 8)
-    # the texts joined without their length fields decode, and no element starts on a continuation byte
-    raw = np.frombuffer(data, np.uint8)
-    keep = np.ones(len(raw), bool)
-    keep[((ends - lengths - 8)[:, None] + np.arange(8)).reshape(-1)] = False
-    text, starts = raw[keep], np.cumsum(lengths)[:-1]
     try:
-        str(text.tobytes(), "utf-8")
-        if np.any((text[starts[starts < len(text)]] & 0xC0) == 0x80):
+        str(text, "utf-8")
+        # and no element starts inside a character
+        if starts is not None and np.any((np.frombuffer(text, np.uint8)[starts[starts < len(text)]] & 0xC0) == 0x80):
             raise UnicodeDecodeError("utf-8", b"", 0, 1, "an element starts inside a character")
     except UnicodeDecodeError:
         raise _first_string_error(buf, pos, count, field) from None
-    return GGUFStrings(data, ends), end
+    return GGUFStrings(data, ends, count), pos + end
 
 
 def _first_string_error(buf: memoryview, pos: int, count: int, field: str) -> FormatError:

@@ -35,6 +35,10 @@ from ggmlfmt.constants import (
     TOKEN_SCORE,
     U32,
     VERSIONS,
+    VOCAB_CHUNK,
+    VOCAB_MIN_PER_CHUNK,
+    VOCAB_STRIDE_LOG,
+    VOCAB_VECTOR_MIN,
     BlockLayout,
     FileVersion,
     GGMLType,
@@ -409,9 +413,10 @@ def decode_hparams(buf: memoryview, pos: int) -> HParams:
 def decode_vocab(buf: memoryview, pos: int, n_vocab: int, with_scores: bool) -> tuple[Vocab, int]:
     """The `n_vocab` entries (i32 length, text[, f32 score]) at pos, and where they end (§3).
 
-    The count is checked against the file first. One walk then reads each length unsigned (a negative
-    one is above MAX_TOKEN_LEN) and stops at the first out of range or past the end; only then does
-    the checked walk run, to name the entry.
+    The count is checked against the file first. Then one walk finds the end: the vectorised one
+    (walk_entries) for 1,024 entries or more, else, or when that one does not decide, a loop that
+    reads each length unsigned (a negative one is above MAX_TOKEN_LEN) and stops at the first out of
+    range or past the end; only then does the checked walk run, to name the entry.
 
     Raises:
         Truncated, BadValue.
@@ -421,6 +426,13 @@ def decode_vocab(buf: memoryview, pos: int, n_vocab: int, with_scores: bool) -> 
     if room < 0:
         raise Truncated(f"n_vocab {n_vocab} needs at least {n_vocab * fixed} bytes, {len(buf) - pos} left",
                         offset=pos, field="vocab")
+    got = walk_entries(buf[pos:], n_vocab, 4, fixed - 4, MAX_TOKEN_LEN) if n_vocab >= VOCAB_VECTOR_MIN else None
+    at = pos + got[0] if got is not None else _walk_vocab(buf, pos, n_vocab, fixed, room)
+    return Vocab._read(bytes(buf[pos:at]), n_vocab, with_scores), at
+
+
+def _walk_vocab(buf: memoryview, pos: int, n_vocab: int, fixed: int, room: int) -> int:
+    """Where the entries end, one at a time; raises naming the first entry out of range or past the end."""
     unpack, at = U32.unpack_from, pos
     try:
         for _ in range(n_vocab):
@@ -430,18 +442,13 @@ def decode_vocab(buf: memoryview, pos: int, n_vocab: int, with_scores: bool) -> 
             at += fixed + n
         else:
             if at <= len(buf):
-                return Vocab._read(bytes(buf[pos:at]), n_vocab, with_scores), at
+                return at
     except struct.error:  # a length field past the end of the buffer
         pass
-    raise _vocab_error(buf, pos, n_vocab, fixed, room)
-
-
-def _vocab_error(buf: memoryview, pos: int, n_vocab: int, fixed: int, room: int) -> FormatError:
-    """The error of the first entry whose length is out of range or runs past what the entries after it leave."""
-    for i in range(n_vocab):
+    for i in range(n_vocab):  # the checked walk: every length against the bytes the entries after it leave
         (n,) = TOKEN_LEN.unpack_from(buf, pos)
         if not 0 <= n <= room or n > MAX_TOKEN_LEN:
-            return _token_len_error(n, room, i, pos, n_vocab - i - 1, (n_vocab - i) * fixed)
+            raise _token_len_error(n, room, i, pos, n_vocab - i - 1, (n_vocab - i) * fixed)
         room -= n
         pos += fixed + n
     raise AssertionError("unreachable: every entry fits")  # pragma: no cover
@@ -545,6 +552,132 @@ def decode_index(buf: memoryview | bytes, *, path: str | None = None) -> Index:
         raise e.with_path(path) if path else e
     return Index(version, tuple(tensors), len(buf), header_size, vocab_end, vocab_end, vocab_end,
                  DEFAULT_ALIGNMENT if version.aligned else 1, hparams, vocab)
+
+
+# ---------------------------------------------------------------- the vectorised length walk
+
+
+def walk_entries(body: memoryview, n: int, width: int, trailer: int, max_len: int | None, *,
+                 with_ends: bool = False, chunk: int = VOCAB_CHUNK,
+                 min_per_chunk: int = VOCAB_MIN_PER_CHUNK) -> tuple[int, np.ndarray | None] | None:
+    """Where n entries (`width`-byte unsigned length, that many bytes, `trailer` bytes) at body[0:] end.
+
+    Returns (end, ends): ends[i] is where entry i ends (int64, only if with_ends), every length
+    <= max_len (None: no bound but the buffer) and end <= len(body); None if not decided here.
+
+    Vectorised walk (the chain of lengths is sequential, so this speculates): in each chunk, every
+    offset whose `width` bytes read as a valid length is a candidate entry start, and its successor
+    is the candidate where that entry would end. Doubling the successor table lets Python follow
+    the chain 32 entries per step from the chunk's first entry, whose offset is known; the 31
+    entries between two steps are filled in afterwards with one vectorised take per doubling level.
+    Every entry on the chain is a candidate, so its length is valid. None when a chunk's first
+    offset is not a candidate (a bad length, or with max_len None one longer than the chunk), or
+    chunks hold too few entries: the caller then walks (and checks) entry by entry
+    (docs/format.md §3, §11.4). Used by ggjt vocabularies and GGUF string arrays alike.
+    """
+    size, pos, left = len(body), 0, n
+    scratch = np.empty(chunk // 4 + 1, np.uint32)  # reused by every chunk: no fresh pages per chunk
+    parts: list[np.ndarray] | None = [] if with_ends else None
+    while left:
+        got = _chunk_chain(body, pos, min(chunk, size - pos), left, width, width + trailer, max_len, scratch, parts)
+        if got is None:
+            return None
+        count, pos = got
+        left -= count
+        if left and count < min_per_chunk:
+            return None  # long texts: chunks would cost more than the plain loop
+    if pos > size:
+        return None  # the last text or trailer runs past the buffer: the checked walk says so
+    if parts is None:
+        return pos, None
+    return pos, (np.concatenate(parts) if parts else np.empty(0, np.int64))
+
+
+def _chunk_chain(body: memoryview, at: int, w: int, left: int, width: int, fixed: int, max_len: int | None,
+                 scratch: np.ndarray, parts: list[np.ndarray] | None) -> tuple[int, int] | None:
+    """Follow the chain from the entry at `at` while it starts inside body[at:at+w]; (entries, end of the last).
+
+    With `parts`, appends the absolute end of each entry followed.
+    """
+    if w < width:
+        return None
+    # max_len None: a length past the window cannot end in it anyway, and the bound keeps int64 exact
+    limit = w if max_len is None else max_len
+    offsets, lens = [], []
+    for k in range(4):  # one aligned u32 array per phase k = offset % 4 (unaligned arrays take slow paths)
+        view = scratch[: (w - k) // 4]
+        np.copyto(view, np.frombuffer(body, "<u4", count=len(view), offset=at + k))
+        if width == 4:
+            where = np.flatnonzero(view <= limit)  # unsigned: a negative i32 length is out of range too
+        else:  # a u64 length: its low u32 in range and its high u32 zero (the next element of this phase)
+            ok = view[:-1] <= limit
+            ok &= view[1:] == 0
+            where = np.flatnonzero(ok)
+        lens.append(view.take(where))
+        where *= 4
+        where += k
+        offsets.append(where)
+    starts = np.concatenate(offsets)
+    ends = np.empty(len(starts) + 1, np.int64)  # one more: the dead end's, never used
+    np.add(np.concatenate(lens), starts, out=ends[:-1], dtype=np.int64, casting="unsafe")
+    ends[:-1] += fixed
+    m = len(starts)  # candidate number m = "not a candidate here", and its own successor
+    # chunk offset -> candidate number; m < w < 2**16 fits 2 bytes, which keeps the map small
+    number = np.full(w + 1, m, np.uint16 if w < 0xFFFF else np.int64)
+    number[starts] = np.arange(m, dtype=number.dtype)
+    succ = np.empty(m + 1, np.intp)  # intp: take() would convert any other index type on every call
+    succ[:m] = number.take(ends[:-1], mode="clip")  # an end at or past w: not in this chunk
+    succ[m] = m
+    j = int(number[0])
+    if j == m:
+        return None  # the chunk's first entry has no valid length: let the checked walk say so
+    levels = [succ]
+    for _ in range(VOCAB_STRIDE_LOG):
+        levels.append(levels[-1].take(levels[-1]))  # levels[k][j] = the candidate 2**k entries on; dead stays dead
+    path: list[int] | None = None if parts is None else []
+    steps, last = _follow(levels, j, left - 1, path)
+    if parts is not None:
+        parts.append(ends.take(_fill(levels, path, steps + 1)) + at)
+    return steps + 1, at + int(ends[last])
+
+
+def _follow(levels: list[np.ndarray], j: int, most: int, path: list[int] | None = None) -> tuple[int, int]:
+    """(steps, candidate) after following successors from j up to `most` times or to the dead end (succ[-1]).
+
+    With `path`, appends the candidate at every 32nd step (0, 32, 64, ...) for _fill.
+    """
+    succ = levels[0]
+    dead = len(succ) - 1
+    far_v, one_v, stride = memoryview(levels[-1]), memoryview(succ), 1 << VOCAB_STRIDE_LOG
+    steps = 0
+    if path is None:
+        while most - steps >= stride and far_v[j] != dead:
+            j = far_v[j]
+            steps += stride
+    else:
+        append = path.append
+        while most - steps >= stride and far_v[j] != dead:
+            append(j)
+            j = far_v[j]
+            steps += stride
+        append(j)
+    while steps < most and one_v[j] != dead:
+        j = one_v[j]
+        steps += 1
+    return steps, j
+
+
+def _fill(levels: list[np.ndarray], path: list[int], count: int) -> np.ndarray:
+    """The candidates at steps 0..count-1 from those at every 32nd step: halve the gaps once per doubling level."""
+    stride = 1 << VOCAB_STRIDE_LOG
+    rows = np.empty((len(path), stride), np.intp)  # row r, column c: the candidate at step 32 r + c
+    rows[:, 0] = path
+    gap = stride
+    for far in reversed(levels[:-1]):  # succ**16, ..., succ: fill the columns midway between known ones
+        half = gap // 2
+        rows[:, half::gap] = far.take(rows[:, 0::gap])
+        gap = half
+    return rows.reshape(-1)[:count]
 
 
 # ---------------------------------------------------------------- planning a file to write

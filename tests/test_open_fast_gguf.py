@@ -1,12 +1,12 @@
-"""The length walks of GGUF string arrays and ggjt vocabularies decide exactly what the checked walk decides.
+"""The vectorised string walk (layout.walk_entries) decides exactly what the checked walk decides.
 
-GGUF string arrays (u64 length + bytes) are walked by `gguf._lengths`, ggjt vocabularies (i32 length +
-text + f32 score) by `layout.decode_vocab`. The reference here is the element-by-element walk written
-out with struct, checking every length against the bytes left before using it; for whole arrays the
-reference is the checked decoder `gguf._string` applied once per element (what `_strings` did before
-issue 12, and what its error path still does). On random and hostile arrays (bad lengths, lengths
-past the end, cut arrays, zero-filled bytes, bad UTF-8, long strings) both must return the same
-strings and end offsets, or raise the same one-line error.
+GGUF string arrays (u64 length + bytes) and ggjt vocabularies (i32 length + text + f32 score) share
+one speculative walk. The reference here is the element-by-element walk written out with struct,
+checking every length against the bytes left before using it; for whole arrays the reference is
+the checked decoder `gguf._string` applied once per element (what `_strings` did before issue 12,
+and what its error path still does). On random and hostile arrays (bad lengths, lengths past the
+end, cut arrays, zero-filled bytes, bad UTF-8, strings longer than a chunk) both must return the
+same strings and end offsets, or raise the same one-line error.
 """
 
 from __future__ import annotations
@@ -78,40 +78,34 @@ def entry_arrays(draw: st.DrawFn) -> tuple[bytes, int, int, int, int | None]:
     return data, n, width, trailer, max_len
 
 
-def _walk_ends(data: bytes, n: int, width: int, trailer: int) -> list[int] | None:
-    """The product's walk of n entries: each entry's end, or None where it refuses the array."""
-    if width == 8:
-        if 8 * n > len(data):  # what the caller checks before walking (the array's count against the file)
-            return None
-        lens, end = gguf._lengths(memoryview(data), 0, n)
-        return None if end is None else np.cumsum(np.array(lens, np.int64) + 8).tolist()
-    try:
-        vocab, end = layout.decode_vocab(memoryview(data), 0, n, trailer == 4)
-    except FormatError:
-        return None
-    fixed = 4 + trailer
-    ends = np.cumsum([len(t) + fixed for t in vocab.tokens]).tolist()
-    assert not ends or ends[-1] == end
-    return ends
-
-
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=entry_arrays())
-def test_walk_ends_where_the_checked_walk_ends(case):
+@given(case=entry_arrays(), chunk=st.sampled_from([4, 5, 8, 9, 16, 33, 64, 256, 4096, 65472]))
+def test_walk_entries_ends_where_the_checked_walk_ends(case, chunk):
     data, n, width, trailer, max_len = case
     want = _reference_ends(data, n, width, trailer, max_len)
-    assert _walk_ends(data, n, width, trailer) == want
+    got = layout.walk_entries(memoryview(data), n, width, trailer, max_len, with_ends=True, chunk=chunk,
+                              min_per_chunk=1)
+    if got is not None:  # None only hands over to the checked walk; an answer must be the right one
+        assert want is not None
+        end, ends = got
+        assert end == want[-1] and ends.dtype == np.int64 and ends.tolist() == want
+    plain = layout.walk_entries(memoryview(data), n, width, trailer, max_len, chunk=chunk, min_per_chunk=1)
+    assert (plain is None) == (got is None) and (got is None or plain == (got[0], None))
 
 
-def test_walk_decides_a_llama_like_string_array():
+def test_walk_entries_decides_a_llama_like_string_array():
     texts = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)]
     texts += [f"\u2581w{i}".encode() for i in range(32000 - len(texts))]
     data = _encode([len(t) for t in texts], texts, 8, 0) + struct.pack("<Q", 21) + b"tokenizer.ggml.scores"
     want = _reference_ends(data, 32000, 8, 0, None)
-    assert _walk_ends(data, 32000, 8, 0) == want and want[-1] == len(data) - 29
-    # the ggjt shape of the same array, with its scores
+    for chunk in (layout.VOCAB_CHUNK, 1000):
+        end, ends = layout.walk_entries(memoryview(data), 32000, 8, 0, None, with_ends=True, chunk=chunk,
+                                        min_per_chunk=1)
+        assert ends.tolist() == want and end == want[-1] == len(data) - 29
+    # the ggjt shape of the same machinery, with its scores
     ggjt = _encode([len(t) for t in texts], texts, 4, 4)
-    assert _walk_ends(ggjt, 32000, 4, 4) == _reference_ends(ggjt, 32000, 4, 4, MAX_TOKEN_LEN)
+    end, ends = layout.walk_entries(memoryview(ggjt), 32000, 4, 4, MAX_TOKEN_LEN, with_ends=True)
+    assert ends.tolist() == _reference_ends(ggjt, 32000, 4, 4, MAX_TOKEN_LEN) and end == len(ggjt)
 
 
 # ---------------------------------------------------------------- whole GGUF string arrays
