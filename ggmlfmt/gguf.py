@@ -407,27 +407,29 @@ def _tensor_info(buf: memoryview, pos: int, i: int, alignment: int) -> tuple[tup
     if len(buf) - pos < 4:
         need(buf, pos, 4, f"tensor {shown(name)}.n_dims")
     (n_dims,) = U32.unpack_from(buf, pos)
-    if (why := GGUF_N_DIMS.problem(n_dims)) is not None:
-        raise BadValue(why, offset=pos, field=f"tensor {shown(name)}.n_dims")
+    if not GGUF_N_DIMS.lo <= n_dims <= GGUF_N_DIMS.hi:
+        raise BadValue(GGUF_N_DIMS.problem(n_dims), offset=pos, field=f"tensor {shown(name)}.n_dims")
     dims_at = pos + 4
-    end = dims_at + _INFO_REST[n_dims].size
+    rest = _INFO_REST[n_dims]
+    end = dims_at + rest.size
     if end > len(buf):
         need(buf, dims_at, end - dims_at, f"tensor {shown(name)}.ne")
-    *ne, code, offset = _INFO_REST[n_dims].unpack_from(buf, dims_at)
-    ne = tuple(ne)
+    values = rest.unpack_from(buf, dims_at)
+    ne, code, offset = values[:n_dims], values[n_dims], values[n_dims + 1]
     if max(ne) > GGUF_DIM.hi:
         d = next(d for d, n in enumerate(ne) if n > GGUF_DIM.hi)
         raise BadValue(GGUF_DIM.problem(ne[d]), offset=dims_at + 8 * d, field=f"tensor {shown(name)}.ne[{d}]")
-    row = _TYPES.get(code) or _tensor_type(code, end - GGUF_INFO_TAIL.size, f"tensor {shown(name)}.type")
-    ggml_type, block, elements, block_bytes = row
+    ggml_type, block, elements, block_bytes = _TYPES.get(code) or _tensor_type(code, end - GGUF_INFO_TAIL.size,
+                                                                              f"tensor {shown(name)}.type")
     if ne[0] % elements:
         raise BadValue(block_problem(ne[0], ggml_type, block), offset=dims_at, field=f"tensor {shown(name)}.ne[0]")
-    if not 0 < math.prod(ne) <= _SAFE_ELEMENTS and (problem := dims_problem(ne, block)) is not None:
+    if not 0 < (n := math.prod(ne)) <= _SAFE_ELEMENTS and (problem := dims_problem(ne, block)) is not None:
         raise BadValue(problem[1], offset=dims_at + 8 * problem[0], field=f"tensor {shown(name)}.ne[{problem[0]}]")
     if offset % alignment:
         raise BadLayout(f"expected an offset that is a multiple of the alignment {alignment}, found {offset}",
                         offset=end - 8, field=f"tensor {shown(name)}.offset")
-    return (name, ggml_type, ne, offset, math.prod(ne[1:]) * (ne[0] // elements) * block_bytes, record, block), end
+    # n // elements x block bytes: tensor_nbytes, as ne[0] holds whole blocks
+    return (name, ggml_type, ne, offset, n // elements * block_bytes, record, block), end
 
 
 def _tensor_infos(buf: memoryview, pos: int, n_tensors: int, alignment: int) -> tuple[list[tuple], int]:
