@@ -11,7 +11,6 @@ data section exactly, as the reference reader requires: no overlap, no hole).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from enum import Enum
 from typing import Any
 
@@ -212,22 +211,3 @@ def dtype_name(index: Index | None, name: str | TensorInfo) -> str:
     `name` may be the tensor's TensorInfo (then `index` is not needed)."""
     info = name if isinstance(name, TensorInfo) else index.by_name()[name]
     return DTYPE_NAMES.get(DTYPE_OF[info.type], DTYPE_OF[info.type])
-
-
-def describe_safetensors(index: Index) -> dict[str, Any]:
-    """`ggmlfmt inspect`'s data for a safetensors file: metadata, tensors, byte accounting."""
-    tensors = [{"name": t.name, "type": t.type.name, "dtype": DTYPE_OF[t.type], "shape": list(t.shape),
-                "ne": list(t.ne), "offset": t.offset, "nbytes": t.nbytes,
-                "aligned": t.offset % VIEW_ALIGNMENT == 0} for t in index.tensors]
-    data = sum(t.nbytes for t in index.tensors)
-    return {"format": "safetensors", "version": None, "alignment": VIEW_ALIGNMENT, "metadata": dict(index.metadata), "tensors": tensors,
-            "bytes": {"header": index.header_size, "data": data, "total": index.file_size}}
-
-
-def render_safetensors_head(desc: Mapping[str, Any]) -> list[str]:
-    """The lines `ggmlfmt inspect` prints before the tensor table of a safetensors file."""
-    lines = ["format     safetensors", f"metadata   {len(desc['metadata'])} keys"]
-    for key, value in desc["metadata"].items():
-        shown = key if key.isprintable() else repr(key)
-        lines.append(f"  {shown}  {value[:200]!r}")
-    return lines + [f"tensors    {len(desc['tensors'])}", ""]
