@@ -82,7 +82,8 @@ class Model:
         self.index = index
         self._data = data
         self.info: Mapping[str, TensorInfo] = index.by_name()
-        self.tensors: Mapping[str, np.ndarray] = views = _Lazy(self.info, lambda info: tensor_view(data, info), True)
+        views = _Lazy(self.info, lambda info: tensor_view(data, info), keep=True)
+        self.tensors: Mapping[str, np.ndarray] = views
         # float32 values per tensor, whatever its type, computed on each access (not kept)
         generation = index.version.block_generation
         self.floats: Mapping[str, np.ndarray] = _Lazy(
