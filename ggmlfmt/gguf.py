@@ -64,6 +64,7 @@ from ggmlfmt.layout import (
     align_up,
     block_problem,
     dims_problem,
+    entry_ends,
     need,
     tensor_nbytes,
     walk_entries,
@@ -104,7 +105,7 @@ class GGUFStrings(Sequence[str]):
     @property
     def _ends(self) -> np.ndarray:
         if self._known_ends is None:
-            self._known_ends = _ends(memoryview(self._data), self._n)[1]  # checked on open: it decides
+            self._known_ends = entry_ends(memoryview(self._data), self._n, 8, 0, None, with_ends=True)[1]
         return self._known_ends
 
     def raw(self, i: int) -> bytes:
@@ -250,24 +251,6 @@ def _array(buf: memoryview, pos: int, field: str, depth: int) -> tuple[Any, Type
     return items, (GGUFValueType.ARRAY, *inner), pos
 
 
-def _ends(body: memoryview, count: int) -> tuple[int, np.ndarray] | None:
-    """(end, ends) of `count` strings at body[0:] (count * 8 bytes fit); None when one runs past the buffer
-    (the checked decoder then names it). The vectorised walk for 1,024 strings or more (docs/format.md
-    §11.4), else, or when that one does not decide, one at a time."""
-    if count >= VOCAB_VECTOR_MIN and (got := walk_entries(body, count, 8, 0, None, with_ends=True)) is not None:
-        return got
-    unpack, ends, pos = _unpack_u64, [], 0
-    append = ends.append
-    try:
-        for _ in range(count):
-            (n,) = unpack(body, pos)
-            pos += 8 + n
-            append(pos)
-    except (struct.error, OverflowError):  # a length field past the end, or an offset past any buffer
-        return None
-    return (pos, np.array(ends, np.int64)) if pos <= len(body) else None
-
-
 def _strings(buf: memoryview, pos: int, count: int, field: str) -> tuple[GGUFStrings, int]:
     """`count` strings from pos (count * 8 already fits): one walk of the lengths, one UTF-8 check (§11.4).
 
@@ -281,7 +264,7 @@ def _strings(buf: memoryview, pos: int, count: int, field: str) -> tuple[GGUFStr
     if count >= VOCAB_VECTOR_MIN and (short := walk_entries(body, count, 8, 0, _SHORT)) is not None:
         data, ends, end = bytes(body[: short[0]]), None, short[0]
         text, starts = data, None
-    elif (got := _ends(body, count)) is not None:
+    elif (got := entry_ends(body, count, 8, 0, None, with_ends=True)) is not None:
         end, ends = got
         data, lengths = bytes(body[:end]), np.diff(ends, prepend=0) - 8
         raw = np.frombuffer(data, np.uint8)

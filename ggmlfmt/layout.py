@@ -34,6 +34,7 @@ from ggmlfmt.constants import (
     TOKEN_LEN,
     TOKEN_SCORE,
     U32,
+    U64,
     VERSIONS,
     VOCAB_CHUNK,
     VOCAB_MIN_PER_CHUNK,
@@ -124,16 +125,12 @@ class Vocab:
 
     def _cut(self) -> None:
         data, n, with_scores = self._section
-        fixed, unpack, pos = TOKEN_LEN.size + TOKEN_SCORE.size * with_scores, TOKEN_LEN.unpack_from, 0
-        tokens, score_at = [], []
-        for _ in range(n):
-            (k,) = unpack(data, pos)
-            tokens.append(data[pos + 4 : pos + 4 + k])  # bytes slices of one bytes object: cheap
-            pos += fixed + k
-            score_at.append(pos - 4)
-        _set(self, "_tokens", tuple(tokens))
+        trailer = TOKEN_SCORE.size if with_scores else 0
+        ends = entry_ends(memoryview(data), n, TOKEN_LEN.size, trailer, None, with_ends=True)[1]  # checked on open
+        starts = [0, *ends[:-1].tolist()]
+        _set(self, "_tokens", tuple([data[a + 4 : b - trailer] for a, b in zip(starts, ends.tolist())]))
         if with_scores:  # gathered bytes, viewed: the file's bits, NaN payloads included
-            at = np.array(score_at, np.int64)[:, None] + np.arange(4)
+            at = (ends - trailer)[:, None] + np.arange(trailer)
             _set(self, "_scores", np.frombuffer(data, np.uint8)[at].reshape(-1).view("<f4").astype(np.float32))
 
     @property
@@ -413,10 +410,8 @@ def decode_hparams(buf: memoryview, pos: int) -> HParams:
 def decode_vocab(buf: memoryview, pos: int, n_vocab: int, with_scores: bool) -> tuple[Vocab, int]:
     """The `n_vocab` entries (i32 length, text[, f32 score]) at pos, and where they end (§3).
 
-    The count is checked against the file first. Then one walk finds the end: the vectorised one
-    (walk_entries) for 1,024 entries or more, else, or when that one does not decide, a loop that
-    reads each length unsigned (a negative one is above MAX_TOKEN_LEN) and stops at the first out of
-    range or past the end; only then does the checked walk run, to name the entry.
+    The count is checked against the file first, then one walk finds the end (entry_ends); only when
+    that one refuses does the checked walk run, to name the entry.
 
     Raises:
         Truncated, BadValue.
@@ -426,29 +421,18 @@ def decode_vocab(buf: memoryview, pos: int, n_vocab: int, with_scores: bool) -> 
     if room < 0:
         raise Truncated(f"n_vocab {n_vocab} needs at least {n_vocab * fixed} bytes, {len(buf) - pos} left",
                         offset=pos, field="vocab")
-    got = walk_entries(buf[pos:], n_vocab, 4, fixed - 4, MAX_TOKEN_LEN) if n_vocab >= VOCAB_VECTOR_MIN else None
-    at = pos + got[0] if got is not None else _walk_vocab(buf, pos, n_vocab, fixed, room)
-    return Vocab._read(bytes(buf[pos:at]), n_vocab, with_scores), at
+    got = entry_ends(buf[pos:], n_vocab, TOKEN_LEN.size, fixed - TOKEN_LEN.size, MAX_TOKEN_LEN)
+    if got is None:
+        raise _vocab_error(buf, pos, n_vocab, fixed, room)
+    return Vocab._read(bytes(buf[pos : pos + got[0]]), n_vocab, with_scores), pos + got[0]
 
 
-def _walk_vocab(buf: memoryview, pos: int, n_vocab: int, fixed: int, room: int) -> int:
-    """Where the entries end, one at a time; raises naming the first entry out of range or past the end."""
-    unpack, at = U32.unpack_from, pos
-    try:
-        for _ in range(n_vocab):
-            (n,) = unpack(buf, at)
-            if n > MAX_TOKEN_LEN:
-                break
-            at += fixed + n
-        else:
-            if at <= len(buf):
-                return at
-    except struct.error:  # a length field past the end of the buffer
-        pass
-    for i in range(n_vocab):  # the checked walk: every length against the bytes the entries after it leave
+def _vocab_error(buf: memoryview, pos: int, n_vocab: int, fixed: int, room: int) -> FormatError:
+    """The checked walk: every length against the bytes the entries after it leave; the first bad entry's error."""
+    for i in range(n_vocab):
         (n,) = TOKEN_LEN.unpack_from(buf, pos)
         if not 0 <= n <= room or n > MAX_TOKEN_LEN:
-            raise _token_len_error(n, room, i, pos, n_vocab - i - 1, (n_vocab - i) * fixed)
+            return _token_len_error(n, room, i, pos, n_vocab - i - 1, (n_vocab - i) * fixed)
         room -= n
         pos += fixed + n
     raise AssertionError("unreachable: every entry fits")  # pragma: no cover
@@ -555,6 +539,33 @@ def decode_index(buf: memoryview | bytes, *, path: str | None = None) -> Index:
 
 
 # ---------------------------------------------------------------- the vectorised length walk
+
+
+_LENGTH = {4: U32, 8: U64}  # length fields by width, read unsigned
+
+
+def entry_ends(body: memoryview, n: int, width: int, trailer: int, max_len: int | None, *,
+               with_ends: bool = False) -> tuple[int, np.ndarray | None] | None:
+    """(end, ends) of the n entries (`width`-byte unsigned length, that many bytes, `trailer` bytes) at body[0:]:
+    every length <= max_len (None: no bound but the buffer) and end <= len(body), ends[i] where entry i
+    ends (int64, only with_ends); None when an entry breaks that (the caller's checked walk names it).
+    The vectorised walk for 1,024 entries or more (docs/format.md §3), else, or when it does not decide,
+    one entry at a time (each length read unsigned: a negative i32 is above any max_len)."""
+    if n >= VOCAB_VECTOR_MIN and (got := walk_entries(body, n, width, trailer, max_len, with_ends=with_ends)):
+        return got
+    unpack, pos, ends, fixed = _LENGTH[width].unpack_from, 0, [], width + trailer
+    append = ends.append if with_ends else None
+    try:
+        for _ in range(n):
+            (k,) = unpack(body, pos)
+            if max_len is not None and k > max_len:
+                return None
+            pos += fixed + k
+            if append:
+                append(pos)
+    except (struct.error, OverflowError):  # a length field past the end, or an offset past any buffer
+        return None
+    return (pos, np.array(ends, np.int64) if with_ends else None) if pos <= len(body) else None
 
 
 def walk_entries(body: memoryview, n: int, width: int, trailer: int, max_len: int | None, *,
