@@ -664,21 +664,12 @@ def _value_parts(path: TypePath, value: Any, key: str) -> list[bytes]:
     return [_ARRAY_HEAD.pack(int(path[1]), count), items]
 
 
-def encode_metadata(metadata: Metadata, alignment: int) -> tuple[int, bytes]:
-    """Number of pairs and the encoded pairs, `general.alignment` (u32) included.
+def _metadata_parts(metadata: Metadata, alignment: int) -> tuple[int, list[bytes]]:
+    """The number of pairs and the encoded pairs, `general.alignment` (u32) included, in pieces joined once,
+    with the rest of the header, by plan_gguf.
 
     Raises:
         CannotWrite: a bad key, a duplicate, or a value that does not fit its type.
-    """
-    n, parts = _metadata_parts(metadata, alignment)
-    return n, b"".join(parts)
-
-
-def _metadata_parts(metadata: Metadata, alignment: int) -> tuple[int, list[bytes]]:
-    """encode_metadata's bytes in pieces, joined once, with the rest of the header, by plan_gguf.
-
-    Raises:
-        CannotWrite: as encode_metadata.
     """
     items = list(metadata.items()) if isinstance(metadata, Mapping) else list(metadata)
     entries = [(k, *tv) for k, tv in items] if isinstance(metadata, Mapping) else items

@@ -645,37 +645,28 @@ def _chunk_chain(body: memoryview, at: int, w: int, left: int, width: int, fixed
     levels = [succ]
     for _ in range(VOCAB_STRIDE_LOG):
         levels.append(levels[-1].take(levels[-1]))  # levels[k][j] = the candidate 2**k entries on; dead stays dead
-    path: list[int] | None = None if parts is None else []
-    steps, last = _follow(levels, j, left - 1, path)
+    steps, last, path = _follow(levels, j, left - 1)
     if parts is not None:
         parts.append(ends.take(_fill(levels, path, steps + 1)) + at)
     return steps + 1, at + int(ends[last])
 
 
-def _follow(levels: list[np.ndarray], j: int, most: int, path: list[int] | None = None) -> tuple[int, int]:
-    """(steps, candidate) after following successors from j up to `most` times or to the dead end (succ[-1]).
-
-    With `path`, appends the candidate at every 32nd step (0, 32, 64, ...) for _fill.
-    """
+def _follow(levels: list[np.ndarray], j: int, most: int) -> tuple[int, int, list[int]]:
+    """(steps, candidate, path) after following successors from j up to `most` times or to the dead end
+    (succ[-1]); path: the candidate at every 32nd step (0, 32, 64, ...), for _fill."""
     succ = levels[0]
     dead = len(succ) - 1
     far_v, one_v, stride = memoryview(levels[-1]), memoryview(succ), 1 << VOCAB_STRIDE_LOG
-    steps = 0
-    if path is None:
-        while most - steps >= stride and far_v[j] != dead:
-            j = far_v[j]
-            steps += stride
-    else:
-        append = path.append
-        while most - steps >= stride and far_v[j] != dead:
-            append(j)
-            j = far_v[j]
-            steps += stride
-        append(j)
+    steps, path = 0, []
+    while most - steps >= stride and far_v[j] != dead:
+        path.append(j)
+        j = far_v[j]
+        steps += stride
+    path.append(j)
     while steps < most and one_v[j] != dead:
         j = one_v[j]
         steps += 1
-    return steps, j
+    return steps, j, path
 
 
 def _fill(levels: list[np.ndarray], path: list[int], count: int) -> np.ndarray:
