@@ -60,7 +60,6 @@ from ggmlfmt.layout import (
     Index,
     Plan,
     TensorInfo,
-    TensorSpec,
     align_up,
     block_problem,
     dims_problem,
@@ -694,7 +693,7 @@ def _metadata_parts(metadata: Metadata, alignment: int) -> tuple[int, list[bytes
     return len(seen), parts
 
 
-def _check_gguf_spec(spec: TensorSpec, seen: set[str]) -> tuple[BlockLayout, bytes]:
+def _check_gguf_spec(spec: TensorInfo, seen: set[str]) -> tuple[BlockLayout, bytes]:
     """Validate one spec for a GGUF file; return its block layout and encoded name.
 
     Raises:
@@ -722,7 +721,7 @@ def _check_gguf_spec(spec: TensorSpec, seen: set[str]) -> tuple[BlockLayout, byt
     return block, name
 
 
-def plan_gguf(metadata: Metadata, specs: Sequence[TensorSpec], *, alignment: int = DEFAULT_ALIGNMENT) -> Plan:
+def plan_gguf(metadata: Metadata, specs: Sequence[TensorInfo], *, alignment: int = DEFAULT_ALIGNMENT) -> Plan:
     """Lay out a whole GGUF v3 file: header, metadata, tensor infos, padding and every data offset.
 
     `metadata` is (key, type, value) triples, or a mapping key -> (type, value); an array's type is

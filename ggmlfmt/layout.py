@@ -192,7 +192,8 @@ def record_head_size(n_dims: int, name_len: int) -> int:
 
 
 class TensorInfo(NamedTuple):
-    """One tensor of any format (ggjt, GGUF, safetensors; read or planned): where its data lives, how to view it.
+    """One tensor of any format (ggjt, GGUF, safetensors), from planning to writing: where its data lives, how to
+    view it. A planner takes it with name, type and ne only (TensorSpec) and returns it placed.
 
     Immutable; compared and hashed on every field but `block`, and only with another TensorInfo; no order.
     """
@@ -200,10 +201,15 @@ class TensorInfo(NamedTuple):
     name: str
     type: GGMLType
     ne: tuple[int, ...]  # ggml order: ne[0] is the innermost (contiguous) dimension
-    offset: int  # absolute file offset of the data
-    nbytes: int
-    record_offset: int  # absolute file offset of the record (GGUF: its tensor info; safetensors: the data)
-    block: BlockLayout  # not compared, not shown
+    offset: int = 0  # absolute file offset of the data
+    nbytes: int = 0
+    record_offset: int = 0  # absolute file offset of the record (GGUF: its tensor info; safetensors: the data)
+    block: BlockLayout | None = None  # not compared, not shown; None (and the three above 0) until planned
+
+    @classmethod
+    def from_shape(cls, name: str, ggml_type: GGMLType, shape: Sequence[int]) -> TensorInfo:
+        """A tensor to plan, from a PyTorch/numpy shape (reversed into ggml order)."""
+        return cls(name, GGMLType(ggml_type), tuple(int(n) for n in reversed(shape)))
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
@@ -685,18 +691,7 @@ def _fill(levels: list[np.ndarray], path: list[int], count: int) -> np.ndarray:
 # ---------------------------------------------------------------- planning a file to write
 
 
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """What a writer needs to know of a tensor before any data: name, type and ggml dims."""
-
-    name: str
-    type: GGMLType
-    ne: tuple[int, ...]
-
-    @classmethod
-    def from_shape(cls, name: str, ggml_type: GGMLType, shape: Sequence[int]) -> TensorSpec:
-        """Spec from a PyTorch/numpy shape (reversed into ggml order)."""
-        return cls(name, GGMLType(ggml_type), tuple(int(n) for n in reversed(shape)))
+TensorSpec = TensorInfo  # what a planner takes: TensorInfo(name, type, ne) or TensorInfo.from_shape(...), not yet placed
 
 
 @dataclass(frozen=True, slots=True)
@@ -746,7 +741,7 @@ def encode_prefix(version: FileVersion, hparams: HParams, vocab: Vocab) -> bytes
     return b"".join(parts)
 
 
-def plan(version: FileVersion, hparams: HParams, vocab: Vocab, specs: Iterable[TensorSpec]) -> Plan:
+def plan(version: FileVersion, hparams: HParams, vocab: Vocab, specs: Iterable[TensorInfo]) -> Plan:
     """Lay out a whole file: every record and data offset, before the first byte is written.
 
     Raises:
@@ -769,7 +764,7 @@ def plan(version: FileVersion, hparams: HParams, vocab: Vocab, specs: Iterable[T
     return Plan(version, hparams, prefix, tuple(infos), tuple(headers), pos)
 
 
-def _check_spec(spec: TensorSpec, version: FileVersion, seen: set[str]) -> tuple[BlockLayout, bytes]:
+def _check_spec(spec: TensorInfo, version: FileVersion, seen: set[str]) -> tuple[BlockLayout, bytes]:
     """Validate one spec for writing against the record table; return its block layout and encoded name.
 
     Raises:
