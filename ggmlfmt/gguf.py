@@ -736,23 +736,16 @@ def plan_gguf(metadata: Metadata, specs: Sequence[TensorInfo], *, alignment: int
         raise CannotWrite(f"alignment must be a power of two, 8 or more and at most {GGUF_MAX_ALIGNMENT} (what "
                           f"readers accept, docs/format.md §11.5), got {alignment!r}")
     n_kv, kv = _metadata_parts(metadata, alignment)
-    seen: set[str] = set()
-    checked = [(spec, *_check_gguf_spec(spec, seen)) for spec in specs]
-    rel, placed = 0, []
-    for spec, block, name in checked:
-        nbytes = tensor_nbytes(spec.ne, block)
-        placed.append((spec, block, name, rel, nbytes))
-        rel = align_up(rel + nbytes, alignment)
-    head = [GGUF_HEADER.pack(MAGIC_GGUF, GGUF_WRITE_VERSION, len(checked), n_kv), *kv]
-    pos = sum(map(len, head))
-    records = []
-    for spec, block, name, off, nbytes in placed:
-        info = U64.pack(len(name)) + name + U32.pack(len(spec.ne)) + _INFO_REST[len(spec.ne)].pack(*spec.ne, int(spec.type), off)
-        records.append(pos)
-        head.append(info)
-        pos += len(info)
+    head, seen, placed = [b"", *kv], set(), []  # head[0]: the header, packed once the tensors are counted
+    pos, rel = sum(map(len, head)) + GGUF_HEADER.size, 0
+    for spec in specs:
+        block, name = _check_gguf_spec(spec, seen)
+        ne, nbytes = tuple(int(n) for n in spec.ne), tensor_nbytes(spec.ne, block)
+        head.append(U64.pack(len(name)) + name + U32.pack(len(ne)) + _INFO_REST[len(ne)].pack(*ne, int(spec.type), rel))
+        placed.append((spec.name, GGMLType(spec.type), ne, rel, nbytes, pos, block))
+        pos, rel = pos + len(head[-1]), align_up(rel + nbytes, alignment)
+    head[0] = GGUF_HEADER.pack(MAGIC_GGUF, GGUF_WRITE_VERSION, len(placed), n_kv)
     data_start = align_up(pos, alignment)
     prefix = b"".join(chain(head, [bytes(data_start - pos)]))
-    tensors = tuple(TensorInfo(spec.name, GGMLType(spec.type), tuple(int(n) for n in spec.ne), data_start + off,
-                               nbytes, rec, block) for (spec, block, _, off, nbytes), rec in zip(placed, records))
+    tensors = tuple(TensorInfo(n, t, ne, data_start + off, nbytes, at, b) for n, t, ne, off, nbytes, at, b in placed)
     return Plan(GGUFVersion(GGUF_WRITE_VERSION), None, prefix, tensors, (), data_start + rel)
