@@ -246,8 +246,9 @@ GGUF_MAX_ALIGNMENT = 1 << 24  # 16 MiB: above any page size a loader aligns to; 
 GGUF_MAX_NAME_LEN = 63  # llama.cpp's GGML_MAX_NAME (64) counts the NUL; the writer stays inside it
 GGUF_MAX_ARRAY_DEPTH = 8  # arrays of arrays nest; deeper than this is corruption (and would recurse)
 GGUF_MAX_NE = (1 << 63) - 1  # each dim must fit an int64_t in ggml
-# A GGUF tensor info (§11.5): its name (a string of 1..MAX_NAME_LEN bytes), then these: n_dims, ne[n_dims]
+# A GGUF tensor info (§11.5): its name (a string, GGUF_NAME_LEN bytes), then these: n_dims, ne[n_dims]
 # (each a GGUF_DIM), then GGUF_INFO_TAIL (the type code, whose table is the layouts', and the data offset).
+GGUF_NAME_LEN = Field("name length", "Q", 1, MAX_NAME_LEN, "expected a length {lo}..{hi}, found {v}")  # the reader's
 GGUF_N_DIMS = Field("n_dims", "I", 1, MAX_DIMS, "expected {lo}..{hi} dims, found {v}")
 GGUF_DIM = Field("ne", "Q", 0, GGUF_MAX_NE, "expected a size below 2**63, found {v}")
 GGUF_INFO_TAIL = struct.Struct("<IQ")  # type, offset

@@ -29,6 +29,7 @@ from ggmlfmt.constants import (
     GGUF_MAX_ARRAY_DEPTH,
     GGUF_MAX_NAME_LEN,
     GGUF_N_DIMS,
+    GGUF_NAME_LEN,
     GGUF_SCALAR_DTYPES,
     GGUF_SCALAR_STRUCTS,
     GGUF_VERSIONS,
@@ -36,11 +37,11 @@ from ggmlfmt.constants import (
     INT64_MAX,
     MAGIC_GGUF,
     MAX_DIMS,
-    MAX_NAME_LEN,
     U32,
     U64,
     VOCAB_VECTOR_MIN,
     BlockLayout,
+    Field,
     GGMLType,
     GGUFValueType,
     GGUFVersion,
@@ -164,8 +165,8 @@ def _value_type(code: int, at: int, field: str) -> GGUFValueType:
     return GGUFValueType(code)
 
 
-def _string(buf: memoryview, pos: int, field: str, max_len: int | None = None, min_len: int = 0) -> tuple[str, int]:
-    """One string (u64 length, UTF-8 bytes) at pos; return it and the position after it.
+def _string(buf: memoryview, pos: int, field: str, length: Field | None = None) -> tuple[str, int]:
+    """One string (u64 length within `length`'s bounds if given, UTF-8 bytes) at pos; return it and the position after it.
 
     Raises:
         Truncated, BadValue.
@@ -173,8 +174,8 @@ def _string(buf: memoryview, pos: int, field: str, max_len: int | None = None, m
     if len(buf) - pos < 8:
         need(buf, pos, 8, f"{field} length")
     (n,) = _unpack_u64(buf, pos)
-    if max_len is not None and not min_len <= n <= max_len:
-        raise BadValue(f"expected a length {min_len}..{max_len}, found {n}", offset=pos, field=f"{field} length")
+    if length is not None and not length.lo <= n <= length.hi:
+        raise BadValue(length.problem(n), offset=pos, field=f"{field} length")
     pos += 8
     if n > len(buf) - pos:
         raise Truncated(f"a {n}-byte string needs {n} bytes, {len(buf) - pos} left", offset=pos, field=field)
@@ -385,7 +386,7 @@ def _tensor_info(buf: memoryview, pos: int, i: int, alignment: int) -> tuple[tup
         Truncated, BadValue, BadLayout.
     """
     record = pos
-    name, pos = _string(buf, pos, f"tensor[{i}].name", MAX_NAME_LEN, 1)
+    name, pos = _string(buf, pos, f"tensor[{i}].name", GGUF_NAME_LEN)
     if len(buf) - pos < 4:
         need(buf, pos, 4, f"tensor {shown(name)}.n_dims")
     (n_dims,) = U32.unpack_from(buf, pos)
