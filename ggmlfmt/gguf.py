@@ -9,6 +9,7 @@ docs/format.md.
 
 from __future__ import annotations
 
+import codecs
 import math
 import struct
 from collections.abc import Iterator, Mapping, Sequence
@@ -274,13 +275,26 @@ def _strings(buf: memoryview, pos: int, count: int, field: str) -> tuple[GGUFStr
     else:
         raise _first_string_error(buf, pos, count, field)
     try:
-        str(text, "utf-8")
+        _decode_checked(memoryview(text))
         # and no element starts inside a character
         if starts is not None and np.any((np.frombuffer(text, np.uint8)[starts[starts < len(text)]] & 0xC0) == 0x80):
             raise UnicodeDecodeError("utf-8", b"", 0, 1, "an element starts inside a character")
     except UnicodeDecodeError:
         raise _first_string_error(buf, pos, count, field) from None
     return GGUFStrings(data, ends, count), pos + end
+
+
+def _decode_checked(raw: memoryview, step: int = 1 << 15) -> None:
+    """Decode raw as UTF-8 and drop the text, 32 KiB at a time: the verdict of one decode, without the fresh
+    pages of a megabyte-sized str on every open (measured: 3x the decoding time). A character cut by a step
+    boundary is left unconsumed by the non-final decode and starts the next step.
+
+    Raises:
+        UnicodeDecodeError.
+    """
+    pos = 0
+    while pos < len(raw):
+        pos += codecs.utf_8_decode(raw[pos : pos + step], "strict", len(raw) - pos <= step)[1]
 
 
 def _first_string_error(buf: memoryview, pos: int, count: int, field: str) -> FormatError:
