@@ -48,6 +48,7 @@ from ggmlfmt.llama.model import (
     LlamaHParams,
     MetaKV,
     OutTensor,
+    check_overrides,
     llama_file_type,
     llama_metadata,
     plan_llama_gguf,
@@ -192,6 +193,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
 
     Raises:
         FormatError: bad inputs (names the file, and the field or tensor).
+        BadOption: --ctx or --eps out of range.
         CannotWrite: an unknown outtype or format, an option the input or format does not take, a model
             the format cannot hold, or an output path that is one of the inputs.
         FileExistsError: the output exists and not overwrite. OSError: an input cannot be read.
@@ -201,6 +203,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
     outtype = check_outtype(outtype, fmt)
     if fmt == "ggjt" and (context_length is not None or rms_eps is not None):
         raise CannotWrite("--ctx and --eps apply to --format gguf only (a ggjt file stores neither)")
+    check_overrides(context_length, rms_eps)
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "not a model directory", str(model_dir))

@@ -23,13 +23,49 @@ MAX_NAME_LEN = 4096  # no real name comes close; bounds allocation before the fi
 MAX_TOKEN_LEN = 1 << 16  # a vocabulary entry longer than this is corruption, not a token
 INT64_MAX = (1 << 63) - 1  # every product of a tensor's dims, in elements and in bytes, stays at or below this
 
+I32_MAX = (1 << 31) - 1
 U32 = struct.Struct("<I")
 I32 = struct.Struct("<i")
 F32 = struct.Struct("<f")
-HPARAMS = struct.Struct("<7i")  # n_vocab, n_embd, n_mult, n_head, n_layer, n_rot, ftype
-RECORD = struct.Struct("<3i")  # n_dims, name_len, type; always "<", never native
 TOKEN_LEN = I32
 TOKEN_SCORE = F32
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One fixed-size field of a record: its name, struct code (always little-endian), the values it may hold
+    (lo..hi, inclusive) and the message for one outside them. The decoder, its checks and the planner all read it."""
+
+    name: str
+    code: str
+    lo: int
+    hi: int
+    msg: str = "expected {lo}..{hi}, found {v}"
+
+    def problem(self, v: int) -> str | None:
+        return None if self.lo <= v <= self.hi else self.msg.format(lo=self.lo, hi=self.hi, v=v)
+
+
+def first_problem(fields: tuple[Field, ...], values: tuple[int, ...]) -> tuple[int, str] | None:
+    """(index, why) of the first value outside its field's bounds, else None."""
+    for i, (f, v) in enumerate(zip(fields, values)):
+        if not f.lo <= v <= f.hi:
+            return i, f.problem(v)
+    return None
+
+
+def fields_struct(fields: tuple[Field, ...]) -> struct.Struct:
+    return struct.Struct("<" + "".join(f.code for f in fields))
+
+
+# A ggjt tensor record (docs/format.md §4): this head, then ne[n_dims] (each a DIM), the name, padding, data.
+RECORD_FIELDS = (
+    Field("n_dims", "i", 1, MAX_DIMS, "expected {lo}..{hi} dims, found {v}"),
+    Field("name_len", "i", 1, MAX_NAME_LEN, "expected a name of {lo}..{hi} UTF-8 bytes, got {v}"),
+    Field("type", "i", -(1 << 31), I32_MAX),  # any code; the block-layout table of the version decides
+)
+RECORD = fields_struct(RECORD_FIELDS)
+DIM = Field("ne", "i", 0, I32_MAX, "expected a non-negative size, found {v}")
 
 
 class FileVersion(Enum):
@@ -135,6 +171,16 @@ class FType(IntEnum):
     MOSTLY_Q5_1 = 9
 
 
+# The seven hyper-parameters of the 2023 header (§2), in file order.
+HPARAM_FIELDS = (
+    *(Field(n, "i", 0, I32_MAX, "expected a non-negative value, found {v}")
+      for n in ("n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot")),
+    Field("ftype", "i", min(FType), max(FType),
+          f"unknown file type {{v}}; expected {{lo}}..{{hi}} ({', '.join(f.name for f in FType)})"),
+)
+HPARAMS = fields_struct(HPARAM_FIELDS)
+
+
 @dataclass(frozen=True, slots=True)
 class BlockLayout:
     """One quantization block: how many elements it holds and how its bytes are laid out."""
@@ -200,6 +246,12 @@ GGUF_MAX_ALIGNMENT = 1 << 24  # 16 MiB: above any page size a loader aligns to; 
 GGUF_MAX_NAME_LEN = 63  # llama.cpp's GGML_MAX_NAME (64) counts the NUL; the writer stays inside it
 GGUF_MAX_ARRAY_DEPTH = 8  # arrays of arrays nest; deeper than this is corruption (and would recurse)
 GGUF_MAX_NE = (1 << 63) - 1  # each dim must fit an int64_t in ggml
+# A GGUF tensor info (§11.5): its name (a string, GGUF_NAME_LEN bytes), then these: n_dims, ne[n_dims]
+# (each a GGUF_DIM), then GGUF_INFO_TAIL (the type code, whose table is the layouts', and the data offset).
+GGUF_NAME_LEN = Field("name length", "Q", 1, MAX_NAME_LEN, "expected a length {lo}..{hi}, found {v}")  # the reader's
+GGUF_N_DIMS = Field("n_dims", "I", 1, MAX_DIMS, "expected {lo}..{hi} dims, found {v}")
+GGUF_DIM = Field("ne", "Q", 0, GGUF_MAX_NE, "expected a size below 2**63, found {v}")
+GGUF_INFO_TAIL = struct.Struct("<IQ")  # type, offset
 GGUF_BLOCK_GENERATION = 4  # BLOCK_LAYOUTS key of GGUF's table (generation 3's blocks + today's types)
 U64 = struct.Struct("<Q")
 

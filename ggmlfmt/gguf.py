@@ -1,8 +1,10 @@
-"""Byte layout of GGUF v2/v3 files: decode an index from a buffer, plan a file to write (docs/format.md §11).
+"""The GGUF v2/v3 codec: decode an index from a buffer, plan a file to write (docs/format.md §11).
 
 Pure functions over bytes and records, like layout.py; no file I/O here (reader.py and writer.py
 do that). Every count and length read from a buffer is checked against the bytes that remain
-before anything is allocated or looped over. A bare § is a section of docs/format.md.
+before anything is allocated or looped over; the tensor-info table (GGUF_N_DIMS, GGUF_DIM,
+GGUF_INFO_TAIL in constants.py) drives decoding, checking and packing. A bare § is a section of
+docs/format.md.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ import codecs
 import math
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from itertools import chain, islice
-from typing import Any, Union
+from typing import Any, NoReturn, Union
 
 import numpy as np
 
@@ -22,11 +23,14 @@ from ggmlfmt.constants import (
     DEFAULT_ALIGNMENT,
     GGUF_ALIGNMENT_KEY,
     GGUF_BLOCK_GENERATION,
+    GGUF_DIM,
     GGUF_HEADER,
+    GGUF_INFO_TAIL,
     GGUF_MAX_ALIGNMENT,
     GGUF_MAX_ARRAY_DEPTH,
     GGUF_MAX_NAME_LEN,
-    GGUF_MAX_NE,
+    GGUF_N_DIMS,
+    GGUF_NAME_LEN,
     GGUF_SCALAR_DTYPES,
     GGUF_SCALAR_STRUCTS,
     GGUF_VERSIONS,
@@ -34,11 +38,11 @@ from ggmlfmt.constants import (
     INT64_MAX,
     MAGIC_GGUF,
     MAX_DIMS,
-    MAX_NAME_LEN,
     U32,
     U64,
     VOCAB_VECTOR_MIN,
     BlockLayout,
+    Field,
     GGMLType,
     GGUFValueType,
     GGUFVersion,
@@ -55,37 +59,41 @@ from ggmlfmt.errors import (
     shown,
 )
 from ggmlfmt.layout import (
+    Index,
     Plan,
     TensorInfo,
-    TensorSpec,
-    _walk_lengths,
     align_up,
     block_problem,
-    cached_unpack,
     dims_problem,
+    entry_ends,
+    need,
     tensor_nbytes,
     walk_entries,
 )
 
 GGUF_LAYOUTS: dict[GGMLType, BlockLayout] = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION]
+GGUFIndex = Index  # one index type for every format (the name kept for callers)
 TypePath = tuple[GGUFValueType, ...]  # (UINT32,), (ARRAY, STRING), (ARRAY, ARRAY, INT32), ...
 _MIN_KV = 8 + 4 + 1  # key length, value type, the smallest value (one byte)
-_MIN_INFO = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset (0 dims are refused)
 _ARRAY_HEAD = struct.Struct("<IQ")  # element type, count
-_INFO_TAIL = struct.Struct("<IQ")  # type, offset
-_NE = {n: struct.Struct(f"<{n}Q") for n in range(1, MAX_DIMS + 1)}
+_INFO_REST = {n: struct.Struct(f"<{n}{GGUF_DIM.code}{GGUF_INFO_TAIL.format[1:]}") for n in range(1, MAX_DIMS + 1)}
+_MIN_INFO = U64.size + U32.size + _INFO_REST[1].size  # name length, n_dims, one dim, type, offset (0 dims are refused)
 _unpack_u64 = U64.unpack_from
+_new = tuple.__new__  # TensorInfo(...) without the Python-level __new__ of a NamedTuple
 _SHORT = 0x7F  # the longest string of the vectorised walk's first try (docs/format.md §11.4)
 _PAD_STEP = 1 << 16  # bytes of padding checked per numpy call: no copy, no allocation past this
 _STRINGS_PER_STEP = 1 << 12  # strings of an array encoded per pass
+# A tensor whose dims are all >= 1 and multiply to at most this many elements has every product of its dims,
+# in elements and in bytes (at most 8 per element), <= INT64_MAX: dims_problem need not be asked.
+_SAFE_ELEMENTS = INT64_MAX // max(-(-b.nbytes // b.elements) for b in GGUF_LAYOUTS.values())
 
 
 class GGUFStrings(Sequence[str]):
     """A GGUF array of strings, validated whole on open and decoded one item at a time when asked.
 
-    A 32,000-token vocabulary is one bytes object and one int64 array of end offsets, not 32,000 str.
-    When every string was found shorter than 128 bytes on open, the end offsets are found again on
-    first use instead (docs/format.md §11.4): the open did not need them.
+    A 32,000-token vocabulary is one bytes object (and, once an item is asked for, one int64 array of end
+    offsets), not 32,000 str: when every string was found shorter than 128 bytes on open, the open did not
+    need the end offsets and left them to first use (docs/format.md §11.4).
     """
 
     __slots__ = ("_data", "_known_ends", "_n")
@@ -98,7 +106,7 @@ class GGUFStrings(Sequence[str]):
     @property
     def _ends(self) -> np.ndarray:
         if self._known_ends is None:
-            self._known_ends = _string_ends(self._data, self._n)
+            self._known_ends = entry_ends(memoryview(self._data), self._n, 8, 0, None, with_ends=True)[1]
         return self._known_ends
 
     def raw(self, i: int) -> bytes:
@@ -149,59 +157,7 @@ class GGUFStrings(Sequence[str]):
         return f"GGUFStrings([{head}{', ...' if len(self) > 3 else ''}], n={len(self)})"
 
 
-@dataclass(frozen=True, slots=True)
-class GGUFIndex:
-    """Everything a GGUF file says about itself, with absolute offsets; no tensor data."""
-
-    version: GGUFVersion
-    metadata: dict[str, Any]  # key -> int | float | bool | str | ndarray | GGUFStrings | list (nested)
-    types: dict[str, TypePath]  # key -> its value type path
-    tensors: tuple[TensorInfo, ...]
-    alignment: int
-    infos_start: int  # offset of the first tensor info (= end of the metadata)
-    infos_end: int
-    data_start: int  # infos_end padded to `alignment`; tensor offsets count from here
-    file_size: int
-
-    @property
-    def hparams(self) -> None:
-        """GGUF has no ggjt header: its hyper-parameters are metadata keys (docs/format.md §11.7)."""
-        return None
-
-    @property
-    def vocab(self) -> None:
-        """GGUF stores SentencePiece pieces and types, not ggjt's texts: see `metadata` (§11.7)."""
-        return None
-
-    @property
-    def header_size(self) -> int:
-        return GGUF_HEADER.size
-
-    @property
-    def data_end(self) -> int:
-        """End of the last tensor's data (data_start when there are none)."""
-        return max((t.offset + t.nbytes for t in self.tensors), default=self.data_start)
-
-    @property
-    def sequential(self) -> bool:
-        """Whether tensor i starts at the padded end of tensor i-1, as llama.cpp requires (§11.5)."""
-        pos = self.data_start
-        for t in self.tensors:
-            if t.offset != pos:
-                return False
-            pos = self.data_start + align_up(pos - self.data_start + t.nbytes, self.alignment)
-        return True
-
-    def by_name(self) -> dict[str, TensorInfo]:
-        return {t.name: t for t in self.tensors}
-
-
 # ---------------------------------------------------------------- decoding
-
-
-def _need(buf: memoryview, pos: int, n: int, field: str) -> None:
-    if n > len(buf) - pos:
-        raise Truncated(f"need {n} bytes, {max(len(buf) - pos, 0)} left", offset=pos, field=field)
 
 
 def _value_type(code: int, at: int, field: str) -> GGUFValueType:
@@ -210,16 +166,17 @@ def _value_type(code: int, at: int, field: str) -> GGUFValueType:
     return GGUFValueType(code)
 
 
-def _string(buf: memoryview, pos: int, field: str, max_len: int | None = None, min_len: int = 0) -> tuple[str, int]:
-    """One string (u64 length, UTF-8 bytes) at pos; return it and the position after it.
+def _string(buf: memoryview, pos: int, field: str, length: Field | None = None) -> tuple[str, int]:
+    """One string (u64 length within `length`'s bounds if given, UTF-8 bytes) at pos; return it and the position after it.
 
     Raises:
         Truncated, BadValue.
     """
-    _need(buf, pos, 8, f"{field} length")
+    if len(buf) - pos < 8:
+        need(buf, pos, 8, f"{field} length")
     (n,) = _unpack_u64(buf, pos)
-    if max_len is not None and not min_len <= n <= max_len:
-        raise BadValue(f"expected a length {min_len}..{max_len}, found {n}", offset=pos, field=f"{field} length")
+    if length is not None and not length.lo <= n <= length.hi:
+        raise BadValue(length.problem(n), offset=pos, field=f"{field} length")
     pos += 8
     if n > len(buf) - pos:
         raise Truncated(f"a {n}-byte string needs {n} bytes, {len(buf) - pos} left", offset=pos, field=field)
@@ -232,7 +189,7 @@ def _string(buf: memoryview, pos: int, field: str, max_len: int | None = None, m
 
 def _scalar(buf: memoryview, pos: int, vtype: GGUFValueType, field: str) -> tuple[Any, int]:
     st = GGUF_SCALAR_STRUCTS[vtype]
-    _need(buf, pos, st.size, field)
+    need(buf, pos, st.size, field)
     (value,) = st.unpack_from(buf, pos)
     if vtype is GGUFValueType.BOOL:
         if value > 1:
@@ -264,21 +221,23 @@ def _array(buf: memoryview, pos: int, field: str, depth: int) -> tuple[Any, Type
     """
     if depth >= GGUF_MAX_ARRAY_DEPTH:
         raise BadValue(f"arrays nested deeper than {GGUF_MAX_ARRAY_DEPTH}", offset=pos, field=field)
-    _need(buf, pos, _ARRAY_HEAD.size, f"{field} array header")
+    need(buf, pos, _ARRAY_HEAD.size, f"{field} array header")
     code, count = _ARRAY_HEAD.unpack_from(buf, pos)
     etype = _value_type(code, pos, f"{field} element type")
     pos += _ARRAY_HEAD.size
     left = len(buf) - pos
-    min_item = {GGUFValueType.STRING: 8, GGUFValueType.ARRAY: _ARRAY_HEAD.size}.get(etype)
     if etype in GGUF_SCALAR_DTYPES:
         dtype = GGUF_SCALAR_DTYPES[etype]
         if count * dtype.itemsize > left:
             raise Truncated(f"{count} x {etype.name} need {count * dtype.itemsize} bytes, {left} left",
                             offset=pos, field=field)
         arr = np.frombuffer(buf, dtype, count, pos).copy()  # a copy: metadata must not pin the map
-        if etype is GGUFValueType.BOOL:
-            arr = _bools(arr, pos, field)
-        return arr, (GGUFValueType.ARRAY, etype), pos + count * dtype.itemsize
+        if etype is GGUFValueType.BOOL and len(bad := np.flatnonzero(arr > 1)):
+            raise BadValue(f"expected a bool 0 or 1, found {arr[bad[0]]}", offset=pos + int(bad[0]),
+                           field=f"{field}[{bad[0]}]")
+        return (arr.astype(bool) if etype is GGUFValueType.BOOL else arr), (GGUFValueType.ARRAY, etype), \
+            pos + count * dtype.itemsize
+    min_item = 8 if etype is GGUFValueType.STRING else _ARRAY_HEAD.size
     if count * min_item > left:
         raise Truncated(f"{count} x {etype.name} need at least {count * min_item} bytes, {left} left",
                         offset=pos, field=field)
@@ -293,131 +252,59 @@ def _array(buf: memoryview, pos: int, field: str, depth: int) -> tuple[Any, Type
     return items, (GGUFValueType.ARRAY, *inner), pos
 
 
-def _bools(arr: np.ndarray, pos: int, field: str) -> np.ndarray:
-    bad = np.flatnonzero(arr > 1)
-    if len(bad):
-        raise BadValue(f"expected a bool 0 or 1, found {arr[bad[0]]}", offset=pos + int(bad[0]),
-                       field=f"{field}[{bad[0]}]")
-    return arr.astype(bool)
-
-
 def _strings(buf: memoryview, pos: int, count: int, field: str) -> tuple[GGUFStrings, int]:
-    """`count` strings from pos (count * 8 already fits): one walk of the lengths, one UTF-8 check.
-
-    The walk is layout.walk_entries' vectorised one for 1,024 strings or more (docs/format.md §11.4),
-    else a plain loop; either only finds where the strings end, and any doubt (a length that runs
-    past the file) goes to the checked walk, which names the element. When every length is below
-    128, the end offsets are left to GGUFStrings' first use.
+    """`count` strings from pos (count * 8 already fits): one walk of the lengths, one UTF-8 check (§11.4).
 
     Raises:
-        Truncated, BadValue.
+        Truncated, BadValue: as the string-by-string decoder `_string` would, naming the element.
     """
     body = buf[pos:]
-    got = None
-    if count >= VOCAB_VECTOR_MIN:
-        # Vocabularies hold short pieces: speculating on lengths < 128 first halves the false candidates
-        # (an offset one byte before a length field reads as 256 * length + a text byte), and then one
-        # decode of the whole array is the UTF-8 check, so the end offsets can wait. A longer string
-        # stops that walk, and the walk that takes any length decides.
-        short = walk_entries(body, count, 8, 0, _SHORT)
-        if short is not None:
-            strings = GGUFStrings(bytes(body[: short[0]]), None, count)
-            try:
-                _decode_checked(memoryview(strings._data))
-            except UnicodeDecodeError:
-                raise _utf8_error(strings, pos, field) from None
-            return strings, pos + short[0]
-        got = walk_entries(body, count, 8, 0, None, with_ends=True)
-    if got is not None:
+    # Vocabularies hold short pieces: walking for lengths < 128 first halves the vectorised walk's false
+    # candidates, and then every length byte is ASCII, which UTF-8 never takes into a longer character:
+    # the whole encoding decodes exactly when each element does, and the end offsets can wait.
+    if count >= VOCAB_VECTOR_MIN and (short := walk_entries(body, count, 8, 0, _SHORT)) is not None:
+        data, ends, end = bytes(body[: short[0]]), None, short[0]
+        text, starts = data, None
+    elif (got := entry_ends(body, count, 8, 0, None, with_ends=True)) is not None:
         end, ends = got
-        lens = np.diff(ends, prepend=0)  # each <= the buffer's size: int64 holds them
-        lens -= 8
+        data, lengths = bytes(body[:end]), np.diff(ends, prepend=0) - 8
+        raw = np.frombuffer(data, np.uint8)
+        keep = np.ones(len(raw), bool)  # the texts joined without their length fields
+        keep[((ends - lengths - 8)[:, None] + np.arange(8)).reshape(-1)] = False
+        text, starts = raw[keep].tobytes(), np.cumsum(lengths)[:-1]
     else:
-        lengths, end = _walk_lengths(body, count, 8, 8)
-        if end is None or end > len(body):  # a length ran past the end: find which, for the message
-            raise _strings_error(buf, pos, count, field)
-        lens = np.fromiter(lengths, np.int64, count)  # each <= size now, so int64 holds them and their sum
-        ends = np.cumsum(lens + 8)
-    data = bytes(body[:end])
-    if count and not _utf8(data, lens, ends):
-        raise _utf8_error(GGUFStrings(data, ends), pos, field)
-    return GGUFStrings(data, ends), pos + end
+        raise _first_string_error(buf, pos, count, field)
+    try:
+        _decode_checked(memoryview(text))
+        # and no element starts inside a character
+        if starts is not None and np.any((np.frombuffer(text, np.uint8)[starts[starts < len(text)]] & 0xC0) == 0x80):
+            raise UnicodeDecodeError("utf-8", b"", 0, 1, "an element starts inside a character")
+    except UnicodeDecodeError:
+        raise _first_string_error(buf, pos, count, field) from None
+    return GGUFStrings(data, ends, count), pos + end
 
 
-def _string_ends(data: bytes, n: int) -> np.ndarray:
-    """The end offset of each of the n strings of an encoded array that was validated on open."""
-    body = memoryview(data)
-    got = walk_entries(body, n, 8, 0, _SHORT, with_ends=True) if n >= VOCAB_VECTOR_MIN else None
-    if got is not None:
-        return got[1]
-    lens, _ = _walk_lengths(body, n, 8, 8)  # checked on open: every length fits
-    return np.cumsum(np.array(lens, np.int64) + 8)
+def _decode_checked(raw: memoryview, step: int = 1 << 15) -> None:
+    """Decode raw as UTF-8 and drop the text, 32 KiB at a time: the verdict of one decode, without the fresh
+    pages of a megabyte-sized str on every open (measured: 3x the decoding time). A character cut by a step
+    boundary is left unconsumed by the non-final decode and starts the next step.
+
+    Raises:
+        UnicodeDecodeError.
+    """
+    pos = 0
+    while pos < len(raw):
+        pos += codecs.utf_8_decode(raw[pos : pos + step], "strict", len(raw) - pos <= step)[1]
 
 
-def _strings_error(buf: memoryview, pos: int, count: int, field: str) -> FormatError:
-    """The error of the first string of an array that does not fit (slow path, errors only)."""
+def _first_string_error(buf: memoryview, pos: int, count: int, field: str) -> FormatError:
+    """The error of the first string of an array that does not decode (errors only)."""
     for i in range(count):
         try:
             _, pos = _string(buf, pos, f"{field}[{i}]")
         except FormatError as e:
             return e
-    return Truncated("string array runs past the end of the file", offset=pos, field=field)  # unreachable
-
-
-def _utf8(data: bytes, lens: np.ndarray, ends: np.ndarray) -> bool:
-    """Whether every element of an encoded string array is UTF-8, in one or two vectorised passes.
-
-    When every length is < 128, the 8 length bytes are ASCII, which UTF-8 never takes as part of a
-    longer character: the whole encoding decodes exactly when each element does. Otherwise the
-    texts are joined without their lengths, decoded, and no element may start on a continuation byte.
-    """
-    try:
-        if int(lens.max()) < 0x80:
-            _decode_checked(memoryview(data))
-            return True
-        raw = np.frombuffer(data, np.uint8)
-        keep = np.ones(len(raw), bool)
-        keep[((ends - lens - 8)[:, None] + np.arange(8)).reshape(-1)] = False
-        text = raw[keep]
-        _decode_checked(memoryview(text))
-    except UnicodeDecodeError:
-        return False
-    bounds = np.cumsum(lens)[:-1]
-    return not np.any((text[bounds[bounds < len(text)]] & 0xC0) == 0x80)
-
-
-_UTF8_STEP = 1 << 15  # bytes decoded per call: the str it makes stays small (see _decode_checked)
-
-
-def _decode_checked(raw: memoryview) -> None:
-    """Decode raw as UTF-8 and drop the text, 32 KiB at a time: the same verdict as one decode.
-
-    One decode of a 600 KB vocabulary builds a 1.2 MB str, which the allocator maps fresh and
-    unmaps on every open (3x the decoding time); a character cut by a step boundary is left
-    unconsumed by the non-final decode and starts the next step.
-
-    Raises:
-        UnicodeDecodeError.
-    """
-    decode, pos, size = codecs.utf_8_decode, 0, len(raw)
-    while pos < size:
-        final = size - pos <= _UTF8_STEP
-        _, used = decode(raw[pos : pos + _UTF8_STEP], "strict", final)
-        if not used and not final:  # pragma: no cover - a step of 32 KiB always holds a whole character
-            raise UnicodeDecodeError("utf-8", bytes(raw[pos : pos + 4]), 0, 1, "no progress")
-        pos += used
-
-
-def _utf8_error(strings: GGUFStrings, base: int, field: str) -> FormatError:
-    """The error for the first element that is not UTF-8 (slow path, errors only)."""
-    for i in range(len(strings)):
-        try:
-            strings[i]
-        except UnicodeDecodeError as e:
-            at = base + (int(strings._ends[i - 1]) if i else 0) + 8 + e.start
-            return BadValue(f"expected UTF-8, found byte {strings.raw(i)[e.start]:#04x} at byte {e.start}",
-                            offset=at, field=f"{field}[{i}]")
-    return BadValue("expected UTF-8", field=field)  # unreachable: _utf8 found a bad element
+    raise AssertionError("unreachable: every string decoded")  # pragma: no cover
 
 
 def _version(buf: memoryview) -> GGUFVersion:
@@ -426,11 +313,11 @@ def _version(buf: memoryview) -> GGUFVersion:
     Raises:
         Truncated, BadMagic, UnsupportedVersion.
     """
-    _need(buf, 0, 4, "magic")
+    need(buf, 0, 4, "magic")
     (magic,) = U32.unpack_from(buf, 0)
     if magic != MAGIC_GGUF:
         raise BadMagic(f"expected b'GGUF', found {bytes(buf[:4])!r}", offset=0, field="magic")
-    _need(buf, 4, 4, "version")
+    need(buf, 4, 4, "version")
     (number,) = U32.unpack_from(buf, 4)
     if number in GGUF_VERSIONS:
         return GGUFVersion(number)
@@ -469,7 +356,7 @@ def _metadata(buf: memoryview, pos: int, n_kv: int) -> tuple[dict[str, Any], dic
         if not key:
             raise BadValue("expected a non-empty key", offset=at, field=f"metadata[{i}].key")
         name = _key_field(key)
-        _need(buf, pos, 4, f"{name} value type")
+        need(buf, pos, 4, f"{name} value type")
         vtype = _value_type(U32.unpack_from(buf, pos)[0], pos, f"{name} value type")
         pos += 4
         if key == GGUF_ALIGNMENT_KEY:
@@ -496,10 +383,11 @@ def _alignment(values: dict[str, Any], types: dict[str, TypePath], at: int) -> i
     return align
 
 
-def _tensor_type(code: int, at: int, field: str) -> tuple[GGMLType, BlockLayout]:
-    if code in GGMLType._value2member_map_ and GGMLType(code) in GGUF_LAYOUTS:
-        t = GGMLType(code)
-        return t, GGUF_LAYOUTS[t]
+_TYPES = {int(t): (t, b, b.elements, b.nbytes) for t, b in GGUF_LAYOUTS.items()}  # code -> one look-up per info
+
+
+def _tensor_type(code: int, at: int, field: str) -> NoReturn:
+    """Raises: BadValue for a type code GGUF does not have."""
     known = f" ({GGMLType(code).name}, a 2023 type GGUF does not have)" if code in GGMLType._value2member_map_ else ""
     raise BadValue(f"unknown tensor type code {code}{known}; expected a code of today's ggml_type enum "
                    f"({min(GGUF_LAYOUTS)}..{max(GGUF_LAYOUTS)}, docs/format.md §11.6)", offset=at, field=field)
@@ -509,85 +397,52 @@ def _tensor_info(buf: memoryview, pos: int, i: int, alignment: int) -> tuple[tup
     """One tensor info; return (name, type, ne, relative offset, nbytes, record offset, block) and the next position.
 
     Raises:
-        Truncated, BadValue.
+        Truncated, BadValue, BadLayout.
     """
     record = pos
-    name, pos = _string(buf, pos, f"tensor[{i}].name", MAX_NAME_LEN, 1)
-    what = f"tensor {shown(name)}"
-    _need(buf, pos, 4, f"{what}.n_dims")
+    name, pos = _string(buf, pos, f"tensor[{i}].name", GGUF_NAME_LEN)
+    if len(buf) - pos < 4:
+        need(buf, pos, 4, f"tensor {shown(name)}.n_dims")
     (n_dims,) = U32.unpack_from(buf, pos)
-    if not 1 <= n_dims <= MAX_DIMS:
-        raise BadValue(f"expected 1..{MAX_DIMS} dims, found {n_dims}", offset=pos, field=f"{what}.n_dims")
+    if not GGUF_N_DIMS.lo <= n_dims <= GGUF_N_DIMS.hi:
+        raise BadValue(GGUF_N_DIMS.problem(n_dims), offset=pos, field=f"tensor {shown(name)}.n_dims")
     dims_at = pos + 4
-    _need(buf, dims_at, 8 * n_dims + _INFO_TAIL.size, f"{what}.ne")
-    ne = _NE[n_dims].unpack_from(buf, dims_at)
-    pos = dims_at + 8 * n_dims
-    code, offset = _INFO_TAIL.unpack_from(buf, pos)
-    for d, n in enumerate(ne):
-        if n > GGUF_MAX_NE:
-            raise BadValue(f"expected a size below 2**63, found {n}", offset=dims_at + 8 * d, field=f"{what}.ne[{d}]")
-    ggml_type, block = _tensor_type(code, pos, f"{what}.type")
-    if (why := block_problem(ne[0], ggml_type, block)) is not None:
-        raise BadValue(why, offset=dims_at, field=f"{what}.ne[0]")
-    if (problem := dims_problem(ne, block)) is not None:
-        d, why = problem
-        raise BadValue(why, offset=dims_at + 8 * d, field=f"{what}.ne[{d}]")
+    rest = _INFO_REST[n_dims]
+    end = dims_at + rest.size
+    if end > len(buf):
+        need(buf, dims_at, end - dims_at, f"tensor {shown(name)}.ne")
+    values = rest.unpack_from(buf, dims_at)
+    ne, code, offset = values[:n_dims], values[n_dims], values[n_dims + 1]
+    if max(ne) > GGUF_DIM.hi:
+        d = next(d for d, n in enumerate(ne) if n > GGUF_DIM.hi)
+        raise BadValue(GGUF_DIM.problem(ne[d]), offset=dims_at + 8 * d, field=f"tensor {shown(name)}.ne[{d}]")
+    ggml_type, block, elements, block_bytes = _TYPES.get(code) or _tensor_type(code, end - GGUF_INFO_TAIL.size,
+                                                                              f"tensor {shown(name)}.type")
+    if ne[0] % elements:
+        raise BadValue(block_problem(ne[0], ggml_type, block), offset=dims_at, field=f"tensor {shown(name)}.ne[0]")
+    if not 0 < (n := math.prod(ne)) <= _SAFE_ELEMENTS and (problem := dims_problem(ne, block)) is not None:
+        raise BadValue(problem[1], offset=dims_at + 8 * problem[0], field=f"tensor {shown(name)}.ne[{problem[0]}]")
     if offset % alignment:
         raise BadLayout(f"expected an offset that is a multiple of the alignment {alignment}, found {offset}",
-                        offset=pos + 4, field=f"{what}.offset")
-    return (name, ggml_type, ne, offset, tensor_nbytes(ne, block), record, block), pos + _INFO_TAIL.size
-
-
-# code -> (type, layout, elements per block, bytes per block): one dict look-up per info, no enum calls
-_TYPE_ROWS = {int(t): (t, b, b.elements, b.nbytes) for t, b in GGUF_LAYOUTS.items()}
-_INFO_REST = (None, *(struct.Struct(f"<{n}QIQ").unpack_from for n in range(1, MAX_DIMS + 1)))  # ne, type, offset
-_NAME_NDIMS: dict[int, Any] = {}  # name length -> unpack_from of (name bytes, n_dims)
-_NEW_TUPLE = tuple.__new__  # TensorInfo(...) minus one Python call
-# The fast loop takes a tensor whose dims are all >= 1 and multiply to at most this many elements: then
-# every product of them, in elements and in bytes (at most 8 per element), is <= INT64_MAX; others go
-# to the checked decoder (dims_problem).
-_FAST_MAX_ELEMENTS = INT64_MAX // max(-(-b.nbytes // b.elements) for b in GGUF_LAYOUTS.values())
+                        offset=end - 8, field=f"tensor {shown(name)}.offset")
+    # n // elements x block bytes: tensor_nbytes, as ne[0] holds whole blocks
+    return (name, ggml_type, ne, offset, n // elements * block_bytes, record, block), end
 
 
 def _tensor_infos(buf: memoryview, pos: int, n_tensors: int, alignment: int) -> tuple[list[tuple], int]:
     """Every tensor info from pos (as _tensor_info returns them, names unique) and the position after them.
 
-    Each info is checked with plain comparisons on three unpacks; one that fails any of them is
-    decoded again by _tensor_info, which raises the error naming the field (or, if this loop was
-    stricter than it, returns the info), so errors are exactly the checked decoder's.
-
     Raises:
         Truncated, BadValue, BadLayout.
     """
-    size, rows, rest, prod, most = len(buf), _TYPE_ROWS, _INFO_REST, math.prod, _FAST_MAX_ELEMENTS  # locals: hot loop
-    names, unpack_len = _NAME_NDIMS, _unpack_u64
     raw: list[tuple] = []
     seen: set[str] = set()
     for i in range(n_tensors):  # bounded by the caller: n_tensors * 32 bytes fit
-        info = None
-        if size - pos >= 8:
-            (name_len,) = unpack_len(buf, pos)
-            dims_at = pos + 12 + name_len
-            if 0 < name_len <= MAX_NAME_LEN and dims_at <= size:
-                raw_name, n_dims = (names.get(name_len) or cached_unpack(names, name_len, f"<{name_len}sI"))(buf, pos + 8)
-                end = dims_at + 8 * n_dims + _INFO_TAIL.size
-                if 0 < n_dims <= MAX_DIMS and end <= size:
-                    values = rest[n_dims](buf, dims_at)
-                    ne, row, offset = values[:n_dims], rows.get(values[-2]), values[-1]
-                    try:
-                        name = raw_name.decode("utf-8")
-                    except UnicodeDecodeError:
-                        name = None
-                    if (name is not None and row is not None and ne[0] % row[2] == 0 and offset % alignment == 0
-                            and 0 < (n := prod(ne)) <= most):
-                        info = (name, row[0], ne, offset, n // row[2] * row[3], pos, row[1])
-        if info is None:
-            info, end = _tensor_info(buf, pos, i, alignment)
+        info, pos = _tensor_info(buf, pos, i, alignment)
         if info[0] in seen:
             raise BadLayout(f"duplicate tensor name {shown(info[0])}", offset=info[5], field=f"tensor[{i}].name")
         seen.add(info[0])
         raw.append(info)
-        pos = end
     return raw, pos
 
 
@@ -597,13 +452,13 @@ def _place(raw: list[tuple], data_start: int, size: int) -> tuple[TensorInfo, ..
     Raises:
         Truncated, BadLayout.
     """
-    infos, new = [], _NEW_TUPLE
+    infos = []
     for name, ggml_type, ne, rel, nbytes, record, block in raw:
         if data_start + rel + nbytes > size:
             raise Truncated(f"{ggml_type.name} {list(ne)} data at data_start {data_start:#x} + {rel:#x} needs "
                             f"{nbytes} bytes, {max(size - data_start - rel, 0)} left", offset=record,
                             field=f"tensor {shown(name)} data")
-        infos.append(new(TensorInfo, (name, ggml_type, ne, data_start + rel, nbytes, record, block)))
+        infos.append(_new(TensorInfo, (name, ggml_type, ne, data_start + rel, nbytes, record, block)))
     if len(infos) > 1:
         starts = np.array([t[3] for t in infos], np.int64)  # all < size now: no overflow
         ends = starts + np.array([t[4] for t in infos], np.int64)
@@ -616,7 +471,7 @@ def _place(raw: list[tuple], data_start: int, size: int) -> tuple[TensorInfo, ..
     return tuple(infos)
 
 
-def decode_gguf(buf: memoryview | bytes, *, path: str | None = None) -> GGUFIndex:
+def decode_gguf(buf: memoryview | bytes, *, path: str | None = None) -> Index:
     """Parse a GGUF v2/v3 file's header, metadata and tensor infos from a buffer (docs/format.md §11).
 
     Raises:
@@ -625,7 +480,7 @@ def decode_gguf(buf: memoryview | bytes, *, path: str | None = None) -> GGUFInde
     buf = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf
     try:
         version = _version(buf)
-        _need(buf, 8, 16, "tensor_count, metadata_kv_count")
+        need(buf, 8, 16, "tensor_count, metadata_kv_count")
         _, _, n_tensors, n_kv = GGUF_HEADER.unpack_from(buf, 0)
         left = len(buf) - GGUF_HEADER.size
         if n_kv * _MIN_KV + n_tensors * _MIN_INFO > left:
@@ -641,7 +496,8 @@ def decode_gguf(buf: memoryview | bytes, *, path: str | None = None) -> GGUFInde
         tensors = _place(raw, data_start, len(buf))
     except FormatError as e:
         raise e.with_path(path) if path else e
-    return GGUFIndex(version, values, types, tensors, alignment, infos_start, pos, data_start, len(buf))
+    return Index(version, tensors, len(buf), GGUF_HEADER.size, infos_start, pos, data_start, alignment,
+                 metadata=values, types=types)
 
 
 def _check_padding(buf: memoryview, pos: int, data_start: int) -> None:
@@ -822,21 +678,12 @@ def _value_parts(path: TypePath, value: Any, key: str) -> list[bytes]:
     return [_ARRAY_HEAD.pack(int(path[1]), count), items]
 
 
-def encode_metadata(metadata: Metadata, alignment: int) -> tuple[int, bytes]:
-    """Number of pairs and the encoded pairs, `general.alignment` (u32) included.
+def _metadata_parts(metadata: Metadata, alignment: int) -> tuple[int, list[bytes]]:
+    """The number of pairs and the encoded pairs, `general.alignment` (u32) included, in pieces joined once,
+    with the rest of the header, by plan_gguf.
 
     Raises:
         CannotWrite: a bad key, a duplicate, or a value that does not fit its type.
-    """
-    n, parts = _metadata_parts(metadata, alignment)
-    return n, b"".join(parts)
-
-
-def _metadata_parts(metadata: Metadata, alignment: int) -> tuple[int, list[bytes]]:
-    """encode_metadata's bytes in pieces, joined once, with the rest of the header, by plan_gguf.
-
-    Raises:
-        CannotWrite: as encode_metadata.
     """
     items = list(metadata.items()) if isinstance(metadata, Mapping) else list(metadata)
     entries = [(k, *tv) for k, tv in items] if isinstance(metadata, Mapping) else items
@@ -861,15 +708,15 @@ def _metadata_parts(metadata: Metadata, alignment: int) -> tuple[int, list[bytes
     return len(seen), parts
 
 
-def _check_gguf_spec(spec: TensorSpec, seen: set[str]) -> tuple[BlockLayout, bytes]:
+def _check_gguf_spec(spec: TensorInfo, seen: set[str]) -> tuple[BlockLayout, bytes]:
     """Validate one spec for a GGUF file; return its block layout and encoded name.
 
     Raises:
         CannotWrite.
     """
-    if not 1 <= len(spec.ne) <= MAX_DIMS:
+    if GGUF_N_DIMS.problem(len(spec.ne)) is not None:
         raise CannotWrite(f"tensor {spec.name!r}: GGUF stores 1..{MAX_DIMS} dims here, not {len(spec.ne)}")
-    if any(not isinstance(n, (int, np.integer)) or n < 0 or n > GGUF_MAX_NE for n in spec.ne):
+    if any(not isinstance(n, (int, np.integer)) or GGUF_DIM.problem(n) for n in spec.ne):
         raise CannotWrite(f"tensor {spec.name!r}: every dim must be an integer 0..2**63-1, got {list(spec.ne)}")
     spec_ne = tuple(int(n) for n in spec.ne)
     name = spec.name.encode("utf-8") if isinstance(spec.name, str) else b""
@@ -889,7 +736,7 @@ def _check_gguf_spec(spec: TensorSpec, seen: set[str]) -> tuple[BlockLayout, byt
     return block, name
 
 
-def plan_gguf(metadata: Metadata, specs: Sequence[TensorSpec], *, alignment: int = DEFAULT_ALIGNMENT) -> Plan:
+def plan_gguf(metadata: Metadata, specs: Sequence[TensorInfo], *, alignment: int = DEFAULT_ALIGNMENT) -> Plan:
     """Lay out a whole GGUF v3 file: header, metadata, tensor infos, padding and every data offset.
 
     `metadata` is (key, type, value) triples, or a mapping key -> (type, value); an array's type is
@@ -904,24 +751,16 @@ def plan_gguf(metadata: Metadata, specs: Sequence[TensorSpec], *, alignment: int
         raise CannotWrite(f"alignment must be a power of two, 8 or more and at most {GGUF_MAX_ALIGNMENT} (what "
                           f"readers accept, docs/format.md §11.5), got {alignment!r}")
     n_kv, kv = _metadata_parts(metadata, alignment)
-    seen: set[str] = set()
-    checked = [(spec, *_check_gguf_spec(spec, seen)) for spec in specs]
-    rel, placed = 0, []
-    for spec, block, name in checked:
-        nbytes = tensor_nbytes(spec.ne, block)
-        placed.append((spec, block, name, rel, nbytes))
-        rel = align_up(rel + nbytes, alignment)
-    head = [GGUF_HEADER.pack(MAGIC_GGUF, GGUF_WRITE_VERSION, len(checked), n_kv), *kv]
-    pos = sum(map(len, head))
-    records = []
-    for spec, block, name, off, nbytes in placed:
-        info = U64.pack(len(name)) + name + U32.pack(len(spec.ne)) + _NE[len(spec.ne)].pack(*spec.ne) \
-            + _INFO_TAIL.pack(int(spec.type), off)
-        records.append(pos)
-        head.append(info)
-        pos += len(info)
+    head, seen, placed = [b"", *kv], set(), []  # head[0]: the header, packed once the tensors are counted
+    pos, rel = sum(map(len, head)) + GGUF_HEADER.size, 0
+    for spec in specs:
+        block, name = _check_gguf_spec(spec, seen)
+        ne, nbytes = tuple(int(n) for n in spec.ne), tensor_nbytes(spec.ne, block)
+        head.append(U64.pack(len(name)) + name + U32.pack(len(ne)) + _INFO_REST[len(ne)].pack(*ne, int(spec.type), rel))
+        placed.append((spec.name, GGMLType(spec.type), ne, rel, nbytes, pos, block))
+        pos, rel = pos + len(head[-1]), align_up(rel + nbytes, alignment)
+    head[0] = GGUF_HEADER.pack(MAGIC_GGUF, GGUF_WRITE_VERSION, len(placed), n_kv)
     data_start = align_up(pos, alignment)
     prefix = b"".join(chain(head, [bytes(data_start - pos)]))
-    tensors = tuple(TensorInfo(spec.name, GGMLType(spec.type), tuple(int(n) for n in spec.ne), data_start + off,
-                               nbytes, rec, block) for (spec, block, _, off, nbytes), rec in zip(placed, records))
+    tensors = tuple(TensorInfo(n, t, ne, data_start + off, nbytes, at, b) for n, t, ne, off, nbytes, at, b in placed)
     return Plan(GGUFVersion(GGUF_WRITE_VERSION), None, prefix, tensors, (), data_start + rel)

@@ -1,37 +1,40 @@
-"""Byte layout of ggml/ggmf/ggjt files: decode an index from a buffer, plan a file to write.
+"""The records every format shares (TensorInfo, Index, Plan) and the ggml/ggmf/ggjt codec: decode an index
+from a buffer, plan a file to write.
 
-Pure functions over bytes and records; no file I/O here (reader.py and writer.py do that).
-Every count, length and size read from a buffer is checked against the bytes that remain
-before anything is allocated or looped over. Every bare § cites docs/format.md.
+Pure functions over bytes and records; no file I/O here (reader.py and writer.py do that). Every
+count, length and size read from a buffer is checked against the bytes that remain before anything
+is allocated or looped over; the field tables of constants.py (RECORD_FIELDS, HPARAM_FIELDS, DIM)
+drive decoding, checking and packing. Every bare § cites docs/format.md.
 """
 
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import FrozenInstanceError, dataclass
-from itertools import accumulate
-from operator import itemgetter
-from typing import Any
+from collections.abc import Iterable, Sequence
+from dataclasses import FrozenInstanceError, dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ggmlfmt.constants import (
     BLOCK_LAYOUTS,
     DEFAULT_ALIGNMENT,
+    DIM,
+    HPARAM_FIELDS,
     HPARAMS,
     INT64_MAX,
     MAGIC_OF,
     MAGICS,
     MAX_DIMS,
-    MAX_NAME_LEN,
     MAX_TOKEN_LEN,
     NOT_A_MODEL,
     RECORD,
+    RECORD_FIELDS,
     TOKEN_LEN,
     TOKEN_SCORE,
     U32,
+    U64,
     VERSIONS,
     VOCAB_CHUNK,
     VOCAB_MIN_PER_CHUNK,
@@ -39,9 +42,9 @@ from ggmlfmt.constants import (
     VOCAB_VECTOR_MIN,
     BlockLayout,
     FileVersion,
-    FType,
     GGMLType,
     GGUFVersion,
+    first_problem,
 )
 from ggmlfmt.errors import (
     BadLayout,
@@ -72,7 +75,7 @@ def ff_width(n_embd: int, multiple_of: int, multiplier: float | None = None) -> 
 
 @dataclass(frozen=True, slots=True)
 class HParams:
-    """The seven LLaMA header fields, in file order."""
+    """The seven LLaMA header fields, in file order (HPARAM_FIELDS)."""
 
     n_vocab: int
     n_embd: int
@@ -93,56 +96,60 @@ class HParams:
         return (self.n_vocab, self.n_embd, self.n_mult, self.n_head, self.n_layer, self.n_rot, self.ftype)
 
 
-class Vocab:
-    """Token texts (raw bytes, token id = index) and their scores (None in unversioned 'ggml').
+_set = object.__setattr__
 
-    Immutable. A vocabulary read from a file keeps one copy of its section and cuts `tokens` and
-    `scores` out of it on first use: opening a file then costs one walk of the length fields, not
-    32,000 bytes objects (docs/format.md §3).
+
+class Vocab:
+    """Token texts (raw bytes, token id = index) and their scores (None in unversioned 'ggml'). Immutable.
+
+    A vocabulary read from a file keeps its checked section and cuts `tokens` and `scores` out of it on
+    first use: opening a file costs one walk of the length fields, not 32,000 bytes objects (§3).
     """
 
     __slots__ = ("_tokens", "_scores", "_section")
-
-    _tokens: tuple[bytes, ...] | None
-    _scores: np.ndarray | None
-    _section: _Section | None
 
     def __init__(self, tokens: tuple[bytes, ...], scores: np.ndarray | None = None) -> None:
         """Raises: CannotWrite: tokens and scores differ in number."""
         if scores is not None and len(scores) != len(tokens):
             raise CannotWrite(f"{len(tokens)} tokens but {len(scores)} scores")
-        _set(self, "_tokens", tokens)
-        _set(self, "_scores", scores)
-        _set(self, "_section", None)
+        for name, value in (("_tokens", tokens), ("_scores", scores), ("_section", None)):
+            _set(self, name, value)
 
     @classmethod
-    def _of_section(cls, section: bytes, n: int, lens: list[int] | None, score_size: int) -> Vocab:
-        """A vocabulary cut lazily from an encoded, already validated section of n entries (lens if known)."""
+    def _read(cls, section: bytes, n: int, with_scores: bool) -> Vocab:
+        """The vocabulary of n entries in an encoded section that decode_vocab checked."""
         self = object.__new__(cls)
-        _set(self, "_tokens", None)
-        _set(self, "_scores", None)
-        _set(self, "_section", _Section(section, n, lens, score_size))
+        for name, value in (("_tokens", None), ("_scores", None), ("_section", (section, n, with_scores))):
+            _set(self, name, value)
         return self
+
+    def _cut(self) -> None:
+        data, n, with_scores = self._section
+        trailer = TOKEN_SCORE.size if with_scores else 0
+        ends = entry_ends(memoryview(data), n, TOKEN_LEN.size, trailer, None, with_ends=True)[1]  # checked on open
+        starts = [0, *ends[:-1].tolist()]
+        _set(self, "_tokens", tuple([data[a + 4 : b - trailer] for a, b in zip(starts, ends.tolist())]))
+        if with_scores:  # gathered bytes, viewed: the file's bits, NaN payloads included
+            at = (ends - trailer)[:, None] + np.arange(trailer)
+            _set(self, "_scores", np.frombuffer(data, np.uint8)[at].reshape(-1).view("<f4").astype(np.float32))
 
     @property
     def tokens(self) -> tuple[bytes, ...]:
         if self._tokens is None:
-            _set(self, "_tokens", self._section.tokens())
+            self._cut()
         return self._tokens
 
     @property
     def scores(self) -> np.ndarray | None:
         """float32, one per token (None without scores)."""
-        sec = self._section
-        if self._scores is None and sec is not None and sec.score_size:
-            _set(self, "_scores", sec.scores())
+        if self._tokens is None:
+            self._cut()
         return self._scores
 
     def __setattr__(self, name: str, value: object) -> None:
         raise FrozenInstanceError(f"cannot assign to field {name!r}")
 
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
+    __delattr__ = __setattr__
 
     def __reduce__(self) -> tuple:
         return (Vocab, (self.tokens, self.scores))
@@ -151,11 +158,10 @@ class Vocab:
         return f"Vocab(tokens={self.tokens!r}, scores={self.scores!r})"
 
     def __len__(self) -> int:
-        sec = self._section
-        return len(self._tokens) if sec is None else len(sec)
+        return len(self._tokens) if self._section is None else self._section[1]
 
     def __eq__(self, other: object) -> bool:
-        """Same tokens and the same score bits (a generated __eq__ would raise: an array has no single truth)."""
+        """Same tokens and the same score bits (an array has no single truth value)."""
         if not isinstance(other, Vocab):
             return NotImplemented
         if self.tokens != other.tokens or (self.scores is None) != (other.scores is None):
@@ -163,12 +169,16 @@ class Vocab:
         return self.scores is None or _f32_bytes(self.scores) == _f32_bytes(other.scores)
 
     def __hash__(self) -> int:
-        """Hash of (tokens, scores), as the frozen dataclass this was: a TypeError when there are scores."""
+        """Hash of (tokens, scores), as a frozen dataclass: a TypeError when there are scores."""
         return hash((self.tokens, self.scores))
 
     def nbytes(self, with_scores: bool) -> int:
         """Encoded size of the vocabulary section."""
         return vocab_bytes(self.tokens, with_scores)
+
+
+def _f32_bytes(scores: np.ndarray) -> bytes:
+    return np.asarray(scores, dtype="<f4").tobytes()
 
 
 def vocab_bytes(tokens: Sequence[bytes], with_scores: bool) -> int:
@@ -177,75 +187,32 @@ def vocab_bytes(tokens: Sequence[bytes], with_scores: bool) -> int:
 
 
 def record_head_size(n_dims: int, name_len: int) -> int:
-    """Bytes of a tensor record before its data padding: n_dims, name_len, type, the dims, the name (§4)."""
+    """Bytes of a ggjt tensor record before its data padding: the head, the dims, the name (§4)."""
     return RECORD.size + 4 * n_dims + name_len
 
 
-_set = object.__setattr__
+class TensorInfo(NamedTuple):
+    """One tensor of any format (ggjt, GGUF, safetensors), from planning to writing: where its data lives, how to
+    view it. A planner takes it with name, type and ne only (TensorSpec) and returns it placed.
 
-
-class _Section:
-    """The bytes of a validated vocabulary section; cuts tokens and scores from them."""
-
-    __slots__ = ("data", "n", "_lens", "score_size")
-
-    def __init__(self, data: bytes, n: int, lens: list[int] | None, score_size: int) -> None:
-        self.data, self.n, self._lens, self.score_size = data, n, lens, score_size
-
-    def __len__(self) -> int:
-        return self.n
-
-    def lens(self) -> list[int]:
-        """Every text length (walked on first use if the open did not need them: the section is checked)."""
-        if self._lens is None:
-            self._lens = _walk_lengths(memoryview(self.data), self.n, TOKEN_LEN.size + self.score_size)[0]
-        return self._lens
-
-    def tokens(self) -> tuple[bytes, ...]:
-        data, fixed, lens = self.data, TOKEN_LEN.size + self.score_size, self.lens()
-        starts = accumulate([n + fixed for n in lens], initial=TOKEN_LEN.size)  # where each text begins
-        # bytes slices of one bytes object: much cheaper than a memoryview slice per token
-        return tuple([data[a : a + n] for a, n in zip(starts, lens)])
-
-    def scores(self) -> np.ndarray:
-        lens = np.array(self.lens(), dtype=np.int64)
-        at = np.cumsum(lens + TOKEN_LEN.size + self.score_size) - self.score_size  # a score ends each entry
-        raw = np.frombuffer(self.data, dtype=np.uint8)
-        return raw[at[:, None] + np.arange(self.score_size)].reshape(-1).view("<f4").astype(np.float32)
-
-
-def _f32_bytes(scores: np.ndarray) -> bytes:
-    return np.asarray(scores, dtype="<f4").tobytes()
-
-
-class TensorInfo(tuple):
-    """One tensor record: where its data lives and how to view it.
-
-    Immutable, compared and hashed like the frozen dataclass it was (every field but `block`); a
-    tuple underneath so that opening a file builds each record in one C call (issue 12).
+    Immutable; compared and hashed on every field but `block`, and only with another TensorInfo; no order.
     """
-
-    __slots__ = ()
-    __match_args__ = ("name", "type", "ne", "offset", "nbytes", "record_offset", "block")
 
     name: str
     type: GGMLType
     ne: tuple[int, ...]  # ggml order: ne[0] is the innermost (contiguous) dimension
-    offset: int  # absolute file offset of the data
-    nbytes: int
-    record_offset: int  # absolute file offset of the record header
-    block: BlockLayout  # not compared, not shown
+    offset: int = 0  # absolute file offset of the data
+    nbytes: int = 0
+    record_offset: int = 0  # absolute file offset of the record (GGUF: its tensor info; safetensors: the data)
+    block: BlockLayout | None = None  # not compared, not shown; None (and the three above 0) until planned
 
-    def __new__(cls, name: str, type: GGMLType, ne: tuple[int, ...], offset: int, nbytes: int,  # noqa: A002
-                record_offset: int, block: BlockLayout) -> TensorInfo:
-        return tuple.__new__(cls, (name, type, ne, offset, nbytes, record_offset, block))
-
-    def __getnewargs__(self) -> tuple:
-        return tuple(self)
+    @classmethod
+    def from_shape(cls, name: str, ggml_type: GGMLType, shape: Sequence[int]) -> TensorInfo:
+        """A tensor to plan, from a PyTorch/numpy shape (reversed into ggml order)."""
+        return cls(name, GGMLType(ggml_type), tuple(int(n) for n in reversed(shape)))
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
-            # a plain tuple would otherwise compare equal through tuple.__eq__; the dataclass never did
             return False if isinstance(other, tuple) else NotImplemented
         return self[:6] == other[:6]
 
@@ -256,12 +223,11 @@ class TensorInfo(tuple):
     def __hash__(self) -> int:
         return hash(self[:6])
 
+    __lt__ = __le__ = __gt__ = __ge__ = None  # type: ignore[assignment]  # tuple's order would compare `block`
+
     def __repr__(self) -> str:
         return (f"TensorInfo(name={self[0]!r}, type={self[1]!r}, ne={self[2]!r}, offset={self[3]!r}, "
                 f"nbytes={self[4]!r}, record_offset={self[5]!r})")
-
-    # tuple's own comparisons would order and compare `block` too; a record has no order
-    __lt__ = __le__ = __gt__ = __ge__ = None  # type: ignore[assignment]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -287,22 +253,54 @@ class TensorInfo(tuple):
         return self.block.elements > 1
 
 
-for _i, _f in enumerate(TensorInfo.__match_args__):
-    setattr(TensorInfo, _f, property(itemgetter(_i), doc=f"field {_i} of the record"))
-del _i, _f
-
-
 @dataclass(frozen=True, slots=True)
 class Index:
-    """Everything a file says about itself, with absolute offsets; no tensor data."""
+    """Everything a file of any format says about itself, with absolute offsets; no tensor data.
 
-    version: FileVersion
-    hparams: HParams
-    vocab: Vocab
+    Regions in file order: [0, header_size) the fixed header (ggjt: with the hyper-parameters),
+    [header_size, metadata_end) the vocabulary (ggjt), the metadata (GGUF) or nothing (safetensors'
+    JSON is its header), then the tensor records (ggjt: each before its data; GGUF: tensor infos up to
+    infos_end), the data from data_start. `hparams` and `vocab` are the 2023 header's (None elsewhere);
+    `metadata` is GGUF's key -> value (`types` their type paths) or safetensors' __metadata__.
+    """
+
+    version: FileVersion | GGUFVersion | Any  # Any: safetensors.SafetensorsVersion
     tensors: tuple[TensorInfo, ...]
-    header_size: int  # bytes before the vocabulary
-    vocab_end: int  # offset of the first tensor record
     file_size: int
+    header_size: int
+    metadata_end: int
+    infos_end: int
+    data_start: int
+    alignment: int  # of every tensor's data offset (ggjt v1-v3: 32; ggml, ggmf: 1; GGUF's own; safetensors: 8)
+    hparams: HParams | None = None
+    vocab: Vocab | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    types: dict[str, tuple] = field(default_factory=dict)
+
+    @property
+    def vocab_end(self) -> int:
+        """ggjt: the offset of the first tensor record."""
+        return self.metadata_end
+
+    @property
+    def infos_start(self) -> int:
+        """GGUF: the offset of the first tensor info."""
+        return self.metadata_end
+
+    @property
+    def data_end(self) -> int:
+        """End of the last tensor's data (data_start when there are none)."""
+        return max((t.offset + t.nbytes for t in self.tensors), default=self.data_start)
+
+    @property
+    def sequential(self) -> bool:
+        """Whether tensor i starts at the padded end of tensor i-1, as llama.cpp requires of GGUF (§11.5)."""
+        pos = self.data_start
+        for t in self.tensors:
+            if t.offset != pos:
+                return False
+            pos = self.data_start + align_up(pos - self.data_start + t.nbytes, self.alignment)
+        return True
 
     def by_name(self) -> dict[str, TensorInfo]:
         return {t.name: t for t in self.tensors}
@@ -314,27 +312,15 @@ def block_layout(ggml_type: int, generation: int) -> BlockLayout:
     Raises:
         BadValue: the code is unknown, or the type does not exist in that generation.
     """
-    try:
-        t = GGMLType(ggml_type)
-    except ValueError:
-        raise BadValue(f"unknown tensor type code {ggml_type}; expected one of {_codes(generation)}") from None
     layouts = BLOCK_LAYOUTS[generation]
+    codes = ", ".join(f"{int(t)} ({t.name})" for t in layouts)
+    if ggml_type not in GGMLType._value2member_map_:
+        raise BadValue(f"unknown tensor type code {ggml_type}; expected one of {codes}")
+    t = GGMLType(ggml_type)
     if t not in layouts:
         raise BadValue(f"tensor type code {int(t)}: {t.name} does not exist in block layout generation {generation}; "
-                       f"expected one of {_codes(generation)}")
+                       f"expected one of {codes}")
     return layouts[t]
-
-
-def record_problem(n_dims: int, name_len: int) -> tuple[str, str] | None:
-    """A ggjt record's dim count or name length out of range (docs/format.md §4), read or written: (field, why).
-
-    The reader (decode_record) and the planner (_check_spec) both ask this, so they accept the same records.
-    """
-    if not 1 <= n_dims <= MAX_DIMS:
-        return "n_dims", f"expected 1..{MAX_DIMS} dims, found {n_dims}"
-    if not 0 < name_len <= MAX_NAME_LEN:
-        return "name_len", f"expected a name of 1..{MAX_NAME_LEN} UTF-8 bytes, got {name_len}"
-    return None
 
 
 def block_problem(ne0: int, ggml_type: GGMLType, block: BlockLayout) -> str | None:
@@ -377,43 +363,15 @@ def dims_problem(ne: Sequence[int], block: BlockLayout) -> tuple[int, str] | Non
     return None
 
 
-def _codes(generation: int) -> str:
-    return ", ".join(f"{int(t)} ({t.name})" for t in BLOCK_LAYOUTS[generation])
-
-
 def tensor_nbytes(ne: Sequence[int], block: BlockLayout) -> int:
     """Data size of a tensor with ggml dims `ne` (Python ints, so no overflow)."""
     return math.prod(ne[1:]) * (ne[0] // block.elements) * block.nbytes
 
 
-class _Cursor:
-    """Sequential little-endian reads over a buffer; every read is bounds-checked."""
-
-    __slots__ = ("buf", "pos", "size")
-
-    def __init__(self, buf: memoryview, pos: int = 0) -> None:
-        self.buf = buf
-        self.pos = pos
-        self.size = len(buf)
-
-    def left(self) -> int:
-        return self.size - self.pos
-
-    def need(self, n: int, what: str) -> None:
-        if n > self.size - self.pos:
-            raise Truncated(f"need {n} bytes, {max(self.size - self.pos, 0)} left", offset=self.pos, field=what)
-
-    def unpack(self, st, what: str) -> tuple:
-        self.need(st.size, what)
-        values = st.unpack_from(self.buf, self.pos)
-        self.pos += st.size
-        return values
-
-    def take(self, n: int, what: str) -> memoryview:
-        self.need(n, what)
-        out = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        return out
+def need(buf: memoryview, pos: int, n: int, field: str) -> None:
+    """Raises: Truncated unless n bytes remain at pos."""
+    if n > len(buf) - pos:
+        raise Truncated(f"need {n} bytes, {max(len(buf) - pos, 0)} left", offset=pos, field=field)
 
 
 def decode_version(buf: memoryview) -> tuple[FileVersion, int]:
@@ -422,8 +380,8 @@ def decode_version(buf: memoryview) -> tuple[FileVersion, int]:
     Raises:
         Truncated, BadMagic, UnsupportedVersion.
     """
-    cur = _Cursor(buf)
-    (magic,) = cur.unpack(U32, "magic")
+    need(buf, 0, 4, "magic")
+    (magic,) = U32.unpack_from(buf, 0)
     name = MAGICS.get(magic)
     if name is None:
         known = NOT_A_MODEL.get(magic)
@@ -431,94 +389,189 @@ def decode_version(buf: memoryview) -> tuple[FileVersion, int]:
         raise BadMagic(f"expected a model magic 'ggml', 'ggmf' or 'ggjt' (bytes b'lmgg', b'fmgg', b'tjgg'), "
                        f"found {found}", offset=0, field="magic")
     if name == "ggml":
-        return FileVersion.GGML, cur.pos
-    (number,) = cur.unpack(U32, "version")
+        return FileVersion.GGML, 4
+    need(buf, 4, 4, "version")
+    (number,) = U32.unpack_from(buf, 4)
     version = VERSIONS.get((name, number))
     if version is None:
         allowed = sorted(v.number for v in FileVersion if v.magic_name == name)
         raise UnsupportedVersion(f"'{name}' version {number} is not one we read; expected one of {allowed}",
                                  offset=4, field="version")
-    return version, cur.pos
+    return version, 8
 
 
-def decode_hparams(cur: _Cursor) -> HParams:
-    """Read and range-check the seven header fields.
-
-    Raises:
-        Truncated, BadValue.
-    """
-    start = cur.pos
-    hp = HParams(*cur.unpack(HPARAMS, "hparams"))
-    for i, (name, value) in enumerate(zip(HParams.__slots__, hp.astuple())):
-        if value < 0:
-            raise BadValue(f"expected a non-negative value, found {value}", offset=start + 4 * i, field=name)
-    if hp.ftype not in FType._value2member_map_:
-        raise BadValue(f"unknown file type {hp.ftype}; expected 0..{max(FType)} ({', '.join(f.name for f in FType)})",
-                       offset=start + 24, field="ftype")
-    return hp
-
-
-def decode_vocab(cur: _Cursor, n_vocab: int, with_scores: bool) -> Vocab:
-    """Read `n_vocab` entries (len, bytes[, f32 score]) after checking the count against the file.
+def decode_hparams(buf: memoryview, pos: int) -> HParams:
+    """Read and range-check the seven header fields at pos (HPARAM_FIELDS).
 
     Raises:
         Truncated, BadValue.
     """
-    score_size = TOKEN_SCORE.size if with_scores else 0
-    min_entry = TOKEN_LEN.size + score_size
-    buf, start = cur.buf, cur.pos
-    # Bytes left for token texts once every entry's fixed fields are counted; each text spends from
-    # it, so `room >= 0` keeps every later length field inside the buffer (docs/format.md §3).
-    room = cur.left() - n_vocab * min_entry
+    need(buf, pos, HPARAMS.size, "hparams")
+    values = HPARAMS.unpack_from(buf, pos)
+    if (bad := first_problem(HPARAM_FIELDS, values)) is not None:
+        raise BadValue(bad[1], offset=pos + 4 * bad[0], field=HPARAM_FIELDS[bad[0]].name)
+    return HParams(*values)
+
+
+def decode_vocab(buf: memoryview, pos: int, n_vocab: int, with_scores: bool) -> tuple[Vocab, int]:
+    """The `n_vocab` entries (i32 length, text[, f32 score]) at pos, and where they end (§3).
+
+    The count is checked against the file first, then one walk finds the end (entry_ends); only when
+    that one refuses does the checked walk run, to name the entry.
+
+    Raises:
+        Truncated, BadValue.
+    """
+    fixed = TOKEN_LEN.size + (TOKEN_SCORE.size if with_scores else 0)
+    room = len(buf) - pos - n_vocab * fixed  # bytes left for the texts once every fixed field is counted
     if room < 0:
-        raise Truncated(f"n_vocab {n_vocab} needs at least {n_vocab * min_entry} bytes, {cur.left()} left",
-                        offset=start, field="vocab")
-    body = buf[start:]
-    lens: list[int] | None = None
-    end = _vocab_end(body, n_vocab, min_entry) if n_vocab >= VOCAB_VECTOR_MIN else None
-    if end is None:  # not decided by the vectorised walk (or too few entries for it): one entry at a time
-        lens, end = _walk_lengths(body, n_vocab, min_entry)
-    # Every length 0..MAX_TOKEN_LEN and the texts within `room` <=> the section ends inside the buffer,
-    # checked once for the whole vocabulary; any doubt goes to the checked walk, which names the entry.
-    if end is None or end > len(body) or (lens and max(lens) > MAX_TOKEN_LEN):
-        _walk_checked(body, start, n_vocab, min_entry, room)  # raises
-        raise AssertionError("unreachable: the fast walk and the checked walk disagree")  # pragma: no cover
-    cur.pos = start + end
-    # One copy of the section; tokens and scores are cut from it on first use (Vocab._of_section).
-    return Vocab._of_section(bytes(body[:end]), n_vocab, lens, score_size)
+        raise Truncated(f"n_vocab {n_vocab} needs at least {n_vocab * fixed} bytes, {len(buf) - pos} left",
+                        offset=pos, field="vocab")
+    got = entry_ends(buf[pos:], n_vocab, TOKEN_LEN.size, fixed - TOKEN_LEN.size, MAX_TOKEN_LEN)
+    if got is None:
+        raise _vocab_error(buf, pos, n_vocab, fixed, room)
+    return Vocab._read(bytes(buf[pos : pos + got[0]]), n_vocab, with_scores), pos + got[0]
 
 
-_ULEN = {4: struct.Struct("<I"), 8: struct.Struct("<Q")}  # length fields read unsigned, by width in bytes
+def _vocab_error(buf: memoryview, pos: int, n_vocab: int, fixed: int, room: int) -> FormatError:
+    """The checked walk: every length against the bytes the entries after it leave; the first bad entry's error."""
+    for i in range(n_vocab):
+        (n,) = TOKEN_LEN.unpack_from(buf, pos)
+        if not 0 <= n <= room or n > MAX_TOKEN_LEN:
+            return _token_len_error(n, room, i, pos, n_vocab - i - 1, (n_vocab - i) * fixed)
+        room -= n
+        pos += fixed + n
+    raise AssertionError("unreachable: every entry fits")  # pragma: no cover
 
 
-def _walk_lengths(body: memoryview, n_vocab: int, min_entry: int, width: int = 4) -> tuple[list[int], int | None]:
-    """The n_vocab text lengths and the section's end, unchecked beyond being unsigned; (lens, None) if it ran off.
+def _token_len_error(n: int, room: int, i: int, pos: int, n_left: int, fixed_left: int) -> FormatError:
+    """The error for a vocabulary length field that is out of range or runs past the end."""
+    if n < 0 or n > MAX_TOKEN_LEN:
+        return BadValue(f"expected a token length 0..{MAX_TOKEN_LEN}, found {n}", offset=pos, field=f"vocab[{i}].len")
+    # room + fixed_left is what remains from `pos`; the text starts after the 4-byte length
+    return Truncated(f"a {n}-byte token and the {n_left} entries after it need {n + fixed_left - 4} bytes, "
+                     f"{room + fixed_left - 4} left", offset=pos + 4, field=f"vocab[{i}].text")
 
-    Entries are a `width`-byte length field, that many bytes, then min_entry - width fixed bytes
-    (ggjt: 4 and a 4-byte score; GGUF strings: 8 and nothing). The one per-entry loop (entries have
-    variable length, so each length gives the next one's offset), kept to one unpack, one add and
-    one append: the checks come after, once.
+
+_DIMS = {n: struct.Struct(f"<{n}{DIM.code}") for n in range(1, MAX_DIMS + 1)}  # ne[0..n_dims-1]
+_ZEROS = bytes(DEFAULT_ALIGNMENT)
+# per version: (type code -> (type, block layout), aligned); one look-up per record instead of enum calls
+_RECORD_TYPES = {v: ({int(t): (t, b, b.elements, b.nbytes) for t, b in BLOCK_LAYOUTS[v.block_generation].items()},
+                     v.aligned) for v in FileVersion}
+(_DIMS_LO, _DIMS_HI), (_NAME_LO, _NAME_HI) = ((f.lo, f.hi) for f in RECORD_FIELDS[:2])
+_new = tuple.__new__  # TensorInfo(...) without the Python-level __new__ of a NamedTuple
+
+
+def decode_record(buf: memoryview, pos: int, i: int, version: FileVersion) -> TensorInfo:
+    """The tensor record at pos (RECORD_FIELDS, then ne, name, padding, data), every field checked (§4).
+
+    Raises:
+        Truncated, BadValue, BadLayout.
     """
-    unpack_len = _ULEN[width].unpack_from  # unsigned: a negative i32 length reads as > MAX_TOKEN_LEN
-    lens: list[int] = []
-    append = lens.append
-    pos = 0
+    size = len(buf)
+    if size - pos < RECORD.size:
+        need(buf, pos, RECORD.size, f"tensor[{i}] record header")
+    n_dims, name_len, code = head = RECORD.unpack_from(buf, pos)
+    if not (_DIMS_LO <= n_dims <= _DIMS_HI and _NAME_LO <= name_len <= _NAME_HI):
+        bad = first_problem(RECORD_FIELDS, head)
+        raise BadValue(bad[1], offset=pos + 4 * bad[0], field=f"tensor[{i}].{RECORD_FIELDS[bad[0]].name}")
+    types, aligned = _RECORD_TYPES[version]
+    if code not in types:
+        try:
+            block_layout(code, version.block_generation)  # raises, saying why
+        except BadValue as e:
+            raise BadValue(f"{e.msg} in a {version} file", offset=pos + 8, field=f"tensor[{i}].type") from None
+    ggml_type, block, elements, block_bytes = types[code]
+    dims_at = pos + RECORD.size
+    name_at = dims_at + 4 * n_dims
+    if name_at > size:
+        need(buf, dims_at, 4 * n_dims, f"tensor[{i}].ne")
+    ne = _DIMS[n_dims].unpack_from(buf, dims_at)
+    if min(ne) < 0:
+        d = next(d for d, n in enumerate(ne) if n < 0)
+        raise BadValue(DIM.problem(ne[d]), offset=dims_at + 4 * d, field=f"tensor[{i}].ne[{d}]")
+    name_end = name_at + name_len
+    if name_end > size:
+        need(buf, name_at, name_len, f"tensor[{i}].name")
+    raw_name = buf[name_at:name_end]
     try:
-        for _ in range(n_vocab):
-            (n,) = unpack_len(body, pos)
-            pos += n + min_entry
-            append(n)
-    except (struct.error, OverflowError):  # a length ran past the buffer (or any offset); the checked walk says which
-        return lens, None
-    return lens, pos
+        name = str(raw_name, "utf-8")
+    except UnicodeDecodeError:
+        raise BadValue(f"expected a UTF-8 tensor name, found bytes {excerpt(raw_name)}", offset=name_at,
+                       field=f"tensor[{i}].name") from None
+    if ne[0] % elements:
+        raise BadValue(block_problem(ne[0], ggml_type, block), offset=dims_at, field=f"tensor {shown(name)}.ne[0]")
+    data_at = (name_end + DEFAULT_ALIGNMENT - 1) // DEFAULT_ALIGNMENT * DEFAULT_ALIGNMENT if aligned else name_end
+    nbytes = math.prod(ne[1:]) * (ne[0] // elements) * block_bytes  # tensor_nbytes, inlined: the loop is hot
+    # with every dim >= 1 and the data inside the buffer, no product of the dims can pass INT64_MAX
+    if (nbytes > size - data_at or 0 in ne) and (problem := dims_problem(ne, block)) is not None:
+        raise BadValue(problem[1], offset=dims_at + 4 * problem[0], field=f"tensor {shown(name)}.ne[{problem[0]}]")
+    if data_at > name_end and (data_at > size or buf[name_end:data_at] != _ZEROS[: data_at - name_end]):
+        need(buf, name_end, data_at - name_end, f"tensor {shown(name)} padding")
+        raise BadLayout(f"expected {data_at - name_end} zero bytes of alignment padding, found "
+                        f"{excerpt(buf[name_end:data_at])}", offset=name_end, field=f"tensor {shown(name)} padding")
+    if nbytes > size - data_at:
+        need(buf, data_at, nbytes, f"tensor {shown(name)} data ({ggml_type.name} {list(ne)})")
+    return _new(TensorInfo, (name, ggml_type, ne, data_at, nbytes, pos, block))
 
 
-def _vocab_end(body: memoryview, n_vocab: int, min_entry: int, chunk: int = VOCAB_CHUNK,
-               min_per_chunk: int = VOCAB_MIN_PER_CHUNK) -> int | None:
-    """Where the n_vocab ggjt entries at body[0:] end, every length 0..MAX_TOKEN_LEN; None if not decided here."""
-    got = walk_entries(body, n_vocab, TOKEN_LEN.size, min_entry - TOKEN_LEN.size, MAX_TOKEN_LEN,
-                       chunk=chunk, min_per_chunk=min_per_chunk)
-    return None if got is None else got[0]
+def decode_index(buf: memoryview | bytes, *, path: str | None = None) -> Index:
+    """Parse a whole ggml/ggmf/ggjt file (header, vocabulary, every tensor record) from a buffer.
+
+    Raises:
+        FormatError (BadMagic, UnsupportedVersion, Truncated, BadValue, BadLayout), with `path` filled in.
+    """
+    buf = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf
+    try:
+        version, pos = decode_version(buf)
+        hparams = decode_hparams(buf, pos)
+        header_size = pos + HPARAMS.size
+        vocab, vocab_end = decode_vocab(buf, header_size, hparams.n_vocab, version.has_scores)
+        tensors: list[TensorInfo] = []
+        seen: dict[str, int] = {}
+        pos = vocab_end
+        while pos < len(buf):  # no tensor count in these formats: records run to the end of the file
+            info = decode_record(buf, pos, len(tensors), version)
+            if info.name in seen:
+                raise BadLayout(f"duplicate tensor name {shown(info.name)} (first at offset {seen[info.name]:#x})",
+                                offset=pos, field=f"tensor[{len(tensors)}].name")
+            seen[info.name] = pos
+            tensors.append(info)
+            pos = info.offset + info.nbytes
+    except FormatError as e:
+        raise e.with_path(path) if path else e
+    return Index(version, tuple(tensors), len(buf), header_size, vocab_end, vocab_end, vocab_end,
+                 DEFAULT_ALIGNMENT if version.aligned else 1, hparams, vocab)
+
+
+# ---------------------------------------------------------------- the vectorised length walk
+
+
+_LENGTH = {4: U32, 8: U64}  # length fields by width, read unsigned
+
+
+def entry_ends(body: memoryview, n: int, width: int, trailer: int, max_len: int | None, *,
+               with_ends: bool = False) -> tuple[int, np.ndarray | None] | None:
+    """(end, ends) of the n entries (`width`-byte unsigned length, that many bytes, `trailer` bytes) at body[0:]:
+    every length <= max_len (None: no bound but the buffer) and end <= len(body), ends[i] where entry i
+    ends (int64, only with_ends); None when an entry breaks that (the caller's checked walk names it).
+    The vectorised walk for 1,024 entries or more (docs/format.md §3), else, or when it does not decide,
+    one entry at a time (each length read unsigned: a negative i32 is above any max_len)."""
+    if n >= VOCAB_VECTOR_MIN and (got := walk_entries(body, n, width, trailer, max_len, with_ends=with_ends)):
+        return got
+    unpack, pos, ends, fixed = _LENGTH[width].unpack_from, 0, [], width + trailer
+    append = ends.append if with_ends else None
+    try:
+        for _ in range(n):
+            (k,) = unpack(body, pos)
+            if max_len is not None and k > max_len:
+                return None
+            pos += fixed + k
+            if append:
+                append(pos)
+    except (struct.error, OverflowError):  # a length field past the end, or an offset past any buffer
+        return None
+    return (pos, np.array(ends, np.int64) if with_ends else None) if pos <= len(body) else None
 
 
 def walk_entries(body: memoryview, n: int, width: int, trailer: int, max_len: int | None, *,
@@ -541,6 +594,11 @@ def walk_entries(body: memoryview, n: int, width: int, trailer: int, max_len: in
     """
     size, pos, left = len(body), 0, n
     scratch = np.empty(chunk // 4 + 1, np.uint32)  # reused by every chunk: no fresh pages per chunk
+    # A chunk's temporaries (int64 per candidate, up to 8 x chunk bytes) are above glibc's first mmap threshold:
+    # each would be fresh pages, faulted in and unmapped again, per chunk (measured: 2-6 ms per open). Freeing one
+    # larger mapped block first raises the threshold past them (glibc's dynamic M_MMAP_THRESHOLD), so they are
+    # reused heap memory instead; the block itself is never touched.
+    np.empty(16 * chunk, np.uint8)  # made and freed at once
     parts: list[np.ndarray] | None = [] if with_ends else None
     while left:
         got = _chunk_chain(body, pos, min(chunk, size - pos), left, width, width + trailer, max_len, scratch, parts)
@@ -598,37 +656,28 @@ def _chunk_chain(body: memoryview, at: int, w: int, left: int, width: int, fixed
     levels = [succ]
     for _ in range(VOCAB_STRIDE_LOG):
         levels.append(levels[-1].take(levels[-1]))  # levels[k][j] = the candidate 2**k entries on; dead stays dead
-    path: list[int] | None = None if parts is None else []
-    steps, last = _follow(levels, j, left - 1, path)
+    steps, last, path = _follow(levels, j, left - 1)
     if parts is not None:
         parts.append(ends.take(_fill(levels, path, steps + 1)) + at)
     return steps + 1, at + int(ends[last])
 
 
-def _follow(levels: list[np.ndarray], j: int, most: int, path: list[int] | None = None) -> tuple[int, int]:
-    """(steps, candidate) after following successors from j up to `most` times or to the dead end (succ[-1]).
-
-    With `path`, appends the candidate at every 32nd step (0, 32, 64, ...) for _fill.
-    """
+def _follow(levels: list[np.ndarray], j: int, most: int) -> tuple[int, int, list[int]]:
+    """(steps, candidate, path) after following successors from j up to `most` times or to the dead end
+    (succ[-1]); path: the candidate at every 32nd step (0, 32, 64, ...), for _fill."""
     succ = levels[0]
     dead = len(succ) - 1
     far_v, one_v, stride = memoryview(levels[-1]), memoryview(succ), 1 << VOCAB_STRIDE_LOG
-    steps = 0
-    if path is None:
-        while most - steps >= stride and far_v[j] != dead:
-            j = far_v[j]
-            steps += stride
-    else:
-        append = path.append
-        while most - steps >= stride and far_v[j] != dead:
-            append(j)
-            j = far_v[j]
-            steps += stride
-        append(j)
+    steps, path = 0, []
+    while most - steps >= stride and far_v[j] != dead:
+        path.append(j)
+        j = far_v[j]
+        steps += stride
+    path.append(j)
     while steps < most and one_v[j] != dead:
         j = one_v[j]
         steps += 1
-    return steps, j
+    return steps, j, path
 
 
 def _fill(levels: list[np.ndarray], path: list[int], count: int) -> np.ndarray:
@@ -644,199 +693,10 @@ def _fill(levels: list[np.ndarray], path: list[int], count: int) -> np.ndarray:
     return rows.reshape(-1)[:count]
 
 
-def _walk_checked(body: memoryview, start: int, n_vocab: int, min_entry: int, room: int) -> None:
-    """Walk the entries checking each length before using it; raise on the first bad one.
-
-    Raises:
-        Truncated, BadValue.
-    """
-    unpack_len = TOKEN_LEN.unpack_from
-    pos = 0
-    for i in range(n_vocab):
-        (n,) = unpack_len(body, pos)
-        if not 0 <= n <= room or n > MAX_TOKEN_LEN:
-            raise _token_len_error(n, room, i, start + pos, n_vocab - i - 1, (n_vocab - i) * min_entry)
-        room -= n
-        pos += min_entry + n
-
-
-def _token_len_error(n: int, room: int, i: int, pos: int, n_left: int, fixed_left: int) -> FormatError:
-    """The error for a vocabulary length field that is out of range or runs past the end."""
-    if n < 0 or n > MAX_TOKEN_LEN:
-        return BadValue(f"expected a token length 0..{MAX_TOKEN_LEN}, found {n}", offset=pos, field=f"vocab[{i}].len")
-    # room + fixed_left is what remains from `pos`; the text starts after the 4-byte length
-    return Truncated(f"a {n}-byte token and the {n_left} entries after it need {n + fixed_left - 4} bytes, "
-                     f"{room + fixed_left - 4} left", offset=pos + 4, field=f"vocab[{i}].text")
-
-
-def decode_record(cur: _Cursor, i: int, version: FileVersion) -> TensorInfo:
-    """Read one tensor record header, skip its padding and data; check bounds and padding.
-
-    Raises:
-        Truncated, BadValue, BadLayout.
-    """
-    record_offset = cur.pos
-    what = f"tensor[{i}]"
-    n_dims, name_len, type_code = cur.unpack(RECORD, f"{what} record header")
-    if (problem := record_problem(n_dims, name_len)) is not None:
-        key, why = problem
-        raise BadValue(why, offset=record_offset + (0 if key == "n_dims" else 4), field=f"{what}.{key}")
-    try:
-        block = block_layout(type_code, version.block_generation)
-    except BadValue as e:
-        raise BadValue(f"{e.msg} in a {version} file", offset=record_offset + 8, field=f"{what}.type") from None
-    ggml_type = GGMLType(type_code)
-    dims_at = cur.pos
-    ne = cur.unpack(_dims_struct(n_dims), f"{what}.ne")
-    for d, n in enumerate(ne):
-        if n < 0:
-            raise BadValue(f"expected a non-negative size, found {n}", offset=dims_at + 4 * d, field=f"{what}.ne[{d}]")
-    raw_name = cur.take(name_len, f"{what}.name")
-    try:
-        name = bytes(raw_name).decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadValue(f"expected a UTF-8 tensor name, found bytes {excerpt(raw_name)}", offset=cur.pos - name_len,
-                       field=f"{what}.name") from None
-    what = f"tensor {shown(name)}"
-    if (why := block_problem(ne[0], ggml_type, block)) is not None:
-        raise BadValue(why, offset=dims_at, field=f"{what}.ne[0]")
-    if (problem := dims_problem(ne, block)) is not None:
-        d, why = problem
-        raise BadValue(why, offset=dims_at + 4 * d, field=f"{what}.ne[{d}]")
-    if version.aligned:
-        data_offset = align_up(cur.pos)
-        pad = cur.take(data_offset - cur.pos, f"{what} padding")
-        if any(pad):
-            raise BadLayout(f"expected {len(pad)} zero bytes of alignment padding, found {excerpt(pad)}",
-                            offset=data_offset - len(pad), field=f"{what} padding")
-    data_offset = cur.pos
-    nbytes = tensor_nbytes(ne, block)
-    if nbytes > cur.left():  # not cur.need(): its field text would be formatted for every record
-        cur.need(nbytes, f"{what} data ({ggml_type.name} {list(ne)})")
-    cur.pos += nbytes
-    return TensorInfo(name, ggml_type, tuple(ne), data_offset, nbytes, record_offset, block)
-
-
-_DIMS = {n: struct.Struct(f"<{n}i") for n in range(1, MAX_DIMS + 1)}  # ne[0..n_dims-1]
-
-
-def _dims_struct(n_dims: int) -> struct.Struct:
-    return _DIMS[n_dims]
-
-
-# Per block-layout generation: type code -> (type, layout, elements per block, bytes per block), so a
-# record costs one dict look-up instead of an enum call and two table look-ups.
-_TYPE_ROWS = {gen: {int(t): (t, b, b.elements, b.nbytes) for t, b in layouts.items()}
-              for gen, layouts in BLOCK_LAYOUTS.items()}
-_DIMS_UNPACK = (None, *(_DIMS[n].unpack_from for n in range(1, MAX_DIMS + 1)))  # by n_dims
-_ZEROS = tuple(bytes(k) for k in range(DEFAULT_ALIGNMENT))  # padding of k bytes, as it must read
-_NEW_TUPLE = tuple.__new__  # TensorInfo(...) minus one Python call: _NEW_TUPLE(TensorInfo, (fields...))
-_NAME_PAD: dict[tuple[int, int], Callable[..., tuple[bytes, bytes]]] = {}  # (name_len, pad) -> unpack_from
-STRUCT_CACHE_MAX = 4096  # entries per cache; real files have a few dozen (name length, padding) pairs
-
-
-def cached_unpack(cache: dict[Any, Callable[..., tuple]], key: Any, fmt: str) -> Callable[..., tuple]:
-    """unpack_from of struct `fmt`, kept in `cache` under `key` (one C call per record on the hot paths).
-
-    Bounded: past STRUCT_CACHE_MAX entries nothing more is kept, so a hostile file cannot grow it.
-    """
-    unpack = cache.get(key)
-    if unpack is None:
-        unpack = struct.Struct(fmt).unpack_from
-        if len(cache) < STRUCT_CACHE_MAX:
-            cache[key] = unpack
-    return unpack
-
-
-def _decode_records(cur: _Cursor, version: FileVersion) -> list[TensorInfo]:
-    """Every tensor record from cur.pos to the end of the buffer, each checked as decode_record does.
-
-    The loop checks each record with plain comparisons; a record that fails any of them is decoded
-    again by decode_record, which raises the error naming the field (or, if this loop was stricter
-    than it, returns the record).
-
-    Raises:
-        Truncated, BadValue, BadLayout (docs/format.md §4).
-    """
-    buf, pos, size = cur.buf, cur.pos, cur.size
-    rows, aligned = _TYPE_ROWS[version.block_generation], version.aligned
-    unpack_head, dims, zeros, prod = RECORD.unpack_from, _DIMS_UNPACK, _ZEROS, math.prod  # locals: the loop is hot
-    new, name_pad, head = _NEW_TUPLE, _NAME_PAD, RECORD.size
-    tensors: list[TensorInfo] = []
-    seen: dict[str, int] = {}
-    while pos < size:  # no tensor count in these formats: records run to EOF
-        info = None
-        if size - pos >= head:
-            n_dims, name_len, code = unpack_head(buf, pos)
-            row = rows.get(code)
-            name_at = pos + head + 4 * n_dims  # record_head_size, inlined: the loop is hot
-            name_end = name_at + name_len
-            if 0 < n_dims <= MAX_DIMS and 0 < name_len <= MAX_NAME_LEN and row is not None and name_end <= size:
-                ne = dims[n_dims](buf, pos + head)
-                ggml_type, block, elements, block_bytes = row
-                data_at = (name_end + DEFAULT_ALIGNMENT - 1) // DEFAULT_ALIGNMENT * DEFAULT_ALIGNMENT \
-                    if aligned else name_end
-                pad = data_at - name_end
-                # dims > 0: a zero-size tensor takes the checked path (dims_problem); with every dim >= 1,
-                # nbytes <= size bounds every product of them (< 2 elements per byte in these formats)
-                if min(ne) > 0 and ne[0] % elements == 0 and data_at <= size:
-                    raw_name, raw_pad = (name_pad.get((name_len, pad)) or cached_unpack(name_pad, (name_len, pad), f"{name_len}s{pad}s"))(buf, name_at)
-                    nbytes = prod(ne[1:]) * (ne[0] // elements) * block_bytes
-                    try:
-                        name = raw_name.decode("utf-8")
-                    except UnicodeDecodeError:
-                        name = None
-                    if name is not None and raw_pad == zeros[pad] and nbytes <= size - data_at:
-                        info = new(TensorInfo, (name, ggml_type, ne, data_at, nbytes, pos, block))
-        if info is None:
-            cur.pos = pos
-            info = decode_record(cur, len(tensors), version)
-            name, data_at, nbytes = info.name, info.offset, info.nbytes
-        if name in seen:
-            raise BadLayout(f"duplicate tensor name {shown(name)} (first at offset {seen[name]:#x})",
-                            offset=pos, field=f"tensor[{len(tensors)}].name")
-        seen[name] = pos
-        tensors.append(info)
-        pos = data_at + nbytes
-    cur.pos = pos
-    return tensors
-
-
-def decode_index(buf: memoryview | bytes, *, path: str | None = None) -> Index:
-    """Parse a whole model file (header, vocabulary, every tensor record) from a buffer.
-
-    Raises:
-        FormatError (BadMagic, UnsupportedVersion, Truncated, BadValue, BadLayout), with `path` filled in.
-    """
-    buf = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf
-    try:
-        version, header_size = decode_version(buf)
-        cur = _Cursor(buf, header_size)
-        hparams = decode_hparams(cur)
-        vocab_start = cur.pos
-        vocab = decode_vocab(cur, hparams.n_vocab, version.has_scores)
-        vocab_end = cur.pos
-        tensors = _decode_records(cur, version)
-    except FormatError as e:
-        raise e.with_path(path) if path else e
-    return Index(version, hparams, vocab, tuple(tensors), vocab_start, vocab_end, len(buf))
-
-
 # ---------------------------------------------------------------- planning a file to write
 
 
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """What a writer needs to know of a tensor before any data: name, type and ggml dims."""
-
-    name: str
-    type: GGMLType
-    ne: tuple[int, ...]
-
-    @classmethod
-    def from_shape(cls, name: str, ggml_type: GGMLType, shape: Sequence[int]) -> TensorSpec:
-        """Spec from a PyTorch/numpy shape (reversed into ggml order)."""
-        return cls(name, GGMLType(ggml_type), tuple(int(n) for n in reversed(shape)))
+TensorSpec = TensorInfo  # what a planner takes: TensorInfo(name, type, ne) or TensorInfo.from_shape(...), not yet placed
 
 
 @dataclass(frozen=True, slots=True)
@@ -886,7 +746,7 @@ def encode_prefix(version: FileVersion, hparams: HParams, vocab: Vocab) -> bytes
     return b"".join(parts)
 
 
-def plan(version: FileVersion, hparams: HParams, vocab: Vocab, specs: Iterable[TensorSpec]) -> Plan:
+def plan(version: FileVersion, hparams: HParams, vocab: Vocab, specs: Iterable[TensorInfo]) -> Plan:
     """Lay out a whole file: every record and data offset, before the first byte is written.
 
     Raises:
@@ -899,10 +759,8 @@ def plan(version: FileVersion, hparams: HParams, vocab: Vocab, specs: Iterable[T
     seen: set[str] = set()
     for spec in specs:
         block, name = _check_spec(spec, version, seen)
-        head = RECORD.pack(len(spec.ne), len(name), int(spec.type)) + _dims_struct(len(spec.ne)).pack(*spec.ne) + name
-        data_offset = pos + len(head)
-        if version.aligned:
-            data_offset = align_up(data_offset)
+        head = RECORD.pack(len(spec.ne), len(name), int(spec.type)) + _DIMS[len(spec.ne)].pack(*spec.ne) + name
+        data_offset = align_up(pos + len(head)) if version.aligned else pos + len(head)
         head += bytes(data_offset - pos - len(head))  # zero padding up to the aligned data offset
         nbytes = tensor_nbytes(spec.ne, block)
         infos.append(TensorInfo(spec.name, GGMLType(spec.type), spec.ne, data_offset, nbytes, pos, block))
@@ -911,18 +769,17 @@ def plan(version: FileVersion, hparams: HParams, vocab: Vocab, specs: Iterable[T
     return Plan(version, hparams, prefix, tuple(infos), tuple(headers), pos)
 
 
-def _check_spec(spec: TensorSpec, version: FileVersion, seen: set[str]) -> tuple[BlockLayout, bytes]:
-    """Validate one spec for writing; return its block layout and encoded name.
+def _check_spec(spec: TensorInfo, version: FileVersion, seen: set[str]) -> tuple[BlockLayout, bytes]:
+    """Validate one spec for writing against the record table; return its block layout and encoded name.
 
     Raises:
         CannotWrite.
     """
     name = spec.name.encode("utf-8")
-    if (problem := record_problem(len(spec.ne), len(name))) is not None:
-        key, why = problem
-        hint = " (reshape a scalar to (1,))" if key == "n_dims" else ""
-        raise CannotWrite(f"tensor {spec.name[:60]!r}: {why}{hint}")
-    if any(n < 0 or n > 0x7FFFFFFF for n in spec.ne):
+    if (bad := first_problem(RECORD_FIELDS[:2], (len(spec.ne), len(name)))) is not None:
+        hint = " (reshape a scalar to (1,))" if bad[0] == 0 else ""
+        raise CannotWrite(f"tensor {spec.name[:60]!r}: {bad[1]}{hint}")
+    if any(DIM.problem(n) for n in spec.ne):
         raise CannotWrite(f"tensor {spec.name!r}: every dim must fit a signed 32-bit field, got {list(spec.ne)}")
     if spec.name in seen:
         raise CannotWrite(f"duplicate tensor name {spec.name!r}")

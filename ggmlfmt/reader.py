@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -13,13 +13,9 @@ import numpy as np
 from ggmlfmt.blocks.dequant import dequantize
 from ggmlfmt.constants import MAGICS, NOT_A_MODEL, FileVersion, GGMLType, GGUFVersion
 from ggmlfmt.errors import FormatError, Truncated
-from ggmlfmt.gguf import GGUFIndex, decode_gguf
+from ggmlfmt.gguf import decode_gguf
 from ggmlfmt.layout import HParams, Index, TensorInfo, Vocab, decode_index
-from ggmlfmt.safetensors import (
-    SafetensorsIndex,
-    decode_safetensors,
-    looks_like_safetensors,
-)
+from ggmlfmt.safetensors import decode_safetensors, looks_like_safetensors
 from ggmlfmt.tools.loadopts import Advice, LoadOptions, open_data
 
 if TYPE_CHECKING:
@@ -42,18 +38,18 @@ def tensor_view(data: np.ndarray, info: TensorInfo) -> np.ndarray:
     return np.ndarray(shape, block.dtype, data, info.offset)
 
 
-class _Views(Mapping[str, np.ndarray]):
-    """name -> array, created on first access (opening stays O(number of tensors))."""
+class _Lazy(Mapping[str, np.ndarray]):
+    """name -> make(info), made on access (opening stays O(number of tensors)); kept after the first when `keep`."""
 
-    def __init__(self, data: np.ndarray, infos: Mapping[str, TensorInfo]) -> None:
-        self._data = data
-        self._infos = infos
-        self._cache: dict[str, np.ndarray] = {}
+    def __init__(self, infos: Mapping[str, TensorInfo], make: Callable[[TensorInfo], np.ndarray], keep: bool) -> None:
+        self._infos, self._make, self._cache = infos, make, {} if keep else None
 
     def __getitem__(self, name: str) -> np.ndarray:
+        if self._cache is None:
+            return self._make(self._infos[name])
         view = self._cache.get(name)
         if view is None:
-            view = self._cache[name] = tensor_view(self._data, self._infos[name])
+            view = self._cache[name] = self._make(self._infos[name])
         return view
 
     def __iter__(self) -> Iterator[str]:
@@ -64,7 +60,8 @@ class _Views(Mapping[str, np.ndarray]):
 
 
 def float_values(view: np.ndarray, info: TensorInfo, generation: int) -> np.ndarray:
-    """A tensor view as float32 with its PyTorch-order shape: F32 views as they are, everything else converted.
+    """A tensor view as float32 with its PyTorch-order shape: F32 views as they are, everything else converted
+    (F16, BF16, the integer types and F64 cast; quantized tensors dequantized, docs/format.md §17.7).
 
     Raises:
         ValueError: the type has no dequantizer (docs/format.md §17.6); the message names the tensor.
@@ -77,39 +74,20 @@ def float_values(view: np.ndarray, info: TensorInfo, generation: int) -> np.ndar
         raise ValueError(f"tensor {info.name!r}: {e}") from None
 
 
-class _Floats(Mapping[str, np.ndarray]):
-    """name -> float32 values with the PyTorch-order shape, computed on each access (not kept).
-
-    F32 tensors are their zero-copy view itself; F16, BF16, the integer types and F64 are cast;
-    quantized tensors are dequantized with the file's block generation (docs/format.md §17.7).
-    """
-
-    def __init__(self, views: Mapping[str, np.ndarray], infos: Mapping[str, TensorInfo], generation: int) -> None:
-        self._views = views
-        self._infos = infos
-        self._generation = generation
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return float_values(self._views[name], self._infos[name], self._generation)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._infos)
-
-    def __len__(self) -> int:
-        return len(self._infos)
-
-
 class Model:
     """An opened model file: its format, header, vocabulary, and tensors as views into `data` (the whole file)."""
 
-    def __init__(self, path: str, index: Index | GGUFIndex | SafetensorsIndex, data: np.ndarray) -> None:
+    def __init__(self, path: str, index: Index, data: np.ndarray) -> None:
         self.path = path
         self.index = index
         self._data = data
         self.info: Mapping[str, TensorInfo] = index.by_name()
-        self.tensors: Mapping[str, np.ndarray] = _Views(data, self.info)
-        # float32 values per tensor, whatever its type: no type or block generation to pass
-        self.floats: Mapping[str, np.ndarray] = _Floats(self.tensors, self.info, index.version.block_generation)
+        views = _Lazy(self.info, lambda info: tensor_view(data, info), keep=True)
+        self.tensors: Mapping[str, np.ndarray] = views
+        # float32 values per tensor, whatever its type, computed on each access (not kept)
+        generation = index.version.block_generation
+        self.floats: Mapping[str, np.ndarray] = _Lazy(
+            self.info, lambda info: float_values(views[info.name], info, generation), keep=False)
 
     @property
     def version(self) -> FileVersion | GGUFVersion | Any:
@@ -136,7 +114,7 @@ class Model:
     def metadata(self) -> Mapping[str, Any]:
         """GGUF's key -> value pairs (arrays as numpy arrays or GGUFStrings), safetensors' __metadata__ strings;
         empty for the 2023 formats."""
-        return self.index.metadata if isinstance(self.index, (GGUFIndex, SafetensorsIndex)) else {}
+        return self.index.metadata
 
     @property
     def data(self) -> np.ndarray:
@@ -184,8 +162,7 @@ class Model:
 
     def close(self) -> None:
         """Drop this object's reference to the map (views handed out keep it alive until freed)."""
-        self.tensors = _Views(np.zeros(0, np.uint8), {})
-        self.floats = _Floats(self.tensors, {}, 0)
+        self.tensors = self.floats = _Lazy({}, tensor_view, keep=False)
         self._data = np.zeros(0, np.uint8)
 
     def __enter__(self) -> Model:
@@ -212,7 +189,7 @@ def map_file(path: str | os.PathLike[str], mode: Literal["r", "c"] = "r") -> np.
 HEAD_READAHEAD = 1 << 20  # header + vocabulary are read in order; LLaMA's 32,000 tokens take ~0.45 MiB
 
 
-def decode_any(buf: memoryview, path: str) -> Index | GGUFIndex | SafetensorsIndex:
+def decode_any(buf: memoryview, path: str) -> Index:
     """Parse a GGUF file (b"GGUF" first), a 2023 one (its magic first), or a safetensors one (no magic:
     a name ending in .safetensors, or '{' after the 8-byte header length, docs/format.md §18).
 
@@ -227,7 +204,7 @@ def decode_any(buf: memoryview, path: str) -> Index | GGUFIndex | SafetensorsInd
     return decode_index(buf, path=path)
 
 
-def decode_mapped(data: np.ndarray, path: str) -> Index | GGUFIndex | SafetensorsIndex:
+def decode_mapped(data: np.ndarray, path: str) -> Index:
     """Parse the index of a mapped file with readahead off, then give the map normal readahead back.
 
     Each tensor record sits right before that tensor's data, so on a cold file the kernel's
@@ -248,7 +225,7 @@ def decode_mapped(data: np.ndarray, path: str) -> Index | GGUFIndex | Safetensor
         m.madvise(mmap.MADV_NORMAL)
 
 
-def read_index(path: str | os.PathLike[str]) -> Index | GGUFIndex | SafetensorsIndex:
+def read_index(path: str | os.PathLike[str]) -> Index:
     """Parse a file's structure (header, vocabulary, tensor records) without keeping a map.
 
     Raises:

@@ -11,14 +11,12 @@ data section exactly, as the reference reader requires: no overlap, no hole).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGMLType
 from ggmlfmt.errors import BadLayout, BadValue, Truncated
-from ggmlfmt.layout import TensorInfo
+from ggmlfmt.layout import Index, TensorInfo
 
 HEADER_LEN_BYTES = 8  # u64, little-endian
 MAX_HEADER_BYTES = 100_000_000  # the reference reader's cap (safetensors MAX_HEADER_SIZE); real headers are < 1 MB
@@ -39,12 +37,13 @@ DTYPES: dict[str, GGMLType] = {
     "I32": GGMLType.I32,
     "I64": GGMLType.I64,
 }
+DTYPE_OF = {t: name for name, t in DTYPES.items()}  # and back: each GGML type here has one safetensors dtype
 # the convert layer's dtype names (convert.pth's), for the float types a checkpoint holds
 DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 class SafetensorsVersion(Enum):
-    """The one safetensors layout; quacks like FileVersion/GGUFVersion (magic_name, number, block_generation)."""
+    """The one safetensors layout; Index.version as FileVersion/GGUFVersion are (magic_name, number, block_generation)."""
 
     V1 = "safetensors"
 
@@ -68,26 +67,7 @@ class SafetensorsVersion(Enum):
         return "safetensors"
 
 
-@dataclass(frozen=True, slots=True)
-class SafetensorsIndex:
-    """Everything a safetensors file says about itself, with absolute offsets; no tensor data."""
-
-    metadata: dict[str, str]  # the optional "__metadata__" object (str -> str)
-    tensors: tuple[TensorInfo, ...]  # in data order
-    dtypes: dict[str, str]  # tensor name -> its safetensors dtype ("BF16", ...)
-    data_start: int  # 8 + N
-    file_size: int
-
-    version = SafetensorsVersion.V1
-    hparams = None  # no header or vocabulary: a bag of named tensors
-    vocab = None
-
-    @property
-    def header_size(self) -> int:
-        return self.data_start
-
-    def by_name(self) -> dict[str, TensorInfo]:
-        return {t.name: t for t in self.tensors}
+SafetensorsIndex = Index  # one index type for every format (the name kept for callers)
 
 
 def looks_like_safetensors(buf: memoryview, path: str | None = None) -> bool:
@@ -95,7 +75,7 @@ def looks_like_safetensors(buf: memoryview, path: str | None = None) -> bool:
     return (path is not None and path.endswith(".safetensors")) or buf[HEADER_LEN_BYTES : HEADER_LEN_BYTES + 1] == b"{"
 
 
-def decode_safetensors(buf: memoryview, path: str | None = None) -> SafetensorsIndex:
+def decode_safetensors(buf: memoryview, path: str | None = None) -> Index:
     """Parse and check a safetensors file held in `buf` (usually a map of the whole file).
 
     Raises:
@@ -110,7 +90,7 @@ def decode_safetensors(buf: memoryview, path: str | None = None) -> SafetensorsI
         raise e.with_path(path) if path is not None else e
 
 
-def _decode(buf: memoryview) -> SafetensorsIndex:
+def _decode(buf: memoryview) -> Index:
     size = len(buf)
     if size < HEADER_LEN_BYTES:
         raise Truncated(f"need {HEADER_LEN_BYTES} bytes for the header length, file has {size}", offset=0,
@@ -137,7 +117,7 @@ def _decode(buf: memoryview) -> SafetensorsIndex:
         entries.append((name, *_entry(name, entry, data_size)))
     entries.sort(key=lambda e: (e[3], e[4]))  # by [begin, end): the data order
     pos, prev = 0, None
-    tensors, dtypes = [], {}
+    tensors = []
     for name, dtype, ne, begin, end in entries:
         if begin < pos:
             raise BadLayout(f"bytes [{begin}, {end}) overlap tensor {prev!r}, which ends at {pos}",
@@ -148,12 +128,12 @@ def _decode(buf: memoryview) -> SafetensorsIndex:
         ggml = DTYPES[dtype]
         tensors.append(TensorInfo(name, ggml, ne, data_start + begin, end - begin, data_start + begin,
                                   BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][ggml]))
-        dtypes[name] = dtype
         pos, prev = end, name
     if pos != data_size:
         raise BadLayout(f"the data section has {data_size:,} bytes, the tensors cover {pos:,}",
                         offset=data_start + pos, field="data section")
-    return SafetensorsIndex(metadata, tuple(tensors), dtypes, data_start, size)
+    return Index(SafetensorsVersion.V1, tuple(tensors), size, data_start, data_start, data_start, data_start,
+                 VIEW_ALIGNMENT, metadata=metadata)
 
 
 def _parse_json(raw: bytes) -> dict[str, Any]:
@@ -226,26 +206,8 @@ def _is_count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def dtype_name(index: SafetensorsIndex, name: str) -> str:
-    """The convert layer's name of a tensor's dtype ("bfloat16", ...); the safetensors name for the others."""
-    dtype = index.dtypes[name]
-    return DTYPE_NAMES.get(dtype, dtype)
-
-
-def describe_safetensors(index: SafetensorsIndex) -> dict[str, Any]:
-    """`ggmlfmt inspect`'s data for a safetensors file: metadata, tensors, byte accounting."""
-    tensors = [{"name": t.name, "type": t.type.name, "dtype": index.dtypes[t.name], "shape": list(t.shape),
-                "ne": list(t.ne), "offset": t.offset, "nbytes": t.nbytes,
-                "aligned": t.offset % VIEW_ALIGNMENT == 0} for t in index.tensors]
-    data = sum(t.nbytes for t in index.tensors)
-    return {"format": "safetensors", "version": None, "alignment": VIEW_ALIGNMENT, "metadata": dict(index.metadata), "tensors": tensors,
-            "bytes": {"header": index.data_start, "data": data, "total": index.file_size}}
-
-
-def render_safetensors_head(desc: Mapping[str, Any]) -> list[str]:
-    """The lines `ggmlfmt inspect` prints before the tensor table of a safetensors file."""
-    lines = ["format     safetensors", f"metadata   {len(desc['metadata'])} keys"]
-    for key, value in desc["metadata"].items():
-        shown = key if key.isprintable() else repr(key)
-        lines.append(f"  {shown}  {value[:200]!r}")
-    return lines + [f"tensors    {len(desc['tensors'])}", ""]
+def dtype_name(index: Index | None, name: str | TensorInfo) -> str:
+    """The convert layer's name of a tensor's dtype ("bfloat16", ...); the safetensors name for the others.
+    `name` may be the tensor's TensorInfo (then `index` is not needed)."""
+    info = name if isinstance(name, TensorInfo) else index.by_name()[name]
+    return DTYPE_NAMES.get(DTYPE_OF[info.type], DTYPE_OF[info.type])

@@ -8,13 +8,9 @@ from typing import Any
 import numpy as np
 
 from ggmlfmt.constants import DEFAULT_ALIGNMENT, FType
-from ggmlfmt.gguf import GGUFIndex, GGUFStrings, TypePath
+from ggmlfmt.gguf import GGUFStrings, TypePath
 from ggmlfmt.layout import Index, align_up, record_head_size
-from ggmlfmt.safetensors import (
-    SafetensorsIndex,
-    describe_safetensors,
-    render_safetensors_head,
-)
+from ggmlfmt.safetensors import DTYPE_OF, VIEW_ALIGNMENT
 
 ARRAY_HEAD = 8  # items of a long metadata array that inspect shows
 MAX_COLUMN = 64  # widest name or key column: a longer one overflows its own line, not every line (docs/safety.md)
@@ -33,30 +29,25 @@ def _ftype_name(ftype: int) -> str:
     return FType(ftype).name if ftype in FType._value2member_map_ else str(ftype)
 
 
-def describe(index: Index | GGUFIndex | SafetensorsIndex) -> dict[str, Any]:
+def _tensor_rows(index: Index, base: int, align: int) -> list[dict[str, Any]]:
+    """The tensor table of every format: a tensor is aligned when its offset - base is a multiple of align."""
+    st = index.version.magic_name == "safetensors"
+    return [{"name": t.name, "type": t.type.name, **({"dtype": DTYPE_OF[t.type]} if st else {}), "shape": list(t.shape),
+             "ne": list(t.ne), "offset": t.offset, "nbytes": t.nbytes, "aligned": (t.offset - base) % align == 0}
+            for t in index.tensors]
+
+
+def describe(index: Index) -> dict[str, Any]:
     """Everything `ggmlfmt inspect` shows, as JSON-ready data."""
-    if isinstance(index, GGUFIndex):
+    if index.version.magic_name == "gguf":
         return describe_gguf(index)
-    if isinstance(index, SafetensorsIndex):
-        return describe_safetensors(index)
-    hp = index.hparams
-    tensors = []
-    record_bytes = padding = 0
-    for t in index.tensors:
-        head = record_head_size(len(t.ne), len(t.name.encode()))
-        pad = t.offset - t.record_offset - head
-        record_bytes += head
-        padding += pad
-        tensors.append({
-            "name": t.name,
-            "type": t.type.name,
-            "shape": list(t.shape),
-            "ne": list(t.ne),
-            "offset": t.offset,
-            "nbytes": t.nbytes,
-            "aligned": t.offset % DEFAULT_ALIGNMENT == 0,
-        })
     data = sum(t.nbytes for t in index.tensors)
+    if index.version.magic_name == "safetensors":
+        return {"format": "safetensors", "version": None, "alignment": VIEW_ALIGNMENT,
+                "metadata": dict(index.metadata), "tensors": _tensor_rows(index, 0, VIEW_ALIGNMENT),
+                "bytes": {"header": index.header_size, "data": data, "total": index.file_size}}
+    hp = index.hparams
+    heads = [record_head_size(len(t.ne), len(t.name.encode())) for t in index.tensors]
     return {
         "format": index.version.magic_name,
         "version": index.version.number,
@@ -66,12 +57,12 @@ def describe(index: Index | GGUFIndex | SafetensorsIndex) -> dict[str, Any]:
             "n_ff": hp.n_ff if hp.n_mult > 0 else None,
         },
         "vocab": {"size": len(index.vocab), "scores": index.vocab.scores is not None},
-        "tensors": tensors,
+        "tensors": _tensor_rows(index, 0, DEFAULT_ALIGNMENT),
         "bytes": {
             "header": index.header_size,
             "vocab": index.vocab_end - index.header_size,
-            "records": record_bytes,
-            "padding": padding,
+            "records": sum(heads),
+            "padding": sum(t.offset - t.record_offset - h for t, h in zip(index.tensors, heads)),
             "data": data,
             "total": index.file_size,
         },
@@ -90,7 +81,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def describe_gguf(index: GGUFIndex) -> dict[str, Any]:
+def describe_gguf(index: Index) -> dict[str, Any]:
     """`ggmlfmt inspect`'s data for a GGUF file: metadata (arrays summarised), tensors, byte accounting."""
     metadata = {}
     for key, value in index.metadata.items():
@@ -99,9 +90,7 @@ def describe_gguf(index: GGUFIndex) -> dict[str, Any]:
             entry["count"] = len(value)
         entry["value" if "count" not in entry or len(value) <= ARRAY_HEAD else "first"] = _plain(value)
         metadata[key] = entry
-    tensors = [{"name": t.name, "type": t.type.name, "shape": list(t.shape), "ne": list(t.ne), "offset": t.offset,
-                "nbytes": t.nbytes, "aligned": (t.offset - index.data_start) % index.alignment == 0}
-               for t in index.tensors]
+    tensors = _tensor_rows(index, index.data_start, index.alignment)
     data = sum(t.nbytes for t in index.tensors)
     # Regions in file order, each clipped to the file: the padding after the infos (llama.cpp writes
     # none when there is no tensor data, so it may be short or absent), the data section with its
@@ -137,7 +126,12 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
-def _render_gguf_head(desc: dict[str, Any]) -> list[str]:
+def _render_head(desc: dict[str, Any]) -> list[str]:
+    """The lines before the tensor table of a GGUF or safetensors file: format, metadata, tensor count."""
+    if desc["format"] == "safetensors":
+        lines = ["format     safetensors", f"metadata   {len(desc['metadata'])} keys"]
+        lines += [f"  {key if key.isprintable() else repr(key)}  {value[:200]!r}" for key, value in desc["metadata"].items()]
+        return lines + [f"tensors    {len(desc['tensors'])}", ""]
     layout = "" if desc["llama_cpp_layout"] else " (not llama.cpp's sequential order: llama.cpp refuses it)"
     lines = [f"format     gguf v{desc['version']}, alignment {desc['alignment']}{layout}",
              f"metadata   {len(desc['metadata'])} keys"]
@@ -153,10 +147,8 @@ def _render_gguf_head(desc: dict[str, Any]) -> list[str]:
 
 def render(desc: dict[str, Any]) -> str:
     """The description as aligned text for a terminal."""
-    if desc["format"] == "gguf":
-        return _render_table(desc, _render_gguf_head(desc))
-    if desc["format"] == "safetensors":
-        return _render_table(desc, render_safetensors_head(desc))
+    if desc["format"] in ("gguf", "safetensors"):
+        return _render_table(desc, _render_head(desc))
     hp = desc["hparams"]
     version = desc["format"] + ("" if desc["version"] is None else f" v{desc['version']}")
     lines = [

@@ -1,9 +1,9 @@
-"""The fast open path (issue 12) decides exactly what the record-by-record decoder decides.
+"""Opening decides exactly what the record-by-record decoder decides.
 
 The reference below is the decoder as it was before issue 12: one `decode_record` per record and a
-vocabulary walk that checks every length before using it (both written out here or kept in layout as
-the error path). On the fuzz suite's mutants both must raise the same one-line error, or return the
-same index. TensorInfo and Vocab keep the behaviour of the frozen dataclasses they were.
+vocabulary walk that checks every length before using it (written out here). On the fuzz suite's
+mutants both must raise the same one-line error, or return the same index. TensorInfo and Vocab keep
+the behaviour of the frozen dataclasses they were.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from ggmlfmt.errors import BadLayout, Truncated, shown
 from ggmlfmt.layout import (
     Index,
     TensorInfo,
-    _Cursor,
     _token_len_error,
     decode_hparams,
     decode_index,
@@ -37,26 +36,25 @@ from ggmlfmt.layout import (
 MAX_TOKEN_LEN = 65536  # docs/format.md §3: a longer vocabulary entry is corruption (written out, not imported)
 
 
-def _reference_vocab(cur: _Cursor, n_vocab: int, with_scores: bool) -> Vocab:
-    """The pre-issue-12 walk: every length checked against the bytes left before it is used."""
+def _reference_vocab(buf: memoryview, pos: int, n_vocab: int, with_scores: bool) -> tuple[Vocab, int]:
+    """The pre-issue-12 walk: every length checked against the bytes left before it is used; (vocab, end)."""
     score_size = 4 if with_scores else 0  # docs/format.md §3: i32 length, the text, then (not in ggml) an f32 score
     min_entry = 4 + score_size
-    room = cur.left() - n_vocab * min_entry
+    room = len(buf) - pos - n_vocab * min_entry
     if room < 0:
-        raise Truncated(f"n_vocab {n_vocab} needs at least {n_vocab * min_entry} bytes, {cur.left()} left",
-                        offset=cur.pos, field="vocab")
+        raise Truncated(f"n_vocab {n_vocab} needs at least {n_vocab * min_entry} bytes, {len(buf) - pos} left",
+                        offset=pos, field="vocab")
     tokens, scores = [], []
     for i in range(n_vocab):
-        pos = cur.pos
-        (n,) = struct.unpack_from("<i", cur.buf, pos)
+        (n,) = struct.unpack_from("<i", buf, pos)
         if not 0 <= n <= room or n > MAX_TOKEN_LEN:
             raise _token_len_error(n, room, i, pos, n_vocab - i - 1, (n_vocab - i) * min_entry)
         room -= n
-        tokens.append(bytes(cur.buf[pos + 4 : pos + 4 + n]))
+        tokens.append(bytes(buf[pos + 4 : pos + 4 + n]))
         if with_scores:
-            scores.append(struct.unpack_from("<f", cur.buf, pos + 4 + n)[0])
-        cur.pos = pos + min_entry + n
-    return Vocab(tuple(tokens), np.array(scores, np.float32) if with_scores else None)
+            scores.append(struct.unpack_from("<f", buf, pos + 4 + n)[0])
+        pos += min_entry + n
+    return Vocab(tuple(tokens), np.array(scores, np.float32) if with_scores else None), pos
 
 
 def _reference_index(data: bytes, path: str) -> Index:
@@ -64,23 +62,24 @@ def _reference_index(data: bytes, path: str) -> Index:
     buf = memoryview(data)
     try:
         version, header_size = decode_version(buf)
-        cur = _Cursor(buf, header_size)
-        hparams = decode_hparams(cur)
-        vocab_start = cur.pos
-        vocab = _reference_vocab(cur, hparams.n_vocab, version.has_scores)
-        vocab_end = cur.pos
+        hparams = decode_hparams(buf, header_size)
+        vocab_start = header_size + 28  # the seven i32 hyper-parameters
+        vocab, vocab_end = _reference_vocab(buf, vocab_start, hparams.n_vocab, version.has_scores)
         tensors: list[TensorInfo] = []
         seen: dict[str, int] = {}
-        while cur.pos < cur.size:
-            info = decode_record(cur, len(tensors), version)
+        pos = vocab_end
+        while pos < len(buf):
+            info = decode_record(buf, pos, len(tensors), version)
             if info.name in seen:
                 raise BadLayout(f"duplicate tensor name {shown(info.name)} (first at offset {seen[info.name]:#x})",
                                 offset=info.record_offset, field=f"tensor[{len(tensors)}].name")
             seen[info.name] = info.record_offset
             tensors.append(info)
+            pos = info.offset + info.nbytes
     except FormatError as e:
         raise e.with_path(path) from None
-    return Index(version, hparams, vocab, tuple(tensors), vocab_start, vocab_end, len(data))
+    return Index(version, tuple(tensors), len(data), vocab_start, vocab_end, vocab_end, vocab_end,
+                 32 if version.aligned else 1, hparams, vocab)
 
 
 def _outcome(decode, data: bytes):
@@ -202,7 +201,7 @@ def test_views_are_plain_arrays_over_the_memmap(tmp_path):
         assert type(view) is np.ndarray and np.shares_memory(view, model.data), name
 
 
-# ---------------------------------------------------------------- the vectorised vocabulary walk
+# ---------------------------------------------------------------- the vocabulary walk
 
 
 def _entries(draw_lens, texts, scores: bool) -> bytes:
@@ -233,27 +232,22 @@ def vocab_sections(draw: st.DrawFn) -> tuple[bytes, int, int]:
 
 @settings(max_examples=int(os.environ.get("OPEN_FAST_EXAMPLES", "300")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
-@given(case=vocab_sections(), chunk=st.sampled_from([4, 5, 7, 16, 33, 64, 256, 4096]))
-def test_vectorised_walk_ends_where_the_checked_walk_ends(case, chunk):
+@given(case=vocab_sections())
+def test_vocabulary_walk_ends_where_the_checked_walk_ends(case):
     data, n, min_entry = case
     body = memoryview(data)
-    got = layout._vocab_end(body, n, min_entry, chunk=chunk, min_per_chunk=1)
-    cur = _Cursor(body)
-    try:
-        _reference_vocab(cur, n, min_entry == 8)
-        want = cur.pos
-    except FormatError:
-        want = None
-    if got is not None:  # None only hands over to the checked walk; an answer must be the right one
+    got = _outcome(lambda b: layout.decode_vocab(b, 0, n, min_entry == 8), body)
+    want = _outcome(lambda b: _reference_vocab(b, 0, n, min_entry == 8), body)
+    assert got[0] == want[0] and (got[0] == "error" or (got[1][1] == want[1][1] and got[1][0] == want[1][0]))
+    if got[0] == "error":
         assert got == want
 
 
-def test_vectorised_walk_decides_a_llama_like_vocabulary():
+def test_walk_decides_a_llama_like_vocabulary():
     texts = [" \u2047 ".encode(), b"", b""] + [bytes([i]) for i in range(256)]
     texts += [f"\u2581w{i}".encode() for i in range(32000 - len(texts))]
     data = _entries([len(t) for t in texts], texts, True) + b"\x02\x00\x00\x00" + bytes(60)
     end = len(data) - 64
-    assert layout._vocab_end(memoryview(data), 32000, 8) == end
-    assert layout._vocab_end(memoryview(data), 32000, 8, chunk=1000, min_per_chunk=1) == end
-    v = layout.decode_vocab(_Cursor(memoryview(data)), 32000, True)
+    v, got_end = layout.decode_vocab(memoryview(data), 0, 32000, True)
+    assert got_end == end
     assert v.tokens == tuple(texts) and len(v) == 32000 and float(v.scores[0]) == -1.0

@@ -331,3 +331,27 @@ def test_vocabularies_compare_by_tokens_and_score_bits():
     assert a != Vocab((b"x", b""), np.array([1.0, 2.0], np.float32))
     assert a != Vocab((b"x", b"y"), np.array([1.0, np.nan], np.float32))
     assert a != Vocab((b"x", b""), None) and Vocab((b"x",), None) == Vocab((b"x",), None)
+
+
+def test_one_index_type_for_every_format(tmp_path):
+    """ggjt, GGUF and safetensors files give the same Index type: the 2023 header where there is one, the
+    metadata where there is some (written here by the gguf and safetensors packages, not by ggmlfmt)."""
+    import gguf
+    from safetensors.numpy import save_file
+
+    from ggmlfmt.layout import Index
+
+    ggjt = tmp_path / "m.bin"
+    ggjt.write_bytes(good_file()[0])
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), arch="llama")
+    w.add_tensor("norm.weight", np.ones(64, np.float32))
+    for step in (w.write_header_to_file, w.write_kv_data_to_file, w.write_tensors_to_file, w.close):
+        step()
+    save_file({"norm.weight": np.ones(64, np.float32)}, str(tmp_path / "m.safetensors"), metadata={"k": "v"})
+    a, g, s = (read_index(tmp_path / name) for name in ("m.bin", "m.gguf", "m.safetensors"))
+    assert type(a) is type(g) is type(s) is Index
+    assert a.hparams.astuple() == tuple(HP.values()) and len(a.vocab) == 3 and a.metadata == {}
+    assert g.hparams is None and g.vocab is None and g.metadata["general.architecture"] == "llama"
+    assert s.hparams is None and s.vocab is None and s.metadata == {"k": "v"}
+    assert [t.name for t in g.tensors] == [t.name for t in s.tensors] == ["norm.weight"]
+    assert g.tensors[0] != s.tensors[0]  # control: the same tensor at other offsets is another record
