@@ -29,7 +29,6 @@ import numpy as np
 from convert import hf, shards
 from convert.checkpoint import is_hf_dir
 from convert.source import COMPUTED, Notes, Request, TensorEntry, file_stat, view_dtype
-from ggmlfmt.atomic import refuse_existing
 from ggmlfmt.blocks.floats import CASTS
 from ggmlfmt.blocks.quantize import quantize_q8_0
 from ggmlfmt.constants import (
@@ -55,6 +54,7 @@ from ggmlfmt.llama.model import (
     plan_llama_gguf,
 )
 from ggmlfmt.unshard import Piece, Source, computed_source, open_read_only
+from ggmlfmt.writer import refuse_existing
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,8 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ggmlfmt.atomic import remove_stale_temps
 from ggmlfmt.command import add_common_options, run
 from ggmlfmt.reader import load, read_index
 from ggmlfmt.summary import column_width, describe, render
@@ -39,8 +37,11 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+LOAD_OPTIONS = ("prefault", "advice", "lock", "hugepages", "method", "threads")  # ggmlfmt.load's levers
+
+
 def add_load_options(p: argparse.ArgumentParser) -> None:
-    """The page-cache levers of ggmlfmt.load (docs/loading.md)."""
+    """The page-cache levers of ggmlfmt.load (docs/loading.md), one flag each (LOAD_OPTIONS)."""
     g = p.add_argument_group("loading (docs/loading.md has each option's measured effect)")
     g.add_argument("--prefault", action="store_true", help="fault every page in before returning")
     g.add_argument("--advice", choices=sorted(ADVICE), help="readahead advice for the map (madvise)")
@@ -49,12 +50,6 @@ def add_load_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", choices=("mmap", "pread"), default="mmap",
                    help="pread: read into private memory with parallel preads instead of mapping")
     g.add_argument("--threads", type=int, default=0, help="threads for --method pread (0 picks)")
-
-
-def load_options(args: argparse.Namespace) -> dict[str, Any]:
-    """ggmlfmt.load keyword arguments from add_load_options' flags."""
-    return {"prefault": args.prefault, "advice": args.advice, "lock": args.lock, "hugepages": args.hugepages,
-            "method": args.method, "threads": args.threads}
 
 
 def _mib(n: float) -> str:
@@ -106,8 +101,6 @@ def _copy(args: argparse.Namespace) -> int:
     from ggmlfmt.tools.cachestat import residency
     from ggmlfmt.tools.copying import copy_file
 
-    for stale in remove_stale_temps(Path(args.dst)):
-        log.info("removed %s, left by an interrupted run", stale)
     result = copy_file(args.src, args.dst, overwrite=args.force)
     src, dst = residency(args.src), residency(args.dst)
     print(f"copied {result.nbytes:,} bytes, sha256 {result.sha256} (both files hashed)")
@@ -120,7 +113,7 @@ def _load(args: argparse.Namespace) -> int:
     from ggmlfmt.tools.cachestat import mapping_of
 
     t0 = time.perf_counter()
-    model = load(args.file, **load_options(args))
+    model = load(args.file, **{k: getattr(args, k) for k in LOAD_OPTIONS})
     views = [model.tensors[name] for name in model.tensors]
     t1 = time.perf_counter()
     checksum = sum(touch(v) for v in views) if args.touch else None

@@ -74,15 +74,10 @@ def run(prog: str, args: argparse.Namespace, body: Callable[[argparse.Namespace]
         sys.stdout.reconfigure(errors="surrogateescape")
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format=f"{prog}: %(message)s", handlers=[_StderrHandler()], force=True)
-    try:
-        rusage = _rusage_module() if args.rusage else None  # before the work: refuse early, not after it
-    except OSError as e:
-        if args.debug:
-            raise
-        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
-        return 1
+    rusage = None
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        rusage = _rusage_module() if args.rusage else None  # before the work: refuse early, not after it
         return body(args)
     except BrokenPipeError:  # stdout's reader left (`| head`): not an error of ours, say nothing
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail

@@ -13,7 +13,7 @@ rendered from the very job that would be written, so `--dry-run` never recompute
 - `Job.notes`: what the run says before writing (rounding, defaults taken, tensors left out): the
   command logs each at its level; `describe` lists them too.
 - `Job.outfile`, `Job.overwrite`: the destination. The builder checks it once per run with
-  `atomic.refuse_existing(outfile, overwrite=..., inputs=...)`, as soon as it knows the inputs and
+  `writer.refuse_existing(outfile, overwrite=..., inputs=...)`, as soon as it knows the inputs and
   before reading them; `write` passes `overwrite` on to the FileWriter, which never replaces an
   output the check refused.
 - `Job.heading`, `Job.columns`, `Job.facts`: how `describe` presents it (free heading lines; the

@@ -1,28 +1,28 @@
-"""Write planned files: temp file beside the target, regions filled in any order, checked, renamed.
+"""Write files through a temp file beside the target: fill a planned file in any order, prove it, fsync, rename.
 
-The streaming writer lays the whole file out first (header, vocabulary, every record header and
-its padding), then accepts tensor data as rectangles of (rows x byte-columns) at their final
-places. Writing past the end of the file leaves a hole that a later write fills; at the end the
-writer proves that every byte of every tensor was written exactly once before the file gets its
-final name.
+Every output of the project commits through `TempFile` (fsync, rename, fsync of the directory). `FileWriter`
+lays the whole planned file out first (header, vocabulary, every record header and its padding), then accepts
+tensor data as rectangles of (rows x byte-columns) at their final places. Writing past the end of the file
+leaves a hole that a later write fills; at the end the writer proves that every byte of every tensor was
+written exactly once before the file gets its final name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ggmlfmt.atomic import TempFile, refuse_existing, remove_stale_temps
 from ggmlfmt.constants import FileVersion, GGMLType
 from ggmlfmt.errors import CannotWrite, IncompleteWrite
 from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
-from ggmlfmt.tools.libc import start_writeback
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,132 @@ _NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, err
 
 # numpy dtype -> type code for arrays handed to save(); anything else is refused (no silent casts)
 NUMPY_TYPES = {np.dtype("<f4"): GGMLType.F32, np.dtype("<f2"): GGMLType.F16}
+
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.ggmlfmt-(?P<pid>\d+)-[0-9a-f]+\.tmp$")
+
+
+def refuse_existing(target: str | os.PathLike[str], *, overwrite: bool, inputs: Iterable[Path] = (),
+                    role: str = "input") -> None:
+    """Fail before any work when `target` is one of `inputs` (path, link or inode), exists, or is a directory.
+
+    The one "output exists" check of every command and writer; `role` names the inputs in the message.
+
+    Raises:
+        IsADirectoryError. CannotWrite: target is an input, or exists and is not a regular file.
+        FileExistsError: it exists and not overwrite.
+    """
+    target = Path(target)
+    if not target.exists():
+        return
+    for p in inputs:
+        if p.exists() and os.path.samefile(target, p):
+            raise CannotWrite(f"{target}: the output is the same file as {role} {p}; writing it would replace an "
+                              "input, so choose another output name")
+    if not overwrite:
+        raise FileExistsError(errno.EEXIST, "output exists (use --force to replace it)", str(target))
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "output is a directory", str(target))
+    if not target.is_file():  # the rename would put a regular file where a device node or a pipe was
+        raise CannotWrite(f"{target}: not a regular file (a device, pipe or socket); --force replaces only files")
+
+
+def remove_stale_temps(target: Path) -> list[Path]:
+    """Remove temp files of `target` left by writers that were killed (their pid no longer runs)."""
+    removed = []
+    for p in target.parent.glob(f".{target.name}.ggmlfmt-*.tmp"):
+        m = _TMP_RE.match(p.name)
+        if not m or m["name"] != target.name:
+            continue
+        try:
+            os.kill(int(m["pid"]), 0)
+            continue  # that writer is still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's live process
+        with contextlib.suppress(FileNotFoundError):  # another writer removed it first
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+class TempFile:
+    """A new file beside `target` that becomes `target` on commit, or disappears on abort (FileWriter, the copy).
+
+    Named `.<target>.ggmlfmt-<pid>-<random>.tmp` beside the target: the rename is atomic (same filesystem), and
+    temps left by killed writers of the same target are recognised and removed when the next one picks its name.
+    commit: fsync, close, rename over the target (a process that mapped the old file keeps its pages), fsync the
+    directory. abort: close and remove the temp file; the target is never opened. As a context manager it
+    creates on entry, commits on a normal exit and aborts on an exception (Ctrl-C too).
+    """
+
+    def __init__(self, target: Path) -> None:
+        # Only the name here: nothing exists yet, so nothing can leak before the caller holds this object.
+        self.target = target
+        for stale in remove_stale_temps(target):
+            log.info("removed %s, left by an interrupted run", stale)
+        # os.urandom, as secrets.token_hex does, without importing secrets (and with it random and hashlib)
+        self.tmp_path = target.with_name(f".{target.name}.ggmlfmt-{os.getpid()}-{os.urandom(6).hex()}.tmp")
+        self.fd: int | None = None
+
+    def create(self) -> int:
+        """Create the file (its name was recorded first, so abort() finds it after any signal); returns its fd.
+
+        (mkstemp returns the name only after creating the file: a Ctrl-C in between leaked it.) abort() may
+        unlink a recorded name whose open never ran: it holds our pid, so such a file is a dead process's leftover.
+        Mode 0o666 less the umask: the finished file gets the permissions any new file would.
+
+        Raises:
+            OSError: the file cannot be created (nothing is left behind).
+        """
+        try:
+            self.fd = os.open(self.tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        except BaseException:
+            self.abort()
+            raise
+        return self.fd
+
+    def commit(self) -> None:
+        """Flush the file to disk, rename it over the target, and make the rename durable.
+
+        Raises:
+            OSError: the flush or the rename failed (the temp file is removed).
+        """
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            os.replace(self.tmp_path, self.target)
+        except BaseException:  # e.g. Ctrl-C during the fsync: still remove the temp file
+            self.abort()
+            raise
+        with contextlib.suppress(OSError):  # best effort: some filesystems cannot fsync a directory
+            fd = os.open(self.target.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # makes the rename durable
+            finally:
+                os.close(fd)
+
+    def abort(self) -> None:
+        """Close and remove the temporary file; the target is untouched."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> TempFile:
+        self.create()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self.commit()
+        except BaseException:  # e.g. Ctrl-C during the fsync: still remove the temp file
+            self.abort()
+            raise
 
 
 class Coverage:
@@ -102,11 +228,12 @@ def _free_bytes(directory: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-class FileWriter:
+class FileWriter(TempFile):
     """Fill a planned file in any order; on `commit`, check coverage, fsync and rename into place.
 
-    Use as a context manager: leaving the block normally commits, an exception (including
-    KeyboardInterrupt) removes the temporary file. The target is never opened for writing.
+    The temporary file exists once this is constructed (`tmp_path`). Use as a context manager: leaving
+    the block normally commits, an exception (including KeyboardInterrupt) removes the temporary file.
+    The target is never opened for writing.
     """
 
     def __init__(
@@ -124,8 +251,7 @@ class FileWriter:
         self._progress = progress
         self.written = 0
         refuse_existing(self.path, overwrite=overwrite)
-        for stale in remove_stale_temps(self.path):
-            log.info("removed %s, left by an interrupted run", stale)
+        super().__init__(self.path)  # the name only (stale temps of the target removed): abort() finds what create() made
         if check_space:
             free = _free_bytes(self.path.parent)
             if free < plan.size:
@@ -133,32 +259,22 @@ class FileWriter:
                               f"{free:,} are free", str(self.path.parent))
         self._coverage = {t.name: Coverage(t.n_rows, t.row_bytes) for t in plan.tensors}
         self._unflushed = 0
-        self._temp = TempFile(self.path)  # the name only: abort() below finds whatever create() made
         try:
-            self._temp.create()
-            self._write_skeleton()
+            self.create()
+            self._pwrite(plan.prefix, 0)
+            for info, head in zip(plan.tensors, plan.record_headers):
+                self._pwrite(head, info.record_offset)
         except BaseException:
             self.abort()
             raise
 
-    @property
-    def tmp_path(self) -> Path:
-        """The temporary file beside the target that commit renames into place."""
-        return self._temp.path
-
-    @property
-    def _fd(self) -> int | None:
-        return self._temp.fd
-
-    def _write_skeleton(self) -> None:
-        self._pwrite(self.plan.prefix, 0)
-        for info, head in zip(self.plan.tensors, self.plan.record_headers):
-            self._pwrite(head, info.record_offset)
+    def __enter__(self) -> FileWriter:
+        return self  # created by the constructor
 
     def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data).cast("B")
         while view:  # pwrite may write less than asked (signals, some filesystems)
-            n = os.pwrite(self._fd, view[:WRITEBACK_BYTES], offset)
+            n = os.pwrite(self.fd, view[:WRITEBACK_BYTES], offset)
             view, offset = view[n:], offset + n
             self._dirty(n)
 
@@ -169,11 +285,28 @@ class FileWriter:
         """
         self._unflushed += nbytes
         if self._unflushed >= WRITEBACK_BYTES:
-            self._unflushed = 0
-            start_writeback(self._fd)
+            from ggmlfmt.tools import libc  # only a file past WRITEBACK_BYTES needs it
 
-    def info(self, name: str) -> TensorInfo:
-        return self._infos[name]
+            self._unflushed = 0
+            libc.start_writeback(self.fd)
+
+    def _place(self, name: str, row: int, n_rows: int, col_byte: int, width: int) -> tuple[TensorInfo, int]:
+        """`name`'s record and the file offset of its rows [row, row+n_rows) x bytes [col_byte, col_byte+width).
+
+        Raises: CannotWrite: they do not fit the tensor.
+        """
+        info = self._infos[name]
+        if row < 0 or col_byte < 0 or row + n_rows > info.n_rows or col_byte + width > info.row_bytes:
+            raise CannotWrite(f"tensor {name!r}: rows {row}..{row + n_rows - 1} x bytes {col_byte}..{col_byte + width - 1}"
+                             f" do not fit its {info.n_rows} rows of {info.row_bytes} bytes")
+        return info, info.offset + row * info.row_bytes + col_byte
+
+    def _written(self, name: str, row: int, n_rows: int, col_byte: int, width: int) -> None:
+        """Record a rectangle as written: for the coverage proof, the byte count and the progress callback."""
+        self._coverage[name].add(row, row + n_rows, col_byte, col_byte + width)
+        self.written += n_rows * width
+        if self._progress:
+            self._progress(n_rows * width)
 
     def write_region(self, name: str, data: np.ndarray | bytes | memoryview, *, row: int = 0, col_byte: int = 0,
                      n_rows: int | None = None) -> None:
@@ -185,7 +318,6 @@ class FileWriter:
         Raises:
             CannotWrite: the rectangle does not fit the tensor, or data is not contiguous.
         """
-        info = self._infos[name]
         if isinstance(data, np.ndarray):
             if n_rows is None:
                 n_rows = data.shape[0] if data.ndim >= 2 else 1
@@ -197,62 +329,46 @@ class FileWriter:
         if n_rows <= 0 or len(buf) % n_rows:
             raise CannotWrite(f"tensor {name!r}: {len(buf)} bytes do not split into {n_rows} rows")
         width = len(buf) // n_rows
-        if row < 0 or col_byte < 0 or row + n_rows > info.n_rows or col_byte + width > info.row_bytes:
-            raise CannotWrite(f"tensor {name!r}: rows {row}..{row + n_rows - 1} x bytes {col_byte}..{col_byte + width - 1}"
-                             f" do not fit its {info.n_rows} rows of {info.row_bytes} bytes")
-        base = info.offset + row * info.row_bytes + col_byte
+        info, base = self._place(name, row, n_rows, col_byte, width)
         if width == info.row_bytes:  # whole rows are one contiguous run
             self._pwrite(buf, base)
         else:
             for r in range(n_rows):  # a column slice: one piece per row, each at its final place
                 self._pwrite(buf[r * width : (r + 1) * width], base + r * info.row_bytes)
-        self._coverage[name].add(row, row + n_rows, col_byte, col_byte + width)
-        self.written += len(buf)
-        if self._progress:
-            self._progress(len(buf))
+        self._written(name, row, n_rows, col_byte, width)
 
     def copy_rows(self, name: str, src_fd: int, src_offset: int, *, row: int, n_rows: int,
                   fallback: np.ndarray) -> None:
-        """Copy whole rows [row, row+n_rows) of `name` from a run of bytes in another file.
-
-        The bytes move inside the kernel (copy_file_range) where it can; elsewhere they are written
-        from `fallback`, a view of the same bytes (e.g. a read-only map of the source).
-
-        Raises:
-            CannotWrite: the rows do not fit the tensor. OSError: reading or writing failed.
-        """
-        info = self._infos[name]
-        self.copy_span(name, src_fd, src_offset, row=row, col_byte=0, nbytes=n_rows * info.row_bytes,
+        """Copy whole rows [row, row+n_rows) of `name` from a run of bytes in another file (see copy_span)."""
+        self.copy_span(name, src_fd, src_offset, row=row, col_byte=0, nbytes=n_rows * self._infos[name].row_bytes,
                        fallback=fallback, n_rows=n_rows)
 
     def copy_span(self, name: str, src_fd: int, src_offset: int, *, row: int, col_byte: int, nbytes: int,
                   fallback: np.ndarray, n_rows: int = 1) -> None:
         """Copy `nbytes` from another file to one run of `name`: whole rows, or a piece of one row.
 
+        The bytes move inside the kernel (copy_file_range) where it can; elsewhere they are written
+        from `fallback`, a view of the same bytes (e.g. a read-only map of the source).
+
         Raises:
             CannotWrite: the run does not fit the tensor or is not contiguous in it. OSError.
         """
-        info = self._infos[name]
         width = nbytes // n_rows if n_rows > 0 else 0
-        if n_rows <= 0 or nbytes % n_rows or (n_rows > 1 and width != info.row_bytes) \
-                or row < 0 or col_byte < 0 or row + n_rows > info.n_rows or col_byte + width > info.row_bytes:
+        info, dst = self._place(name, row, n_rows, col_byte, width)
+        if n_rows <= 0 or nbytes % n_rows or (n_rows > 1 and width != info.row_bytes):
             raise CannotWrite(f"tensor {name!r}: {nbytes} bytes at row {row}, byte {col_byte} are not a run of its "
                              f"{info.n_rows} rows of {info.row_bytes} bytes")
         if memoryview(fallback).nbytes != nbytes:
             raise CannotWrite(f"tensor {name!r}: the fallback view holds {memoryview(fallback).nbytes} bytes, "
                              f"expected {nbytes}")
-        dst = info.offset + row * info.row_bytes + col_byte
         for at in range(0, nbytes, WRITEBACK_BYTES):  # in pieces, so writeback starts as the copy goes
             n = min(WRITEBACK_BYTES, nbytes - at)
-            if not copy_range(src_fd, src_offset + at, self._fd, dst + at, n):
+            if not copy_range(src_fd, src_offset + at, self.fd, dst + at, n):
                 flat = memoryview(np.ascontiguousarray(fallback)).cast("B")
                 self._pwrite(flat[at:], dst + at)
                 break
             self._dirty(n)
-        self._coverage[name].add(row, row + n_rows, col_byte, col_byte + width)
-        self.written += nbytes
-        if self._progress:
-            self._progress(nbytes)
+        self._written(name, row, n_rows, col_byte, width)
 
     def write_tensor(self, name: str, array: np.ndarray | bytes | memoryview) -> None:
         """Write a whole tensor's data (its bytes in C order).
@@ -270,12 +386,7 @@ class FileWriter:
 
     def problems(self) -> list[str]:
         """Tensors whose data is not yet written exactly once, with what is wrong."""
-        out = []
-        for name, cov in self._coverage.items():
-            problem = cov.problem()
-            if problem:
-                out.append(f"tensor {name!r}: {problem}")
-        return out
+        return [f"tensor {name!r}: {p}" for name, cov in self._coverage.items() if (p := cov.problem())]
 
     def commit(self) -> None:
         """Check every byte was written once, flush to disk, rename over the target.
@@ -288,25 +399,8 @@ class FileWriter:
             self.abort()
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise IncompleteWrite(problems[0] + more, path=str(self.path))
-        os.ftruncate(self._fd, self.plan.size)  # a no-op unless the last tensor is empty
-        self._temp.commit()  # fsync, rename over the target, fsync the directory
-
-    def abort(self) -> None:
-        """Close and remove the temporary file; the target is untouched."""
-        self._temp.abort()
-
-    def __enter__(self) -> FileWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            try:
-                self.commit()
-            except BaseException:  # e.g. Ctrl-C during the fsync: still remove the temp file
-                self.abort()
-                raise
-        else:
-            self.abort()
+        os.ftruncate(self.fd, self.plan.size)  # a no-op unless the last tensor is empty
+        super().commit()  # fsync, rename over the target, fsync the directory
 
 
 def save(

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from ggmlfmt.atomic import refuse_existing
 from ggmlfmt.blocks.requant import Rounding, Target, f32_scale_fields, gguf_target, scan
 from ggmlfmt.constants import CHUNK_BYTES, FileVersion, GGMLType
 from ggmlfmt.errors import CannotWrite, FormatError, RequestError
@@ -49,6 +48,7 @@ from ggmlfmt.llama.model import (
 from ggmlfmt.llama.spm import vocab_for_old_file
 from ggmlfmt.parts import full_shape, shard_region, split_axis
 from ggmlfmt.unshard import Convert, Piece, Source, open_read_only
+from ggmlfmt.writer import refuse_existing
 from migrate.sources import SourcePart, find_parts, open_parts
 
 log = logging.getLogger(__name__)

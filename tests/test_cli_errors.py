@@ -158,7 +158,7 @@ def test_anything_else_is_a_bug_and_keeps_its_traceback(prog, tmp_path, capsys, 
     def bug(*_: object) -> None:
         raise Bug("the rename that commits the output")
 
-    monkeypatch.setattr(os, "replace", bug)  # every output is committed by one rename (ggmlfmt/atomic.py)
+    monkeypatch.setattr(os, "replace", bug)  # every output is committed by one rename (ggmlfmt/writer.py)
     capsys.readouterr()
     with pytest.raises(Bug):
         main([*argv, "--quiet"])  # without --debug: not caught, not turned into a line

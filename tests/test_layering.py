@@ -27,16 +27,15 @@ GGMLFMT_RANKS = {
     "ggmlfmt.tools.libc": 0,  # the C calls os/mmap lack (mincore, mlock, sync_file_range), each optional, lazily bound
     "ggmlfmt.tools.rusage": 0,  # what the kernel accounted
     "ggmlfmt.blocks.iqgrids": 0,  # the IQ1/IQ2/IQ3 lattice grids, compressed; decoded on first use (tests/gen_iq_grids.py)
-    # 1: records and the ggjt codec, the atomic commit, element casts, page-cache options
+    # 1: records and the ggjt codec, element casts, page-cache options
     "ggmlfmt.layout": 1,
-    "ggmlfmt.atomic": 1,  # temp file beside the target, then fsync, rename, fsync dir; the one "output exists" check
     "ggmlfmt.blocks.floats": 1,  # element casts (f16, f32, bf16) bit-identical to torch's
     "ggmlfmt.tools.loadopts": 1,  # how a file's bytes are brought into memory (map, advice, lock, pread)
     "ggmlfmt.tools.cachestat": 1,  # page-cache diagnostics: residency (mincore), eviction, which mapping holds an array
     # 2: the other codecs, the writer, block conversions
     "ggmlfmt.gguf": 2,
     "ggmlfmt.safetensors": 2,
-    "ggmlfmt.writer": 2,
+    "ggmlfmt.writer": 2,  # FileWriter, and TempFile (beside the target, fsync, rename) and the one "output exists" check
     "ggmlfmt.parts": 2,
     "ggmlfmt.blocks.dequant": 2,  # blocks -> float32; below reader, whose Model.floats uses it
     "ggmlfmt.blocks.quantize": 2,  # float rows -> Q8_0 blocks as llama.cpp's reference

@@ -221,20 +221,32 @@ def test_an_interrupted_copy_removes_its_temp_file_and_keeps_the_old_target(tmp_
     assert (tmp_path / "dst.bin").read_bytes() == b"old"
 
 
+def test_a_copy_removes_temps_of_killed_copies_of_its_target_and_keeps_live_ones(tmp_path: Path) -> None:
+    src = _model(tmp_path, "src.bin")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid no longer runs
+    dead = tmp_path / f".dst.bin.ggmlfmt-{child.pid}-abc123.tmp"
+    live = tmp_path / f".dst.bin.ggmlfmt-{os.getpid()}-def456.tmp"  # this process: a writer still running
+    for p in (dead, live):
+        p.write_bytes(b"junk")
+    copying.copy_file(src, tmp_path / "dst.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["dst.bin", "src.bin", live.name])
+
+
 def test_the_copy_and_the_writer_commit_through_one_temp_file_class(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import ast
 
-    from ggmlfmt import atomic
+    from ggmlfmt.writer import TempFile
 
     renamers = sorted(p.name for p in (ROOT / "ggmlfmt").glob("*.py")
                       if any(isinstance(n, ast.Attribute) and n.attr in ("replace", "rename")
                              and isinstance(n.value, ast.Name) and n.value.id == "os"
                              for n in ast.walk(ast.parse(p.read_text()))))
-    assert renamers == ["atomic.py"]  # the one place a file of ours gets its final name
+    assert renamers == ["writer.py"]  # the one place a file of ours gets its final name (TempFile.commit)
     commits: list[Path] = []
-    real = atomic.TempFile.commit
-    monkeypatch.setattr(atomic.TempFile, "commit", lambda self: (commits.append(self.target), real(self))[1])
+    real = TempFile.commit
+    monkeypatch.setattr(TempFile, "commit", lambda self: (commits.append(self.target), real(self))[1])
     src = _model(tmp_path, "src.bin")  # FileWriter
     copying.copy_file(src, tmp_path / "dst.bin")
     assert commits == [src, tmp_path / "dst.bin"]

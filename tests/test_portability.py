@@ -158,12 +158,12 @@ def test_import_and_default_load_bind_no_c_function_and_import_no_diagnostics(tm
     code = textwrap.dedent("""
         import json, sys
         import ggmlfmt
-        from ggmlfmt.tools import libc
         model = ggmlfmt.load(sys.argv[1])
         ggmlfmt.load(sys.argv[1], mode="c")
-        print(json.dumps({"modules": sorted(m for m in sys.modules if m in {
-                              "ggmlfmt.tools.cachestat", "ggmlfmt.tools.copying", "ggmlfmt.tools.rusage", "concurrent.futures",
-                              "hashlib", "resource"}),
+        modules = sorted(m for m in sys.modules if m in {"ggmlfmt.tools.libc", "ggmlfmt.tools.cachestat",
+                         "ggmlfmt.tools.copying", "ggmlfmt.tools.rusage", "concurrent.futures", "hashlib", "resource"})
+        from ggmlfmt.tools import libc
+        print(json.dumps({"modules": modules,
                           "bound": sorted(libc._bound), "library_opened": libc._library.cache_info().currsize,
                           "tensors": len(model.tensors)}))
     """)

@@ -19,7 +19,7 @@ from ggmlfmt import FileVersion, FileWriter, GGMLType, HParams, TensorSpec, Voca
 from ggmlfmt import writer as writer_module
 from ggmlfmt.errors import IncompleteWrite
 from ggmlfmt.layout import Plan, plan
-from ggmlfmt.atomic import remove_stale_temps
+from ggmlfmt.writer import remove_stale_temps
 from ggmlfmt.writer import Coverage
 
 HP = builders.llama_hparams(2, 64, 32, 2, 1, 1)

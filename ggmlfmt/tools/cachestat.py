@@ -47,28 +47,14 @@ class Residency:
         return np.where(n > 0, out, 1.0)
 
 
-def _mincore(addr: int, length: int) -> npt.NDArray[np.bool_]:
-    """mincore(2) of a mapped range: one resident flag per page.
-
-    Raises:
-        OSError: the kernel refused (for example ENOMEM: the range is not mapped); ENOSYS: no mincore here.
-    """
-    vec = np.zeros((length + PAGE - 1) // PAGE, np.uint8)
-    libc.call("mincore", addr, length, vec.ctypes.data)
-    return (vec & 1).astype(bool)
-
-
-def _mincore_sees_page_cache(st: os.stat_result, path: str) -> bool:
-    # Since Linux 5.0 mincore reports page-cache pages only to the file's owner or a process that
-    # could write it; others see only pages their own page tables map (none, for a fresh map).
-    return st.st_uid == os.geteuid() or os.geteuid() == 0 or os.access(path, os.W_OK)
-
-
 def residency(path: str | os.PathLike[str]) -> Residency:
-    """Which pages of the file are in the page cache now (maps it without touching a page).
+    """Which pages of the file are in the page cache now: mincore of a map of it, made without touching a page.
+
+    Since Linux 5.0 mincore reports page-cache pages only to the file's owner or a process that could write
+    it; others see only pages their own page tables map (none, for a fresh map): `exact` says which.
 
     Raises:
-        OSError: the file cannot be opened or mapped; ENOSYS where there is no mincore.
+        OSError: the file cannot be opened or mapped, or the kernel refused; ENOSYS where there is no mincore.
     """
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
@@ -76,12 +62,14 @@ def residency(path: str | os.PathLike[str]) -> Residency:
             return Residency(np.zeros(0, bool), 0, True)
         m = mmap.mmap(f.fileno(), st.st_size, access=mmap.ACCESS_READ)
     view = np.frombuffer(m, np.uint8)
+    vec = np.zeros((st.st_size + PAGE - 1) // PAGE, np.uint8)  # one flag byte per page; bit 0: resident
     try:
-        pages = _mincore(view.ctypes.data, st.st_size)
+        libc.call("mincore", view.ctypes.data, st.st_size, vec.ctypes.data)
     finally:
         del view  # release the buffer export, or the map cannot close
         m.close()
-    return Residency(pages, st.st_size, _mincore_sees_page_cache(st, os.fspath(path)))
+    exact = st.st_uid == os.geteuid() or os.geteuid() == 0 or os.access(path, os.W_OK)
+    return Residency((vec & 1).astype(bool), st.st_size, exact)
 
 
 def drop(fd: int, offset: int = 0, length: int = 0) -> None:

@@ -3,7 +3,7 @@
 The data moves in the kernel where it can (copy_file_range) in COPY_CHUNK steps; each step is
 written back (sync_file_range) and dropped from the cache, and so are the source pages that were
 not cached before. Both files are then hashed the same way, and the copy commits through the
-writer's temporary file (`ggmlfmt.atomic.TempFile`: fsync, rename, fsync of the directory).
+writer's temporary file (`ggmlfmt.writer.TempFile`: fsync, rename, fsync of the directory).
 Needs mincore, sync_file_range and posix_fadvise (Linux); elsewhere it fails naming the missing call.
 """
 
@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from ggmlfmt.atomic import TempFile, refuse_existing
 from ggmlfmt.errors import Truncated
 from ggmlfmt.tools import libc
 from ggmlfmt.tools.cachestat import drop_uncached, residency
-from ggmlfmt.writer import copy_range
+from ggmlfmt.writer import TempFile, copy_range, refuse_existing
 
 COPY_CHUNK = 64 << 20  # bytes per copy step; also the unit of writeback and eviction
 _USERSPACE_CHUNK = 1 << 20  # bytes per pread/pwrite where the kernel cannot copy between the two files
@@ -37,12 +36,15 @@ class CopyResult:
     src_cached_before: float
 
 
-def _copy_userspace(fin: int, fout: int, offset: int, length: int) -> None:
-    """Copy a range through this process: copy_file_range refuses some pairs of filesystems (EXDEV, tmpfs).
+def _copy_range(fin: int, fout: int, offset: int, length: int) -> None:
+    """Copy [offset, offset + length) from fin to the same place in fout, in the kernel where it can, else
+    through this process (copy_file_range refuses some pairs of filesystems: EXDEV, tmpfs).
 
     Raises:
         Truncated: the source ended early. OSError.
     """
+    if copy_range(fin, offset, fout, offset, length):
+        return
     end = offset + length
     while offset < end:
         data = os.pread(fin, min(_USERSPACE_CHUNK, end - offset), offset)
@@ -52,16 +54,6 @@ def _copy_userspace(fin: int, fout: int, offset: int, length: int) -> None:
         while view:
             n = os.pwrite(fout, view, offset)
             view, offset = view[n:], offset + n
-
-
-def _copy_range(fin: int, fout: int, offset: int, length: int) -> None:
-    """Copy [offset, offset + length) from fin to the same place in fout, in the kernel where it can.
-
-    Raises:
-        Truncated: the source ended early. OSError.
-    """
-    if not copy_range(fin, offset, fout, offset, length):
-        _copy_userspace(fin, fout, offset, length)
 
 
 def _copy_data(fin: int, fout: int, size: int, keep_src: npt.NDArray[np.bool_], chunk: int) -> None:
@@ -165,7 +157,7 @@ def copy_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, overw
         with TempFile(dst) as tmp:  # commit: fsync, rename over dst, fsync the directory
             os.fchmod(tmp.fd, stat.S_IMODE(os.fstat(fin).st_mode))
             _copy_data(fin, tmp.fd, size, before.pages, chunk)
-            digest = _verify(src, tmp.path, before.pages, chunk)  # before the rename: never a bad copy in place
+            digest = _verify(src, tmp.tmp_path, before.pages, chunk)  # before the rename: never a bad copy in place
     except Truncated as e:
         raise e.with_path(src)  # the range copier knows offsets, not names
     finally:

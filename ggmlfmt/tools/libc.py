@@ -45,11 +45,7 @@ def function(name: str) -> Callable[..., int] | None:
     if name not in _bound:
         import ctypes
 
-        lib = _library()
-        try:
-            fn = getattr(lib, name) if lib is not None else None
-        except AttributeError:  # ctypes' answer for a symbol the library does not export
-            fn = None
+        fn = getattr(_library(), name, None)  # None: no C library, or (ctypes' AttributeError) no such symbol
         if fn is not None:
             fn.argtypes = [getattr(ctypes, t) for t in _SIGNATURES[name]]
             fn.restype = ctypes.c_int
@@ -100,7 +96,5 @@ def write_back(fd: int, offset: int, length: int, *, wait: bool) -> None:
     Raises:
         OSError: the kernel reported a write error; ENOSYS where there is no sync_file_range.
     """
-    flags = SYNC_FILE_RANGE_WRITE
-    if wait:
-        flags |= SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WAIT_AFTER
-    call("sync_file_range", fd, offset, length, flags)
+    wait_flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WAIT_AFTER if wait else 0
+    call("sync_file_range", fd, offset, length, SYNC_FILE_RANGE_WRITE | wait_flags)

@@ -2,8 +2,8 @@
 
 Everything here works on any file, model or not. Python's mmap and os modules cover madvise and
 preadv; mlock comes from `ggmlfmt.tools.libc`. What only an option needs is imported when that option is
-used (threads for pread, `resource` for mlock's error message), so the default load pays for none
-of it, and a system lacking a facility fails only the option that needs it, naming the facility.
+used (libc for lock, threads for pread, `resource` for mlock's error message), so the default load pays for
+none of it, and a system lacking a facility fails only the option that needs it, naming the facility.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from typing import Literal
 import numpy as np
 
 from ggmlfmt.errors import BadOption, Truncated
-from ggmlfmt.tools import libc
-from ggmlfmt.tools.libc import PAGE
 
 Advice = Literal["normal", "sequential", "random", "willneed"]
 ADVICE: dict[str, str] = {  # option value -> mmap constant, looked up when used (Windows' mmap has none)
@@ -48,72 +46,42 @@ def _madvise(m: mmap.mmap, constant: str, option: str) -> None:
     m.madvise(value)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Mapping with options
-
-
-def mmap_file(path: str | os.PathLike[str], *, mode: Literal["r", "c"] = "r") -> mmap.mmap:
-    """The whole file as a bare mmap.mmap, shared read-only ("r") or private copy-on-write ("c").
-
-    (reader.map_file is the np.memmap of the default load path.)
+def _file_size(path: str | os.PathLike[str], fd: int | None = None) -> int:
+    """The file's size.
 
     Raises:
-        Truncated: the file is empty. OSError: it cannot be opened or mapped.
+        Truncated: the file is empty (nothing to map or read). OSError: it cannot be opened.
     """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise Truncated("empty file; expected a model header", path=path, offset=0, field="magic")
-        if mode == "r":
-            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)  # MAP_SHARED, PROT_READ
-        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)  # MAP_PRIVATE, PROT_READ | PROT_WRITE
+    size = os.fstat(fd).st_size if fd is not None else os.path.getsize(path)
+    if size == 0:
+        raise Truncated("empty file; expected a model header", path=path, offset=0, field="magic")
+    return size
 
 
-def prefault(m: mmap.mmap) -> None:
-    """Fault every page of the map in now, readable (MADV_POPULATE_READ, Linux 5.14+).
+def map_with_advice(path: str | os.PathLike[str], mode: Literal["r", "c"], options: LoadOptions) -> mmap.mmap:
+    """The whole file as a bare mmap.mmap, shared read-only ("r") or private copy-on-write ("c"), advised.
 
-    Unlike MAP_POPULATE it runs after the other advice, reports I/O errors, and never copies
-    pages of a copy-on-write map (MAP_POPULATE write-faults private writable maps).
+    (reader.map_file is the np.memmap of the default load path.) hugepages before any fault, so faults may
+    map 2 MiB at once (where the filesystem caches large folios and the map is 2 MiB aligned, docs/loading.md);
+    prefault last: MADV_POPULATE_READ (Linux 5.14+), which unlike MAP_POPULATE runs after the other advice,
+    reports I/O errors, and never copies pages of a copy-on-write map (MAP_POPULATE write-faults private maps).
 
     Raises:
-        OSError: the kernel could not read a page (EIO), or is older than 5.14 (EINVAL); ENOSYS off Linux.
+        Truncated: the file is empty. OSError: it cannot be opened or mapped; the kernel refused an advice
+        (prefault: EIO reading a page, EINVAL before 5.14); ENOSYS naming an advice this system lacks.
     """
-    if not sys.platform.startswith("linux"):  # 22 means something else, or nothing, elsewhere
-        raise OSError(errno.ENOSYS, "prefault needs madvise(MADV_POPULATE_READ), which only Linux 5.14+ has")
-    m.madvise(MADV_POPULATE_READ)
-
-
-def advise(m: mmap.mmap, advice: Advice) -> None:
-    """madvise the whole map: the kernel's readahead policy for it.
-
-    Raises:
-        BadOption: unknown advice. OSError: the kernel refused; ENOSYS where madvise has no such advice.
-    """
-    if advice not in ADVICE:
-        raise BadOption(f"unknown advice {advice!r}; expected one of {', '.join(ADVICE)}")
-    _madvise(m, ADVICE[advice], f"advice={advice!r}")
-
-
-def advise_hugepages(m: mmap.mmap) -> None:
-    """MADV_HUGEPAGE: allow 2 MiB pages for this map (or anonymous buffer).
-
-    Anonymous memory gets them whenever THP is "madvise" or "always"; file maps only where the
-    filesystem caches large folios and the map is 2 MiB aligned (see docs/loading.md).
-
-    Raises:
-        OSError: the kernel refused (EINVAL: built without transparent huge pages); ENOSYS off Linux.
-    """
-    _madvise(m, "MADV_HUGEPAGE", "hugepages")
-
-
-def _memlock_limit() -> str:
-    """RLIMIT_MEMLOCK's soft limit, readable ("unknown" where there is no resource module)."""
-    try:
-        import resource  # only when mlock was refused: Windows has no resource module
-    except ImportError:
-        return "an unknown amount"
-    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft:,} bytes"
+    with open(path, "rb") as f:  # ACCESS_READ: MAP_SHARED, PROT_READ; ACCESS_COPY: MAP_PRIVATE, PROT_READ|WRITE
+        m = mmap.mmap(f.fileno(), _file_size(path, f.fileno()),
+                      access=mmap.ACCESS_READ if mode == "r" else mmap.ACCESS_COPY)
+    if options.advice:
+        _madvise(m, ADVICE[options.advice], f"advice={options.advice!r}")
+    if options.hugepages:
+        _madvise(m, "MADV_HUGEPAGE", "hugepages")
+    if options.prefault:
+        if not sys.platform.startswith("linux"):  # 22 means something else, or nothing, elsewhere
+            raise OSError(errno.ENOSYS, "prefault needs madvise(MADV_POPULATE_READ), which only Linux 5.14+ has")
+        m.madvise(MADV_POPULATE_READ)
+    return m
 
 
 def lock(data: np.ndarray) -> None:
@@ -123,34 +91,23 @@ def lock(data: np.ndarray) -> None:
         MemoryLockError: the kernel refused; says how large the lock was and what RLIMIT_MEMLOCK allows.
         OSError: ENOSYS where the C library has no mlock.
     """
+    from ggmlfmt.tools import libc
+
     try:
         libc.call("mlock", data.ctypes.data, data.nbytes)
     except OSError as e:
         if e.errno == errno.ENOSYS:
             raise
+        try:
+            import resource  # only when mlock was refused: Windows has no resource module
+
+            soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+            limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft:,} bytes"
+        except ImportError:
+            limit = "an unknown amount"
         raise MemoryLockError(e.errno, f"mlock of {data.nbytes:,} bytes refused ({os.strerror(e.errno)}); "
-                              f"RLIMIT_MEMLOCK allows {_memlock_limit()}: raise it (ulimit -l, systemd "
+                              f"RLIMIT_MEMLOCK allows {limit}: raise it (ulimit -l, systemd "
                               "LimitMEMLOCK=) or grant CAP_IPC_LOCK") from None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reading into anonymous memory
-
-
-def anonymous(nbytes: int, *, hugepages: bool = False) -> mmap.mmap:
-    """Zeroed private anonymous memory, page aligned, optionally advised to use 2 MiB pages.
-
-    Raises:
-        OSError: out of address space, or the kernel refused the advice.
-    """
-    private = getattr(mmap, "MAP_PRIVATE", None)  # Windows: anonymous memory is always private
-    if private is None:
-        m = mmap.mmap(-1, max(nbytes, 1))
-    else:  # mmap's default for -1 is MAP_SHARED (shmem): not what a private buffer should be
-        m = mmap.mmap(-1, max(nbytes, 1), flags=private | mmap.MAP_ANONYMOUS)
-    if hugepages:
-        advise_hugepages(m)  # before the first touch, so faults allocate 2 MiB at once
-    return m
 
 
 def _pread_into(fd: int, buf: memoryview, offset: int, path: str) -> None:
@@ -166,45 +123,38 @@ def _pread_into(fd: int, buf: memoryview, offset: int, path: str) -> None:
         buf, offset = buf[n:], offset + n
 
 
-def read_into(path: str | os.PathLike[str], buf: memoryview, *, threads: int = 0, chunk: int = READ_CHUNK) -> None:
-    """Read the first len(buf) bytes of the file into `buf` with large preads on `threads` threads.
+def read_file(path: str | os.PathLike[str], *, writable: bool = False, hugepages: bool = False,
+              threads: int = 0, chunk: int = READ_CHUNK) -> np.ndarray:
+    """The whole file read into anonymous memory (no file map) as a uint8 array, read-only unless writable.
 
-    threads=0 picks min(8, 2 x CPUs): the reads wait on the device, not the CPU.
+    Zeroed private anonymous memory, page aligned, optionally advised to use 2 MiB pages before the first
+    touch; filled with large preads on `threads` threads (0 picks min(8, 2 x CPUs): the reads wait on the
+    device, not the CPU; preadv releases the GIL).
 
     Raises:
-        Truncated: the file is shorter than buf. OSError: it cannot be read (ENOSYS: no preadv here).
+        Truncated: the file is empty or shrank while read. OSError: it cannot be read (ENOSYS: no preadv here),
+        out of address space, or the kernel refused the advice.
     """
-    from concurrent.futures import (
-        ThreadPoolExecutor,  # only method="pread" needs threads
-    )
+    from concurrent.futures import ThreadPoolExecutor  # only pread needs threads
 
+    size = _file_size(path)
     if not hasattr(os, "preadv"):
         raise OSError(errno.ENOSYS, "method='pread' needs os.preadv, which this system lacks")
-    workers = threads or min(8, 2 * (os.cpu_count() or 1))
+    private = getattr(mmap, "MAP_PRIVATE", None)  # Windows: anonymous memory is always private
+    # mmap's default for -1 is MAP_SHARED (shmem): not what a private buffer should be
+    mem = mmap.mmap(-1, size) if private is None else mmap.mmap(-1, size, flags=private | mmap.MAP_ANONYMOUS)
+    if hugepages:
+        _madvise(mem, "MADV_HUGEPAGE", "hugepages")  # before the first touch, so faults allocate 2 MiB at once
+    buf = memoryview(mem)
     fd = os.open(path, os.O_RDONLY)
     try:
-        starts = range(0, len(buf), chunk)
-        with ThreadPoolExecutor(max_workers=workers) as pool:  # preadv releases the GIL
-            jobs = [pool.submit(_pread_into, fd, buf[s : s + chunk], s, os.fspath(path)) for s in starts]
+        with ThreadPoolExecutor(max_workers=threads or min(8, 2 * (os.cpu_count() or 1))) as pool:
+            jobs = [pool.submit(_pread_into, fd, buf[s : s + chunk], s, os.fspath(path)) for s in range(0, size, chunk)]
             for job in jobs:
                 job.result()
     finally:
         os.close(fd)
-
-
-def read_file(path: str | os.PathLike[str], *, writable: bool = False, hugepages: bool = False,
-              threads: int = 0) -> np.ndarray:
-    """The whole file read into anonymous memory (no file map) as a uint8 array, read-only unless writable.
-
-    Raises:
-        Truncated: the file is empty or shrank while read. OSError: it cannot be read.
-    """
-    size = os.path.getsize(path)
-    if size == 0:
-        raise Truncated("empty file; expected a model header", path=path, offset=0, field="magic")
-    mem = anonymous(size, hugepages=hugepages)
     data = np.frombuffer(mem, np.uint8, count=size)
-    read_into(path, memoryview(mem)[:size], threads=threads)
     data.flags.writeable = writable
     return data
 
@@ -220,11 +170,7 @@ def touch(data: np.ndarray) -> int:
     flat = data.reshape(-1).view(np.uint8)  # reshape(-1) of a contiguous array is a view
     if flat.size == 0:
         return 0
-    return int(flat[::PAGE].sum(dtype=np.uint64)) + int(flat[-1])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The load options
+    return int(flat[:: mmap.PAGESIZE].sum(dtype=np.uint64)) + int(flat[-1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,10 +189,11 @@ class LoadOptions:
         return self == LoadOptions()
 
     def check(self, mode: str) -> None:
-        """Refuse combinations that mean nothing or defeat the point.
+        """Refuse combinations that mean nothing or defeat the point; then, before anything is mapped or read,
+        an option this system has no facility for.
 
         Raises:
-            BadOption: names the offending option.
+            BadOption: names the offending option. OSError: ENOSYS naming the option and the missing call.
         """
         if self.method not in ("mmap", "pread"):
             raise BadOption(f"unknown method {self.method!r}; expected 'mmap' or 'pread'")
@@ -258,15 +205,11 @@ class LoadOptions:
             raise BadOption("prefault and advice apply to a file map; method='pread' reads everything up front")
         if self.lock and self.method == "mmap" and mode == "c":
             raise BadOption("lock with mode 'c' would copy every page of the file (mlock write-faults private maps)")
+        if self.lock:
+            from ggmlfmt.tools import libc
 
-    def check_system(self) -> None:
-        """Refuse, before anything is mapped or read, an option this system has no facility for.
-
-        Raises:
-            OSError: ENOSYS naming the option and the missing call.
-        """
-        if self.lock and not libc.available("mlock"):
-            raise OSError(errno.ENOSYS, "lock needs mlock, which this system's C library lacks")
+            if not libc.available("mlock"):
+                raise OSError(errno.ENOSYS, "lock needs mlock, which this system's C library lacks")
 
 
 def open_data(path: str | os.PathLike[str], mode: Literal["r", "c"], options: LoadOptions) -> np.ndarray:
@@ -277,18 +220,10 @@ def open_data(path: str | os.PathLike[str], mode: Literal["r", "c"], options: Lo
         OSError: I/O, or ENOSYS naming a facility an option needs and this system lacks.
     """
     options.check(mode)
-    options.check_system()
     if options.method == "pread":
         data = read_file(path, writable=mode == "c", hugepages=options.hugepages, threads=options.threads)
-    else:
-        m = mmap_file(path, mode=mode)
-        if options.advice:
-            advise(m, options.advice)
-        if options.hugepages:
-            advise_hugepages(m)  # before any fault, so faults may map 2 MiB at once
-        if options.prefault:
-            prefault(m)
-        data = np.frombuffer(m, np.uint8)  # read-only exactly when the map is
+    else:  # read-only exactly when the map is
+        data = np.frombuffer(map_with_advice(path, mode, options), np.uint8)
     if options.lock:
         lock(data)
     return data

@@ -6,6 +6,7 @@ import os
 import resource
 import time
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,18 +64,13 @@ def measure(start: float) -> Usage:
     age = _process_age_s()
     wall = max(age, time.perf_counter() - start) if age is not None else time.perf_counter() - start
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return Usage(
-        wall_s=wall,
-        user_s=me.ru_utime + kids.ru_utime,
-        sys_s=me.ru_stime + kids.ru_stime,
-        max_rss_kib=_peak_rss_kib(me.ru_maxrss),
-        major_faults=me.ru_majflt + kids.ru_majflt,
-        minor_faults=me.ru_minflt + kids.ru_minflt,
-        voluntary_switches=me.ru_nvcsw + kids.ru_nvcsw,
-        involuntary_switches=me.ru_nivcsw + kids.ru_nivcsw,
-        in_blocks=me.ru_inblock + kids.ru_inblock,
-        out_blocks=me.ru_oublock + kids.ru_oublock,
-    )
+
+    def both(field: str) -> Any:
+        return getattr(me, field) + getattr(kids, field)
+
+    return Usage(wall_s=wall, user_s=both("ru_utime"), sys_s=both("ru_stime"), max_rss_kib=_peak_rss_kib(me.ru_maxrss),
+                 major_faults=both("ru_majflt"), minor_faults=both("ru_minflt"), voluntary_switches=both("ru_nvcsw"),
+                 involuntary_switches=both("ru_nivcsw"), in_blocks=both("ru_inblock"), out_blocks=both("ru_oublock"))
 
 
 def _duration(s: float) -> str:
