@@ -16,10 +16,10 @@ from ggmlfmt.errors import FormatError, Truncated
 from ggmlfmt.gguf import decode_gguf
 from ggmlfmt.layout import HParams, Index, TensorInfo, Vocab, decode_index
 from ggmlfmt.safetensors import decode_safetensors, looks_like_safetensors
-from ggmlfmt.tools.loadopts import Advice, LoadOptions, open_data
-
 if TYPE_CHECKING:
     import torch
+
+    from ggmlfmt.tools.loadopts import Advice
 
 log = logging.getLogger(__name__)
 
@@ -258,14 +258,20 @@ def load(
 
     Raises:
         FormatError: the file is malformed (names the file, offset, field, expected and found).
-        CannotWrite: a meaningless option combination. MemoryLockError: mlock refused (RLIMIT_MEMLOCK).
+        BadOption: a meaningless option combination. MemoryLockError: mlock refused (RLIMIT_MEMLOCK).
         OSError: the file cannot be opened, mapped or read; ENOSYS: an option needs a call this system lacks.
     """
-    options = LoadOptions(prefault, advice, lock, hugepages, method, threads)
-    data = map_file(path, mode) if options.is_default else open_data(path, mode, options)
+    options = (prefault, advice, lock, hugepages, method, threads)
+    default = options == (False, None, False, False, "mmap", 0)
+    if default:
+        data = map_file(path, mode)
+    else:
+        from ggmlfmt.tools.loadopts import LoadOptions, open_data  # the page-cache levers: only when asked for
+
+        data = open_data(path, mode, LoadOptions(*options))
     try:
         # The levers set their own readahead; only the default map is tuned for the sparse parse.
-        if options.is_default:
+        if default:
             index = decode_mapped(data, os.fspath(path))
         else:
             index = decode_any(memoryview(data), os.fspath(path))

@@ -160,7 +160,7 @@ def test_import_and_default_load_bind_no_c_function_and_import_no_diagnostics(tm
         import ggmlfmt
         model = ggmlfmt.load(sys.argv[1])
         ggmlfmt.load(sys.argv[1], mode="c")
-        modules = sorted(m for m in sys.modules if m in {"ggmlfmt.tools.libc", "ggmlfmt.tools.cachestat",
+        modules = sorted(m for m in sys.modules if m in {"ggmlfmt.tools.libc", "ggmlfmt.tools.loadopts", "ggmlfmt.tools.cachestat",
                          "ggmlfmt.tools.copying", "ggmlfmt.tools.rusage", "concurrent.futures", "hashlib", "resource"})
         from ggmlfmt.tools import libc
         print(json.dumps({"modules": modules,

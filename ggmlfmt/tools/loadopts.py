@@ -184,10 +184,6 @@ class LoadOptions:
     method: Literal["mmap", "pread"] = "mmap"  # "pread": read into anonymous memory, no file map
     threads: int = 0  # pread threads; 0 picks
 
-    @property
-    def is_default(self) -> bool:
-        return self == LoadOptions()
-
     def check(self, mode: str) -> None:
         """Refuse combinations that mean nothing or defeat the point; then, before anything is mapped or read,
         an option this system has no facility for.
