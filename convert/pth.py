@@ -30,17 +30,18 @@ from ggmlfmt.layout import product_overflow
 
 # ---------------------------------------------------------------- constants (docs/format.md §10)
 
-# dtype name -> (torch storage class, numpy dtype of the stored bytes, bytes per element); bf16 as raw bits
-DTYPES: dict[str, tuple[str, str, int]] = {
-    "float16": ("HalfStorage", "<f2", 2),
-    "float32": ("FloatStorage", "<f4", 4),
-    "bfloat16": ("BFloat16Storage", "<u2", 2),
+# dtype name -> (torch storage class, numpy dtype of the stored bytes); bf16 as its raw bits
+DTYPES: dict[str, tuple[str, np.dtype]] = {
+    "float16": ("HalfStorage", np.dtype("<f2")),
+    "float32": ("FloatStorage", np.dtype("<f4")),
+    "bfloat16": ("BFloat16Storage", np.dtype("<u2")),
 }
-STORAGE_DTYPE = {storage: name for name, (storage, _, _) in DTYPES.items()}
+STORAGE_DTYPE = {storage: name for name, (storage, _) in DTYPES.items()}
 
 LOCAL = struct.Struct("<4sHHHHHIIIHH")  # sig, needed, flags, method, time, date, crc, csize, usize, name len,
 #                                         extra len
 EXTRA_HEADER = struct.Struct("<HH")  # extra field id, its data length
+DESCRIPTORS = (struct.Struct("<III"), struct.Struct("<IQQ"))  # crc, csize, usize: 32-bit sizes, or zip64's
 LOCAL_SIG, DESCRIPTOR_SIG = b"PK\x03\x04", b"PK\x07\x08"
 MIN_ZIP = 22  # an empty zip is its end-of-central-directory record
 ZIP64_EXTRA_ID, ZIP64_MARK32 = 0x0001, 0xFFFFFFFF  # the mark: "the real value is in the zip64 extra field"
@@ -82,8 +83,12 @@ class PthTensor:
 
     @property
     def np_dtype(self) -> np.dtype:
-        """The numpy dtype of the stored bytes (bf16 as '<u2' bit patterns)."""
-        return np.dtype(DTYPES[self.dtype][1])
+        return view_dtype(self.dtype)
+
+
+def view_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype a checkpoint dtype's bytes are viewed as (bfloat16 as its raw 16 bits)."""
+    return DTYPES[dtype][1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +182,10 @@ class _Window:
         self.buf, self.pos, self.read_at = buf, 0, 0  # read_at: where the last read began, for messages
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        pos = offset + (0, self.pos, len(self.buf))[whence]
-        if pos < 0:  # zipfile's cue that the file is too short for the record it looks for
+        self.pos = offset + (0, self.pos, len(self.buf))[whence]
+        if self.pos < 0:  # zipfile's cue that the file is too short for the record it looks for
             raise OSError(errno.EINVAL, "seek before the start of the file")
-        self.pos = pos
-        return pos
+        return self.pos
 
     def tell(self) -> int:
         return self.pos
@@ -199,11 +203,10 @@ class _Window:
 
 
 def read_members(buf: memoryview) -> dict[str, _Member]:
-    """Every record of the zip in `buf`, by name, after checking each against its local header and the file.
+    """Every record of the zip in `buf`, by name, in header order, each checked against the file (_check_record).
 
     Raises:
-        FormatError: no end record, a malformed or oversized directory, compressed or encrypted records,
-            duplicate names, records overlapping or running past the directory.
+        FormatError: no end record, a malformed or oversized directory, or a record _check_record refuses.
     """
     window = _Window(buf)
     try:
@@ -220,18 +223,14 @@ def read_members(buf: memoryview) -> dict[str, _Member]:
                        field="central directory") from None
     if len(infos) > MAX_MEMBERS:
         raise BadValue(f"{len(infos)} records, more than {MAX_MEMBERS}", offset=directory, field="central directory")
-    names: set[str] = set()
-    for info in infos:
-        _check_entry(info, names)
     members: dict[str, _Member] = {}
-    end_of_previous = 0
+    end = 0  # of the previous record
     for info in sorted(infos, key=lambda i: i.header_offset):
-        if info.header_offset < end_of_previous:
-            raise BadLayout(f"record {shown(info.orig_filename)} starts inside the previous record (which ends at "
-                            f"{end_of_previous:#x})", offset=info.header_offset, field="local header")
-        m, end_of_previous = _check_local(buf, info, directory)
-        members[m.name] = m
-    return {info.orig_filename: members[info.orig_filename] for info in infos}  # directory order
+        if info.orig_filename in members:
+            raise BadLayout(f"record name {shown(info.orig_filename)} appears twice", offset=info.header_offset,
+                            field="central directory")
+        members[info.orig_filename], end = _check_record(buf, info, directory, end)
+    return members
 
 
 def _not_a_zip(head: bytes, size: int) -> FormatError:
@@ -247,54 +246,54 @@ def _not_a_zip(head: bytes, size: int) -> FormatError:
                     "truncated, or not a zip-format PyTorch checkpoint", offset=size, field="end of central directory")
 
 
-def _check_entry(info: zipfile.ZipInfo, names: set[str]) -> None:
-    """Raises: FormatError for a repeated name, an encrypted or a compressed record (from its directory entry)."""
-    where = {"offset": info.header_offset, "field": f"record {shown(info.orig_filename)}"}
-    if info.orig_filename in names:
-        raise BadLayout(f"record name {shown(info.orig_filename)} appears twice", offset=info.header_offset,
-                        field="central directory")
-    names.add(info.orig_filename)
-    if info.flag_bits & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION):
-        raise BadValue("record is encrypted", **where)
-    if info.compress_type != METHOD_STORED or info.compress_size != info.file_size:
-        raise BadValue(f"record is compressed (method {info.compress_type}, {info.compress_size} bytes for "
-                       f"{info.file_size}); torch.save stores records uncompressed, so they can be memory-mapped",
-                       **where)
+def _check_record(buf: memoryview, info: zipfile.ZipInfo, directory: int, previous_end: int) -> tuple[_Member, int]:
+    """Check one record, in header order, against its directory entry and the file; return it and where it ends.
 
-
-def _check_local(buf: memoryview, info: zipfile.ZipInfo, directory: int) -> tuple[_Member, int]:
-    """Check a record's local header against its directory entry and the file; return it and where it ends.
+    zipfile checks none of this when listing: its entry must be neither encrypted nor compressed; its local
+    header (which zipfile reads only to extract) must lie after the previous record, repeat the entry's
+    name, flags and method, and carry its CRC and sizes (or, with flag bit 3, zeros and a data
+    descriptor after the data that carries them); header, data and descriptor end before the directory.
 
     Raises:
-        FormatError: a header or data outside the file or running into the directory, another name,
-            method or flags, sizes that disagree.
+        FormatError: names the record and the offset of its local header (or descriptor).
     """
-    pos, size = info.header_offset, info.file_size
-    where = {"offset": pos, "field": f"local header of {shown(info.orig_filename)}"}
+    pos, size, name = info.header_offset, info.file_size, info.orig_filename
+    where = {"offset": pos, "field": f"record {shown(name)}"}
+    if info.flag_bits & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION):
+        raise BadValue("record is encrypted", **where)
+    if info.compress_type != METHOD_STORED or info.compress_size != size:
+        raise BadValue(f"record is compressed (method {info.compress_type}, {info.compress_size} bytes for "
+                       f"{size}); torch.save stores records uncompressed, so they can be memory-mapped", **where)
+    if pos < previous_end:
+        raise BadLayout(f"record {shown(name)} starts inside the previous record (which ends at {previous_end:#x})",
+                        offset=pos, field="local header")
+    where["field"] = f"local header of {shown(name)}"
     if not 0 <= pos <= directory - LOCAL.size:
         raise Truncated(f"need {LOCAL.size} bytes before the central directory at {directory:#x}", **where)
     sig, _, flags, method, _, _, crc, csize, usize, name_len, extra_len = LOCAL.unpack_from(buf, pos)
-    data_offset = pos + LOCAL.size + name_len + extra_len
-    if sig != LOCAL_SIG or data_offset > directory:
-        raise BadValue(f"expected signature {LOCAL_SIG!r} and a header before the directory, found {sig!r}", **where)
-    name = bytes(buf[pos + LOCAL.size : pos + LOCAL.size + name_len])
-    raw_name = info.orig_filename.encode("utf-8" if info.flag_bits & FLAG_UTF8 else "cp437")  # as zipfile decoded it
-    if name != raw_name or flags != info.flag_bits or method != METHOD_STORED:
-        raise BadValue(f"name {name[:60]!r}, flags {flags:#x}, method {method} differ from the central "
-                       f"directory's {shown(info.orig_filename)}, {info.flag_bits:#x}, {METHOD_STORED}", **where)
+    data = pos + LOCAL.size + name_len + extra_len
+    if sig != LOCAL_SIG or data > directory:
+        raise BadValue(f"expected signature {LOCAL_SIG!r} and data before the directory at {directory:#x}, found "
+                       f"{sig!r} and {data:#x}", **where)
+    raw_name = bytes(buf[pos + LOCAL.size : pos + LOCAL.size + name_len])
+    if (raw_name, flags, method) != (name.encode("utf-8" if info.flag_bits & FLAG_UTF8 else "cp437"), info.flag_bits,
+                                     METHOD_STORED):  # (the encoding zipfile decoded the name with)
+        raise BadValue(f"name {raw_name[:60]!r}, flags {flags:#x}, method {method} differ from the central directory's "
+                       f"{shown(name)}, {info.flag_bits:#x}, {METHOD_STORED}", **where)
     if ZIP64_MARK32 in (csize, usize):
-        usize, csize = _zip64_sizes(bytes(buf[pos + LOCAL.size + name_len : data_offset]), where)
-    expected = (0, 0, 0) if flags & FLAG_DESCRIPTOR else (info.CRC, size, size)
-    if (crc, csize, usize) not in (expected, (info.CRC, size, size)):
-        raise BadValue(f"CRC {crc:#x}, sizes {csize}/{usize} differ from the central directory's CRC {info.CRC:#x}, "
-                       f"size {size}", **where)
-    end = data_offset + size
-    if flags & FLAG_DESCRIPTOR:
-        end = _check_descriptor(buf, info, end, directory)
+        usize, csize = _zip64_sizes(bytes(buf[pos + LOCAL.size + name_len : data]), where)
+    want = (info.CRC, size, size)
+    if (crc, csize, usize) not in (want, (0, 0, 0) if flags & FLAG_DESCRIPTOR else want):
+        raise _sizes_differ((crc, csize, usize), want, where)
+    end = _descriptor_end(buf, data + size, want, directory, name) if flags & FLAG_DESCRIPTOR else data + size
     if end > directory:
-        raise Truncated(f"{size} bytes of data at {data_offset:#x} run into the central directory at "
-                        f"{directory:#x}", **where)
-    return _Member(info.orig_filename, data_offset, size, info.CRC), end
+        raise Truncated(f"{size} bytes of data at {data:#x} run into the central directory at {directory:#x}", **where)
+    return _Member(name, data, size, info.CRC), end
+
+
+def _sizes_differ(found: tuple[int, ...], want: tuple[int, ...], where: dict[str, Any]) -> BadValue:
+    return BadValue("CRC {:#x}, sizes {}/{} differ from the central directory's CRC {:#x}, size {}".format(
+        *found, *want[:2]), **where)
 
 
 def _zip64_sizes(extra: bytes, where: dict[str, Any]) -> tuple[int, int]:
@@ -312,33 +311,26 @@ def _zip64_sizes(extra: bytes, where: dict[str, Any]) -> tuple[int, int]:
     raise BadValue("a 32-bit size is 0xffffffff but no zip64 extra field holds it", **where)
 
 
-def _check_descriptor(buf: memoryview, info: zipfile.ZipInfo, pos: int, directory: int) -> int:
-    """Check the data descriptor after a record's data; return where it ends.
+def _descriptor_end(buf: memoryview, pos: int, want: tuple[int, int, int], directory: int, name: str) -> int:
+    """Where the data descriptor at `pos` ends, after checking it carries `want` (the CRC and both sizes).
 
     It is an optional signature, the CRC, then both sizes: 4 bytes each, or 8 (zip64; either is accepted).
 
     Raises:
         FormatError: missing, or its CRC or sizes differ from the central directory's.
     """
-    start = pos + (4 if bytes(buf[pos : pos + 4]) == DESCRIPTOR_SIG else 0)
-    where = {"offset": pos, "field": f"data descriptor of {shown(info.orig_filename)}"}
-    want = (info.CRC, info.file_size, info.file_size)
-    found = None
-    for width in (4, 8):  # writers differ on when they use 8-byte sizes
-        end = start + 4 + 2 * width
-        if end > directory:
-            continue
-        values = tuple(int.from_bytes(buf[a : a + n], "little")
-                       for a, n in ((start, 4), (start + 4, width), (start + 4 + width, width)))
-        if values == want:
-            return end
-        found = found or values  # the message shows the 4-byte reading when it fits
-    if found is None:
-        raise Truncated(f"need {start + 12 - pos} bytes or more before the central directory at {directory:#x}",
-                        **where)
-    crc, csize, usize = found
-    raise BadValue(f"CRC {crc:#x}, sizes {csize}/{usize} differ from the central directory's CRC "
-                   f"{info.CRC:#x}, size {info.file_size}", **where)
+    where = {"offset": pos, "field": f"data descriptor of {shown(name)}"}
+    start = pos + 4 * (bytes(buf[pos : pos + 4]) == DESCRIPTOR_SIG)
+    found = []
+    for layout in DESCRIPTORS:  # writers differ on when they use 8-byte sizes
+        if start + layout.size <= directory:
+            if (values := layout.unpack_from(buf, start)) == want:
+                return start + layout.size
+            found.append(values)  # the message shows the 4-byte reading when it fits
+    if not found:
+        raise Truncated(f"need {start + DESCRIPTORS[0].size - pos} bytes or more before the central directory at "
+                        f"{directory:#x}", **where)
+    raise _sizes_differ(found[0], want, where)
 
 
 def _member_bytes(buf: memoryview, m: _Member) -> memoryview:
@@ -477,8 +469,11 @@ def _is_int_tuple(v: object) -> bool:
     return isinstance(v, tuple) and len(v) <= MAX_NDIM and all(_is_int(x) for x in v)
 
 
-def _allowed_global(module: str, name: str) -> bool:
-    return (module == "torch" and name in STORAGE_DTYPE) or (module, name) in (REBUILD_TENSOR, ORDERED_DICT)
+def _stand_in(module: str, name: str) -> Any:
+    """The inert stand-in for an allowed global; None for any other."""
+    if module == "torch" and name in STORAGE_DTYPE:
+        return _StorageType(STORAGE_DTYPE[name])
+    return {REBUILD_TENSOR: _Global(_rebuild_tensor_v2), ORDERED_DICT: _Global(_new_state_dict)}.get((module, name))
 
 
 def _global_refused(module: str, name: str, field: str) -> FormatError:
@@ -498,13 +493,9 @@ class _Unpickler(pickle.Unpickler):
         self.storages: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "torch" and name in STORAGE_DTYPE:
-            return _StorageType(STORAGE_DTYPE[name])
-        if (module, name) == REBUILD_TENSOR:
-            return _Global(_rebuild_tensor_v2)
-        if (module, name) == ORDERED_DICT:
-            return _Global(_new_state_dict)
-        raise _global_refused(module, name, self.field)
+        if (found := _stand_in(module, name)) is None:
+            raise _global_refused(module, name, self.field)
+        return found
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -553,7 +544,7 @@ def _check_opcode(name: str, arg: Any, pos: int, n_ops: int, field: str) -> None
                        field=field)
     if name == "GLOBAL":
         module, _, attr = str(arg).partition(" ")
-        if not _allowed_global(module, attr):
+        if _stand_in(module, attr) is None:
             raise _global_refused(module, attr, field)
     if name.endswith("PUT") and not 0 <= arg <= n_ops:
         raise BadValue(f"memo index {arg} at byte {pos} is larger than the {n_ops} opcodes before it", field=field)
@@ -648,7 +639,7 @@ def _tensors(refs: dict[str, _TensorRef], members: dict[str, _Member], prefix: s
         where = {"field": f"tensor {shown(name)}"}
         if m is None:
             raise BadLayout(f"storage {shown(s.key)} has no record {shown(prefix + 'data/' + s.key)}", **where)
-        itemsize = DTYPES[s.dtype][2]
+        itemsize = view_dtype(s.dtype).itemsize
         if s.numel * itemsize > m.size:
             raise Truncated(f"storage {shown(s.key)} claims {s.numel:,} x {itemsize} bytes, its record "
                             f"{shown(m.name)} holds {m.size:,}", **where)
@@ -673,7 +664,7 @@ def tensor_extent(ref: _TensorRef, name: str) -> int:
     if ref.storage_offset > numel:
         raise BadLayout(f"storage offset {ref.storage_offset:,} is past the {numel:,} elements of storage "
                         f"{shown(ref.storage.key)}", **where)
-    if (hit := product_overflow(size, DTYPES[ref.storage.dtype][2])) is not None:  # before a zero size returns
+    if (hit := product_overflow(size, view_dtype(ref.storage.dtype).itemsize)) is not None:  # before a zero size returns
         raise BadValue(f"size {brief(size)}: the sizes up to size[{hit[0]}] (zeros skipped) make {hit[1]} bytes, "
                        "above 2**63-1", **where)
     if 0 in size:
