@@ -9,7 +9,6 @@ pickle runs, and tensor data stays in the page cache (views of a read-only map o
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 from pathlib import Path
@@ -19,8 +18,6 @@ import numpy as np
 from convert.pth import Checkpoint, PthTensor
 from convert.source import FLOAT_DTYPES
 from ggmlfmt.errors import BadLayout, BadValue
-
-log = logging.getLogger(__name__)
 
 SHARD_GLOB = "consolidated.*.pth"
 _SHARD_NAME = re.compile(r"consolidated\.(\d{2,})\.pth")

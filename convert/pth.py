@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
 import pickle
 import pickletools
@@ -91,16 +92,6 @@ def view_dtype(dtype: str) -> np.dtype:
     return DTYPES[dtype][1]
 
 
-@dataclass(frozen=True, slots=True)
-class _Member:
-    """One zip record, checked: where its data is in the file."""
-
-    name: str
-    offset: int  # of its data
-    size: int
-    crc: int
-
-
 class Checkpoint:
     """An opened checkpoint: tensor records and one read-only map of the file. A context manager."""
 
@@ -158,15 +149,22 @@ def parse_checkpoint(buf: memoryview) -> dict[str, PthTensor]:
         FormatError: as open_checkpoint (without the file name).
     """
     members = read_members(buf)
-    pkl = _pickle_member(members)
-    prefix = pkl.name[: -len(PICKLE_NAME)]
-    _check_byteorder(buf, members, prefix)
-    pickled = bytes(_member_bytes(buf, pkl))
-    if zlib.crc32(pickled) != pkl.crc:
-        raise BadValue(f"CRC-32 {zlib.crc32(pickled):#010x} differs from {pkl.crc:#010x} in the central "
-                       "directory", field=f"record {shown(pkl.name)}")
-    refs = unpickle_state_dict(pickled, field=f"record {shown(pkl.name)}")
-    return _tensors(refs, members, prefix)
+    pickles = [n for n in members if n == PICKLE_NAME or n.endswith("/" + PICKLE_NAME)]
+    if len(pickles) != 1:
+        raise BadLayout(f"expected one {PICKLE_NAME} record, found {len(pickles)} "
+                        f"{', '.join(map(repr, pickles[:3]))}".rstrip(), field="central directory")
+    prefix, field = pickles[0][: -len(PICKLE_NAME)], f"record {shown(pickles[0])}"
+    if (order := members.get(prefix + "byteorder")) and (found := bytes(_data(buf, order)[:16])) != b"little":
+        raise UnsupportedVersion(f"expected b'little', found {found!r}; we read little-endian data only",
+                                 field=f"record {shown(prefix + 'byteorder')}")
+    info = members[pickles[0]][1]
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise BadValue(f"{info.file_size:,} bytes, more than {MAX_PICKLE_BYTES:,}", field=field)
+    pickled = bytes(_data(buf, members[pickles[0]]))
+    if zlib.crc32(pickled) != info.CRC:
+        raise BadValue(f"CRC-32 {zlib.crc32(pickled):#010x} differs from {info.CRC:#010x} in the central directory",
+                       field=field)
+    return {name: _tensor(name, ref, members, prefix) for name, ref in unpickle_state_dict(pickled, field).items()}
 
 
 # ---------------------------------------------------------------- zip records
@@ -182,10 +180,11 @@ class _Window:
         self.buf, self.pos, self.read_at = buf, 0, 0  # read_at: where the last read began, for messages
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = offset + (0, self.pos, len(self.buf))[whence]
-        if self.pos < 0:  # zipfile's cue that the file is too short for the record it looks for
+        pos = offset + (0, self.pos, len(self.buf))[whence]
+        if pos < 0:  # zipfile's cue that the file is too short for the record it looks for
             raise OSError(errno.EINVAL, "seek before the start of the file")
-        return self.pos
+        self.pos = pos
+        return pos
 
     def tell(self) -> int:
         return self.pos
@@ -202,8 +201,9 @@ class _Window:
         return out
 
 
-def read_members(buf: memoryview) -> dict[str, _Member]:
-    """Every record of the zip in `buf`, by name, in header order, each checked against the file (_check_record).
+def read_members(buf: memoryview) -> dict[str, tuple[int, zipfile.ZipInfo]]:
+    """Every record of the zip in `buf` in header order: name -> (offset of its data, its directory entry), each
+    checked against the file (_check_record).
 
     Raises:
         FormatError: no end record, a malformed or oversized directory, or a record _check_record refuses.
@@ -223,13 +223,14 @@ def read_members(buf: memoryview) -> dict[str, _Member]:
                        field="central directory") from None
     if len(infos) > MAX_MEMBERS:
         raise BadValue(f"{len(infos)} records, more than {MAX_MEMBERS}", offset=directory, field="central directory")
-    members: dict[str, _Member] = {}
+    members: dict[str, tuple[int, zipfile.ZipInfo]] = {}
     end = 0  # of the previous record
     for info in sorted(infos, key=lambda i: i.header_offset):
         if info.orig_filename in members:
             raise BadLayout(f"record name {shown(info.orig_filename)} appears twice", offset=info.header_offset,
                             field="central directory")
-        members[info.orig_filename], end = _check_record(buf, info, directory, end)
+        data, end = _check_record(buf, info, directory, end)
+        members[info.orig_filename] = (data, info)
     return members
 
 
@@ -246,8 +247,9 @@ def _not_a_zip(head: bytes, size: int) -> FormatError:
                     "truncated, or not a zip-format PyTorch checkpoint", offset=size, field="end of central directory")
 
 
-def _check_record(buf: memoryview, info: zipfile.ZipInfo, directory: int, previous_end: int) -> tuple[_Member, int]:
-    """Check one record, in header order, against its directory entry and the file; return it and where it ends.
+def _check_record(buf: memoryview, info: zipfile.ZipInfo, directory: int, previous_end: int) -> tuple[int, int]:
+    """Check one record, in header order, against its directory entry and the file; return where its data
+    begins and where the record ends.
 
     zipfile checks none of this when listing: its entry must be neither encrypted nor compressed; its local
     header (which zipfile reads only to extract) must lie after the previous record, repeat the entry's
@@ -288,7 +290,7 @@ def _check_record(buf: memoryview, info: zipfile.ZipInfo, directory: int, previo
     end = _descriptor_end(buf, data + size, want, directory, name) if flags & FLAG_DESCRIPTOR else data + size
     if end > directory:
         raise Truncated(f"{size} bytes of data at {data:#x} run into the central directory at {directory:#x}", **where)
-    return _Member(name, data, size, info.CRC), end
+    return data, end
 
 
 def _sizes_differ(found: tuple[int, ...], want: tuple[int, ...], where: dict[str, Any]) -> BadValue:
@@ -333,28 +335,8 @@ def _descriptor_end(buf: memoryview, pos: int, want: tuple[int, int, int], direc
     raise _sizes_differ(found[0], want, where)
 
 
-def _member_bytes(buf: memoryview, m: _Member) -> memoryview:
-    return buf[m.offset : m.offset + m.size]
-
-
-def _pickle_member(members: dict[str, _Member]) -> _Member:
-    """Raises: FormatError unless exactly one record is data.pkl or */data.pkl, of bounded size."""
-    found = [m for m in members.values() if m.name == PICKLE_NAME or m.name.endswith("/" + PICKLE_NAME)]
-    if len(found) != 1:
-        names = ", ".join(repr(m.name) for m in found[:3])
-        raise BadLayout(f"expected one {PICKLE_NAME} record, found {len(found)} {names}".rstrip(),
-                        field="central directory")
-    if found[0].size > MAX_PICKLE_BYTES:
-        raise BadValue(f"{found[0].size:,} bytes, more than {MAX_PICKLE_BYTES:,}", field=f"record {shown(found[0].name)}")
-    return found[0]
-
-
-def _check_byteorder(buf: memoryview, members: dict[str, _Member], prefix: str) -> None:
-    """Raises: FormatError when the byteorder record says anything but little-endian."""
-    m = members.get(prefix + "byteorder")
-    if m is not None and bytes(_member_bytes(buf, m)[:16]) != b"little":
-        raise UnsupportedVersion(f"expected b'little', found {bytes(_member_bytes(buf, m)[:16])!r}; we read "
-                                 "little-endian data only", field=f"record {shown(m.name)}")
+def _data(buf: memoryview, member: tuple[int, zipfile.ZipInfo]) -> memoryview:
+    return buf[member[0] : member[0] + member[1].file_size]
 
 
 # ---------------------------------------------------------------- the pickle
@@ -527,7 +509,16 @@ def check_opcodes(data: bytes, field: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # genops decodes a text STRING argument before we can refuse it
             for n_ops, (op, arg, pos) in enumerate(pickletools.genops(data)):
-                _check_opcode(op.name, arg, pos, n_ops, field)
+                if op.name not in ALLOWED_OPCODES:
+                    raise BadValue(f"pickle opcode {op.name} at byte {pos} is not one torch.save writes for a state "
+                                   "dict", field=field)
+                if op.name == "GLOBAL":
+                    module, _, attr = str(arg).partition(" ")
+                    if _stand_in(module, attr) is None:
+                        raise _global_refused(module, attr, field)
+                if op.name.endswith("PUT") and not 0 <= arg <= n_ops:
+                    raise BadValue(f"memo index {arg} at byte {pos} is larger than the {n_ops} opcodes before it",
+                                   field=field)
                 if keys.step(op.name, arg):
                     raise BadValue(f"{op.name} at byte {pos} uses a tuple as a dict key; a state dict's keys "
                                    "are names", field=field)
@@ -535,19 +526,6 @@ def check_opcodes(data: bytes, field: str) -> None:
         raise
     except Exception as e:  # genops: ValueError for unknown opcodes or truncated arguments
         raise BadValue(f"malformed pickle: {type(e).__name__}: {str(e)[:160]}", field=field) from None
-
-
-def _check_opcode(name: str, arg: Any, pos: int, n_ops: int, field: str) -> None:
-    """Raises: FormatError for an opcode, a global or a memo index check_opcodes refuses."""
-    if name not in ALLOWED_OPCODES:
-        raise BadValue(f"pickle opcode {name} at byte {pos} is not one torch.save writes for a state dict",
-                       field=field)
-    if name == "GLOBAL":
-        module, _, attr = str(arg).partition(" ")
-        if _stand_in(module, attr) is None:
-            raise _global_refused(module, attr, field)
-    if name.endswith("PUT") and not 0 <= arg <= n_ops:
-        raise BadValue(f"memo index {arg} at byte {pos} is larger than the {n_ops} opcodes before it", field=field)
 
 
 _PUSH_ONE = frozenset({"GLOBAL", "EMPTY_TUPLE", "EMPTY_DICT", "BININT", "BININT1", "BININT2", "LONG1", "NONE",
@@ -630,53 +608,40 @@ def unpickle_state_dict(data: bytes, field: str = PICKLE_NAME) -> dict[str, _Ten
 # ---------------------------------------------------------------- tensors
 
 
-def _tensors(refs: dict[str, _TensorRef], members: dict[str, _Member], prefix: str) -> dict[str, PthTensor]:
-    """Raises: FormatError for a storage without a record or too large for it, or a tensor outside its storage."""
-    out = {}
-    for name, ref in refs.items():
-        s = ref.storage
-        m = members.get(f"{prefix}data/{s.key}")
-        where = {"field": f"tensor {shown(name)}"}
-        if m is None:
-            raise BadLayout(f"storage {shown(s.key)} has no record {shown(prefix + 'data/' + s.key)}", **where)
-        itemsize = view_dtype(s.dtype).itemsize
-        if s.numel * itemsize > m.size:
-            raise Truncated(f"storage {shown(s.key)} claims {s.numel:,} x {itemsize} bytes, its record "
-                            f"{shown(m.name)} holds {m.size:,}", **where)
-        start = tensor_extent(ref, name)
-        numel = _numel(ref.size)
-        out[name] = PthTensor(name, s.dtype, ref.size, m.offset + start * itemsize, numel * itemsize)
-    return out
-
-
-def tensor_extent(ref: _TensorRef, name: str) -> int:
-    """The element offset of a contiguous tensor inside its storage, after checking it fits.
+def _tensor(name: str, ref: _TensorRef, members: dict[str, tuple[int, zipfile.ZipInfo]], prefix: str) -> PthTensor:
+    """Where tensor `name` lies in the file, after checking its storage's record holds it and it is contiguous.
 
     Raises:
-        FormatError: a negative size or stride, more dimensions than sizes, elements past the
-            storage, or a non-contiguous layout.
+        FormatError: a storage without a record or larger than it; a negative size or stride, more
+            dimensions than strides, elements past the storage, or a non-contiguous layout.
     """
     where = {"field": f"tensor {shown(name)}"}
-    size, stride, numel = ref.size, ref.stride, ref.storage.numel
-    if (len(size) != len(stride) or any(not 0 <= n <= INT64_MAX for n in (*size, *stride, ref.storage_offset))):
-        raise BadValue(f"size {brief(size)}, stride {brief(stride)}, offset {brief(ref.storage_offset)}: expected "
-                       "values 0..2**63-1, one stride per dimension", **where)
-    if ref.storage_offset > numel:
-        raise BadLayout(f"storage offset {ref.storage_offset:,} is past the {numel:,} elements of storage "
-                        f"{shown(ref.storage.key)}", **where)
-    if (hit := product_overflow(size, view_dtype(ref.storage.dtype).itemsize)) is not None:  # before a zero size returns
+    s, size, stride, start = ref.storage, ref.size, ref.stride, ref.storage_offset
+    record = f"{prefix}data/{s.key}"
+    if record not in members:
+        raise BadLayout(f"storage {shown(s.key)} has no record {shown(record)}", **where)
+    offset, info = members[record]
+    itemsize = view_dtype(s.dtype).itemsize
+    if s.numel * itemsize > info.file_size:
+        raise Truncated(f"storage {shown(s.key)} claims {s.numel:,} x {itemsize} bytes, its record {shown(record)} "
+                        f"holds {info.file_size:,}", **where)
+    if len(size) != len(stride) or any(not 0 <= n <= INT64_MAX for n in (*size, *stride, start)):
+        raise BadValue(f"size {brief(size)}, stride {brief(stride)}, offset {brief(start)}: expected values "
+                       "0..2**63-1, one stride per dimension", **where)
+    if start > s.numel:
+        raise BadLayout(f"storage offset {start:,} is past the {s.numel:,} elements of storage {shown(s.key)}", **where)
+    if (hit := product_overflow(size, itemsize)) is not None:  # before a zero size skips the checks below
         raise BadValue(f"size {brief(size)}: the sizes up to size[{hit[0]}] (zeros skipped) make {hit[1]} bytes, "
                        "above 2**63-1", **where)
-    if 0 in size:
-        return ref.storage_offset
-    last = ref.storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-    if last >= numel:
-        raise BadLayout(f"size {list(size)}, stride {list(stride)} from offset {ref.storage_offset:,} reach "
-                        f"element {last:,} of a {numel:,}-element storage {shown(ref.storage.key)}", **where)
-    if not _contiguous(size, stride):
-        raise BadLayout(f"stride {list(stride)} for size {list(size)} is not contiguous; re-save the "
-                        "checkpoint with .contiguous() tensors", **where)
-    return ref.storage_offset
+    if 0 not in size:
+        last = start + sum((n - 1) * k for n, k in zip(size, stride, strict=True))
+        if last >= s.numel:
+            raise BadLayout(f"size {list(size)}, stride {list(stride)} from offset {start:,} reach element {last:,} "
+                            f"of a {s.numel:,}-element storage {shown(s.key)}", **where)
+        if not _contiguous(size, stride):
+            raise BadLayout(f"stride {list(stride)} for size {list(size)} is not contiguous; re-save the "
+                            "checkpoint with .contiguous() tensors", **where)
+    return PthTensor(name, s.dtype, size, offset + start * itemsize, math.prod(size) * itemsize)
 
 
 def _contiguous(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
@@ -687,10 +652,3 @@ def _contiguous(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
             return False
         expected *= n
     return True
-
-
-def _numel(size: tuple[int, ...]) -> int:
-    out = 1
-    for n in size:
-        out *= n
-    return out
