@@ -129,11 +129,8 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             (names the file, and the offset, record or tensor). OSError: the file cannot be read.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(len(LEGACY_PREFIX))
-    if size < MIN_ZIP:  # (numpy cannot map an empty file)
-        raise _not_a_zip(head, size).with_path(path)
+    if os.path.getsize(path) == 0:  # (numpy cannot map an empty file)
+        raise _not_a_zip(b"", 0).with_path(path)
     data = np.memmap(path, dtype=np.uint8, mode="r")
     try:
         tensors = parse_checkpoint(memoryview(data))
