@@ -1,6 +1,5 @@
-"""The sources of a conversion: find Meta's consolidated.NN.pth shards and tokenizer, describe and check them.
-
-As migrate/sources.py is to migrate.py: convert.py plans and writes what this module found and checked.
+"""Meta's checkpoint files: find the consolidated.NN.pth shards and the tokenizer; check the opened shards
+against shard 0 (convert.shards plans from what this module found and checked).
 
 Shards are read by convert.pth (our zip reader and restricted unpickler, no torch): no code in a
 pickle runs, and tensor data stays in the page cache (views of a read-only map of each file).
@@ -16,7 +15,6 @@ from pathlib import Path
 import numpy as np
 
 from convert.pth import Checkpoint, PthTensor
-from convert.source import FLOAT_DTYPES
 from ggmlfmt.errors import BadLayout, BadValue
 
 SHARD_GLOB = "consolidated.*.pth"
@@ -84,8 +82,10 @@ def check_shards(shards: list[Checkpoint]) -> list[PthTensor]:
         FormatError: names the shard and the tensor.
     """
     first = shards[0]
-    for t in first.tensors.values():
-        _check_tensor(t, first.path)
+    for t in first.tensors.values():  # (all floating-point: convert.pth knows no other storage)
+        if len(t.shape) not in (1, 2) and not skipped_name(t.name):
+            raise BadValue(f"expected 1 or 2 dimensions like every LLaMA tensor, found shape {list(t.shape)}",
+                           path=first.path, field=f"tensor {t.name!r}")
     for ck in shards[1:]:
         _compare_shard(first, ck)
     return list(first.tensors.values())
@@ -94,18 +94,6 @@ def check_shards(shards: list[Checkpoint]) -> list[PthTensor]:
 def skipped_name(name: str) -> bool:
     """rope.freqs is a training leftover every 2023 converter dropped (by this very suffix test)."""
     return name.endswith("freqs")
-
-
-def _check_tensor(t: PthTensor, path: str) -> None:
-    """Raises: FormatError for a tensor that cannot go into the file."""
-    if skipped_name(t.name):
-        return
-    if t.dtype not in FLOAT_DTYPES:
-        raise BadValue(f"expected floating-point data ({', '.join(FLOAT_DTYPES)}), found {t.dtype}",
-                       path=path, field=f"tensor {t.name!r}")
-    if len(t.shape) not in (1, 2):
-        raise BadValue(f"expected 1 or 2 dimensions like every LLaMA tensor, found shape {list(t.shape)}",
-                       path=path, field=f"tensor {t.name!r}")
 
 
 def _compare_shard(first: Checkpoint, ck: Checkpoint) -> None:
@@ -130,5 +118,5 @@ def _compare_shard(first: Checkpoint, ck: Checkpoint) -> None:
 def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two views of the same shape and dtype hold the same bytes, compared a bounded chunk at a time
     (the pages stay file-backed)."""
-    a, b = a.view(np.uint8), b.view(np.uint8)
-    return all(np.array_equal(a[k : k + COMPARE_CHUNK], b[k : k + COMPARE_CHUNK]) for k in range(0, a.size, COMPARE_CHUNK))
+    a, b, n = a.view(np.uint8), b.view(np.uint8), COMPARE_CHUNK
+    return all(np.array_equal(a[k : k + n], b[k : k + n]) for k in range(0, a.size, n))
