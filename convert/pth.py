@@ -149,7 +149,7 @@ def parse_checkpoint(buf: memoryview) -> dict[str, PthTensor]:
     pickles = [n for n in members if n == PICKLE_NAME or n.endswith("/" + PICKLE_NAME)]
     if len(pickles) != 1:
         raise BadLayout(f"expected one {PICKLE_NAME} record, found {len(pickles)} "
-                        f"{', '.join(map(repr, pickles[:3]))}".rstrip(), field="central directory")
+                        f"{', '.join(map(shown, pickles[:3]))}".rstrip(), field="central directory")
     prefix, field = pickles[0][: -len(PICKLE_NAME)], f"record {shown(pickles[0])}"
     if (order := members.get(prefix + "byteorder")) and (found := bytes(_data(buf, order)[:16])) != b"little":
         raise UnsupportedVersion(f"expected b'little', found {found!r}; we read little-endian data only",
