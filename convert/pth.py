@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
 import pickle
 import pickletools
@@ -30,17 +31,18 @@ from ggmlfmt.layout import product_overflow
 
 # ---------------------------------------------------------------- constants (docs/format.md §10)
 
-# dtype name -> (torch storage class, numpy dtype of the stored bytes, bytes per element); bf16 as raw bits
-DTYPES: dict[str, tuple[str, str, int]] = {
-    "float16": ("HalfStorage", "<f2", 2),
-    "float32": ("FloatStorage", "<f4", 4),
-    "bfloat16": ("BFloat16Storage", "<u2", 2),
+# dtype name -> (torch storage class, numpy dtype of the stored bytes); bf16 as its raw bits
+DTYPES: dict[str, tuple[str, np.dtype]] = {
+    "float16": ("HalfStorage", np.dtype("<f2")),
+    "float32": ("FloatStorage", np.dtype("<f4")),
+    "bfloat16": ("BFloat16Storage", np.dtype("<u2")),
 }
-STORAGE_DTYPE = {storage: name for name, (storage, _, _) in DTYPES.items()}
+STORAGE_DTYPE = {storage: name for name, (storage, _) in DTYPES.items()}
 
 LOCAL = struct.Struct("<4sHHHHHIIIHH")  # sig, needed, flags, method, time, date, crc, csize, usize, name len,
 #                                         extra len
 EXTRA_HEADER = struct.Struct("<HH")  # extra field id, its data length
+DESCRIPTORS = (struct.Struct("<III"), struct.Struct("<IQQ"))  # crc, csize, usize: 32-bit sizes, or zip64's
 LOCAL_SIG, DESCRIPTOR_SIG = b"PK\x03\x04", b"PK\x07\x08"
 MIN_ZIP = 22  # an empty zip is its end-of-central-directory record
 ZIP64_EXTRA_ID, ZIP64_MARK32 = 0x0001, 0xFFFFFFFF  # the mark: "the real value is in the zip64 extra field"
@@ -82,18 +84,12 @@ class PthTensor:
 
     @property
     def np_dtype(self) -> np.dtype:
-        """The numpy dtype of the stored bytes (bf16 as '<u2' bit patterns)."""
-        return np.dtype(DTYPES[self.dtype][1])
+        return view_dtype(self.dtype)
 
 
-@dataclass(frozen=True, slots=True)
-class _Member:
-    """One zip record, checked: where its data is in the file."""
-
-    name: str
-    offset: int  # of its data
-    size: int
-    crc: int
+def view_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype a checkpoint dtype's bytes are viewed as (bfloat16 as its raw 16 bits)."""
+    return DTYPES[dtype][1]
 
 
 class Checkpoint:
@@ -133,11 +129,8 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             (names the file, and the offset, record or tensor). OSError: the file cannot be read.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(len(LEGACY_PREFIX))
-    if size < MIN_ZIP:  # (numpy cannot map an empty file)
-        raise _not_a_zip(head, size).with_path(path)
+    if os.path.getsize(path) == 0:  # (numpy cannot map an empty file)
+        raise _not_a_zip(b"", 0).with_path(path)
     data = np.memmap(path, dtype=np.uint8, mode="r")
     try:
         tensors = parse_checkpoint(memoryview(data))
@@ -153,15 +146,22 @@ def parse_checkpoint(buf: memoryview) -> dict[str, PthTensor]:
         FormatError: as open_checkpoint (without the file name).
     """
     members = read_members(buf)
-    pkl = _pickle_member(members)
-    prefix = pkl.name[: -len(PICKLE_NAME)]
-    _check_byteorder(buf, members, prefix)
-    pickled = bytes(_member_bytes(buf, pkl))
-    if zlib.crc32(pickled) != pkl.crc:
-        raise BadValue(f"CRC-32 {zlib.crc32(pickled):#010x} differs from {pkl.crc:#010x} in the central "
-                       "directory", field=f"record {shown(pkl.name)}")
-    refs = unpickle_state_dict(pickled, field=f"record {shown(pkl.name)}")
-    return _tensors(refs, members, prefix)
+    pickles = [n for n in members if n == PICKLE_NAME or n.endswith("/" + PICKLE_NAME)]
+    if len(pickles) != 1:
+        raise BadLayout(f"expected one {PICKLE_NAME} record, found {len(pickles)} "
+                        f"{', '.join(map(shown, pickles[:3]))}".rstrip(), field="central directory")
+    prefix, field = pickles[0][: -len(PICKLE_NAME)], f"record {shown(pickles[0])}"
+    if (order := members.get(prefix + "byteorder")) and (found := bytes(_data(buf, order)[:16])) != b"little":
+        raise UnsupportedVersion(f"expected b'little', found {found!r}; we read little-endian data only",
+                                 field=f"record {shown(prefix + 'byteorder')}")
+    info = members[pickles[0]][1]
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise BadValue(f"{info.file_size:,} bytes, more than {MAX_PICKLE_BYTES:,}", field=field)
+    pickled = bytes(_data(buf, members[pickles[0]]))
+    if zlib.crc32(pickled) != info.CRC:
+        raise BadValue(f"CRC-32 {zlib.crc32(pickled):#010x} differs from {info.CRC:#010x} in the central directory",
+                       field=field)
+    return {name: _tensor(name, ref, members, prefix) for name, ref in unpickle_state_dict(pickled, field).items()}
 
 
 # ---------------------------------------------------------------- zip records
@@ -198,12 +198,12 @@ class _Window:
         return out
 
 
-def read_members(buf: memoryview) -> dict[str, _Member]:
-    """Every record of the zip in `buf`, by name, after checking each against its local header and the file.
+def read_members(buf: memoryview) -> dict[str, tuple[int, zipfile.ZipInfo]]:
+    """Every record of the zip in `buf` in header order: name -> (offset of its data, its directory entry), each
+    checked against the file (_check_record).
 
     Raises:
-        FormatError: no end record, a malformed or oversized directory, compressed or encrypted records,
-            duplicate names, records overlapping or running past the directory.
+        FormatError: no end record, a malformed or oversized directory, or a record _check_record refuses.
     """
     window = _Window(buf)
     try:
@@ -220,18 +220,15 @@ def read_members(buf: memoryview) -> dict[str, _Member]:
                        field="central directory") from None
     if len(infos) > MAX_MEMBERS:
         raise BadValue(f"{len(infos)} records, more than {MAX_MEMBERS}", offset=directory, field="central directory")
-    names: set[str] = set()
-    for info in infos:
-        _check_entry(info, names)
-    members: dict[str, _Member] = {}
-    end_of_previous = 0
+    members: dict[str, tuple[int, zipfile.ZipInfo]] = {}
+    end = 0  # of the previous record
     for info in sorted(infos, key=lambda i: i.header_offset):
-        if info.header_offset < end_of_previous:
-            raise BadLayout(f"record {shown(info.orig_filename)} starts inside the previous record (which ends at "
-                            f"{end_of_previous:#x})", offset=info.header_offset, field="local header")
-        m, end_of_previous = _check_local(buf, info, directory)
-        members[m.name] = m
-    return {info.orig_filename: members[info.orig_filename] for info in infos}  # directory order
+        if info.orig_filename in members:
+            raise BadLayout(f"record name {shown(info.orig_filename)} appears twice", offset=info.header_offset,
+                            field="central directory")
+        data, end = _check_record(buf, info, directory, end)
+        members[info.orig_filename] = (data, info)
+    return members
 
 
 def _not_a_zip(head: bytes, size: int) -> FormatError:
@@ -247,54 +244,55 @@ def _not_a_zip(head: bytes, size: int) -> FormatError:
                     "truncated, or not a zip-format PyTorch checkpoint", offset=size, field="end of central directory")
 
 
-def _check_entry(info: zipfile.ZipInfo, names: set[str]) -> None:
-    """Raises: FormatError for a repeated name, an encrypted or a compressed record (from its directory entry)."""
-    where = {"offset": info.header_offset, "field": f"record {shown(info.orig_filename)}"}
-    if info.orig_filename in names:
-        raise BadLayout(f"record name {shown(info.orig_filename)} appears twice", offset=info.header_offset,
-                        field="central directory")
-    names.add(info.orig_filename)
-    if info.flag_bits & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION):
-        raise BadValue("record is encrypted", **where)
-    if info.compress_type != METHOD_STORED or info.compress_size != info.file_size:
-        raise BadValue(f"record is compressed (method {info.compress_type}, {info.compress_size} bytes for "
-                       f"{info.file_size}); torch.save stores records uncompressed, so they can be memory-mapped",
-                       **where)
+def _check_record(buf: memoryview, info: zipfile.ZipInfo, directory: int, previous_end: int) -> tuple[int, int]:
+    """Check one record, in header order, against its directory entry and the file; return where its data
+    begins and where the record ends.
 
-
-def _check_local(buf: memoryview, info: zipfile.ZipInfo, directory: int) -> tuple[_Member, int]:
-    """Check a record's local header against its directory entry and the file; return it and where it ends.
+    zipfile checks none of this when listing: its entry must be neither encrypted nor compressed; its local
+    header (which zipfile reads only to extract) must lie after the previous record, repeat the entry's
+    name, flags and method, and carry its CRC and sizes (or, with flag bit 3, zeros and a data
+    descriptor after the data that carries them); header, data and descriptor end before the directory.
 
     Raises:
-        FormatError: a header or data outside the file or running into the directory, another name,
-            method or flags, sizes that disagree.
+        FormatError: names the record and the offset of its local header (or descriptor).
     """
-    pos, size = info.header_offset, info.file_size
-    where = {"offset": pos, "field": f"local header of {shown(info.orig_filename)}"}
+    pos, size, name = info.header_offset, info.file_size, info.orig_filename
+    where = {"offset": pos, "field": f"record {shown(name)}"}
+    if info.flag_bits & (FLAG_ENCRYPTED | FLAG_STRONG_ENCRYPTION):
+        raise BadValue("record is encrypted", **where)
+    if info.compress_type != METHOD_STORED or info.compress_size != size:
+        raise BadValue(f"record is compressed (method {info.compress_type}, {info.compress_size} bytes for "
+                       f"{size}); torch.save stores records uncompressed, so they can be memory-mapped", **where)
+    if pos < previous_end:
+        raise BadLayout(f"record {shown(name)} starts inside the previous record (which ends at {previous_end:#x})",
+                        offset=pos, field="local header")
+    where["field"] = f"local header of {shown(name)}"
     if not 0 <= pos <= directory - LOCAL.size:
         raise Truncated(f"need {LOCAL.size} bytes before the central directory at {directory:#x}", **where)
     sig, _, flags, method, _, _, crc, csize, usize, name_len, extra_len = LOCAL.unpack_from(buf, pos)
-    data_offset = pos + LOCAL.size + name_len + extra_len
-    if sig != LOCAL_SIG or data_offset > directory:
-        raise BadValue(f"expected signature {LOCAL_SIG!r} and a header before the directory, found {sig!r}", **where)
-    name = bytes(buf[pos + LOCAL.size : pos + LOCAL.size + name_len])
-    raw_name = info.orig_filename.encode("utf-8" if info.flag_bits & FLAG_UTF8 else "cp437")  # as zipfile decoded it
-    if name != raw_name or flags != info.flag_bits or method != METHOD_STORED:
-        raise BadValue(f"name {name[:60]!r}, flags {flags:#x}, method {method} differ from the central "
-                       f"directory's {shown(info.orig_filename)}, {info.flag_bits:#x}, {METHOD_STORED}", **where)
+    data = pos + LOCAL.size + name_len + extra_len
+    if sig != LOCAL_SIG or data > directory:
+        raise BadValue(f"expected signature {LOCAL_SIG!r} and data before the directory at {directory:#x}, found "
+                       f"{sig!r} and {data:#x}", **where)
+    raw_name = bytes(buf[pos + LOCAL.size : pos + LOCAL.size + name_len])
+    if (raw_name, flags, method) != (name.encode("utf-8" if info.flag_bits & FLAG_UTF8 else "cp437"), info.flag_bits,
+                                     METHOD_STORED):  # (the encoding zipfile decoded the name with)
+        raise BadValue(f"name {raw_name[:60]!r}, flags {flags:#x}, method {method} differ from the central directory's "
+                       f"{shown(name)}, {info.flag_bits:#x}, {METHOD_STORED}", **where)
     if ZIP64_MARK32 in (csize, usize):
-        usize, csize = _zip64_sizes(bytes(buf[pos + LOCAL.size + name_len : data_offset]), where)
-    expected = (0, 0, 0) if flags & FLAG_DESCRIPTOR else (info.CRC, size, size)
-    if (crc, csize, usize) not in (expected, (info.CRC, size, size)):
-        raise BadValue(f"CRC {crc:#x}, sizes {csize}/{usize} differ from the central directory's CRC {info.CRC:#x}, "
-                       f"size {size}", **where)
-    end = data_offset + size
-    if flags & FLAG_DESCRIPTOR:
-        end = _check_descriptor(buf, info, end, directory)
+        usize, csize = _zip64_sizes(bytes(buf[pos + LOCAL.size + name_len : data]), where)
+    want = (info.CRC, size, size)
+    if (crc, csize, usize) not in (want, (0, 0, 0) if flags & FLAG_DESCRIPTOR else want):
+        raise _sizes_differ((crc, csize, usize), want, where)
+    end = _descriptor_end(buf, data + size, want, directory, name) if flags & FLAG_DESCRIPTOR else data + size
     if end > directory:
-        raise Truncated(f"{size} bytes of data at {data_offset:#x} run into the central directory at "
-                        f"{directory:#x}", **where)
-    return _Member(info.orig_filename, data_offset, size, info.CRC), end
+        raise Truncated(f"{size} bytes of data at {data:#x} run into the central directory at {directory:#x}", **where)
+    return data, end
+
+
+def _sizes_differ(found: tuple[int, ...], want: tuple[int, ...], where: dict[str, Any]) -> BadValue:
+    return BadValue("CRC {:#x}, sizes {}/{} differ from the central directory's CRC {:#x}, size {}".format(
+        *found, *want[:2]), **where)
 
 
 def _zip64_sizes(extra: bytes, where: dict[str, Any]) -> tuple[int, int]:
@@ -312,57 +310,30 @@ def _zip64_sizes(extra: bytes, where: dict[str, Any]) -> tuple[int, int]:
     raise BadValue("a 32-bit size is 0xffffffff but no zip64 extra field holds it", **where)
 
 
-def _check_descriptor(buf: memoryview, info: zipfile.ZipInfo, pos: int, directory: int) -> int:
-    """Check the data descriptor after a record's data; return where it ends.
+def _descriptor_end(buf: memoryview, pos: int, want: tuple[int, int, int], directory: int, name: str) -> int:
+    """Where the data descriptor at `pos` ends, after checking it carries `want` (the CRC and both sizes).
 
     It is an optional signature, the CRC, then both sizes: 4 bytes each, or 8 (zip64; either is accepted).
 
     Raises:
         FormatError: missing, or its CRC or sizes differ from the central directory's.
     """
-    start = pos + (4 if bytes(buf[pos : pos + 4]) == DESCRIPTOR_SIG else 0)
-    where = {"offset": pos, "field": f"data descriptor of {shown(info.orig_filename)}"}
-    want = (info.CRC, info.file_size, info.file_size)
-    found = None
-    for width in (4, 8):  # writers differ on when they use 8-byte sizes
-        end = start + 4 + 2 * width
-        if end > directory:
-            continue
-        values = tuple(int.from_bytes(buf[a : a + n], "little")
-                       for a, n in ((start, 4), (start + 4, width), (start + 4 + width, width)))
-        if values == want:
-            return end
-        found = found or values  # the message shows the 4-byte reading when it fits
-    if found is None:
-        raise Truncated(f"need {start + 12 - pos} bytes or more before the central directory at {directory:#x}",
-                        **where)
-    crc, csize, usize = found
-    raise BadValue(f"CRC {crc:#x}, sizes {csize}/{usize} differ from the central directory's CRC "
-                   f"{info.CRC:#x}, size {info.file_size}", **where)
+    where = {"offset": pos, "field": f"data descriptor of {shown(name)}"}
+    start = pos + 4 * (bytes(buf[pos : pos + 4]) == DESCRIPTOR_SIG)
+    found = []
+    for layout in DESCRIPTORS:  # writers differ on when they use 8-byte sizes
+        if start + layout.size <= directory:
+            if (values := layout.unpack_from(buf, start)) == want:
+                return start + layout.size
+            found.append(values)  # the message shows the 4-byte reading when it fits
+    if not found:
+        raise Truncated(f"need {start + DESCRIPTORS[0].size - pos} bytes or more before the central directory at "
+                        f"{directory:#x}", **where)
+    raise _sizes_differ(found[0], want, where)
 
 
-def _member_bytes(buf: memoryview, m: _Member) -> memoryview:
-    return buf[m.offset : m.offset + m.size]
-
-
-def _pickle_member(members: dict[str, _Member]) -> _Member:
-    """Raises: FormatError unless exactly one record is data.pkl or */data.pkl, of bounded size."""
-    found = [m for m in members.values() if m.name == PICKLE_NAME or m.name.endswith("/" + PICKLE_NAME)]
-    if len(found) != 1:
-        names = ", ".join(repr(m.name) for m in found[:3])
-        raise BadLayout(f"expected one {PICKLE_NAME} record, found {len(found)} {names}".rstrip(),
-                        field="central directory")
-    if found[0].size > MAX_PICKLE_BYTES:
-        raise BadValue(f"{found[0].size:,} bytes, more than {MAX_PICKLE_BYTES:,}", field=f"record {shown(found[0].name)}")
-    return found[0]
-
-
-def _check_byteorder(buf: memoryview, members: dict[str, _Member], prefix: str) -> None:
-    """Raises: FormatError when the byteorder record says anything but little-endian."""
-    m = members.get(prefix + "byteorder")
-    if m is not None and bytes(_member_bytes(buf, m)[:16]) != b"little":
-        raise UnsupportedVersion(f"expected b'little', found {bytes(_member_bytes(buf, m)[:16])!r}; we read "
-                                 "little-endian data only", field=f"record {shown(m.name)}")
+def _data(buf: memoryview, member: tuple[int, zipfile.ZipInfo]) -> memoryview:
+    return buf[member[0] : member[0] + member[1].file_size]
 
 
 # ---------------------------------------------------------------- the pickle
@@ -477,8 +448,11 @@ def _is_int_tuple(v: object) -> bool:
     return isinstance(v, tuple) and len(v) <= MAX_NDIM and all(_is_int(x) for x in v)
 
 
-def _allowed_global(module: str, name: str) -> bool:
-    return (module == "torch" and name in STORAGE_DTYPE) or (module, name) in (REBUILD_TENSOR, ORDERED_DICT)
+def _stand_in(module: str, name: str) -> Any:
+    """The inert stand-in for an allowed global; None for any other."""
+    if module == "torch" and name in STORAGE_DTYPE:
+        return _StorageType(STORAGE_DTYPE[name])
+    return {REBUILD_TENSOR: _Global(_rebuild_tensor_v2), ORDERED_DICT: _Global(_new_state_dict)}.get((module, name))
 
 
 def _global_refused(module: str, name: str, field: str) -> FormatError:
@@ -498,13 +472,9 @@ class _Unpickler(pickle.Unpickler):
         self.storages: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "torch" and name in STORAGE_DTYPE:
-            return _StorageType(STORAGE_DTYPE[name])
-        if (module, name) == REBUILD_TENSOR:
-            return _Global(_rebuild_tensor_v2)
-        if (module, name) == ORDERED_DICT:
-            return _Global(_new_state_dict)
-        raise _global_refused(module, name, self.field)
+        if (found := _stand_in(module, name)) is None:
+            raise _global_refused(module, name, self.field)
+        return found
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -536,7 +506,16 @@ def check_opcodes(data: bytes, field: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # genops decodes a text STRING argument before we can refuse it
             for n_ops, (op, arg, pos) in enumerate(pickletools.genops(data)):
-                _check_opcode(op.name, arg, pos, n_ops, field)
+                if op.name not in ALLOWED_OPCODES:
+                    raise BadValue(f"pickle opcode {op.name} at byte {pos} is not one torch.save writes for a state "
+                                   "dict", field=field)
+                if op.name == "GLOBAL":
+                    module, _, attr = str(arg).partition(" ")
+                    if _stand_in(module, attr) is None:
+                        raise _global_refused(module, attr, field)
+                if op.name.endswith("PUT") and not 0 <= arg <= n_ops:
+                    raise BadValue(f"memo index {arg} at byte {pos} is larger than the {n_ops} opcodes before it",
+                                   field=field)
                 if keys.step(op.name, arg):
                     raise BadValue(f"{op.name} at byte {pos} uses a tuple as a dict key; a state dict's keys "
                                    "are names", field=field)
@@ -544,19 +523,6 @@ def check_opcodes(data: bytes, field: str) -> None:
         raise
     except Exception as e:  # genops: ValueError for unknown opcodes or truncated arguments
         raise BadValue(f"malformed pickle: {type(e).__name__}: {str(e)[:160]}", field=field) from None
-
-
-def _check_opcode(name: str, arg: Any, pos: int, n_ops: int, field: str) -> None:
-    """Raises: FormatError for an opcode, a global or a memo index check_opcodes refuses."""
-    if name not in ALLOWED_OPCODES:
-        raise BadValue(f"pickle opcode {name} at byte {pos} is not one torch.save writes for a state dict",
-                       field=field)
-    if name == "GLOBAL":
-        module, _, attr = str(arg).partition(" ")
-        if not _allowed_global(module, attr):
-            raise _global_refused(module, attr, field)
-    if name.endswith("PUT") and not 0 <= arg <= n_ops:
-        raise BadValue(f"memo index {arg} at byte {pos} is larger than the {n_ops} opcodes before it", field=field)
 
 
 _PUSH_ONE = frozenset({"GLOBAL", "EMPTY_TUPLE", "EMPTY_DICT", "BININT", "BININT1", "BININT2", "LONG1", "NONE",
@@ -639,53 +605,40 @@ def unpickle_state_dict(data: bytes, field: str = PICKLE_NAME) -> dict[str, _Ten
 # ---------------------------------------------------------------- tensors
 
 
-def _tensors(refs: dict[str, _TensorRef], members: dict[str, _Member], prefix: str) -> dict[str, PthTensor]:
-    """Raises: FormatError for a storage without a record or too large for it, or a tensor outside its storage."""
-    out = {}
-    for name, ref in refs.items():
-        s = ref.storage
-        m = members.get(f"{prefix}data/{s.key}")
-        where = {"field": f"tensor {shown(name)}"}
-        if m is None:
-            raise BadLayout(f"storage {shown(s.key)} has no record {shown(prefix + 'data/' + s.key)}", **where)
-        itemsize = DTYPES[s.dtype][2]
-        if s.numel * itemsize > m.size:
-            raise Truncated(f"storage {shown(s.key)} claims {s.numel:,} x {itemsize} bytes, its record "
-                            f"{shown(m.name)} holds {m.size:,}", **where)
-        start = tensor_extent(ref, name)
-        numel = _numel(ref.size)
-        out[name] = PthTensor(name, s.dtype, ref.size, m.offset + start * itemsize, numel * itemsize)
-    return out
-
-
-def tensor_extent(ref: _TensorRef, name: str) -> int:
-    """The element offset of a contiguous tensor inside its storage, after checking it fits.
+def _tensor(name: str, ref: _TensorRef, members: dict[str, tuple[int, zipfile.ZipInfo]], prefix: str) -> PthTensor:
+    """Where tensor `name` lies in the file, after checking its storage's record holds it and it is contiguous.
 
     Raises:
-        FormatError: a negative size or stride, more dimensions than sizes, elements past the
-            storage, or a non-contiguous layout.
+        FormatError: a storage without a record or larger than it; a negative size or stride, more
+            dimensions than strides, elements past the storage, or a non-contiguous layout.
     """
     where = {"field": f"tensor {shown(name)}"}
-    size, stride, numel = ref.size, ref.stride, ref.storage.numel
-    if (len(size) != len(stride) or any(not 0 <= n <= INT64_MAX for n in (*size, *stride, ref.storage_offset))):
-        raise BadValue(f"size {brief(size)}, stride {brief(stride)}, offset {brief(ref.storage_offset)}: expected "
-                       "values 0..2**63-1, one stride per dimension", **where)
-    if ref.storage_offset > numel:
-        raise BadLayout(f"storage offset {ref.storage_offset:,} is past the {numel:,} elements of storage "
-                        f"{shown(ref.storage.key)}", **where)
-    if (hit := product_overflow(size, DTYPES[ref.storage.dtype][2])) is not None:  # before a zero size returns
+    s, size, stride, start = ref.storage, ref.size, ref.stride, ref.storage_offset
+    record = f"{prefix}data/{s.key}"
+    if record not in members:
+        raise BadLayout(f"storage {shown(s.key)} has no record {shown(record)}", **where)
+    offset, info = members[record]
+    itemsize = view_dtype(s.dtype).itemsize
+    if s.numel * itemsize > info.file_size:
+        raise Truncated(f"storage {shown(s.key)} claims {s.numel:,} x {itemsize} bytes, its record {shown(record)} "
+                        f"holds {info.file_size:,}", **where)
+    if len(size) != len(stride) or any(not 0 <= n <= INT64_MAX for n in (*size, *stride, start)):
+        raise BadValue(f"size {brief(size)}, stride {brief(stride)}, offset {brief(start)}: expected values "
+                       "0..2**63-1, one stride per dimension", **where)
+    if start > s.numel:
+        raise BadLayout(f"storage offset {start:,} is past the {s.numel:,} elements of storage {shown(s.key)}", **where)
+    if (hit := product_overflow(size, itemsize)) is not None:  # before a zero size skips the checks below
         raise BadValue(f"size {brief(size)}: the sizes up to size[{hit[0]}] (zeros skipped) make {hit[1]} bytes, "
                        "above 2**63-1", **where)
-    if 0 in size:
-        return ref.storage_offset
-    last = ref.storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-    if last >= numel:
-        raise BadLayout(f"size {list(size)}, stride {list(stride)} from offset {ref.storage_offset:,} reach "
-                        f"element {last:,} of a {numel:,}-element storage {shown(ref.storage.key)}", **where)
-    if not _contiguous(size, stride):
-        raise BadLayout(f"stride {list(stride)} for size {list(size)} is not contiguous; re-save the "
-                        "checkpoint with .contiguous() tensors", **where)
-    return ref.storage_offset
+    if 0 not in size:
+        last = start + sum((n - 1) * k for n, k in zip(size, stride, strict=True))
+        if last >= s.numel:
+            raise BadLayout(f"size {list(size)}, stride {list(stride)} from offset {start:,} reach element {last:,} "
+                            f"of a {s.numel:,}-element storage {shown(s.key)}", **where)
+        if not _contiguous(size, stride):
+            raise BadLayout(f"stride {list(stride)} for size {list(size)} is not contiguous; re-save the "
+                            "checkpoint with .contiguous() tensors", **where)
+    return PthTensor(name, s.dtype, size, offset + start * itemsize, math.prod(size) * itemsize)
 
 
 def _contiguous(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
@@ -696,10 +649,3 @@ def _contiguous(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
             return False
         expected *= n
     return True
-
-
-def _numel(size: tuple[int, ...]) -> int:
-    out = 1
-    for n in size:
-        out *= n
-    return out

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.pth import DTYPES
+from convert.pth import DTYPES, view_dtype  # noqa: F401  # view_dtype: convert.convert imports it from here
 from ggmlfmt.job import Note
 from ggmlfmt.layout import TensorInfo, Vocab
 from ggmlfmt.llama.model import GGUFVocab, LlamaHParams, MetaKV
@@ -114,7 +114,3 @@ def file_stat(path: Path) -> tuple[int, int, int]:
     st = os.stat(path)
     return st.st_ino, st.st_size, st.st_mtime_ns
 
-
-def view_dtype(source_dtype: str) -> np.dtype:
-    """The numpy dtype a checkpoint dtype is viewed as (bfloat16 as its raw 16 bits)."""
-    return np.dtype(DTYPES[source_dtype][1])
