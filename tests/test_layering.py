@@ -51,8 +51,9 @@ GGMLFMT_RANKS = {
     "ggmlfmt.llama.params": 4,
     "ggmlfmt.llama.spm": 4,  # SentencePiece tokenizer.model (sentencepiece, lazily)
     "ggmlfmt.llama.tiktoken_vocab": 4,  # Meta's Llama 3 tiktoken tokenizer.model -> byte-level BPE vocabulary
-    "ggmlfmt.llama.hf_vocab": 4,
-    "ggmlfmt.job": 4,  # the conversion layer both commands share: Job (plan + a source per tensor), write, describe  # tokenizer_config.json / added_tokens.json on a SentencePiece vocabulary
+    "ggmlfmt.llama.hf_vocab": 4,  # tokenizer_config.json / added_tokens.json on a SentencePiece vocabulary
+    # 4: the conversion layer both commands share
+    "ggmlfmt.job": 4,  # Job (plan + a source per tensor + notes + destination), write, describe
     "ggmlfmt.llama.hf_bpe": 5,  # tokenizer.json byte-level BPE (uses tiktoken_vocab's alphabet)
     "ggmlfmt": 6,  # the package's public surface re-exports the modules below it
 }
