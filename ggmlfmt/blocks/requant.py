@@ -7,7 +7,6 @@ docs/format.md §12 (bare § in this module = its sections).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
@@ -15,10 +14,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ggmlfmt.blocks.dequant import dequantize_blocks
+from ggmlfmt.blocks.floats import Convert
 from ggmlfmt.constants import BLOCK_LAYOUTS, F16_MAX, GGMLType
 from ggmlfmt.errors import BadValue, CannotWrite
-
-Converter = Callable[[np.ndarray], np.ndarray]
 
 GGUF_GENERATION = 3  # GGUF's quantized blocks are the ggjt v3 ones, byte for byte (§12)
 _F32_SCALES = {"d", "m"}  # the scale fields that may be f32 in generations 1 and 2
@@ -32,10 +30,14 @@ class ScaleOverflow(CannotWrite):
 
 
 class Target(NamedTuple):
-    """What a source tensor becomes in GGUF: its type there, and the block converter (None: copy the bytes)."""
+    """What a source tensor becomes in GGUF: its type there, and the block converter (None: copy the bytes).
+
+    convert(blocks, out=None) is the engine's convert(src, out) (blocks.floats.Convert); without `out` it
+    returns a new array.
+    """
 
     type: GGMLType
-    convert: Converter | None
+    convert: Convert | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,15 +116,15 @@ def _f16(values: np.ndarray) -> np.ndarray:
         return values.astype("<f2")
 
 
-def _to_gguf(blocks: np.ndarray, *, ggml_type: GGMLType, generation: int) -> np.ndarray:
-    """Source block records -> GGUF block records: scales to f16, generation-1 nibbles repacked.
+def _to_gguf(blocks: np.ndarray, out: np.ndarray | None = None, *, ggml_type: GGMLType, generation: int) -> np.ndarray:
+    """Source block records -> GGUF block records (in `out`): scales to f16, generation-1 nibbles repacked.
 
     Raises:
         ValueError: wrong dtype. ScaleOverflow: a finite scale does not fit f16 (write F32 instead).
     """
     src, dst = _layouts(generation, ggml_type)
     _check(blocks, src, ggml_type, generation)
-    out = np.empty(blocks.shape, dtype=dst)
+    out = np.empty(blocks.shape, dtype=dst) if out is None else out
     for name in dst.names:
         if name == "qs" and BLOCK_LAYOUTS[generation][ggml_type].nibble_order == "interleaved":
             out[name] = _halves_from_interleaved(blocks[name])
@@ -190,9 +192,13 @@ def convert_blocks(blocks: np.ndarray, generation: int, ggml_type: GGMLType) -> 
     return (blocks if target.convert is None else target.convert(blocks)), rounding
 
 
-def dequantize_to_f32(blocks: np.ndarray, *, ggml_type: GGMLType, generation: int) -> np.ndarray:
-    """F32 values of a chunk of blocks: (..., n_blocks) -> (..., n_blocks * elements), exact per §5."""
-    return dequantize_blocks(blocks, ggml_type, generation)
+def _to_f32(blocks: np.ndarray, out: np.ndarray | None = None, *, ggml_type: GGMLType, generation: int) -> np.ndarray:
+    """F32 values of a chunk of blocks (in `out`): (..., n_blocks) -> (..., n_blocks * elements), exact per §5."""
+    values = dequantize_blocks(blocks, ggml_type, generation)
+    if out is None:
+        return values
+    out[...] = values
+    return out
 
 
 def gguf_target(generation: int, ggml_type: GGMLType, lossless: bool = False, *,
@@ -208,7 +214,7 @@ def gguf_target(generation: int, ggml_type: GGMLType, lossless: bool = False, *,
     """
     src, dst = _layouts(generation, ggml_type)
     ggml_type = GGMLType(ggml_type)
-    to_f32 = Target(GGMLType.F32, partial(dequantize_to_f32, ggml_type=ggml_type, generation=generation))
+    to_f32 = Target(GGMLType.F32, partial(_to_f32, ggml_type=ggml_type, generation=generation))
     if dst is None:
         return to_f32
     if src == dst and BLOCK_LAYOUTS[generation][ggml_type].nibble_order != "interleaved":
