@@ -213,12 +213,10 @@ def _gather_convert_rows(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece
         raise CannotWrite(f"tensor {info.name!r}: parts of {widths} {dtype} columns do not make rows of {info.ne[0]}")
     src_row_bytes = sum(widths) * dtype.itemsize
     step = buf.rows(max(info.row_bytes, src_row_bytes), info.n_rows)
-    starts = np.cumsum([0, *widths])
     for r in range(0, info.n_rows, step):
         m = min(step, info.n_rows - r)
         rows = buf.gathered(m * src_row_bytes)[: m * src_row_bytes].view(dtype).reshape(m, sum(widths))
-        for piece, a, b in zip(pieces, starts, starts[1:]):
-            rows[:, a:b] = piece.array[r : r + m]
+        np.concatenate([p.array[r : r + m] for p in pieces], axis=1, out=rows)
         out = buf.data[: m * info.row_bytes].reshape(m, info.row_bytes)
         _convert(info, convert, rows, out.view(info.block.dtype), r)
         w.write_region(info.name, out, row=r)
