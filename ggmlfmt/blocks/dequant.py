@@ -465,8 +465,8 @@ def block_layout(ggml_type: GGMLType, generation: int, blocks: np.ndarray | None
         ValueError: `blocks` has another dtype (a caller's bug: the reader's views always have it).
     """
     try:
-        layout = BLOCK_LAYOUTS[generation][GGMLType(ggml_type)]
-    except (KeyError, ValueError):
+        layout = BLOCK_LAYOUTS[generation][ggml_type]
+    except (KeyError, TypeError):
         raise BadValue(f"type {ggml_type!r} does not exist in block layout generation {generation!r}") from None
     if blocks is not None and blocks.dtype != layout.dtype:
         raise ValueError(f"{GGMLType(ggml_type).name} v{generation} blocks have dtype {layout.dtype}, "
