@@ -9,10 +9,11 @@ part's bytes lie in its file, and a typed read-only view of them. Every part is 
   move inside the kernel with `os.copy_file_range`, no trip through Python objects;
 - column splits (each part holds a slice of every row) are gathered into blocks of whole output
   rows, a few MB at a time, and written with one `pwrite` each;
-- casts, quantizing and block repacking (f16/bf16/f32 casts, float values -> q8_0 blocks, old
-  quantized blocks -> new ones) go through the same bounded buffer, so private memory stays flat
-  whatever the model size; values quantized from column splits are first joined into whole rows
-  in a second bounded buffer (a block may straddle two parts).
+- conversions (f16/bf16/f32 casts, float values -> q8_0 blocks, old quantized blocks -> new ones
+  or F32 values: each one `blocks.floats.Convert`, called as convert(src rows, out rows) with no
+  wrapper) go through the same bounded buffer, so private memory stays flat whatever the model
+  size; values quantized from column splits are first joined into whole rows in a second bounded
+  buffer (a block may straddle two parts).
 
 The writer's coverage proof at commit still checks that every byte was written exactly once.
 """
