@@ -3,26 +3,16 @@
 A command turns its arguments into a Job, then either writes it or describes it; the description is
 rendered from the very job that would be written, so `--dry-run` never recomputes anything.
 
-- `Job.plan`: the output file with every offset known (a ggjt layout, `layout.plan`, or a GGUF one,
-  `gguf.plan_gguf` / `llama.model.plan_llama_gguf`).
-- `Job.tensors`: one `Tensor` per planned tensor, in plan order: its planned `TensorInfo` and what it is
-  made from (its name and type in the inputs, full and shard shapes, split axis), for `describe`.
-- `Job.sources(stack)`: the engine's `unshard.Source` per planned tensor, in plan order, made lazily:
-  the inputs are opened read-only (`unshard.open_read_only`) only when `write` iterates, and closed
-  with `stack`. A builder usually passes `functools.partial(its_sources, what_it_opened, ...)`.
-- `Job.notes`: what the run says before writing (rounding, defaults taken, tensors left out): the
-  command logs each at its level; `describe` lists them too.
-- `Job.outfile`, `Job.overwrite`: the destination. The builder checks it once per run with
-  `writer.refuse_existing(outfile, overwrite=..., inputs=...)`, as soon as it knows the inputs and
-  before reading them; `write` passes `overwrite` on to the FileWriter, which never replaces an
-  output the check refused.
-- `Job.heading`, `Job.columns`, `Job.facts`: how `describe` presents it (free heading lines; the
-  table's middle columns, from COLUMNS; extra JSON keys such as the GGUF metadata or the header).
-
-A convert would build one as: plan the layout (TensorSpecs from the shards' metadata), make a
-`Tensor` per entry (checkpoint name and dtype as source_name/source_type, the shard shape, the axis),
-and `sources=partial(_sources, shard_paths, entries)`, a generator that opens each shard read-only
-on the stack and yields `Source(info, axis, pieces, convert)` per tensor (or `computed_source`).
+- `Job.plan` is the output file with every offset known (`layout.plan`, `gguf.plan_gguf` or
+  `llama.model.plan_llama_gguf`); `Job.tensors[i]` says what plan tensor i is made from.
+- `Job.sources(stack)` yields the engine's `unshard.Source` per plan tensor, lazily: the inputs are
+  opened read-only (`unshard.open_read_only`) only when `write` iterates, and closed with `stack`. A
+  builder usually passes `functools.partial(its_sources, what_it_opened, ...)`.
+- The builder checks the destination once per run, `writer.refuse_existing(outfile, overwrite=...,
+  inputs=...)`, as soon as it knows the inputs and before reading them; `write` passes `overwrite` on
+  to the FileWriter, which never replaces an output the check refused.
+- `Job.notes` (rounding, defaults taken, tensors left out) are logged by the command at their levels
+  and listed by `describe`.
 """
 
 from __future__ import annotations

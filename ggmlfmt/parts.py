@@ -6,9 +6,7 @@ one rule for the split axis, one for the full shape, one for the place of shard 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from ggmlfmt.constants import N_PARTS_BY_DIM
 from ggmlfmt.errors import CannotWrite
@@ -79,11 +77,3 @@ def shard_region(info: TensorInfo, axis: int | None, n_parts: int, k: int) -> tu
                          f"parts of whole {info.block.elements}-element blocks")
     return 0, k * (info.row_bytes // n_parts), info.n_rows
 
-
-def part_paths(first: str | os.PathLike[str]) -> list[Path]:
-    """The old multi-part files of a model: `first`, then `first.1`, `first.2`, ... while they exist."""
-    first = Path(first)
-    paths = [first]
-    while (nxt := first.with_name(f"{first.name}.{len(paths)}")).exists():
-        paths.append(nxt)
-    return paths

@@ -9,10 +9,11 @@ part's bytes lie in its file, and a typed read-only view of them. Every part is 
   move inside the kernel with `os.copy_file_range`, no trip through Python objects;
 - column splits (each part holds a slice of every row) are gathered into blocks of whole output
   rows, a few MB at a time, and written with one `pwrite` each;
-- casts, quantizing and block repacking (f16/bf16/f32 casts, float values -> q8_0 blocks, old
-  quantized blocks -> new ones) go through the same bounded buffer, so private memory stays flat
-  whatever the model size; values quantized from column splits are first joined into whole rows
-  in a second bounded buffer (a block may straddle two parts).
+- conversions (f16/bf16/f32 casts, float values -> q8_0 blocks, old quantized blocks -> new ones
+  or F32 values: each one `blocks.floats.Convert`, called as convert(src rows, out rows) with no
+  wrapper) go through the same bounded buffer, so private memory stays flat whatever the model
+  size; values quantized from column splits are first joined into whole rows in a second bounded
+  buffer (a block may straddle two parts).
 
 The writer's coverage proof at commit still checks that every byte was written exactly once.
 """
@@ -21,13 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
 
-from ggmlfmt.blocks.floats import NotFinite
+from ggmlfmt.blocks.floats import Convert, NotFinite
 from ggmlfmt.constants import CHUNK_BYTES
 from ggmlfmt.errors import CannotWrite
 from ggmlfmt.layout import TensorInfo
@@ -35,10 +36,6 @@ from ggmlfmt.parts import shard_region
 from ggmlfmt.writer import FileWriter
 
 log = logging.getLogger(__name__)
-
-
-# fill(src, out): write the converted elements of `src` (R rows of source units) into `out` (R rows of output units)
-Convert = Callable[[np.ndarray, np.ndarray], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +96,6 @@ def write_tensors(writer: FileWriter, sources: Iterable[Source], *, chunk_bytes:
             except FloatingPointError:
                 raise CannotWrite(f"tensor {src.info.name!r}: a value is beyond the range of {src.info.type.name} "
                                  "and would become infinity; choose a wider output type") from None
-            except _BadValue as e:
-                raise CannotWrite(f"tensor {src.info.name!r}: element {e.index:,} (row {e.row}, column {e.col}) is "
-                                  f"{e.value}; {src.info.type.name} needs finite values") from None
-
-
-class _BadValue(Exception):
-    """A NotFinite from a converter, placed in the whole tensor (row-major, PyTorch order)."""
-
-    def __init__(self, row: int, col: int, n_cols: int, value: float) -> None:
-        self.row, self.col, self.index, self.value = row, col, row * n_cols + col, value
 
 
 class _Buffer:
@@ -199,17 +186,23 @@ def _convert_rows(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece], cols
             if convert is None:
                 dst[...] = src.view(np.uint8).reshape(m, width)
             else:
-                _convert(convert, src, dst.view(info.block.dtype), row + r)
+                _convert(info, convert, src, dst.view(info.block.dtype), row + r)
         w.write_region(info.name, out, row=row + r)
 
 
-def _convert(convert: Convert, src: np.ndarray, dst: np.ndarray, row: int) -> None:
-    """convert(src, dst) for whole rows starting at tensor row `row`. Raises: _BadValue for a NotFinite."""
+def _convert(info: TensorInfo, convert: Convert, src: np.ndarray, dst: np.ndarray, row: int) -> None:
+    """convert(src, dst) for whole rows starting at tensor row `row`.
+
+    Raises:
+        CannotWrite: a NotFinite, placed in the whole tensor (row-major, PyTorch order).
+    """
     try:
         convert(src, dst)
     except NotFinite as e:
         n_cols = src.shape[1]
-        raise _BadValue(row + e.index // n_cols, e.index % n_cols, n_cols, e.value) from None
+        r, col = row + e.index // n_cols, e.index % n_cols
+        raise CannotWrite(f"tensor {info.name!r}: element {r * n_cols + col:,} (row {r}, column {col}) is "
+                          f"{e.value}; {info.type.name} needs finite values") from None
 
 
 def _gather_convert_rows(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece], convert: Convert,
@@ -221,12 +214,10 @@ def _gather_convert_rows(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece
         raise CannotWrite(f"tensor {info.name!r}: parts of {widths} {dtype} columns do not make rows of {info.ne[0]}")
     src_row_bytes = sum(widths) * dtype.itemsize
     step = buf.rows(max(info.row_bytes, src_row_bytes), info.n_rows)
-    starts = np.cumsum([0, *widths])
     for r in range(0, info.n_rows, step):
         m = min(step, info.n_rows - r)
         rows = buf.gathered(m * src_row_bytes)[: m * src_row_bytes].view(dtype).reshape(m, sum(widths))
-        for piece, a, b in zip(pieces, starts, starts[1:]):
-            rows[:, a:b] = piece.array[r : r + m]
+        np.concatenate([p.array[r : r + m] for p in pieces], axis=1, out=rows)
         out = buf.data[: m * info.row_bytes].reshape(m, info.row_bytes)
-        _convert(convert, rows, out.view(info.block.dtype), r)
+        _convert(info, convert, rows, out.view(info.block.dtype), r)
         w.write_region(info.name, out, row=r)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict
 from functools import partial
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ggmlfmt.blocks.floats import Convert, f16_to_f32
 from ggmlfmt.blocks.requant import Rounding, Target, f32_scale_fields, gguf_target, scan
 from ggmlfmt.constants import CHUNK_BYTES, FileVersion, GGMLType
 from ggmlfmt.errors import CannotWrite, FormatError, RequestError
@@ -47,7 +48,7 @@ from ggmlfmt.llama.model import (
 )
 from ggmlfmt.llama.spm import vocab_for_old_file
 from ggmlfmt.parts import full_shape, shard_region, split_axis
-from ggmlfmt.unshard import Convert, Piece, Source, open_read_only
+from ggmlfmt.unshard import Piece, Source, open_read_only
 from ggmlfmt.writer import refuse_existing
 from migrate.sources import SourcePart, find_parts, open_parts
 
@@ -175,9 +176,9 @@ def _plan_gguf(parts: list[SourcePart], shapes: list[tuple[int, ...]], lossless:
                            Rounding())
         target = gguf_target(generation, t.type, lossless, rounding=rounding)
         if len(t.ne) == 1 and t.type is GGMLType.F16:  # norms are F32 in every GGUF LLaMA (exact)
-            target = Target(GGMLType.F32, _to_f32)
+            target = Target(GGMLType.F32, f16_to_f32)
         outs.append(OutTensor(t.name, target.type, shapes[i]))
-        picks.append((i, None if target.convert is None else _fill(target.convert)))
+        picks.append((i, target.convert))
         roundings.append(rounding)
     h = part0.index.hparams
     try:
@@ -209,17 +210,6 @@ def _tokenizer_vocab(path: str | os.PathLike[str], part0: SourcePart) -> GGUFVoc
     except ImportError as e:  # the one optional dependency, needed only for --vocab
         raise CannotWrite(f"--vocab {os.fspath(path)}: reading a tokenizer.model needs the sentencepiece package "
                           f"({e})") from None
-
-
-def _to_f32(values: np.ndarray) -> np.ndarray:
-    return values.astype("<f4")
-
-
-def _fill(convert: Callable[[np.ndarray], np.ndarray]) -> Convert:
-    """A requant converter (blocks -> new array) as the engine's fill(src_rows, out_rows)."""
-    def fill(src: np.ndarray, out: np.ndarray) -> None:
-        out[...] = convert(src)
-    return fill
 
 
 def _gguf_notes(part0: SourcePart, hp: LlamaHParams, file_texts: bool, in_types: list[GGMLType],

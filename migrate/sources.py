@@ -25,7 +25,7 @@ from ggmlfmt.layout import (
     decode_version,
     vocab_bytes,
 )
-from ggmlfmt.parts import part_paths, split_axis
+from ggmlfmt.parts import split_axis
 from ggmlfmt.reader import map_file
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,14 @@ def find_parts(src: str | os.PathLike[str]) -> list[Path]:
     if not first.exists():
         raise FileNotFoundError(2, "No such file or directory", str(first))
     return part_paths(first)
+
+
+def part_paths(first: Path) -> list[Path]:
+    """`first`, then `first.1`, `first.2`, ... while they exist (the old multi-part naming, docs/format.md §6.1)."""
+    paths = [first]
+    while (nxt := first.with_name(f"{first.name}.{len(paths)}")).exists():
+        paths.append(nxt)
+    return paths
 
 
 def open_part(path: Path, part0: SourcePart | None = None, *, accept_ggjt: bool = False) -> SourcePart:

@@ -55,6 +55,17 @@ class BF16:
     bits: npt.NDArray[np.uint16]
 
 
+def f32_to_bf16(a: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
+    """float32 -> bfloat16 bit patterns, round to nearest even, as torch; NaN -> 0x7fc0.
+
+    (torch's scalar cast gives 0x7fc0 for NaN, its vectorised one 0xffff; the fixtures' writers use this.)
+    """
+    bits = np.ascontiguousarray(a, dtype="<f4").view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    rounded[np.isnan(a)] = 0x7FC0
+    return rounded
+
+
 def save_checkpoint(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray | BF16], *,
                     zip64_threshold: int = ZIP64_MARK32) -> None:
     """Write `tensors` (f16, f32 arrays or BF16) as torch.save of an ordered dict would.

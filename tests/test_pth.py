@@ -23,10 +23,10 @@ from builders import split_shards
 from convert.pth import (
     PthTensor, open_checkpoint, parse_checkpoint,
 )
-from pthwrite import BF16, save_checkpoint
+from pthwrite import BF16, f32_to_bf16, save_checkpoint
 from ggmlfmt import FormatError, GGMLType
 from helpers import run_with_unimportable
-from ggmlfmt.blocks.floats import CASTS, bf16_to_f16, bf16_to_f32, f32_to_bf16, f32_to_f16
+from ggmlfmt.blocks.floats import CASTS, bf16_to_f16, bf16_to_f32, f32_to_f16
 
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -160,9 +160,8 @@ def test_bf16_casts_of_every_bit_pattern_equal_torch() -> None:
     assert np.array_equal(bf16_to_f32(bits).view(np.uint32), want32)
     want16 = t.to(torch.float16).view(torch.int16).numpy().view(np.uint16)  # incl. NaNs, infinities, subnormals
     assert np.array_equal(bf16_to_f16(bits).view(np.uint16), want16)
-    scratch = np.empty(1 << 17, np.float32)
     out = np.empty((256, 256), np.float16)
-    bf16_to_f16(bits.reshape(256, 256), out, scratch=scratch)
+    bf16_to_f16(bits.reshape(256, 256), out)
     assert np.array_equal(out.view(np.uint16).reshape(-1), want16)
 
 

@@ -1,4 +1,5 @@
-"""Float conversions of tensor elements, bit-identical to torch's Tensor.to (docs/format.md §10).
+"""Float conversions of tensor elements, bit-identical to torch's Tensor.to (docs/format.md §10), and the
+converter signature every block conversion shares (casts here, blocks.quantize, blocks.requant).
 
 numpy has no bfloat16: bf16 tensors travel as their uint16 bit patterns. Every function writes
 into `out` when given one (any view, e.g. a column slice of a row buffer), so callers bound memory.
@@ -52,22 +53,9 @@ def f32_to_f16(a: npt.NDArray[np.float32], out: npt.NDArray[np.float16] | None =
     return out
 
 
-def bf16_to_f16(bits: npt.NDArray[np.uint16], out: npt.NDArray[np.float16] | None = None, *,
-                scratch: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float16]:
+def bf16_to_f16(bits: npt.NDArray[np.uint16], out: npt.NDArray[np.float16] | None = None) -> npt.NDArray[np.float16]:
     """bfloat16 bit patterns -> float16, round to nearest even, bit-identical to torch (via exact float32)."""
-    wide = bf16_to_f32(bits, scratch[: bits.size].reshape(bits.shape) if scratch is not None else None)
-    return f32_to_f16(wide, out)
-
-
-def f32_to_bf16(a: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]:
-    """float32 -> bfloat16 bit patterns, round to nearest even, as torch; NaN -> 0x7fc0.
-
-    (torch's scalar cast gives 0x7fc0 for NaN, its vectorised one 0xffff; only our writers use this.)
-    """
-    bits = np.ascontiguousarray(a, dtype="<f4").view(np.uint32)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    rounded[np.isnan(a)] = 0x7FC0
-    return rounded
+    return f32_to_f16(bf16_to_f32(bits), out)
 
 
 # What torch's Tensor.to(torch.bfloat16) gives a NaN: every f32 NaN becomes 0xffff, every f16 NaN 0x7fc0
@@ -110,10 +98,13 @@ def f16_to_f32(a: npt.NDArray[np.float16], out: npt.NDArray[np.float32]) -> npt.
     return out
 
 
-Fill = Callable[[np.ndarray, np.ndarray], object]  # fill(src, out): the converted src written into out
+# The one converter signature: convert(src, out) writes the converted `src` (R rows of source elements or
+# blocks) into `out` (R rows of output elements or blocks, any view); it raises NotFinite where it needs
+# finite values. ggmlfmt.unshard's engine calls every conversion this way, with no wrapper.
+Convert = Callable[[np.ndarray, np.ndarray], object]
 
 # (source dtype name, output type) -> the conversion; a pair missing here needs none (same bytes)
-CASTS: dict[tuple[str, GGMLType], Fill] = {
+CASTS: dict[tuple[str, GGMLType], Convert] = {
     ("float16", GGMLType.F32): f16_to_f32,
     ("float32", GGMLType.F16): f32_to_f16,
     ("bfloat16", GGMLType.F32): bf16_to_f32,
@@ -121,4 +112,3 @@ CASTS: dict[tuple[str, GGMLType], Fill] = {
     ("float16", GGMLType.BF16): f16_to_bf16,
     ("float32", GGMLType.BF16): f32_bits_to_bf16,
 }
-SAME_BYTES = {("float16", GGMLType.F16), ("float32", GGMLType.F32), ("bfloat16", GGMLType.BF16)}

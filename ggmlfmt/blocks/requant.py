@@ -7,18 +7,16 @@ docs/format.md §12 (bare § in this module = its sections).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
 
 import numpy as np
 
-from ggmlfmt.blocks.dequant import dequantize_blocks
+from ggmlfmt.blocks.dequant import block_layout, dequantize_blocks
+from ggmlfmt.blocks.floats import Convert
 from ggmlfmt.constants import BLOCK_LAYOUTS, F16_MAX, GGMLType
-from ggmlfmt.errors import BadValue, CannotWrite
-
-Converter = Callable[[np.ndarray], np.ndarray]
+from ggmlfmt.errors import CannotWrite
 
 GGUF_GENERATION = 3  # GGUF's quantized blocks are the ggjt v3 ones, byte for byte (§12)
 _F32_SCALES = {"d", "m"}  # the scale fields that may be f32 in generations 1 and 2
@@ -32,10 +30,14 @@ class ScaleOverflow(CannotWrite):
 
 
 class Target(NamedTuple):
-    """What a source tensor becomes in GGUF: its type there, and the block converter (None: copy the bytes)."""
+    """What a source tensor becomes in GGUF: its type there, and the block converter (None: copy the bytes).
+
+    convert(blocks, out=None) is the engine's convert(src, out) (blocks.floats.Convert); without `out` it
+    returns a new array.
+    """
 
     type: GGMLType
-    convert: Converter | None
+    convert: Convert | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,18 +71,16 @@ class Rounding:
         return text + (f", {self.overflow:,} beyond f16's range" if self.overflow else "")
 
 
-def _layouts(generation: int, ggml_type: GGMLType) -> tuple[np.dtype, np.dtype | None]:
-    """Source block dtype and GGUF block dtype (None: the type has no GGUF block).
+def _layouts(generation: int, ggml_type: GGMLType,
+             blocks: np.ndarray | None = None) -> tuple[np.dtype, np.dtype | None]:
+    """Source block dtype (checked against `blocks`' dtype when given) and GGUF block dtype (None: it has none).
 
     Raises:
-        BadValue: the type does not exist in that generation.
+        BadValue: the type does not exist in that generation. ValueError: `blocks` has another dtype.
     """
-    try:
-        src = BLOCK_LAYOUTS[generation][GGMLType(ggml_type)]
-    except (KeyError, ValueError):
-        raise BadValue(f"type {ggml_type!r} does not exist in block layout generation {generation!r}") from None
+    src = block_layout(ggml_type, generation, blocks).dtype
     dst = BLOCK_LAYOUTS[GGUF_GENERATION].get(GGMLType(ggml_type))
-    return src.dtype, None if dst is None else dst.dtype
+    return src, None if dst is None else dst.dtype
 
 
 def f32_scale_fields(generation: int, ggml_type: GGMLType) -> tuple[str, ...]:
@@ -93,12 +93,6 @@ def f32_scale_fields(generation: int, ggml_type: GGMLType) -> tuple[str, ...]:
     if dst is None or src.names is None:
         return ()
     return tuple(f for f in src.names if f in _F32_SCALES and src[f] != dst[f])
-
-
-def _check(blocks: np.ndarray, dtype: np.dtype, ggml_type: GGMLType, generation: int) -> None:
-    """Raises: ValueError when the array is not an array of that type's source block records."""
-    if blocks.dtype != dtype:
-        raise ValueError(f"{GGMLType(ggml_type).name} v{generation} blocks have dtype {dtype}, got {blocks.dtype}")
 
 
 def _halves_from_interleaved(qs: np.ndarray) -> np.ndarray:
@@ -114,15 +108,14 @@ def _f16(values: np.ndarray) -> np.ndarray:
         return values.astype("<f2")
 
 
-def _to_gguf(blocks: np.ndarray, *, ggml_type: GGMLType, generation: int) -> np.ndarray:
-    """Source block records -> GGUF block records: scales to f16, generation-1 nibbles repacked.
+def _to_gguf(blocks: np.ndarray, out: np.ndarray | None = None, *, ggml_type: GGMLType, generation: int) -> np.ndarray:
+    """Source block records -> GGUF block records (in `out`): scales to f16, generation-1 nibbles repacked.
 
     Raises:
         ValueError: wrong dtype. ScaleOverflow: a finite scale does not fit f16 (write F32 instead).
     """
-    src, dst = _layouts(generation, ggml_type)
-    _check(blocks, src, ggml_type, generation)
-    out = np.empty(blocks.shape, dtype=dst)
+    src, dst = _layouts(generation, ggml_type, blocks)
+    out = np.empty(blocks.shape, dtype=dst) if out is None else out
     for name in dst.names:
         if name == "qs" and BLOCK_LAYOUTS[generation][ggml_type].nibble_order == "interleaved":
             out[name] = _halves_from_interleaved(blocks[name])
@@ -144,8 +137,7 @@ def scale_rounding(blocks: np.ndarray, generation: int, ggml_type: GGMLType) -> 
     Raises:
         BadValue: unknown type. ValueError: wrong dtype.
     """
-    src, _ = _layouts(generation, ggml_type)
-    _check(blocks, src, ggml_type, generation)
+    _layouts(generation, ggml_type, blocks)
     total = Rounding()
     for name in f32_scale_fields(generation, ggml_type):
         s = blocks[name].reshape(-1)
@@ -190,9 +182,13 @@ def convert_blocks(blocks: np.ndarray, generation: int, ggml_type: GGMLType) -> 
     return (blocks if target.convert is None else target.convert(blocks)), rounding
 
 
-def dequantize_to_f32(blocks: np.ndarray, *, ggml_type: GGMLType, generation: int) -> np.ndarray:
-    """F32 values of a chunk of blocks: (..., n_blocks) -> (..., n_blocks * elements), exact per §5."""
-    return dequantize_blocks(blocks, ggml_type, generation)
+def _to_f32(blocks: np.ndarray, out: np.ndarray | None = None, *, ggml_type: GGMLType, generation: int) -> np.ndarray:
+    """F32 values of a chunk of blocks (in `out`): (..., n_blocks) -> (..., n_blocks * elements), exact per §5."""
+    values = dequantize_blocks(blocks, ggml_type, generation)
+    if out is None:
+        return values
+    out[...] = values
+    return out
 
 
 def gguf_target(generation: int, ggml_type: GGMLType, lossless: bool = False, *,
@@ -208,7 +204,7 @@ def gguf_target(generation: int, ggml_type: GGMLType, lossless: bool = False, *,
     """
     src, dst = _layouts(generation, ggml_type)
     ggml_type = GGMLType(ggml_type)
-    to_f32 = Target(GGMLType.F32, partial(dequantize_to_f32, ggml_type=ggml_type, generation=generation))
+    to_f32 = Target(GGMLType.F32, partial(_to_f32, ggml_type=ggml_type, generation=generation))
     if dst is None:
         return to_f32
     if src == dst and BLOCK_LAYOUTS[generation][ggml_type].nibble_order != "interleaved":
