@@ -209,3 +209,14 @@ def test_the_core_needs_numpy_alone():
     bad = [f"{i.module}:{i.line} imports {i.target}" for i in ALL_IMPORTS
            if i.module.split(".")[0] == "ggmlfmt" and i.executed_on_import and i.target.split(".")[0] not in allowed]
     assert bad == []
+
+
+def test_the_architecture_doc_states_every_rank():
+    """docs/architecture.md's module table says what GGMLFMT_RANKS says, for every ggmlfmt module with code."""
+    import re
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    stated = {module_name(ROOT / path): float(rank)
+              for rank, path in re.findall(r"^\| (\d+) \| `(ggmlfmt/[\w/]+\.py)` \|", doc, flags=re.M)}
+    markers = {m for m in GGMLFMT_RANKS if m in ("ggmlfmt.blocks", "ggmlfmt.tools", "ggmlfmt.llama")}
+    assert len(stated) > 20  # guards the guard: the table was found and parsed
+    assert stated == {m: float(r) for m, r in GGMLFMT_RANKS.items() if m not in markers}
