@@ -47,17 +47,7 @@ from ggmlfmt.constants import (
     GGUFValueType,
     GGUFVersion,
 )
-from ggmlfmt.errors import (
-    BadLayout,
-    BadMagic,
-    BadValue,
-    CannotWrite,
-    FormatError,
-    Truncated,
-    UnsupportedVersion,
-    excerpt,
-    shown,
-)
+from ggmlfmt.errors import BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion, excerpt, shown
 from ggmlfmt.layout import (
     Index,
     Plan,

@@ -46,17 +46,7 @@ from ggmlfmt.constants import (
     GGUFVersion,
     first_problem,
 )
-from ggmlfmt.errors import (
-    BadLayout,
-    BadMagic,
-    BadValue,
-    CannotWrite,
-    FormatError,
-    Truncated,
-    UnsupportedVersion,
-    excerpt,
-    shown,
-)
+from ggmlfmt.errors import BadLayout, BadMagic, BadValue, CannotWrite, FormatError, Truncated, UnsupportedVersion, excerpt, shown
 
 
 def align_up(pos: int, align: int = DEFAULT_ALIGNMENT) -> int:
