@@ -54,7 +54,7 @@ GGMLFMT_RANKS = {
     "ggmlfmt.llama.tiktoken_vocab": 4,  # Meta's Llama 3 tiktoken tokenizer.model -> byte-level BPE vocabulary
     "ggmlfmt.llama.hf_vocab": 4,
     "ggmlfmt.job": 4,  # the conversion layer both commands share: Job (plan + a source per tensor), write, describe  # tokenizer_config.json / added_tokens.json on a SentencePiece vocabulary
-    "ggmlfmt.llama.hf_bpe": 5,  # tokenizer.json byte-level BPE (uses tiktoken_vocab's alphabet)
+    "ggmlfmt.llama.hf_bpe": 5,  # tokenizer.json byte-level BPE (uses hf_vocab's JSON reading)
     "ggmlfmt": 6,  # the package's public surface re-exports the modules below it
 }
 APP_RANK = 7  # convert.*, migrate.*

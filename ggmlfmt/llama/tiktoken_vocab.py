@@ -23,14 +23,13 @@ import numpy as np
 from ggmlfmt.constants import TokenType
 from ggmlfmt.errors import BadOption, BadValue, FormatError, Truncated
 from ggmlfmt.gguf import GGUFStrings
-from ggmlfmt.llama.model import GGUFVocab
+from ggmlfmt.llama.model import BPE_MODEL, GGUFVocab
 
 MAX_FILE_BYTES = 64 << 20  # Meta's is 2.2 MB for 128,000 tokens; o200k-sized files stay far below
 MAX_LINE_BYTES = 1024  # base64 of a 765-byte token; Meta's longest line is under 200 bytes
 MAX_TOKENS = 1 << 20
 N_SPECIAL = 256  # Meta reserves 256 ids after the base tokens in every Llama 3 release
 PRE_TOKENIZER = "llama-bpe"  # llama.cpp's name for Meta's Llama 3 split pattern
-BPE_MODEL = "gpt2"  # tokenizer.ggml.model of every byte-level BPE
 _LINE = re.compile(rb"([^ ]+) (0|[1-9][0-9]{0,6})")
 _SNIFF = re.compile(rb"[A-Za-z0-9+/]+={0,2} [0-9]{1,7}\r?\n")
 
@@ -95,22 +94,9 @@ def read_ranks(path: str | os.PathLike[str]) -> list[bytes]:
 
 
 def parse_ranks(data: bytes) -> list[bytes]:
-    """read_ranks on the bytes of a file (an error names the offset of the bad line).
+    """read_ranks on the bytes of a file, one line at a time (an error names the offset of the bad line).
 
     Empty lines are skipped, as tiktoken's and Meta's readers do; a last line without newline is read.
-    A file like Meta's (every line `base64 rank\\n`, ranks 0..n-1 in order) is read in a few numpy
-    passes; any other file, and every file with an error, goes through the line-by-line reader,
-    which alone decides what is refused and how.
-
-    Raises:
-        FormatError: as read_ranks.
-    """
-    tokens = _parse_in_order(data)
-    return _parse_lines(data) if tokens is None else tokens
-
-
-def _parse_lines(data: bytes) -> list[bytes]:
-    """parse_ranks, one line at a time: every check, and the error of the first bad line.
 
     Raises:
         FormatError: as read_ranks.
@@ -149,54 +135,6 @@ def _parse_lines(data: bytes) -> list[bytes]:
     if missing:
         raise BadValue(f"byte 0x{missing[0]:02x} has no token ({len(missing)} bytes missing); a byte-level BPE "
                        "needs all 256", field="token")
-    return tokens
-
-
-_RANK_DIGITS = 7  # as _LINE: ranks up to 9,999,999
-
-
-def _parse_in_order(data: bytes) -> list[bytes] | None:
-    """The tokens of a file whose lines are all `base64 rank\\n` with ranks 0, 1, 2, ... in file order, found
-    with one split and a few numpy passes; None for any other file (blank lines, \\r, ranks out of
-    order, any error), which _parse_lines then reads.
-
-    It accepts only what _parse_lines accepts, with the same tokens: every line is text, one space,
-    1..7 digits without a leading zero, at most MAX_LINE_BYTES in all; each text is decoded by the
-    same strict a2b_base64; the ranks are 0..n-1 in order, no token repeats, every byte is a token.
-    """
-    size = len(data)
-    parts = data.split()  # text, rank, text, rank, ... when the file is well formed
-    n = len(parts) // 2
-    if not n or len(parts) != 2 * n or n > MAX_TOKENS or data[-1] != 0x0A:
-        return None
-    lengths = np.fromiter(map(len, parts), np.int64, 2 * n).reshape(n, 2)
-    rank_len = lengths[:, 1]
-    line_ends = np.cumsum(lengths[:, 0] + rank_len + 2)  # one past each newline, if one space separates the two
-    if line_ends[-1] != size:
-        return None  # whitespace other than one byte between the parts and one after the last
-    raw = np.frombuffer(data, np.uint8)
-    spaces = line_ends - 2 - rank_len
-    if not (np.all(raw[line_ends - 1] == 0x0A) and np.all(raw[spaces] == 0x20)
-            and int((lengths[:, 0] + rank_len).max()) + 1 <= MAX_LINE_BYTES and int(rank_len.max()) <= _RANK_DIGITS):
-        return None
-    ranks = np.zeros(n, np.int64)
-    for k in range(_RANK_DIGITS):  # digit k of each rank that has one, most significant first
-        has = rank_len > k
-        digit = raw[spaces[has] + 1 + k] - np.uint8(0x30)  # a non-digit wraps to 10 or more
-        if np.any(digit > 9):
-            return None
-        ranks[has] = ranks[has] * 10 + digit
-    if np.any((raw[spaces + 1] == 0x30) & (rank_len > 1)) or not np.array_equal(ranks, np.arange(n)):
-        return None
-    a2b = binascii.a2b_base64
-    try:
-        tokens = [a2b(text, strict_mode=True) for text in parts[0::2]]
-    except binascii.Error:
-        return None
-    token_len = np.fromiter(map(len, tokens), np.int64, n)
-    singles = {tokens[i] for i in np.flatnonzero(token_len == 1).tolist()}
-    if not token_len.all() or len(singles) != 256 or len(set(tokens)) != n:
-        return None
     return tokens
 
 
