@@ -152,9 +152,8 @@ def _parse_line(line: bytes, pos: int) -> tuple[bytes, int]:
     return token, int(m[2])
 
 
-# GPT-2's byte alphabet as arrays: each byte's character as a UTF-16 code unit, and its UTF-8 length
+# GPT-2's byte alphabet as an array: each byte's character as a UTF-16 code unit
 _CODE_UNITS = np.array([ord(c) for _, c in sorted(bytes_to_unicode().items())], "<u2")
-_UTF8_LENGTHS = np.array([len(chr(u).encode("utf-8")) for u in _CODE_UNITS.tolist()], np.int64)
 
 
 def bpe_merges(tokens: list[bytes]) -> Iterator[tuple[int, int]]:
