@@ -49,8 +49,6 @@ from ggmlfmt.llama.model import (
     MetaKV,
     OutTensor,
     check_overrides,
-    llama_file_type,
-    llama_metadata,
     plan_llama_gguf,
 )
 from ggmlfmt.unshard import Piece, Source, computed_source, open_read_only
@@ -249,11 +247,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
 def _plan_gguf(hp: LlamaHParams, vocab: GGUFVocab, outs: list[OutTensor], name: str, n_params: int | None,
                extra: tuple[MetaKV, ...]) -> tuple[Plan, GGUFContent]:
     """The GGUF layout (llama.plan_llama_gguf) and the metadata it writes, kept for --dry-run."""
-    types_2d = [t.type for t in outs if len(t.shape) == 2]
-    quantized = any(BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][t.type].elements > 1 for t in outs)
-    metadata = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=quantized,
-                              n_params=n_params, extra=extra)  # the list plan_llama_gguf writes, from the same values
-    layout = plan_llama_gguf(hp, vocab, outs, name=name, n_params=n_params, extra=extra)
+    layout, metadata = plan_llama_gguf(hp, vocab, outs, name=name, n_params=n_params, extra=extra)
     return layout, GGUFContent(hp, vocab, tuple(metadata))
 
 

@@ -27,6 +27,7 @@ import os
 import re
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,8 @@ from ggmlfmt.llama.model import (
     llama3_rope_factors,
     llama_hparams,
 )
-from ggmlfmt.llama.params import MAX_DIM, MAX_LAYERS, MAX_PARAMS_BYTES
+from ggmlfmt.llama.params import MAX_DIM, MAX_LAYERS, MAX_PARAMS_BYTES, json_int
+from ggmlfmt.llama.params import json_float as _float
 from ggmlfmt.llama.spm import load_gguf_vocab
 from ggmlfmt.reader import load
 from ggmlfmt.safetensors import dtype_name
@@ -197,29 +199,11 @@ def _rope(obj: dict[str, Any], path: Path) -> dict[str, Any]:
     return out
 
 
-def _int(obj: dict[str, Any], key: str, lo: int, hi: int, path: Path) -> int:
-    value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise BadValue(f"expected an integer in {lo}..{hi:,}, found {json.dumps(value)[:40]}", path=str(path),
-                       field=key)
-    return value
+_int = partial(json_int, joined=True)  # config.json's errors: "expected an integer in lo..hi"
 
 
 def _opt_id(obj: dict[str, Any], key: str, path: Path) -> int | None:
     return None if not isinstance(obj.get(key), int) else _int(obj, key, 0, MAX_VOCAB, path)
-
-
-def _float(obj: dict[str, Any], key: str, hi: float, path: Path) -> float:
-    value = obj.get(key)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    try:
-        number = float(value) if ok else math.nan
-    except OverflowError:
-        number = math.inf
-    if not (math.isfinite(number) and 0 < number < hi):
-        raise BadValue(f"expected a number in (0, {hi:g}), found {json.dumps(value)[:40]}", path=str(path),
-                       field=key)
-    return number
 
 
 # ------------------------------------------------------------------ weight files

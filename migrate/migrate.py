@@ -185,7 +185,7 @@ def _plan_gguf(parts: list[SourcePart], shapes: list[tuple[int, ...]], lossless:
         vocab = reconstruct_vocab(part0.index.vocab) if tokenizer is None else _tokenizer_vocab(tokenizer, part0)
         hp = llama_hparams({t.name: t.shape for t in outs}, n_vocab=h.n_vocab, n_embd=h.n_embd, n_head=h.n_head,
                            n_layer=h.n_layer, n_rot=h.n_rot, context_length=ctx, rms_eps=eps)
-        layout = plan_llama_gguf(hp, vocab, outs, name=part0.path.name.removesuffix(".bin") or part0.path.name)
+        layout, _ = plan_llama_gguf(hp, vocab, outs, name=part0.path.name.removesuffix(".bin") or part0.path.name)
     except (FormatError, RequestError) as e:
         raise e.with_path(part0.path) from None
     vocab_source = "the file's texts" if tokenizer is None else os.fspath(tokenizer)

@@ -54,7 +54,7 @@ GGMLFMT_RANKS = {
     "ggmlfmt.llama.hf_vocab": 4,  # tokenizer_config.json / added_tokens.json on a SentencePiece vocabulary
     # 4: the conversion layer both commands share
     "ggmlfmt.job": 4,  # Job (plan + a source per tensor + notes + destination), write, describe
-    "ggmlfmt.llama.hf_bpe": 5,  # tokenizer.json byte-level BPE (uses tiktoken_vocab's alphabet)
+    "ggmlfmt.llama.hf_bpe": 5,  # tokenizer.json byte-level BPE (uses hf_vocab's JSON reading)
     "ggmlfmt": 6,  # the package's public surface re-exports the modules below it
 }
 APP_RANK = 7  # convert.*, migrate.*

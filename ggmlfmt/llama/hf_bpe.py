@@ -31,8 +31,7 @@ from ggmlfmt.llama.hf_vocab import (
     read_json,
     settings,
 )
-from ggmlfmt.llama.model import GGUFVocab, MetaKV
-from ggmlfmt.llama.tiktoken_vocab import BPE_MODEL
+from ggmlfmt.llama.model import BPE_MODEL, SPACE_MARKER, GGUFVocab, MetaKV
 
 TOKENIZER_JSON = "tokenizer.json"
 MAX_TOKENIZER_JSON_BYTES = 64 << 20  # Llama 3's is 9 MB; the largest released ones are ~35 MB
@@ -94,7 +93,7 @@ def bpe_from_json(obj: dict[str, Any], config: dict[str, Any], n_vocab: int, con
             types[i] = TokenType.CONTROL
         else:
             types[i] = TokenType.USER_DEFINED
-            pieces[i] = text.replace("\u2581", " ")
+            pieces[i] = text.replace(SPACE_MARKER, " ")
     merges = tuple(_merges(model.get("merges"), path))
     special = special_ids(config, added_tokens, config_ids, n_vocab, config_path)
     extra = settings(config, config_path) if config else []

@@ -200,16 +200,13 @@ def llama_hparams(shapes: Mapping[str, Sequence[int]], *, n_vocab: int, n_embd: 
     if kv_rows <= 0 or kv_rows % head or n_head % (kv_rows // head):
         raise BadValue(f"{kv_rows} rows are not a whole number of {head}-row heads dividing {n_head}",
                        field="tensor 'layers.0.attention.wk.weight'")
-    for n in range(n_layer):
-        _check_layer(shapes, n, n_embd, n_ff, kv_rows)
+    for n in range(n_layer):  # every layer as layer 0 implies
+        for name, want in _layer_shapes(n, n_embd, n_ff, kv_rows).items():
+            _expect(shapes, name, want, "from layer 0 and n_embd")
     defaults = tuple(k for k, v in (("context_length", context_length), ("rms_eps", rms_eps)) if v is None)
     ctx = LLAMA1_CONTEXT_LENGTH if context_length is None else context_length
     eps = LLAMA1_RMS_EPS if rms_eps is None else rms_eps
-    if not 0 < ctx < 1 << 32:
-        raise BadValue(f"expected 1..{(1 << 32) - 1}, found {ctx}", field="context_length")
-    _check_positive_float("rms_eps", eps)
-    if rope_freq_base is not None:
-        _check_positive_float("rope_freq_base", rope_freq_base)
+    _check_positive(ctx, eps, rope_freq_base)
     return LlamaHParams(n_vocab, n_embd, n_layer, n_head, kv_rows // head, n_ff, n_rot, ctx, eps, rope_freq_base,
                         defaults)
 
@@ -262,33 +259,28 @@ def _layer_shapes(n: int, n_embd: int, n_ff: int, kv_rows: int) -> dict[str, tup
             f"{p}ffn_norm.weight": (n_embd,)}
 
 
-def _check_layer(shapes: Mapping[str, Sequence[int]], n: int, n_embd: int, n_ff: int, kv_rows: int) -> None:
-    """Raises: FormatError when a tensor of layer n has another shape than layer 0 implies."""
-    for name, want in _layer_shapes(n, n_embd, n_ff, kv_rows).items():
-        _expect(shapes, name, want, "from layer 0 and n_embd")
-
-
 def check_overrides(context_length: int | None, rms_eps: float | None) -> None:
     """--ctx and --eps checked as requests, before any input is read (a bad one is not the input's fault).
 
     Raises: BadOption naming the option and the GGUF field it sets.
     """
     try:
-        if context_length is not None and not 0 < context_length < 1 << 32:
-            raise BadValue(f"expected 1..{(1 << 32) - 1}, found {context_length}", field="context_length")
-        if rms_eps is not None:
-            _check_positive_float("rms_eps", rms_eps)
+        _check_positive(context_length, rms_eps)
     except BadValue as e:
         option = "--ctx" if e.field == "context_length" else "--eps"
         raise BadOption(f"{e.field}: {e.msg}", field=option) from None
 
 
-def _check_positive_float(field: str, value: float) -> None:
-    """Raises: FormatError unless value is a finite positive number that f32 represents as non-zero."""
-    with np.errstate(over="ignore", under="ignore"):
-        as_f32 = np.float32(value) if math.isfinite(value) else np.float32(0)
-    if not (value > 0 and 0 < as_f32 < np.inf):
-        raise BadValue(f"expected a positive finite f32, found {value!r}", field=field)
+def _check_positive(context_length: int | None, rms_eps: float | None, rope_freq_base: float | None = None) -> None:
+    """Raises: FormatError unless the context length (when given) is a u32 above 0, and each float given is a finite
+    positive number that f32 represents as non-zero."""
+    if context_length is not None and not 0 < context_length < 1 << 32:
+        raise BadValue(f"expected 1..{(1 << 32) - 1}, found {context_length}", field="context_length")
+    for field, value in (("rms_eps", rms_eps), ("rope_freq_base", rope_freq_base)):
+        with np.errstate(over="ignore", under="ignore"):
+            as_f32 = np.float32(value) if value is not None and math.isfinite(value) else np.float32(0)
+        if value is not None and not (value > 0 and 0 < as_f32 < np.inf):
+            raise BadValue(f"expected a positive finite f32, found {value!r}", field=field)
 
 
 # ------------------------------------------------------------------ vocabulary (§15)
@@ -296,6 +288,7 @@ def _check_positive_float(field: str, value: float) -> None:
 UNKNOWN_TEXT = " \u2047 ".encode()  # what the 2023 converters stored for <unk>
 SPACE_MARKER = "\u2581"  # SentencePiece's space, stored as ASCII space by the 2023 converters
 LLAMA_CONTROL_NAMES = {1: "<s>", 2: "</s>"}  # LLaMA's bos and eos; the old files stored both as empty texts
+BPE_MODEL = "gpt2"  # tokenizer.ggml.model of every byte-level BPE (Meta's tiktoken file and tokenizer.json alike)
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,11 +483,12 @@ class OutTensor(NamedTuple):
 
 
 def plan_llama_gguf(hp: LlamaHParams, vocab: GGUFVocab, tensors: Sequence[OutTensor], *, name: str,
-                    n_params: int | None = None, extra: Sequence[MetaKV] = ()) -> Plan:
+                    n_params: int | None = None, extra: Sequence[MetaKV] = ()) -> tuple[Plan, list[MetaKV]]:
     """Lay out a GGUF v3 LLaMA file: metadata (§14), tensors under their GGUF names (§13), in the given order.
 
     general.file_type is the most common 2-D type; general.quantization_version is written when any
-    tensor is quantized; n_params and extra as llama_metadata. The returned plan names tensors by their GGUF names.
+    tensor is quantized; n_params and extra as llama_metadata. Returns the plan, which names tensors by
+    their GGUF names, and the metadata it writes (for --dry-run to show what is written, not a recomputation).
 
     Raises:
         FormatError: a value llama.cpp would refuse (vocabulary size, special ids, unknown tensors).
@@ -505,12 +499,5 @@ def plan_llama_gguf(hp: LlamaHParams, vocab: GGUFVocab, tensors: Sequence[OutTen
     meta = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=quantized,
                           n_params=n_params, extra=extra)
     specs = [TensorSpec.from_shape(gguf_tensor_name(t.name, hp.n_layer), t.type, t.shape) for t in tensors]
-    return plan_gguf([_triple(kv) for kv in meta], specs)
-
-
-def _triple(kv: MetaKV) -> tuple[str, Any, Any]:
-    """A MetaKV as plan_gguf's (key, type, value); arrays carry their element type in the type."""
-    if kv.type == GGUFValueType.ARRAY:
-        element, items = kv.value
-        return kv.key, (GGUFValueType.ARRAY, element), items
-    return kv.key, kv.type, kv.value
+    arrays_typed = [(k, (t, v[0]), v[1]) if t == GGUFValueType.ARRAY else (k, t, v) for k, t, v in meta]
+    return plan_gguf(arrays_typed, specs), meta  # plan_gguf wants an array's element type in the type

@@ -120,10 +120,11 @@ def read_params(path: str | os.PathLike[str]) -> Params:
 
 
 def parse_params(obj: Any, *, path: str = "params.json") -> Params:
-    """Validate a decoded params.json object.
+    """Validate a decoded params.json object; the LLaMA-2 and Llama 3 fields are None when absent or JSON null.
 
     Raises:
-        FormatError: a field is missing, not an integer, or out of range.
+        FormatError: a field is missing, not an integer (a number, true/false) or out of range; n_heads or
+            n_kv_heads not dividing what they must; a high-frequency factor not above the low one (1).
     """
     if not isinstance(obj, dict):
         raise BadValue(f"expected a JSON object, found {type(obj).__name__}", path=path)
@@ -131,74 +132,30 @@ def parse_params(obj: Any, *, path: str = "params.json") -> Params:
         if key not in obj:
             raise BadValue("missing; a Meta params.json has dim, multiple_of, n_heads, n_layers", path=path,
                            field=key)
-    dim = _int_field(obj, "dim", 1, MAX_DIM, path)
-    multiple_of = _int_field(obj, "multiple_of", 1, MAX_MULTIPLE_OF, path)
-    n_layers = _int_field(obj, "n_layers", 1, MAX_LAYERS, path)
-    n_heads = _int_field(obj, "n_heads", 1, dim, path)
+    dim = json_int(obj, "dim", 1, MAX_DIM, path)
+    multiple_of = json_int(obj, "multiple_of", 1, MAX_MULTIPLE_OF, path)
+    n_layers = json_int(obj, "n_layers", 1, MAX_LAYERS, path)
+    n_heads = json_int(obj, "n_heads", 1, dim, path)
     if dim % n_heads:
         raise BadValue(f"{n_heads} heads do not divide dim {dim}", path=path, field="n_heads")
-    vocab_size = _int_field(obj, "vocab_size", -1, 1 << 24, path) if "vocab_size" in obj else -1
+    vocab_size = json_int(obj, "vocab_size", -1, 1 << 24, path) if "vocab_size" in obj else -1
     if vocab_size == 0:
         raise BadValue("expected -1 (from the tokenizer) or a positive size, found 0", path=path,
                        field="vocab_size")
-    return Params(dim, multiple_of, n_heads, n_layers, vocab_size, *_llama2_fields(obj, n_heads, path),
-                  *_llama3_fields(obj, path))
-
-
-def _llama3_fields(obj: dict[str, Any], path: str) -> tuple[Any, ...]:
-    """use_scaled_rope, rope_scaling_factor, rope_high_freq_factor (None when absent or JSON null).
-
-    Raises:
-        FormatError: use_scaled_rope not a JSON boolean; a factor not a number in (0, MAX_ROPE_SCALING), or a
-            high-frequency factor not above the low one (1).
-    """
+    n_kv = json_int(obj, "n_kv_heads", 1, n_heads, path) if obj.get("n_kv_heads") is not None else None
+    if n_kv is not None and n_heads % n_kv:
+        raise BadValue(f"{n_kv} key/value heads do not divide n_heads {n_heads}", path=path, field="n_kv_heads")
+    floats = [json_float(obj, k, hi, path, optional=True) for k, hi in (
+        ("ffn_dim_multiplier", MAX_FFN_MULTIPLIER), ("norm_eps", 1.0), ("rope_theta", MAX_ROPE_THETA))]
     scaled = obj.get("use_scaled_rope")
     if scaled is not None and not isinstance(scaled, bool):
         raise BadValue(f"expected true or false, found {json.dumps(scaled)[:40]}", path=path,
                        field="use_scaled_rope")
-    present = {k: obj[k] for k in ("rope_scaling_factor", "rope_high_freq_factor") if obj.get(k) is not None}
-    factors = [_float_field(present, k, MAX_ROPE_SCALING, path) for k in ("rope_scaling_factor",
-                                                                         "rope_high_freq_factor")]
-    if factors[1] is not None and factors[1] <= 1:  # the blend divides by (high - low), low being 1
-        raise BadValue(f"expected a number above 1, found {factors[1]!r}", path=path, field="rope_high_freq_factor")
-    return (scaled, *factors)
-
-
-def _llama2_fields(obj: dict[str, Any], n_heads: int, path: str) -> tuple[Any, ...]:
-    """n_kv_heads, ffn_dim_multiplier, norm_eps, rope_theta (None when absent or JSON null).
-
-    Raises:
-        FormatError: a value of the wrong kind or out of range, or n_kv_heads not dividing n_heads.
-    """
-    present = {k: obj[k] for k in ("n_kv_heads", "ffn_dim_multiplier", "norm_eps", "rope_theta")
-               if obj.get(k) is not None}
-    n_kv = _int_field(present, "n_kv_heads", 1, n_heads, path) if "n_kv_heads" in present else None
-    if n_kv is not None and n_heads % n_kv:
-        raise BadValue(f"{n_kv} key/value heads do not divide n_heads {n_heads}", path=path, field="n_kv_heads")
-    mult = _float_field(present, "ffn_dim_multiplier", MAX_FFN_MULTIPLIER, path)
-    eps = _float_field(present, "norm_eps", 1.0, path)
-    theta = _float_field(present, "rope_theta", MAX_ROPE_THETA, path)
-    return n_kv, mult, eps, theta
-
-
-def _float_field(obj: dict[str, Any], key: str, hi: float, path: str) -> float | None:
-    """A positive finite number below hi (integers allowed), or None when absent.
-
-    Raises:
-        FormatError: not a number (JSON true/false included), not finite, or out of (0, hi).
-    """
-    if key not in obj:
-        return None
-    value = obj[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadValue(f"expected a number, found {json.dumps(value)[:40]}", path=path, field=key)
-    try:
-        value = float(value)
-    except OverflowError:  # a JSON integer with hundreds of digits
-        value = math.inf
-    if not (math.isfinite(value) and 0 < value < hi):
-        raise BadValue(f"expected a number in (0, {hi:g}), found {value!r}", path=path, field=key)
-    return value
+    factor, high = (json_float(obj, k, MAX_ROPE_SCALING, path, optional=True)
+                    for k in ("rope_scaling_factor", "rope_high_freq_factor"))
+    if high is not None and high <= 1:  # the blend divides by (high - low), low being 1
+        raise BadValue(f"expected a number above 1, found {high!r}", path=path, field="rope_high_freq_factor")
+    return Params(dim, multiple_of, n_heads, n_layers, vocab_size, n_kv, *floats, scaled, factor, high)
 
 
 def gguf_hparams(params: Params, n_vocab: int, shapes: Mapping[str, Sequence[int]], *,
@@ -224,15 +181,44 @@ def gguf_hparams(params: Params, n_vocab: int, shapes: Mapping[str, Sequence[int
     return hp
 
 
-def _int_field(obj: dict[str, Any], key: str, lo: int, hi: int, path: str) -> int:
-    """One integer field within [lo, hi].
+def json_int(obj: dict[str, Any], key: str, lo: int, hi: int, path: str | os.PathLike[str], *,
+             joined: bool = False) -> int:
+    """A field of a decoded JSON object that must be an integer in lo..hi (absent: JSON null, refused).
+
+    joined: one sentence for both faults with the range spelled 1..65,536 (config.json's errors); else
+    "expected an integer" or "expected lo..hi" (params.json's).
 
     Raises:
-        FormatError: not an integer (JSON true/false and 4096.0 included) or out of range.
+        FormatError: not an integer (JSON true/false and 4096.0 included) or out of range (names path and key).
     """
-    value = obj[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise BadValue(f"expected an integer, found {json.dumps(value)[:40]}", path=path, field=key)
-    if not lo <= value <= hi:
-        raise BadValue(f"expected {lo}..{hi}, found {value}", path=path, field=key)
+    value = obj.get(key)
+    typed = not isinstance(value, bool) and isinstance(value, int)
+    if not (typed and lo <= value <= hi):
+        found = json.dumps(value)[:40]
+        msg = (f"expected an integer in {lo}..{hi:,}, found {found}" if joined else
+               f"expected {lo}..{hi}, found {found}" if typed else f"expected an integer, found {found}")
+        raise BadValue(msg, path=os.fspath(path), field=key)
     return value
+
+
+def json_float(obj: dict[str, Any], key: str, hi: float, path: str | os.PathLike[str], *,
+               optional: bool = False) -> float | None:
+    """A field of a decoded JSON object that must be a finite number in (0, hi) (integers allowed).
+
+    optional: absent or JSON null gives None; else it is refused as any other non-number.
+
+    Raises:
+        FormatError: not a number (JSON true/false included), not finite, or out of range (names path and key).
+    """
+    value = obj.get(key)
+    if value is None and optional:
+        return None
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    try:
+        number = float(value) if numeric else math.nan
+    except OverflowError:  # a JSON integer with hundreds of digits
+        number = math.inf
+    if not (math.isfinite(number) and 0 < number < hi):
+        found = repr(number) if numeric else json.dumps(value)[:40]
+        raise BadValue(f"expected a number in (0, {hi:g}), found {found}", path=os.fspath(path), field=key)
+    return number

@@ -15,10 +15,13 @@ import numpy as np
 from ggmlfmt.constants import TokenType
 from ggmlfmt.errors import BadValue
 from ggmlfmt.layout import Vocab
-from ggmlfmt.llama.model import GGUFVocab, check_vocab_matches
+from ggmlfmt.llama.model import (
+    SPACE_MARKER,
+    UNKNOWN_TEXT,
+    GGUFVocab,
+    check_vocab_matches,
+)
 
-UNKNOWN_TEXT = " \u2047 ".encode()  # space, DOUBLE QUESTION MARK, space: what llama.cpp shows for <unk>
-SPACE_MARKER = "\u2581"  # SentencePiece's "▁", written as an ASCII space
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 MAX_VOCAB = 1 << 24  # LLaMA has 32,000; a larger count is a broken or hostile model
 MAX_MODEL_BYTES = 1 << 26  # LLaMA's tokenizer.model is 500 KB, the largest SentencePiece models a few MB

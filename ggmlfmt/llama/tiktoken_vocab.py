@@ -23,14 +23,13 @@ import numpy as np
 from ggmlfmt.constants import TokenType
 from ggmlfmt.errors import BadOption, BadValue, FormatError, Truncated
 from ggmlfmt.gguf import GGUFStrings
-from ggmlfmt.llama.model import GGUFVocab
+from ggmlfmt.llama.model import BPE_MODEL, GGUFVocab
 
 MAX_FILE_BYTES = 64 << 20  # Meta's is 2.2 MB for 128,000 tokens; o200k-sized files stay far below
 MAX_LINE_BYTES = 1024  # base64 of a 765-byte token; Meta's longest line is under 200 bytes
 MAX_TOKENS = 1 << 20
 N_SPECIAL = 256  # Meta reserves 256 ids after the base tokens in every Llama 3 release
 PRE_TOKENIZER = "llama-bpe"  # llama.cpp's name for Meta's Llama 3 split pattern
-BPE_MODEL = "gpt2"  # tokenizer.ggml.model of every byte-level BPE
 _LINE = re.compile(rb"([^ ]+) (0|[1-9][0-9]{0,6})")
 _SNIFF = re.compile(rb"[A-Za-z0-9+/]+={0,2} [0-9]{1,7}\r?\n")
 
@@ -214,9 +213,8 @@ def _parse_line(line: bytes, pos: int) -> tuple[bytes, int]:
     return token, int(m[2])
 
 
-# GPT-2's byte alphabet as arrays: each byte's character as a UTF-16 code unit, and its UTF-8 length
+# GPT-2's byte alphabet as an array: each byte's character as a UTF-16 code unit
 _CODE_UNITS = np.array([ord(c) for _, c in sorted(bytes_to_unicode().items())], "<u2")
-_UTF8_LENGTHS = np.array([len(chr(u).encode("utf-8")) for u in _CODE_UNITS.tolist()], np.int64)
 
 
 def bpe_merges(tokens: list[bytes]) -> Iterator[tuple[int, int]]:
