@@ -14,7 +14,6 @@ QUANT_STEP_ELEMENTS (every temporary a preallocated scratch array that stays in 
 
 from __future__ import annotations
 
-import sys
 import threading
 
 import numpy as np
@@ -31,12 +30,11 @@ HALF_DOWN = np.nextafter(np.float32(0.5), np.float32(0))
 QUANT_STEP_ELEMENTS = 1 << 18  # values per step: 2 MB of scratch (cache-sized), few numpy calls per value
 F16_BIAS = np.float32(2.0**112)  # f16 magnitude bits shifted into float32's place are the value times 2^-112
 SIGN = np.uint32(0x80000000)
-# Per source dtype: (left, right) shifts that turn its bits, widened to uint32, into |x|'s float32 bits (times
-# 2^-112 for f16, subnormals included; (0, 0): float32 itself), and |x|'s bits from NaN and infinity upwards.
-_WIDEN = {np.dtype(np.float32): (0, 0, 0x7F800000),
-          np.dtype(np.float16): (17, 4, 0x7C00 << 13),
-          np.dtype(np.uint16): (17, 1, 0x7F800000)}  # bfloat16 bit patterns
-_TOP_BYTE = 0 if sys.byteorder == "big" else -1
+# Per source dtype: the right shift that turns |x|'s bits, in the top of a uint32, into float32's (f16: times
+# 2^-112, subnormals included), and |x|'s bits from NaN and infinity upwards in that place.
+_WIDEN = {np.dtype(np.float32): (0, 0x7F800000),
+          np.dtype(np.float16): (3, 0x7C00 << 13),
+          np.dtype(np.uint16): (0, 0x7F800000)}  # bfloat16 bit patterns
 
 
 class _Scratch(threading.local):
@@ -61,25 +59,24 @@ def _quantize_step(x: np.ndarray, rec: np.ndarray, s: _Scratch) -> None:
         FloatingPointError: a scale beyond f16's range (|x| > 65504 * 127): it would be stored as infinity.
     """
     n, nb = x.size, x.size // Q8_0_BLOCK
-    left, right, not_finite = _WIDEN[x.dtype]
+    right, not_finite = _WIDEN[x.dtype]
     mag, sign = s.mag[:n], s.sign[:n]
-    if left:
+    bits = x.view(np.uint32) if x.itemsize == 4 else mag
+    if x.itemsize == 2:  # f16, bf16: into the top half of a uint32 (the sign bit in float32's place)
         np.copyto(mag, x.view(np.uint16))
-        np.right_shift(mag, 15, out=sign)
-        sign <<= 31
-        mag <<= left
+        mag <<= 16
+    np.bitwise_and(bits, SIGN, out=sign)
+    np.bitwise_xor(bits, sign, out=mag)
+    if right:
         mag >>= right
-    else:
-        np.bitwise_and(x.view(np.uint32), SIGN, out=sign)
-        np.bitwise_xor(x.view(np.uint32), sign, out=mag)
     amax_bits = np.maximum.reduceat(mag, s.starts[:nb])  # magnitudes' bits order like the values, NaN above inf
     top = amax_bits.max()
     if top >= not_finite:
         bad = int(np.flatnonzero(mag >= not_finite)[0])
-        value = (x[bad : bad + 1].view(np.uint16).astype(np.uint32) << 16).view(np.float32)[0] if right == 1 else x[bad]
+        value = (x[bad : bad + 1].view(np.uint16).astype(np.uint32) << 16).view(np.float32)[0] if x.dtype == np.uint16 else x[bad]
         raise NotFinite(bad, float(value))
     amax = amax_bits.view(np.float32)
-    if right == 4:
+    if right:
         amax = amax * F16_BIAS
     d = amax / Q8_0_MAX
     if np.isinf(np.float16(d.max())):
@@ -88,7 +85,7 @@ def _quantize_step(x: np.ndarray, rec: np.ndarray, s: _Scratch) -> None:
     inv.fill(0)
     np.divide(np.float32(1), d, out=inv, where=d != 0)  # id = d ? 1/d : 0 (inf when d is subnormal, as in C)
     y = mag.view(np.float32)
-    if right == 4:  # f16: |x| * 2^-112 * (id * 2^112) is |x| * id rounded once, if id * 2^112 stays finite
+    if right:  # f16: |x| * 2^-112 * (id * 2^112) is |x| * id rounded once, if id * 2^112 stays finite
         if inv.max() < 2.0**16:
             inv *= F16_BIAS
         else:
