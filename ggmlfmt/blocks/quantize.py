@@ -7,9 +7,10 @@ products on |x| (the rounding is symmetric: q(-x) = -q(x)), round as trunc(|y| +
 is half away from zero for every |y| < 2^23 (docs/format.md §10.7), put the sign bit back on the
 float and let the int8 cast truncate, straight into the output records.
 
-One thread, few passes: a second thread (on other rows, or writing the previous block) made a
-conversion slower on 2 cores, as numpy's steps contend for the GIL and the caches. A call works
-through its rows in steps of QUANT_STEP_ELEMENTS, its large temporaries preallocated per thread.
+One thread, few passes: two threads quantizing halves of the rows contend for the GIL between
+numpy's steps, and the engine gets more from its second core by writing the previous block
+meanwhile (ggmlfmt.unshard). A call works through its rows in steps of QUANT_STEP_ELEMENTS, its
+large temporaries preallocated per thread.
 """
 
 from __future__ import annotations
