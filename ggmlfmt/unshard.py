@@ -11,9 +11,10 @@ part's bytes lie in its file, and a typed read-only view of them. Every part is 
   rows, a few MB at a time, and written with one `pwrite` each;
 - conversions (f16/bf16/f32 casts, float values -> q8_0 blocks, old quantized blocks -> new ones
   or F32 values: each one `blocks.floats.Convert`, called as convert(src rows, out rows) with no
-  wrapper) go through the same bounded buffer, so private memory stays flat whatever the model
-  size; values quantized from column splits are first joined into whole rows in a second bounded
-  buffer (a block may straddle two parts).
+  wrapper) go through two bounded buffers (one is converted while a helper thread writes the other:
+  pwrite releases the GIL), so private memory stays flat whatever the model size; values quantized
+  from column splits are first joined into whole rows in a further bounded buffer (a block may
+  straddle two parts).
 
 The writer's coverage proof at commit still checks that every byte was written exactly once.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -87,23 +89,34 @@ def write_tensors(writer: FileWriter, sources: Iterable[Source], *, chunk_bytes:
         OSError: reading a part or writing the output failed.
     """
     buffer = _Buffer(chunk_bytes)
-    for src in sources:
-        if not src.info.nbytes:
-            continue
-        with np.errstate(over="raise"):  # a finite value that a narrowing cast would turn into infinity
-            try:
-                _write_one(writer, src, buffer)
-            except FloatingPointError:
-                raise CannotWrite(f"tensor {src.info.name!r}: a value is beyond the range of {src.info.type.name} "
-                                 "and would become infinity; choose a wider output type") from None
+    try:
+        for src in sources:
+            if not src.info.nbytes:
+                continue
+            with np.errstate(over="raise"):  # a finite value that a narrowing cast would turn into infinity
+                try:
+                    _write_one(writer, src, buffer)
+                    buffer.drain()  # between tensors only this thread uses the writer
+                except FloatingPointError:
+                    raise CannotWrite(f"tensor {src.info.name!r}: a value is beyond the range of {src.info.type.name} "
+                                     "and would become infinity; choose a wider output type") from None
+    finally:
+        buffer.close()
 
 
 class _Buffer:
-    """One private byte buffer, grown only when a single output row needs more (then kept)."""
+    """Private byte buffers, grown only when a single output row needs more (then kept).
+
+    Two output buffers: while a block of rows is written on a helper thread (pwrite releases the GIL),
+    the next block is converted into the other one, so conversion and writing overlap on two cores.
+    """
 
     def __init__(self, nbytes: int) -> None:
-        self.data = np.empty(nbytes, dtype=np.uint8)
+        self.data = np.empty(nbytes, dtype=np.uint8)  # the block being converted
+        self.other = np.empty(nbytes, dtype=np.uint8)  # the block being written
         self.gather = np.empty(0, dtype=np.uint8)  # whole source rows for a block converter (allocated on use)
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
 
     def gathered(self, nbytes: int) -> np.ndarray:
         """The gather buffer, at least `nbytes` long."""
@@ -112,10 +125,32 @@ class _Buffer:
         return self.gather
 
     def rows(self, row_bytes: int, limit: int) -> int:
-        """How many whole rows of `row_bytes` fit (at least one, growing the buffer if needed), at most limit."""
+        """How many whole rows of `row_bytes` fit (at least one, growing the buffers if needed), at most limit."""
         if row_bytes > len(self.data):
-            self.data = np.empty(row_bytes, dtype=np.uint8)
+            self.drain()
+            self.data, self.other = np.empty(row_bytes, dtype=np.uint8), np.empty(row_bytes, dtype=np.uint8)
         return max(1, min(limit, len(self.data) // max(row_bytes, 1)))
+
+    def write(self, w: FileWriter, name: str, out: np.ndarray, row: int) -> None:
+        """Write `out` (a view of `data`) at `row` on the helper thread, then swap buffers for the next block."""
+        self.drain()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="ggmlfmt-write")
+        self._pending = self._writer.submit(w.write_region, name, out, row=row)
+        self.data, self.other = self.other, self.data
+
+    def drain(self) -> None:
+        """Wait for the write in flight. Raises: what it raised (CannotWrite, OSError)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
 
 
 def _write_one(w: FileWriter, src: Source, buf: _Buffer) -> None:
@@ -187,7 +222,7 @@ def _convert_rows(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece], cols
                 dst[...] = src.view(np.uint8).reshape(m, width)
             else:
                 _convert(info, convert, src, dst.view(info.block.dtype), row + r)
-        w.write_region(info.name, out, row=row + r)
+        buf.write(w, info.name, out, row + r)
 
 
 def _convert(info: TensorInfo, convert: Convert, src: np.ndarray, dst: np.ndarray, row: int) -> None:
@@ -220,4 +255,4 @@ def _gather_convert_rows(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece
         np.concatenate([p.array[r : r + m] for p in pieces], axis=1, out=rows)
         out = buf.data[: m * info.row_bytes].reshape(m, info.row_bytes)
         _convert(info, convert, rows, out.view(info.block.dtype), r)
-        w.write_region(info.name, out, row=r)
+        buf.write(w, info.name, out, r)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,24 @@ def test_a_real_io_error_during_copy_is_not_swallowed(tmp_path, monkeypatch):
         _run(tmp_path, 2, GGMLType.F16, 1 << 20)
     assert not (tmp_path / "out.bin").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+
+
+def test_a_write_error_on_the_writing_thread_is_raised(tmp_path, monkeypatch):
+    real, failed = os.pwrite, []
+
+    def pwrite(fd, data, offset):
+        if threading.current_thread() is not threading.main_thread():  # the engine's helper thread
+            failed.append(offset)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with pytest.raises(OSError, match="No space"):
+        _run(tmp_path, 2, GGMLType.F32, 20, convert=f16_to_f32)  # cast blocks are written by the helper thread
+    assert len(failed) == 1  # the first failed write stopped the conversion
+    assert not (tmp_path / "out.bin").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+    _run(tmp_path, 1, GGMLType.F16, 1 << 20)  # control: in-kernel copies stay on the main thread and succeed
 
 
 @pytest.mark.parametrize("n", [1, 2])

@@ -3,20 +3,19 @@
 llama.cpp's `quantize_row_q8_0_ref` (which `gguf.quants.quantize(a, GGMLQuantizationType.Q8_0)`
 mirrors in numpy): per block of 32 float32 values, d = amax / 127, id = 1/d (0 when d is 0),
 q = x * id rounded half away from zero, as int8; d is stored as f16. We compute the same float32
-products in the same order; only the rounding is done in fewer steps (trunc(|y| + 0.5 - 2^-25),
-which equals half-away-from-zero rounding for every |y| < 2^23, docs/format.md §10.7), on |x|, with the
-sign put back on the int8 result (the rounding is symmetric).
+products on |x| (the rounding is symmetric: q(-x) = -q(x)), round as trunc(|y| + 0.5 - 2^-25), which
+is half away from zero for every |y| < 2^23 (docs/format.md §10.7), put the sign bit back on the
+float and let the int8 cast truncate, straight into the output records.
 
-Memory stays bounded: a call converts a block of whole rows (the engine's few MB), cut into steps of
-QUANT_STEP_ELEMENTS so every temporary stays in the CPU cache, and spread over a small thread pool
-(numpy releases the GIL inside its loops, so both cores of a 2-core machine work).
+One thread, few passes: two threads quantizing halves of the rows contend for the GIL between
+numpy's steps, and the engine gets more from its second core by writing the previous block
+meanwhile (ggmlfmt.unshard). A call works through its rows in steps of QUANT_STEP_ELEMENTS, its
+large temporaries preallocated per thread.
 """
 
 from __future__ import annotations
 
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -29,131 +28,102 @@ Q8_0_MAX = np.float32(127)  # (1 << 7) - 1: the largest |q|
 # Rounding half away from zero of |y| as trunc(|y| + HALF_DOWN), the float32 just below 0.5: 0.49999997 + it
 # cannot round up to 1.0, while every true tie k + 0.5 still reaches k + 1 (docs/format.md §10.7).
 HALF_DOWN = np.nextafter(np.float32(0.5), np.float32(0))
-QUANT_STEP_ELEMENTS = 1 << 15  # values per step (128 KiB of float32): every temporary stays in the cache
-_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-QUANT_THREADS = max(1, min(4, _CPUS))  # workers over row ranges (numpy's loops release the GIL)
-MIN_ROWS_PER_THREAD = 4  # smaller calls run on the caller's thread
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(QUANT_THREADS, thread_name_prefix="ggmlfmt-q8_0")
-        return _pool
+QUANT_STEP_ELEMENTS = 1 << 18  # values per step (3 MB of temporaries): the fastest of 2^15 .. 2^19 measured
+F16_BIAS = np.float32(2.0**112)  # f16 magnitude bits shifted into float32's place are the value times 2^-112
+SIGN = np.uint32(0x80000000)
+# Per source dtype: the right shift that turns |x|'s bits, in the top of a uint32, into float32's (f16: times
+# 2^-112, subnormals included), and |x|'s bits from NaN and infinity upwards in that place.
+_WIDEN = {np.dtype(np.float32): (0, 0x7F800000),
+          np.dtype(np.float16): (3, 0x7C00 << 13),
+          np.dtype(np.uint16): (0, 0x7F800000)}  # bfloat16 bit patterns
 
 
-# Per source dtype: (its unsigned view, the mask of its magnitude bits, the shift that makes them float32's
-# bits, a power-of-two factor that re-biases f16's exponent). Shifted magnitudes order like the values.
-_MAGNITUDES = {
-    np.dtype(np.float32): (np.uint32, 0x7FFFFFFF, 0, None),
-    np.dtype(np.float16): (np.uint16, 0x7FFF, 13, np.float32(2.0**112)),  # exact, subnormals included
-    np.dtype(np.uint16): (np.uint16, 0x7FFF, 16, None),  # bfloat16 bit patterns
-}
-F32_INF_BITS = 0x7F800000
+class _Scratch(threading.local):
+    """One step's temporaries, allocated once per thread."""
+
+    def __init__(self) -> None:
+        n = QUANT_STEP_ELEMENTS
+        self.mag = np.empty(n, np.uint32)  # |x| as float32 bits, then y = |x| * id + HALF_DOWN with x's sign
+        self.sign = np.empty(n, np.uint32)  # x's sign bit in float32's place
+        self.inv = np.empty(n // Q8_0_BLOCK, np.float32)
+        self.starts = np.arange(0, n, Q8_0_BLOCK)
 
 
-def _quantize_blocks(src: np.ndarray, d_out: np.ndarray, qs_out: np.ndarray) -> None:
-    """src: flat values (float32, float16 or bfloat16 bits), whole blocks -> d_out (n,) f16, qs_out (n, 32) int8.
+_scratch = _Scratch()
 
-    The reference's float32 operations on |x| (its rounding is symmetric: q(-x) = -q(x)), the sign put
-    back on the int8 results. numpy's slow spots avoided: amax as a reduceat over the magnitudes' float32
-    bits (ordered like the values, NaN above infinity), the inverse scale repeated rather than broadcast.
+
+def _quantize_step(x: np.ndarray, rec: np.ndarray, s: _Scratch) -> None:
+    """x: at most QUANT_STEP_ELEMENTS contiguous values, whole blocks -> rec, their Q8_0 records.
 
     Raises:
-        NotFinite: a NaN or infinity (index into src).
+        NotFinite: a NaN or infinity (index into x).
         FloatingPointError: a scale beyond f16's range (|x| > 65504 * 127): it would be stored as infinity.
     """
-    unsigned, mask, shift, factor = _MAGNITUDES[src.dtype]
-    raw = src.view(unsigned)
-    if shift:  # f16, bf16: widened to float32 bits
-        mag = raw.astype(np.uint32)
-        mag &= mask
-        mag <<= shift
-    else:
-        mag = raw & np.uint32(mask)
-    amax_bits = np.maximum.reduceat(mag, np.arange(0, mag.size, Q8_0_BLOCK))
-    y = mag.view(np.float32)  # |x|, in a temporary of ours
-    if factor is not None:
-        y *= factor
-    not_finite = F32_INF_BITS if factor is None else 0x7C00 << shift  # before the f16 factor: its inf bits
-    if amax_bits.max() >= not_finite:  # found again, only here, in values widened to float32
-        values = src.astype(np.float32) if shift != 16 else (raw.astype(np.uint32) << 16).view(np.float32)
-        bad = int(np.flatnonzero(~np.isfinite(values))[0])
-        raise NotFinite(bad, float(values[bad]))
-    amax = amax_bits.view(np.float32) if factor is None else amax_bits.view(np.float32) * factor
+    n, nb = x.size, x.size // Q8_0_BLOCK
+    right, not_finite = _WIDEN[x.dtype]
+    mag, sign = s.mag[:n], s.sign[:n]
+    bits = x.view(np.uint32) if x.itemsize == 4 else mag
+    if x.itemsize == 2:  # f16, bf16: into the top half of a uint32 (the sign bit in float32's place)
+        np.copyto(mag, x.view(np.uint16))
+        mag <<= 16
+    np.bitwise_and(bits, SIGN, out=sign)
+    np.bitwise_xor(bits, sign, out=mag)
+    if right:
+        mag >>= right
+    amax_bits = np.maximum.reduceat(mag, s.starts[:nb])  # magnitudes' bits order like the values, NaN above inf
+    top = amax_bits.max()
+    if top >= not_finite:
+        bad = int(np.flatnonzero(mag >= not_finite)[0])
+        value = mag[bad : bad + 1] | sign[bad : bad + 1]  # its float32 bits (bf16, f32; f16 is read as itself)
+        raise NotFinite(bad, float(x[bad]) if right else float(value.view(np.float32)[0]))
+    amax = amax_bits.view(np.float32)
+    if right:
+        amax = amax * F16_BIAS
     d = amax / Q8_0_MAX
-    inv = np.zeros_like(d)
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        np.divide(np.float32(1), d, out=inv, where=d != 0)  # id = d ? 1/d : 0 (inf when d is subnormal, as in C)
-        y *= np.repeat(inv, Q8_0_BLOCK)
-        y += HALF_DOWN
-        q = qs_out.reshape(-1)
-        np.copyto(q, y, casting="unsafe")  # truncates toward 0: half away from zero; inf, NaN -> 0, as C on x86
-    negative = (raw >> (8 * raw.itemsize - 1)).astype(np.int8)  # 1 where the sign bit is set
-    q ^= -negative
-    q += negative  # (q ^ -1) + 1 = -q
-    with np.errstate(over="ignore"):
-        scales = d.astype(np.float16)
-    if np.isinf(scales).any():
+    if np.isinf(np.float16(d.max())):
         raise FloatingPointError("overflow: a Q8_0 scale is beyond float16's range")
-    d_out[...] = scales
-
-
-def _quantize_range(src: np.ndarray, dst: np.ndarray, start: int, stop: int) -> None:
-    """Rows [start, stop) of src into dst, QUANT_STEP_ELEMENTS at a time.
-
-    Raises:
-        NotFinite: with the index into src's flat order.
-        FloatingPointError: as _quantize_blocks.
-    """
-    n_cols = src.shape[1]
-    step = max(1, QUANT_STEP_ELEMENTS // max(n_cols, 1))
-    for r in range(start, stop, step):
-        m = min(step, stop - r)
-        out = dst[r : r + m]  # may be a column slice of a wider buffer: written through, never reshaped
-        qs = np.empty((out.size, Q8_0_BLOCK), np.int8)
-        d = np.empty(out.size, np.float16)
-        try:
-            _quantize_blocks(np.ascontiguousarray(src[r : r + m]).reshape(-1), d, qs)
-        except NotFinite as e:
-            raise NotFinite(r * n_cols + e.index, e.value) from None
-        out["d"] = d.reshape(out.shape)
-        out["qs"] = qs.reshape(*out.shape, Q8_0_BLOCK)
+    inv = s.inv[:nb]
+    inv.fill(0)
+    np.divide(np.float32(1), d, out=inv, where=d != 0)  # id = d ? 1/d : 0 (inf when d is subnormal, as in C)
+    y = mag.view(np.float32)
+    if right:  # f16: |x| * 2^-112 * (id * 2^112) is |x| * id rounded once, if id * 2^112 stays finite
+        if inv.max() < 2.0**16:
+            inv *= F16_BIAS
+        else:
+            y *= F16_BIAS
+    y *= np.repeat(inv, Q8_0_BLOCK)
+    y += HALF_DOWN
+    mag |= sign
+    # the int8 cast truncates toward 0, which makes the rounding half away from zero; inf and NaN -> 0, as C on x86
+    np.copyto(rec["qs"], y.reshape(nb, Q8_0_BLOCK), casting="unsafe")
+    rec["d"] = d
 
 
 def quantize_q8_0(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Fill dst (m, k/32 Q8_0 records) from src (m, k: float32, float16, or bfloat16 bit patterns as uint16).
 
-    The engine's converter signature (ggmlfmt.unshard.Convert). Rows are spread over QUANT_THREADS.
+    The engine's converter signature (ggmlfmt.unshard.Convert).
 
     Raises:
         ValueError: k is not a multiple of 32 or dst does not fit (a caller's bug: plans check row lengths).
         NotFinite: a NaN or infinity; its index counts src's elements in row-major order (the first one).
         FloatingPointError: a value whose block scale f16 cannot hold (|x| > 65504 * 127 = 8,319,008).
     """
-    if src.dtype not in _MAGNITUDES:
+    if src.dtype not in _WIDEN:
         raise TypeError(f"cannot quantize {src.dtype} values")
     if src.ndim != 2 or src.shape[1] % Q8_0_BLOCK or dst.shape != (src.shape[0], src.shape[1] // Q8_0_BLOCK):
         raise ValueError(f"cannot quantize {src.shape} values into {dst.shape} Q8_0 blocks")
-    n_rows = src.shape[0]
-    n_threads = min(QUANT_THREADS, n_rows // MIN_ROWS_PER_THREAD)
-    if n_threads <= 1:
-        _quantize_range(src, dst, 0, n_rows)
-        return dst
-    bounds = [n_rows * k // n_threads for k in range(n_threads + 1)]
-    jobs = [_executor().submit(_quantize_range, src, dst, a, b) for a, b in zip(bounds, bounds[1:])]
-    errors = []
-    for job in jobs:  # wait for all (dst must not be written after we return), report the first in row order
-        try:
-            job.result()
-        except Exception as e:  # noqa: BLE001 - re-raised below, after every worker stopped
-            errors.append(e)
-    if errors:
-        raise errors[0]
+    flat = np.ascontiguousarray(src).reshape(-1)
+    out = dst if dst.flags.c_contiguous else np.empty(dst.shape, dst.dtype)  # e.g. a column slice of a row buffer
+    records, step, s = out.reshape(-1), QUANT_STEP_ELEMENTS, _scratch
+    with np.errstate(all="ignore"):
+        for i in range(0, flat.size, step):
+            try:
+                _quantize_step(flat[i : i + step], records[i // Q8_0_BLOCK : (i + step) // Q8_0_BLOCK], s)
+            except NotFinite as e:
+                raise NotFinite(i + e.index, e.value) from None
+    if out is not dst:
+        dst[...] = out
     return dst
 
 
