@@ -42,7 +42,7 @@ from ggmlfmt.constants import (
 )
 from ggmlfmt.errors import BadLayout, CannotWrite
 from ggmlfmt.job import Job, Note, Tensor, write
-from ggmlfmt.layout import HParams, Plan, TensorSpec, plan
+from ggmlfmt.layout import HParams, Plan, TensorInfo, plan
 from ggmlfmt.llama.model import (
     GGUFVocab,
     LlamaHParams,
@@ -225,7 +225,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
         p = model.params
         header = HParams(len(model.vocab), p.dim, p.multiple_of, p.n_heads, p.n_layers, p.n_rot,
                          int(GGJT_FTYPES[outtype]))
-        layout = plan(FileVersion.GGJT_V1, header, model.vocab, [TensorSpec.from_shape(*t) for t in outs])
+        layout = plan(FileVersion.GGJT_V1, header, model.vocab, [TensorInfo.from_shape(*t) for t in outs])
     else:
         layout, content = _plan_gguf(model.hparams, model.vocab, outs, model_dir.resolve().name or "llama",
                                      model.n_params, model.extra)

@@ -3,8 +3,8 @@
 from ggmlfmt.blocks.dequant import dequantize
 from ggmlfmt.constants import FileVersion, FType, GGMLType, GGUFValueType, GGUFVersion
 from ggmlfmt.errors import FormatError, RequestError
-from ggmlfmt.gguf import GGUFIndex, GGUFStrings, plan_gguf
-from ggmlfmt.layout import HParams, TensorInfo, TensorSpec, Vocab
+from ggmlfmt.gguf import GGUFStrings, plan_gguf
+from ggmlfmt.layout import HParams, Index, TensorInfo, Vocab
 from ggmlfmt.reader import Model, load, read_index
 from ggmlfmt.writer import FileWriter, save
 
@@ -14,7 +14,7 @@ __all__ = [
     "FileWriter",
     "FormatError",
     "GGMLType",
-    "GGUFIndex",
+    "Index",
     "GGUFStrings",
     "GGUFValueType",
     "GGUFVersion",
@@ -22,7 +22,6 @@ __all__ = [
     "Model",
     "RequestError",
     "TensorInfo",
-    "TensorSpec",
     "Vocab",
     "dequantize",
     "load",

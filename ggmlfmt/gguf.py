@@ -62,7 +62,6 @@ from ggmlfmt.layout import (
 )
 
 GGUF_LAYOUTS: dict[GGMLType, BlockLayout] = BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION]
-GGUFIndex = Index  # one index type for every format (the name kept for callers)
 TypePath = tuple[GGUFValueType, ...]  # (UINT32,), (ARRAY, STRING), (ARRAY, ARRAY, INT32), ...
 _MIN_KV = 8 + 4 + 1  # key length, value type, the smallest value (one byte)
 _ARRAY_HEAD = struct.Struct("<IQ")  # element type, count

@@ -183,7 +183,7 @@ def record_head_size(n_dims: int, name_len: int) -> int:
 
 class TensorInfo(NamedTuple):
     """One tensor of any format (ggjt, GGUF, safetensors), from planning to writing: where its data lives, how to
-    view it. A planner takes it with name, type and ne only (TensorSpec) and returns it placed.
+    view it. A planner takes it with name, type and ne only (TensorInfo) and returns it placed.
 
     Immutable; compared and hashed on every field but `block`, and only with another TensorInfo; no order.
     """
@@ -686,7 +686,6 @@ def _fill(levels: list[np.ndarray], path: list[int], count: int) -> np.ndarray:
 # ---------------------------------------------------------------- planning a file to write
 
 
-TensorSpec = TensorInfo  # what a planner takes: TensorInfo(name, type, ne) or TensorInfo.from_shape(...), not yet placed
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,6 @@ class SafetensorsVersion(Enum):
         return "safetensors"
 
 
-SafetensorsIndex = Index  # one index type for every format (the name kept for callers)
 
 
 def looks_like_safetensors(buf: memoryview, path: str | None = None) -> bool:

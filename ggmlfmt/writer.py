@@ -22,7 +22,7 @@ import numpy as np
 
 from ggmlfmt.constants import FileVersion, GGMLType
 from ggmlfmt.errors import CannotWrite, IncompleteWrite
-from ggmlfmt.layout import HParams, Plan, TensorInfo, TensorSpec, Vocab, plan
+from ggmlfmt.layout import HParams, Plan, TensorInfo, Vocab, plan
 
 log = logging.getLogger(__name__)
 
@@ -429,7 +429,7 @@ def save(
         if arr.ndim == 0:
             raise CannotWrite(f"tensor {name!r}: 0-dim arrays are not stored (the format needs 1 to 4 dims); "
                              "reshape to (1,)")
-        specs.append(TensorSpec.from_shape(name, NUMPY_TYPES[dtype], arr.shape))
+        specs.append(TensorInfo.from_shape(name, NUMPY_TYPES[dtype], arr.shape))
     layout = plan(version, hparams, vocab, specs)
     with FileWriter(path, layout, overwrite=overwrite) as w:
         for name, arr in tensors.items():

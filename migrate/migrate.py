@@ -35,7 +35,7 @@ from ggmlfmt.blocks.requant import Rounding, Target, f32_scale_fields, gguf_targ
 from ggmlfmt.constants import CHUNK_BYTES, FileVersion, GGMLType
 from ggmlfmt.errors import CannotWrite, FormatError, RequestError
 from ggmlfmt.job import Job, Note, Progress, Tensor, log_notes, write
-from ggmlfmt.layout import Plan, TensorSpec, Vocab, plan
+from ggmlfmt.layout import Plan, TensorInfo, Vocab, plan
 from ggmlfmt.llama.model import (
     GGUFVocab,
     LlamaHParams,
@@ -141,7 +141,7 @@ def _plan_ggjt(parts: list[SourcePart], shapes: list[tuple[int, ...]]) -> Planne
         vocab = Vocab(vocab.tokens, np.full(len(vocab), GGML_SCORE, dtype=np.float32))
         notes.append(Note(logging.WARNING, "vocab", _no_scores(part0, "regenerate the vocabulary from "
                                                                       "tokenizer.model for real scores")))
-    specs = [TensorSpec.from_shape(t.name, t.type, shape) for t, shape in zip(part0.index.tensors, shapes)]
+    specs = [TensorInfo.from_shape(t.name, t.type, shape) for t, shape in zip(part0.index.tensors, shapes)]
     try:
         layout = plan(OUTPUT_VERSION, part0.index.hparams, vocab, specs)
     except CannotWrite as e:

@@ -202,7 +202,7 @@ def tensor_record_with_fields(
     return e.result()
 
 
-TensorSpec = tuple[str | bytes, int, tuple[int, ...], bytes]  # (name, type code, ne in ggml order, data)
+TensorInfo = tuple[str | bytes, int, tuple[int, ...], bytes]  # (name, type code, ne in ggml order, data)
 
 
 def build_file_with_fields(
@@ -210,7 +210,7 @@ def build_file_with_fields(
     version: int | None,
     hparams: Mapping[str, int],
     vocab: Sequence[tuple[bytes, float | None]],
-    tensors: Sequence[TensorSpec],
+    tensors: Sequence[TensorInfo],
     *,
     pad: bool | None = None,
     align: int = ALIGN,
@@ -252,7 +252,7 @@ def _validate(
     version: int | None,
     hp: Mapping[str, int],
     vocab: Sequence[tuple[bytes, float | None]],
-    tensors: Sequence[TensorSpec],
+    tensors: Sequence[TensorInfo],
 ) -> None:
     """Check that the builder inputs describe a well-formed file; Raises: ValueError."""
     if fmt not in VERSIONS or version not in VERSIONS[fmt]:
@@ -655,7 +655,7 @@ def split_for_parts(name: str, array: npt.NDArray[Any], n_parts: int) -> list[np
 FullTensors = Mapping[str, tuple[str, npt.NDArray[np.float32]]]  # name -> (type name, PyTorch-shaped float32)
 
 
-def _records(tensors: FullTensors, layout: int, full_range: bool) -> list[TensorSpec]:
+def _records(tensors: FullTensors, layout: int, full_range: bool) -> list[TensorInfo]:
     """(name, code, ne, data) records from PyTorch-shaped arrays, quantized for `layout`."""
     return [
         (name, TYPE_CODES[t], tuple(reversed(a.shape)), quantize(a, t, layout, full_range=full_range))
@@ -794,14 +794,14 @@ def llama_vocab(n_vocab: int) -> list[tuple[bytes, float]]:
     return (special + byte_tokens + words)[:n_vocab]
 
 
-def section12_model() -> tuple[dict[str, int], list[tuple[bytes, float]], list[TensorSpec]]:
+def section12_model() -> tuple[dict[str, int], list[tuple[bytes, float]], list[TensorInfo]]:
     """The tiny model of §4.6 (hparams, vocab, first three tensors) with deterministic data."""
     hp = llama_hparams(n_vocab=3, dim=64, n_mult=32, n_head=2, n_layer=1, ftype=1)
     vocab = llama_vocab(3)
     emb = (np.arange(3 * 64, dtype=np.float32).reshape(3, 64) / 64).astype("<f2")
     norm = np.linspace(0.5, 1.5, 64, dtype=np.float32)
     out = (-np.arange(3 * 64, dtype=np.float32).reshape(3, 64) / 32).astype("<f2")
-    tensors: list[TensorSpec] = [
+    tensors: list[TensorInfo] = [
         ("tok_embeddings.weight", TYPE_CODES["F16"], (64, 3), emb.tobytes()),
         ("norm.weight", TYPE_CODES["F32"], (64,), norm.astype("<f4").tobytes()),
         ("output.weight", TYPE_CODES["F16"], (64, 3), out.tobytes()),

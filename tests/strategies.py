@@ -93,7 +93,7 @@ def le_bytes(arr: npt.NDArray[Any]) -> bytes:
     return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
 
 
-def builder_records(tensors: Mapping[str, npt.NDArray[Any]]) -> list[builders.TensorSpec]:
+def builder_records(tensors: Mapping[str, npt.NDArray[Any]]) -> list[builders.TensorInfo]:
     """save()'s input as builder records: (name, type code, ne = reversed shape, data bytes)."""
     code = {"f4": builders.TYPE_CODES["F32"], "f2": builders.TYPE_CODES["F16"]}
     return [(name, code[a.dtype.str[1:]], tuple(reversed(a.shape)), le_bytes(a)) for name, a in tensors.items()]
@@ -105,7 +105,7 @@ def vocab_from_builder(vocab: list[tuple[bytes, float | None]]) -> Vocab:
     return Vocab(tuple(t for t, _ in vocab), scores)
 
 
-def arrays_from_records(records: list[builders.TensorSpec]) -> dict[str, npt.NDArray[Any]]:
+def arrays_from_records(records: list[builders.TensorInfo]) -> dict[str, npt.NDArray[Any]]:
     """F32/F16 builder records as PyTorch-shaped arrays (read-only views of the record bytes)."""
     dtype = {builders.TYPE_CODES["F32"]: "<f4", builders.TYPE_CODES["F16"]: "<f2"}
     return {str(name): np.frombuffer(data, dtype[code]).reshape(tuple(reversed(ne)))

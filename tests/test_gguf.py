@@ -18,7 +18,7 @@ import pytest
 
 import builders
 import ggmlfmt
-from ggmlfmt import FileWriter, FormatError, GGMLType, TensorSpec, dequantize, load, read_index
+from ggmlfmt import FileWriter, FormatError, GGMLType, TensorInfo, dequantize, load, read_index
 from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGUF_TYPE_SIZES, GGUFValueType as V
 from ggmlfmt.errors import BadLayout, BadValue, Truncated, UnsupportedVersion
 from ggmlfmt.gguf import GGUFStrings, decode_gguf, encode_value, plan_gguf
@@ -165,12 +165,12 @@ def _our_specs_and_data():
     q8 = gguf.quants.quantize(x, Q.Q8_0)
     k = RNG.integers(0, 256, (2, 210), dtype=np.uint8)
     return [
-        (TensorSpec.from_shape("token_embd.weight", GGMLType.F16, (3, 64)), x.astype(np.float16)),
-        (TensorSpec.from_shape("blk.0.attn_q.weight", GGMLType.Q8_0, (3, 64)), q8),
-        (TensorSpec.from_shape("output_norm.weight", GGMLType.F32, (64,)), x[0]),
-        (TensorSpec.from_shape("blk.0.ffn_up.weight", GGMLType.Q6_K, (2, 256)), k),
-        (TensorSpec.from_shape("empty", GGMLType.F32, (0, 4)), np.zeros((0, 4), np.float32)),
-        (TensorSpec.from_shape("odd", GGMLType.I8, (3,)), np.array([1, -2, 3], np.int8)),
+        (TensorInfo.from_shape("token_embd.weight", GGMLType.F16, (3, 64)), x.astype(np.float16)),
+        (TensorInfo.from_shape("blk.0.attn_q.weight", GGMLType.Q8_0, (3, 64)), q8),
+        (TensorInfo.from_shape("output_norm.weight", GGMLType.F32, (64,)), x[0]),
+        (TensorInfo.from_shape("blk.0.ffn_up.weight", GGMLType.Q6_K, (2, 256)), k),
+        (TensorInfo.from_shape("empty", GGMLType.F32, (0, 4)), np.zeros((0, 4), np.float32)),
+        (TensorInfo.from_shape("odd", GGMLType.I8, (3,)), np.array([1, -2, 3], np.int8)),
     ]
 
 
@@ -216,7 +216,7 @@ def test_our_file_reads_in_gguf_py_identically(tmp_path, alignment):
 def test_our_header_bytes_by_hand(tmp_path):
     """A struct-based decode written here, independent of ggmlfmt.gguf."""
     plan = plan_gguf([("general.architecture", V.STRING, "llama"), ("x", (V.ARRAY, V.UINT16), [1, 2])],
-                     [TensorSpec("w", GGMLType.F16, (3, 2)), TensorSpec("v", GGMLType.Q4_0, (32,))])
+                     [TensorInfo("w", GGMLType.F16, (3, 2)), TensorInfo("v", GGMLType.Q4_0, (32,))])
     b = plan.prefix
     assert b[:4] == b"GGUF" and struct.unpack_from("<IQQ", b, 4) == (3, 2, 3)
     pos = 24
@@ -473,12 +473,12 @@ def test_load_names_the_file(tmp_path):
     ([("k", V.UINT8, 1), ("k", V.UINT8, 1)], [], "duplicate metadata key 'k'"),
     ([("", V.UINT8, 1)], [], "non-empty"),
     ([("general.alignment", V.UINT32, 64)], [], "must be UINT32 32"),
-    ([], [TensorSpec("w" * 64, GGMLType.F32, (1,))], "1..63 UTF-8 bytes"),
-    ([], [TensorSpec("w", GGMLType.F32, (1,)), TensorSpec("w", GGMLType.F32, (1,))], "duplicate tensor name 'w'"),
-    ([], [TensorSpec("w", GGMLType.Q4_2, (16,))], "'w': type .* is not a GGUF tensor type"),
-    ([], [TensorSpec("w", GGMLType.Q4_K, (32,))], "'w': ne\\[0\\] = 32 is not a multiple of the Q4_K block size 256"),
-    ([], [TensorSpec("w", GGMLType.F32, ())], "'w': GGUF stores 1..4 dims"),
-    ([], [TensorSpec("w", GGMLType.F32, (-1,))], "'w': every dim"),
+    ([], [TensorInfo("w" * 64, GGMLType.F32, (1,))], "1..63 UTF-8 bytes"),
+    ([], [TensorInfo("w", GGMLType.F32, (1,)), TensorInfo("w", GGMLType.F32, (1,))], "duplicate tensor name 'w'"),
+    ([], [TensorInfo("w", GGMLType.Q4_2, (16,))], "'w': type .* is not a GGUF tensor type"),
+    ([], [TensorInfo("w", GGMLType.Q4_K, (32,))], "'w': ne\\[0\\] = 32 is not a multiple of the Q4_K block size 256"),
+    ([], [TensorInfo("w", GGMLType.F32, ())], "'w': GGUF stores 1..4 dims"),
+    ([], [TensorInfo("w", GGMLType.F32, (-1,))], "'w': every dim"),
 ])
 def test_plan_refuses_what_it_cannot_write(metadata, specs, match):
     with pytest.raises(ValueError, match=match):
@@ -540,7 +540,7 @@ def test_rewriting_what_we_read_reproduces_a_gguf_py_file_byte_for_byte(tmp_path
     write_with_gguf_py(src, alignment=64)  # general.alignment in the metadata, so its place is kept
     model = load(src)
     metadata = [(k, model.index.types[k], v) for k, v in model.metadata.items()]
-    specs = [TensorSpec(t.name, t.type, t.ne) for t in model.info.values()]
+    specs = [TensorInfo(t.name, t.type, t.ne) for t in model.info.values()]
     plan = plan_gguf(metadata, specs, alignment=model.index.alignment)
     with FileWriter(dst, plan) as w:
         for name in model.info:

@@ -22,7 +22,7 @@ import pytest
 
 import builders
 import strategies
-from ggmlfmt import FileVersion, FileWriter, GGMLType, HParams, TensorSpec, load, save
+from ggmlfmt import FileVersion, FileWriter, GGMLType, HParams, TensorInfo, load, save
 from ggmlfmt.layout import plan
 
 LEGACY = [("ggml", None), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3)]
@@ -58,11 +58,11 @@ LEGACY_VOCAB = [
 ]
 
 
-def legacy_file(fmt: str, version: int | None) -> tuple[bytes, dict[str, builders.Field], list[builders.TensorSpec]]:
+def legacy_file(fmt: str, version: int | None) -> tuple[bytes, dict[str, builders.Field], list[builders.TensorInfo]]:
     """A file holding every type of its block generation plus 1-, 3- and 4-D float tensors."""
     gen = builders.layout_of(fmt, version)
     rng = np.random.default_rng(gen * 10 + (version or 0))
-    records: list[builders.TensorSpec] = []
+    records: list[builders.TensorInfo] = []
     for type_name in builders.BLOCKS[gen]:
         x = rng.standard_normal((3, 64)).astype(np.float32)
         records.append((f"layers.0.{type_name.lower()}.weight", builders.TYPE_CODES[type_name], (64, 3),
@@ -190,7 +190,7 @@ GOLDEN_SHA256 = {
 }
 
 
-def _quantized_records(gen: int) -> list[builders.TensorSpec]:
+def _quantized_records(gen: int) -> list[builders.TensorInfo]:
     """Every quantized type of a generation, two rows of 64, values from a fixed ramp (no RNG drift)."""
     x = (np.arange(128, dtype=np.float32).reshape(2, 64) - 60.5) / 16
     out = [(f"{t.lower()}.weight", builders.TYPE_CODES[t], (64, 2), builders.quantize(x, t, gen))
@@ -218,7 +218,7 @@ def write_golden(name: str, path: Path) -> None:
     if name.startswith("section12."):
         save(path, strategies.arrays_from_records(records), hparams=hparams, vocab=vocab, version=version)
         return
-    specs = [TensorSpec(str(n), GGMLType(code), ne) for n, code, ne, _ in records]
+    specs = [TensorInfo(str(n), GGMLType(code), ne) for n, code, ne, _ in records]
     with FileWriter(path, plan(version, hparams, vocab, specs), overwrite=True) as w:
         for n, _, _, data in reversed(records):  # any order: the plan fixed every offset
             w.write_tensor(str(n), data)

@@ -23,7 +23,7 @@ import pytest
 
 import builders
 import strategies
-from ggmlfmt import GGMLType, TensorSpec, load
+from ggmlfmt import GGMLType, TensorInfo, load
 from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, FileVersion
 from ggmlfmt.errors import BadLayout, BadValue, CannotWrite, FormatError
 from ggmlfmt.gguf import plan_gguf
@@ -102,9 +102,9 @@ def test_the_largest_alignment_reads_as_gguf_py_reads_it(tmp_path):
 
 
 def test_the_writer_keeps_to_the_cap(tmp_path):
-    plan_gguf([], [TensorSpec("t", GGMLType.F32, (32,))], alignment=2**24)
+    plan_gguf([], [TensorInfo("t", GGMLType.F32, (32,))], alignment=2**24)
     with pytest.raises(CannotWrite, match="at most 16777216"):
-        plan_gguf([], [TensorSpec("t", GGMLType.F32, (32,))], alignment=2**25)
+        plan_gguf([], [TensorInfo("t", GGMLType.F32, (32,))], alignment=2**25)
 
 
 # ---------------------------------------------------------------- 2. an overflow hidden behind a zero
@@ -174,12 +174,12 @@ def test_ggjt_dims_are_checked_alike(tmp_path, ne, ok):
 
 def test_the_writers_refuse_such_dims():
     with pytest.raises(CannotWrite, match=r"'w': ne = \[32, 4611686018427387904, .* above 2\*\*63-1"):
-        plan_gguf([], [TensorSpec("w", GGMLType.F32, (32, 2**62, 2**62, 0))])
+        plan_gguf([], [TensorInfo("w", GGMLType.F32, (32, 2**62, 2**62, 0))])
     hp = HParams(1, 32, 32, 1, 1, 32, 0)
     with pytest.raises(CannotWrite, match="'w': ne = .* above 2\\*\\*63-1"):
         plan(FileVersion.GGJT_V3, hp, Vocab((b"a",), np.zeros(1, np.float32)),
-             [TensorSpec("w", GGMLType.F32, (32, 0, I32_MAX, I32_MAX))])
-    plan_gguf([], [TensorSpec("w", GGMLType.F32, (2**60, 0))])  # the control: within int64
+             [TensorInfo("w", GGMLType.F32, (32, 0, I32_MAX, I32_MAX))])
+    plan_gguf([], [TensorInfo("w", GGMLType.F32, (2**60, 0))])  # the control: within int64
 
 
 # ---------------------------------------------------------------- 3. names of 0..4097 bytes

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ggmlfmt
-from ggmlfmt.layout import TensorSpec, plan
+from ggmlfmt.layout import TensorInfo, plan
 from ggmlfmt.writer import FileWriter
 from helpers import tiny_header
 
@@ -55,7 +55,7 @@ def test_free_space_is_checked_before_starting(tiny_fs):
 def test_enospc_while_writing_removes_the_temp_file(tiny_fs):
     tensors = _tensors(4096, 1.0)
     layout = plan(ggmlfmt.FileVersion.GGJT_V1, HP, VOCAB,
-                  [TensorSpec.from_shape(n, ggmlfmt.GGMLType.F16 if a.ndim == 2 else ggmlfmt.GGMLType.F32, a.shape)
+                  [TensorInfo.from_shape(n, ggmlfmt.GGMLType.F16 if a.ndim == 2 else ggmlfmt.GGMLType.F32, a.shape)
                    for n, a in tensors.items()])
     with pytest.raises(OSError) as e:
         with FileWriter(tiny_fs / "m.bin", layout, check_space=False) as w:  # pretend the check passed

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from builders import split_shards
-from ggmlfmt import FileVersion, GGMLType, TensorSpec
+from ggmlfmt import FileVersion, GGMLType, TensorInfo
 from ggmlfmt.layout import plan
 from ggmlfmt.blocks.floats import bf16_to_f16, bf16_to_f32, f16_to_f32, f32_to_f16
 from ggmlfmt.unshard import Piece, Source, write_tensors
@@ -50,7 +50,7 @@ def _run(tmp: Path, n: int, out_type: GGMLType, chunk_bytes: int, in_dtype: str 
     full = {name: rng.standard_normal(shape).astype(in_dtype) for name, (shape, _) in TENSORS.items()}
     parts = {name: split_shards(a, n, TENSORS[name][1]) for name, a in full.items()}
     fds, offsets = _write_sources(tmp, parts, n)
-    specs = [TensorSpec.from_shape(name, out_type, a.shape) for name, a in full.items()]
+    specs = [TensorInfo.from_shape(name, out_type, a.shape) for name, a in full.items()]
     layout = plan(FileVersion.GGJT_V1, HP, VOCAB, specs)
     out = tmp / "out.bin"
     try:
@@ -170,7 +170,7 @@ def test_bf16_to_f16_rounds_like_torch_for_every_bit_pattern():
 
 
 def test_a_part_of_the_wrong_shape_is_refused(tmp_path):
-    layout = plan(FileVersion.GGJT_V1, HP, VOCAB, [TensorSpec.from_shape("rows.weight", GGMLType.F16, (8, 12))])
+    layout = plan(FileVersion.GGJT_V1, HP, VOCAB, [TensorInfo.from_shape("rows.weight", GGMLType.F16, (8, 12))])
     info = layout.tensors[0]
     src = tmp_path / "p.raw"
     src.write_bytes(bytes(4 * 12 * 2))
@@ -187,7 +187,7 @@ def test_a_part_of_the_wrong_shape_is_refused(tmp_path):
 
 
 def test_a_cast_that_would_overflow_to_infinity_is_refused(tmp_path):
-    layout = plan(FileVersion.GGJT_V1, HP, VOCAB, [TensorSpec.from_shape("w.weight", GGMLType.F16, (2, 4))])
+    layout = plan(FileVersion.GGJT_V1, HP, VOCAB, [TensorInfo.from_shape("w.weight", GGMLType.F16, (2, 4))])
     src = tmp_path / "p.raw"
     values = np.array([[1, 2, 3, 4], [5, 6, 7e5, 8]], np.float32)  # 7e5 > 65504, the largest f16
     src.write_bytes(values.tobytes())

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import builders
 import strategies
-from ggmlfmt import FileVersion, FileWriter, GGMLType, HParams, TensorSpec, Vocab, load, save
+from ggmlfmt import FileVersion, FileWriter, GGMLType, HParams, TensorInfo, Vocab, load, save
 from ggmlfmt import writer as writer_module
 from ggmlfmt.errors import IncompleteWrite
 from ggmlfmt.layout import Plan, plan
@@ -26,7 +26,7 @@ HP = builders.llama_hparams(2, 64, 32, 2, 1, 1)
 BVOCAB = [(b"a", 0.5), (b"", -1.0)]
 
 
-def records() -> list[builders.TensorSpec]:
+def records() -> list[builders.TensorInfo]:
     """Tensors of several shapes and types (ggjt v3), the data of each a distinct byte pattern."""
     rng = np.random.default_rng(11)
     q = builders.quantize(rng.standard_normal((5, 96)).astype(np.float32), "Q4_0", 3)
@@ -39,10 +39,10 @@ def records() -> list[builders.TensorSpec]:
     ]
 
 
-def make_plan(recs: list[builders.TensorSpec] | None = None) -> tuple[Plan, bytes, list[builders.TensorSpec]]:
+def make_plan(recs: list[builders.TensorInfo] | None = None) -> tuple[Plan, bytes, list[builders.TensorInfo]]:
     """The plan for `recs` and the bytes the independent builder says the file must have."""
     recs = records() if recs is None else recs
-    specs = [TensorSpec(str(n), GGMLType(c), ne) for n, c, ne, _ in recs]
+    specs = [TensorInfo(str(n), GGMLType(c), ne) for n, c, ne, _ in recs]
     layout = plan(FileVersion.GGJT_V3, HParams(**HP), strategies.vocab_from_builder(BVOCAB), specs)
     return layout, builders.build_file("ggjt", 3, HP, BVOCAB, recs, validate=False), recs
 

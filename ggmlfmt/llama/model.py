@@ -30,7 +30,7 @@ from ggmlfmt.constants import (
 )
 from ggmlfmt.errors import BadLayout, BadOption, BadValue, CannotWrite
 from ggmlfmt.gguf import plan_gguf
-from ggmlfmt.layout import Plan, TensorSpec, Vocab
+from ggmlfmt.layout import Plan, TensorInfo, Vocab
 
 # ------------------------------------------------------------------ tensor names (§13)
 
@@ -498,6 +498,6 @@ def plan_llama_gguf(hp: LlamaHParams, vocab: GGUFVocab, tensors: Sequence[OutTen
     quantized = any(BLOCK_LAYOUTS[GGUF_BLOCK_GENERATION][t.type].elements > 1 for t in tensors)
     meta = llama_metadata(hp, vocab, name=name, file_type=llama_file_type(types_2d), quantized=quantized,
                           n_params=n_params, extra=extra)
-    specs = [TensorSpec.from_shape(gguf_tensor_name(t.name, hp.n_layer), t.type, t.shape) for t in tensors]
+    specs = [TensorInfo.from_shape(gguf_tensor_name(t.name, hp.n_layer), t.type, t.shape) for t in tensors]
     arrays_typed = [(k, (t, v[0]), v[1]) if t == GGUFValueType.ARRAY else (k, t, v) for k, t, v in meta]
     return plan_gguf(arrays_typed, specs), meta  # plan_gguf wants an array's element type in the type
