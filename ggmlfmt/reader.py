@@ -12,7 +12,7 @@ import numpy as np
 
 from ggmlfmt.blocks.dequant import dequantize
 from ggmlfmt.constants import MAGICS, NOT_A_MODEL, FileVersion, GGMLType, GGUFVersion
-from ggmlfmt.errors import FormatError, Truncated
+from ggmlfmt.errors import CannotWrite, FormatError, Truncated, shown
 from ggmlfmt.gguf import decode_gguf
 from ggmlfmt.layout import HParams, Index, TensorInfo, Vocab, decode_index
 from ggmlfmt.safetensors import decode_safetensors, looks_like_safetensors
@@ -64,14 +64,14 @@ def float_values(view: np.ndarray, info: TensorInfo, generation: int) -> np.ndar
     (F16, BF16, the integer types and F64 cast; quantized tensors dequantized, docs/format.md §17.7).
 
     Raises:
-        ValueError: the type has no dequantizer (docs/format.md §17.6); the message names the tensor.
+        CannotWrite: the type has no dequantizer (docs/format.md §17.6); the message names the tensor.
     """
     if info.type == GGMLType.F32:
         return view
     try:
         return dequantize(view, info, generation)
-    except ValueError as e:
-        raise ValueError(f"tensor {info.name!r}: {e}") from None
+    except CannotWrite as e:
+        raise CannotWrite(e.msg, field=f"tensor {shown(info.name)}") from None
 
 
 class Model:

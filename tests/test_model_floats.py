@@ -116,8 +116,10 @@ def test_floats_of_2023_files_use_the_file_s_block_generation(tmp_path, fmt, ver
 def test_a_type_without_dequantizer_names_the_tensor(tmp_path):
     path = tmp_path / "q1_0.gguf"
     gguf_file(path, [("w", random_blocks(Q.Q1_0, 1, 1), Q.Q1_0)])
-    with pytest.raises(ValueError, match="tensor 'w': no numpy dequantizer for Q1_0"):
+    with pytest.raises(ValueError, match="tensor 'w': no numpy dequantizer for Q1_0") as e:
         load(path).floats["w"]
+    from ggmlfmt.errors import CannotWrite, FormatError
+    assert isinstance(e.value, CannotWrite) and not isinstance(e.value, FormatError)  # what we cannot do, not a bad file
 
 
 def test_torch_hand_off_takes_the_floats(mixed):
