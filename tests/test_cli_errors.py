@@ -121,9 +121,9 @@ def test_a_request_that_cannot_be_carried_out_is_one_line_and_not_a_format_error
 @pytest.mark.parametrize(("option", "bad", "good"), [("--ctx", "0", "4096"), ("--eps", "nan", "1e-5")])
 def test_an_override_out_of_range_is_the_request_not_the_input(prog, option, bad, good, tmp_path, capsys):
     main = CASES[prog][0]
-    base = ([str(_checkpoint(tmp_path))] if prog == "convert-model" else [str(DATA / "section12.ggml")]) + \
-        ["--outfile" if prog == "convert-model" else "", str(tmp_path / "out.gguf")]
-    base = [a for a in base if a]
+    out = str(tmp_path / "out.gguf")
+    base = ([str(_checkpoint(tmp_path)), "--outfile", out] if prog == "convert-model"
+            else [str(DATA / "section12.ggml"), out])
     line = _one_error_line(prog, main, [*base, option, bad], capsys)
     assert option in line
     with pytest.raises(BadOption):
