@@ -329,8 +329,8 @@ def metadata_values(metadata: tuple[MetaKV, ...]) -> dict[str, Any]:
 def _sources(cp: ConversionPlan, stack: ExitStack) -> Iterator[Source]:  # Job.sources
     """One engine Source per planned tensor, its files opened (a descriptor and a read-only map) on first use.
 
-    Each part is a view at its planned offset (nothing is parsed again); a Hugging Face q/k weight is one
-    one-row piece per output row in llama.cpp's order (convert.hf.unpermute_rows); the converter is the
+    Each part is a view at its planned offset (nothing is parsed again); a Hugging Face q/k weight is its
+    one part with the row order llama.cpp wants (convert.hf.unpermute_rows); the converter is the
     cast or quantizer from the checkpoint dtype, if any.
 
     Raises:
@@ -354,9 +354,7 @@ def _sources(cp: ConversionPlan, stack: ExitStack) -> Iterator[Source]:  # Job.s
         if not e.heads:
             yield Source(e.info, e.axis, pieces, cast)
             continue
-        row_bytes = rows.shape[1] * rows.itemsize  # one part: its rows, one piece each in llama.cpp's order
-        yield Source(e.info, 0, [Piece(fd, offset + int(r) * row_bytes, rows[r : r + 1])
-                                 for r in hf.unpermute_rows(rows.shape[0], e.heads)], cast)
+        yield Source(e.info, None, pieces, cast, order=hf.unpermute_rows(rows.shape[0], e.heads))
 
 
 def _open(stack: ExitStack, path: Path, planned: tuple[int, int, int]) -> tuple[int, np.ndarray]:

@@ -61,6 +61,7 @@ class Source:
     axis: int | None  # PyTorch axis the parts split (None: replicated, taken from part 0)
     pieces: Sequence[Piece]  # one per part, in part order
     convert: Convert | None = None  # None: the bytes pass unchanged
+    order: np.ndarray | None = None  # output row r is row order[r] of the one piece (Hugging Face q/k, §19.3)
 
 
 def computed_source(info: TensorInfo, array: np.ndarray) -> Source:
@@ -155,6 +156,13 @@ class _Buffer:
 
 def _write_one(w: FileWriter, src: Source, buf: _Buffer) -> None:
     info, n = src.info, len(src.pieces)
+    if src.order is not None:
+        _check_piece(info, src.pieces[0], info.n_rows, src.convert is None, 1, 0)
+        if n != 1 or not np.array_equal(np.sort(src.order), np.arange(info.n_rows)):
+            raise CannotWrite(f"tensor {info.name!r}: a row order must take each of the {info.n_rows} rows of "
+                              "one part once")
+        _convert_rows(w, info, src.pieces, [0], 0, info.n_rows, src.convert, buf, src.order)
+        return
     if src.axis == 1 and n > 1 and src.convert is not None and info.block.elements > 1 \
             and src.pieces[0].array.dtype.fields is None:
         # values quantized into blocks, which may straddle parts (4 parts of a 64-value row hold 16 each):
@@ -205,19 +213,27 @@ def _copy_row_pieces(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece], c
 
 
 def _convert_rows(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece], cols: list[int], row: int,
-                  n_rows: int, convert: Convert | None, buf: _Buffer) -> None:
+                  n_rows: int, convert: Convert | None, buf: _Buffer, order: np.ndarray | None = None) -> None:
     """Rows [row, row+n_rows) of the output, built block by block in the buffer from every piece.
 
-    One piece with cols [0]: a row split or replicated tensor being cast. Several: a column split,
-    each piece filling its byte columns of every output row. One pwrite per block of rows.
+    One piece with cols [0]: a row split or replicated tensor being cast, or (`order`) one whose rows
+    are taken in that order. Several: a column split, each piece filling its byte columns of every
+    output row. One pwrite per block of rows.
     """
     width = info.row_bytes // len(pieces)  # output bytes of each row that one piece fills
-    step = buf.rows(info.row_bytes, n_rows)
+    picked = pieces[0].array.strides[0] if order is not None and convert is not None else 0  # gathered, then converted
+    step = buf.rows(max(info.row_bytes, picked), n_rows)
     for r in range(0, n_rows, step):
         m = min(step, n_rows - r)
         out = buf.data[: m * info.row_bytes].reshape(m, info.row_bytes)
         for piece, col in zip(pieces, cols):
             src, dst = piece.array[r : r + m], out[:, col : col + width]
+            if order is not None:  # one piece, its rows picked: straight into the block, or to be converted
+                into = out if convert is None else buf.gathered(src.nbytes)[: src.nbytes]
+                src = np.take(piece.array, order[row + r : row + r + m], axis=0,
+                              out=into.view(src.dtype).reshape(src.shape))
+                if convert is None:
+                    continue
             if convert is None:
                 dst[...] = src.view(np.uint8).reshape(m, width)
             else:

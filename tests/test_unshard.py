@@ -202,6 +202,43 @@ def test_a_cast_that_would_overflow_to_infinity_is_refused(tmp_path):
     assert not (tmp_path / "out.bin").exists()
 
 
+@pytest.mark.parametrize("convert", [None, f16_to_f32])
+@pytest.mark.parametrize("chunk_bytes", [1, 40, 1 << 20])  # a row at a time, ragged blocks, one block
+def test_a_row_order_puts_each_source_row_where_it_says(tmp_path, convert, chunk_bytes):
+    out_type = GGMLType.F16 if convert is None else GGMLType.F32
+    layout = plan(FileVersion.GGJT_V1, HP, VOCAB, [TensorInfo.from_shape("q.weight", out_type, (8, 12))])
+    values = np.random.default_rng(7).standard_normal((8, 12)).astype("<f2")
+    order = np.array([0, 4, 1, 5, 2, 6, 3, 7])  # rotate-half -> interleaved, as Hugging Face q/k
+    src = tmp_path / "p.raw"
+    src.write_bytes(b"x" + values.tobytes())
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        view = np.memmap(src, dtype=np.uint8, mode="r")[1:].view("<f2").reshape(8, 12)
+        with FileWriter(tmp_path / "out.bin", layout) as w:
+            write_tensors(w, [Source(layout.tensors[0], None, [Piece(fd, 1, view)], convert, order=order)],
+                          chunk_bytes=chunk_bytes)
+    finally:
+        os.close(fd)
+    got = _read_back(tmp_path / "out.bin", layout.tensors[0], "<f2" if convert is None else "<f4")
+    np.testing.assert_array_equal(got, values[order].astype(got.dtype))
+    assert not np.array_equal(got, values.astype(got.dtype))  # control: the order changed something
+
+
+def test_a_row_order_that_is_not_a_permutation_is_refused(tmp_path):
+    layout = plan(FileVersion.GGJT_V1, HP, VOCAB, [TensorInfo.from_shape("q.weight", GGMLType.F16, (4, 12))])
+    src = tmp_path / "p.raw"
+    src.write_bytes(bytes(4 * 12 * 2))
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        view = np.memmap(src, dtype="<f2", mode="r").reshape(4, 12)
+        with pytest.raises(ValueError, match="must take each of the 4 rows of one part once"):
+            with FileWriter(tmp_path / "out.bin", layout) as w:
+                write_tensors(w, [Source(layout.tensors[0], None, [Piece(fd, 0, view)], order=np.array([0, 1, 1, 3]))])
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "out.bin").exists()
+
+
 def test_the_engine_s_split_rule_is_the_spec_s_on_every_llama_tensor() -> None:
     """ggmlfmt.parts.split_axis against the test-side restatement of docs/format.md §6 (builders.split_axis)."""
     from builders import llama_hparams, llama_shapes
