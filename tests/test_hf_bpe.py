@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convert import convert_checkpoint
 from ggmlfmt.llama.hf_bpe import LLAMA3_PATTERN, bpe_from_json, pre_tokenizer
@@ -118,6 +120,34 @@ def test_bad_tokenizer_json(change: dict, field: str, words: str) -> None:
     with pytest.raises(FormatError) as e:
         bpe_from_json(_tiny(**change), {}, 4, {}, Path("t.json"), Path("c.json"))
     assert e.value.field == field and words in str(e.value) and str(e.value).startswith("t.json: "), str(e.value)
+
+
+_TEXTS = st.text(alphabet=st.sampled_from(["a", "b", " ", "\n", "\u0120", "\ud800", "\u00e9"]), max_size=4)
+
+
+@settings(max_examples=400, deadline=None)
+@given(entries=st.lists(st.tuples(_TEXTS, st.one_of(st.integers(-2, 6), st.booleans(), st.just(1 << 70))),
+                        max_size=6),
+       merges=st.lists(st.one_of(_TEXTS, st.lists(_TEXTS, max_size=3)), max_size=5))
+def test_whole_list_checks_accept_what_the_one_by_one_checks_accept(entries, merges) -> None:
+    """_placed and _merges' all-at-once path against the per-entry loops (their errors' source): the same
+    result where the loops accept, and never a result where they refuse."""
+    from ggmlfmt.llama.hf_bpe import _each_merge, _merges, _place, _placed
+    vocab, where = dict(entries), Path("t.json")
+    try:
+        want = [None] * 5
+        for text, i in vocab.items():
+            _place(want, text, i, where, "model.vocab")
+    except FormatError:
+        want = None
+    assert _placed(vocab, 5) == want
+    try:
+        want_merges = list(_each_merge(merges, where))
+    except FormatError:
+        with pytest.raises(FormatError):
+            _merges(merges, where)
+    else:
+        assert list(_merges(merges, where)) == want_merges
 
 
 def test_hostile_tokenizer_json_in_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

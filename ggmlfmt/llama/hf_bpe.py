@@ -14,7 +14,7 @@ merges, no scores): the form Meta's Llama 3 tiktoken vocabulary takes, so both w
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -150,9 +150,11 @@ def _pieces(vocab: Any, added: Any, n_vocab: int, path: Path) -> tuple[list[str]
     if len(vocab) > n_vocab or len(added) > n_vocab:
         raise BadValue(f"{max(len(vocab), len(added)):,} entries for vocab_size {n_vocab:,}", path=str(path),
                        field="model.vocab")
-    pieces: list[str | None] = [None] * n_vocab
-    for text, i in vocab.items():
-        _place(pieces, text, i, path, "model.vocab")
+    pieces: list[str | None] = _placed(vocab, n_vocab)
+    if pieces is None:  # something is wrong: the loop finds it and says what
+        pieces = [None] * n_vocab
+        for text, i in vocab.items():
+            _place(pieces, text, i, path, "model.vocab")
     flags: dict[int, bool] = {}
     for entry in added:
         if not isinstance(entry, dict):
@@ -164,6 +166,26 @@ def _pieces(vocab: Any, added: Any, n_vocab: int, path: Path) -> tuple[list[str]
         raise BadValue(f"no token has id {missing[0]} (vocab_size {n_vocab:,}; {len(missing):,} ids missing)",
                        path=str(path), field="model.vocab")
     return pieces, flags  # type: ignore[return-value]
+
+
+def _placed(vocab: dict[Any, Any], n_vocab: int) -> list[str | None] | None:
+    """The model vocabulary by id when every entry passes _place's checks, found in a few whole-list
+    passes (Llama 3's 128,000: 15 ms, not 170 ms); None when any does not."""
+    texts, ids = list(vocab), list(vocab.values())
+    if not all(type(i) is int for i in ids) or not all(type(t) is str for t in texts):
+        return None  # (type(True) is bool: a bool id goes to the loop too)
+    lengths = np.fromiter(map(len, texts), np.int64, len(texts))
+    try:
+        at = np.array(ids, np.int64)
+        "".join(texts).encode("utf-8")  # a lone surrogate escape cannot be written
+    except (OverflowError, UnicodeEncodeError):
+        return None
+    if len(at) and (lengths.min() < 1 or lengths.max() > MAX_TOKEN_CHARS or at.min() < 0 or at.max() >= n_vocab
+                    or np.bincount(at, minlength=n_vocab).max() > 1):
+        return None
+    pieces = np.full(n_vocab, None, object)
+    pieces[at] = texts
+    return pieces.tolist()
 
 
 def _place(pieces: list[str | None], text: Any, i: Any, path: Path, field: str, again: bool = False) -> int:
@@ -179,7 +201,7 @@ def _place(pieces: list[str | None], text: Any, i: Any, path: Path, field: str, 
     return i
 
 
-def _merges(merges: Any, path: Path) -> Iterable[str]:
+def _merges(merges: Any, path: Path) -> Sequence[str]:
     """Merges as "left right"; pairs with spaces in them written with U+0120 for the space (llama.cpp's rule).
 
     Raises:
@@ -187,6 +209,28 @@ def _merges(merges: Any, path: Path) -> Iterable[str]:
     """
     if not isinstance(merges, list):
         raise BadValue("expected a list", path=str(path), field="model.merges")
+    if merges and all(type(m) is str for m in merges):  # "a b" strings, as Llama 3's: checked all at once
+        try:
+            raw = np.frombuffer("\n".join(merges).encode("utf-8"), np.uint8)
+        except UnicodeEncodeError:
+            raw = None
+        if raw is not None and _one_space_inside_each_line(raw, len(merges)):
+            return merges
+    return list(_each_merge(merges, path))
+
+
+def _one_space_inside_each_line(raw: np.ndarray, n: int) -> bool:
+    """Whether the n newline-separated lines of `raw` each hold exactly one space, neither first nor last."""
+    newlines, spaces = np.flatnonzero(raw == ord("\n")), np.flatnonzero(raw == ord(" "))
+    if len(newlines) != n - 1 or len(spaces) != n:
+        return False
+    starts, ends = np.concatenate([[0], newlines + 1]), np.append(newlines, len(raw))
+    return bool(np.array_equal(np.searchsorted(newlines, spaces), np.arange(n))
+                and np.all(spaces > starts) and np.all(spaces < ends - 1))
+
+
+def _each_merge(merges: list[Any], path: Path) -> Iterable[str]:
+    """_merges one by one: any element kind, and the error naming the first bad one."""
     for k, m in enumerate(merges):
         if isinstance(m, str) and m.count(" ") == 1 and " " not in (m[0], m[-1]) and is_utf8(m):
             yield m
