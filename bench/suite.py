@@ -179,15 +179,17 @@ def rounds(steps: dict[str, Callable[[], Any]], plan: Plan, what: str) -> dict[s
     return runs
 
 
-def race(plan: Plan, what: str, inputs: list[Path], out: Path, cmds: dict[str, list[str]],
+def race(plan: Plan, what: str, inputs: list[Path], out: Path, cmds: dict[str, list[str]], also: tuple[Path, ...] = (),
          **extra: Callable[[], Any]) -> dict[str, Any]:
     """`cat inputs > out; fsync(out)` against every command (each writes `out`) and `extra` steps, in alternating
     rounds, with the machine's CPU wait during each; then each command's peak private memory (worst of up to 3
-    runs; not of the cat floors) and a bare `python -c "import numpy"`'s, read by itself just after the import."""
-    warm(*inputs)
+    runs; not of the cat floors) and a bare `python -c "import numpy"`'s, read by itself just after the import.
+    Before every step the inputs and `also` (what other commands read) are cached again if a step evicted them
+    (llama.cpp's q8_0 converter takes 25 GB): every contestant reads a warm page cache, as the floor does."""
     cmds, waits = {"cat + fsync": cat(inputs, out), **cmds}, {}
 
     def step(k: str) -> float:
+        warm(*inputs, *also)
         t, _, w = run(cmds[k], out)
         waits.setdefault(k, []).append(w)
         return t
@@ -221,14 +223,13 @@ def conversion(plan: Plan, work: Path) -> dict[str, Any]:
     from ggmlfmt.blocks.quantize import quantize_rows_q8_0
     model, bf16 = (files.checkpoint(work / "ckpt", *plan.slice, 2, bf16=b) for b in (False, True))
     shards, tiny = sorted(model.glob("consolidated.*.pth")), build_checkpoint(work / "tiny")
-    warm(*bf16.glob("consolidated.*.pth"))
     out, tree = work / "out", sdist.llama_cpp_tree()
     legacy = lambda outtype: peer(tree, "examples/convert_legacy_llama.py", model, "--vocab-dir", model.parent,  # noqa: E731
                                   "--outtype", outtype, "--outfile", out)
     cmds = {"ggjt": convert(model, out, fmt="ggjt"), "gguf": convert(model, out), "bf16": convert(bf16, out),
             "q8_0": convert(model, out, "q8_0"), "llama.cpp f16": legacy("f16"), "llama.cpp q8_0": legacy("q8_0")}
     r = race(plan, "conversion", shards, out, {"cat": cat(shards, out, False), **cmds, "help": [
-        PY, "-m", "convert.cli", "--help"], "tiny": convert(tiny, out, fmt="ggjt")})
+        PY, "-m", "convert.cli", "--help"], "tiny": convert(tiny, out, fmt="ggjt")}, also=tuple(bf16.glob("*.pth")))
     ck = open_checkpoint(shards[0])  # our quantizer and gguf's, in process, on the same f16 layer matrices
     mats = [ck.array(n) for n, t in ck.tensors.items() if n.startswith("layers.") and len(t.shape) == 2]
     quants = {"ggmlfmt q8_0": quantize_rows_q8_0,

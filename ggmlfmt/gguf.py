@@ -92,6 +92,16 @@ class GGUFStrings(Sequence[str]):
         self._known_ends = ends  # ends[i]: where element i's bytes end in `data`; None: not found yet
         self._n = len(ends) if ends is not None else n
 
+    @classmethod
+    def of(cls, strings: Sequence[str], key: str = "strings") -> GGUFStrings:
+        """`strings` encoded as a GGUF array holds them: a vocabulary kept so takes one bytes object, not a str
+        object per token (Llama 3's 128,256 tokens and 280,147 merges: 8 MB, not 40).
+
+        Raises:
+            CannotWrite: an element is not a str or cannot be written as UTF-8 (named with `key`).
+        """
+        return strings if isinstance(strings, GGUFStrings) else cls(_encode_strings(strings, key), None, len(strings))
+
     @property
     def _ends(self) -> np.ndarray:
         if self._known_ends is None:

@@ -79,6 +79,9 @@ def write(job: Job, *, progress: Progress | None = None, chunk_bytes: int = CHUN
         FileExistsError: outfile appeared although overwrite is False. CannotWrite: a source does not fit
             its planned place. OSError: disk full, an input unreadable, ... (the temp file is removed).
     """
+    from ggmlfmt.tools import libc  # the planning's freed temporaries go back before the long write
+
+    libc.release_free_memory()
     with ExitStack() as stack:
         w = stack.enter_context(FileWriter(job.outfile, job.plan, overwrite=job.overwrite, progress=progress))
         write_tensors(w, job.sources(stack), chunk_bytes=chunk_bytes)

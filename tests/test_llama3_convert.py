@@ -151,7 +151,7 @@ def test_release_and_context_options(tmp_path: Path, caplog: pytest.LogCaptureFi
     ck = llama3.build(tmp_path, 1)
     with caplog.at_level(logging.INFO, logger="convert.convert"):
         cp = plan_conversion(ck.model_dir, fmt="gguf", llama_release="3.3", context_length=4096)
-    assert cp.gguf.vocab.pieces[llama3.N_BASE:] == tuple(llama3.SPECIALS["3.2"])
+    assert list(cp.gguf.vocab.pieces[llama3.N_BASE:]) == list(llama3.SPECIALS["3.2"])
     assert cp.gguf.hparams.context_length == 4096 and "context length" not in caplog.text
     assert "special tokens of" not in caplog.text  # given, not inferred
 

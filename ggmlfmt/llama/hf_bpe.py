@@ -23,6 +23,7 @@ import numpy as np
 
 from ggmlfmt.constants import GGUFValueType, TokenType
 from ggmlfmt.errors import BadValue
+from ggmlfmt.gguf import GGUFStrings
 from ggmlfmt.llama.hf_vocab import (
     MAX_TOKENIZER_CONFIG_BYTES,
     TOKENIZER_CONFIG,
@@ -94,11 +95,12 @@ def bpe_from_json(obj: dict[str, Any], config: dict[str, Any], n_vocab: int, con
         else:
             types[i] = TokenType.USER_DEFINED
             pieces[i] = text.replace(SPACE_MARKER, " ")
-    merges = tuple(_merges(model.get("merges"), path))
+    merges = GGUFStrings.of(_merges(model.get("merges"), path), "tokenizer.ggml.merges")
     special = special_ids(config, added_tokens, config_ids, n_vocab, config_path)
     extra = settings(config, config_path) if config else []
     extra = post_processor_flags(obj.get("post_processor"), config, extra, path)
-    vocab = GGUFVocab(tuple(pieces), None, types, None, None, None, model=BPE_MODEL, pre=pre, merges=merges)
+    vocab = GGUFVocab(GGUFStrings.of(pieces, "tokenizer.ggml.tokens"), None, types, None, None, None, model=BPE_MODEL,
+                      pre=pre, merges=merges)
     return with_special_ids(vocab, special), extra
 
 

@@ -300,7 +300,7 @@ class GGUFVocab:
     ("left right", in rank order). `extra_ids` holds further tokenizer.ggml.<key> ids (eot, eom).
     """
 
-    pieces: tuple[str, ...]
+    pieces: Sequence[str]  # a tuple, or (a large vocabulary) GGUFStrings
     scores: np.ndarray | None  # float32, one per piece; None: not written (BPE)
     types: np.ndarray  # int32 TokenType codes, one per piece
     unk_id: int | None

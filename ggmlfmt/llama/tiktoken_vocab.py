@@ -433,7 +433,7 @@ def bpe_vocab(tokens: list[bytes], specials: tuple[str, ...]) -> GGUFVocab:
     ids = {name: n + i for i, name in enumerate(specials)}
     bos, eos = (ids.get(name) for _, name in _SPECIAL_IDS)
     extra = tuple((key, ids[name]) for key, name in _EXTRA_IDS if name in ids)
-    return GGUFVocab(tuple(pieces) + tuple(specials), None, types, None, bos, eos, model=BPE_MODEL,
+    return GGUFVocab(GGUFStrings.of(pieces + list(specials), "tokenizer.ggml.tokens"), None, types, None, bos, eos, model=BPE_MODEL,
                      pre=PRE_TOKENIZER, merges=merges, extra_ids=extra)
 
 
