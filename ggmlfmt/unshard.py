@@ -7,8 +7,8 @@ part's bytes lie in its file, and a typed read-only view of them. Every part is 
 
 - unchanged bytes of a row split or replicated tensor (one contiguous run in source and output)
   move inside the kernel with `os.copy_file_range`, no trip through Python objects;
-- unchanged bytes of a column split (each part holds a slice of every row) move the same way, one
-  run per row and part, row after row (`FileWriter.copy_columns`);
+- column splits (each part holds a slice of every row) are gathered into blocks of whole output
+  rows, a few MB at a time, and written with one `pwrite` each;
 - conversions (f16/bf16/f32 casts, float values -> q8_0 blocks, old quantized blocks -> new ones
   or F32 values: each one `blocks.floats.Convert`, called as convert(src rows, out rows) with no
   wrapper) go through two bounded buffers (one is converted while a helper thread writes the other:
@@ -175,8 +175,8 @@ def _write_one(w: FileWriter, src: Source, buf: _Buffer) -> None:
             _check_piece(info, piece, region[2], src.convert is None, n if src.axis == 1 else 1, k)
     if src.axis == 1 and n > 1:
         cols = [region[1] for region in regions]
-        if src.convert is None and all(p.fd is not None for p in src.pieces):  # each row's pieces are runs
-            w.copy_columns(info.name, [(p.fd, p.offset, col, p.array) for p, col in zip(src.pieces, cols)])
+        if src.convert is None and info.row_bytes > len(buf.data):
+            _copy_row_pieces(w, info, src.pieces, cols)  # rows too long to gather: each row piece is a run
         else:
             _convert_rows(w, info, src.pieces, cols, 0, info.n_rows, src.convert, buf)
         return
@@ -201,6 +201,15 @@ def _check_piece(info: TensorInfo, piece: Piece, n_rows: int, same_bytes: bool, 
     if same_bytes and a.shape[1] * a.itemsize != width:
         raise CannotWrite(f"tensor {info.name!r}: part {k} rows are {a.shape[1] * a.itemsize} bytes, "
                          f"expected {width}")
+
+
+def _copy_row_pieces(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece], cols: list[int]) -> None:
+    """Column split with rows longer than the buffer: each part's slice of each row is its own run."""
+    for r in range(info.n_rows):
+        for piece, col in zip(pieces, cols):
+            width = piece.array.shape[1] * piece.array.itemsize
+            w.copy_span(info.name, piece.fd, piece.offset + r * width, row=r, col_byte=col, nbytes=width,
+                        fallback=piece.array[r : r + 1])
 
 
 def _convert_rows(w: FileWriter, info: TensorInfo, pieces: Sequence[Piece], cols: list[int], row: int,

@@ -14,7 +14,7 @@ import errno
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -339,16 +339,25 @@ class FileWriter(TempFile):
 
     def copy_rows(self, name: str, src_fd: int, src_offset: int, *, row: int, n_rows: int,
                   fallback: np.ndarray) -> None:
-        """Copy whole rows [row, row+n_rows) of `name` from a run of bytes in another file.
+        """Copy whole rows [row, row+n_rows) of `name` from a run of bytes in another file (see copy_span)."""
+        self.copy_span(name, src_fd, src_offset, row=row, col_byte=0, nbytes=n_rows * self._infos[name].row_bytes,
+                       fallback=fallback, n_rows=n_rows)
+
+    def copy_span(self, name: str, src_fd: int, src_offset: int, *, row: int, col_byte: int, nbytes: int,
+                  fallback: np.ndarray, n_rows: int = 1) -> None:
+        """Copy `nbytes` from another file to one run of `name`: whole rows, or a piece of one row.
 
         The bytes move inside the kernel (copy_file_range) where it can; elsewhere they are written
         from `fallback`, a view of the same bytes (e.g. a read-only map of the source).
 
         Raises:
-            CannotWrite: the rows do not fit the tensor, or fallback is not their size. OSError.
+            CannotWrite: the run does not fit the tensor or is not contiguous in it. OSError.
         """
-        info, dst = self._place(name, row, n_rows, 0, self._infos[name].row_bytes)
-        nbytes = n_rows * info.row_bytes
+        width = nbytes // n_rows if n_rows > 0 else 0
+        info, dst = self._place(name, row, n_rows, col_byte, width)
+        if n_rows <= 0 or nbytes % n_rows or (n_rows > 1 and width != info.row_bytes):
+            raise CannotWrite(f"tensor {name!r}: {nbytes} bytes at row {row}, byte {col_byte} are not a run of its "
+                             f"{info.n_rows} rows of {info.row_bytes} bytes")
         if memoryview(fallback).nbytes != nbytes:
             raise CannotWrite(f"tensor {name!r}: the fallback view holds {memoryview(fallback).nbytes} bytes, "
                              f"expected {nbytes}")
@@ -359,39 +368,7 @@ class FileWriter(TempFile):
                 self._pwrite(flat[at:], dst + at)
                 break
             self._dirty(n)
-        self._written(name, row, n_rows, 0, info.row_bytes)
-
-    def copy_columns(self, name: str, parts: Sequence[tuple[int, int, int, np.ndarray]]) -> None:
-        """Fill every row of `name` from a column split: each part (fd, offset, col_byte, rows) holds bytes
-        [col_byte, col_byte + w) of each row, row r's being the run at offset + r * w in its file and
-        rows[r] (a (n_rows, w bytes) view of the same bytes, written from where the kernel cannot copy).
-
-        A row's pieces go out before the next row's, so the file fills front to back and no page is
-        written back half filled. Measured on Llama-3-8B's split wo and w2 (302 MB, 2 parts), a copy
-        per piece in the kernel took 0.29-0.31 s where gathering rows into a buffer and pwrite took 0.41-0.56 s.
-
-        Raises:
-            CannotWrite: a part does not fit the rows. OSError.
-        """
-        info = self._infos[name]
-        spans = []
-        for fd, offset, col, rows in parts:
-            width = rows.shape[1] * rows.itemsize if rows.ndim == 2 else -1
-            if rows.shape[0] != info.n_rows or width < 0:
-                raise CannotWrite(f"tensor {name!r}: a part of shape {list(rows.shape)} is not {info.n_rows} rows")
-            self._place(name, 0, info.n_rows, col, width)
-            spans.append((fd, offset, col, width, rows))
-        in_kernel = True
-        for r in range(info.n_rows):
-            base = info.offset + r * info.row_bytes
-            for fd, offset, col, width, rows in spans:
-                if in_kernel and copy_range(fd, offset + r * width, self.fd, base + col, width):
-                    self._dirty(width)
-                else:
-                    in_kernel = False
-                    self._pwrite(memoryview(np.ascontiguousarray(rows[r])).cast("B"), base + col)
-        for _, _, col, width, _ in spans:
-            self._written(name, 0, info.n_rows, col, width)
+        self._written(name, row, n_rows, col_byte, width)
 
     def write_tensor(self, name: str, array: np.ndarray | bytes | memoryview) -> None:
         """Write a whole tensor's data (its bytes in C order).
