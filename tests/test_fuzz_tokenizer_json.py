@@ -19,12 +19,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import strategies
-from ggmlfmt.llama.hf_bpe import bpe_from_json
-from ggmlfmt.llama.hf_vocab import parse_json
+from ggmlfmt import FormatError, GGUFStrings
+from ggmlfmt.llama.hf_bpe import _each_merge, bpe_from_json, parse_tokenizer_json
+from ggmlfmt.llama.hf_vocab import decode_json, parse_json
 from ggmlfmt.constants import TokenType
 from hf_fixtures import bos_post_processor, llama3_pre_tokenizer
 
@@ -95,7 +97,8 @@ def mutants(draw: st.DrawFn) -> tuple[bytes, bytes]:
 
 def _parse(tokenizer: bytes, config: bytes):
     t, c = Path("tokenizer.json"), Path("tokenizer_config.json")
-    return bpe_from_json(parse_json(tokenizer, t), parse_json(config, c), N_VOCAB, {"eos": 1}, t, c)
+    return bpe_from_json(parse_tokenizer_json(decode_json(tokenizer, t), t), parse_json(config, c), N_VOCAB, {"eos": 1},
+                         t, c)
 
 
 def test_the_sample_is_valid() -> None:
@@ -123,3 +126,74 @@ def test_mutated_tokenizer_json_gives_format_error_or_consistent_vocabulary(file
     assert all(0 <= i < N_VOCAB for i in ids if i is not None)
     for kv in settings:
         assert kv.key.startswith("tokenizer.")
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(mutants())
+def test_the_walk_reads_what_json_loads_reads(files: tuple[bytes, bytes]) -> None:
+    """parse_tokenizer_json (the merges checked and encoded as they are read) against parse_json (json.loads):
+    the same error, or the same object once its merges are spelled as _merges spells them."""
+    t = Path("tokenizer.json")
+    try:
+        text = decode_json(files[0], t)
+    except FormatError:
+        return
+    try:
+        want = parse_json(text, t)
+    except FormatError as e:
+        try:
+            parse_tokenizer_json(text, t)
+        except FormatError as got:
+            assert str(got) == str(e)
+            return
+        raise AssertionError(f"the walk read what json.loads refused: {e}") from None
+    got = parse_tokenizer_json(text, t)
+    merges = got["model"].get("merges") if isinstance(got.get("model"), dict) else None
+    if isinstance(merges, GGUFStrings):
+        assert list(merges) == list(_each_merge(want["model"]["merges"], t))
+        got["model"]["merges"] = want["model"]["merges"]
+    assert repr(got) == repr(want)
+
+
+def test_the_walk_encodes_merges_a_step_at_a_time(monkeypatch) -> None:
+    """Merges across several steps (here 2 per step) come out whole and in order; a bad one in a later step
+    still gets the error that names its index in the whole list (control for the step bookkeeping)."""
+    from ggmlfmt.llama import hf_bpe
+
+    monkeypatch.setattr(hf_bpe, "_MERGES_PER_STEP", 2)
+    doc = copy.deepcopy(TOKENIZER)
+    got = parse_tokenizer_json(json.dumps(doc), Path("t.json"))["model"]["merges"]
+    assert isinstance(got, GGUFStrings) and list(got) == ["a b", "Ġ a", "Ġa b"]
+    doc["model"]["merges"].append("no_space")
+    v = parse_tokenizer_json(json.dumps(doc), Path("t.json"))
+    assert v["model"]["merges"][-1] == "no_space"  # handed to json.loads' reading, where _merges names it
+    try:
+        bpe_from_json(v, {}, N_VOCAB, {}, Path("t.json"), Path("c.json"))
+    except FormatError as e:
+        assert e.field == "model.merges[3]", str(e)
+    else:
+        raise AssertionError("a merge without a space was accepted")
+
+
+@pytest.mark.parametrize("text", [
+    '{"model": {"merges": ["a b", ["c", "d"]], "vocab": {"a": 0}}, "x": [1, {"y": null}]}',
+    ' \n{ \t} \r\n', '{"model": {"merges": []}}', '{"model": {"merges": [ ]} }', '{"model": {"merges": ["a  b"]}}',
+    '{"model": 3, "model": {"merges": ["q r"], "merges": ["s t"]}}', '{"model": {"merges": ["q r"]}, "model": 3}',
+    '{"a": 1,}', '[1]', '{"model": {"merges": ["a b",]}}', '{"a": NaN}', '{"a": 1} x', '{"a" 1}', '{"a": 1',
+    '{"model": {"merges": ["a b" "c d"]}}', '{"model": {"merges": "a b"}}', '{"a": "\\ud800"}', '',
+])
+def test_the_walk_agrees_with_json_loads_on_hand_written_texts(text: str) -> None:
+    """Repeated keys (the last wins), whitespace in every place, empty containers, and what json.loads refuses."""
+    t = Path("tokenizer.json")
+    try:
+        want = parse_json(text, t)
+    except FormatError as e:
+        with pytest.raises(FormatError) as got:
+            parse_tokenizer_json(text, t)
+        assert str(got.value) == str(e)
+        return
+    got = parse_tokenizer_json(text, t)
+    if isinstance(got.get("model"), dict) and isinstance(got["model"].get("merges"), GGUFStrings):
+        assert list(got["model"]["merges"]) == list(_each_merge(want["model"]["merges"], t))
+        got["model"]["merges"] = want["model"]["merges"]
+    assert repr(got) == repr(want)

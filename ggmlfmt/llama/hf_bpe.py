@@ -14,7 +14,9 @@ merges, no scores): the form Meta's Llama 3 tiktoken vocabulary takes, so both w
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import json.scanner
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,14 +24,16 @@ from typing import Any
 import numpy as np
 
 from ggmlfmt.constants import GGUFValueType, TokenType
-from ggmlfmt.errors import BadValue
+from ggmlfmt.errors import BadValue, FormatError
 from ggmlfmt.gguf import GGUFStrings
 from ggmlfmt.llama.hf_vocab import (
     MAX_TOKENIZER_CONFIG_BYTES,
     TOKENIZER_CONFIG,
     is_utf8,
     looks_special,
+    parse_json,
     read_json,
+    read_json_text,
     settings,
 )
 from ggmlfmt.llama.model import BPE_MODEL, SPACE_MARKER, GGUFVocab, MetaKV
@@ -63,7 +67,97 @@ def load_bpe_vocab(model_dir: Path, n_vocab: int,
     path = model_dir / TOKENIZER_JSON
     config_path = model_dir / TOKENIZER_CONFIG
     config = read_json(config_path, MAX_TOKENIZER_CONFIG_BYTES) if config_path.is_file() else {}
-    return bpe_from_json(read_json(path, MAX_TOKENIZER_JSON_BYTES), config, n_vocab, config_ids, path, config_path)
+    return bpe_from_json(parse_tokenizer_json(read_json_text(path, MAX_TOKENIZER_JSON_BYTES), path), config, n_vocab,
+                         config_ids, path, config_path)
+
+
+def parse_tokenizer_json(text: str, path: Path) -> dict[str, Any]:
+    """parse_json of a tokenizer.json, with model.merges already checked and encoded (a GGUFStrings) as it is read.
+
+    json.loads would make every merge a str object at once (Llama 3's 280,147: 22 MB, the most of its
+    peak of +70 MB); here the text is walked with the json module's own scanner (the C one), every
+    value is decoded by it as json.loads decodes it, and the merges are taken _MERGES_PER_STEP at a
+    time, checked by _merges and encoded. Anything unusual (not an object at the top, a bad merge,
+    text json.loads would refuse) is handed to parse_json, whose result or error is then the answer.
+
+    Raises:
+        FormatError: as parse_json.
+    """
+    try:
+        obj, end = _JsonWalk(text, path).object(_WS.match(text).end(), _top_member)
+        if _WS.match(text, end).end() != len(text):
+            raise ValueError("extra data")
+        return obj
+    except (ValueError, RecursionError, StopIteration, FormatError):
+        return parse_json(text, path)
+
+
+_WS = re.compile(r"[ \t\n\r]*")  # JSON's whitespace, as the json module's decoder skips it
+_MERGES_PER_STEP = 1 << 14
+
+
+class _JsonWalk:
+    """A JSON object's members walked one at a time with the json module's scanner. Raises ValueError (or the
+    scanner's StopIteration, RecursionError) at anything json.loads would not accept the same way."""
+
+    def __init__(self, text: str, path: Path) -> None:
+        self.text, self.path, self.scan = text, path, json.scanner.make_scanner(json.JSONDecoder())
+
+    def expect(self, i: int, chars: str) -> tuple[str, int]:
+        i = _WS.match(self.text, i).end()
+        c = self.text[i : i + 1]
+        if not c or c not in chars:
+            raise ValueError(f"expected one of {chars!r} at {i}")
+        return c, i + 1
+
+    def object(self, i: int, member: Callable[[_JsonWalk, str, int], tuple[Any, int]]) -> tuple[dict[str, Any], int]:
+        """The object at i (its '{'), each member's value parsed by member(walk, key, where it starts)."""
+        out: dict[str, Any] = {}
+        _, i = self.expect(i, "{")
+        if self.at(i) == "}":
+            return out, _WS.match(self.text, i).end() + 1
+        while True:
+            _, i = self.expect(i, '"')
+            key, i = json.decoder.scanstring(self.text, i, True)
+            _, i = self.expect(i, ":")
+            out[key], i = member(self, key, _WS.match(self.text, i).end())  # a repeated key: the last wins, as json's
+            c, i = self.expect(i, ",}")
+            if c == "}":
+                return out, i
+
+    def at(self, i: int) -> str:
+        """The first character at or after i that is not whitespace ('' at the end)."""
+        i = _WS.match(self.text, i).end()
+        return self.text[i : i + 1]
+
+    def value(self, i: int) -> tuple[Any, int]:
+        return self.scan(self.text, i)
+
+    def merges(self, i: int) -> tuple[GGUFStrings, int]:
+        """The merges array at i (its '['), checked and encoded _MERGES_PER_STEP at a time."""
+        encoded, step, count = bytearray(), [], 0
+        _, i = self.expect(i, "[")
+        if self.at(i) == "]":
+            return GGUFStrings(b"", None, 0), _WS.match(self.text, i).end() + 1
+        while True:
+            item, i = self.value(_WS.match(self.text, i).end())
+            step.append(item)
+            c, i = self.expect(i, ",]")
+            if len(step) == _MERGES_PER_STEP or c == "]":
+                encoded += GGUFStrings.of(_merges(step, self.path), "tokenizer.ggml.merges").encoded
+                count, step = count + len(step), []
+            if c == "]":
+                return GGUFStrings(bytes(encoded), None, count), i
+
+
+def _top_member(walk: _JsonWalk, key: str, i: int) -> tuple[Any, int]:
+    if key == "model" and walk.text[i : i + 1] == "{":
+        return walk.object(i, _model_member)
+    return walk.value(i)
+
+
+def _model_member(walk: _JsonWalk, key: str, i: int) -> tuple[Any, int]:
+    return walk.merges(i) if key == "merges" and walk.text[i : i + 1] == "[" else walk.value(i)
 
 
 def bpe_from_json(obj: dict[str, Any], config: dict[str, Any], n_vocab: int, config_ids: dict[str, int | None],
@@ -209,6 +303,8 @@ def _merges(merges: Any, path: Path) -> Sequence[str]:
     Raises:
         FormatError: not a list of "a b" strings or [a, b] pairs.
     """
+    if isinstance(merges, GGUFStrings):  # checked as parse_tokenizer_json read it
+        return merges
     if not isinstance(merges, list):
         raise BadValue("expected a list", path=str(path), field="model.merges")
     if merges and all(type(m) is str for m in merges):  # "a b" strings, as Llama 3's: checked all at once

@@ -83,16 +83,28 @@ def read_json(path: Path, cap: int) -> dict[str, Any]:
     Raises:
         FormatError: larger, not JSON, not an object. OSError: unreadable.
     """
+    return parse_json(read_json_text(path, cap), path)
+
+
+def read_json_text(path: Path, cap: int) -> str:
+    """The text of a JSON file of at most `cap` bytes, decoded as json.loads decodes bytes.
+
+    Raises:
+        FormatError: larger, or not in a JSON encoding. OSError: unreadable.
+    """
     with open(path, "rb") as f:
         raw = f.read(cap + 1)
     if len(raw) > cap:
         raise BadValue(f"expected a JSON file of at most {cap:,} bytes, found more", path=str(path))
+    return decode_json(raw, path)  # and the bytes go before the parse
+
+
+def decode_json(raw: bytes, path: Path) -> str:
+    """JSON bytes as text, decoded as json.loads decodes them. Raises: FormatError: not in a JSON encoding."""
     try:
-        text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads does, but then
+        return raw.decode(json.detect_encoding(raw), "surrogatepass")
     except UnicodeDecodeError as e:
         raise BadValue(f"not valid JSON: {' '.join(str(e).split())[:120]}", path=str(path)) from None
-    del raw  # the bytes go before the parse (9 MB of Llama 3's tokenizer.json off its peak)
-    return parse_json(text, path)
 
 
 def parse_json(raw: bytes | str, path: Path) -> dict[str, Any]:
