@@ -181,6 +181,12 @@ def test_the_walk_encodes_merges_a_step_at_a_time(monkeypatch) -> None:
     '{"model": 3, "model": {"merges": ["q r"], "merges": ["s t"]}}', '{"model": {"merges": ["q r"]}, "model": 3}',
     '{"a": 1,}', '[1]', '{"model": {"merges": ["a b",]}}', '{"a": NaN}', '{"a": 1} x', '{"a" 1}', '{"a": 1',
     '{"model": {"merges": ["a b" "c d"]}}', '{"model": {"merges": "a b"}}', '{"a": "\\ud800"}', '',
+    # merges read by the numpy path: escapes it takes (quote, backslash, slash), ones it leaves to the
+    # per-element reading (\\u, \\n), and strings that are not "left right"
+    '{"model": {"merges": ["\\" \\\\", "a\\/ b", "\\\\\\" x", "\\u0120 t", "x\\n y", "p q"]}}',
+    '{"model": {"merges": ["a b", "c  d"]}}', '{"model": {"merges": ["a b", " cd"]}}', '{"model": {"merges": ["a b", "cd "]}}',
+    '{"model": {"merges": ["a b", ""]}}', '{"model": {"merges": ["a b", "\\ud800 x"]}}',
+    '{"model": {"merges": [\n  "a b" ,\n  ["c", "d"] ,\n  "e f"\n ]}}',
 ])
 def test_the_walk_agrees_with_json_loads_on_hand_written_texts(text: str) -> None:
     """Repeated keys (the last wins), whitespace in every place, empty containers, and what json.loads refuses."""

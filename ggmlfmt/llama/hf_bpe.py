@@ -76,9 +76,10 @@ def parse_tokenizer_json(text: str, path: Path) -> dict[str, Any]:
 
     json.loads would make every merge a str object at once (Llama 3's 280,147: 22 MB, the most of its
     peak of +70 MB); here the text is walked with the json module's own scanner (the C one), every
-    value is decoded by it as json.loads decodes it, and the merges are taken _MERGES_PER_STEP at a
-    time, checked by _merges and encoded. Anything unusual (not an object at the top, a bad merge,
-    text json.loads would refuse) is handed to parse_json, whose result or error is then the answer.
+    other value is decoded by it as json.loads decodes it, and the merges are read as runs of plain
+    strings with numpy (Llama 3's: in 0.14 s all told, as json.loads plus the checks and the encoding;
+    peak +49 MB). Anything unusual (not an object at the top, a bad merge, text json.loads would
+    refuse) is handed to parse_json, whose result or error is then the answer.
 
     Raises:
         FormatError: as parse_json.
@@ -134,20 +135,66 @@ class _JsonWalk:
         return self.scan(self.text, i)
 
     def merges(self, i: int) -> tuple[GGUFStrings, int]:
-        """The merges array at i (its '['), checked and encoded _MERGES_PER_STEP at a time."""
-        encoded, step, count = bytearray(), [], 0
+        """The merges array at i (its '['), checked and encoded as it is read: runs of plain strings (no escape,
+        as tokenizers writes them) _MERGES_PER_STEP at a time with numpy (_encoded_run), anything else one
+        element at a time through _merges."""
+        text, encoded, step, count = self.text, bytearray(), [], 0
         _, i = self.expect(i, "[")
         if self.at(i) == "]":
-            return GGUFStrings(b"", None, 0), _WS.match(self.text, i).end() + 1
+            return GGUFStrings(b"", None, 0), _WS.match(text, i).end() + 1
         while True:
-            item, i = self.value(_WS.match(self.text, i).end())
+            run = _PLAIN_RUN.match(text, i) or _PLAIN_LAST.match(text, i)
+            if run is not None:
+                if step:
+                    encoded += GGUFStrings.of(_merges(step, self.path), "tokenizer.ggml.merges").encoded
+                    count, step = count + len(step), []
+                data, n = _encoded_run(text[i : run.end()])
+                encoded, count, i = encoded + data, count + n, run.end()
+                if text[i - 1] == "]":
+                    break
+                continue
+            item, i = self.value(_WS.match(text, i).end())
             step.append(item)
             c, i = self.expect(i, ",]")
-            if len(step) == _MERGES_PER_STEP or c == "]":
-                encoded += GGUFStrings.of(_merges(step, self.path), "tokenizer.ggml.merges").encoded
-                count, step = count + len(step), []
             if c == "]":
-                return GGUFStrings(bytes(encoded), None, count), i
+                break
+        if step:
+            encoded += GGUFStrings.of(_merges(step, self.path), "tokenizer.ggml.merges").encoded
+            count += len(step)
+        return GGUFStrings(bytes(encoded), None, count), i
+
+
+# a JSON string whose only escapes are \" \\ \/ (tokenizers writes no other in merges), whitespace around it
+_PLAIN = r'[ \t\n\r]*"[^"\\\x00-\x1f]*(?:\\["\\/][^"\\\x00-\x1f]*)*"[ \t\n\r]*'
+_PLAIN_RUN = re.compile(f"(?:{_PLAIN},){{1,{_MERGES_PER_STEP}}}")  # up to a step of them, each with its comma
+_PLAIN_LAST = re.compile(f"{_PLAIN}\\]")  # the array's last element
+
+
+def _encoded_run(run: str) -> tuple[bytes, int]:
+    """Plain JSON strings (each with its comma or the closing bracket) as GGUF encodes them, after _merges'
+    check of a "left right" string: exactly one space, neither first nor last.
+
+    Raises:
+        ValueError: a string is not such a merge, or holds a lone surrogate (the per-element reading
+            then names it).
+    """
+    # the escapes become bytes no plain JSON string holds (control characters), so quotes are only delimiters
+    run = run.replace("\\\\", "\x01").replace('\\"', "\x02").replace("\\/", "/")  # left to right, as JSON pairs them
+    raw = np.frombuffer(run.encode("utf-8"), np.uint8)
+    quotes = np.flatnonzero(raw == ord('"'))
+    starts, lengths = quotes[0::2] + 1, quotes[1::2] - quotes[0::2] - 1
+    n, ends = len(lengths), np.cumsum(lengths)  # ends: of each string in `text`, the strings one after the other
+    text = raw[np.arange(int(ends[-1])) + np.repeat(starts - (ends - lengths), lengths)]
+    text[text == 1], text[text == 2] = ord("\\"), ord('"')
+    spaces = np.flatnonzero(text == ord(" "))
+    if len(spaces) != n or not np.array_equal(np.searchsorted(ends, spaces, side="right"), np.arange(n)) \
+            or np.any(spaces == ends - lengths) or np.any(spaces == ends - 1):
+        raise ValueError("a merge that is not 'left right'")
+    out = np.empty(int(ends[-1]) + 8 * n, np.uint8)  # each string: its u64 length, then its bytes
+    out[np.arange(len(text)) + 8 * np.repeat(np.arange(1, n + 1), lengths)] = text
+    heads = (ends - lengths + 8 * np.arange(n))[:, None] + np.arange(8)
+    out[heads] = lengths.astype("<u8").view(np.uint8).reshape(n, 8)
+    return out.tobytes(), n
 
 
 def _top_member(walk: _JsonWalk, key: str, i: int) -> tuple[Any, int]:
