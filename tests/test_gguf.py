@@ -21,6 +21,7 @@ import ggmlfmt
 from ggmlfmt import FileWriter, FormatError, GGMLType, TensorInfo, dequantize, load, read_index
 from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGUF_TYPE_SIZES, GGUFValueType as V
 from ggmlfmt.errors import BadLayout, BadValue, Truncated, UnsupportedVersion
+from ggmlfmt.errors import CannotWrite
 from ggmlfmt.gguf import GGUFStrings, decode_gguf, encode_value, plan_gguf
 from ggmlfmt.summary import describe
 
@@ -367,6 +368,18 @@ def test_a_string_array_encodes_element_by_element():
     read = decode_gguf(file_of([kv("k", V.ARRAY, want)], [])).metadata["k"]
     assert isinstance(read, GGUFStrings) and encode_value((V.ARRAY, V.STRING), read) == want
     assert encode_value((V.ARRAY, V.STRING), texts[:-1]) != want  # control: one element less differs
+
+
+def test_gguf_strings_of_encodes_once_and_reads_back():
+    """GGUFStrings.of: the encoding a file holds (built by hand), its items, equality with the list; a GGUFStrings
+    passes through as it is; a non-str element is CannotWrite naming the key (control: a changed item differs)."""
+    texts = ["a b", "\u0120t he", "", "\u4eca\u65e5 x"] * 3000
+    s = GGUFStrings.of(texts, "tokenizer.ggml.merges")
+    assert s.encoded == b"".join(gstr(t.encode()) for t in texts) and len(s) == len(texts)
+    assert s == texts and s[1] == "\u0120t he" and list(s[-2:]) == texts[-2:] and GGUFStrings.of(s) is s
+    assert s != texts[:-1] + ["other"]
+    with pytest.raises(CannotWrite, match="tokenizer.ggml.merges"):
+        GGUFStrings.of(["a", 3], "tokenizer.ggml.merges")
 
 
 def test_long_and_short_strings_decode_alike():
