@@ -189,8 +189,7 @@ def race(plan: Plan, what: str, inputs: list[Path], out: Path, cmds: dict[str, l
     cmds, waits = {"cat + fsync": cat(inputs, out), **cmds}, {}
 
     def step(k: str) -> float:
-        warm(*inputs, *also)
-        t, _, w = run(cmds[k], out)
+        t, _, w = (warm(*inputs, *also), run(cmds[k], out))[1]
         waits.setdefault(k, []).append(w)
         return t
     times = rounds({**{k: (lambda k=k: step(k)) for k in cmds}, **extra}, plan, what)
