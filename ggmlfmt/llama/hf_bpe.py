@@ -139,28 +139,29 @@ class _JsonWalk:
         as tokenizers writes them) _MERGES_PER_STEP at a time with numpy (_encoded_run), anything else one
         element at a time through _merges."""
         text, encoded, step, count = self.text, bytearray(), [], 0
+
+        def flush() -> None:  # the elements read one by one since the last run, checked and encoded
+            nonlocal count
+            encoded.extend(GGUFStrings.of(_merges(step, self.path), "tokenizer.ggml.merges").encoded)
+            count += len(step)
+            step.clear()
+
         _, i = self.expect(i, "[")
         if self.at(i) == "]":
             return GGUFStrings(b"", None, 0), _WS.match(text, i).end() + 1
-        while True:
+        c = ","
+        while c == ",":
             run = _PLAIN_RUN.match(text, i) or _PLAIN_LAST.match(text, i)
             if run is not None:
-                if step:
-                    encoded += GGUFStrings.of(_merges(step, self.path), "tokenizer.ggml.merges").encoded
-                    count, step = count + len(step), []
+                flush()
                 data, n = _encoded_run(text[i : run.end()])
-                encoded, count, i = encoded + data, count + n, run.end()
-                if text[i - 1] == "]":
-                    break
+                encoded.extend(data)
+                count, i, c = count + n, run.end(), text[run.end() - 1]
                 continue
             item, i = self.value(_WS.match(text, i).end())
             step.append(item)
             c, i = self.expect(i, ",]")
-            if c == "]":
-                break
-        if step:
-            encoded += GGUFStrings.of(_merges(step, self.path), "tokenizer.ggml.merges").encoded
-            count += len(step)
+        flush()
         return GGUFStrings(bytes(encoded), None, count), i
 
 
@@ -186,9 +187,7 @@ def _encoded_run(run: str) -> tuple[bytes, int]:
     n, ends = len(lengths), np.cumsum(lengths)  # ends: of each string in `text`, the strings one after the other
     text = raw[np.arange(int(ends[-1])) + np.repeat(starts - (ends - lengths), lengths)]
     text[text == 1], text[text == 2] = ord("\\"), ord('"')
-    spaces = np.flatnonzero(text == ord(" "))
-    if len(spaces) != n or not np.array_equal(np.searchsorted(ends, spaces, side="right"), np.arange(n)) \
-            or np.any(spaces == ends - lengths) or np.any(spaces == ends - 1):
+    if not _one_space_inside(text, ends - lengths, ends):
         raise ValueError("a merge that is not 'left right'")
     out = np.empty(int(ends[-1]) + 8 * n, np.uint8)  # each string: its u64 length, then its bytes
     out[np.arange(len(text)) + 8 * np.repeat(np.arange(1, n + 1), lengths)] = text
@@ -359,18 +358,19 @@ def _merges(merges: Any, path: Path) -> Sequence[str]:
             raw = np.frombuffer("\n".join(merges).encode("utf-8"), np.uint8)
         except UnicodeEncodeError:
             raw = None
-        if raw is not None and _one_space_inside_each_line(raw, len(merges)):
+        newlines = np.flatnonzero(raw == ord("\n")) if raw is not None else None
+        if newlines is not None and len(newlines) == len(merges) - 1 and _one_space_inside(
+                raw, np.concatenate([[0], newlines + 1]), np.append(newlines, len(raw))):
             return merges
     return list(_each_merge(merges, path))
 
 
-def _one_space_inside_each_line(raw: np.ndarray, n: int) -> bool:
-    """Whether the n newline-separated lines of `raw` each hold exactly one space, neither first nor last."""
-    newlines, spaces = np.flatnonzero(raw == ord("\n")), np.flatnonzero(raw == ord(" "))
-    if len(newlines) != n - 1 or len(spaces) != n:
-        return False
-    starts, ends = np.concatenate([[0], newlines + 1]), np.append(newlines, len(raw))
-    return bool(np.array_equal(np.searchsorted(newlines, spaces), np.arange(n))
+def _one_space_inside(text: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> bool:
+    """Whether each string text[starts[i]:ends[i]] (in order; no space between them) holds exactly one space,
+    neither first nor last: _each_merge's rule for a "left right" string."""
+    spaces = np.flatnonzero(text == ord(" "))
+    return bool(len(spaces) == len(ends) and np.array_equal(np.searchsorted(ends, spaces, side="right"),
+                                                            np.arange(len(ends)))
                 and np.all(spaces > starts) and np.all(spaces < ends - 1))
 
 
