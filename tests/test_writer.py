@@ -258,6 +258,30 @@ def test_not_enough_free_space_is_refused_before_writing(tmp_path, monkeypatch):
     FileWriter(tmp_path / "m.bin", layout, check_space=False).abort()
 
 
+@pytest.mark.parametrize("short", [False, True])
+def test_pwrite_all_writes_everything_in_calls_of_at_most_write_slice(tmp_path, monkeypatch, short):
+    """Every call asks for at most WRITE_SLICE bytes; a call that writes less (signals, some filesystems) is
+    continued where it stopped."""
+    data = np.random.default_rng(5).integers(0, 256, 3 * writer_module.WRITE_SLICE + 77, dtype=np.uint8)
+    asked, real_pwrite = [], os.pwrite
+
+    def pwrite(fd, view, offset):
+        asked.append(len(view))
+        return real_pwrite(fd, view[: len(view) - 1000] if short and len(view) > 1000 else view, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    path = tmp_path / "out"
+    path.write_bytes(b"x" * 10)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert writer_module.pwrite_all(fd, data, 10) == data.nbytes
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"x" * 10 + data.tobytes()
+    assert max(asked) == writer_module.WRITE_SLICE and len(asked) >= (5 if short else 4)
+    assert path.read_bytes() != b"x" * 10 + data[::-1].tobytes()  # control
+
+
 def test_empty_tensors_need_no_write_even_at_the_end_of_the_file(tmp_path):
     recs = [("a", 0, (3,), np.ones(3, "<f4").tobytes()), ("z", 1, (8, 0), b""), ("e", 0, (0,), b"")]
     layout, expected, _ = make_plan(recs)

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from ggmlfmt.errors import Truncated
 from ggmlfmt.tools import libc
 from ggmlfmt.tools.cachestat import drop_uncached, residency
-from ggmlfmt.writer import TempFile, copy_range, refuse_existing
+from ggmlfmt.writer import TempFile, copy_range, pwrite_all, refuse_existing
 
 COPY_CHUNK = 64 << 20  # bytes per copy step; also the unit of writeback and eviction
 _USERSPACE_CHUNK = 1 << 20  # bytes per pread/pwrite where the kernel cannot copy between the two files
@@ -50,10 +50,7 @@ def _copy_range(fin: int, fout: int, offset: int, length: int) -> None:
         data = os.pread(fin, min(_USERSPACE_CHUNK, end - offset), offset)
         if not data:
             raise Truncated(f"source ended while copying; {end - offset} bytes missing", offset=offset)
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fout, view, offset)
-            view, offset = view[n:], offset + n
+        offset += pwrite_all(fout, data, offset)
 
 
 def _copy_data(fin: int, fout: int, size: int, keep_src: npt.NDArray[np.bool_], chunk: int) -> None:
