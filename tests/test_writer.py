@@ -6,6 +6,8 @@ import errno
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -280,6 +282,41 @@ def test_pwrite_all_writes_everything_in_calls_of_at_most_write_slice(tmp_path, 
     assert path.read_bytes() == b"x" * 10 + data.tobytes()
     assert max(asked) == writer_module.WRITE_SLICE and len(asked) >= (5 if short else 4)
     assert path.read_bytes() != b"x" * 10 + data[::-1].tobytes()  # control
+
+
+@pytest.mark.parametrize("end", ["commit", "abort"])
+@pytest.mark.parametrize("control", [False, True])
+def test_writeback_requests_run_on_a_helper_that_lets_go_of_the_file_before_it_is_closed(tmp_path, monkeypatch,
+                                                                                        end, control):
+    """Writeback starts on a helper thread while writing goes on; commit and abort wait for it before the fsync
+    and close. Control: a writer that does not wait lets the helper touch a closed descriptor."""
+    from ggmlfmt.tools import libc
+
+    calls, main = [], threading.get_ident()
+
+    def slow_writeback(fd):
+        time.sleep(0.2)
+        try:
+            os.fstat(fd)
+            calls.append(("open", threading.get_ident()))
+        except OSError:
+            calls.append(("closed", threading.get_ident()))
+
+    monkeypatch.setattr(libc, "start_writeback", slow_writeback)
+    monkeypatch.setattr(writer_module, "WRITEBACK_BYTES", 16)
+    if control:
+        monkeypatch.setattr(writer_module.FileWriter, "_stop_writeback", lambda self: None)
+    layout, expected, recs = make_plan()
+    w = FileWriter(tmp_path / "m.bin", layout)
+    for name, _, _, payload in recs:
+        w.write_tensor(str(name), payload)
+    w.commit() if end == "commit" else w.abort()
+    time.sleep(0.4)  # a helper nobody waited for has finished by now
+    assert calls and all(thread != main for _, thread in calls)
+    assert [state for state, _ in calls] == (["closed"] if control else ["open"])  # one request: the rest skipped
+    assert (tmp_path / "m.bin").exists() == (end == "commit") and temps(tmp_path) == []
+    if end == "commit":
+        assert (tmp_path / "m.bin").read_bytes() == expected
 
 
 def test_empty_tensors_need_no_write_even_at_the_end_of_the_file(tmp_path):
