@@ -92,14 +92,14 @@ def llama3_section(r: dict[str, Any], t: Targets) -> str:
     (dim, heads, kv, layers, _), meta, hf = r["shape"], r["meta"], r["hf"]
     vocab, peer = med(meta["times"]["vocabulary"]), "`convert_hf_to_gguf.py`"
     lines = [f"## Llama 3: `convert-model` on a Llama-3-8B-shaped slice\n\ndim {dim}, {heads} heads, {kv} KV heads, "
-             f"{layers} layer(s), feed-forward multiplier 1.3, vocabulary 128,256, bf16 in 2 shards, in the two layouts "
+             f"{layers} layer(s), feed-forward multiplier 1.3, vocabulary 128,256, bf16, in the two layouts "
              "people download; floor, settle and memory as in Conversion.\n",
              f"### Meta's layout (consolidated.NN.pth of {', '.join(map(mib, meta['input']))}, params.json, Llama 3's "
              "tiktoken tokenizer.model: its 128,000 ranks taken from llama.cpp's copy of the vocabulary)\n",
              *race(meta, t, META_GOALS), "- building the 128,256-token vocabulary with its merges (`load_tiktoken_vocab`, "
              "in process): " + t.check("Llama 3 vocabulary build", vocab, ms(vocab), "≤ 2 s", vocab is not None and vocab <= 2),
-             f"\n### Hugging Face's layout (config.json, 2 safetensors shards and their index, Llama 3's tokenizer.json), "
-             f"against llama.cpp's {peer} (llama-cpp-python 0.3.36 sdist, its vendored gguf-py)\n", *race(hf, t, HF_GOALS)]
+             f"\n### Hugging Face's layout (config.json, safetensors shards of {', '.join(map(mib, hf['input']))} and their "
+             f"index, Llama 3's tokenizer.json), against llama.cpp's {peer} (the same sdist)\n", *race(hf, t, HF_GOALS)]
     m, mem = {k: med(v) for k, v in hf.get("times", {}).items()}, hf.get("memory", {})
     for o in ("bf16", "q8_0"):
         share = ratio(mem.get(o), mem.get(f"peer {o}"))
