@@ -16,13 +16,16 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ggmlfmt.constants import FileVersion, GGMLType
 from ggmlfmt.errors import CannotWrite, IncompleteWrite
 from ggmlfmt.layout import HParams, Plan, TensorInfo, Vocab, plan
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,8 @@ COPY_BYTES = 1 << 30  # largest single copy_file_range request (the kernel may c
 # cat 1.26-1.49 s; convert-model on the 13B-shaped slice, f16 -> F16: 1.25-1.45 s against 1.93-2.80 s. The
 # kernel probably gives a large write large page-cache folios, which are costly to get there; cat and
 # copy_file_range fill the cache a page at a time. The extra calls cost ~75 ms of CPU per GB (overwriting
-# cached pages: 172 ms per GB in 64 KiB calls, 98 ms in 64 MiB calls), on the writer's helper thread.
+# cached pages: 172 ms per GB in 64 KiB calls, 98 ms in 64 MiB calls); the engine's gathered blocks are
+# written on its helper thread, so there the cost overlaps the next block.
 WRITE_SLICE = 64 << 10
 # errno values meaning "this pair of files cannot be copied in the kernel" (other filesystem, old kernel, ...)
 _NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF)
@@ -281,7 +285,8 @@ class FileWriter(TempFile):
                               f"{free:,} are free", str(self.path.parent))
         self._coverage = {t.name: Coverage(t.n_rows, t.row_bytes) for t in plan.tensors}
         self._unflushed = 0
-        self._writeback: Any = None  # (executor, future of the last start_writeback) once the file is past WRITEBACK_BYTES
+        self._writeback_pool: ThreadPoolExecutor | None = None  # made once the file is past WRITEBACK_BYTES
+        self._writeback_job: Future[None] | None = None  # the last start_writeback it was given
         try:
             self.create()
             self._pwrite(plan.prefix, 0)
@@ -312,22 +317,22 @@ class FileWriter(TempFile):
         self._unflushed += nbytes
         if self._unflushed < WRITEBACK_BYTES:
             return
-        if self._writeback is None:
+        if self._writeback_job is not None and not self._writeback_job.done():
+            return
+        from ggmlfmt.tools import libc  # only a file past WRITEBACK_BYTES needs it
+
+        if self._writeback_pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._writeback = (ThreadPoolExecutor(1, thread_name_prefix="ggmlfmt-writeback"), None)
-        pool, running = self._writeback
-        if running is None or running.done():
-            from ggmlfmt.tools import libc  # only a file past WRITEBACK_BYTES needs it
-
-            self._unflushed = 0
-            self._writeback = (pool, pool.submit(libc.start_writeback, self.fd))
+            self._writeback_pool = ThreadPoolExecutor(1, thread_name_prefix="ggmlfmt-writeback")
+        self._unflushed = 0
+        self._writeback_job = self._writeback_pool.submit(libc.start_writeback, self.fd)
 
     def _stop_writeback(self) -> None:
         """Wait for the writeback helper (it uses self.fd, which is about to be fsynced or closed) and end it."""
-        if self._writeback is not None:
-            self._writeback[0].shutdown(wait=True)
-            self._writeback = None
+        if self._writeback_pool is not None:
+            self._writeback_pool.shutdown(wait=True)
+            self._writeback_pool = self._writeback_job = None
 
     def _place(self, name: str, row: int, n_rows: int, col_byte: int, width: int) -> tuple[TensorInfo, int]:
         """`name`'s record and the file offset of its rows [row, row+n_rows) x bytes [col_byte, col_byte+width).
