@@ -71,8 +71,7 @@ QUICK = Plan(1, (256, 2, 1, 512), 128, 64, (128,), 1, (2,), 128, load_caches=("w
 
 
 def cached(path: Path, cache: str) -> float:
-    """Bring the file to `cache` state: "cold" drops its cached pages, "warm" reads it through unless fully cached;
-    the fraction cached before the run (checked with mincore when cold)."""
+    """Bring the file to `cache` state ("cold": evicted, then checked with mincore; "warm": read through); the fraction cached."""
     if cache == "cold":
         return (cachestat.evict(path), cachestat.residency(path).fraction)[1]
     return (warm(path), 1.0)[1]
@@ -80,10 +79,9 @@ def cached(path: Path, cache: str) -> float:
 
 def warm(*paths: Path) -> None:
     """Read every file through once unless it is fully cached already."""
-    for p in paths:
-        if cachestat.residency(p).fraction < 0.999:
-            with open(p, "rb", buffering=0) as f, open(os.devnull, "wb") as null:
-                shutil.copyfileobj(f, null, 16 << 20)
+    for p in [p for p in paths if cachestat.residency(p).fraction < 0.999]:
+        with open(p, "rb", buffering=0) as f, open(os.devnull, "wb") as null:
+            shutil.copyfileobj(f, null, 16 << 20)
 
 
 def load_run(loader: str, path: Path, *, cache: str = "warm", opts: dict[str, Any] | None = None,
@@ -357,6 +355,7 @@ def dequantizing(plan: Plan, work: Path) -> dict[str, Any]:
     from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION as GEN
     out, (rows, cols), rng = {}, plan.dequant, np.random.default_rng(0)
     np.seterr(all="ignore")  # gguf-py warns on the inf * 0 of huge MXFP4 scales; both make the same values
+    np.ones(31 << 20, np.uint8)  # freed at once: glibc now keeps blocks up to 31 MiB for reuse (report.dequant_section)
     for t in [t for t in KERNELS if t in BLOCK_LAYOUTS[GEN] and t.name != "Q8_K"]:
         layout, q = BLOCK_LAYOUTS[GEN][t], gguf.GGMLQuantizationType[t.name]
         raw = np.frombuffer(rng.bytes(rows * cols // layout.elements * layout.nbytes), np.uint8).reshape(rows, -1).copy()
