@@ -72,6 +72,7 @@ _new = tuple.__new__  # TensorInfo(...) without the Python-level __new__ of a Na
 _SHORT = 0x7F  # the longest string of the vectorised walk's first try (docs/format.md §11.4)
 _PAD_STEP = 1 << 16  # bytes of padding checked per numpy call: no copy, no allocation past this
 _STRINGS_PER_STEP = 1 << 12  # strings of an array encoded per pass
+RUNS_STEP = 1 << 17  # bytes spelled per numpy pass of GGUFStrings.from_runs (index arrays of 1 MiB)
 # A tensor whose dims are all >= 1 and multiply to at most this many elements has every product of its dims,
 # in elements and in bytes (at most 8 per element), <= INT64_MAX: dims_problem need not be asked.
 _SAFE_ELEMENTS = INT64_MAX // max(-(-b.nbytes // b.elements) for b in GGUF_LAYOUTS.values())
@@ -101,6 +102,22 @@ class GGUFStrings(Sequence[str]):
             CannotWrite: an element is not a str or cannot be written as UTF-8 (named with `key`).
         """
         return strings if isinstance(strings, GGUFStrings) else cls(_encode_strings(strings, key), None, len(strings))
+
+    @classmethod
+    def from_runs(cls, source: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> GGUFStrings:
+        """Strings spelled from byte runs of `source` (u8): string i is source[starts[i, j] : starts[i, j] +
+        lengths[i, j]] for j = 0, 1, ..., one after the other; the caller vouches that each is valid UTF-8.
+        About RUNS_STEP bytes are spelled per numpy pass: one gather of runs, each string's u64 length one of them."""
+        n, size = len(starts), lengths.sum(axis=1)
+        ends = np.cumsum(size + 8)
+        out = np.empty(int(ends[-1]) if n else 0, np.uint8)
+        for lo, hi in cost_chunks(size + 8, RUNS_STEP):
+            m = hi - lo
+            both = np.concatenate([source, size[lo:hi].astype("<u8").view(np.uint8)])  # the lengths after the source
+            run_starts = np.concatenate([len(source) + 8 * np.arange(m)[:, None], starts[lo:hi]], axis=1)
+            run_lengths = np.concatenate([np.full((m, 1), 8), lengths[lo:hi]], axis=1)
+            out[ends[lo] - size[lo] - 8 : ends[hi - 1]] = byte_runs(both, run_starts.reshape(-1), run_lengths.reshape(-1))
+        return cls(out.tobytes(), ends)
 
     @property
     def _ends(self) -> np.ndarray:
@@ -154,6 +171,24 @@ class GGUFStrings(Sequence[str]):
     def __repr__(self) -> str:
         head = ", ".join(repr(s) for s in self[:3])
         return f"GGUFStrings([{head}{', ...' if len(self) > 3 else ''}], n={len(self)})"
+
+
+def byte_runs(source: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The runs source[starts[i] : starts[i] + lengths[i]], one after the other, in one gather (index arrays as long
+    as the result: callers bound it, as cost_chunks does)."""
+    ends = np.cumsum(lengths)
+    return source[np.arange(int(ends[-1]) if len(ends) else 0) - np.repeat(ends - lengths - starts, lengths)]
+
+
+def cost_chunks(cost: np.ndarray, step: int) -> Iterator[tuple[int, int]]:
+    """Consecutive ranges [first, last) of items whose costs add up to at most `step` (at least one item each)."""
+    total = np.cumsum(cost)
+    first = 0
+    while first < len(cost):
+        done = int(total[first - 1]) if first else 0
+        last = max(first + 1, int(np.searchsorted(total, done + step, side="right")))
+        yield first, last
+        first = last
 
 
 # ---------------------------------------------------------------- decoding

@@ -382,6 +382,24 @@ def test_gguf_strings_of_encodes_once_and_reads_back():
         GGUFStrings.of(["a", 3], "tokenizer.ggml.merges")
 
 
+@pytest.mark.parametrize("step", [None, 7])  # the default, and a step that cuts the strings into many passes
+def test_gguf_strings_from_runs_spell_each_string_from_its_runs(monkeypatch, step):
+    """GGUFStrings.from_runs: string i is its runs of the source in order (empty runs and strings included); the
+    encoding is the hand-built one of those strings joined in Python; controls: runs in another order differ."""
+    if step is not None:
+        monkeypatch.setattr(ggmlfmt.gguf, "RUNS_STEP", step)
+    words = ["", "a", " ", "\u0120the", "\u4eca\u65e5", "x" * 300, "b"]
+    source = "".join(words).encode()
+    at = np.cumsum([0] + [len(w.encode()) for w in words])
+    picks = RNG.integers(0, len(words), (500, 3))
+    texts = ["".join(words[j] for j in row) for row in picks]
+    s = GGUFStrings.from_runs(np.frombuffer(source, np.uint8), at[picks], at[picks + 1] - at[picks])
+    assert s.encoded == b"".join(gstr(t.encode()) for t in texts) and list(s) == texts and s[-1] == texts[-1]
+    swapped = GGUFStrings.from_runs(np.frombuffer(source, np.uint8), at[picks[:, ::-1]], (at[picks + 1] - at[picks])[:, ::-1])
+    assert swapped.encoded != s.encoded
+    assert GGUFStrings.from_runs(np.frombuffer(source, np.uint8), np.zeros((0, 2), int), np.zeros((0, 2), int)) == []
+
+
 def test_long_and_short_strings_decode_alike():
     strings = ["a" * 300, "", "▁" * 50, "x", "日本語" * 60]
     raw = header(0, 1) + kv("k", 9, struct.pack("<IQ", 8, 5) + b"".join(gstr(s.encode()) for s in strings))

@@ -25,7 +25,7 @@ import numpy as np
 
 from ggmlfmt.constants import GGUFValueType, TokenType
 from ggmlfmt.errors import BadValue, FormatError
-from ggmlfmt.gguf import GGUFStrings
+from ggmlfmt.gguf import GGUFStrings, byte_runs
 from ggmlfmt.llama.hf_vocab import (
     MAX_TOKENIZER_CONFIG_BYTES,
     TOKENIZER_CONFIG,
@@ -184,16 +184,11 @@ def _encoded_run(run: str) -> tuple[bytes, int]:
     raw = np.frombuffer(run.encode("utf-8"), np.uint8)
     quotes = np.flatnonzero(raw == ord('"'))
     starts, lengths = quotes[0::2] + 1, quotes[1::2] - quotes[0::2] - 1
-    n, ends = len(lengths), np.cumsum(lengths)  # ends: of each string in `text`, the strings one after the other
-    text = raw[np.arange(int(ends[-1])) + np.repeat(starts - (ends - lengths), lengths)]
+    text, ends = byte_runs(raw, starts, lengths), np.cumsum(lengths)  # the strings one after the other
     text[text == 1], text[text == 2] = ord("\\"), ord('"')
     if not _one_space_inside(text, ends - lengths, ends):
         raise ValueError("a merge that is not 'left right'")
-    out = np.empty(int(ends[-1]) + 8 * n, np.uint8)  # each string: its u64 length, then its bytes
-    out[np.arange(len(text)) + 8 * np.repeat(np.arange(1, n + 1), lengths)] = text
-    heads = (ends - lengths + 8 * np.arange(n))[:, None] + np.arange(8)
-    out[heads] = lengths.astype("<u8").view(np.uint8).reshape(n, 8)
-    return out.tobytes(), n
+    return GGUFStrings.from_runs(text, (ends - lengths)[:, None], lengths[:, None]).encoded, len(lengths)
 
 
 def _top_member(walk: _JsonWalk, key: str, i: int) -> tuple[Any, int]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from ggmlfmt.constants import TokenType
 from ggmlfmt.errors import BadOption, BadValue, FormatError, Truncated
-from ggmlfmt.gguf import GGUFStrings
+from ggmlfmt.gguf import GGUFStrings, byte_runs, cost_chunks
 from ggmlfmt.llama.model import BPE_MODEL, GGUFVocab
 
 MAX_FILE_BYTES = 64 << 20  # Meta's is 2.2 MB for 128,000 tokens; o200k-sized files stay far below
@@ -264,7 +264,7 @@ def _merge_pairs(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
     inverses = np.ones(longest + 1, np.uint64)
     inverses[1:] = np.cumprod(np.full(longest, pow(_HASH_BASE, -1, 1 << 64), np.uint64))
     hashes = np.empty(n, np.uint64)
-    for first, last in _chunks(lengths):
+    for first, last in cost_chunks(lengths, _STEP):
         running = _running_sums(raw, starts, lengths, powers, first, last)
         hashes[first:last] = running[ends[first:last] - starts[first]] - running[starts[first:last] - starts[first]]
     index = _HashIndex(hashes)
@@ -272,7 +272,7 @@ def _merge_pairs(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
         return None
     cuts = np.maximum(lengths - 1, 0)
     found = []
-    for first, last in _chunks(cuts * lengths):  # the bytes that checking every split of a token compares
+    for first, last in cost_chunks(cuts * lengths, _STEP):  # the bytes that checking every split of a token compares
         running = _running_sums(raw, starts, lengths, powers, first, last)
         token = np.repeat(np.arange(first, last), cuts[first:last])
         cut = np.arange(len(token)) - np.repeat(np.cumsum(cuts[first:last]) - cuts[first:last], cuts[first:last]) + 1
@@ -287,8 +287,8 @@ def _merge_pairs(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
         size = lengths[token]
         keep = np.flatnonzero((right >= 0) & (lengths[right] == size - cut))
         token, cut, start, left, right, size = token[keep], cut[keep], start[keep], left[keep], right[keep], size[keep]
-        whole = _gather(raw, start, size)
-        halves = _gather(raw, np.stack([starts[left], starts[right]], 1).reshape(-1),
+        whole = byte_runs(raw, start, size)
+        halves = byte_runs(raw, np.stack([starts[left], starts[right]], 1).reshape(-1),
                          np.stack([cut, size - cut], 1).reshape(-1))
         same = np.logical_and.reduceat(whole == halves, np.cumsum(size) - size) if len(size) else np.ones(0, bool)
         token, left, right = token[same], left[same], right[same]
@@ -298,17 +298,6 @@ def _merge_pairs(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray | None:
             left, right = left[by], right[by]
         found.append(np.stack([left, right], 1).astype(np.int32))
     return np.concatenate(found)
-
-
-def _chunks(cost: np.ndarray) -> Iterator[tuple[int, int]]:
-    """Consecutive ranges [first, last) of items whose costs add up to at most _STEP (at least one item each)."""
-    total = np.cumsum(cost)
-    first = 0
-    while first < len(cost):
-        done = int(total[first - 1]) if first else 0
-        last = max(first + 1, int(np.searchsorted(total, done + _STEP, side="right")))
-        yield first, last
-        first = last
 
 
 def _running_sums(raw: np.ndarray, starts: np.ndarray, lengths: np.ndarray, powers: np.ndarray, first: int,
@@ -361,36 +350,6 @@ class _HashIndex:
         return out
 
 
-def _gather(source: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The runs source[starts[i] : starts[i] + lengths[i]], one after the other, about _STEP bytes at a time."""
-    ends = np.cumsum(lengths)
-    out = np.empty(int(ends[-1]) if len(ends) else 0, source.dtype)
-    for first, last in _chunks(lengths):
-        lo, hi, run = int(ends[first] - lengths[first]), int(ends[last - 1]), lengths[first:last]
-        out[lo:hi] = source[np.arange(lo, hi) - np.repeat(ends[first:last] - run - starts[first:last], run)]
-    return out
-
-
-def _spelled_merges(utf8: np.ndarray, piece_start: np.ndarray, piece_len: np.ndarray, pairs: np.ndarray) -> GGUFStrings:
-    """tokenizer.ggml.merges as GGUF encodes it: for each (left, right), a u64 length and `LEFT RIGHT` in UTF-8.
-
-    utf8: the pieces' UTF-8 bytes, ending with a space (the byte that joins each merge's two pieces).
-    Spelled about _STEP bytes at a time.
-    """
-    left, right = pairs[:, 0], pairs[:, 1]
-    size = piece_len[left] + 1 + piece_len[right]
-    ends = np.cumsum(size + 8)
-    out = np.empty(int(ends[-1]) if len(ends) else 0, np.uint8)
-    space = len(utf8) - 1
-    for lo, hi in _chunks(size + 8):
-        m, a, b = hi - lo, left[lo:hi], right[lo:hi]
-        source = np.concatenate([utf8, size[lo:hi].astype("<u8").view(np.uint8)])  # + the 8-byte lengths
-        runs = np.stack([len(utf8) + 8 * np.arange(m), piece_start[a], np.full(m, space), piece_start[b]], 1)
-        run_len = np.stack([np.full(m, 8), piece_len[a], np.ones(m, np.int64), piece_len[b]], 1)
-        out[ends[lo] - size[lo] - 8 : ends[hi - 1]] = _gather(source, runs.reshape(-1), run_len.reshape(-1))
-    return GGUFStrings(out.tobytes(), ends)
-
-
 def special_tokens(release: str) -> tuple[str, ...]:
     """The 256 special tokens of a Llama 3 release (a key of RELEASES: "3", "3.1", "3.2", "3.3"), in id order.
 
@@ -427,7 +386,10 @@ def bpe_vocab(tokens: list[bytes], specials: tuple[str, ...]) -> GGUFVocab:
     pairs = _merge_pairs(np.frombuffer(b"".join(tokens), np.uint8), lengths)
     if pairs is None:  # two tokens hash alike, or a token repeats: the plain search decides
         pairs = np.array([ids for ids in bpe_merges(tokens)], np.int64).reshape(-1, 2)
-    merges = _spelled_merges(np.frombuffer(utf8, np.uint8), piece_start, piece_len, pairs)
+    left, right, m = pairs[:, 0], pairs[:, 1], len(pairs)  # each merge: left piece, the space, right piece
+    merges = GGUFStrings.from_runs(np.frombuffer(utf8, np.uint8),
+                                   np.stack([piece_start[left], np.full(m, len(utf8) - 1), piece_start[right]], 1),
+                                   np.stack([piece_len[left], np.ones(m, np.int64), piece_len[right]], 1))
     types = np.full(n + len(specials), TokenType.NORMAL, np.int32)
     types[n:] = TokenType.CONTROL
     ids = {name: n + i for i, name in enumerate(specials)}
