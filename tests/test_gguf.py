@@ -20,8 +20,7 @@ import builders
 import ggmlfmt
 from ggmlfmt import FileWriter, FormatError, GGMLType, TensorInfo, dequantize, load, read_index
 from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGUF_TYPE_SIZES, GGUFValueType as V
-from ggmlfmt.errors import BadLayout, BadValue, Truncated, UnsupportedVersion
-from ggmlfmt.errors import CannotWrite
+from ggmlfmt.errors import BadLayout, BadValue, CannotWrite, Truncated, UnsupportedVersion
 from ggmlfmt.gguf import GGUFStrings, decode_gguf, encode_value, plan_gguf
 from ggmlfmt.summary import describe
 
