@@ -12,7 +12,7 @@ import numpy as np
 
 from ggmlfmt.blocks.dequant import dequantize
 from ggmlfmt.constants import MAGICS, NOT_A_MODEL, FileVersion, GGMLType, GGUFVersion
-from ggmlfmt.errors import CannotWrite, FormatError, Truncated, shown
+from ggmlfmt.errors import BadMagic, CannotWrite, FormatError, Truncated, shown
 from ggmlfmt.gguf import decode_gguf
 from ggmlfmt.layout import HParams, Index, TensorInfo, Vocab, decode_index
 from ggmlfmt.safetensors import decode_safetensors, looks_like_safetensors
@@ -199,9 +199,12 @@ def decode_any(buf: memoryview, path: str) -> Index:
     if buf[:4] == b"GGUF":
         return decode_gguf(buf, path=path)
     magic = int.from_bytes(buf[:4], "little")
-    if magic not in MAGICS and magic not in NOT_A_MODEL and looks_like_safetensors(buf, path):
-        return decode_safetensors(buf, path=path)
-    return decode_index(buf, path=path)
+    if len(buf) >= 4 and magic not in MAGICS and magic not in NOT_A_MODEL:
+        if looks_like_safetensors(buf, path):
+            return decode_safetensors(buf, path=path)
+        raise BadMagic(f"expected a model file: the magic 'ggml', 'ggmf', 'ggjt' or 'GGUF', or a safetensors header; "
+                       f"found {magic:#010x} ({bytes(buf[:4])!r})", path=path, offset=0, field="magic")
+    return decode_index(buf, path=path)  # a 2023 magic, or a file named for what it is (LoRA, session), or too short
 
 
 def decode_mapped(data: np.ndarray, path: str) -> Index:

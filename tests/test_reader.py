@@ -55,9 +55,14 @@ def expect(
 
 
 def test_bad_magic_names_file_and_value(tmp_path):
+    """load reads every format, and its message names them all; the 2023 decoder, which reads only those, names
+    only those (the control: the same bytes, another expectation)."""
     (tmp_path / "x.bin").write_bytes(b"nope" + bytes(60))
-    with pytest.raises(BadMagic, match=r"x\.bin: offset 0x0: magic: .*0x65706f6e"):
+    with pytest.raises(BadMagic, match=r"x\.bin: offset 0x0: magic: expected a model file: the magic 'ggml', 'ggmf', "
+                                       r"'ggjt' or 'GGUF', or a safetensors header; found 0x65706f6e"):
         load(tmp_path / "x.bin")
+    with pytest.raises(BadMagic, match=r"expected a model magic 'ggml', 'ggmf' or 'ggjt' .*found 0x65706f6e"):
+        decode_index(memoryview(b"nope" + bytes(60)))
 
 
 @pytest.mark.parametrize(("magic", "words"), [(b"algg", "LoRA"), (b"nsgg", "session")])
