@@ -138,11 +138,19 @@ def _render_head(desc: dict[str, Any]) -> list[str]:
     width = column_width(desc["metadata"], 3)
     for key, m in desc["metadata"].items():
         count = f" x{m['count']}" if "count" in m else ""
-        shown = m.get("value", m.get("first"))
-        text = repr(shown) if "first" not in m else repr(shown)[:-1] + ", ...]"
+        text = _shown(m.get("value", m.get("first")), m["type"] in ("FLOAT32", "ARRAY[FLOAT32]"))
+        text = text if "first" not in m else text[:-1] + ", ...]"
         shown_key = key if key.isprintable() else repr(key)  # no raw control bytes from a file on the terminal
         lines.append(f"  {shown_key:<{width}}  {m['type'] + count:<18}  {text[:200]}")
     return lines + [f"tensors    {len(desc['tensors'])}", ""]
+
+
+def _shown(value: Any, float32: bool) -> str:
+    """repr() of a metadata value; float32 values as the shortest decimal that reads back as that float32 (1e-05, where
+    repr of the exact value is 9.999999747378752e-06; --json keeps the exact value)."""
+    if not float32:
+        return repr(value)
+    return f"[{', '.join(str(np.float32(x)) for x in value)}]" if isinstance(value, list) else str(np.float32(value))
 
 
 def render(desc: dict[str, Any]) -> str:

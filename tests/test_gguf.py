@@ -6,7 +6,9 @@ struct-based decoding written here, and from the values the tests put in; never 
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import struct
 import time
 import tracemalloc
@@ -647,3 +649,21 @@ def test_inspect_text_escapes_control_characters_in_keys(tmp_path, capsys):
     assert main(["inspect", "--quiet", str(path)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "'evil\\x1b[2Jkey'" in out
+
+
+def test_inspect_text_shows_float32_values_as_float32(tmp_path, capsys):
+    """Text: the shortest decimal of each float32 (gguf-py's writer stores 1e-5 as the float32 nearest it);
+    --json: the float32's exact value, which is what the text showed before (the control)."""
+    path = tmp_path / "f.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-5)
+    w.add_array("a.f32", [0.1, 1e-5])  # gguf-py stores Python floats in an array as FLOAT32
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    from ggmlfmt.cli import main
+    assert main(["inspect", "--quiet", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"layer_norm_rms_epsilon +FLOAT32 +1e-05\n", out) and re.search(r"ARRAY\[FLOAT32\] x2 +\[0\.1, 1e-05\]", out)
+    assert main(["inspect", "--quiet", "--json", str(path)]) == 0
+    meta = json.loads(capsys.readouterr().out)["metadata"]
+    exact = float(np.float32(1e-5))
+    assert meta["llama.attention.layer_norm_rms_epsilon"]["value"] == exact != 1e-5 and repr(exact) not in out
