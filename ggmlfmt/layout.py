@@ -296,13 +296,17 @@ class Index:
         return {t.name: t for t in self.tensors}
 
 
-def block_layout(ggml_type: int, generation: int) -> BlockLayout:
-    """Block layout of a type code in a block-layout generation (1, 2 or 3).
+def block_layout(ggml_type: int, generation: int, blocks: np.ndarray | None = None) -> BlockLayout:
+    """Block layout of a type code in a block-layout generation (1..3 the 2023 files, 4 GGUF), checked against the
+    dtype of `blocks` when given: the one lookup of every reader, planner and block conversion.
 
     Raises:
-        BadValue: the code is unknown, or the type does not exist in that generation.
+        BadValue: the generation or the code is unknown, or the type does not exist in that generation.
+        ValueError: `blocks` has another dtype (a caller's bug: the reader's views always have it).
     """
-    layouts = BLOCK_LAYOUTS[generation]
+    layouts = BLOCK_LAYOUTS.get(generation) if isinstance(generation, int) else None
+    if layouts is None:
+        raise BadValue(f"block layout generation {generation!r} does not exist; expected one of {sorted(BLOCK_LAYOUTS)}")
     codes = ", ".join(f"{int(t)} ({t.name})" for t in layouts)
     if ggml_type not in GGMLType._value2member_map_:
         raise BadValue(f"unknown tensor type code {ggml_type}; expected one of {codes}")
@@ -310,6 +314,8 @@ def block_layout(ggml_type: int, generation: int) -> BlockLayout:
     if t not in layouts:
         raise BadValue(f"tensor type code {int(t)}: {t.name} does not exist in block layout generation {generation}; "
                        f"expected one of {codes}")
+    if blocks is not None and blocks.dtype != layouts[t].dtype:
+        raise ValueError(f"{t.name} v{generation} blocks have dtype {layouts[t].dtype}, got {blocks.dtype}")
     return layouts[t]
 
 

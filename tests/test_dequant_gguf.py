@@ -20,6 +20,7 @@ import ggmlfmt.blocks.dequant
 from ggmlfmt import GGMLType
 from ggmlfmt.constants import BLOCK_LAYOUTS, GGUF_BLOCK_GENERATION, GGUF_TYPE_SIZES
 from ggmlfmt.blocks.dequant import dequantize_blocks
+from ggmlfmt.errors import BadValue
 
 Q = gguf.GGMLQuantizationType
 GEN = GGUF_BLOCK_GENERATION
@@ -150,6 +151,18 @@ def test_control_a_wrong_layout_is_caught():
     assert not np.array_equal(bits(ours(raw, GGMLType.Q4_0)), bits(theirs(raw, GGMLType.IQ4_NL)))
     with pytest.raises(ValueError, match="Q5_K v4 blocks have dtype"):
         dequantize_blocks(raw.view(BLOCK_LAYOUTS[GEN][GGMLType.Q4_0].dtype), GGMLType.Q5_K, GEN)
+
+
+@pytest.mark.parametrize(("code", "generation", "words"), [
+    (99, GEN, "unknown tensor type code 99"), (int(GGMLType.Q4_0), 7, "generation 7 does not exist"),
+    (int(GGMLType.Q4_2), GEN, "Q4_2 does not exist in block layout generation 4")])
+def test_a_type_or_generation_that_does_not_exist_is_bad_value(code, generation, words):
+    """A type code or generation from nowhere is a BadValue naming it (the code 99 was a bare ValueError of the enum
+    before); the control: the same blocks as Q4_0 in GGUF dequantize."""
+    blocks = np.zeros(2, BLOCK_LAYOUTS[GEN][GGMLType.Q4_0].dtype)
+    with pytest.raises(BadValue, match=words):
+        dequantize_blocks(blocks, code, generation)
+    assert dequantize_blocks(blocks, int(GGMLType.Q4_0), GEN).shape == (64,)
 
 
 def test_q8_k_against_its_stated_layout():

@@ -21,15 +21,14 @@ import numpy as np
 
 from ggmlfmt.blocks.iqgrids import grid as _grid
 from ggmlfmt.constants import (
-    BLOCK_LAYOUTS,
     IQ1_DELTA,
     IQ4_NL_VALUES,
     MXFP4_VALUES,
     BlockLayout,
     GGMLType,
 )
-from ggmlfmt.errors import BadValue, CannotWrite
-from ggmlfmt.layout import TensorInfo
+from ggmlfmt.errors import CannotWrite
+from ggmlfmt.layout import TensorInfo, block_layout
 
 CHUNK_ELEMENTS = 1 << 19  # values per kernel call (2 MiB of float32; temporaries a few MiB): measured best
 _F32 = np.float32
@@ -457,23 +456,6 @@ KERNELS: dict[GGMLType, Kernel] = {
 }
 
 
-def block_layout(ggml_type: GGMLType, generation: int, blocks: np.ndarray | None = None) -> BlockLayout:
-    """The block layout of `ggml_type` in `generation`, checked against the dtype of `blocks` when given.
-
-    Raises:
-        BadValue: the type does not exist in that generation.
-        ValueError: `blocks` has another dtype (a caller's bug: the reader's views always have it).
-    """
-    try:
-        layout = BLOCK_LAYOUTS[generation][ggml_type]
-    except (KeyError, TypeError):
-        raise BadValue(f"type {ggml_type!r} does not exist in block layout generation {generation!r}") from None
-    if blocks is not None and blocks.dtype != layout.dtype:
-        raise ValueError(f"{GGMLType(ggml_type).name} v{generation} blocks have dtype {layout.dtype}, "
-                         f"got {blocks.dtype}")
-    return layout
-
-
 def dequantize_blocks(blocks: np.ndarray, ggml_type: GGMLType, generation: int) -> np.ndarray:
     """Float32 values of an array of blocks (..., n_blocks) -> (..., n_blocks * block elements).
 
@@ -485,8 +467,8 @@ def dequantize_blocks(blocks: np.ndarray, ggml_type: GGMLType, generation: int) 
         CannotWrite: the type has no dequantizer here (Q1_0, Q8_1: docs/format.md §17.6).
         BadValue, ValueError: as block_layout.
     """
+    layout = block_layout(ggml_type, generation, blocks)
     t = GGMLType(ggml_type)
-    layout = block_layout(t, generation, blocks)
     if t == GGMLType.BF16:  # the high half of an f32 (docs/format.md §11.6)
         return (blocks.astype(np.uint32) << 16).view(_F32)
     if layout.elements == 1:

@@ -13,10 +13,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ggmlfmt.blocks.dequant import block_layout, dequantize_blocks
+from ggmlfmt.blocks.dequant import dequantize_blocks
 from ggmlfmt.blocks.floats import Convert
 from ggmlfmt.constants import BLOCK_LAYOUTS, F16_MAX, GGMLType
 from ggmlfmt.errors import CannotWrite
+from ggmlfmt.layout import block_layout
 
 GGUF_GENERATION = 3  # GGUF's quantized blocks are the ggjt v3 ones, byte for byte (§12)
 _F32_SCALES = {"d", "m"}  # the scale fields that may be f32 in generations 1 and 2
