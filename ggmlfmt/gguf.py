@@ -54,10 +54,12 @@ from ggmlfmt.layout import (
     TensorInfo,
     align_up,
     block_problem,
+    check_spec_type,
     dims_problem,
     entry_ends,
     need,
     tensor_nbytes,
+    type_problem,
     walk_entries,
 )
 
@@ -422,9 +424,7 @@ _TYPES = {int(t): (t, b, b.elements, b.nbytes) for t, b in GGUF_LAYOUTS.items()}
 
 def _tensor_type(code: int, at: int, field: str) -> NoReturn:
     """Raises: BadValue for a type code GGUF does not have."""
-    known = f" ({GGMLType(code).name}, a 2023 type GGUF does not have)" if code in GGMLType._value2member_map_ else ""
-    raise BadValue(f"unknown tensor type code {code}{known}; expected a code of today's ggml_type enum "
-                   f"({min(GGUF_LAYOUTS)}..{max(GGUF_LAYOUTS)}, docs/format.md §11.6)", offset=at, field=field)
+    raise BadValue(type_problem(code, GGUF_BLOCK_GENERATION), offset=at, field=field)
 
 
 def _tensor_info(buf: memoryview, pos: int, i: int, alignment: int) -> tuple[tuple, int]:
@@ -757,17 +757,7 @@ def _check_gguf_spec(spec: TensorInfo, seen: set[str]) -> tuple[BlockLayout, byt
     if not 0 < len(name) <= GGUF_MAX_NAME_LEN:
         raise CannotWrite(f"tensor name must be 1..{GGUF_MAX_NAME_LEN} UTF-8 bytes (llama.cpp's limit), "
                          f"got {len(name)}: {spec.name!r:.70}")
-    if spec.name in seen:
-        raise CannotWrite(f"duplicate tensor name {spec.name!r}")
-    seen.add(spec.name)
-    if spec.type not in GGMLType._value2member_map_ or GGMLType(spec.type) not in GGUF_LAYOUTS:
-        raise CannotWrite(f"tensor {spec.name!r}: type {spec.type!r} is not a GGUF tensor type")
-    block = GGUF_LAYOUTS[GGMLType(spec.type)]
-    if (why := block_problem(spec.ne[0], spec.type, block)) is not None:
-        raise CannotWrite(f"tensor {spec.name!r}: {why}")
-    if (problem := dims_problem(spec_ne, block)) is not None:
-        raise CannotWrite(f"tensor {spec.name!r}: {problem[1]}")
-    return block, name
+    return check_spec_type(spec, spec_ne, GGUF_BLOCK_GENERATION, seen), name
 
 
 def plan_gguf(metadata: Metadata, specs: Sequence[TensorInfo], *, alignment: int = DEFAULT_ALIGNMENT) -> Plan:

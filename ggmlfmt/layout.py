@@ -21,6 +21,7 @@ from ggmlfmt.constants import (
     BLOCK_LAYOUTS,
     DEFAULT_ALIGNMENT,
     DIM,
+    GGUF_BLOCK_GENERATION,
     HPARAM_FIELDS,
     HPARAMS,
     INT64_MAX,
@@ -307,16 +308,25 @@ def block_layout(ggml_type: int, generation: int, blocks: np.ndarray | None = No
     layouts = BLOCK_LAYOUTS.get(generation) if isinstance(generation, int) else None
     if layouts is None:
         raise BadValue(f"block layout generation {generation!r} does not exist; expected one of {sorted(BLOCK_LAYOUTS)}")
-    codes = ", ".join(f"{int(t)} ({t.name})" for t in layouts)
-    if ggml_type not in GGMLType._value2member_map_:
-        raise BadValue(f"unknown tensor type code {ggml_type}; expected one of {codes}")
-    t = GGMLType(ggml_type)
+    t = GGMLType._value2member_map_.get(ggml_type)
     if t not in layouts:
-        raise BadValue(f"tensor type code {int(t)}: {t.name} does not exist in block layout generation {generation}; "
-                       f"expected one of {codes}")
+        raise BadValue(type_problem(ggml_type, generation))
     if blocks is not None and blocks.dtype != layouts[t].dtype:
         raise ValueError(f"{t.name} v{generation} blocks have dtype {layouts[t].dtype}, got {blocks.dtype}")
     return layouts[t]
+
+
+def type_problem(code: int, generation: int) -> str:
+    """Why a type code has no block layout in an existing generation: block_layout's message."""
+    t, layouts = GGMLType._value2member_map_.get(code), BLOCK_LAYOUTS[generation]
+    if generation == GGUF_BLOCK_GENERATION:  # too many types to list: their range, and what a known code was
+        known = f" ({t.name}, a 2023 type GGUF does not have)" if t is not None else ""
+        return (f"unknown tensor type code {code}{known}; expected a code of today's ggml_type enum "
+                f"({min(layouts)}..{max(layouts)}, docs/format.md §11.6)")
+    codes = ", ".join(f"{int(k)} ({k.name})" for k in layouts)
+    if t is None:
+        return f"unknown tensor type code {code}; expected one of {codes}"
+    return f"tensor type code {int(t)}: {t.name} does not exist in block layout generation {generation}; expected one of {codes}"
 
 
 def block_problem(ne0: int, ggml_type: GGMLType, block: BlockLayout) -> str | None:
@@ -776,15 +786,24 @@ def _check_spec(spec: TensorInfo, version: FileVersion, seen: set[str]) -> tuple
         raise CannotWrite(f"tensor {spec.name[:60]!r}: {bad[1]}{hint}")
     if any(DIM.problem(n) for n in spec.ne):
         raise CannotWrite(f"tensor {spec.name!r}: every dim must fit a signed 32-bit field, got {list(spec.ne)}")
+    return check_spec_type(spec, spec.ne, version.block_generation, seen), name
+
+
+def check_spec_type(spec: TensorInfo, ne: tuple[int, ...], generation: int, seen: set[str]) -> BlockLayout:
+    """What every writer checks of a spec after its format's own fields: its name is new (then added to `seen`), its
+    type is one of `generation`, ne[0] is whole blocks, and the dims' products fit; return its block layout.
+
+    Raises:
+        CannotWrite.
+    """
     if spec.name in seen:
         raise CannotWrite(f"duplicate tensor name {spec.name!r}")
     seen.add(spec.name)
     try:
-        block = block_layout(spec.type, version.block_generation)
+        block = block_layout(spec.type, generation)
     except BadValue as e:
         raise CannotWrite(f"tensor {spec.name!r}: {e.msg}") from None
-    if (why := block_problem(spec.ne[0], spec.type, block)) is not None:
+    why = block_problem(ne[0], spec.type, block) or (dims_problem(ne, block) or (0, None))[1]
+    if why is not None:
         raise CannotWrite(f"tensor {spec.name!r}: {why}")
-    if (problem := dims_problem(spec.ne, block)) is not None:
-        raise CannotWrite(f"tensor {spec.name!r}: {problem[1]}")
-    return block, name
+    return block

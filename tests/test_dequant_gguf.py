@@ -155,7 +155,8 @@ def test_control_a_wrong_layout_is_caught():
 
 @pytest.mark.parametrize(("code", "generation", "words"), [
     (99, GEN, "unknown tensor type code 99"), (int(GGMLType.Q4_0), 7, "generation 7 does not exist"),
-    (int(GGMLType.Q4_2), GEN, "Q4_2 does not exist in block layout generation 4")])
+    (int(GGMLType.Q4_2), GEN, r"code 4 \(Q4_2, a 2023 type GGUF does not have\)"),
+    (int(GGMLType.Q6_K), 3, "Q6_K does not exist in block layout generation 3")])
 def test_a_type_or_generation_that_does_not_exist_is_bad_value(code, generation, words):
     """A type code or generation from nowhere is a BadValue naming it (the code 99 was a bare ValueError of the enum
     before); the control: the same blocks as Q4_0 in GGUF dequantize."""
