@@ -11,10 +11,9 @@ from convert.convert import (
     TensorEntry,
     convert_checkpoint,
     plan_conversion,
-    resolve_format,
     write_conversion,
 )
 from ggmlfmt.llama.params import Params, read_params
 
 __all__ = ["ConversionPlan", "GGUFContent", "Params", "TensorEntry", "convert_checkpoint", "plan_conversion",
-           "read_params", "resolve_format", "write_conversion"]
+           "read_params", "write_conversion"]

@@ -12,9 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from convert.convert import FORMATS, OUTTYPES, job, plan_conversion, write_conversion
+from convert.convert import OUTTYPES, job, plan_conversion, write_conversion
 from ggmlfmt.command import add_common_options, progress_bar, run
-from ggmlfmt.job import describe
+from ggmlfmt.job import FORMATS, describe
 
 PROG = "convert-model"
 

@@ -41,7 +41,7 @@ from ggmlfmt.constants import (
     GGUFValueType,
 )
 from ggmlfmt.errors import BadLayout, CannotWrite
-from ggmlfmt.job import Job, Note, Tensor, write
+from ggmlfmt.job import SUFFIXES, Job, Note, Tensor, output_format, write
 from ggmlfmt.layout import HParams, Plan, TensorInfo, plan
 from ggmlfmt.llama.model import (
     GGUFVocab,
@@ -57,7 +57,7 @@ from ggmlfmt.writer import refuse_existing
 log = logging.getLogger(__name__)
 
 __all__ = ["COMPUTED", "ConversionPlan", "GGUFContent", "TensorEntry", "convert_checkpoint", "job", "plan_conversion",
-           "resolve_format", "write_conversion"]
+           "write_conversion"]
 
 # --outtype -> the type of every 2-D weight (docs/format.md §8.3); "auto": the checkpoint's own (AUTO_TYPES)
 OUTTYPES: dict[str, GGMLType | None] = {"auto": None, "bf16": GGMLType.BF16, "f16": GGMLType.F16,
@@ -66,8 +66,6 @@ AUTO_TYPES = {"bfloat16": GGMLType.BF16, "float16": GGMLType.F16, "float32": GGM
 TYPE_NAMES = {t: name for name, t in OUTTYPES.items() if t is not None}  # GGMLType -> its --outtype (file names)
 GGJT_FTYPES = {"f16": FType.MOSTLY_F16, "f32": FType.ALL_F32}  # the 2023 file's types; "auto" means f16 there
 GGJT_AUTO = "f16"  # the 2023 converter's default, kept so the ggjt default output is unchanged
-FORMATS = ("ggjt", "gguf")
-SUFFIXES = {"ggjt": ".bin", "gguf": ".gguf"}
 # LlamaHParams.defaults names -> the GGUF keys they fill (--dry-run marks them)
 DEFAULTED_KEYS = {"context_length": "llama.context_length", "rms_eps": "llama.attention.layer_norm_rms_epsilon"}
 # Converters by (checkpoint dtype, output type) beyond the float casts: the q8_0 quantizer (ggmlfmt.blocks.quantize)
@@ -110,27 +108,6 @@ def default_outfile(model_dir: str | os.PathLike[str], outtype: str, fmt: str = 
     if outtype == "auto":
         raise CannotWrite("outtype 'auto' names no file: resolve it from the checkpoint first")
     return Path(model_dir) / f"ggml-model-{outtype}{SUFFIXES[fmt]}"
-
-
-def implied_format(outfile: str | os.PathLike[str] | None) -> str | None:
-    """The format an output name implies: gguf for .gguf, ggjt for .bin (docs/format.md §8.2), else None."""
-    name = os.fspath(outfile) if outfile is not None else ""
-    return "gguf" if name.endswith(".gguf") else "ggjt" if name.endswith(".bin") else None
-
-
-def resolve_format(fmt: str | None, outfile: str | os.PathLike[str] | None) -> str:
-    """The output format: `fmt` if given, else what the outfile's name implies (.bin: ggjt), else gguf.
-
-    Raises:
-        CannotWrite: an unknown format, or --format ggjt with an outfile ending in .gguf.
-    """
-    if fmt is None:
-        return implied_format(outfile) or "gguf"
-    if fmt not in FORMATS:
-        raise CannotWrite(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if fmt == "ggjt" and implied_format(outfile) == "gguf":
-        raise CannotWrite(f"{outfile}: a .gguf output name with --format {fmt}; drop one of them")
-    return fmt
 
 
 def check_outtype(outtype: str, fmt: str) -> str:
@@ -178,7 +155,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
                     llama_release: str | None = None, overwrite: bool = True) -> ConversionPlan:
     """Check every input and lay out the output file; parses each input once, writes nothing.
 
-    fmt None: what outfile's name implies, else gguf (resolve_format). outtype "auto": each 2-D weight
+    fmt None: what outfile's name implies, else gguf (job.output_format). outtype "auto": each 2-D weight
     keeps its checkpoint type (gguf), f16 for ggjt; outfile None: MODEL_DIR/ggml-model-<resolved outtype>.
     fmt "ggjt": the 2023 file (context_length and rms_eps must be None). fmt "gguf": context_length
     None means LLaMA-1's 2048; rms_eps applies only when params.json has no norm_eps (None: 1e-6).
@@ -196,8 +173,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
             the format cannot hold, or an output path that is one of the inputs.
         FileExistsError: the output exists and not overwrite. OSError: an input cannot be read.
     """
-    bin_note = fmt is None and implied_format(outfile) == "ggjt"
-    fmt = resolve_format(fmt, outfile)
+    fmt, format_note = output_format(fmt, outfile)
     outtype = check_outtype(outtype, fmt)
     if fmt == "ggjt" and (context_length is not None or rms_eps is not None):
         raise CannotWrite("--ctx and --eps apply to --format gguf only (a ggjt file stores neither)")
@@ -230,9 +206,7 @@ def plan_conversion(model_dir: str | os.PathLike[str], outfile: str | os.PathLik
         layout, content = _plan_gguf(model.hparams, model.vocab, outs, model_dir.resolve().name or "llama",
                                      model.n_params, model.extra)
     entries = tuple(replace(t, info=info) for t, info in zip(model.tensors, layout.tensors, strict=True))
-    if bin_note:  # said once every input is checked, so that an error stays one line
-        notes.info("format", f"{outfile}: a .bin name without --format writes the 2023 ggjt file (--format gguf "
-                             "for today's llama.cpp)")
+    notes += [format_note] if format_note else []
     notes += rounding_notes(entries)
     if out is None:
         out = default_outfile(model_dir, resolved_outtype([t.type for t in outs if len(t.shape) == 2]), fmt)

@@ -26,12 +26,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ggmlfmt.constants import CHUNK_BYTES
+from ggmlfmt.errors import CannotWrite
 from ggmlfmt.layout import Plan, TensorInfo
 from ggmlfmt.summary import column_width
 from ggmlfmt.unshard import Source, write_tensors
 from ggmlfmt.writer import FileWriter
 
 Progress = Callable[[int], Any]
+FORMATS = ("ggjt", "gguf")  # what both commands write
+SUFFIXES = {"ggjt": ".bin", "gguf": ".gguf"}  # the name each gets, and the format a name implies (docs/format.md §8.1)
 
 
 class Note(NamedTuple):
@@ -40,6 +43,25 @@ class Note(NamedTuple):
     level: int  # a logging level; DEBUG notes show in describe and with --verbose only
     label: str  # describe's first column: "scales", "default", ...
     text: str
+
+
+def output_format(fmt: str | None, outfile: str | os.PathLike[str] | None) -> tuple[str, Note | None]:
+    """The output format: `fmt` if given, else what the output's name implies (.bin: ggjt, .gguf: gguf), else gguf;
+    and what the command says of a .bin name without `fmt` (once its inputs are checked, so an error stays one line).
+
+    Raises:
+        CannotWrite: an unknown format, or ggjt with an output name ending in .gguf.
+    """
+    name = os.fspath(outfile) if outfile is not None else ""
+    implied = next((f for f, suffix in SUFFIXES.items() if name.endswith(suffix)), None)
+    if fmt is None:
+        said = f"{name}: a .bin name without --format writes the 2023 ggjt file (--format gguf for today's llama.cpp)"
+        return implied or "gguf", Note(logging.INFO, "format", said) if implied == "ggjt" else None
+    if fmt not in FORMATS:
+        raise CannotWrite(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if fmt == "ggjt" and implied == "gguf":
+        raise CannotWrite(f"{name}: a .gguf output name with --format {fmt}; drop one of them")
+    return fmt, None
 
 
 @dataclass(frozen=True, slots=True)

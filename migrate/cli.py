@@ -7,8 +7,7 @@ import logging
 import sys
 
 from ggmlfmt.command import add_common_options, progress_bar, run
-from ggmlfmt.errors import CannotWrite
-from ggmlfmt.job import describe, log_notes, write
+from ggmlfmt.job import FORMATS, describe, log_notes, output_format, write
 from migrate.migrate import plan_migration
 
 PROG = "migrate-old-weights"
@@ -27,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dst", metavar="DST", help="the file to write (via a temporary file and a rename); without "
                                                "--format a name ending in .bin means ggjt (said on stderr), any "
                                                "other gguf")
-    p.add_argument("--format", choices=("ggjt", "gguf"), default=None,
+    p.add_argument("--format", choices=FORMATS, default=None,
                    help="gguf: GGUF v3 (the default); ggjt: ggjt v1, byte-identical to the 2023 script")
     g = p.add_argument_group("GGUF output (docs/format.md §9.1)")
     g.add_argument("--lossless", action="store_true",
@@ -48,25 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def output_format(fmt: str | None, dst: str) -> str:
-    """--format, else what DST's name implies (.bin: ggjt, .gguf: gguf), else gguf.
-
-    Raises:
-        CannotWrite: --format ggjt with a .gguf DST.
-    """
-    implied = "gguf" if dst.endswith(".gguf") else "ggjt" if dst.endswith(".bin") else None
-    if fmt == "ggjt" and implied == "gguf":
-        raise CannotWrite(f"{dst}: a .gguf name for --format ggjt output; choose one or the other")
-    return fmt or implied or "gguf"
-
-
 def _migrate(args: argparse.Namespace) -> int:
-    fmt = output_format(args.format, args.dst)
+    fmt, format_note = output_format(args.format, args.dst)
     job = plan_migration(args.src, args.dst, fmt=fmt, overwrite=args.force, lossless=args.lossless,
                          tokenizer=args.vocab, ctx=args.ctx, eps=args.eps)
-    if args.format is None and fmt == "ggjt":  # said once the parts are checked, so that an error stays one line
-        log.info("%s: a .bin name without --format writes the 2023 ggjt file (--format gguf for today's "
-                 "llama.cpp)", args.dst)
+    if format_note:  # said once the parts are checked, so that an error stays one line
+        log.log(format_note.level, "%s", format_note.text)
     log_notes(job, log)
     if args.dry_run:
         print(describe(job, as_json=args.json))

@@ -34,7 +34,7 @@ from ggmlfmt.blocks.floats import Convert, f16_to_f32
 from ggmlfmt.blocks.requant import Rounding, Target, f32_scale_fields, gguf_target, scan
 from ggmlfmt.constants import CHUNK_BYTES, FileVersion, GGMLType
 from ggmlfmt.errors import CannotWrite, FormatError, RequestError
-from ggmlfmt.job import Job, Note, Progress, Tensor, log_notes, write
+from ggmlfmt.job import FORMATS, Job, Note, Progress, Tensor, log_notes, write
 from ggmlfmt.layout import Plan, TensorInfo, Vocab, plan
 from ggmlfmt.llama.model import (
     GGUFVocab,
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 OUTPUT_VERSION = FileVersion.GGJT_V1  # what the 2023 script wrote; v1 keeps the old quantized block layouts
 GGML_SCORE = 0.0  # unversioned 'ggml' has no token scores; ggjt and GGUF need one per token
 NO_GGUF_BLOCK = (GGMLType.Q4_2, GGMLType.Q4_3)  # always written as F32 values (§12.2)
-FORMATS = ("ggjt", "gguf")
 
 
 def plan_migration(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, fmt: str = "ggjt",

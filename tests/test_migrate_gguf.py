@@ -473,7 +473,7 @@ def test_refusals(tmp_path, capsys):
     (tmp_path / "model.bin.1").write_bytes(b"")
     _refused(tmp_path, capsys, [src], "model.bin.1 exists beside it")
     (tmp_path / "model.bin.1").unlink()
-    _refused(tmp_path, capsys, [src, "--format", "ggjt"], "a .gguf name for --format ggjt")
+    _refused(tmp_path, capsys, [src, "--format", "ggjt"], "a .gguf output name with --format ggjt")
     _refused(tmp_path, capsys, [src, "--lossless"], "--lossless: only with --format gguf", dst="out.bin")
     _refused(tmp_path, capsys, [src], "already ggjt v3", dst="out.bin")
     (tmp_path / "not.model").write_bytes(b"\x00" * 40)
