@@ -199,11 +199,12 @@ def decode_any(buf: memoryview, path: str) -> Index:
     if buf[:4] == b"GGUF":
         return decode_gguf(buf, path=path)
     magic = int.from_bytes(buf[:4], "little")
-    if len(buf) >= 4 and magic not in MAGICS and magic not in NOT_A_MODEL:
+    if magic not in MAGICS and magic not in NOT_A_MODEL:
         if looks_like_safetensors(buf, path):
             return decode_safetensors(buf, path=path)
-        raise BadMagic(f"expected a model file: the magic 'ggml', 'ggmf', 'ggjt' or 'GGUF', or a safetensors header; "
-                       f"found {magic:#010x} ({bytes(buf[:4])!r})", path=path, offset=0, field="magic")
+        if len(buf) >= 4:  # (shorter: the 2023 decoder says the magic is cut off)
+            raise BadMagic(f"expected a model file: the magic 'ggml', 'ggmf', 'ggjt' or 'GGUF', or a safetensors header; "
+                           f"found {magic:#010x} ({bytes(buf[:4])!r})", path=path, offset=0, field="magic")
     return decode_index(buf, path=path)  # a 2023 magic, or a file named for what it is (LoRA, session), or too short
 
 
